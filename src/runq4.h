@@ -1,0 +1,160 @@
+/* runq4: int4 inference for Llama-family models, in one flat mmapped file.
+ *
+ * The public API. Everything between the two "cdef" markers below is plain
+ * declarations (no #include, no #ifdef, no macros but integer #defines) because
+ * pyrunq4/_build.py hands exactly that text to cffi's cdef.
+ *
+ * Conventions:
+ *  - every function that can fail returns an rq4_status and, when `err` is not
+ *    NULL, fills it with the code and a one-line message (no trailing newline);
+ *  - the library never prints and never exits;
+ *  - a model is not safe to use from two threads at once (the Python layer
+ *    serialises access with a lock); two models in one process are independent.
+ */
+#ifndef RUNQ4_H
+#define RUNQ4_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* ---- cdef begin ---- */
+
+/* File format (docs/FORMAT.md). */
+#define RQ4_FORMAT_VERSION 1
+#define RQ4_HEADER_SIZE 256
+#define RQ4_ENTRY_SIZE 96
+#define RQ4_NAME_MAX 64
+#define RQ4_ALIGN 64
+#define RQ4_MAX_EOS 4
+#define RQ4_MIN_GROUP 32
+
+/* Tensor and blob types of a table entry. */
+enum rq4_type {
+    RQ4_TYPE_F32 = 0,  /* float32, row-major */
+    RQ4_TYPE_Q4S = 1,  /* symmetric int4: w = d * q, q in [-8, 7], fp16 d per group */
+    RQ4_TYPE_Q4A = 2,  /* asymmetric int4: w = d * q + m, q in [0, 15], fp16 d and m per group */
+    RQ4_TYPE_Q8 = 3,   /* int8: w = d * q, q in [-128, 127], fp16 d per group */
+    RQ4_TYPE_BLOB = 4  /* raw bytes (tokenizer, chat template, ...) */
+};
+
+enum rq4_rope_scaling {
+    RQ4_ROPE_NONE = 0,
+    RQ4_ROPE_LLAMA3 = 1
+};
+
+/* Element type of the KV cache, chosen at open. */
+enum rq4_kv_type {
+    RQ4_KV_F32 = 0,
+    RQ4_KV_F16 = 1
+};
+
+typedef enum rq4_status {
+    RQ4_OK = 0,
+    RQ4_ERR_IO = 1,           /* cannot open, stat or map the file */
+    RQ4_ERR_FORMAT = 2,       /* not an .rq4 file, or a corrupt/truncated one */
+    RQ4_ERR_VERSION = 3,      /* an .rq4 file of another format version */
+    RQ4_ERR_UNSUPPORTED = 4,  /* valid file, but something this build cannot run */
+    RQ4_ERR_NOMEM = 5,        /* allocation failed */
+    RQ4_ERR_ARG = 6,          /* bad argument (token id, thread count, NULL ...) */
+    RQ4_ERR_CONTEXT_FULL = 7, /* the tokens do not fit in the remaining context */
+    RQ4_ERR_MEMORY_LIMIT = 8, /* the requested context exceeds options.max_memory */
+    RQ4_ERR_THREAD = 9        /* a worker thread could not be started */
+} rq4_status;
+
+typedef struct rq4_error {
+    int32_t code;       /* an rq4_status */
+    char message[256];  /* NUL-terminated, one line */
+} rq4_error;
+
+/* Hyper-parameters from the file header, plus the open-time choices. */
+typedef struct rq4_config {
+    int32_t dim;          /* residual stream width */
+    int32_t hidden_dim;   /* FFN inner width */
+    int32_t n_layers;
+    int32_t n_heads;      /* query heads */
+    int32_t n_kv_heads;   /* key/value heads (GQA: divides n_heads) */
+    int32_t head_dim;     /* need not equal dim / n_heads */
+    int32_t vocab_size;
+    int32_t max_seq_len;  /* the model's trained context */
+    int32_t tied_embeddings; /* 1: the classifier is tok_embeddings */
+    int32_t bos_id;          /* -1 if none */
+    int32_t n_eos;
+    int32_t eos_ids[4];      /* the first n_eos are end-of-sequence ids */
+    int32_t rope_scaling;    /* an rq4_rope_scaling */
+    int32_t rope_original_max_pos;
+    float norm_eps;
+    float rope_theta;
+    float rope_factor;
+    float rope_low_freq_factor;
+    float rope_high_freq_factor;
+    int32_t group_size;   /* the exporter's default group (each tensor has its own) */
+    /* open-time choices */
+    int32_t n_ctx;        /* KV cache length */
+    int32_t n_threads;
+    int32_t kv_type;      /* an rq4_kv_type */
+} rq4_config;
+
+typedef struct rq4_options {
+    int32_t n_ctx;            /* 0: the model's max_seq_len */
+    int32_t n_threads;        /* 0: 1 thread */
+    int32_t kv_type;          /* RQ4_KV_F32 (default) or RQ4_KV_F16 */
+    int32_t float_activations;/* 1: reference mode, weights dequantized and
+                                 activations kept float (slow; for tests) */
+    uint64_t max_memory;      /* bytes; 0: no limit. rq4_open refuses, before
+                                 allocating, if weights + KV cache + buffers
+                                 would exceed it */
+} rq4_options;
+
+typedef struct rq4_model rq4_model;
+
+/* Fills `opts` with the defaults. */
+void rq4_default_options(rq4_options *opts);
+
+/* Maps and validates `path`. On success *out owns the model (free it with
+ * rq4_close); on failure *out is NULL. `opts` may be NULL for defaults. */
+rq4_status rq4_open(const char *path, const rq4_options *opts, rq4_model **out, rq4_error *err);
+
+/* Unmaps and frees everything; NULL is allowed. */
+void rq4_close(rq4_model *m);
+
+const rq4_config *rq4_get_config(const rq4_model *m);
+
+/* Runs `n` tokens through the model at positions position()..position()+n-1,
+ * appending their keys and values to the cache, and advances the position.
+ * logits: NULL (only fill the cache), or vocab_size floats for the last token
+ * (all_logits == 0), or n * vocab_size floats, one row per token (all_logits
+ * != 0). Fails with RQ4_ERR_CONTEXT_FULL, before computing anything, if the
+ * tokens do not fit in n_ctx, and with RQ4_ERR_ARG on an id outside the vocab. */
+rq4_status rq4_forward(rq4_model *m, const int32_t *tokens, int32_t n,
+                       float *logits, int32_t all_logits, rq4_error *err);
+
+/* Number of tokens in the KV cache. */
+int32_t rq4_position(const rq4_model *m);
+
+/* Keeps the first `pos` cached tokens and forgets the rest (0 resets). */
+rq4_status rq4_rewind(rq4_model *m, int32_t pos, rq4_error *err);
+
+/* A blob of the file by name ("tokenizer.json", "chat_template", ...): a
+ * pointer into the mapping, valid until rq4_close, and its size; NULL when the
+ * file has no such blob. */
+const void *rq4_blob(const rq4_model *m, const char *name, uint64_t *size);
+
+/* Bytes rq4_open would need, besides the mapped file, for this context. */
+uint64_t rq4_memory_needed(const rq4_model *m, int32_t n_ctx, int32_t kv_type);
+
+/* The matmul kernel this process uses ("scalar", "avx2", "neon-dotprod", ...). */
+const char *rq4_kernel_name(void);
+
+/* A static description of a status code. */
+const char *rq4_strerror(int32_t code);
+
+/* ---- cdef end ---- */
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* RUNQ4_H */
