@@ -1,0 +1,199 @@
+/* The scalar reference kernels, activation quantization and kernel dispatch.
+ *
+ * The scalar kernels define the arithmetic every other kernel set must
+ * reproduce bit for bit (see the accumulation contract in kernels.h); they
+ * are written for clarity first, then for what the compiler vectorizes well.
+ */
+#define _POSIX_C_SOURCE 200809L
+#include "kernels.h"
+
+#include <math.h>
+#include <pthread.h>
+#include <stdint.h>
+
+/* Keep the compiler from fusing a*b+c into one fma: that changes rounding and
+ * would break bit-identity between kernel sets and between machines. (GCC does
+ * not contract in ISO C mode; clang honours this pragma.) */
+#ifdef __clang__
+#pragma STDC FP_CONTRACT OFF
+#endif
+
+/* Tokens processed together per weight group: their accumulators live in
+ * registers while the group's unpacked weights stay in L1. */
+#define TOKEN_TILE 8
+
+static inline int min_int(int a, int b) { return a < b ? a : b; }
+
+/* A two's-complement int4 nibble (0..15) as -8..7. */
+static inline int8_t signed_nibble(unsigned v) { return (int8_t)((int)(v ^ 8u) - 8); }
+
+/* Unpacks values [start, end) of a packed int4 row into w[0 .. end-start);
+ * start and end are even (groups are multiples of 32). */
+static void unpack_q4s(const uint8_t *wq, int start, int end, int8_t *w) {
+    for (int i = start; i < end; i += 2) {
+        uint8_t b = wq[i / 2];
+        w[i - start] = signed_nibble(b & 0x0Fu);
+        w[i - start + 1] = signed_nibble(b >> 4);
+    }
+}
+
+static void unpack_q4a(const uint8_t *wq, int start, int end, int8_t *w) {
+    for (int i = start; i < end; i += 2) {
+        uint8_t b = wq[i / 2];
+        w[i - start] = (int8_t)(b & 0x0F);
+        w[i - start + 1] = (int8_t)(b >> 4);
+    }
+}
+
+static inline int32_t dot_i8(const int8_t *a, const int8_t *b, int n) {
+    int32_t sum = 0;
+    for (int i = 0; i < n; i++) sum += (int32_t)a[i] * (int32_t)b[i];
+    return sum;
+}
+
+enum { KIND_Q4S, KIND_Q4A, KIND_Q8 };
+
+/* The one scalar kernel body; `kind` is a compile-time constant at each call
+ * site below, so the switch disappears after inlining. */
+static inline void dot_ref(int kind, const qact *x, const uint8_t *wq, const uint16_t *wd,
+                           const uint16_t *wm, float *out, size_t out_stride) {
+    int8_t w[4096]; /* one unpacked weight group; group sizes are <= 4096 */
+    for (int t0 = 0; t0 < x->ntok; t0 += TOKEN_TILE) {
+        int nt = min_int(TOKEN_TILE, x->ntok - t0);
+        float acc[TOKEN_TILE] = {0};
+        for (int g = 0; g < x->ngroups; g++) {
+            int start = g * x->gs, end = min_int(start + x->gs, x->n), len = end - start;
+            const int8_t *wg = w;
+            if (kind == KIND_Q4S) unpack_q4s(wq, start, end, w);
+            else if (kind == KIND_Q4A) unpack_q4a(wq, start, end, w);
+            else wg = (const int8_t *)wq + start;
+            float d = fp16_to_f32(wd[g]);
+            float mn = kind == KIND_Q4A ? fp16_to_f32(wm[g]) : 0.0f;
+            for (int t = 0; t < nt; t++) {
+                size_t row = (size_t)(t0 + t);
+                int32_t isum = dot_i8(wg, x->q + row * (size_t)x->n + start, len);
+                float xd = x->d[row * (size_t)x->ngroups + g];
+                if (kind == KIND_Q4A) {
+                    float xs = (float)x->s[row * (size_t)x->ngroups + g];
+                    acc[t] += (d * xd) * (float)isum + (mn * xd) * xs;
+                } else {
+                    acc[t] += (d * xd) * (float)isum;
+                }
+            }
+        }
+        for (int t = 0; t < nt; t++) out[(size_t)(t0 + t) * out_stride] = acc[t];
+    }
+}
+
+static void dot_q4s_scalar(const qact *x, const uint8_t *wq, const uint16_t *wd,
+                           const uint16_t *wm, float *out, size_t out_stride) {
+    dot_ref(KIND_Q4S, x, wq, wd, wm, out, out_stride);
+}
+
+static void dot_q4a_scalar(const qact *x, const uint8_t *wq, const uint16_t *wd,
+                           const uint16_t *wm, float *out, size_t out_stride) {
+    dot_ref(KIND_Q4A, x, wq, wd, wm, out, out_stride);
+}
+
+static void dot_q8_scalar(const qact *x, const uint8_t *wq, const uint16_t *wd,
+                          const uint16_t *wm, float *out, size_t out_stride) {
+    dot_ref(KIND_Q8, x, wq, wd, wm, out, out_stride);
+}
+
+const kernel_set kernels_scalar = {
+    "scalar", dot_q4s_scalar, dot_q4a_scalar, dot_q8_scalar,
+};
+
+/* Per group of x[0..n): d = amax / 127, q = round-half-even(x / d) in
+ * [-127, 127], s = sum of q. An all-zero group gets d = 0 and q = 0. */
+void quantize_act(qact *a, int t, const float *x) {
+    int8_t *q = a->q + (size_t)t * (size_t)a->n;
+    float *d = a->d + (size_t)t * (size_t)a->ngroups;
+    int32_t *s = a->s + (size_t)t * (size_t)a->ngroups;
+    for (int g = 0; g < a->ngroups; g++) {
+        int start = g * a->gs, end = min_int(start + a->gs, a->n);
+        float amax = 0.0f;
+        for (int i = start; i < end; i++) {
+            float v = fabsf(x[i]);
+            if (v > amax) amax = v;
+        }
+        float dg = amax / 127.0f;
+        int32_t sum = 0;
+        for (int i = start; i < end; i++) {
+            float v = dg > 0.0f ? nearbyintf(x[i] / dg) : 0.0f;
+            /* clamp; NaN (from a non-finite activation) becomes 0 */
+            int qi = v >= 127.0f ? 127 : v <= -127.0f ? -127 : v == v ? (int)v : 0;
+            q[i] = (int8_t)qi;
+            sum += qi;
+        }
+        d[g] = dg;
+        s[g] = sum;
+    }
+}
+
+/* ---- dispatch ----
+ * The SIMD files (src/kernels_x86.c, src/kernels_arm.c) each define kernel
+ * sets and a runtime CPU check per set. RQ4_HAVE_X86_KERNELS /
+ * RQ4_HAVE_ARM_KERNELS say whether they are compiled in: by default 1 when the
+ * file sits next to this one (every build compiles every src/kernels_*.c), or set by
+ * the build (-DRQ4_HAVE_X86_KERNELS=0 to leave them out). The ladder below
+ * lists the sets best first (add a line per set), the scalar reference last. */
+#if !defined(RQ4_HAVE_X86_KERNELS) && defined(__has_include)
+#if __has_include("kernels_x86.c")
+#define RQ4_HAVE_X86_KERNELS 1
+#endif
+#endif
+#if !defined(RQ4_HAVE_ARM_KERNELS) && defined(__has_include)
+#if __has_include("kernels_arm.c")
+#define RQ4_HAVE_ARM_KERNELS 1
+#endif
+#endif
+
+#if defined(RQ4_HAVE_X86_KERNELS) && RQ4_HAVE_X86_KERNELS && (defined(__x86_64__) || defined(__i386__))
+#define RQ4_X86 1
+extern const kernel_set kernels_avx2;
+int kernels_avx2_supported(void);
+#endif
+#if defined(RQ4_HAVE_ARM_KERNELS) && RQ4_HAVE_ARM_KERNELS && defined(__aarch64__)
+#define RQ4_ARM 1
+extern const kernel_set kernels_neon_dotprod;
+int kernels_neon_dotprod_supported(void);
+extern const kernel_set kernels_neon;
+int kernels_neon_supported(void);
+#endif
+
+typedef struct candidate {
+    const kernel_set *set;
+    int (*supported)(void); /* NULL: always */
+} candidate;
+
+static const candidate candidates[] = {
+#ifdef RQ4_X86
+    {&kernels_avx2, kernels_avx2_supported},
+#endif
+#ifdef RQ4_ARM
+    {&kernels_neon_dotprod, kernels_neon_dotprod_supported},
+    {&kernels_neon, kernels_neon_supported},
+#endif
+    {&kernels_scalar, 0},
+};
+
+#define N_CANDIDATES (sizeof candidates / sizeof candidates[0])
+
+/* Filled once (pthread_once), read-only afterwards. */
+static const kernel_set *available[N_CANDIDATES + 1];
+static pthread_once_t available_once = PTHREAD_ONCE_INIT;
+
+static void find_available(void) {
+    size_t n = 0;
+    for (size_t i = 0; i < N_CANDIDATES; i++)
+        if (!candidates[i].supported || candidates[i].supported()) available[n++] = candidates[i].set;
+    available[n] = 0;
+}
+
+const kernel_set *const *kernels_available(void) {
+    pthread_once(&available_once, find_available);
+    return available;
+}
+
+const kernel_set *kernels_select(void) { return kernels_available()[0]; }

@@ -1,0 +1,1210 @@
+/* runq4: int4 inference for Llama 3 models from one mmapped .rq4 file.
+ *
+ * A port of llama2.c's runq.c to int4 weights (docs/FORMAT.md) and the
+ * Llama 3.2 architecture (GQA, head_dim from the config, llama3 RoPE scaling,
+ * tied or untied classifier). One struct, rq4_model, owns every piece of
+ * state; nothing here prints or exits; every failure is an rq4_status and a
+ * one-line message.
+ *
+ * Layout of this file: errors, the file loader and its validation, memory
+ * accounting, the thread pool, the math primitives (rmsnorm, matmul, rope,
+ * attention), forward(), and the public API.
+ */
+#define _POSIX_C_SOURCE 200809L
+#include "runq4.h"
+#include "kernels.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <math.h>
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#ifdef __clang__
+#pragma STDC FP_CONTRACT OFF /* same rounding everywhere (see kernels.c) */
+#endif
+
+/* Tokens of a prompt pushed through each layer together: every weight row is
+ * read once per chunk instead of once per token. */
+#define RQ4_BATCH 32
+
+#define MAX_THREADS 256
+
+/* ---------------------------------------------------------------------------
+ * The model */
+
+/* A view of one tensor of the mapping. */
+typedef struct tensor {
+    const char *name;     /* the entry name (for messages) */
+    int type;             /* an rq4_type */
+    int gs;               /* group size (quantized) */
+    int rows, cols;
+    int ngroups;          /* ceil(cols / gs) */
+    size_t row_bytes;     /* bytes of one row of values */
+    const uint8_t *q;     /* (rows, row_bytes) packed values; F32: the floats */
+    const uint16_t *d;    /* (rows, ngroups) fp16 scales */
+    const uint16_t *m;    /* (rows, ngroups) fp16 minimums, Q4A only */
+} tensor;
+
+typedef struct layer_weights {
+    const float *attention_norm; /* (dim) */
+    const float *ffn_norm;       /* (dim) */
+    tensor wq;  /* (n_heads*head_dim, dim) */
+    tensor wk;  /* (n_kv_heads*head_dim, dim) */
+    tensor wv;  /* (n_kv_heads*head_dim, dim) */
+    tensor wo;  /* (dim, n_heads*head_dim) */
+    tensor w1;  /* (hidden_dim, dim) gate */
+    tensor w2;  /* (dim, hidden_dim) down */
+    tensor w3;  /* (hidden_dim, dim) up */
+} layer_weights;
+
+/* The int8 activations of one float input, for up to two group sizes (the
+ * matrices reading one input may use different group sizes). */
+typedef struct act_cache {
+    const float *x;    /* (ntok, n) the input they were quantized from */
+    int n, ntok;
+    int gs[2];         /* 0: slot empty */
+    qact slot[2];
+    int next;          /* slot to evict next */
+} act_cache;
+
+typedef struct pool pool;
+
+struct rq4_model {
+    rq4_config config;
+    int fd;
+    uint8_t *map;         /* the whole file, read-only */
+    size_t map_size;
+    int32_t n_entries;
+    uint32_t *by_name;    /* (n_entries) entry indices sorted by name */
+
+    /* weights: views into the mapping */
+    tensor tok_embeddings;  /* (vocab, dim) */
+    tensor output;          /* (vocab, dim): tok_embeddings when tied */
+    const float *norm;      /* (dim) */
+    layer_weights *layers;  /* (n_layers) */
+
+    const kernel_set *kernels;
+    int float_activations;
+    int q_dim, kv_dim;      /* n_heads*head_dim, n_kv_heads*head_dim */
+    int max_cols;           /* the longest matmul input: max(dim, q_dim, hidden_dim) */
+    double *inv_freq;       /* (head_dim/2) RoPE inverse frequencies */
+
+    /* activations of one chunk of up to RQ4_BATCH tokens */
+    float *x;       /* (B, dim) residual stream */
+    float *xb;      /* (B, max(dim, q_dim)) normed input / attention output */
+    float *xb2;     /* (B, dim) output of wo and w2 */
+    float *q;       /* (B, q_dim) queries */
+    float *k;       /* (B, kv_dim) keys before they go to the cache */
+    float *v;       /* (B, kv_dim) values */
+    float *hb;      /* (B, hidden_dim) gate */
+    float *hb2;     /* (B, hidden_dim) up */
+    float *rope;    /* (B, head_dim) cos (first half) and sin (second half) per token */
+    act_cache acts; /* int8 copy of the current matmul input */
+    float *att;     /* (n_threads, n_ctx) attention scores, one row per thread */
+    float *row;     /* (n_threads, max cols) a dequantized weight row (float mode) */
+
+    /* kv cache, f32 or f16 */
+    void *key_cache;    /* (layer, n_ctx, kv_dim) */
+    void *value_cache;  /* (layer, n_ctx, kv_dim) */
+    int pos;            /* tokens in the cache */
+
+    pool *pool;         /* NULL with one thread */
+};
+
+/* ---------------------------------------------------------------------------
+ * Errors */
+
+#if defined(__GNUC__)
+__attribute__((format(printf, 3, 4)))
+#endif
+static rq4_status fail(rq4_error *err, rq4_status code, const char *fmt, ...) {
+    if (err) {
+        va_list ap;
+        va_start(ap, fmt);
+        err->code = code;
+        vsnprintf(err->message, sizeof err->message, fmt, ap);
+        va_end(ap);
+        for (char *c = err->message; *c; c++) /* one line, whatever went in */
+            if (*c == '\n' || *c == '\r') *c = ' ';
+    }
+    return code;
+}
+
+static rq4_status succeed(rq4_error *err) {
+    if (err) {
+        err->code = RQ4_OK;
+        err->message[0] = '\0';
+    }
+    return RQ4_OK;
+}
+
+/* A name from the file, made printable for a message. */
+static const char *printable(const char *s, char *buf, size_t size) {
+    size_t i = 0;
+    for (; s[i] && i + 1 < size; i++) buf[i] = (s[i] >= 0x20 && s[i] < 0x7f) ? s[i] : '?';
+    buf[i] = '\0';
+    return buf;
+}
+
+/* ---------------------------------------------------------------------------
+ * Reading the file: little-endian fields at fixed offsets */
+
+static uint32_t read_u32(const uint8_t *p) {
+    return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
+}
+static uint64_t read_u64(const uint8_t *p) { return read_u32(p) | (uint64_t)read_u32(p + 4) << 32; }
+static int32_t read_i32(const uint8_t *p) {
+    uint32_t u = read_u32(p);
+    int32_t i;
+    memcpy(&i, &u, 4);
+    return i;
+}
+static float read_f32(const uint8_t *p) {
+    uint32_t u = read_u32(p);
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
+}
+
+/* Header field offsets (docs/FORMAT.md). */
+enum {
+    H_MAGIC = 0, H_VERSION = 8, H_HEADER_SIZE = 12, H_FILE_SIZE = 16, H_DIM = 24,
+    H_HIDDEN_DIM = 28, H_N_LAYERS = 32, H_N_HEADS = 36, H_N_KV_HEADS = 40, H_HEAD_DIM = 44,
+    H_VOCAB_SIZE = 48, H_MAX_SEQ_LEN = 52, H_TIED = 56, H_BOS_ID = 60, H_N_EOS = 64,
+    H_EOS_IDS = 68, H_ROPE_SCALING = 84, H_ROPE_ORIG_MAX_POS = 88, H_NORM_EPS = 92,
+    H_ROPE_THETA = 96, H_ROPE_FACTOR = 100, H_ROPE_LOW = 104, H_ROPE_HIGH = 108,
+    H_GROUP_SIZE = 112, H_N_ENTRIES = 116, H_TABLE_OFFSET = 120
+};
+/* Entry field offsets. */
+enum { E_NAME = 0, E_TYPE = 64, E_GROUP_SIZE = 68, E_ROWS = 72, E_COLS = 76, E_OFFSET = 80, E_SIZE = 88 };
+
+static const uint8_t RQ4_MAGIC[8] = {'R', 'U', 'N', 'Q', '4', 0, 0, 0};
+
+static const uint8_t *entry_at(const rq4_model *m, uint32_t i) {
+    return m->map + RQ4_HEADER_SIZE + (size_t)i * RQ4_ENTRY_SIZE;
+}
+
+static size_t align64(uint64_t n) { return (size_t)((n + 63) & ~(uint64_t)63); }
+
+/* a * b + c in 64 bits; 0 on overflow. */
+static int mul_add_u64(uint64_t a, uint64_t b, uint64_t c, uint64_t *out) {
+    if (a != 0 && b > (UINT64_MAX - c) / a) return 0;
+    *out = a * b + c;
+    return 1;
+}
+
+/* Bytes of a quantized tensor's values, and the offsets of its scales and
+ * minimums; 0 on overflow. */
+static int quantized_layout(int type, uint64_t rows, uint64_t cols, uint64_t gs, uint64_t *values,
+                            uint64_t *scales_at, uint64_t *mins_at, uint64_t *size) {
+    uint64_t ngroups = (cols + gs - 1) / gs, row_bytes = type == RQ4_TYPE_Q8 ? cols : cols / 2;
+    uint64_t scale_bytes;
+    if (!mul_add_u64(rows, row_bytes, 0, values) || *values > UINT64_MAX - 64) return 0;
+    *scales_at = align64(*values);
+    if (!mul_add_u64(rows, ngroups * 2, *scales_at, size)) return 0;
+    scale_bytes = *size - *scales_at;
+    *mins_at = 0;
+    if (type == RQ4_TYPE_Q4A) {
+        if (*size > UINT64_MAX - 64) return 0;
+        *mins_at = align64(*size);
+        if (*mins_at > UINT64_MAX - scale_bytes) return 0;
+        *size = *mins_at + scale_bytes;
+    }
+    return 1;
+}
+
+static int is_quantized(int type) { return type == RQ4_TYPE_Q4S || type == RQ4_TYPE_Q4A || type == RQ4_TYPE_Q8; }
+
+static const char *type_name(int type) {
+    static const char *names[] = {"F32", "Q4S", "Q4A", "Q8", "BLOB"};
+    return type >= 0 && type <= 4 ? names[type] : "?";
+}
+
+static rq4_status read_field(const uint8_t *h, int off, const char *name, uint32_t lo, uint32_t hi, int32_t *dst,
+                             rq4_error *err) {
+    uint32_t v = read_u32(h + off);
+    if (v < lo || v > hi)
+        return fail(err, RQ4_ERR_FORMAT, "header field %s = %u is outside [%u, %u]", name, v, lo, hi);
+    *dst = (int32_t)v;
+    return RQ4_OK;
+}
+
+static int fp16_finite(uint16_t h) { return ((h >> 10) & 0x1f) != 0x1f; }
+
+/* Checks the fixed header and fills m->config. */
+static rq4_status check_header(rq4_model *m, rq4_error *err) {
+    const uint8_t *h = m->map;
+    rq4_config *c = &m->config;
+    if (m->map_size < RQ4_HEADER_SIZE)
+        return fail(err, RQ4_ERR_FORMAT, "not an .rq4 file: %zu bytes, shorter than the %d-byte header",
+                    m->map_size, RQ4_HEADER_SIZE);
+    if (memcmp(h, RQ4_MAGIC, 8) != 0) {
+        if (memcmp(h, "GGUF", 4) == 0)
+            return fail(err, RQ4_ERR_FORMAT, "not an .rq4 file but a GGUF file (convert it with the exporter)");
+        return fail(err, RQ4_ERR_FORMAT, "not an .rq4 file (bad magic)");
+    }
+    uint32_t version = read_u32(h + H_VERSION);
+    if (version != RQ4_FORMAT_VERSION)
+        return fail(err, RQ4_ERR_VERSION, "the file is .rq4 format version %u; this build reads version %d",
+                    version, RQ4_FORMAT_VERSION);
+    if (read_u32(h + H_HEADER_SIZE) != RQ4_HEADER_SIZE)
+        return fail(err, RQ4_ERR_FORMAT, "header_size is %u, expected %d", read_u32(h + H_HEADER_SIZE),
+                    RQ4_HEADER_SIZE);
+    uint64_t file_size = read_u64(h + H_FILE_SIZE);
+    if (file_size != m->map_size)
+        return fail(err, RQ4_ERR_FORMAT, "file is %zu bytes but its header says %llu (truncated or padded copy?)",
+                    m->map_size, (unsigned long long)file_size);
+
+/* Reads an unsigned field into dst and checks lo <= value <= hi. */
+#define FIELD(dst, off, name, lo, hi)                                             \
+    do {                                                                        \
+        rq4_status s_ = read_field(h, (off), (name), (lo), (hi), &(dst), err); \
+        if (s_ != RQ4_OK) return s_;                                            \
+    } while (0)
+
+    FIELD(c->dim, H_DIM, "dim", 1, 65536);
+    FIELD(c->hidden_dim, H_HIDDEN_DIM, "hidden_dim", 1, 262144);
+    FIELD(c->n_layers, H_N_LAYERS, "n_layers", 1, 1024);
+    FIELD(c->n_heads, H_N_HEADS, "n_heads", 1, 1024);
+    FIELD(c->n_kv_heads, H_N_KV_HEADS, "n_kv_heads", 1, (uint32_t)c->n_heads);
+    FIELD(c->head_dim, H_HEAD_DIM, "head_dim", 2, 1024);
+    FIELD(c->vocab_size, H_VOCAB_SIZE, "vocab_size", 1, 1u << 24);
+    FIELD(c->max_seq_len, H_MAX_SEQ_LEN, "max_seq_len", 1, 1u << 24);
+    FIELD(c->tied_embeddings, H_TIED, "tied_embeddings", 0, 1);
+    FIELD(c->n_eos, H_N_EOS, "n_eos", 0, RQ4_MAX_EOS);
+    FIELD(c->rope_scaling, H_ROPE_SCALING, "rope_scaling", RQ4_ROPE_NONE, RQ4_ROPE_LLAMA3);
+    FIELD(m->n_entries, H_N_ENTRIES, "n_entries", 1, 65536);
+#undef FIELD
+    if (c->dim % 32 != 0) return fail(err, RQ4_ERR_FORMAT, "header field dim = %d is not a multiple of 32", c->dim);
+    if (c->hidden_dim % 32 != 0)
+        return fail(err, RQ4_ERR_FORMAT, "header field hidden_dim = %d is not a multiple of 32", c->hidden_dim);
+    if (c->n_heads % c->n_kv_heads != 0)
+        return fail(err, RQ4_ERR_FORMAT, "n_kv_heads = %d does not divide n_heads = %d", c->n_kv_heads, c->n_heads);
+    if (c->head_dim % 2 != 0)
+        return fail(err, RQ4_ERR_FORMAT, "header field head_dim = %d is odd", c->head_dim);
+    if ((c->n_heads * c->head_dim) % 32 != 0 || (c->n_kv_heads * c->head_dim) % 32 != 0)
+        return fail(err, RQ4_ERR_FORMAT, "n_heads*head_dim = %d and n_kv_heads*head_dim = %d must be multiples of 32",
+                    c->n_heads * c->head_dim, c->n_kv_heads * c->head_dim);
+    c->bos_id = read_i32(h + H_BOS_ID);
+    if (c->bos_id < -1 || c->bos_id >= c->vocab_size)
+        return fail(err, RQ4_ERR_FORMAT, "header field bos_id = %d is outside [-1, %d)", c->bos_id, c->vocab_size);
+    for (int i = 0; i < RQ4_MAX_EOS; i++) {
+        c->eos_ids[i] = read_i32(h + H_EOS_IDS + 4 * i);
+        if (i < c->n_eos && (c->eos_ids[i] < 0 || c->eos_ids[i] >= c->vocab_size))
+            return fail(err, RQ4_ERR_FORMAT, "header field eos_ids[%d] = %d is outside [0, %d)", i, c->eos_ids[i],
+                        c->vocab_size);
+        if (i >= c->n_eos && c->eos_ids[i] != -1)
+            return fail(err, RQ4_ERR_FORMAT, "header field eos_ids[%d] = %d beyond n_eos = %d must be -1", i,
+                        c->eos_ids[i], c->n_eos);
+    }
+    c->rope_original_max_pos = (int32_t)read_u32(h + H_ROPE_ORIG_MAX_POS);
+    c->norm_eps = read_f32(h + H_NORM_EPS);
+    c->rope_theta = read_f32(h + H_ROPE_THETA);
+    c->rope_factor = read_f32(h + H_ROPE_FACTOR);
+    c->rope_low_freq_factor = read_f32(h + H_ROPE_LOW);
+    c->rope_high_freq_factor = read_f32(h + H_ROPE_HIGH);
+    c->group_size = (int32_t)read_u32(h + H_GROUP_SIZE);
+    if (!(isfinite(c->norm_eps) && c->norm_eps > 0))
+        return fail(err, RQ4_ERR_FORMAT, "header field norm_eps = %g must be finite and > 0", c->norm_eps);
+    if (!(isfinite(c->rope_theta) && c->rope_theta > 0))
+        return fail(err, RQ4_ERR_FORMAT, "header field rope_theta = %g must be finite and > 0", c->rope_theta);
+    if (c->rope_scaling == RQ4_ROPE_LLAMA3) {
+        if (read_u32(h + H_ROPE_ORIG_MAX_POS) < 1 || read_u32(h + H_ROPE_ORIG_MAX_POS) > INT32_MAX)
+            return fail(err, RQ4_ERR_FORMAT, "header field rope_original_max_pos = %u must be >= 1 for llama3 RoPE",
+                        read_u32(h + H_ROPE_ORIG_MAX_POS));
+        if (!(isfinite(c->rope_factor) && c->rope_factor >= 1))
+            return fail(err, RQ4_ERR_FORMAT, "header field rope_factor = %g must be finite and >= 1", c->rope_factor);
+        if (!(isfinite(c->rope_low_freq_factor) && c->rope_low_freq_factor > 0))
+            return fail(err, RQ4_ERR_FORMAT, "header field rope_low_freq_factor = %g must be finite and > 0",
+                        c->rope_low_freq_factor);
+        if (!(isfinite(c->rope_high_freq_factor) && c->rope_high_freq_factor > c->rope_low_freq_factor))
+            return fail(err, RQ4_ERR_FORMAT,
+                        "header field rope_high_freq_factor = %g must be finite and > rope_low_freq_factor = %g",
+                        c->rope_high_freq_factor, c->rope_low_freq_factor);
+    }
+    if (read_u64(h + H_TABLE_OFFSET) != RQ4_HEADER_SIZE)
+        return fail(err, RQ4_ERR_FORMAT, "table_offset is %llu, expected %d",
+                    (unsigned long long)read_u64(h + H_TABLE_OFFSET), RQ4_HEADER_SIZE);
+    if ((uint64_t)RQ4_HEADER_SIZE + (uint64_t)m->n_entries * RQ4_ENTRY_SIZE > m->map_size)
+        return fail(err, RQ4_ERR_FORMAT, "the table of %d entries runs past the end of the %zu-byte file",
+                    m->n_entries, m->map_size);
+    return RQ4_OK;
+}
+
+/* Checks one table entry on its own: name, type, shape, placement, size. */
+static rq4_status check_entry(const rq4_model *m, uint32_t i, rq4_error *err) {
+    const uint8_t *e = entry_at(m, i);
+    char buf[RQ4_NAME_MAX + 1];
+    if (memchr(e + E_NAME, 0, RQ4_NAME_MAX) == NULL)
+        return fail(err, RQ4_ERR_FORMAT, "entry %u: name is not NUL-terminated", i);
+    const char *name = printable((const char *)e + E_NAME, buf, sizeof buf);
+    if (name[0] == '\0') return fail(err, RQ4_ERR_FORMAT, "entry %u has an empty name", i);
+    uint32_t type = read_u32(e + E_TYPE), gs = read_u32(e + E_GROUP_SIZE);
+    uint32_t rows = read_u32(e + E_ROWS), cols = read_u32(e + E_COLS);
+    uint64_t offset = read_u64(e + E_OFFSET), size = read_u64(e + E_SIZE), expected = 0;
+    if (type > RQ4_TYPE_BLOB) return fail(err, RQ4_ERR_FORMAT, "entry %s: unknown type %u", name, type);
+    if (is_quantized((int)type)) {
+        if (gs < RQ4_MIN_GROUP || gs > 4096 || gs % 32 != 0)
+            return fail(err, RQ4_ERR_FORMAT, "entry %s: group_size %u is not a multiple of 32 in [32, 4096]", name, gs);
+        if (cols % 32 != 0)
+            return fail(err, RQ4_ERR_FORMAT, "entry %s: %u columns, not a multiple of 32", name, cols);
+    } else if (gs != 0) {
+        return fail(err, RQ4_ERR_FORMAT, "entry %s: group_size %u for an unquantized %s entry", name, gs,
+                    type_name((int)type));
+    }
+    if (type != RQ4_TYPE_BLOB && (rows == 0 || cols == 0))
+        return fail(err, RQ4_ERR_FORMAT, "entry %s: empty shape %ux%u", name, rows, cols);
+    if (offset % RQ4_ALIGN != 0)
+        return fail(err, RQ4_ERR_FORMAT, "entry %s: offset %llu is not a multiple of %d", name,
+                    (unsigned long long)offset, RQ4_ALIGN);
+    uint64_t table_end = RQ4_HEADER_SIZE + (uint64_t)m->n_entries * RQ4_ENTRY_SIZE;
+    if (offset < table_end || offset > m->map_size || size > m->map_size - offset)
+        return fail(err, RQ4_ERR_FORMAT, "entry %s: bytes [%llu, +%llu) are not inside the data area [%llu, %zu)",
+                    name, (unsigned long long)offset, (unsigned long long)size, (unsigned long long)table_end,
+                    m->map_size);
+    if (type == RQ4_TYPE_BLOB) return RQ4_OK;
+    uint64_t values, scales_at, mins_at;
+    int ok = type == RQ4_TYPE_F32 ? mul_add_u64((uint64_t)rows * cols, 4, 0, &expected)
+                                  : quantized_layout((int)type, rows, cols, gs, &values, &scales_at, &mins_at, &expected);
+    if (!ok || size != expected)
+        return fail(err, RQ4_ERR_FORMAT, "entry %s: %s %ux%u (group %u) takes %llu bytes, the table says %llu", name,
+                    type_name((int)type), rows, cols, gs, (unsigned long long)expected, (unsigned long long)size);
+    return RQ4_OK;
+}
+
+static const char *entry_name(const rq4_model *m, uint32_t i) { return (const char *)entry_at(m, i) + E_NAME; }
+
+static int name_less(const rq4_model *m, uint32_t a, uint32_t b) {
+    return strcmp(entry_name(m, a), entry_name(m, b)) < 0;
+}
+
+/* Moves the heap root at i down to its place (max-heap by name, n items). */
+static void sift_down(const rq4_model *m, uint32_t *a, int i, int n) {
+    for (int child; (child = 2 * i + 1) < n; i = child) {
+        if (child + 1 < n && name_less(m, a[child], a[child + 1])) child++;
+        if (!name_less(m, a[i], a[child])) return;
+        uint32_t tmp = a[i];
+        a[i] = a[child];
+        a[child] = tmp;
+    }
+}
+
+/* Sorts the entry indices by name (for lookups and to find duplicates): a
+ * heapsort, since qsort has no context argument for the mapping. */
+static void sort_entries(rq4_model *m) {
+    uint32_t *a = m->by_name;
+    int n = m->n_entries;
+    for (int i = 0; i < n; i++) a[i] = (uint32_t)i;
+    for (int i = n / 2 - 1; i >= 0; i--) sift_down(m, a, i, n);
+    for (int end = n - 1; end > 0; end--) {
+        uint32_t tmp = a[0];
+        a[0] = a[end];
+        a[end] = tmp;
+        sift_down(m, a, 0, end);
+    }
+}
+
+/* The entry named `name`, or -1. */
+static int64_t find_entry(const rq4_model *m, const char *name) {
+    int lo = 0, hi = m->n_entries - 1;
+    while (lo <= hi) {
+        int mid = lo + (hi - lo) / 2;
+        int c = strcmp(name, entry_name(m, m->by_name[mid]));
+        if (c == 0) return m->by_name[mid];
+        if (c < 0) hi = mid - 1;
+        else lo = mid + 1;
+    }
+    return -1;
+}
+
+enum { WANT_MATRIX, WANT_NORM }; /* any tensor type but BLOB / a 1 x dim F32 */
+
+/* Looks up a required tensor with its expected shape and makes a view of it. */
+static rq4_status map_tensor(rq4_model *m, const char *name, int want, int rows, int cols, tensor *t,
+                             rq4_error *err) {
+    int64_t i = find_entry(m, name);
+    if (i < 0) return fail(err, RQ4_ERR_FORMAT, "tensor %s is missing", name);
+    const uint8_t *e = entry_at(m, (uint32_t)i);
+    int type = (int)read_u32(e + E_TYPE);
+    uint32_t frows = read_u32(e + E_ROWS), fcols = read_u32(e + E_COLS);
+    if (type == RQ4_TYPE_BLOB) return fail(err, RQ4_ERR_FORMAT, "tensor %s: is a BLOB entry", name);
+    if (want == WANT_NORM && type != RQ4_TYPE_F32)
+        return fail(err, RQ4_ERR_FORMAT, "tensor %s: expected F32, file has %s", name, type_name(type));
+    if (frows != (uint32_t)rows || fcols != (uint32_t)cols)
+        return fail(err, RQ4_ERR_FORMAT, "tensor %s: expected %dx%d, file has %ux%u", name, rows, cols, frows, fcols);
+    const uint8_t *base = m->map + read_u64(e + E_OFFSET);
+    memset(t, 0, sizeof *t);
+    t->name = entry_name(m, (uint32_t)i);
+    t->type = type;
+    t->rows = rows;
+    t->cols = cols;
+    t->q = base;
+    if (type == RQ4_TYPE_F32) {
+        t->row_bytes = (size_t)cols * 4;
+        return RQ4_OK;
+    }
+    uint64_t values = 0, scales_at = 0, mins_at = 0, size = 0;
+    t->gs = (int)read_u32(e + E_GROUP_SIZE);
+    t->ngroups = (cols + t->gs - 1) / t->gs;
+    t->row_bytes = type == RQ4_TYPE_Q8 ? (size_t)cols : (size_t)cols / 2;
+    quantized_layout(type, (uint64_t)rows, (uint64_t)cols, (uint64_t)t->gs, &values, &scales_at, &mins_at, &size);
+    t->d = (const uint16_t *)(base + scales_at);
+    t->m = type == RQ4_TYPE_Q4A ? (const uint16_t *)(base + mins_at) : NULL;
+    /* every scale must be finite: one linear pass over the scales only */
+    size_t n = (size_t)rows * (size_t)t->ngroups;
+    for (size_t j = 0; j < n; j++)
+        if (!fp16_finite(t->d[j]) || (t->m && !fp16_finite(t->m[j])))
+            return fail(err, RQ4_ERR_FORMAT, "tensor %s: row %zu, group %zu has a non-finite %s", name,
+                        j / (size_t)t->ngroups, j % (size_t)t->ngroups, fp16_finite(t->d[j]) ? "minimum" : "scale");
+    return RQ4_OK;
+}
+
+static rq4_status map_norm(rq4_model *m, const char *name, const float **out, rq4_error *err) {
+    tensor t;
+    rq4_status s = map_tensor(m, name, WANT_NORM, 1, m->config.dim, &t, err);
+    *out = (const float *)t.q;
+    return s;
+}
+
+/* Finds every tensor the forward pass reads. */
+static rq4_status map_weights(rq4_model *m, rq4_error *err) {
+    const rq4_config *c = &m->config;
+    char name[RQ4_NAME_MAX];
+    rq4_status s;
+    if ((s = map_tensor(m, "tok_embeddings", WANT_MATRIX, c->vocab_size, c->dim, &m->tok_embeddings, err))) return s;
+    if (c->tied_embeddings) m->output = m->tok_embeddings;
+    else if ((s = map_tensor(m, "output", WANT_MATRIX, c->vocab_size, c->dim, &m->output, err))) return s;
+    if ((s = map_norm(m, "norm", &m->norm, err))) return s;
+    for (int l = 0; l < c->n_layers; l++) {
+        layer_weights *w = &m->layers[l];
+        struct { const char *suffix; tensor *t; int rows, cols; } mats[] = {
+            {"wq", &w->wq, m->q_dim, c->dim},       {"wk", &w->wk, m->kv_dim, c->dim},
+            {"wv", &w->wv, m->kv_dim, c->dim},      {"wo", &w->wo, c->dim, m->q_dim},
+            {"w1", &w->w1, c->hidden_dim, c->dim},  {"w2", &w->w2, c->dim, c->hidden_dim},
+            {"w3", &w->w3, c->hidden_dim, c->dim},
+        };
+        snprintf(name, sizeof name, "layers.%d.attention_norm", l);
+        if ((s = map_norm(m, name, &w->attention_norm, err))) return s;
+        snprintf(name, sizeof name, "layers.%d.ffn_norm", l);
+        if ((s = map_norm(m, name, &w->ffn_norm, err))) return s;
+        for (size_t j = 0; j < sizeof mats / sizeof mats[0]; j++) {
+            snprintf(name, sizeof name, "layers.%d.%s", l, mats[j].suffix);
+            if ((s = map_tensor(m, name, WANT_MATRIX, mats[j].rows, mats[j].cols, mats[j].t, err))) return s;
+        }
+    }
+    return RQ4_OK;
+}
+
+/* ---------------------------------------------------------------------------
+ * RoPE frequencies, as Hugging Face's _compute_default_rope_parameters and
+ * _compute_llama3_parameters (in double). */
+
+static void compute_inv_freq(const rq4_config *c, double *inv_freq) {
+    int half = c->head_dim / 2;
+    for (int i = 0; i < half; i++) {
+        double f = 1.0 / pow((double)c->rope_theta, (double)(2 * i) / (double)c->head_dim);
+        if (c->rope_scaling == RQ4_ROPE_LLAMA3) {
+            double factor = c->rope_factor, low = c->rope_low_freq_factor, high = c->rope_high_freq_factor;
+            double old_len = c->rope_original_max_pos;
+            double low_wavelen = old_len / low, high_wavelen = old_len / high;
+            double wavelen = 2.0 * 3.14159265358979323846 / f;
+            if (wavelen > low_wavelen) {
+                f = f / factor;                      /* low frequencies: scaled */
+            } else if (wavelen >= high_wavelen) {   /* medium: interpolated */
+                double smooth = (old_len / wavelen - low) / (high - low);
+                f = (1.0 - smooth) * f / factor + smooth * f;
+            }                                        /* high frequencies: kept */
+        }
+        inv_freq[i] = f;
+    }
+}
+
+/* ---------------------------------------------------------------------------
+ * Memory accounting: everything rq4_open allocates besides the mapping */
+
+static uint64_t max3(uint64_t a, uint64_t b, uint64_t c) { return a > b ? (a > c ? a : c) : (b > c ? b : c); }
+
+static uint64_t memory_needed(const rq4_config *c, int n_entries, int n_ctx, int kv_type, int n_threads) {
+    uint64_t B = RQ4_BATCH, dim = (uint64_t)c->dim, hidden = (uint64_t)c->hidden_dim;
+    uint64_t q_dim = (uint64_t)c->n_heads * (uint64_t)c->head_dim, kv_dim = (uint64_t)c->n_kv_heads * (uint64_t)c->head_dim;
+    uint64_t max_cols = max3(dim, q_dim, hidden), max_in = dim > q_dim ? dim : q_dim;
+    uint64_t max_groups = (max_cols + RQ4_MIN_GROUP - 1) / RQ4_MIN_GROUP;
+    uint64_t kv_elem = kv_type == RQ4_KV_F16 ? 2 : 4;
+    uint64_t bytes = sizeof(rq4_model);
+    bytes += (uint64_t)n_entries * sizeof(uint32_t);                       /* by_name */
+    bytes += (uint64_t)c->n_layers * sizeof(layer_weights);               /* layers */
+    bytes += (uint64_t)(c->head_dim / 2) * sizeof(double);               /* inv_freq */
+    bytes += 4 * B * (dim + max_in + dim + q_dim + 2 * kv_dim + 2 * hidden + (uint64_t)c->head_dim); /* x .. rope */
+    bytes += 2 * B * (max_cols + max_groups * (sizeof(float) + sizeof(int32_t)));                     /* acts */
+    bytes += 4 * (uint64_t)n_threads * ((uint64_t)n_ctx + max_cols);     /* att, row */
+    bytes += 2 * kv_elem * (uint64_t)c->n_layers * (uint64_t)n_ctx * kv_dim; /* kv cache */
+    bytes += (uint64_t)n_threads * 256;                                  /* thread pool */
+    return bytes;
+}
+
+/* ---------------------------------------------------------------------------
+ * Thread pool: n_threads - 1 workers plus the calling thread. A job is a
+ * function over a range of items [0, count) cut into n_threads contiguous
+ * slices; thread i runs slice i. Workers spin briefly for the next job, then
+ * sleep on a condition variable. */
+
+typedef void (*job_fn)(const rq4_model *m, void *arg, int thread, int start, int end);
+
+struct pool {
+    pthread_t *threads;     /* (n_workers) */
+    int n_workers, n_started;
+    pthread_mutex_t lock;
+    pthread_cond_t wake;    /* a new job (or stop) */
+    pthread_cond_t done;    /* the last worker finished */
+    atomic_uint generation; /* bumped once per job */
+    atomic_int pending;     /* workers still running the current job */
+    int stop;
+    /* the current job */
+    job_fn fn;
+    const rq4_model *model;
+    void *arg;
+    int count;
+};
+
+typedef struct worker_arg {
+    pool *p;
+    int thread;
+} worker_arg;
+
+#define SPIN_ITERATIONS 20000
+
+static inline void cpu_relax(void) {
+#if defined(__x86_64__) || defined(__i386__)
+    __asm__ __volatile__("pause");
+#elif defined(__aarch64__)
+    __asm__ __volatile__("yield");
+#endif
+}
+
+static void run_slice(pool *p, int thread, int n_threads) {
+    int start = (int)((int64_t)p->count * thread / n_threads);
+    int end = (int)((int64_t)p->count * (thread + 1) / n_threads);
+    if (start < end) p->fn(p->model, p->arg, thread, start, end);
+}
+
+static void *worker_main(void *varg) {
+    pool *p = ((worker_arg *)varg)->p;
+    int thread = ((worker_arg *)varg)->thread;
+    free(varg);
+    unsigned seen = 0;
+    for (;;) {
+        /* wait for the generation to move: spin, then sleep */
+        int spins = 0;
+        while (atomic_load_explicit(&p->generation, memory_order_acquire) == seen && spins < SPIN_ITERATIONS) {
+            cpu_relax();
+            spins++;
+        }
+        pthread_mutex_lock(&p->lock);
+        while (atomic_load_explicit(&p->generation, memory_order_acquire) == seen && !p->stop)
+            pthread_cond_wait(&p->wake, &p->lock);
+        int stop = p->stop;
+        seen = atomic_load_explicit(&p->generation, memory_order_acquire);
+        pthread_mutex_unlock(&p->lock);
+        if (stop) return NULL;
+        run_slice(p, thread, p->n_workers + 1);
+        if (atomic_fetch_sub_explicit(&p->pending, 1, memory_order_acq_rel) == 1) {
+            pthread_mutex_lock(&p->lock);
+            pthread_cond_signal(&p->done);
+            pthread_mutex_unlock(&p->lock);
+        }
+    }
+}
+
+static void free_pool(pool *p) {
+    if (!p) return;
+    pthread_mutex_lock(&p->lock);
+    p->stop = 1;
+    pthread_cond_broadcast(&p->wake);
+    pthread_mutex_unlock(&p->lock);
+    for (int i = 0; i < p->n_started; i++) pthread_join(p->threads[i], NULL);
+    pthread_cond_destroy(&p->done);
+    pthread_cond_destroy(&p->wake);
+    pthread_mutex_destroy(&p->lock);
+    free(p->threads);
+    free(p);
+}
+
+static rq4_status build_pool(pool **out, int n_workers, rq4_error *err) {
+    pool *p = calloc(1, sizeof *p);
+    if (!p) return fail(err, RQ4_ERR_NOMEM, "out of memory for the thread pool");
+    p->threads = calloc((size_t)n_workers, sizeof *p->threads);
+    if (!p->threads) {
+        free(p);
+        return fail(err, RQ4_ERR_NOMEM, "out of memory for the thread pool");
+    }
+    pthread_mutex_init(&p->lock, NULL);
+    pthread_cond_init(&p->wake, NULL);
+    pthread_cond_init(&p->done, NULL);
+    atomic_init(&p->generation, 0);
+    atomic_init(&p->pending, 0);
+    p->n_workers = n_workers;
+    for (int i = 0; i < n_workers; i++) {
+        worker_arg *a = malloc(sizeof *a);
+        int rc = a ? pthread_create(&p->threads[i], NULL, worker_main, a) : ENOMEM;
+        if (a) *a = (worker_arg){p, i + 1};
+        if (rc != 0) {
+            free(a);
+            free_pool(p);
+            return fail(err, RQ4_ERR_THREAD, "cannot start worker thread %d of %d: %s", i + 1, n_workers,
+                        strerror(rc));
+        }
+        p->n_started++;
+    }
+    *out = p;
+    return RQ4_OK;
+}
+
+/* Runs fn over [0, count) on all threads and returns when every slice is done. */
+static void run_parallel(const rq4_model *m, job_fn fn, void *arg, int count) {
+    pool *p = m->pool;
+    if (!p) {
+        fn(m, arg, 0, 0, count);
+        return;
+    }
+    pthread_mutex_lock(&p->lock);
+    p->fn = fn;
+    p->model = m;
+    p->arg = arg;
+    p->count = count;
+    atomic_store_explicit(&p->pending, p->n_workers, memory_order_relaxed);
+    atomic_fetch_add_explicit(&p->generation, 1, memory_order_release);
+    pthread_cond_broadcast(&p->wake);
+    pthread_mutex_unlock(&p->lock);
+    run_slice(p, 0, p->n_workers + 1);
+    for (int spins = 0; atomic_load_explicit(&p->pending, memory_order_acquire) != 0 && spins < SPIN_ITERATIONS;
+         spins++)
+        cpu_relax();
+    pthread_mutex_lock(&p->lock);
+    while (atomic_load_explicit(&p->pending, memory_order_acquire) != 0) pthread_cond_wait(&p->done, &p->lock);
+    pthread_mutex_unlock(&p->lock);
+}
+
+/* ---------------------------------------------------------------------------
+ * Math primitives */
+
+/* fp32 -> fp16, round to nearest even; overflow -> inf, NaN stays NaN. */
+static uint16_t f32_to_fp16(float f) {
+    uint32_t x;
+    memcpy(&x, &f, 4);
+    uint32_t sign = (x >> 16) & 0x8000u, ax = x & 0x7fffffffu;
+    if (ax >= 0x7f800000u) return (uint16_t)(sign | 0x7c00u | (ax > 0x7f800000u ? 0x200u : 0)); /* inf, nan */
+    if (ax >= 0x477ff000u) return (uint16_t)(sign | 0x7c00u); /* rounds to >= 65520: inf */
+    if (ax < 0x38800000u) {                                     /* below the smallest normal half: subnormal */
+        if (ax < 0x33000000u) return (uint16_t)sign;            /* < 2^-25: rounds to zero */
+        uint32_t man = (ax & 0x7fffffu) | 0x800000u;
+        int shift = 126 - (int)(ax >> 23);                      /* 14..24 */
+        uint32_t h = man >> shift, rem = man & ((1u << shift) - 1), halfway = 1u << (shift - 1);
+        if (rem > halfway || (rem == halfway && (h & 1))) h++;
+        return (uint16_t)(sign | h);
+    }
+    uint32_t h = ((ax >> 13) - (112u << 10)), rem = ax & 0x1fffu; /* rebias exponent 127 -> 15 */
+    if (rem > 0x1000u || (rem == 0x1000u && (h & 1))) h++;       /* may carry into the exponent: fine */
+    return (uint16_t)(sign | h);
+}
+
+static void rmsnorm(float *out, const float *x, const float *weight, int n, float eps) {
+    double ss = 0.0;
+    for (int i = 0; i < n; i++) ss += (double)x[i] * x[i];
+    float scale = (float)(1.0 / sqrt(ss / n + (double)eps));
+    for (int i = 0; i < n; i++) out[i] = weight[i] * (x[i] * scale);
+}
+
+static void softmax(float *x, int n) {
+    float max = x[0];
+    for (int i = 1; i < n; i++)
+        if (x[i] > max) max = x[i];
+    float sum = 0.0f;
+    for (int i = 0; i < n; i++) {
+        x[i] = expf(x[i] - max);
+        sum += x[i];
+    }
+    for (int i = 0; i < n; i++) x[i] /= sum;
+}
+
+/* One row of a weight matrix as floats. */
+static void dequantize_row(const tensor *w, int r, float *out) {
+    const uint8_t *q = w->q + (size_t)r * w->row_bytes;
+    if (w->type == RQ4_TYPE_F32) {
+        memcpy(out, q, (size_t)w->cols * sizeof(float));
+        return;
+    }
+    const uint16_t *d = w->d + (size_t)r * (size_t)w->ngroups;
+    const uint16_t *mn = w->m ? w->m + (size_t)r * (size_t)w->ngroups : NULL;
+    for (int i = 0; i < w->cols; i++) {
+        int g = i / w->gs, v;
+        if (w->type == RQ4_TYPE_Q8) v = (int8_t)q[i];
+        else if (w->type == RQ4_TYPE_Q4S) v = (int)(((q[i / 2] >> (4 * (i & 1))) & 0x0F) ^ 8) - 8;
+        else v = (q[i / 2] >> (4 * (i & 1))) & 0x0F;
+        out[i] = fp16_to_f32(d[g]) * (float)v;
+        if (mn) out[i] += fp16_to_f32(mn[g]);
+    }
+}
+
+/* The input of a matmul quantized for group size gs (cached per input). */
+static const qact *quantized_input(act_cache *a, const float *x, int n, int ntok, int gs) {
+    if (a->x != x || a->n != n || a->ntok != ntok) {
+        a->x = x;
+        a->n = n;
+        a->ntok = ntok;
+        a->gs[0] = a->gs[1] = 0;
+    }
+    for (int i = 0; i < 2; i++)
+        if (a->gs[i] == gs) return &a->slot[i];
+    int i = a->next;
+    a->next ^= 1;
+    qact *s = &a->slot[i];
+    s->n = n;
+    s->gs = gs;
+    s->ngroups = (n + gs - 1) / gs;
+    s->ntok = ntok;
+    for (int t = 0; t < ntok; t++) quantize_act(s, t, x + (size_t)t * (size_t)n);
+    a->gs[i] = gs;
+    return s;
+}
+
+/* Forgets the cached int8 copy of x (its floats are about to change). */
+static void forget_input(act_cache *a) { a->x = NULL; }
+
+typedef struct matmul_job {
+    float *out;        /* (ntok, out_stride) */
+    size_t out_stride;
+    const float *x;    /* (ntok, cols) */
+    const qact *xq;    /* x quantized, or NULL for the float path */
+    const tensor *w;
+    int ntok;
+} matmul_job;
+
+/* Rows [start, end) of out = x W^T. */
+static void matmul_rows(const rq4_model *m, void *arg, int thread, int start, int end) {
+    const matmul_job *j = arg;
+    const tensor *w = j->w;
+    if (j->xq) {
+        dot_fn dot = w->type == RQ4_TYPE_Q4S ? m->kernels->dot_q4s
+                   : w->type == RQ4_TYPE_Q4A ? m->kernels->dot_q4a : m->kernels->dot_q8;
+        for (int r = start; r < end; r++) {
+            size_t g = (size_t)r * (size_t)w->ngroups;
+            dot(j->xq, w->q + (size_t)r * w->row_bytes, w->d + g, w->m ? w->m + g : NULL, j->out + r, j->out_stride);
+        }
+        return;
+    }
+    /* reference path: the weight row in float, dotted in double */
+    float *row = m->row + (size_t)thread * (size_t)m->max_cols;
+    if (w->type == RQ4_TYPE_F32) row = NULL;
+    for (int r = start; r < end; r++) {
+        const float *wr = (const float *)(w->q + (size_t)r * w->row_bytes);
+        if (row) {
+            dequantize_row(w, r, row);
+            wr = row;
+        }
+        for (int t = 0; t < j->ntok; t++) {
+            const float *xt = j->x + (size_t)t * (size_t)w->cols;
+            double sum = 0.0;
+            for (int i = 0; i < w->cols; i++) sum += (double)wr[i] * xt[i];
+            j->out[(size_t)t * j->out_stride + (size_t)r] = (float)sum;
+        }
+    }
+}
+
+/* out (ntok, out_stride) = x (ntok, w->cols) times W^T, rows split over the threads. */
+static void matmul(rq4_model *m, float *out, size_t out_stride, const float *x, const tensor *w, int ntok) {
+    matmul_job j = {out, out_stride, x, NULL, w, ntok};
+    if (!m->float_activations && w->type != RQ4_TYPE_F32) j.xq = quantized_input(&m->acts, x, w->cols, ntok, w->gs);
+    run_parallel(m, matmul_rows, &j, w->rows);
+}
+
+/* Rotate-half RoPE on every head of vec (n_heads_here, head_dim) at one
+ * position: value i pairs with value i + head_dim/2. cs = cos (half), sin (half). */
+static void apply_rope(float *vec, int n_heads_here, int head_dim, const float *cs) {
+    int half = head_dim / 2;
+    const float *sn = cs + half;
+    for (int h = 0; h < n_heads_here; h++) {
+        float *v = vec + (size_t)h * (size_t)head_dim;
+        for (int i = 0; i < half; i++) {
+            float x0 = v[i], x1 = v[i + half];
+            v[i] = x0 * cs[i] - x1 * sn[i];
+            v[i + half] = x1 * cs[i] + x0 * sn[i];
+        }
+    }
+}
+
+static inline float cache_get(const void *cache, int kv_type, size_t i) {
+    return kv_type == RQ4_KV_F16 ? fp16_to_f32(((const uint16_t *)cache)[i]) : ((const float *)cache)[i];
+}
+
+static void cache_put(void *cache, int kv_type, size_t at, const float *src, int n) {
+    if (kv_type == RQ4_KV_F16) {
+        uint16_t *dst = (uint16_t *)cache + at;
+        for (int i = 0; i < n; i++) dst[i] = f32_to_fp16(src[i]);
+    } else {
+        memcpy((float *)cache + at, src, (size_t)n * sizeof(float));
+    }
+}
+
+typedef struct attention_job {
+    int layer;
+    int pos0;  /* position of the chunk's first token */
+} attention_job;
+
+/* Items [start, end) of (token, head): causal attention of one query head of
+ * one token over the cached positions 0..pos, into xb. */
+static void attend(const rq4_model *m, void *arg, int thread, int start, int end) {
+    const attention_job *j = arg;
+    const rq4_config *c = &m->config;
+    int hd = c->head_dim, kv_mul = c->n_heads / c->n_kv_heads;
+    size_t layer_off = (size_t)j->layer * (size_t)c->n_ctx * (size_t)m->kv_dim;
+    float *att = m->att + (size_t)thread * (size_t)c->n_ctx;
+    float scale = (float)(1.0 / sqrt((double)hd));
+    for (int item = start; item < end; item++) {
+        int t = item / c->n_heads, h = item % c->n_heads, pos = j->pos0 + t;
+        const float *q = m->q + (size_t)t * (size_t)m->q_dim + (size_t)h * (size_t)hd;
+        size_t head_off = layer_off + (size_t)(h / kv_mul) * (size_t)hd;
+        /* scores against every key up to and including this position */
+        for (int p = 0; p <= pos; p++) {
+            size_t k = head_off + (size_t)p * (size_t)m->kv_dim;
+            float score = 0.0f;
+            if (c->kv_type == RQ4_KV_F16)
+                for (int i = 0; i < hd; i++) score += q[i] * fp16_to_f32(((const uint16_t *)m->key_cache)[k + i]);
+            else
+                for (int i = 0; i < hd; i++) score += q[i] * ((const float *)m->key_cache)[k + i];
+            att[p] = score * scale;
+        }
+        softmax(att, pos + 1);
+        /* weighted sum of the values */
+        float *out = m->xb + (size_t)t * (size_t)m->q_dim + (size_t)h * (size_t)hd;
+        memset(out, 0, (size_t)hd * sizeof(float));
+        for (int p = 0; p <= pos; p++) {
+            size_t v = head_off + (size_t)p * (size_t)m->kv_dim;
+            float a = att[p];
+            for (int i = 0; i < hd; i++) out[i] += a * cache_get(m->value_cache, c->kv_type, v + i);
+        }
+    }
+}
+
+/* Token row r of the embedding table, dequantized (no float copy of the table). */
+static void embed(const rq4_model *m, int token, float *out) { dequantize_row(&m->tok_embeddings, token, out); }
+
+/* ---------------------------------------------------------------------------
+ * The forward pass of one chunk of ntok tokens at positions pos0 .. pos0+ntok-1.
+ * logits: NULL, or (n_out, vocab) where n_out is ntok (all_logits) or 1 (the
+ * chunk's last token). */
+
+static void forward_chunk(rq4_model *m, const int32_t *tokens, int ntok, int pos0, float *logits, int all_logits) {
+    const rq4_config *c = &m->config;
+    int dim = c->dim, hidden = c->hidden_dim, hd = c->head_dim, half = hd / 2;
+    float *x = m->x;
+    forget_input(&m->acts);
+
+    /* token embeddings into the residual stream */
+    for (int t = 0; t < ntok; t++) embed(m, tokens[t], x + (size_t)t * (size_t)dim);
+
+    /* cos and sin of every RoPE angle of each token's position */
+    for (int t = 0; t < ntok; t++) {
+        float *cs = m->rope + (size_t)t * (size_t)hd;
+        for (int i = 0; i < half; i++) {
+            double angle = (double)(pos0 + t) * m->inv_freq[i];
+            cs[i] = (float)cos(angle);
+            cs[half + i] = (float)sin(angle);
+        }
+    }
+
+    for (int l = 0; l < c->n_layers; l++) {
+        const layer_weights *w = &m->layers[l];
+        size_t cache_off = ((size_t)l * (size_t)c->n_ctx + (size_t)pos0) * (size_t)m->kv_dim;
+
+        /* attention rmsnorm */
+        for (int t = 0; t < ntok; t++)
+            rmsnorm(m->xb + (size_t)t * dim, x + (size_t)t * dim, w->attention_norm, dim, c->norm_eps);
+        forget_input(&m->acts);
+
+        /* q, k, v projections */
+        matmul(m, m->q, (size_t)m->q_dim, m->xb, &w->wq, ntok);
+        matmul(m, m->k, (size_t)m->kv_dim, m->xb, &w->wk, ntok);
+        matmul(m, m->v, (size_t)m->kv_dim, m->xb, &w->wv, ntok);
+
+        /* RoPE on q and k, then k and v into the cache at their positions */
+        for (int t = 0; t < ntok; t++) {
+            const float *cs = m->rope + (size_t)t * (size_t)hd;
+            apply_rope(m->q + (size_t)t * m->q_dim, c->n_heads, hd, cs);
+            apply_rope(m->k + (size_t)t * m->kv_dim, c->n_kv_heads, hd, cs);
+            size_t at = cache_off + (size_t)t * (size_t)m->kv_dim;
+            cache_put(m->key_cache, c->kv_type, at, m->k + (size_t)t * m->kv_dim, m->kv_dim);
+            cache_put(m->value_cache, c->kv_type, at, m->v + (size_t)t * m->kv_dim, m->kv_dim);
+        }
+
+        /* multi-head (grouped-query) causal attention, into xb (ntok, q_dim) */
+        attention_job aj = {l, pos0};
+        run_parallel(m, attend, &aj, ntok * c->n_heads);
+        forget_input(&m->acts);
+
+        /* output projection and residual */
+        matmul(m, m->xb2, (size_t)dim, m->xb, &w->wo, ntok);
+        for (size_t i = 0; i < (size_t)ntok * dim; i++) x[i] += m->xb2[i];
+
+        /* ffn rmsnorm */
+        for (int t = 0; t < ntok; t++)
+            rmsnorm(m->xb + (size_t)t * dim, x + (size_t)t * dim, w->ffn_norm, dim, c->norm_eps);
+        forget_input(&m->acts);
+
+        /* SwiGLU: w2(silu(w1 x) * w3 x) */
+        matmul(m, m->hb, (size_t)hidden, m->xb, &w->w1, ntok);
+        matmul(m, m->hb2, (size_t)hidden, m->xb, &w->w3, ntok);
+        for (size_t i = 0; i < (size_t)ntok * hidden; i++) {
+            float g = m->hb[i];
+            m->hb[i] = g / (1.0f + expf(-g)) * m->hb2[i];
+        }
+        forget_input(&m->acts);
+        matmul(m, m->xb2, (size_t)dim, m->hb, &w->w2, ntok);
+        for (size_t i = 0; i < (size_t)ntok * dim; i++) x[i] += m->xb2[i];
+    }
+
+    if (!logits) return;
+    /* final rmsnorm and the classifier, for every token or the last one */
+    int first = all_logits ? 0 : ntok - 1, n_out = ntok - first;
+    for (int t = first; t < ntok; t++)
+        rmsnorm(m->xb + (size_t)(t - first) * dim, x + (size_t)t * dim, m->norm, dim, c->norm_eps);
+    forget_input(&m->acts);
+    matmul(m, logits, (size_t)c->vocab_size, m->xb, &m->output, n_out);
+}
+
+/* ---------------------------------------------------------------------------
+ * Public API */
+
+void rq4_default_options(rq4_options *opts) {
+    if (!opts) return;
+    memset(opts, 0, sizeof *opts);
+    opts->kv_type = RQ4_KV_F32;
+}
+
+void rq4_close(rq4_model *m) {
+    if (!m) return;
+    free_pool(m->pool);
+    free(m->key_cache);
+    free(m->value_cache);
+    free(m->x);
+    free(m->xb);
+    free(m->xb2);
+    free(m->q);
+    free(m->k);
+    free(m->v);
+    free(m->hb);
+    free(m->hb2);
+    free(m->rope);
+    for (int i = 0; i < 2; i++) {
+        free(m->acts.slot[i].q);
+        free(m->acts.slot[i].d);
+        free(m->acts.slot[i].s);
+    }
+    free(m->att);
+    free(m->row);
+    free(m->inv_freq);
+    free(m->layers);
+    free(m->by_name);
+    if (m->map) munmap(m->map, m->map_size);
+    if (m->fd >= 0) close(m->fd);
+    free(m);
+}
+
+/* Maps the file read-only. */
+static rq4_status map_file(rq4_model *m, const char *path, rq4_error *err) {
+    struct stat st;
+    m->fd = open(path, O_RDONLY);
+    if (m->fd < 0) return fail(err, RQ4_ERR_IO, "cannot open %s: %s", path, strerror(errno));
+    if (fstat(m->fd, &st) != 0) return fail(err, RQ4_ERR_IO, "cannot stat %s: %s", path, strerror(errno));
+    if (S_ISDIR(st.st_mode)) return fail(err, RQ4_ERR_IO, "%s is a directory, not an .rq4 file", path);
+    if (!S_ISREG(st.st_mode)) return fail(err, RQ4_ERR_IO, "%s is not a regular file", path);
+    if (st.st_size == 0) return fail(err, RQ4_ERR_FORMAT, "%s is empty, not an .rq4 file", path);
+    if ((uint64_t)st.st_size > SIZE_MAX) return fail(err, RQ4_ERR_IO, "%s is too large to map", path);
+    m->map_size = (size_t)st.st_size;
+    void *p = mmap(NULL, m->map_size, PROT_READ, MAP_PRIVATE, m->fd, 0);
+    if (p == MAP_FAILED) return fail(err, RQ4_ERR_IO, "cannot map %s: %s", path, strerror(errno));
+    m->map = p;
+    return RQ4_OK;
+}
+
+/* Allocates n zeroed bytes into *p (calloc also keeps valgrind quiet about
+ * reading never-written padding). */
+static int alloc(void *p, size_t n) {
+    void **pp = p;
+    *pp = calloc(1, n ? n : 1);
+    return *pp != NULL;
+}
+
+static rq4_status allocate_buffers(rq4_model *m, rq4_error *err) {
+    const rq4_config *c = &m->config;
+    size_t B = RQ4_BATCH, dim = (size_t)c->dim, hidden = (size_t)c->hidden_dim;
+    size_t q_dim = (size_t)m->q_dim, kv_dim = (size_t)m->kv_dim, hd = (size_t)c->head_dim;
+    size_t max_in = dim > q_dim ? dim : q_dim, max_cols = max_in > hidden ? max_in : hidden;
+    size_t max_groups = (max_cols + RQ4_MIN_GROUP - 1) / RQ4_MIN_GROUP;
+    size_t kv_elem = c->kv_type == RQ4_KV_F16 ? 2 : 4, nt = (size_t)c->n_threads;
+    size_t kv_bytes = (size_t)c->n_layers * (size_t)c->n_ctx * kv_dim * kv_elem;
+    int ok = alloc(&m->x, B * dim * 4) && alloc(&m->xb, B * max_in * 4) && alloc(&m->xb2, B * dim * 4) &&
+             alloc(&m->q, B * q_dim * 4) && alloc(&m->k, B * kv_dim * 4) && alloc(&m->v, B * kv_dim * 4) &&
+             alloc(&m->hb, B * hidden * 4) && alloc(&m->hb2, B * hidden * 4) && alloc(&m->rope, B * hd * 4) &&
+             alloc(&m->att, nt * (size_t)c->n_ctx * 4) && alloc(&m->row, nt * max_cols * 4) &&
+             alloc(&m->key_cache, kv_bytes) && alloc(&m->value_cache, kv_bytes);
+    for (int i = 0; ok && i < 2; i++)
+        ok = alloc(&m->acts.slot[i].q, B * max_cols) && alloc(&m->acts.slot[i].d, B * max_groups * 4) &&
+             alloc(&m->acts.slot[i].s, B * max_groups * 4);
+    if (!ok)
+        return fail(err, RQ4_ERR_NOMEM, "out of memory for the buffers and the %zu-byte KV cache", 2 * kv_bytes);
+    return RQ4_OK;
+}
+
+static rq4_status open_model(rq4_model *m, const char *path, const rq4_options *o, rq4_error *err) {
+    rq4_config *c = &m->config;
+    rq4_status s;
+    if (o->n_threads < 0 || o->n_threads > MAX_THREADS)
+        return fail(err, RQ4_ERR_ARG, "n_threads = %d is outside [0, %d]", o->n_threads, MAX_THREADS);
+    if (o->kv_type != RQ4_KV_F32 && o->kv_type != RQ4_KV_F16)
+        return fail(err, RQ4_ERR_ARG, "kv_type = %d is neither RQ4_KV_F32 (0) nor RQ4_KV_F16 (1)", o->kv_type);
+    if (o->n_ctx < 0) return fail(err, RQ4_ERR_ARG, "n_ctx = %d is negative", o->n_ctx);
+
+    /* the file: map it, check the header and every table entry */
+    if ((s = map_file(m, path, err))) return s;
+    if ((s = check_header(m, err))) return s;
+    for (uint32_t i = 0; i < (uint32_t)m->n_entries; i++)
+        if ((s = check_entry(m, i, err))) return s;
+    if (!alloc(&m->by_name, (size_t)m->n_entries * sizeof(uint32_t)))
+        return fail(err, RQ4_ERR_NOMEM, "out of memory");
+    sort_entries(m);
+    for (int i = 1; i < m->n_entries; i++)
+        if (strcmp(entry_name(m, m->by_name[i - 1]), entry_name(m, m->by_name[i])) == 0) {
+            char buf[RQ4_NAME_MAX + 1];
+            return fail(err, RQ4_ERR_FORMAT, "two entries are named %s",
+                        printable(entry_name(m, m->by_name[i]), buf, sizeof buf));
+        }
+
+    /* the open-time choices */
+    if (o->n_ctx > c->max_seq_len)
+        return fail(err, RQ4_ERR_ARG, "n_ctx = %d exceeds the model's max_seq_len = %d", o->n_ctx, c->max_seq_len);
+    c->n_ctx = o->n_ctx ? o->n_ctx : c->max_seq_len;
+    c->n_threads = o->n_threads ? o->n_threads : 1;
+    c->kv_type = o->kv_type;
+    m->float_activations = o->float_activations != 0;
+    m->q_dim = c->n_heads * c->head_dim;
+    m->kv_dim = c->n_kv_heads * c->head_dim;
+    m->max_cols = (int)max3((uint64_t)c->dim, (uint64_t)m->q_dim, (uint64_t)c->hidden_dim);
+    m->kernels = kernels_select();
+
+    /* the weights: every tensor by name, with its shape */
+    if (!alloc(&m->layers, (size_t)c->n_layers * sizeof(layer_weights)))
+        return fail(err, RQ4_ERR_NOMEM, "out of memory");
+    if ((s = map_weights(m, err))) return s;
+
+    /* the memory limit, before the big allocations */
+    uint64_t need = memory_needed(c, m->n_entries, c->n_ctx, c->kv_type, c->n_threads);
+    if (o->max_memory && (uint64_t)m->map_size + need > o->max_memory)
+        return fail(err, RQ4_ERR_MEMORY_LIMIT,
+                    "needs %llu bytes (file %zu + KV cache and buffers %llu for n_ctx %d), over max_memory %llu",
+                    (unsigned long long)(m->map_size + need), m->map_size, (unsigned long long)need, c->n_ctx,
+                    (unsigned long long)o->max_memory);
+    if (!alloc(&m->inv_freq, (size_t)(c->head_dim / 2) * sizeof(double)))
+        return fail(err, RQ4_ERR_NOMEM, "out of memory");
+    compute_inv_freq(c, m->inv_freq);
+    if ((s = allocate_buffers(m, err))) return s;
+    if (c->n_threads > 1 && (s = build_pool(&m->pool, c->n_threads - 1, err))) return s;
+    return RQ4_OK;
+}
+
+rq4_status rq4_open(const char *path, const rq4_options *opts, rq4_model **out, rq4_error *err) {
+    rq4_options defaults;
+    rq4_status s;
+    if (out) *out = NULL;
+    if (!path || !out) return fail(err, RQ4_ERR_ARG, "rq4_open: path and out must not be NULL");
+    if (!opts) {
+        rq4_default_options(&defaults);
+        opts = &defaults;
+    }
+    rq4_model *m = calloc(1, sizeof *m);
+    if (!m) return fail(err, RQ4_ERR_NOMEM, "out of memory");
+    m->fd = -1;
+    if ((s = open_model(m, path, opts, err)) != RQ4_OK) {
+        rq4_close(m);
+        return s;
+    }
+    *out = m;
+    return succeed(err);
+}
+
+const rq4_config *rq4_get_config(const rq4_model *m) { return m ? &m->config : NULL; }
+
+rq4_status rq4_forward(rq4_model *m, const int32_t *tokens, int32_t n, float *logits, int32_t all_logits,
+                       rq4_error *err) {
+    if (!m || !tokens) return fail(err, RQ4_ERR_ARG, "rq4_forward: model and tokens must not be NULL");
+    if (n <= 0) return fail(err, RQ4_ERR_ARG, "rq4_forward: n = %d, need at least one token", n);
+    const rq4_config *c = &m->config;
+    if (n > c->n_ctx - m->pos)
+        return fail(err, RQ4_ERR_CONTEXT_FULL, "%d tokens at position %d do not fit in the context of %d", n, m->pos,
+                    c->n_ctx);
+    for (int32_t i = 0; i < n; i++)
+        if (tokens[i] < 0 || tokens[i] >= c->vocab_size)
+            return fail(err, RQ4_ERR_ARG, "token id %d at index %d is outside the vocabulary [0, %d)", tokens[i], i,
+                        c->vocab_size);
+    for (int32_t start = 0; start < n; start += RQ4_BATCH) {
+        int ntok = n - start < RQ4_BATCH ? n - start : RQ4_BATCH;
+        float *out = NULL;
+        if (logits && all_logits) out = logits + (size_t)start * (size_t)c->vocab_size;
+        else if (logits && start + ntok == n) out = logits;
+        forward_chunk(m, tokens + start, ntok, m->pos, out, all_logits);
+        m->pos += ntok;
+    }
+    return succeed(err);
+}
+
+int32_t rq4_position(const rq4_model *m) { return m ? m->pos : 0; }
+
+rq4_status rq4_rewind(rq4_model *m, int32_t pos, rq4_error *err) {
+    if (!m) return fail(err, RQ4_ERR_ARG, "rq4_rewind: model must not be NULL");
+    if (pos < 0 || pos > m->pos)
+        return fail(err, RQ4_ERR_ARG, "rq4_rewind: position %d is outside [0, %d]", pos, m->pos);
+    m->pos = pos; /* the cache beyond pos is simply overwritten later */
+    return succeed(err);
+}
+
+const void *rq4_blob(const rq4_model *m, const char *name, uint64_t *size) {
+    if (size) *size = 0;
+    if (!m || !name) return NULL;
+    int64_t i = find_entry(m, name);
+    if (i < 0) return NULL;
+    const uint8_t *e = entry_at(m, (uint32_t)i);
+    if (read_u32(e + E_TYPE) != RQ4_TYPE_BLOB) return NULL;
+    if (size) *size = read_u64(e + E_SIZE);
+    return m->map + read_u64(e + E_OFFSET);
+}
+
+uint64_t rq4_memory_needed(const rq4_model *m, int32_t n_ctx, int32_t kv_type) {
+    if (!m) return 0;
+    if (n_ctx <= 0) n_ctx = m->config.max_seq_len;
+    return memory_needed(&m->config, m->n_entries, n_ctx, kv_type, m->config.n_threads);
+}
+
+const char *rq4_kernel_name(void) { return kernels_select()->name; }
+
+const char *rq4_strerror(int32_t code) {
+    switch (code) {
+    case RQ4_OK: return "success";
+    case RQ4_ERR_IO: return "cannot open, stat or map the file";
+    case RQ4_ERR_FORMAT: return "not an .rq4 file, or a corrupt or truncated one";
+    case RQ4_ERR_VERSION: return "an .rq4 file of another format version";
+    case RQ4_ERR_UNSUPPORTED: return "a valid file this build cannot run";
+    case RQ4_ERR_NOMEM: return "out of memory";
+    case RQ4_ERR_ARG: return "bad argument";
+    case RQ4_ERR_CONTEXT_FULL: return "the tokens do not fit in the remaining context";
+    case RQ4_ERR_MEMORY_LIMIT: return "the model and context exceed the memory limit";
+    case RQ4_ERR_THREAD: return "a worker thread could not be started";
+    default: return "unknown error";
+    }
+}
