@@ -152,6 +152,47 @@ const char *rq4_kernel_name(void);
 /* A static description of a status code. */
 const char *rq4_strerror(int32_t code);
 
+/* ---- Tokenizer (src/tokenizer.c) ----
+ * Byte-level BPE read from a Hugging Face tokenizer.json: the Llama 3
+ * pre-tokenizer and GPT-2's (optionally after SmolLM2's single-digit split),
+ * added tokens matched literally. Any other tokenizer is refused with
+ * RQ4_ERR_UNSUPPORTED. Read-only after creation: encode may run from several
+ * threads at once. */
+typedef struct rq4_tokenizer rq4_tokenizer;
+
+/* Parses `size` bytes of tokenizer.json (copied: the bytes may go afterwards). */
+rq4_status rq4_tokenizer_new(const void *json, uint64_t size, rq4_tokenizer **out, rq4_error *err);
+
+/* The same, from the model's "tokenizer.json" blob. */
+rq4_status rq4_tokenizer_from_model(const rq4_model *m, rq4_tokenizer **out, rq4_error *err);
+
+/* NULL is allowed. */
+void rq4_tokenizer_free(rq4_tokenizer *t);
+
+/* Encodes `len` bytes of UTF-8 `text` (invalid UTF-8: RQ4_ERR_ARG) into ids,
+ * without adding BOS. At most `len` ids come out, so cap >= len always
+ * suffices; *n_ids receives the count, and when it exceeds cap only the first
+ * cap ids are written and RQ4_ERR_ARG is returned. */
+rq4_status rq4_tokenizer_encode(const rq4_tokenizer *t, const char *text, uint64_t len,
+                                int32_t *ids, int32_t cap, int32_t *n_ids, rq4_error *err);
+
+/* The bytes a token id decodes to (byte-level pieces turned back into bytes,
+ * an added token's text as it is), *len their count; NULL for an unknown id. */
+const char *rq4_tokenizer_piece(const rq4_tokenizer *t, int32_t id, uint32_t *len);
+
+/* The id of the added token whose text is exactly these bytes, or else of the
+ * vocabulary token that decodes to them; -1 if none. */
+int32_t rq4_tokenizer_find(const rq4_tokenizer *t, const char *text, uint64_t len);
+
+/* 1 for an added token marked special (<|eot_id|> ...), else 0. */
+int32_t rq4_tokenizer_is_special(const rq4_tokenizer *t, int32_t id);
+
+/* 1 + the largest token id. */
+int32_t rq4_tokenizer_size(const rq4_tokenizer *t);
+
+/* Bytes the tokenizer holds allocated. */
+uint64_t rq4_tokenizer_memory(const rq4_tokenizer *t);
+
 /* ---- cdef end ---- */
 
 #ifdef __cplusplus
