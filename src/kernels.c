@@ -151,6 +151,10 @@ void quantize_act(qact *a, int t, const float *x) {
 
 #if defined(RQ4_HAVE_X86_KERNELS) && RQ4_HAVE_X86_KERNELS && (defined(__x86_64__) || defined(__i386__))
 #define RQ4_X86 1
+extern const kernel_set kernels_avx512vnni;
+int kernels_avx512vnni_supported(void);
+extern const kernel_set kernels_avxvnni;
+int kernels_avxvnni_supported(void);
 extern const kernel_set kernels_avx2;
 int kernels_avx2_supported(void);
 #endif
@@ -169,6 +173,8 @@ typedef struct candidate {
 
 static const candidate candidates[] = {
 #ifdef RQ4_X86
+    {&kernels_avx512vnni, kernels_avx512vnni_supported},
+    {&kernels_avxvnni, kernels_avxvnni_supported},
     {&kernels_avx2, kernels_avx2_supported},
 #endif
 #ifdef RQ4_ARM

@@ -1,0 +1,211 @@
+/* The body of one x86 kernel set, included by src/kernels_x86.c once per
+ * instruction set (not a public header; not compiled on its own).
+ *
+ * The includer defines:
+ *   SFX            name suffix of the set (avx2, avxvnni, avx512vnni)
+ *   TGT            __attribute__((target(...))) of every function here
+ *   V              int32 accumulator vector; v_zero()
+ *   WB             weights of one step (BIG values) as the dot wants them
+ *   BIG            values per step (32 or 64); when 64, also SMALL steps of 32
+ *   ld_q4(p, sgn)  BIG nibbles at p (BIG/2 bytes) as unsigned bytes q (+8 if sgn)
+ *   ld_q8(p)       BIG int8 at p
+ *   dot_u(a, w, x)  a + sum of w*x, w from ld_q4 (unsigned 0..15), x int8
+ *   dot_8(a, w, x)  a + sum of w*x, w from ld_q8
+ *   Q8_OFF         what dot_8 adds to every weight (128 for vpdpbusd, else 0)
+ *   (BIG == 64:) ld_q4_s / ld_q8_s / dot_u_s / dot_8_s: the same for 32 values
+ *   reduce4(a,b,c,d) -> __m128i of the four horizontal sums; reduce1(a) -> int
+ *
+ * Integer part: one weight step is unpacked once and multiplied with up to
+ * TILE tokens' activations, the group sums kept in V accumulators. Q4S nibbles
+ * are taken as q + 8 (0..15) so the unsigned x signed byte products apply;
+ * isum = dot - 8 * xs (xs = sum of the group's activations, from qact). Q8
+ * with vpdpbusd likewise uses w + 128 and subtracts 128 * xs.
+ *
+ * Float part: exactly the contract of kernels.h, per token in group order,
+ * with single-precision mul/add (no fma: see kernels_x86.c), so results are
+ * bit-identical to kernels_scalar.
+ */
+
+#define CAT_(a, b) a##_##b
+#define CAT(a, b) CAT_(a, b)
+#define FN(name) CAT(name, SFX)
+
+#ifndef X86_BODY_COMMON
+#define X86_BODY_COMMON
+enum { K_Q4S, K_Q4A, K_Q8 };
+#define ALWAYS static inline __attribute__((always_inline))
+#endif
+
+/* Sum over values [off, off+len) of weight row wq for token row xr, added to a. */
+ALWAYS TGT V FN(group_dot)(int kind, V a, const uint8_t *wq, const int8_t *xr, int off, int len) {
+    int e = off, end = off + len;
+    for (; e + BIG <= end; e += BIG) {
+        if (kind == K_Q8) a = dot_8(a, ld_q8((const int8_t *)wq + e), xr + e);
+        else a = dot_u(a, ld_q4(wq + e / 2, kind == K_Q4S), xr + e);
+    }
+#if BIG == 64
+    if (e < end) { /* one step of 32 left */
+        if (kind == K_Q8) a = dot_8_s(a, ld_q8_s((const int8_t *)wq + e), xr + e);
+        else a = dot_u_s(a, ld_q4_s(wq + e / 2, kind == K_Q4S), xr + e);
+    }
+#endif
+    return a;
+}
+
+/* The integer correction per group: dot - off * xs. */
+ALWAYS int FN(offset_of)(int kind) { return kind == K_Q4S ? 8 : kind == K_Q8 ? Q8_OFF : 0; }
+
+/* Tokens t0 .. t0+T-1 (T = 2..4), all groups. Each weight step is unpacked once
+ * for the T tokens; the float part runs in the lanes of one __m128. */
+ALWAYS TGT void FN(tile_tokens)(int kind, const int T, const qact *x, const uint8_t *wq,
+                                 const uint16_t *wd, const uint16_t *wm, float *out,
+                                 size_t out_stride, int t0) {
+    const int n = x->n, gs = x->gs, ng = x->ngroups, off8 = FN(offset_of)(kind);
+    const int8_t *xr[4];
+    const float *xd[4];
+    const int32_t *xs[4];
+    for (int t = 0; t < 4; t++) { /* lanes past T repeat token t0 (valid memory, unused) */
+        size_t row = (size_t)(t0 + (t < T ? t : 0));
+        xr[t] = x->q + row * (size_t)n;
+        xd[t] = x->d + row * (size_t)ng;
+        xs[t] = x->s + row * (size_t)ng;
+    }
+    __m128 acc = _mm_setzero_ps();
+    for (int g = 0; g < ng; g++) {
+        int off = g * gs, len = n - off < gs ? n - off : gs;
+        V a0 = v_zero(), a1 = v_zero(), a2 = v_zero(), a3 = v_zero();
+        int e = off, end = off + len;
+        for (; e + BIG <= end; e += BIG) {
+            if (kind == K_Q8) {
+                WB w = ld_q8((const int8_t *)wq + e);
+                a0 = dot_8(a0, w, xr[0] + e);
+                a1 = dot_8(a1, w, xr[1] + e);
+                if (T > 2) a2 = dot_8(a2, w, xr[2] + e);
+                if (T > 3) a3 = dot_8(a3, w, xr[3] + e);
+            } else {
+                WB w = ld_q4(wq + e / 2, kind == K_Q4S);
+                a0 = dot_u(a0, w, xr[0] + e);
+                a1 = dot_u(a1, w, xr[1] + e);
+                if (T > 2) a2 = dot_u(a2, w, xr[2] + e);
+                if (T > 3) a3 = dot_u(a3, w, xr[3] + e);
+            }
+        }
+#if BIG == 64
+        if (e < end) {
+            a0 = FN(group_dot)(kind, a0, wq, xr[0], e, 32);
+            a1 = FN(group_dot)(kind, a1, wq, xr[1], e, 32);
+            if (T > 2) a2 = FN(group_dot)(kind, a2, wq, xr[2], e, 32);
+            if (T > 3) a3 = FN(group_dot)(kind, a3, wq, xr[3], e, 32);
+        }
+#endif
+        __m128i isum = reduce4(a0, a1, a2, a3);
+        __m128i s = _mm_setr_epi32(xs[0][g], xs[1][g], xs[2][g], xs[3][g]);
+        if (off8) isum = _mm_sub_epi32(isum, _mm_mullo_epi32(s, _mm_set1_epi32(off8)));
+        __m128 dx = _mm_setr_ps(xd[0][g], xd[1][g], xd[2][g], xd[3][g]);
+        __m128 term = _mm_mul_ps(_mm_mul_ps(_mm_set1_ps(_cvtsh_ss(wd[g])), dx), _mm_cvtepi32_ps(isum));
+        if (kind == K_Q4A) {
+            __m128 mterm = _mm_mul_ps(_mm_mul_ps(_mm_set1_ps(_cvtsh_ss(wm[g])), dx), _mm_cvtepi32_ps(s));
+            term = _mm_add_ps(term, mterm);
+        }
+        acc = _mm_add_ps(acc, term);
+    }
+    float r[4];
+    _mm_storeu_ps(r, acc);
+    for (int t = 0; t < T; t++) out[(size_t)(t0 + t) * out_stride] = r[t];
+}
+
+/* One token t, all groups: four full groups at a time share one reduction and
+ * one vector float step; the four terms are then added in group order. */
+ALWAYS TGT void FN(one_token)(int kind, const qact *x, const uint8_t *wq, const uint16_t *wd,
+                               const uint16_t *wm, float *out, int t) {
+    const int n = x->n, gs = x->gs, ng = x->ngroups, off8 = FN(offset_of)(kind);
+    const int8_t *xr = x->q + (size_t)t * (size_t)n;
+    const float *xd = x->d + (size_t)t * (size_t)ng;
+    const int32_t *xs = x->s + (size_t)t * (size_t)ng;
+    int nfull = n / gs; /* groups of full length */
+    float acc = 0.0f;
+    int g = 0;
+    for (; g + 4 <= nfull; g += 4) {
+        V a0 = v_zero(), a1 = v_zero(), a2 = v_zero(), a3 = v_zero();
+        int o0 = g * gs;
+        int e = 0;
+        for (; e + BIG <= gs; e += BIG) {
+            if (kind == K_Q8) {
+                const int8_t *w8 = (const int8_t *)wq + o0 + e;
+                a0 = dot_8(a0, ld_q8(w8), xr + o0 + e);
+                a1 = dot_8(a1, ld_q8(w8 + gs), xr + o0 + gs + e);
+                a2 = dot_8(a2, ld_q8(w8 + 2 * gs), xr + o0 + 2 * gs + e);
+                a3 = dot_8(a3, ld_q8(w8 + 3 * gs), xr + o0 + 3 * gs + e);
+            } else {
+                const uint8_t *w4 = wq + (o0 + e) / 2;
+                int sg = kind == K_Q4S;
+                a0 = dot_u(a0, ld_q4(w4, sg), xr + o0 + e);
+                a1 = dot_u(a1, ld_q4(w4 + gs / 2, sg), xr + o0 + gs + e);
+                a2 = dot_u(a2, ld_q4(w4 + gs, sg), xr + o0 + 2 * gs + e);
+                a3 = dot_u(a3, ld_q4(w4 + 3 * gs / 2, sg), xr + o0 + 3 * gs + e);
+            }
+        }
+#if BIG == 64
+        if (e < gs) {
+            a0 = FN(group_dot)(kind, a0, wq, xr, o0 + e, 32);
+            a1 = FN(group_dot)(kind, a1, wq, xr, o0 + gs + e, 32);
+            a2 = FN(group_dot)(kind, a2, wq, xr, o0 + 2 * gs + e, 32);
+            a3 = FN(group_dot)(kind, a3, wq, xr, o0 + 3 * gs + e, 32);
+        }
+#endif
+        __m128i isum = reduce4(a0, a1, a2, a3);
+        __m128i s = _mm_loadu_si128((const __m128i *)(xs + g));
+        if (off8) isum = _mm_sub_epi32(isum, _mm_mullo_epi32(s, _mm_set1_epi32(off8)));
+        __m128 dx = _mm_loadu_ps(xd + g);
+        __m128 d = _mm_cvtph_ps(_mm_loadl_epi64((const __m128i *)(wd + g)));
+        __m128 term = _mm_mul_ps(_mm_mul_ps(d, dx), _mm_cvtepi32_ps(isum));
+        if (kind == K_Q4A) {
+            __m128 m = _mm_cvtph_ps(_mm_loadl_epi64((const __m128i *)(wm + g)));
+            term = _mm_add_ps(term, _mm_mul_ps(_mm_mul_ps(m, dx), _mm_cvtepi32_ps(s)));
+        }
+        float r[4];
+        _mm_storeu_ps(r, term);
+        acc += r[0];
+        acc += r[1];
+        acc += r[2];
+        acc += r[3];
+    }
+    for (; g < ng; g++) {
+        int off = g * gs, len = n - off < gs ? n - off : gs;
+        int32_t isum = reduce1(FN(group_dot)(kind, v_zero(), wq, xr, off, len)) - off8 * xs[g];
+        float dx = xd[g];
+        float term = (_cvtsh_ss(wd[g]) * dx) * (float)isum;
+        if (kind == K_Q4A) term = term + (_cvtsh_ss(wm[g]) * dx) * (float)xs[g];
+        acc += term;
+    }
+    *out = acc;
+}
+
+ALWAYS TGT void FN(dot_rows)(int kind, const qact *x, const uint8_t *wq, const uint16_t *wd,
+                              const uint16_t *wm, float *out, size_t out_stride) {
+    int t0 = 0, ntok = x->ntok;
+    for (; t0 + 4 <= ntok; t0 += 4) FN(tile_tokens)(kind, 4, x, wq, wd, wm, out, out_stride, t0);
+    switch (ntok - t0) {
+    case 3: FN(tile_tokens)(kind, 3, x, wq, wd, wm, out, out_stride, t0); break;
+    case 2: FN(tile_tokens)(kind, 2, x, wq, wd, wm, out, out_stride, t0); break;
+    case 1: FN(one_token)(kind, x, wq, wd, wm, out + (size_t)t0 * out_stride, t0); break;
+    default: break;
+    }
+}
+
+static TGT void FN(dot_q4s)(const qact *x, const uint8_t *wq, const uint16_t *wd,
+                            const uint16_t *wm, float *out, size_t out_stride) {
+    FN(dot_rows)(K_Q4S, x, wq, wd, wm, out, out_stride);
+}
+
+static TGT void FN(dot_q4a)(const qact *x, const uint8_t *wq, const uint16_t *wd,
+                            const uint16_t *wm, float *out, size_t out_stride) {
+    FN(dot_rows)(K_Q4A, x, wq, wd, wm, out, out_stride);
+}
+
+static TGT void FN(dot_q8)(const qact *x, const uint8_t *wq, const uint16_t *wd,
+                           const uint16_t *wm, float *out, size_t out_stride) {
+    FN(dot_rows)(K_Q8, x, wq, wd, wm, out, out_stride);
+}
+
+#undef FN
