@@ -2,7 +2,7 @@
 #
 # The library is src/runq4.c + src/kernels.c + every src/kernels_*.c present
 # (the SIMD kernel sets; each guards itself by architecture and is picked at
-# run time by kernels_select()).
+# run time by kernels_select()) + src/tokenizer.c.
 
 CC ?= cc
 # -ffp-contract=off: no fused multiply-adds behind our back, so the kernel sets
@@ -13,7 +13,9 @@ BASE_CFLAGS = -std=c11 -pthread -ffp-contract=off -fPIC $(WARNINGS)
 LDLIBS = -pthread -lm
 
 BUILD = build
-LIB_SRCS = src/runq4.c src/kernels.c $(filter-out src/kernels.c,$(wildcard src/kernels_*.c))
+# tokenizer.c implements the rq4_tokenizer_* part of the public API (runq4.h)
+LIB_SRCS = src/runq4.c src/kernels.c $(filter-out src/kernels.c,$(wildcard src/kernels_*.c)) \
+           $(wildcard src/tokenizer.c)
 LIB_OBJS = $(patsubst src/%.c,$(BUILD)/%.o,$(LIB_SRCS))
 HEADERS = $(wildcard src/*.h)
 
@@ -27,6 +29,9 @@ lib: $(BUILD)/librunq4.a $(BUILD)/librunq4.so
 
 $(BUILD)/%.o: src/%.c $(HEADERS) | $(BUILD)
 	$(CC) $(CFLAGS) $(BASE_CFLAGS) -c $< -o $@
+
+# kernels.c lists the SIMD sets whose files exist (__has_include): rebuild it when they come or go
+$(BUILD)/kernels.o: $(wildcard src/kernels_*.c)
 
 $(BUILD)/librunq4.a: $(LIB_OBJS)
 	rm -f $@

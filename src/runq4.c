@@ -653,8 +653,8 @@ static rq4_status build_pool(pool **out, int n_workers, rq4_error *err) {
     p->n_workers = n_workers;
     for (int i = 0; i < n_workers; i++) {
         worker_arg *a = malloc(sizeof *a);
-        int rc = a ? pthread_create(&p->threads[i], NULL, worker_main, a) : ENOMEM;
         if (a) *a = (worker_arg){p, i + 1};
+        int rc = a ? pthread_create(&p->threads[i], NULL, worker_main, a) : ENOMEM;
         if (rc != 0) {
             free(a);
             free_pool(p);
