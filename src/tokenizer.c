@@ -917,9 +917,6 @@ static rq4_status build(builder *b, const uint8_t *json, size_t size) {
     if (!model[1].start) return bad(b, "model (no vocab)");
     if ((st = read_vocab(b, model[1], &max_id)) != RQ4_OK) return st;
     if ((st = build_vocab_hash(b, max_id)) != RQ4_OK) return st;
-    for (int c = 0; c < 256; c++)
-        if (t->byte_id[c] < 0)
-            return fail(b->err, RQ4_ERR_UNSUPPORTED, "tokenizer.json: the vocab lacks the byte-level token of byte 0x%02X", c);
     if (model[2].start && (st = read_merges(b, model[2])) != RQ4_OK) return st;
     if (!model[2].start) {   /* no merges: an empty table */
         t->mhash_cap = 16;
@@ -1139,13 +1136,18 @@ static void bpe_piece(const rq4_tokenizer *t, scratch *s, const uint8_t *p, size
             return;
         }
     }
-    for (size_t i = 0; i < n; i++) {
-        s->sym[i] = t->byte_id[p[i]];
+    /* one symbol per byte; a byte without a token is dropped (tokenizers does
+       so when there is no unk_token and no byte_fallback) */
+    size_t m = 0;
+    for (size_t i = 0; i < n; i++)
+        if (t->byte_id[p[i]] >= 0) s->sym[m++] = t->byte_id[p[i]];
+    if (m == 0) return;
+    for (size_t i = 0; i < m; i++) {
         s->prev[i] = (int32_t)i - 1;
-        s->next[i] = i + 1 < n ? (int32_t)i + 1 : -1;
+        s->next[i] = i + 1 < m ? (int32_t)i + 1 : -1;
     }
     s->nheap = 0;
-    for (size_t i = 0; i + 1 < n; i++) push_pair(t, s, (int32_t)i);
+    for (size_t i = 0; i + 1 < m; i++) push_pair(t, s, (int32_t)i);
     /* the lowest rank first, leftmost on ties; an entry is stale when its
        symbol has been absorbed or its pair changed (tokenizers' Word::merge_all) */
     while (s->nheap) {
@@ -1199,15 +1201,16 @@ static void encode_segment(const rq4_tokenizer *t, scratch *s, const uint8_t *te
     while (i < to) {
         size_t end = to;
         if (t->pretok == RQ4_PRETOK_GPT2_DIGITS) {
-            /* Digits(individual_digits): every ASCII digit is a piece of its own,
-               and the regex runs separately on the text between them */
-            if (cp[i] >= '0' && cp[i] <= '9') {
+            /* Digits(individual_digits): every numeric code point (Rust's
+               char::is_numeric, i.e. \p{N}) is a piece of its own, and the
+               regex runs separately on the text between them */
+            if (cl[i] == CLS_NUMBER) {
                 bpe_piece(t, s, text + boff[i], boff[i + 1] - boff[i], ids, cap, count);
                 i++;
                 continue;
             }
             end = i;
-            while (end < to && !(cp[end] >= '0' && cp[end] <= '9')) end++;
+            while (end < to && cl[end] != CLS_NUMBER) end++;
         }
         /* the regex sees [i, end) as the whole string: offsets relative to i */
         size_t k = i;
