@@ -171,7 +171,7 @@ def head(weights, cfg, h, capture=None) -> np.ndarray:
     name = "tok_embeddings" if int(cfg["tied_embeddings"]) else "output"
     if capture is not None:
         capture("output", x)
-    return x @ _w(weights, name).T
+    return _linear(weights, name, x, None)
 
 
 def forward(weights, cfg, tokens) -> np.ndarray:
