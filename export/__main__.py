@@ -1,0 +1,133 @@
+"""python -m pyrunq4.export SOURCE OUTPUT.rq4: convert a checkpoint to an .rq4 file.
+
+Tensors are read, quantized and written one at a time; each line on stderr
+shows a tensor's shape, type and quantization error (RMS of w - dequantized w
+over RMS of w), as llama2.c's export.py does.
+"""
+
+import argparse
+import importlib
+import os
+import sys
+import time
+
+from .format import validate_group_size
+from .quant import QuantizedTensor, quantize_rtn, rms_rel_error
+from .source import ExportError, open_source
+from .writer import Rq4Writer
+
+PROG = "python -m pyrunq4.export"
+EMBEDDING_NAMES = ("tok_embeddings", "output")
+
+
+def _quantizers_module():
+    """export/quantizers.py (more --method choices) when present, else None."""
+    try:
+        return importlib.import_module(f"{__package__}.quantizers")
+    except ModuleNotFoundError as e:
+        if e.name and e.name.endswith("quantizers"):
+            return None
+        raise
+
+
+def rtn(name, w, group_size, qtype):
+    return quantize_rtn(w, group_size, qtype)
+
+
+def make_quantizer(method, options, source):
+    """callable(name, w float32 (rows, cols), group_size, qtype) -> QuantizedTensor."""
+    if method == "rtn":
+        return rtn
+    mod = _quantizers_module()
+    if mod is None:
+        raise ExportError(f"--method {method} is not available in this build")
+    return mod.make_quantizer(method, options, source)
+
+
+def build_parser():
+    qmod = _quantizers_module()
+    methods = ["rtn"] + [m for m in getattr(qmod, "METHODS", ()) if m != "rtn"]
+    p = argparse.ArgumentParser(
+        prog=PROG, formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        description="Convert a Hugging Face Llama checkpoint directory (or a supported other source) "
+                    "into an .rq4 file for runq4.")
+    p.add_argument("source", help="Hugging Face model directory (config.json, *.safetensors, tokenizer.json)")
+    p.add_argument("output", help="the .rq4 file to write (replaced atomically)")
+    p.add_argument("--group-size", type=int, default=128,
+                   help="values per quantization group (a multiple of 32, 32..4096)")
+    p.add_argument("--embedding-bits", type=int, choices=(4, 8), default=4,
+                   help="bits for tok_embeddings and output (8: q8, better logits, twice the size)")
+    p.add_argument("--method", choices=methods, default="rtn", help="how float weights are quantized")
+    p.add_argument("-q", "--quiet", action="store_true", help="no per-tensor lines on stderr")
+    if qmod is not None and hasattr(qmod, "add_arguments"):
+        qmod.add_arguments(p)
+    return p
+
+
+def export(options, log=None):
+    """Runs one export as the CLI does; raises ExportError/ValueError/OSError."""
+    log = log or (lambda s: None)
+    try:
+        validate_group_size(options.group_size)
+    except ValueError as e:
+        raise ExportError(f"--group-size: {e}") from None
+    out = options.output
+    if os.path.isdir(out):
+        raise ExportError(f"{out}: is a directory")
+    t0 = time.time()
+    with open_source(options.source, options) as src:
+        if getattr(src, "note", None):
+            log(f"note: {src.note}")
+        names = src.tensor_names()
+        quantizer = make_quantizer(options.method, options, src)
+        header = dict(src.header, group_size=options.group_size)
+        n = len(names)
+        try:
+            writer = Rq4Writer(out, header, max_entries=n + len(src.blobs))
+        except OSError as e:
+            raise ExportError(f"{out}: cannot write: {e.strerror or e}") from None
+        with writer as w:
+            for i, (name, t) in enumerate(src.tensors()):
+                if isinstance(t, QuantizedTensor):
+                    w.add_quantized(name, t)
+                    what = f"{t.type} g{t.group_size}  imported as is"
+                    shape = t.q.shape
+                elif t.ndim == 1 or t.shape[0] == 1:
+                    w.add_f32(name, t)
+                    what, shape = "f32", t.shape
+                else:
+                    qtype = "q8" if (name in EMBEDDING_NAMES and options.embedding_bits == 8) else "q4s"
+                    qt = quantizer(name, t, options.group_size, qtype)
+                    err = rms_rel_error(t, qt)
+                    w.add_quantized(name, qt)
+                    what = f"{qt.type} g{qt.group_size}  rms rel err {err:.4f}"
+                    shape = t.shape
+                    del qt
+                log(f"[{i + 1:{len(str(n))}d}/{n}] {name:24s} {'x'.join(map(str, shape)):>12s}  {what}")
+                del t
+            for name, data in src.blobs.items():
+                w.add_blob(name, data)
+                log(f"blob {name}: {len(data)} bytes")
+    log(f"wrote {out}: {os.path.getsize(out) / 1e6:.1f} MB in {time.time() - t0:.1f} s")
+
+
+def main(argv=None):
+    options = build_parser().parse_args(argv)
+    log = (lambda s: None) if options.quiet else (lambda s: print(s, file=sys.stderr, flush=True))
+    try:
+        export(options, log)
+    except (ExportError, ValueError) as e:
+        print(f"{PROG}: error: {e}", file=sys.stderr)
+        return 1
+    except OSError as e:
+        what = f"{e.strerror}: {e.filename}" if e.strerror and e.filename else str(e)
+        print(f"{PROG}: error: {what}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
