@@ -1,0 +1,137 @@
+"""Evaluation: python -m pyrunq4.eval perplexity MODEL.rq4 --text FILE [--window 512]
+
+The text is tokenized once (with BOS, as generate does) and cut into
+non-overlapping windows of `window` tokens; each window is evaluated from an
+empty cache and every token after its first is scored (the first token of a
+window is context only). The last line printed is exactly
+    perplexity: <value> tokens: <count>
+perplexity(model, ids, window) is the reusable part (several models can be
+scored on the same ids, e.g. for a comparison table).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+
+import numpy as np
+
+PROG = "python -m pyrunq4.eval"
+
+
+def _log_softmax_at(logits: np.ndarray, targets: np.ndarray) -> np.ndarray:
+    """log p(target) per row of float32 logits (n, vocab), in float64."""
+    x = logits.astype(np.float64)
+    mx = x.max(axis=1, keepdims=True)
+    lse = mx[:, 0] + np.log(np.exp(x - mx).sum(axis=1))
+    return x[np.arange(len(targets)), targets] - lse
+
+
+def negative_log_likelihoods(model, ids, window=512) -> np.ndarray:
+    """-log p(token | window prefix) of every scored token, in order."""
+    ids = np.asarray(ids, dtype=np.int64).reshape(-1)
+    if window < 2:
+        raise ValueError(f"window must be >= 2, got {window}")
+    if window > model.config.n_ctx:
+        raise ValueError(f"window {window} exceeds the context {model.config.n_ctx}")
+    out = []
+    for start in range(0, len(ids), window):
+        chunk = ids[start:start + window]
+        if len(chunk) < 2:
+            break
+        logits = model.logits(chunk)
+        out.append(-_log_softmax_at(logits[:-1], chunk[1:]))
+    return np.concatenate(out) if out else np.zeros(0)
+
+
+def perplexity(model, ids, window=512):
+    """(perplexity, number of scored tokens) of ids under model."""
+    nll = negative_log_likelihoods(model, ids, window)
+    if nll.size == 0:
+        raise ValueError("no token to score: the text needs at least 2 tokens")
+    return float(math.exp(nll.mean())), int(nll.size)
+
+
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows "(default: X)" except where the help text already says it."""
+
+    def _get_help_string(self, action):
+        if action.default is None or action.default is False:
+            return action.help
+        return super()._get_help_string(action)
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):
+        raise _UsageError(message)
+
+
+class _UsageError(Exception):
+    pass
+
+
+def _positive_int(text):
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {v}")
+    return v
+
+
+def build_parser():
+    p = _Parser(prog=PROG, description="Evaluate .rq4 models.",
+                formatter_class=_HelpFormatter)
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    pp = sub.add_parser("perplexity", help="perplexity of a text file",
+                        formatter_class=_HelpFormatter)
+    pp.error = p.error  # one-line errors in the subcommand too
+    pp.add_argument("model", metavar="MODEL.rq4", help="the model file")
+    pp.add_argument("--text", required=True, metavar="FILE", help="UTF-8 text file to score")
+    pp.add_argument("--window", type=_positive_int, default=512,
+                    help="tokens per window (each from an empty cache)")
+    pp.add_argument("--threads", type=_positive_int, default=None,
+                    help="worker threads (default: the CPUs this process may use)")
+    return p
+
+
+def _cmd_perplexity(args):
+    from .model import Model
+
+    if args.window < 2:
+        raise _UsageError(f"--window must be >= 2, got {args.window}")
+    with open(args.text, encoding="utf-8") as f:
+        text = f.read()
+    with Model(args.model, n_ctx=1, n_threads=1) as probe:  # only for max_seq_len
+        if args.window > probe.config.max_seq_len:
+            raise _UsageError(f"--window {args.window} exceeds the model's max_seq_len "
+                              f"{probe.config.max_seq_len}")
+    with Model(args.model, n_ctx=args.window, n_threads=args.threads) as m:
+        ids = m.tokenize(text, add_bos=True)
+        ppl, n = perplexity(m, ids, args.window)
+    print(f"perplexity: {ppl:.4f} tokens: {n}")
+    return 0
+
+
+def main(argv=None):
+    """Entry point; returns the exit status."""
+    from ._lib import Runq4Error
+
+    try:
+        args = build_parser().parse_args(argv)
+        if args.command == "perplexity":
+            return _cmd_perplexity(args)
+        raise _UsageError(f"unknown command {args.command!r}")
+    except _UsageError as e:
+        print(f"{PROG}: error: {e}", file=sys.stderr)
+        return 1
+    except (Runq4Error, OSError, ValueError) as e:
+        print(f"{PROG}: error: {e}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

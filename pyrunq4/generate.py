@@ -1,0 +1,213 @@
+"""Command line generation: python -m pyrunq4.generate MODEL.rq4 [options]
+
+Streams only the new text to stdout (flushed piece by piece), then prints the
+prompt and decode speeds to stderr. --chat renders the model's own chat
+template; with --chat and no -p it is an interactive multi-turn chat reading
+one user message per line from stdin until EOF (Ctrl-D). Known errors (a
+missing file, a file that is not .rq4, bad option values) print one line on
+stderr and exit with status 1; a closed pipe (| head -c 20) exits quietly.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import sys
+
+PROG = "python -m pyrunq4.generate"
+DEFAULT_CTX = 4096  # not the model's max_seq_len: Llama 3.2's 131072 would need GBs of KV cache
+
+
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows "(default: X)" except where the help text already says it."""
+
+    def _get_help_string(self, action):
+        if action.default is None or action.default is False:
+            return action.help
+        return super()._get_help_string(action)
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with errors as one line and exit status 1."""
+
+    def error(self, message):
+        raise _UsageError(message)
+
+
+class _UsageError(Exception):
+    pass
+
+
+def _positive_int(text):
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {v}")
+    return v
+
+
+def _nonneg_int(text):
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {v}")
+    return v
+
+
+def _temperature(text):
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(v) or v < 0:
+        raise argparse.ArgumentTypeError(f"must be finite and >= 0, got {text}")
+    return v
+
+
+def _top_p(text):
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not 0.0 < v <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be in (0, 1], got {text}")
+    return v
+
+
+def build_parser():
+    p = _Parser(prog=PROG, description="Generate text with an .rq4 model (int4 C engine).",
+                formatter_class=_HelpFormatter)
+    p.add_argument("model", metavar="MODEL.rq4", help="the model file")
+    p.add_argument("-p", "--prompt", default=None,
+                   help="the prompt (with --chat: the user message); without --chat the "
+                        "default is the empty prompt (just BOS)")
+    p.add_argument("-n", "--max-new-tokens", type=_nonneg_int, default=256,
+                   help="the most tokens to generate (per answer with --chat)")
+    p.add_argument("-t", "--temperature", type=_temperature, default=0.0,
+                   help="sampling temperature; 0 is greedy")
+    p.add_argument("--top-p", type=_top_p, default=1.0,
+                   help="nucleus sampling: keep the most likely tokens up to this mass; 1 keeps all")
+    p.add_argument("--top-k", type=_nonneg_int, default=0,
+                   help="keep only the k most likely tokens; 0 keeps all")
+    p.add_argument("--seed", type=_nonneg_int, default=None,
+                   help="random seed, for reproducible sampling (default: fresh entropy)")
+    p.add_argument("--threads", type=_positive_int, default=None,
+                   help="worker threads (default: the CPUs this process may use)")
+    p.add_argument("--ctx", type=_positive_int, default=None,
+                   help=f"context length, the KV cache size (default: {DEFAULT_CTX}, or the "
+                        "model's max_seq_len if that is smaller)")
+    p.add_argument("--chat", action="store_true",
+                   help="use the model's chat template; without -p, chat interactively "
+                        "(one message per line on stdin, Ctrl-D ends)")
+    p.add_argument("--system", default=None, metavar="TEXT",
+                   help="a system message for --chat")
+    return p
+
+
+def _write(text):
+    sys.stdout.write(text)
+    sys.stdout.flush()
+
+
+def _report(model, totals):
+    """Prompt and decode speeds on stderr."""
+    pt, ps, nt, ds = totals
+    pr = pt / ps if ps > 0 else 0.0
+    dr = nt / ds if ds > 0 else 0.0
+    print(f"prompt: {pt} tokens, {pr:.1f} tokens/s; decode: {nt} tokens, {dr:.1f} tokens/s "
+          f"(kernel {model.kernel}, {model.config.n_threads} threads)", file=sys.stderr)
+
+
+def _accumulate(totals, stats):
+    if stats:
+        totals[0] += stats["prompt_fed"]
+        totals[1] += stats["prompt_seconds"]
+        totals[2] += stats["new_tokens"]
+        totals[3] += stats["decode_seconds"]
+
+
+def _run(args):
+    from .model import Model
+
+    gen = dict(max_new_tokens=args.max_new_tokens, temperature=args.temperature,
+               top_p=args.top_p, top_k=args.top_k, seed=args.seed)
+    totals = [0, 0.0, 0, 0.0]
+    ctx = args.ctx
+    if ctx is None:  # peek at max_seq_len with a 1-token cache (the file is only mapped)
+        with Model(args.model, n_ctx=1, n_threads=1) as probe:
+            ctx = min(DEFAULT_CTX, probe.config.max_seq_len)
+    with Model(args.model, n_ctx=ctx, n_threads=args.threads) as m:
+        if not args.chat:
+            if args.system is not None:
+                raise _UsageError("--system needs --chat")
+            for piece in m.stream(args.prompt or "", **gen):
+                _write(piece)
+            _accumulate(totals, m.last_stats)
+            _write("\n")
+        else:
+            messages = []
+            if args.system is not None:
+                messages.append({"role": "system", "content": args.system})
+            interactive = args.prompt is None
+            while True:
+                if interactive:
+                    if sys.stdin.isatty():
+                        sys.stderr.write("> ")
+                        sys.stderr.flush()
+                    line = sys.stdin.readline()
+                    if not line:  # EOF
+                        break
+                    user = line.rstrip("\n")
+                    if not user.strip():
+                        continue
+                else:
+                    user = args.prompt
+                messages.append({"role": "user", "content": user})
+                reply = []
+                for piece in m.chat_stream(messages, **gen):
+                    reply.append(piece)
+                    _write(piece)
+                _accumulate(totals, m.last_stats)
+                _write("\n")
+                messages.append({"role": "assistant", "content": "".join(reply)})
+                if not interactive:
+                    break
+        _report(m, totals)
+    return 0
+
+
+def main(argv=None):
+    """Entry point; returns the exit status (0 ok, 1 a known error)."""
+    from ._lib import Runq4Error
+
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+        return _run(args)
+    except _UsageError as e:
+        print(f"{PROG}: error: {e}", file=sys.stderr)
+        return 1
+    except BrokenPipeError:
+        # the reader went away (| head -c 20): stop quietly, and point stdout
+        # at /dev/null so the interpreter's final flush does not fail again
+        try:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+        except (OSError, ValueError):
+            pass
+        return 0
+    except (Runq4Error, OSError) as e:
+        print(f"{PROG}: error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,556 @@
+"""The Python API: Model (open, logits, feed, generate, stream, chat).
+
+    with Model("smollm2.rq4", n_threads=4) as m:
+        print(m.generate("Once upon a time", max_new_tokens=32))
+        reply = m.chat([{"role": "user", "content": "Hi!"}])
+
+Arguments are validated here, before anything reaches C; C errors arrive as
+Runq4Error subclasses from pyrunq4._lib (the only module touching the
+extension).
+
+Threads: one lock serialises every call on one Model, so a Model shared by
+several threads is safe; generate() holds it for the whole generation.
+stream()/chat_stream() take it per step (not while the caller handles a
+yielded piece) and remember which tokens they left in the cache: if another
+call changed the cache in between, the stream brings it back (reusing the
+longest common prefix) before continuing, so its result does not change.
+Two Models are independent and compute in parallel (C runs without the GIL).
+
+Logits: every call returns a new float32 numpy array that Python allocates
+and C fills in place through ffi.from_buffer (no copy). The pointer handed to
+C lives only for the duration of that call; the array is then the caller's,
+and the Model never writes to it again.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import threading
+import time
+from typing import Iterator, Optional, Sequence
+
+import numpy as np
+
+from . import _lib
+from ._lib import (ArgumentError, ClosedError, ContextFullError, FormatError,
+                   Runq4Error, Runq4IOError)
+from .sampling import Sampler
+
+__all__ = ["Config", "Model"]
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """rq4_config: the file's hyper-parameters plus the open-time choices
+    (n_ctx, n_threads, kv_type). eos_ids holds the first n_eos ids."""
+
+    dim: int
+    hidden_dim: int
+    n_layers: int
+    n_heads: int
+    n_kv_heads: int
+    head_dim: int
+    vocab_size: int
+    max_seq_len: int
+    tied_embeddings: int
+    bos_id: int
+    n_eos: int
+    eos_ids: tuple
+    rope_scaling: int
+    rope_original_max_pos: int
+    norm_eps: float
+    rope_theta: float
+    rope_factor: float
+    rope_low_freq_factor: float
+    rope_high_freq_factor: float
+    group_size: int
+    n_ctx: int
+    n_threads: int
+    kv_type: int
+
+
+def _check_int(name, value, lo, hi, allow_none=False):
+    if value is None and allow_none:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise ArgumentError(f"{name} must be an integer, got {value!r}")
+    if not lo <= value <= hi:
+        raise ArgumentError(f"{name} must be in [{lo}, {hi}], got {value}")
+    return int(value)
+
+
+def _default_threads() -> int:
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+    """Length of the longest common prefix of two id sequences."""
+    m = min(len(a), len(b))
+    if m == 0:
+        return 0
+    diff = np.nonzero(np.asarray(a[:m], dtype=np.int64) != np.asarray(b[:m], dtype=np.int64))[0]
+    return int(diff[0]) if diff.size else m
+
+
+def _compile_chat_template(source: str):
+    """A Jinja template compiled as transformers' apply_chat_template does:
+    sandboxed, trim_blocks and lstrip_blocks, loop controls, a tojson that
+    keeps non-ASCII, raise_exception() and strftime_now()."""
+    import datetime
+
+    import jinja2
+    from jinja2.ext import loopcontrols
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    def raise_exception(message):
+        raise jinja2.exceptions.TemplateError(message)
+
+    def tojson(x, ensure_ascii=False, indent=None, separators=None, sort_keys=False):
+        return json.dumps(x, ensure_ascii=ensure_ascii, indent=indent,
+                          separators=separators, sort_keys=sort_keys)
+
+    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True,
+                                        extensions=[loopcontrols])
+    env.filters["tojson"] = tojson
+    env.globals["raise_exception"] = raise_exception
+    env.globals["strftime_now"] = lambda fmt: datetime.datetime.now().strftime(fmt)
+    return env.from_string(source)
+
+
+class Model:
+    """An .rq4 model opened with the C engine.
+
+    Model(path, n_ctx=None, n_threads=None, kv_type="f32", max_memory=None,
+          float_activations=False)
+
+    n_ctx: KV cache length (None: the model's max_seq_len).
+    n_threads: worker threads (None: the CPUs this process may use).
+    kv_type: "f32" or "f16" KV cache.
+    max_memory: bytes; opening fails with MemoryLimitError, before allocating,
+        if weights + KV cache + buffers would exceed it (None: no limit).
+    float_activations: reference mode (weights dequantized, activations kept
+        float; slow, for tests) instead of int8 activations.
+    """
+
+    def __init__(self, path, n_ctx=None, n_threads=None, kv_type="f32", max_memory=None,
+                 float_activations=False):
+        self._h = None
+        self._lock = threading.RLock()
+        if not isinstance(path, (str, bytes, os.PathLike)):
+            raise ArgumentError(f"path must be a str or os.PathLike, got {type(path).__name__}")
+        path = os.fsdecode(os.fspath(path))
+        n_ctx = _check_int("n_ctx", n_ctx, 1, _lib.INT32_MAX, allow_none=True)
+        n_threads = _check_int("n_threads", n_threads, 1, 1024, allow_none=True)
+        max_memory = _check_int("max_memory", max_memory, 1, _lib.UINT64_MAX, allow_none=True)
+        if kv_type not in _lib.KV_TYPES:
+            raise ArgumentError(f"kv_type must be one of {sorted(_lib.KV_TYPES)}, got {kv_type!r}")
+        if not os.path.exists(path):
+            raise Runq4IOError(f"{path}: no such file", _lib.lib.RQ4_ERR_IO)
+        if os.path.isdir(path):
+            raise Runq4IOError(f"{path}: is a directory", _lib.lib.RQ4_ERR_IO)
+        self.path = path
+        self._h = _lib.open_model(path, n_ctx=n_ctx or 0,
+                                  n_threads=n_threads or _default_threads(),
+                                  kv_type=_lib.KV_TYPES[kv_type],
+                                  float_activations=bool(float_activations),
+                                  max_memory=max_memory or 0)
+        self.config = Config(**_lib.config(self._h))
+        self.float_activations = bool(float_activations)
+
+        tok = _lib.blob(self._h, "tokenizer.json")
+        self.tokenizer = None
+        if tok is not None:
+            from tokenizers import Tokenizer
+            try:
+                self.tokenizer = Tokenizer.from_str(tok.decode("utf-8"))
+            except Exception as e:  # tokenizers raises a bare Exception
+                self.close()
+                raise FormatError(f"{path}: bad tokenizer.json blob: {e}") from None
+        tmpl = _lib.blob(self._h, "chat_template")
+        self.chat_template = tmpl.decode("utf-8") if tmpl is not None else None
+        self._template = None
+        self._tokens = []      # the ids in the KV cache, in order (== position)
+        self._epoch = 0        # bumped by every change to the cache
+        self.last_stats = None  # timings of the last generate/stream/chat
+
+    # ---- lifetime --------------------------------------------------------------
+
+    def close(self):
+        """Frees the model now (idempotent). Using it afterwards raises ClosedError."""
+        with self._lock:
+            if self._h is not None:
+                self._h.close()
+            self._tokens = []
+
+    @property
+    def closed(self) -> bool:
+        return self._h is None or self._h.closed
+
+    def __enter__(self):
+        self._handle()
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def __repr__(self):
+        state = "closed" if self.closed else f"position={len(self._tokens)}"
+        return f"<pyrunq4.Model {self.path!r} {state}>"
+
+    def _handle(self):
+        if self._h is None or self._h.closed:
+            raise ClosedError("the model is closed")
+        return self._h
+
+    # ---- properties --------------------------------------------------------------
+
+    @property
+    def kernel(self) -> str:
+        """The matmul kernel in use ("scalar", "avx2", ...)."""
+        self._handle()
+        return _lib.kernel_name()
+
+    @property
+    def position(self) -> int:
+        """Number of tokens in the KV cache."""
+        with self._lock:
+            return _lib.position(self._handle())
+
+    @property
+    def tokens(self) -> tuple:
+        """The ids in the KV cache."""
+        with self._lock:
+            self._handle()
+            return tuple(self._tokens)
+
+    def memory_needed(self, n_ctx=None, kv_type=None) -> int:
+        """Bytes rq4_open needs besides the mapped file for this context."""
+        with self._lock:
+            h = self._handle()
+            n_ctx = _check_int("n_ctx", self.config.n_ctx if n_ctx is None else n_ctx,
+                               1, _lib.INT32_MAX)
+            kv = self.config.kv_type if kv_type is None else _lib.KV_TYPES.get(kv_type)
+            if kv is None:
+                raise ArgumentError(f"kv_type must be one of {sorted(_lib.KV_TYPES)}")
+            return _lib.memory_needed(h, n_ctx, kv)
+
+    # ---- tokens ------------------------------------------------------------------
+
+    def _tok(self):
+        self._handle()
+        if self.tokenizer is None:
+            raise Runq4Error(f"{self.path}: the file has no tokenizer.json blob")
+        return self.tokenizer
+
+    def tokenize(self, text: str, add_bos: bool = True, special: bool = False) -> list:
+        """Ids of `text`. add_bos: prepend config.bos_id (if the model has one).
+        special: parse special-token text such as "<|eot_id|>" as the special
+        token (True) or as plain text (False)."""
+        if not isinstance(text, str):
+            raise ArgumentError(f"text must be a str, got {type(text).__name__}")
+        with self._lock:
+            tok = self._tok()
+            saved = tok.encode_special_tokens
+            try:
+                tok.encode_special_tokens = not special
+                ids = tok.encode(text, add_special_tokens=False).ids
+            finally:
+                tok.encode_special_tokens = saved
+        if add_bos and self.config.bos_id >= 0:
+            ids = [self.config.bos_id] + ids
+        return ids
+
+    def detokenize(self, ids, skip_special: bool = False) -> str:
+        """The text of a sequence of ids."""
+        arr = self._ids(ids, allow_empty=True)
+        return self._tok().decode(arr.tolist(), skip_special_tokens=skip_special)
+
+    def _ids(self, token_ids, allow_empty=False) -> np.ndarray:
+        """token_ids as a C-contiguous int32 array, checked against the vocab."""
+        if isinstance(token_ids, (str, bytes)):
+            raise ArgumentError("token_ids must be a sequence of ints, not text (use tokenize())")
+        if isinstance(token_ids, (int, np.integer)) and not isinstance(token_ids, bool):
+            token_ids = [token_ids]
+        try:
+            arr = np.asarray(token_ids)
+        except (ValueError, TypeError, OverflowError) as e:
+            raise ArgumentError(f"token_ids must be a sequence of ints: {e}") from None
+        if arr.ndim != 1:
+            raise ArgumentError(f"token_ids must be 1-D, got shape {arr.shape}")
+        if arr.size == 0:
+            if allow_empty:
+                return arr.astype(np.int32)
+            raise ArgumentError("token_ids is empty")
+        if arr.dtype.kind not in "iu":
+            if arr.dtype == object and all(isinstance(x, int) and not isinstance(x, bool)
+                                           for x in arr.tolist()):
+                bad = [x for x in arr.tolist() if not -2**31 <= x < 2**31]
+                raise ArgumentError(f"token id {bad[0]} is outside the int32 range")
+            raise ArgumentError(f"token_ids must be integers, got dtype {arr.dtype}")
+        lo, hi = int(arr.min()), int(arr.max())
+        vocab = self.config.vocab_size
+        if lo < 0 or hi >= vocab:
+            bad = lo if lo < 0 else hi
+            raise ArgumentError(f"token id {bad} is outside the vocabulary [0, {vocab})")
+        return np.ascontiguousarray(arr, dtype=np.int32)
+
+    # ---- evaluation ----------------------------------------------------------------
+
+    def _forward(self, ids: np.ndarray, all_logits: bool, want_logits: bool = True):
+        """Runs ids from the current position; keeps self._tokens in step."""
+        h = self._handle()
+        n = len(ids)
+        if len(self._tokens) + n > self.config.n_ctx:
+            raise ContextFullError(
+                f"{n} tokens do not fit in the context: {len(self._tokens)} of "
+                f"{self.config.n_ctx} positions are used")
+        vocab = self.config.vocab_size
+        out = None
+        if want_logits:
+            out = np.empty((n, vocab) if all_logits else (vocab,), dtype=np.float32)
+        self._epoch += 1
+        try:
+            _lib.forward(h, ids, out, all_logits)
+            self._tokens.extend(ids.tolist())
+        finally:
+            pos = _lib.position(h)
+            if pos != len(self._tokens):  # a failure part-way: trust C's position
+                self._tokens = (self._tokens + ids.tolist())[:pos]
+        return out
+
+    def logits(self, token_ids) -> np.ndarray:
+        """float32 (len, vocab) logits of token_ids evaluated from an empty
+        cache (the cache is reset first and holds token_ids afterwards)."""
+        with self._lock:
+            ids = self._ids(token_ids)
+            self._handle()
+            if len(ids) > self.config.n_ctx:
+                raise ContextFullError(f"{len(ids)} tokens do not fit in the context "
+                                       f"of {self.config.n_ctx}")
+            self._rewind(0)
+            return self._forward(ids, True)
+
+    def feed(self, token_ids, all_logits: bool = False) -> np.ndarray:
+        """Appends token_ids to the cache (continuing from the current
+        position) and returns float32 logits: (vocab,) for the last token, or
+        (len, vocab) with all_logits."""
+        with self._lock:
+            ids = self._ids(token_ids)
+            return self._forward(ids, bool(all_logits))
+
+    def _rewind(self, n):
+        _lib.rewind(self._handle(), n)
+        del self._tokens[n:]
+        self._epoch += 1
+
+    def rewind(self, n: int):
+        """Keeps the first n cached tokens and forgets the rest."""
+        with self._lock:
+            pos = _lib.position(self._handle())
+            n = _check_int("n", n, 0, pos)
+            self._rewind(n)
+
+    def reset(self):
+        """Empties the cache."""
+        self.rewind(0)
+
+    def _sync(self, seq: list) -> np.ndarray:
+        """Makes the cache hold exactly seq, reusing the longest common prefix
+        with what is cached, and returns the last token's (vocab,) logits.
+        Caller holds the lock."""
+        self._handle()
+        if len(seq) > self.config.n_ctx:
+            raise ContextFullError(f"{len(seq)} tokens do not fit in the context "
+                                   f"of {self.config.n_ctx}")
+        n = _common_prefix(self._tokens, seq)
+        n = min(n, len(seq) - 1)  # refeed at least the last token, for its logits
+        if n < len(self._tokens):
+            self._rewind(n)
+        return self._forward(np.asarray(seq[n:], dtype=np.int32), False)
+
+    # ---- generation ------------------------------------------------------------------
+
+    def _prompt_ids(self, prompt) -> list:
+        if isinstance(prompt, str):
+            ids = self.tokenize(prompt, add_bos=True, special=False)
+        else:
+            ids = self._ids(prompt, allow_empty=True).tolist()
+        if not ids:
+            raise ArgumentError("the prompt is empty (and the model has no BOS token)")
+        return ids
+
+    def stream(self, prompt, max_new_tokens=256, temperature=0.0, top_p=1.0, top_k=0,
+               seed=None, stop=None) -> Iterator[str]:
+        """Yields the new text piece by piece as it is decoded.
+
+        prompt: text (tokenized with BOS, special-token text kept as text) or
+        a sequence of token ids. Generation ends at one of config.eos_ids (not
+        part of the text), at the first `stop` string (str or list of str; the
+        text ends before it), after max_new_tokens tokens, or, cleanly, when
+        the context is full (a prompt that does not fit raises
+        ContextFullError). The bytes of a UTF-8 character split across tokens
+        are held until the character is complete. Arguments are checked when
+        stream() is called, not at the first next()."""
+        with self._lock:
+            self._tok()
+            ids = self._prompt_ids(prompt)
+            return self._start(ids, max_new_tokens, temperature, top_p, top_k, seed, stop)
+
+    def generate(self, prompt, max_new_tokens=256, temperature=0.0, top_p=1.0, top_k=0,
+                 seed=None, stop=None) -> str:
+        """The new text (see stream(); generate is "".join(stream(...)))."""
+        with self._lock:
+            return "".join(self.stream(prompt, max_new_tokens, temperature, top_p, top_k,
+                                       seed, stop))
+
+    def _start(self, ids, max_new_tokens, temperature, top_p, top_k, seed, stop):
+        max_new_tokens = _check_int("max_new_tokens", max_new_tokens, 0, _lib.INT32_MAX)
+        try:
+            sampler = Sampler(temperature, top_p, top_k, seed)
+        except ValueError as e:
+            raise ArgumentError(str(e)) from None
+        if stop is None:
+            stops = []
+        elif isinstance(stop, str):
+            stops = [stop]
+        else:
+            stops = list(stop)
+        if not all(isinstance(s, str) and s for s in stops):
+            raise ArgumentError("stop must be a non-empty str or a list of non-empty str")
+        if len(ids) > self.config.n_ctx:
+            raise ContextFullError(f"the prompt's {len(ids)} tokens do not fit in the "
+                                   f"context of {self.config.n_ctx}")
+        return self._run(list(ids), max_new_tokens, sampler, stops)
+
+    def _run(self, seq, max_new_tokens, sampler, stops) -> Iterator[str]:
+        from tokenizers.decoders import DecodeStream
+
+        tok = self.tokenizer
+        eos = set(self.config.eos_ids)
+        n_ctx = self.config.n_ctx
+        stats = {"prompt_tokens": len(seq), "prompt_fed": 0, "prompt_seconds": 0.0,
+                 "new_tokens": 0, "decode_seconds": 0.0, "stop_reason": "length"}
+        self.last_stats = stats
+        if max_new_tokens == 0:
+            return
+        decoder = DecodeStream(skip_special_tokens=False)
+        hold = max((len(s) for s in stops), default=1) - 1
+        text, emitted = "", 0
+
+        t0 = time.perf_counter()
+        with self._lock:
+            before = _common_prefix(self._tokens, seq)
+            logits = self._sync(seq)
+            stats["prompt_fed"] = len(seq) - min(before, len(seq) - 1)
+            epoch = self._epoch
+        stats["prompt_seconds"] = time.perf_counter() - t0
+
+        decode_s = 0.0
+        try:
+            while True:
+                t = time.perf_counter()
+                token = sampler(logits)
+                if token in eos:
+                    stats["stop_reason"] = "eos"
+                    break
+                seq.append(token)
+                stats["new_tokens"] += 1
+                piece = decoder.step(tok, token)
+                decode_s += time.perf_counter() - t
+                if piece:
+                    start = max(0, len(text) - hold)
+                    text += piece
+                    cut = min((i for i in (text.find(s, start) for s in stops) if i >= 0),
+                              default=-1)
+                    if cut >= 0:
+                        if cut > emitted:
+                            yield text[emitted:cut]
+                        emitted = len(text)
+                        stats["stop_reason"] = "stop"
+                        return
+                    # hold back a tail that could be the start of a stop string
+                    safe = len(text)
+                    for s in stops:
+                        for k in range(min(len(s) - 1, len(text)), 0, -1):
+                            if s.startswith(text[-k:]):
+                                safe = min(safe, len(text) - k)
+                                break
+                    if safe > emitted:
+                        yield text[emitted:safe]
+                        emitted = safe
+                if stats["new_tokens"] >= max_new_tokens:
+                    break
+                if len(seq) > n_ctx:  # the new token would not fit: stop cleanly
+                    stats["stop_reason"] = "context"
+                    break
+                t = time.perf_counter()
+                with self._lock:
+                    if self._epoch == epoch:  # nobody touched the cache since
+                        logits = self._forward(np.asarray(seq[-1:], dtype=np.int32), False)
+                    else:
+                        logits = self._sync(seq)
+                    epoch = self._epoch
+                decode_s += time.perf_counter() - t
+            if len(text) > emitted:
+                yield text[emitted:]
+        finally:
+            stats["decode_seconds"] = decode_s
+
+    # ---- chat --------------------------------------------------------------------------
+
+    def _token_text(self, token_id) -> str:
+        if token_id is None or token_id < 0 or self.tokenizer is None:
+            return ""
+        return self.tokenizer.id_to_token(int(token_id)) or ""
+
+    def apply_chat_template(self, messages, add_generation_prompt=True, **kwargs) -> str:
+        """The conversation rendered with the file's Jinja chat template, with
+        the variables transformers passes (messages, add_generation_prompt,
+        bos_token, eos_token) plus **kwargs."""
+        self._handle()
+        if self.chat_template is None:
+            raise Runq4Error(f"{self.path}: the file has no chat_template blob")
+        if not isinstance(messages, (list, tuple)) or not messages:
+            raise ArgumentError("messages must be a non-empty list of {'role', 'content'} dicts")
+        for m in messages:
+            if not isinstance(m, dict) or not isinstance(m.get("role"), str) \
+                    or not isinstance(m.get("content"), str):
+                raise ArgumentError(f"bad message {m!r}: need {{'role': str, 'content': str}}")
+        if self._template is None:
+            self._template = _compile_chat_template(self.chat_template)
+        eos = self.config.eos_ids[0] if self.config.eos_ids else -1
+        variables = dict(bos_token=self._token_text(self.config.bos_id),
+                         eos_token=self._token_text(eos))
+        variables.update(kwargs)
+        return self._template.render(messages=list(messages),
+                                     add_generation_prompt=add_generation_prompt, **variables)
+
+    def chat_tokens(self, messages, **template_kwargs) -> list:
+        """The ids of the rendered conversation (as transformers tokenizes a
+        chat: no extra BOS, special-token text parsed as special tokens)."""
+        text = self.apply_chat_template(messages, add_generation_prompt=True,
+                                        **template_kwargs)
+        return self.tokenize(text, add_bos=False, special=True)
+
+    def chat_stream(self, messages, max_new_tokens=256, temperature=0.0, top_p=1.0, top_k=0,
+                    seed=None, stop=None) -> Iterator[str]:
+        """Streams the assistant's reply to `messages` (a list of {"role",
+        "content"} dicts; append the reply and the next user message for the
+        next turn). The KV cache is kept across turns: the whole conversation
+        is tokenized and only what differs from the cached tokens is fed. The
+        reply ends at the end-of-turn token (config.eos_ids)."""
+        with self._lock:
+            ids = self.chat_tokens(messages)
+            return self._start(ids, max_new_tokens, temperature, top_p, top_k, seed, stop)
+
+    def chat(self, messages, max_new_tokens=256, temperature=0.0, top_p=1.0, top_k=0,
+             seed=None, stop=None) -> str:
+        """The assistant's reply to `messages` (see chat_stream())."""
+        with self._lock:
+            return "".join(self.chat_stream(messages, max_new_tokens, temperature, top_p,
+                                            top_k, seed, stop))

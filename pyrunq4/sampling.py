@@ -1,0 +1,77 @@
+"""Choosing the next token from logits (numpy).
+
+temperature 0 is greedy (the first index of the maximum, as np.argmax);
+otherwise the logits are divided by the temperature, optionally cut to the
+top_k largest (top_k 0: no cut), turned into probabilities (softmax in
+float64), optionally cut to the smallest set of most likely tokens whose
+probability sums to at least top_p (top_p 1: no cut), renormalised, and one
+token is drawn with a seeded numpy Generator, so a seed reproduces a run.
+top_k == 1 is greedy whatever the temperature.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+__all__ = ["validate", "Sampler"]
+
+
+def validate(temperature, top_p, top_k):
+    """Raises ValueError with a clear message on bad sampling parameters."""
+    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)):
+        raise ValueError(f"temperature must be a number, got {temperature!r}")
+    if not math.isfinite(temperature) or temperature < 0:
+        raise ValueError(f"temperature must be finite and >= 0, got {temperature!r}")
+    if isinstance(top_p, bool) or not isinstance(top_p, (int, float)):
+        raise ValueError(f"top_p must be a number, got {top_p!r}")
+    if not (0.0 < top_p <= 1.0):  # also rejects NaN
+        raise ValueError(f"top_p must be in (0, 1], got {top_p!r}")
+    if isinstance(top_k, bool) or not isinstance(top_k, (int, np.integer)):
+        raise ValueError(f"top_k must be an integer, got {top_k!r}")
+    if top_k < 0:
+        raise ValueError(f"top_k must be >= 0, got {top_k!r}")
+
+
+class Sampler:
+    """Sampler(temperature=0.0, top_p=1.0, top_k=0, seed=None); sampler(logits)
+    -> token id. seed None draws fresh OS entropy (not reproducible)."""
+
+    def __init__(self, temperature=0.0, top_p=1.0, top_k=0, seed=None):
+        validate(temperature, top_p, top_k)
+        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer))
+                                 or seed < 0):
+            raise ValueError(f"seed must be a non-negative integer or None, got {seed!r}")
+        self.temperature = float(temperature)
+        self.top_p = float(top_p)
+        self.top_k = int(top_k)
+        self.rng = np.random.default_rng(seed)
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0.0 or self.top_k == 1
+
+    def __call__(self, logits) -> int:
+        logits = np.asarray(logits).reshape(-1)
+        if self.greedy:
+            return int(np.argmax(logits))
+        x = logits.astype(np.float64) / self.temperature
+        idx = np.arange(x.size)
+        if 0 < self.top_k < x.size:
+            idx = np.argpartition(-x, self.top_k - 1)[: self.top_k]
+            x = x[idx]
+        # most likely first (stable, so ties keep index order)
+        order = np.argsort(-x, kind="stable")
+        idx, x = idx[order], x[order]
+        p = np.exp(x - x[0])
+        p /= p.sum()
+        if self.top_p < 1.0:
+            # keep the smallest prefix whose mass reaches top_p (at least one)
+            keep = int(np.searchsorted(np.cumsum(p), self.top_p)) + 1
+            idx, p = idx[:keep], p[:keep]
+            p /= p.sum()
+        cdf = np.cumsum(p)
+        r = self.rng.random() * cdf[-1]
+        j = min(int(np.searchsorted(cdf, r, side="right")), len(idx) - 1)
+        return int(idx[j])
