@@ -170,10 +170,13 @@ rq4_status rq4_tokenizer_from_model(const rq4_model *m, rq4_tokenizer **out, rq4
 void rq4_tokenizer_free(rq4_tokenizer *t);
 
 /* Encodes `len` bytes of UTF-8 `text` (invalid UTF-8: RQ4_ERR_ARG) into ids,
- * without adding BOS. At most `len` ids come out, so cap >= len always
- * suffices; *n_ids receives the count, and when it exceeds cap only the first
- * cap ids are written and RQ4_ERR_ARG is returned. */
-rq4_status rq4_tokenizer_encode(const rq4_tokenizer *t, const char *text, uint64_t len,
+ * without adding BOS. special != 0: the text of special added tokens
+ * ("<|eot_id|>") becomes those tokens (as tokenizers does by default);
+ * special == 0: it is plain text (tokenizers' encode_special_tokens = True);
+ * non-special added tokens are matched either way. At most `len` ids come
+ * out, so cap >= len always suffices; *n_ids receives the count, and when it
+ * exceeds cap only the first cap ids are written and RQ4_ERR_ARG is returned. */
+rq4_status rq4_tokenizer_encode(const rq4_tokenizer *t, const char *text, uint64_t len, int32_t special,
                                 int32_t *ids, int32_t cap, int32_t *n_ids, rq4_error *err);
 
 /* The bytes a token id decodes to (byte-level pieces turned back into bytes,

@@ -1154,9 +1154,9 @@ static void bpe_piece(const rq4_tokenizer *t, scratch *s, const uint8_t *p, size
         heap_item h = heap_pop(s);
         int32_t pos = (int32_t)h.pos, nx = s->next[pos];
         if (s->sym[pos] < 0 || nx < 0) continue;
-        const merge *m = &t->merges[h.rank];
-        if (s->sym[pos] != m->a || s->sym[nx] != m->b || merge_lookup(t, m->a, m->b) != (int32_t)h.rank) continue;
-        s->sym[pos] = m->id;
+        const merge *mg = &t->merges[h.rank];
+        if (s->sym[pos] != mg->a || s->sym[nx] != mg->b || merge_lookup(t, mg->a, mg->b) != (int32_t)h.rank) continue;
+        s->sym[pos] = mg->id;
         s->sym[nx] = -1;
         s->next[pos] = s->next[nx];
         if (s->next[nx] >= 0) s->prev[s->next[nx]] = pos;
@@ -1224,8 +1224,8 @@ static void encode_segment(const rq4_tokenizer *t, scratch *s, const uint8_t *te
     }
 }
 
-rq4_status rq4_tokenizer_encode(const rq4_tokenizer *t, const char *text_, uint64_t len, int32_t *ids, int32_t cap,
-                                int32_t *n_ids, rq4_error *err) {
+rq4_status rq4_tokenizer_encode(const rq4_tokenizer *t, const char *text_, uint64_t len, int32_t special,
+                                int32_t *ids, int32_t cap, int32_t *n_ids, rq4_error *err) {
     const uint8_t *text = (const uint8_t *)text_;
     if (n_ids) *n_ids = 0;
     if (!t || !n_ids || (!text && len) || (!ids && cap > 0) || cap < 0)
@@ -1249,8 +1249,15 @@ rq4_status rq4_tokenizer_encode(const rq4_tokenizer *t, const char *text_, uint6
     }
     int64_t count = 0;
     size_t ncp = 0, b = 0, seg = 0;   /* seg: code point index where the current segment starts */
+    size_t plain_until = 0;            /* a special token's text taken as plain text ends here */
     while (b < n) {
-        int32_t a = t->n_added ? match_added(t, text, b, n) : -1;
+        int32_t a = t->n_added && b >= plain_until ? match_added(t, text, b, n) : -1;
+        if (a >= 0 && !special && (t->flags[t->added[a].id] & FLAG_SPECIAL)) {
+            /* tokenizers' encode_special_tokens: the match is dropped and its
+               text is ordinary text; matching resumes after it */
+            plain_until = b + t->added[a].len;
+            a = -1;
+        }
         if (a >= 0) {
             encode_segment(t, &s, text, cp, cl, boff, seg, ncp, ids, cap, &count);
             if (count < cap) ids[count] = t->added[a].id;

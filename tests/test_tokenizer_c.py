@@ -9,9 +9,10 @@ random code points; plus lines of files on this system: the common licenses
 and Python's own sources), for the real Llama 3 tokenizer and for SmolLM2's
 (rebuilt from its GGUF by export/gguf_tokenizer.py).
 
-The C tokenizer is reached through the cffi extension pyrunq4._runq4 when it
-is built; otherwise the test compiles src/tokenizer.c alone into a shared
-library and loads it with cffi's ABI mode (same cdef, read from runq4.h).
+The C tokenizer is reached through cffi: the test compiles src/tokenizer.c
+into a shared library and loads it in ABI mode with the cdef of runq4.h (so
+it always tests the current source); test_binding checks that the package's
+extension pyrunq4._runq4 exposes the same functions.
 
 Run with -s to see the speed comparison (tokens/s of C vs tokenizers).
 """
@@ -57,13 +58,10 @@ const void *rq4_blob(const rq4_model *m, const char *name, uint64_t *size) {
 
 @pytest.fixture(scope="session")
 def clib(tmp_path_factory):
-    """(ffi, lib) with the rq4_tokenizer_* functions."""
-    try:
-        from pyrunq4._runq4 import ffi, lib
-        lib.rq4_tokenizer_new  # noqa: B018  (present in this build?)
-        return ffi, lib
-    except (ImportError, AttributeError):
-        pass
+    """(ffi, lib) with the rq4_tokenizer_* functions of the current source:
+    src/tokenizer.c compiled alone (a stub stands in for the engine's
+    rq4_blob) and loaded through cffi with runq4.h's cdef, so the test never
+    runs a stale pyrunq4._runq4 build. test_binding checks the extension."""
     d = tmp_path_factory.mktemp("ctok")
     stub = d / "stub.c"
     stub.write_text(_STUB)
@@ -86,11 +84,11 @@ class CTokenizer:
             raise ValueError(self.ffi.string(self.err.message).decode())
         self.t = self.ffi.gc(out[0], self.lib.rq4_tokenizer_free)
 
-    def encode(self, text):
+    def encode(self, text, special=True):
         b = text.encode("utf-8")
         ids = self.ffi.new("int32_t[]", len(b) + 1)
         n = self.ffi.new("int32_t *")
-        st = self.lib.rq4_tokenizer_encode(self.t, b, len(b), ids, len(b) + 1, n, self.err)
+        st = self.lib.rq4_tokenizer_encode(self.t, b, len(b), int(special), ids, len(b) + 1, n, self.err)
         assert st == 0, self.ffi.string(self.err.message)
         return list(ids[0:n[0]])
 
@@ -291,13 +289,17 @@ def corpus(specials):
 # ---------------------------------------------------------------------------
 # tests
 
-def _parity(ctok, ref, lines):
+def _parity(ctok, ref, lines, special=True):
     mismatches = []
-    for line in lines:
-        a = ctok.encode(line)
-        b = ref.encode(line, add_special_tokens=False).ids
-        if a != b:
-            mismatches.append((line, a, b))
+    ref.encode_special_tokens = not special
+    try:
+        for line in lines:
+            a = ctok.encode(line, special)
+            b = ref.encode(line, add_special_tokens=False).ids
+            if a != b:
+                mismatches.append((line, a, b))
+    finally:
+        ref.encode_special_tokens = False
     return mismatches
 
 
@@ -337,6 +339,21 @@ def test_parity_corpus(clib, which, request):
 
 
 @pytest.mark.parametrize("which", ["llama3", "smollm2"])
+def test_parity_special_as_text(clib, which, request):
+    """special=0 (pyrunq4's plain prompts): special-token text is ordinary text."""
+    data = request.getfixturevalue(which + "_json")
+    ctok = CTokenizer(clib, data)
+    ref = tokenizers.Tokenizer.from_str(data.decode("utf-8"))
+    specials = LLAMA3_SPECIALS if which == "llama3" else CHATML_SPECIALS
+    lines = generated_lines(2000, specials, seed=11) + ["".join(specials), specials[0] + "x" + specials[1]]
+    mismatches = _parity(ctok, ref, lines, special=False)
+    for line, a, b in mismatches[:5]:
+        print("MISMATCH %r\n  C:   %s\n  ref: %s" % (line, a, b))
+    assert not mismatches, "%d of %d lines differ" % (len(mismatches), len(lines))
+    assert ctok.encode(specials[0], special=False) != ctok.encode(specials[0], special=True)
+
+
+@pytest.mark.parametrize("which", ["llama3", "smollm2"])
 def test_decode_roundtrip(clib, which, request):
     """Pieces of the ids concatenate back to the text's bytes."""
     data = request.getfixturevalue(which + "_json")
@@ -371,15 +388,15 @@ def test_encode_arguments(clib, llama3_json):
     ids = ffi.new("int32_t[]", 4)
     # invalid UTF-8
     for bad in [b"\xff", b"abc\xc3", b"\xed\xa0\x80", b"\xc0\xaf", b"\xf4\x90\x80\x80"]:
-        assert lib.rq4_tokenizer_encode(ctok.t, bad, len(bad), ids, 4, n, err) == lib.RQ4_ERR_ARG
+        assert lib.rq4_tokenizer_encode(ctok.t, bad, len(bad), 1, ids, 4, n, err) == lib.RQ4_ERR_ARG
         assert b"UTF-8" in ffi.string(err.message)
     # too small a buffer: the count still comes back
     text = b"hello world, how are you"
-    assert lib.rq4_tokenizer_encode(ctok.t, text, len(text), ids, 2, n, err) == lib.RQ4_ERR_ARG
+    assert lib.rq4_tokenizer_encode(ctok.t, text, len(text), 1, ids, 2, n, err) == lib.RQ4_ERR_ARG
     assert n[0] == len(ctok.encode(text.decode()))
     assert list(ids[0:2]) == ctok.encode(text.decode())[:2]
-    assert lib.rq4_tokenizer_encode(ctok.t, text, 0, ids, 4, n, err) == 0 and n[0] == 0
-    assert lib.rq4_tokenizer_encode(ffi.NULL, text, len(text), ids, 4, n, err) == lib.RQ4_ERR_ARG
+    assert lib.rq4_tokenizer_encode(ctok.t, text, 0, 1, ids, 4, n, err) == 0 and n[0] == 0
+    assert lib.rq4_tokenizer_encode(ffi.NULL, text, len(text), 1, ids, 4, n, err) == lib.RQ4_ERR_ARG
     # NUL bytes are text like any other
     assert ctok.encode("a\x00b") == tokenizers.Tokenizer.from_str(llama3_json.decode()).encode(
         "a\x00b", add_special_tokens=False).ids
@@ -466,3 +483,21 @@ def test_json_forms(clib, llama3_json):
     b = CTokenizer(clib, json.dumps(pairs, ensure_ascii=True).encode())   # \uXXXX escapes everywhere
     for line in generated_lines(300, LLAMA3_SPECIALS, seed=3):
         assert a.encode(line) == b.encode(line)
+
+
+def test_binding(llama3_json):
+    """The package's cffi extension carries the tokenizer (built from src/*.c)."""
+    try:
+        from pyrunq4 import _runq4
+    except ImportError:
+        pytest.skip("pyrunq4._runq4 is not built")
+    newest = max(os.path.getmtime(os.path.join(SRC, f)) for f in ("runq4.h", "tokenizer.c"))
+    if os.path.getmtime(_runq4.__file__) < newest:
+        pytest.skip("pyrunq4._runq4 is older than src/runq4.h or src/tokenizer.c: rebuild it")
+    ffi, lib = _runq4.ffi, _runq4.lib
+    for name in ["rq4_tokenizer_new", "rq4_tokenizer_from_model", "rq4_tokenizer_free", "rq4_tokenizer_encode",
+                 "rq4_tokenizer_piece", "rq4_tokenizer_find", "rq4_tokenizer_is_special", "rq4_tokenizer_size",
+                 "rq4_tokenizer_memory"]:
+        assert hasattr(lib, name), name
+    ctok = CTokenizer((ffi, lib), llama3_json)
+    assert ctok.encode("Hello world") == [9906, 1917]
