@@ -19,7 +19,7 @@ LIB_SRCS = src/runq4.c src/kernels.c $(filter-out src/kernels.c,$(wildcard src/k
 LIB_OBJS = $(patsubst src/%.c,$(BUILD)/%.o,$(LIB_SRCS))
 HEADERS = $(wildcard src/*.h)
 
-.PHONY: all lib clean help test-c
+.PHONY: all lib clean help test-c test-kernels bench-kernels cross-aarch64-test-kernels
 
 # all: the library (other targets are added below by their owners)
 all: lib
@@ -52,6 +52,39 @@ $(BUILD)/test_engine: tests/c/test_engine.c $(BUILD)/librunq4.a
 
 test-c: $(BUILD)/test_engine
 	$(BUILD)/test_engine $(MODEL)
+
+# test-kernels: every kernel set this CPU supports vs the scalar reference, bit
+#   for bit (tests/c/test_kernels.c; `build/test_kernels -q` is a quick subset;
+#   under valgrind: valgrind --error-exitcode=1 build/test_kernels -q)
+$(BUILD)/test_kernels: tests/c/test_kernels.c $(BUILD)/librunq4.a
+	$(CC) $(CFLAGS) $(BASE_CFLAGS) -Isrc $< $(BUILD)/librunq4.a -o $@ $(LDLIBS)
+
+test-kernels: $(BUILD)/test_kernels
+	$(BUILD)/test_kernels
+
+# bench-kernels: single-thread GB/s of weights streamed, scalar vs each SIMD set,
+#   plus a read-bandwidth loop for the roofline (tests/c/bench_kernels.c)
+$(BUILD)/bench_kernels: tests/c/bench_kernels.c $(BUILD)/librunq4.a
+	$(CC) $(CFLAGS) $(BASE_CFLAGS) -Isrc $< $(BUILD)/librunq4.a -o $@ $(LDLIBS)
+
+bench-kernels: $(BUILD)/bench_kernels
+	$(BUILD)/bench_kernels
+
+# cross-aarch64-test-kernels: test_kernels built statically for aarch64 (portable
+#   -march=armv8-a; the dotprod set by target attribute) and run under qemu:
+#   -cpu max has dotprod (neon_dotprod and neon tested), -cpu cortex-a53 has not
+#   (detection falls back, neon alone tested). Debian: gcc-aarch64-linux-gnu qemu-user
+AARCH64_CC ?= aarch64-linux-gnu-gcc
+QEMU_AARCH64 ?= qemu-aarch64
+KERNEL_SRCS = src/kernels.c $(filter-out src/kernels.c,$(wildcard src/kernels_*.c))
+
+$(BUILD)/aarch64/test_kernels: tests/c/test_kernels.c $(KERNEL_SRCS) $(HEADERS)
+	mkdir -p $(BUILD)/aarch64
+	$(AARCH64_CC) $(CFLAGS) $(BASE_CFLAGS) -march=armv8-a -static -Isrc $< $(KERNEL_SRCS) -o $@ $(LDLIBS)
+
+cross-aarch64-test-kernels: $(BUILD)/aarch64/test_kernels
+	$(QEMU_AARCH64) -cpu max $(BUILD)/aarch64/test_kernels
+	$(QEMU_AARCH64) -cpu cortex-a53 $(BUILD)/aarch64/test_kernels -q
 
 # clean: remove every build output
 clean:

@@ -10,6 +10,8 @@
 #include <math.h>
 #include <pthread.h>
 #include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
 
 /* Keep the compiler from fusing a*b+c into one fma: that changes rounding and
  * would break bit-identity between kernel sets and between machines. (GCC does
@@ -202,4 +204,15 @@ const kernel_set *const *kernels_available(void) {
     return available;
 }
 
-const kernel_set *kernels_select(void) { return kernels_available()[0]; }
+/* The best available set, or the one named by the environment variable
+ * RUNQ4_KERNEL (scalar, avx2, avxvnni, avx512vnni, neon, neon_dotprod) when
+ * this CPU supports it (for benchmarks and tests); an unknown or unsupported
+ * name falls back to the best. */
+const kernel_set *kernels_select(void) {
+    const kernel_set *const *sets = kernels_available();
+    const char *want = getenv("RUNQ4_KERNEL");
+    if (want && *want)
+        for (size_t i = 0; sets[i]; i++)
+            if (strcmp(sets[i]->name, want) == 0) return sets[i];
+    return sets[0];
+}
