@@ -65,14 +65,16 @@ typedef struct layer_weights {
     tensor w3;  /* (hidden_dim, dim) up */
 } layer_weights;
 
-/* The int8 activations of one float input, for up to two group sizes (the
- * matrices reading one input may use different group sizes). */
+/* The int8 activations of one float input, for up to three group sizes (the
+ * matrices reading one input, e.g. wq, wk, wv, may use different ones). */
+#define ACT_SLOTS 3
+
 typedef struct act_cache {
-    const float *x;    /* (ntok, n) the input they were quantized from */
+    const float *x;         /* (ntok, n) the input they were quantized from */
     int n, ntok;
-    int gs[2];         /* 0: slot empty */
-    qact slot[2];
-    int next;          /* slot to evict next */
+    int gs[ACT_SLOTS];      /* 0: slot empty */
+    qact slot[ACT_SLOTS];   /* q (B, max_cols), d and s (B, max_cols/32) */
+    int next;               /* slot to fill next */
 } act_cache;
 
 typedef struct pool pool;
@@ -108,7 +110,7 @@ struct rq4_model {
     float *hb2;     /* (B, hidden_dim) up */
     float *rope;    /* (B, head_dim) cos (first half) and sin (second half) per token */
     act_cache acts; /* int8 copy of the current matmul input */
-    float *att;     /* (n_threads, n_ctx) attention scores, one row per thread */
+    float *att;     /* (n_threads, n_ctx + head_dim) attention scores and a row, per thread */
     float *row;     /* (n_threads, max cols) a dequantized weight row (float mode) */
 
     /* kv cache, f32 or f16 */
@@ -543,8 +545,8 @@ static uint64_t memory_needed(const rq4_config *c, int n_entries, int n_ctx, int
     bytes += (uint64_t)c->n_layers * sizeof(layer_weights);               /* layers */
     bytes += (uint64_t)(c->head_dim / 2) * sizeof(double);               /* inv_freq */
     bytes += 4 * B * (dim + max_in + dim + q_dim + 2 * kv_dim + 2 * hidden + (uint64_t)c->head_dim); /* x .. rope */
-    bytes += 2 * B * (max_cols + max_groups * (sizeof(float) + sizeof(int32_t)));                     /* acts */
-    bytes += 4 * (uint64_t)n_threads * ((uint64_t)n_ctx + max_cols);     /* att, row */
+    bytes += ACT_SLOTS * B * (max_cols + max_groups * (sizeof(float) + sizeof(int32_t)));             /* acts */
+    bytes += 4 * (uint64_t)n_threads * ((uint64_t)n_ctx + (uint64_t)c->head_dim + max_cols); /* att, row */
     bytes += 2 * kv_elem * (uint64_t)c->n_layers * (uint64_t)n_ctx * kv_dim; /* kv cache */
     bytes += (uint64_t)n_threads * 256;                                  /* thread pool */
     return bytes;
@@ -552,26 +554,31 @@ static uint64_t memory_needed(const rq4_config *c, int n_entries, int n_ctx, int
 
 /* ---------------------------------------------------------------------------
  * Thread pool: n_threads - 1 workers plus the calling thread. A job is a
- * function over a range of items [0, count) cut into n_threads contiguous
- * slices; thread i runs slice i. Workers spin briefly for the next job, then
- * sleep on a condition variable. */
+ * function over the items [0, count) (matrix rows, attention heads), cut into
+ * contiguous chunks that the threads take in turn from a shared counter; the
+ * caller takes chunks too. So when a worker is slow to wake (a loaded
+ * machine) the others do its share instead of waiting for it. Which thread
+ * computes an item never changes its result. Workers spin briefly for the
+ * next job, then sleep on a condition variable. */
 
 typedef void (*job_fn)(const rq4_model *m, void *arg, int thread, int start, int end);
 
 struct pool {
-    pthread_t *threads;     /* (n_workers) */
+    pthread_t *threads;       /* (n_workers) */
     int n_workers, n_started;
     pthread_mutex_t lock;
-    pthread_cond_t wake;    /* a new job (or stop) */
-    pthread_cond_t done;    /* the last worker finished */
-    atomic_uint generation; /* bumped once per job */
-    atomic_int pending;     /* workers still running the current job */
+    pthread_cond_t wake;      /* a new job (or stop) */
+    pthread_cond_t done;      /* the last chunk finished */
     int stop;
-    /* the current job */
+    /* the current job: written under `lock`, before `ticket` moves to it */
     job_fn fn;
     const rq4_model *model;
     void *arg;
-    int count;
+    int count, chunk, n_chunks;
+    /* (job number << 32) | next chunk to take: one atomic word, so a thread
+     * can only take a chunk of the job whose parameters it read */
+    atomic_uint_fast64_t ticket;
+    atomic_int chunks_done;   /* chunks of the current job finished */
 };
 
 typedef struct worker_arg {
@@ -579,7 +586,7 @@ typedef struct worker_arg {
     int thread;
 } worker_arg;
 
-#define SPIN_ITERATIONS 20000
+#define SPIN_ITERATIONS 2000
 
 static inline void cpu_relax(void) {
 #if defined(__x86_64__) || defined(__i386__)
@@ -589,37 +596,50 @@ static inline void cpu_relax(void) {
 #endif
 }
 
-static void run_slice(pool *p, int thread, int n_threads) {
-    int start = (int)((int64_t)p->count * thread / n_threads);
-    int end = (int)((int64_t)p->count * (thread + 1) / n_threads);
-    if (start < end) p->fn(p->model, p->arg, thread, start, end);
+/* Takes and runs chunks of job `job` (whose parameters the caller copied)
+ * until none is left. */
+static void run_chunks(pool *p, uint64_t job, job_fn fn, const rq4_model *m, void *arg, int count, int chunk,
+                       int n_chunks, int thread) {
+    for (;;) {
+        uint64_t t = atomic_load_explicit(&p->ticket, memory_order_acquire);
+        if ((t >> 32) != job || (int)(t & 0xffffffffu) >= n_chunks) return;
+        if (!atomic_compare_exchange_weak_explicit(&p->ticket, &t, t + 1, memory_order_acq_rel, memory_order_acquire))
+            continue;
+        int c = (int)(t & 0xffffffffu), start = c * chunk, end = start + chunk < count ? start + chunk : count;
+        fn(m, arg, thread, start, end);
+        if (atomic_fetch_add_explicit(&p->chunks_done, 1, memory_order_acq_rel) + 1 == n_chunks) {
+            pthread_mutex_lock(&p->lock);
+            pthread_cond_signal(&p->done);
+            pthread_mutex_unlock(&p->lock);
+        }
+    }
 }
 
 static void *worker_main(void *varg) {
     pool *p = ((worker_arg *)varg)->p;
     int thread = ((worker_arg *)varg)->thread;
     free(varg);
-    unsigned seen = 0;
+    uint64_t seen = 0;
     for (;;) {
-        /* wait for the generation to move: spin, then sleep */
-        int spins = 0;
-        while (atomic_load_explicit(&p->generation, memory_order_acquire) == seen && spins < SPIN_ITERATIONS) {
+        /* wait for the next job: spin, then sleep */
+        for (int spins = 0; spins < SPIN_ITERATIONS; spins++) {
+            if ((atomic_load_explicit(&p->ticket, memory_order_acquire) >> 32) != seen) break;
             cpu_relax();
-            spins++;
         }
         pthread_mutex_lock(&p->lock);
-        while (atomic_load_explicit(&p->generation, memory_order_acquire) == seen && !p->stop)
+        while ((atomic_load_explicit(&p->ticket, memory_order_acquire) >> 32) == seen && !p->stop)
             pthread_cond_wait(&p->wake, &p->lock);
-        int stop = p->stop;
-        seen = atomic_load_explicit(&p->generation, memory_order_acquire);
-        pthread_mutex_unlock(&p->lock);
-        if (stop) return NULL;
-        run_slice(p, thread, p->n_workers + 1);
-        if (atomic_fetch_sub_explicit(&p->pending, 1, memory_order_acq_rel) == 1) {
-            pthread_mutex_lock(&p->lock);
-            pthread_cond_signal(&p->done);
+        if (p->stop) {
             pthread_mutex_unlock(&p->lock);
+            return NULL;
         }
+        seen = atomic_load_explicit(&p->ticket, memory_order_acquire) >> 32;
+        job_fn fn = p->fn;
+        const rq4_model *m = p->model;
+        void *arg = p->arg;
+        int count = p->count, chunk = p->chunk, n_chunks = p->n_chunks;
+        pthread_mutex_unlock(&p->lock);
+        run_chunks(p, seen, fn, m, arg, count, chunk, n_chunks, thread);
     }
 }
 
@@ -648,8 +668,8 @@ static rq4_status build_pool(pool **out, int n_workers, rq4_error *err) {
     pthread_mutex_init(&p->lock, NULL);
     pthread_cond_init(&p->wake, NULL);
     pthread_cond_init(&p->done, NULL);
-    atomic_init(&p->generation, 0);
-    atomic_init(&p->pending, 0);
+    atomic_init(&p->ticket, 0);
+    atomic_init(&p->chunks_done, 0);
     p->n_workers = n_workers;
     for (int i = 0; i < n_workers; i++) {
         worker_arg *a = malloc(sizeof *a);
@@ -667,28 +687,36 @@ static rq4_status build_pool(pool **out, int n_workers, rq4_error *err) {
     return RQ4_OK;
 }
 
-/* Runs fn over [0, count) on all threads and returns when every slice is done. */
+/* Runs fn over the items [0, count) on all threads and returns when all are done. */
 static void run_parallel(const rq4_model *m, job_fn fn, void *arg, int count) {
     pool *p = m->pool;
-    if (!p) {
-        fn(m, arg, 0, 0, count);
+    if (!p || count <= 1) {
+        if (count > 0) fn(m, arg, 0, 0, count);
         return;
     }
+    /* about 4 chunks per thread: small enough to even out, big enough to be cheap */
+    int n_threads = p->n_workers + 1, chunk = (count + 4 * n_threads - 1) / (4 * n_threads);
+    int n_chunks = (count + chunk - 1) / chunk;
     pthread_mutex_lock(&p->lock);
+    uint64_t job = (atomic_load_explicit(&p->ticket, memory_order_relaxed) >> 32) + 1;
     p->fn = fn;
     p->model = m;
     p->arg = arg;
     p->count = count;
-    atomic_store_explicit(&p->pending, p->n_workers, memory_order_relaxed);
-    atomic_fetch_add_explicit(&p->generation, 1, memory_order_release);
+    p->chunk = chunk;
+    p->n_chunks = n_chunks;
+    atomic_store_explicit(&p->chunks_done, 0, memory_order_relaxed);
+    atomic_store_explicit(&p->ticket, job << 32, memory_order_release);
     pthread_cond_broadcast(&p->wake);
     pthread_mutex_unlock(&p->lock);
-    run_slice(p, 0, p->n_workers + 1);
-    for (int spins = 0; atomic_load_explicit(&p->pending, memory_order_acquire) != 0 && spins < SPIN_ITERATIONS;
-         spins++)
+    run_chunks(p, job, fn, m, arg, count, chunk, n_chunks, 0);
+    for (int spins = 0; spins < SPIN_ITERATIONS; spins++) {
+        if (atomic_load_explicit(&p->chunks_done, memory_order_acquire) == n_chunks) return;
         cpu_relax();
+    }
     pthread_mutex_lock(&p->lock);
-    while (atomic_load_explicit(&p->pending, memory_order_acquire) != 0) pthread_cond_wait(&p->done, &p->lock);
+    while (atomic_load_explicit(&p->chunks_done, memory_order_acquire) != n_chunks)
+        pthread_cond_wait(&p->done, &p->lock);
     pthread_mutex_unlock(&p->lock);
 }
 
@@ -759,12 +787,12 @@ static const qact *quantized_input(act_cache *a, const float *x, int n, int ntok
         a->x = x;
         a->n = n;
         a->ntok = ntok;
-        a->gs[0] = a->gs[1] = 0;
+        memset(a->gs, 0, sizeof a->gs);
     }
-    for (int i = 0; i < 2; i++)
+    for (int i = 0; i < ACT_SLOTS; i++)
         if (a->gs[i] == gs) return &a->slot[i];
     int i = a->next;
-    a->next ^= 1;
+    a->next = (a->next + 1) % ACT_SLOTS;
     qact *s = &a->slot[i];
     s->n = n;
     s->gs = gs;
@@ -778,31 +806,34 @@ static const qact *quantized_input(act_cache *a, const float *x, int n, int ntok
 /* Forgets the cached int8 copy of x (its floats are about to change). */
 static void forget_input(act_cache *a) { a->x = NULL; }
 
+/* Up to three matrices reading the same input, computed in one parallel job
+ * (q, k, v; gate and up): fewer hand-offs between the threads. */
+#define MAX_PARTS 3
+
 typedef struct matmul_job {
-    float *out;        /* (ntok, out_stride) */
-    size_t out_stride;
-    const float *x;    /* (ntok, cols) */
-    const qact *xq;    /* x quantized, or NULL for the float path */
-    const tensor *w;
-    int ntok;
+    const float *x;                 /* (ntok, cols) */
+    int ntok, n_parts;
+    const tensor *w[MAX_PARTS];     /* (rows, cols) each */
+    float *out[MAX_PARTS];          /* (ntok, rows) each */
+    const qact *xq[MAX_PARTS];      /* x quantized for w's group size, or NULL (float path) */
 } matmul_job;
 
-/* Rows [start, end) of out = x W^T. */
-static void matmul_rows(const rq4_model *m, void *arg, int thread, int start, int end) {
-    const matmul_job *j = arg;
-    const tensor *w = j->w;
-    if (j->xq) {
+/* Rows [start, end) of one matrix: out = x W^T. */
+static void matmul_part(const rq4_model *m, const matmul_job *j, int part, int thread, int start, int end) {
+    const tensor *w = j->w[part];
+    float *out = j->out[part];
+    size_t stride = (size_t)w->rows;
+    if (j->xq[part]) {
         dot_fn dot = w->type == RQ4_TYPE_Q4S ? m->kernels->dot_q4s
                    : w->type == RQ4_TYPE_Q4A ? m->kernels->dot_q4a : m->kernels->dot_q8;
         for (int r = start; r < end; r++) {
             size_t g = (size_t)r * (size_t)w->ngroups;
-            dot(j->xq, w->q + (size_t)r * w->row_bytes, w->d + g, w->m ? w->m + g : NULL, j->out + r, j->out_stride);
+            dot(j->xq[part], w->q + (size_t)r * w->row_bytes, w->d + g, w->m ? w->m + g : NULL, out + r, stride);
         }
         return;
     }
-    /* reference path: the weight row in float, dotted in double */
-    float *row = m->row + (size_t)thread * (size_t)m->max_cols;
-    if (w->type == RQ4_TYPE_F32) row = NULL;
+    /* float path (reference mode, or F32 weights): the row in float, dotted in double */
+    float *row = w->type == RQ4_TYPE_F32 ? NULL : m->row + (size_t)thread * (size_t)m->max_cols;
     for (int r = start; r < end; r++) {
         const float *wr = (const float *)(w->q + (size_t)r * w->row_bytes);
         if (row) {
@@ -813,16 +844,37 @@ static void matmul_rows(const rq4_model *m, void *arg, int thread, int start, in
             const float *xt = j->x + (size_t)t * (size_t)w->cols;
             double sum = 0.0;
             for (int i = 0; i < w->cols; i++) sum += (double)wr[i] * xt[i];
-            j->out[(size_t)t * j->out_stride + (size_t)r] = (float)sum;
+            out[(size_t)t * stride + (size_t)r] = (float)sum;
         }
     }
 }
 
-/* out (ntok, out_stride) = x (ntok, w->cols) times W^T, rows split over the threads. */
-static void matmul(rq4_model *m, float *out, size_t out_stride, const float *x, const tensor *w, int ntok) {
-    matmul_job j = {out, out_stride, x, NULL, w, ntok};
-    if (!m->float_activations && w->type != RQ4_TYPE_F32) j.xq = quantized_input(&m->acts, x, w->cols, ntok, w->gs);
-    run_parallel(m, matmul_rows, &j, w->rows);
+/* Items [start, end) of the job: the rows of its matrices, one after the other. */
+static void matmul_rows(const rq4_model *m, void *arg, int thread, int start, int end) {
+    const matmul_job *j = arg;
+    for (int p = 0, base = 0; p < j->n_parts; base += j->w[p]->rows, p++) {
+        int lo = start > base ? start : base, hi = end < base + j->w[p]->rows ? end : base + j->w[p]->rows;
+        if (lo < hi) matmul_part(m, j, p, thread, lo - base, hi - base);
+    }
+}
+
+/* out[i] (ntok, w[i]->rows) = x (ntok, cols) times w[i]^T for i < n, every
+ * weight row read once for all ntok tokens, the rows spread over the threads. */
+static void matmul_n(rq4_model *m, const float *x, int ntok, int n, const tensor *const *w, float *const *out) {
+    matmul_job j = {x, ntok, n, {0}, {0}, {0}};
+    int rows = 0;
+    for (int i = 0; i < n; i++) {
+        j.w[i] = w[i];
+        j.out[i] = out[i];
+        if (!m->float_activations && w[i]->type != RQ4_TYPE_F32)
+            j.xq[i] = quantized_input(&m->acts, x, w[i]->cols, ntok, w[i]->gs);
+        rows += w[i]->rows;
+    }
+    run_parallel(m, matmul_rows, &j, rows);
+}
+
+static void matmul(rq4_model *m, float *out, const float *x, const tensor *w, int ntok) {
+    matmul_n(m, x, ntok, 1, &w, &out);
 }
 
 /* Rotate-half RoPE on every head of vec (n_heads_here, head_dim) at one
@@ -840,8 +892,29 @@ static void apply_rope(float *vec, int n_heads_here, int head_dim, const float *
     }
 }
 
-static inline float cache_get(const void *cache, int kv_type, size_t i) {
-    return kv_type == RQ4_KV_F16 ? fp16_to_f32(((const uint16_t *)cache)[i]) : ((const float *)cache)[i];
+/* n values of the cache from element `at`, as floats (f16: converted into tmp). */
+static inline const float *cache_row(const void *cache, int f16, size_t at, int n, float *tmp) {
+    if (!f16) return (const float *)cache + at;
+    const uint16_t *src = (const uint16_t *)cache + at;
+    for (int i = 0; i < n; i++) tmp[i] = fp16_to_f32(src[i]);
+    return tmp;
+}
+
+/* a . b in 8 interleaved partial sums: vectorizes, and the order is fixed, so
+ * a result never depends on the batch or the thread. */
+static inline float dot_f32(const float *a, const float *b, int n) {
+    float acc[8] = {0};
+    int i = 0;
+    for (; i + 8 <= n; i += 8)
+        for (int j = 0; j < 8; j++) acc[j] += a[i + j] * b[i + j];
+    float sum = ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
+    for (; i < n; i++) sum += a[i] * b[i];
+    return sum;
+}
+
+/* out += a * x */
+static inline void add_scaled(float *out, float a, const float *x, int n) {
+    for (int i = 0; i < n; i++) out[i] += a * x[i];
 }
 
 static void cache_put(void *cache, int kv_type, size_t at, const float *src, int n) {
@@ -863,9 +936,10 @@ typedef struct attention_job {
 static void attend(const rq4_model *m, void *arg, int thread, int start, int end) {
     const attention_job *j = arg;
     const rq4_config *c = &m->config;
-    int hd = c->head_dim, kv_mul = c->n_heads / c->n_kv_heads;
+    int hd = c->head_dim, kv_mul = c->n_heads / c->n_kv_heads, f16 = c->kv_type == RQ4_KV_F16;
     size_t layer_off = (size_t)j->layer * (size_t)c->n_ctx * (size_t)m->kv_dim;
-    float *att = m->att + (size_t)thread * (size_t)c->n_ctx;
+    float *att = m->att + (size_t)thread * (size_t)(c->n_ctx + hd); /* (n_ctx) scores */
+    float *tmp = att + c->n_ctx;                                     /* (head_dim) an f16 row as floats */
     float scale = (float)(1.0 / sqrt((double)hd));
     for (int item = start; item < end; item++) {
         int t = item / c->n_heads, h = item % c->n_heads, pos = j->pos0 + t;
@@ -874,12 +948,7 @@ static void attend(const rq4_model *m, void *arg, int thread, int start, int end
         /* scores against every key up to and including this position */
         for (int p = 0; p <= pos; p++) {
             size_t k = head_off + (size_t)p * (size_t)m->kv_dim;
-            float score = 0.0f;
-            if (c->kv_type == RQ4_KV_F16)
-                for (int i = 0; i < hd; i++) score += q[i] * fp16_to_f32(((const uint16_t *)m->key_cache)[k + i]);
-            else
-                for (int i = 0; i < hd; i++) score += q[i] * ((const float *)m->key_cache)[k + i];
-            att[p] = score * scale;
+            att[p] = dot_f32(q, cache_row(m->key_cache, f16, k, hd, tmp), hd) * scale;
         }
         softmax(att, pos + 1);
         /* weighted sum of the values */
@@ -887,8 +956,7 @@ static void attend(const rq4_model *m, void *arg, int thread, int start, int end
         memset(out, 0, (size_t)hd * sizeof(float));
         for (int p = 0; p <= pos; p++) {
             size_t v = head_off + (size_t)p * (size_t)m->kv_dim;
-            float a = att[p];
-            for (int i = 0; i < hd; i++) out[i] += a * cache_get(m->value_cache, c->kv_type, v + i);
+            add_scaled(out, att[p], cache_row(m->value_cache, f16, v, hd, tmp), hd);
         }
     }
 }
@@ -930,9 +998,9 @@ static void forward_chunk(rq4_model *m, const int32_t *tokens, int ntok, int pos
         forget_input(&m->acts);
 
         /* q, k, v projections */
-        matmul(m, m->q, (size_t)m->q_dim, m->xb, &w->wq, ntok);
-        matmul(m, m->k, (size_t)m->kv_dim, m->xb, &w->wk, ntok);
-        matmul(m, m->v, (size_t)m->kv_dim, m->xb, &w->wv, ntok);
+        const tensor *qkv[] = {&w->wq, &w->wk, &w->wv};
+        float *qkv_out[] = {m->q, m->k, m->v};
+        matmul_n(m, m->xb, ntok, 3, qkv, qkv_out);
 
         /* RoPE on q and k, then k and v into the cache at their positions */
         for (int t = 0; t < ntok; t++) {
@@ -950,7 +1018,7 @@ static void forward_chunk(rq4_model *m, const int32_t *tokens, int ntok, int pos
         forget_input(&m->acts);
 
         /* output projection and residual */
-        matmul(m, m->xb2, (size_t)dim, m->xb, &w->wo, ntok);
+        matmul(m, m->xb2, m->xb, &w->wo, ntok);
         for (size_t i = 0; i < (size_t)ntok * dim; i++) x[i] += m->xb2[i];
 
         /* ffn rmsnorm */
@@ -959,14 +1027,15 @@ static void forward_chunk(rq4_model *m, const int32_t *tokens, int ntok, int pos
         forget_input(&m->acts);
 
         /* SwiGLU: w2(silu(w1 x) * w3 x) */
-        matmul(m, m->hb, (size_t)hidden, m->xb, &w->w1, ntok);
-        matmul(m, m->hb2, (size_t)hidden, m->xb, &w->w3, ntok);
+        const tensor *gate_up[] = {&w->w1, &w->w3};
+        float *gate_up_out[] = {m->hb, m->hb2};
+        matmul_n(m, m->xb, ntok, 2, gate_up, gate_up_out);
         for (size_t i = 0; i < (size_t)ntok * hidden; i++) {
             float g = m->hb[i];
             m->hb[i] = g / (1.0f + expf(-g)) * m->hb2[i];
         }
         forget_input(&m->acts);
-        matmul(m, m->xb2, (size_t)dim, m->hb, &w->w2, ntok);
+        matmul(m, m->xb2, m->hb, &w->w2, ntok);
         for (size_t i = 0; i < (size_t)ntok * dim; i++) x[i] += m->xb2[i];
     }
 
@@ -976,7 +1045,7 @@ static void forward_chunk(rq4_model *m, const int32_t *tokens, int ntok, int pos
     for (int t = first; t < ntok; t++)
         rmsnorm(m->xb + (size_t)(t - first) * dim, x + (size_t)t * dim, m->norm, dim, c->norm_eps);
     forget_input(&m->acts);
-    matmul(m, logits, (size_t)c->vocab_size, m->xb, &m->output, n_out);
+    matmul(m, logits, m->xb, &m->output, n_out);
 }
 
 /* ---------------------------------------------------------------------------
@@ -1002,7 +1071,7 @@ void rq4_close(rq4_model *m) {
     free(m->hb);
     free(m->hb2);
     free(m->rope);
-    for (int i = 0; i < 2; i++) {
+    for (int i = 0; i < ACT_SLOTS; i++) {
         free(m->acts.slot[i].q);
         free(m->acts.slot[i].d);
         free(m->acts.slot[i].s);
@@ -1053,9 +1122,9 @@ static rq4_status allocate_buffers(rq4_model *m, rq4_error *err) {
     int ok = alloc(&m->x, B * dim * 4) && alloc(&m->xb, B * max_in * 4) && alloc(&m->xb2, B * dim * 4) &&
              alloc(&m->q, B * q_dim * 4) && alloc(&m->k, B * kv_dim * 4) && alloc(&m->v, B * kv_dim * 4) &&
              alloc(&m->hb, B * hidden * 4) && alloc(&m->hb2, B * hidden * 4) && alloc(&m->rope, B * hd * 4) &&
-             alloc(&m->att, nt * (size_t)c->n_ctx * 4) && alloc(&m->row, nt * max_cols * 4) &&
+             alloc(&m->att, nt * ((size_t)c->n_ctx + hd) * 4) && alloc(&m->row, nt * max_cols * 4) &&
              alloc(&m->key_cache, kv_bytes) && alloc(&m->value_cache, kv_bytes);
-    for (int i = 0; ok && i < 2; i++)
+    for (int i = 0; ok && i < ACT_SLOTS; i++)
         ok = alloc(&m->acts.slot[i].q, B * max_cols) && alloc(&m->acts.slot[i].d, B * max_groups * 4) &&
              alloc(&m->acts.slot[i].s, B * max_groups * 4);
     if (!ok)
