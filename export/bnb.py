@@ -124,8 +124,12 @@ def dequantize_4bit(packed, absmax, quant_map, state, nested_absmax=None, nested
         raise BnbError("quant_map must have 16 entries, got %d" % code.size)
     nblocks = (n + bs - 1) // bs
 
+    if absmax is None:
+        raise BnbError("missing absmax")
     absmax = np.asarray(absmax).reshape(-1)
     if nested_absmax is not None:
+        if nested_quant_map is None or "nested_blocksize" not in state or "nested_offset" not in state:
+            raise BnbError("double quantization needs nested_quant_map, nested_blocksize and nested_offset")
         nbs = int(state["nested_blocksize"])
         ncode = np.asarray(nested_quant_map, np.float32).reshape(-1)
         if absmax.dtype != np.uint8 or ncode.size != 256:
@@ -242,3 +246,142 @@ def quantize_4bit(w, quant_type="nf4", blocksize=64, double_quant=False, dtype="
         out["absmax"] = absmax
     out["quant_state.bitsandbytes__" + quant_type] = pack_quant_state(state)
     return out
+
+
+
+# ---- the exporter's source (export/source.py protocol) ----
+
+_RAW_DTYPES = {"U8": np.uint8, "I8": np.int8, "F32": np.float32, "F16": np.float16, "BF16": np.uint16}
+
+
+def _read_raw(sf, name):
+    """A tensor of a hf.SafetensorsFile as stored (BF16 widened to float32): the quant state pieces."""
+    info = sf.tensors[name]
+    dt = _RAW_DTYPES.get(info.get("dtype"))
+    if dt is None:
+        raise BnbError("%s: tensor %s has dtype %s" % (sf.path, name, info.get("dtype")))
+    dt = np.dtype(dt).newbyteorder("<")
+    shape = tuple(info["shape"])
+    begin, end = info["data_offsets"]
+    count = int(np.prod(shape, dtype=np.int64))
+    if end - begin != count * dt.itemsize or sf.data_start + end > sf.size or begin < 0:
+        raise BnbError("%s: tensor %s: data offsets do not match its shape" % (sf.path, name))
+    with open(sf.path, "rb") as f:
+        f.seek(sf.data_start + begin)
+        a = np.frombuffer(f.read(end - begin), dt).reshape(shape)
+    if info["dtype"] == "BF16":
+        a = (a.astype(np.uint32) << 16).view(np.float32)
+    return a
+
+
+class _ShapeOnly:
+    """Stands in for a packed bnb weight (with its unpacked shape) while HfSource checks the names."""
+
+    def __init__(self, name, shape):
+        self.path = "(bitsandbytes quant_state)"
+        self.tensors = {name: {"shape": list(shape or ()), "dtype": "F32"}}
+
+
+def open_source(path, options):
+    """The exporter's entry point (export/source.py) for a Hugging Face directory whose
+    config.json has a bitsandbytes quantization_config."""
+    import os
+    from .format import complete_header, validate_model_header
+    from .hf import HfSource, chat_template, header_from_config, special_ids
+    from .source import ExportError, read_json
+
+    class BnbSource(HfSource):
+        """A bitsandbytes 4-bit Llama checkpoint. The quantized Linear weights are dequantized to
+        exactly bitsandbytes' float values and requantized by the exporter like float weights;
+        the tensors bitsandbytes left alone (embedding, norms, lm_head) are read as HfSource does."""
+
+        def __init__(self, directory, options=None):   # HfSource.__init__ refuses quantization_config
+            self.dir = os.fspath(directory)
+            self.files = {}
+            j = lambda name: os.path.join(self.dir, name)  # noqa: E731
+            cfg = read_json(j("config.json"), "Hugging Face config")
+            qc = cfg.get("quantization_config") or {}
+            if qc.get("quant_method") != "bitsandbytes":
+                raise ExportError("%s: quantization method %r is not supported (bitsandbytes 4-bit only)"
+                                  % (j("config.json"), qc.get("quant_method")))
+            try:
+                check_config(cfg)
+            except BnbError as e:
+                raise ExportError("%s: %s" % (j("config.json"), e)) from None
+            self.quant_type = qc.get("bnb_4bit_quant_type", "4-bit")
+            h = header_from_config(cfg, j("config.json"))
+            if not os.path.isfile(j("tokenizer.json")):
+                raise ExportError(f"{j('tokenizer.json')}: missing (the fast tokenizer is embedded in the .rq4)")
+            with open(j("tokenizer.json"), "rb") as f:
+                tok_bytes = f.read()
+            try:
+                tokenizer = json.loads(tok_bytes)
+            except (ValueError, UnicodeDecodeError) as e:
+                raise ExportError(f"{j('tokenizer.json')}: invalid JSON: {e}") from None
+            tok_cfg = read_json(j("tokenizer_config.json")) if os.path.isfile(j("tokenizer_config.json")) else {}
+            gen = read_json(j("generation_config.json")) if os.path.isfile(j("generation_config.json")) else {}
+            bos, eos, self.note = special_ids(cfg, gen, tok_cfg, tokenizer)
+            for what, ids in (("bos", [bos] if bos >= 0 else []), ("eos", eos)):
+                bad = [i for i in ids if not 0 <= i < h["vocab_size"]]
+                if bad:
+                    raise ExportError(f"{self.dir}: {what} token id {bad[0]} is outside the vocabulary "
+                                      f"(vocab_size {h['vocab_size']})")
+            h.update(bos_id=bos, eos_ids=eos)
+            try:
+                validate_model_header(complete_header(dict(h, group_size=0)))
+            except ValueError as e:
+                raise ExportError(f"{j('config.json')}: this engine cannot run it: {e}") from None
+            self.header = h
+            self.blobs = {"tokenizer.json": tok_bytes}
+            tmpl = chat_template(self.dir, tok_cfg)
+            if tmpl is not None:
+                self.blobs["chat_template"] = tmpl.encode("utf-8")
+            with open(j("config.json"), "rb") as f:
+                self.blobs["config.json"] = f.read()
+            self._index_weights()
+            self._check_names()
+
+        def _check_names(self):
+            # HfSource's checks, on a view where each packed weight is a stand-in of its real shape
+            # and the quant state pieces are hidden
+            real = self.where
+            self.quantized = find_quantized(real)           # weight name -> quant_state name
+            aux = {n for w in self.quantized for n in quant_state_names(w) if n in real}
+            view = {n: sf for n, sf in real.items() if n not in aux and n not in self.quantized}
+            try:
+                for wname, qsname in self.quantized.items():
+                    if wname not in real:
+                        raise BnbError("%s has a quant state but no packed weight" % wname)
+                    view[wname] = _ShapeOnly(wname, unpack_quant_state(_read_raw(real[qsname], qsname)).get("shape"))
+            except BnbError as e:
+                raise ExportError("%s: %s" % (self.dir, e)) from None
+            self.where = view
+            try:
+                HfSource._check_names(self)
+            finally:
+                self.where = real
+            self.note = ((self.note + "; ") if self.note else "") + \
+                "bitsandbytes %s: %d weights dequantized, then requantized" % (self.quant_type, len(self.quantized))
+
+        def tensors(self):
+            for ours, theirs, _ in self.plan:
+                if theirs in self.quantized:
+                    yield ours, self.read_bnb(theirs)
+                else:
+                    yield ours, self.where[theirs].read(theirs)
+
+        def read_bnb(self, wname):
+            """The dequantized float32 matrix of one bitsandbytes weight."""
+            names = self.where
+            get = lambda n: _read_raw(names[n], n) if n in names else None  # noqa: E731
+            try:
+                w = dequantize_4bit(get(wname), get(wname + ".absmax"), get(wname + ".quant_map"),
+                                    unpack_quant_state(get(self.quantized[wname])),
+                                    get(wname + ".nested_absmax"), get(wname + ".nested_quant_map"))
+            except (BnbError, KeyError, TypeError, ValueError) as e:
+                raise ExportError("%s: %s: %s" % (self.dir, wname, e)) from None
+            if not np.isfinite(w).all():
+                raise ExportError("tensor %s has NaN or Inf values" % wname)
+            return w
+
+    return BnbSource(path, options)

@@ -179,3 +179,88 @@ def test_fixture_quantizer_read_by_bitsandbytes(qt, dq):
     # and the codes are the ones bitsandbytes' own quantizer picks
     packed, _ = bf.quantize_4bit(torch.from_numpy(w), blocksize=64, compress_statistics=dq, quant_type=qt)
     assert np.array_equal(packed.numpy().reshape(-1), t[""].reshape(-1))
+
+
+# ---- through the exporter: a tiny Llama in the bnb-4bit layout -> .rq4 ----
+
+def _save_mixed_safetensors(path, tensors):
+    """safetensors with per-tensor dtypes: float32 arrays named in `bf16` are written as BF16
+    (numpy has no bf16), uint8 as U8, float32 as F32."""
+    header, blobs, off = {}, [], 0
+    for name in sorted(tensors):
+        a, dt = tensors[name]
+        if dt == "BF16":
+            b = (np.ascontiguousarray(a, np.float32).view(np.uint32) >> 16).astype("<u2").tobytes()
+        else:
+            b = np.ascontiguousarray(a, {"U8": np.uint8, "F32": "<f4"}[dt]).tobytes()
+        header[name] = {"dtype": dt, "shape": list(a.shape), "data_offsets": [off, off + len(b)]}
+        blobs.append(b)
+        off += len(b)
+    hj = json.dumps(header, separators=(",", ":")).encode()
+    hj += b" " * (-len(hj) % 8)
+    with open(path, "wb") as f:
+        f.write(len(hj).to_bytes(8, "little") + hj + b"".join(blobs))
+
+
+def make_bnb_llama(folder, quant_type="nf4", double_quant=True, blocksize=64):
+    """A tiny HF Llama (tests/fixtures.make_hf_llama, bf16) rewritten as transformers saves a
+    BitsAndBytesConfig(load_in_4bit) model: Linear weights packed 4-bit, embedding and norms bf16.
+    Returns (directory, {HF name: the float32 values bitsandbytes would dequantize})."""
+    from fixtures import make_hf_llama
+    m = make_hf_llama(folder, dtype="bf16")
+    tensors, expect = {}, {}
+    for name, w in m.weights.items():
+        if w.ndim == 2 and "embed_tokens" not in name and "lm_head" not in name:
+            t = bnb.quantize_4bit(w, quant_type, blocksize, double_quant, "bfloat16")
+            for suffix, arr in t.items():
+                tensors[name + ("." + suffix if suffix else "")] = (arr, "U8" if arr.dtype == np.uint8 else "F32")
+            expect[name] = _deq(t, quant_type)
+        else:
+            tensors[name] = (w, "BF16")
+            expect[name] = w
+    _save_mixed_safetensors(str(folder / "model.safetensors"), tensors)
+    cfg = dict(m.config)
+    cfg["quantization_config"] = {"quant_method": "bitsandbytes", "load_in_4bit": True, "load_in_8bit": False,
+                                  "bnb_4bit_quant_type": quant_type, "bnb_4bit_use_double_quant": double_quant,
+                                  "bnb_4bit_compute_dtype": "bfloat16", "bnb_4bit_quant_storage": "uint8",
+                                  "llm_int8_skip_modules": ["lm_head"]}
+    (folder / "config.json").write_text(json.dumps(cfg))
+    return str(folder), expect
+
+
+@pytest.mark.parametrize("qt,dq", [("nf4", True), ("fp4", False)])
+def test_export_bnb_checkpoint(tmp_path, capsys, qt, dq):
+    from export.__main__ import main
+    from export.quant import quantize_rtn
+    from export.reader import read_rq4
+    from test_export_hf import rq4_name
+    folder, expect = make_bnb_llama(tmp_path / "hf", qt, dq)
+    out = tmp_path / "m.rq4"
+    rc = main([folder, str(out), "--group-size", "64"])
+    err = capsys.readouterr().err
+    assert rc == 0, err
+    assert "bitsandbytes %s: 14 weights dequantized" % qt in err
+    header, entries = read_rq4(str(out))
+    assert header["dim"] == 64 and header["n_layers"] == 2
+    for hf_name, w in expect.items():
+        e = entries[rq4_name(hf_name)]
+        if w.ndim == 1:
+            assert np.array_equal(np.asarray(e).reshape(-1), w)
+            continue
+        ref = quantize_rtn(w, 64)   # the dequantized bnb weight, requantized as any float weight
+        assert e.type == ref.type and np.array_equal(e.q, ref.q) and np.array_equal(e.d, ref.d), hf_name
+
+
+def test_export_bnb_refusals(tmp_path, capsys):
+    from export.__main__ import main
+    folder, _ = make_bnb_llama(tmp_path / "hf")
+    cfg = json.loads((tmp_path / "hf" / "config.json").read_text())
+    cfg["quantization_config"]["load_in_4bit"] = False
+    cfg["quantization_config"]["load_in_8bit"] = True
+    (tmp_path / "hf" / "config.json").write_text(json.dumps(cfg))
+    assert main([folder, str(tmp_path / "m.rq4")]) == 1
+    assert "8-bit" in capsys.readouterr().err
+    cfg["quantization_config"] = {"quant_method": "gptq", "bits": 4}
+    (tmp_path / "hf" / "config.json").write_text(json.dumps(cfg))
+    assert main([folder, str(tmp_path / "m.rq4")]) == 1
+    assert "'gptq' is not supported" in capsys.readouterr().err
