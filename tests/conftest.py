@@ -12,6 +12,7 @@ All three carry a small byte-level BPE tokenizer (every non-ASCII character
 spans several tokens) and a ChatML chat template.
 """
 
+import glob
 import json
 import os
 import sys
@@ -21,8 +22,15 @@ import pytest
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
-if ROOT not in sys.path:  # the in-tree export/ and pyrunq4/ (development checkout)
+# The checkout's pyrunq4/ wins when it holds a built extension (a development
+# build: python setup.py build_ext --inplace); otherwise an installed pyrunq4
+# (pip install .) is tested, and the checkout only supplies export/ for the
+# fixtures.
+if glob.glob(os.path.join(ROOT, "pyrunq4", "_runq4*.so")) \
+        or glob.glob(os.path.join(ROOT, "pyrunq4", "_runq4*.pyd")):
     sys.path.insert(0, ROOT)
+else:  # (python -m pytest puts the checkout first: move it last)
+    sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != ROOT] + [ROOT]
 if HERE not in sys.path:
     sys.path.insert(0, HERE)
 
@@ -192,3 +200,18 @@ def not_rq4(model_dir):
     p = model_dir / "not_a_model.rq4"
     p.write_bytes(json.dumps({"hello": "world"}).encode() * 20)
     return str(p)
+
+
+@pytest.fixture(scope="session")
+def tiny_hf(tmp_path_factory):
+    """A tiny Hugging Face Llama directory (fixtures.make_hf_llama defaults: bf16, GQA 4/2,
+    head_dim 32 != 64/4, llama3 RoPE with original_max_pos 16, tied): an HfModel."""
+    from fixtures import make_hf_llama
+    return make_hf_llama(tmp_path_factory.mktemp("hf") / "tiny")
+
+
+@pytest.fixture(scope="session")
+def tiny_hf_rq4(tiny_hf, tmp_path_factory):
+    """tiny_hf exported by `python -m pyrunq4.export --group-size 64`: the .rq4 path."""
+    from fixtures import make_rq4
+    return make_rq4(tmp_path_factory.mktemp("hf_rq4") / "tiny_hf.rq4", tiny_hf.path)

@@ -17,20 +17,37 @@ from pyrunq4 import eval as peval
 from pyrunq4 import generate as pgen
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# the CLIs run in a child process with the same pyrunq4 as this one (checkout or
+# installed), started in that package's parent directory so that python -m does
+# not pick up another copy from the current directory
+PKG_PARENT = os.path.dirname(os.path.dirname(os.path.abspath(pyrunq4.__file__)))
+
+
+def cli_env():
+    return dict(os.environ, PYTHONPATH=PKG_PARENT + os.pathsep + os.environ.get("PYTHONPATH", ""))
 
 
 def run_cli(module, *args, stdin=None):
-    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    env = cli_env()
     return subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True,
-                          input=stdin, env=env, timeout=60)
+                          input=stdin, env=env, timeout=60, cwd=PKG_PARENT)
 
 
 # ---- the binding --------------------------------------------------------------------
 
+def load_build_script():
+    """The checkout's pyrunq4/_build.py (an installed copy has no src/ next to it)."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("_runq4_build",
+                                                  os.path.join(ROOT, "pyrunq4", "_build.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
 def test_every_cdef_prototype_is_in_lib():
-    from pyrunq4 import _build
     from pyrunq4._runq4 import lib
-    cdef = _build.read_cdef()
+    cdef = load_build_script().read_cdef()
     names = set(re.findall(r"^[A-Za-z_][\w \t\*]*?\b(rq4_\w+)\s*\(", cdef, re.M))
     assert {"rq4_open", "rq4_close", "rq4_forward", "rq4_rewind", "rq4_blob"} <= names
     for name in names:
@@ -38,10 +55,9 @@ def test_every_cdef_prototype_is_in_lib():
 
 
 def test_cdef_is_read_from_the_header_not_retyped():
-    from pyrunq4 import _build
     with open(os.path.join(ROOT, "src", "runq4.h")) as f:
         header = f.read()
-    cdef = _build.read_cdef()
+    cdef = load_build_script().read_cdef()
     assert cdef in header and "rq4_forward" in cdef and "#include" not in cdef
 
 
@@ -386,9 +402,9 @@ def test_cli_errors_one_line_no_traceback(tiny_tied, not_rq4, tmp_path):
 
 
 def test_cli_broken_pipe_is_quiet(tiny_untied):
-    env = dict(os.environ, PYTHONPATH=ROOT)
+    env = cli_env()
     p = subprocess.Popen([sys.executable, "-m", "pyrunq4.generate", tiny_untied, "-n", "50"],
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, cwd=PKG_PARENT)
     p.stdout.close()  # the reader goes away before the first piece
     err = p.stderr.read().decode()
     p.stderr.close()
