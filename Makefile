@@ -43,14 +43,21 @@ $(BUILD)/librunq4.so: $(LIB_OBJS)
 $(BUILD):
 	mkdir -p $(BUILD)
 
-# test-c: the engine's C test (batched == token-by-token logits, rewind, errors)
-#   on a model file: make test-c MODEL=path.rq4
-#   under valgrind:  valgrind --leak-check=full --error-exitcode=1 build/test_engine MODEL
-#   (build it with CFLAGS="-O1 -g" for readable traces)
+# test-c: the engine's C test (batched == token-by-token logits bit for bit, thread
+#   counts, rewind, errors) on a tiny random model written by export/writer.py
+#   (tests/c/make_test_model.py), or on MODEL=path.rq4. Under valgrind:
+#   make clean; make build/test_engine CFLAGS="-O1 -g"
+#   valgrind --leak-check=full --error-exitcode=1 build/test_engine build/test_model.rq4 -q
+PYTHON ?= $(shell test -x .venv/bin/python && echo .venv/bin/python || echo python3)
+MODEL ?= $(BUILD)/test_model.rq4
+
 $(BUILD)/test_engine: tests/c/test_engine.c $(BUILD)/librunq4.a
 	$(CC) $(CFLAGS) $(BASE_CFLAGS) -Isrc $< $(BUILD)/librunq4.a -o $@ $(LDLIBS)
 
-test-c: $(BUILD)/test_engine
+$(BUILD)/test_model.rq4: tests/c/make_test_model.py | $(BUILD)
+	$(PYTHON) tests/c/make_test_model.py $@
+
+test-c: $(BUILD)/test_engine $(MODEL)
 	$(BUILD)/test_engine $(MODEL)
 
 # test-kernels: every kernel set this CPU supports vs the scalar reference, bit
