@@ -43,7 +43,16 @@ typedef struct kernel_set {
     dot_fn dot_q8;
 } kernel_set;
 
-/* The scalar reference, always compiled. */
+/* The scalar reference, always compiled (src/kernels.c).
+ *
+ * Adding a kernel set (the hook): define `const kernel_set kernels_<name>` and
+ * `int kernels_<name>_supported(void)` (a runtime CPU check) in
+ * src/kernels_x86.c or src/kernels_arm.c, guarded by architecture, and add
+ * both to the ladder in src/kernels.c (best first). kernels.c compiles that
+ * ladder when the file exists (RQ4_HAVE_X86_KERNELS / RQ4_HAVE_ARM_KERNELS,
+ * found by __has_include or set by the build). Build everything with
+ * -ffp-contract=off (or rely on the FP_CONTRACT pragma), so that no compiler
+ * fuses the contract's multiply-adds. */
 extern const kernel_set kernels_scalar;
 
 /* The best kernel set compiled in and supported by this CPU. */
