@@ -93,9 +93,20 @@ cross-aarch64-test-kernels: $(BUILD)/aarch64/test_kernels
 	$(QEMU_AARCH64) -cpu max $(BUILD)/aarch64/test_kernels
 	$(QEMU_AARCH64) -cpu cortex-a53 $(BUILD)/aarch64/test_kernels -q
 
+# runq4: the standalone binary (no Python): src/main.c + src/sampler.c + the library.
+#   ./runq4 model.rq4 -n 64 -i "Once upon a time"     (runq4 -h lists the options)
+runq4: src/main.c src/sampler.c $(BUILD)/librunq4.a $(HEADERS)
+	$(CC) $(CFLAGS) $(BASE_CFLAGS) -Isrc src/main.c src/sampler.c $(BUILD)/librunq4.a -o $@ $(LDLIBS)
+
+# runq4-asan: the binary with AddressSanitizer + UBSan, for the tests' hostile inputs
+#   ASAN_OPTIONS=detect_leaks=1 ./runq4-asan model.rq4 -n 8 -i hi
+runq4-asan: src/main.c src/sampler.c $(LIB_SRCS) $(HEADERS)
+	$(CC) -O1 -g -fsanitize=address,undefined -fno-omit-frame-pointer $(BASE_CFLAGS) -Isrc \
+		src/main.c src/sampler.c $(LIB_SRCS) -o $@ $(LDLIBS)
+
 # clean: remove every build output
 clean:
-	rm -rf $(BUILD)
+	rm -rf $(BUILD) runq4 runq4-asan
 
 # help: this list
 help:
