@@ -1,9 +1,55 @@
-"""pyrunq4.export: writes .rq4 files (docs/FORMAT.md) from Hugging Face checkpoints.
+"""pyrunq4.export: writes .rq4 files (docs/FORMAT.md) from model checkpoints.
 
     python -m pyrunq4.export SOURCE OUTPUT.rq4 [--group-size 128] [--embedding-bits 4|8]
+                             [--method rtn|...] [--quiet]
 
-Modules: format (constants, header/table layout), quant (QuantizedTensor,
-quantize_rtn, pack), writer (Rq4Writer), reader (read_rq4).
+Modules
+    format    constants (mirroring src/runq4.h), header/table structs, validation
+    quant     QuantizedTensor, quantize_rtn, dequantize, pack, exact-import constructors
+    writer    Rq4Writer: streaming, atomic (temp file + fsync + os.replace)
+    reader    read_rq4: pure-numpy mirror of the C loader
+    source    the source protocol below, ExportError, open_source (the dispatch)
+    hf        HfSource: Hugging Face LlamaForCausalLM directories (safetensors)
+    __main__  the CLI: one loop over a source's tensors
+
+The source protocol (export/source.py, class Source)
+    open_source(path, options) picks the source: SOURCE ending in .gguf ->
+    export/gguf_source.py; a directory whose config.json has a
+    quantization_config -> export/bnb.py; any other directory -> export/hf.py.
+    Each optional module exposes `open_source(path, options) -> Source`
+    (options: the CLI's argparse namespace: group_size, embedding_bits, method,
+    ...). A Source is a context manager with
+        header          dict of FORMAT.md model fields: dim, hidden_dim, n_layers,
+                        n_heads, n_kv_heads, head_dim, vocab_size, max_seq_len,
+                        tied_embeddings, bos_id (-1: none), eos_ids (list, <= 4),
+                        rope_scaling (0/1), rope_original_max_pos, norm_eps,
+                        rope_theta, rope_factor, rope_low_freq_factor,
+                        rope_high_freq_factor (group_size is added by the CLI)
+        blobs           dict entry name -> bytes: "tokenizer.json" (required by
+                        the engine's tokenizer), "chat_template", "config.json"
+        tensor_names()  FORMAT.md tensor names in the order tensors() yields them
+        tensors()       yields (name, value) one at a time, in file order
+                        (tok_embeddings; per layer attention_norm wq wk wv wo
+                        ffn_norm w1 w2 w3; norm; output when untied). value is
+                        a float32 ndarray (matrices 2-D, norms 1-D) that the CLI
+                        stores (norms, f32) or quantizes (--method, q8 for
+                        tok_embeddings/output with --embedding-bits 8), or a
+                        QuantizedTensor that is written as is (lossless imports:
+                        quant.q4s_from_levels / q4a_from_levels / q8_from_levels)
+        read(name)      optional: random access to one float32 tensor
+        note            optional: one line the CLI prints before exporting
+        close()
+    and raises source.ExportError (one line, no traceback, exit 1) for anything
+    it cannot convert.
+
+Quantization methods (the quality engineer's export/quantizers.py): --method
+choices are "rtn" plus quantizers.METHODS. A float matrix is quantized by
+quantizers.make_quantizer(method, options, source) -> f(name, w, group_size,
+qtype) if defined, else quantizers.quantize(w, method, group_size) for q4s
+(data-free methods only: quantizers.DATA_FREE, default ("mse",)); a
+whole-model method replaces the stream with quantizers.make_stream(source,
+header, options), which yields (name, value) like tensors(). quantizers.
+add_arguments(parser), if defined, adds its own options.
 """
 
 from .format import FORMAT_VERSION

@@ -35,13 +35,37 @@ def rtn(name, w, group_size, qtype):
 
 
 def make_quantizer(method, options, source):
-    """callable(name, w float32 (rows, cols), group_size, qtype) -> QuantizedTensor."""
+    """callable(name, w float32 (rows, cols), group_size, qtype) -> QuantizedTensor
+    for the float matrices of the stream. Non-rtn methods come from
+    export/quantizers.py: its make_quantizer(method, options, source) if it has
+    one, else its quantize(w, method, group_size) for q4s (rtn for q8)."""
     if method == "rtn":
         return rtn
     mod = _quantizers_module()
     if mod is None:
         raise ExportError(f"--method {method} is not available in this build")
-    return mod.make_quantizer(method, options, source)
+    if hasattr(mod, "make_quantizer"):
+        return mod.make_quantizer(method, options, source)
+    if method not in getattr(mod, "DATA_FREE", ("mse",)):
+        raise ExportError(f"--method {method} needs calibration, which this exporter does not run yet")
+
+    def quantize(name, w, group_size, qtype):
+        if qtype != "q4s":
+            return quantize_rtn(w, group_size, qtype)
+        return mod.quantize(w, method, group_size)
+    return quantize
+
+
+def tensor_stream(source, header, options):
+    """(name, float32 array | QuantizedTensor) in file order: the source's own
+    stream, or, when export/quantizers.py has make_stream(source, header,
+    options) (whole-model methods: gptq, awq), that one (it may call
+    source.read(name) and yield QuantizedTensors)."""
+    if options.method != "rtn":
+        mod = _quantizers_module()
+        if mod is not None and hasattr(mod, "make_stream"):
+            return mod.make_stream(source, header, options)
+    return source.tensors()
 
 
 def build_parser():
@@ -87,7 +111,7 @@ def export(options, log=None):
         except OSError as e:
             raise ExportError(f"{out}: cannot write: {e.strerror or e}") from None
         with writer as w:
-            for i, (name, t) in enumerate(src.tensors()):
+            for i, (name, t) in enumerate(tensor_stream(src, header, options)):
                 if isinstance(t, QuantizedTensor):
                     w.add_quantized(name, t)
                     what = f"{t.type} g{t.group_size}  imported as is"

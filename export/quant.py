@@ -170,12 +170,14 @@ def rms_rel_error(w, qt):
     rows, cols = qt.q.shape
     err = ref = 0.0
     for r0, r1 in _row_chunks(rows, cols):
-        x = np.asarray(w[r0:r1], np.float64)
-        y = qt.q[r0:r1].astype(np.float64) * _expand(qt.d[r0:r1].astype(np.float64), cols, qt.group_size)
+        x = np.asarray(w[r0:r1], np.float32)
+        y = qt.q[r0:r1].astype(np.float32)
+        y *= _expand(qt.d[r0:r1].astype(np.float32), cols, qt.group_size)
         if qt.m is not None:
-            y += _expand(qt.m[r0:r1].astype(np.float64), cols, qt.group_size)
-        err += float(np.square(x - y).sum())
-        ref += float(np.square(x).sum())
+            y += _expand(qt.m[r0:r1].astype(np.float32), cols, qt.group_size)
+        y -= x
+        err += float(np.einsum("ij,ij->", y, y, dtype=np.float64))
+        ref += float(np.einsum("ij,ij->", x, x, dtype=np.float64))
     return (err / ref) ** 0.5 if ref > 0 else (0.0 if err == 0 else float("inf"))
 
 

@@ -30,6 +30,11 @@ class Source:
         exporter, or a QuantizedTensor written as is (exact imports)."""
         raise NotImplementedError
 
+    def read(self, name):
+        """Optional random access: the float32 array of FORMAT.md entry `name`
+        (for whole-model quantizers such as gptq/awq that call get(name))."""
+        raise NotImplementedError(f"{type(self).__name__} has no random access")
+
     def close(self):
         """Releases files and mappings. Idempotent."""
 

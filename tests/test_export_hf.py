@@ -197,3 +197,9 @@ def test_cli_subprocess_one_line_error(tmp_path):
     r = subprocess.run([sys.executable, "-m", mod, "--help"], capture_output=True, text=True,
                        cwd=os.path.dirname(os.path.dirname(__file__)))
     assert r.returncode == 0 and "--embedding-bits" in r.stdout and "default: 128" in r.stdout
+
+
+def test_conftest_fixtures(tiny_hf, tiny_hf_rq4):
+    h, e = reader.read_rq4(tiny_hf_rq4)
+    assert h["vocab_size"] == tiny_hf.config["vocab_size"] and h["group_size"] == 64
+    assert np.array_equal(e["norm"].reshape(-1), tiny_hf.weights["model.norm.weight"])
