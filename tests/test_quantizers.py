@@ -1,0 +1,152 @@
+"""export/quantizers.py: mse and gptq against rtn on synthetic data (fast)."""
+
+import numpy as np
+import pytest
+
+from export import quantizers as Q
+from export.quant import dequantize, pack, quantize_rtn, unpack
+
+
+def _group_err(w, qt, imp=None):
+    """Squared error per group (rows, ngroups), optionally column-weighted."""
+    r = (w.astype(np.float64) - dequantize(qt)) ** 2
+    if imp is not None:
+        r = r * imp[None, :]
+    gs = qt.group_size
+    return np.stack([r[:, c0:c0 + gs].sum(axis=1) for c0 in range(0, w.shape[1], gs)], axis=1)
+
+
+def _check_format(qt, shape, gs):
+    rows, cols = shape
+    assert qt.type == "q4s" and qt.group_size == gs
+    assert qt.q.shape == shape and qt.q.dtype == np.int8
+    assert qt.q.min() >= -8 and qt.q.max() <= 7
+    assert qt.d.dtype == np.float16 and qt.d.shape == (rows, -(-cols // gs))
+    assert np.isfinite(qt.d).all()
+    qt.validate()
+
+
+@pytest.mark.parametrize("gs,cols", [(32, 96), (64, 160), (128, 576)])
+def test_mse_never_worse_than_rtn_per_group(gs, cols):
+    rng = np.random.default_rng(0)
+    w = (rng.standard_normal((40, cols)) * rng.uniform(0.01, 2, (40, 1))).astype(np.float32)
+    w[3, :gs] = 0.0                                        # an all-zero group
+    w[5, 7] = 25.0                                         # an outlier
+    w[6, :] = np.abs(w[6, :])                              # one-signed rows
+    qr, qm = quantize_rtn(w, gs), Q.quantize_mse(w, gs)
+    _check_format(qm, w.shape, gs)
+    er, em = _group_err(w, qr), _group_err(w, qm)
+    assert np.all(em <= er * (1 + 1e-6) + 1e-12)
+    assert em.sum() < 0.9 * er.sum()                       # and clearly better overall
+    assert np.all(qm.q[3, :gs] == 0)
+
+
+def test_mse_weighted_by_importance():
+    rng = np.random.default_rng(1)
+    w = rng.standard_normal((32, 128)).astype(np.float32)
+    imp = rng.uniform(0, 10, 128).astype(np.float32) ** 2
+    qi, qu = Q.quantize_mse(w, 32, imp=imp), Q.quantize_mse(w, 32)
+    assert _group_err(w, qi, imp).sum() <= _group_err(w, qu, imp).sum() + 1e-9
+    assert _group_err(w, qi, imp).sum() <= _group_err(w, quantize_rtn(w, 32), imp).sum()
+
+
+def test_mse_uses_minus_eight():
+    w = np.array([[1.0, -0.5, 0.25, 0.125] * 8], np.float32)
+    qt = Q.quantize_mse(w, 32)
+    assert qt.q.min() == -8 or qt.q.max() == 7
+    assert _group_err(w, qt).sum() <= _group_err(w, quantize_rtn(w, 32)).sum()
+
+
+def _correlated_inputs(rng, n, cols):
+    """X (n, cols) with strongly correlated channels and a few large ones, like LLM activations."""
+    base = rng.standard_normal((n, cols // 4))
+    mix = rng.standard_normal((cols // 4, cols))
+    x = base @ mix + 0.3 * rng.standard_normal((n, cols))
+    x[:, rng.choice(cols, 4, replace=False)] *= 8.0
+    return x
+
+
+@pytest.mark.parametrize("act_order", [False, True])
+@pytest.mark.parametrize("gs", [32, 64])
+def test_gptq_reduces_output_error(gs, act_order):
+    rng = np.random.default_rng(2)
+    rows, cols = 48, 160                                    # last group shorter at gs=64
+    w = rng.standard_normal((rows, cols)).astype(np.float32)
+    x = _correlated_inputs(rng, 512, cols)
+    acc = Q.hessian_accumulator(cols)
+    acc.add(x[:256])
+    acc.add(x[256:])
+    qg = Q.quantize_gptq(w, acc.hessian(), gs, act_order=act_order)
+    _check_format(qg, w.shape, gs)
+
+    def out_err(qt):
+        return float(np.sum((x @ w.T - x @ dequantize(qt).T) ** 2))
+    e_rtn, e_mse, e_gptq = out_err(quantize_rtn(w, gs)), out_err(Q.quantize_mse(w, gs)), out_err(qg)
+    assert e_gptq < 0.8 * e_rtn
+    assert e_gptq < e_mse
+
+
+def test_gptq_act_order_groups_match_the_format():
+    """With act order the columns are visited permuted, yet each group's fp16 scale is
+    the one of the file's contiguous group: pack -> unpack -> dequantize gives exactly
+    d[row, col // gs] * q[row, col], the value the engine computes."""
+    rng = np.random.default_rng(3)
+    rows, cols, gs = 16, 96, 32
+    w = rng.standard_normal((rows, cols)).astype(np.float32)
+    x = _correlated_inputs(rng, 300, cols)
+    acc = Q.hessian_accumulator(cols)
+    acc.add(x)
+    qt = Q.quantize_gptq(w, acc.hessian(), gs, act_order=True)
+    back = unpack("q4s", rows, cols, gs, pack(qt))
+    assert np.array_equal(back.q, qt.q) and np.array_equal(back.d.view(np.uint16), qt.d.view(np.uint16))
+    engine = back.q.astype(np.float32) * np.repeat(back.d.astype(np.float32), gs, axis=1)
+    assert np.array_equal(engine, dequantize(qt))
+    # static groups: the scales are those searched on the original weights
+    assert np.array_equal(qt.d, Q.search_scales(w, gs, imp=np.diag(acc.hessian())))
+
+
+def test_gptq_dead_columns_and_zero_rows():
+    rng = np.random.default_rng(4)
+    w = rng.standard_normal((8, 64)).astype(np.float32)
+    w[2] = 0.0
+    x = rng.standard_normal((100, 64))
+    x[:, 5] = 0.0                                           # a dead input channel
+    acc = Q.hessian_accumulator(64)
+    acc.add(x)
+    qt = Q.quantize_gptq(w, acc.hessian(), 32)
+    _check_format(qt, w.shape, 32)
+    assert np.all(qt.q[2] == 0) and np.all(qt.q[:, 5] == 0)
+
+
+def test_calibration_sequences():
+    ids = np.arange(10000)
+    seqs = Q.calibration_sequences(ids, seq_len=512, n_tokens=2048, bos_id=7)
+    assert len(seqs) == 4 and all(len(s) == 512 and s[0] == 7 for s in seqs)
+    assert seqs[-1][-1] == 9999
+    short = Q.calibration_sequences(np.arange(100), seq_len=512, n_tokens=2048)
+    assert len(short) == 1 and len(short[0]) == 100
+    assert len(Q.default_calibration_text()) > 100000
+
+
+def test_quantize_model_small(tmp_path):
+    """A tiny random 2-layer model through every method; shapes and types as the writer needs."""
+    rng = np.random.default_rng(5)
+    cfg = dict(dim=64, hidden_dim=96, n_layers=2, n_heads=4, n_kv_heads=2, head_dim=16,
+               vocab_size=50, tied_embeddings=1, norm_eps=1e-5, rope_theta=10000.0, rope_scaling=0)
+    W = {"tok_embeddings": rng.standard_normal((50, 64)).astype(np.float32), "norm": np.ones(64, np.float32)}
+    shapes = {"wq": (64, 64), "wk": (32, 64), "wv": (32, 64), "wo": (64, 64),
+              "w1": (96, 64), "w2": (64, 96), "w3": (96, 64)}
+    for i in range(2):
+        for k, s in shapes.items():
+            W[f"layers.{i}.{k}"] = (rng.standard_normal(s) / np.sqrt(s[1])).astype(np.float32)
+        W[f"layers.{i}.attention_norm"] = np.ones(64, np.float32)
+        W[f"layers.{i}.ffn_norm"] = np.ones(64, np.float32)
+    calib = [rng.integers(0, 50, 24) for _ in range(3)]
+    for method in Q.METHODS:
+        got = dict(Q.quantize_model(W.get, cfg, method, 32, calib, progress=None))
+        assert set(got) == set(W)
+        for name, v in got.items():
+            if name.endswith("norm"):
+                assert v.dtype == np.float32 and v.shape == (64,)
+            else:
+                _check_format(v, W[name].shape, 32)
