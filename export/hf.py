@@ -336,14 +336,19 @@ class HfSource(Source):
     def tensor_names(self):
         return [ours for ours, _, _ in self.plan]
 
+    def load(self, hf_name):
+        """One Hugging Face tensor as float32 (subclasses override this to decode
+        other storage, e.g. bitsandbytes)."""
+        return self.where[hf_name].read(hf_name)
+
     def tensors(self):
         for ours, theirs, _ in self.plan:
-            yield ours, self.where[theirs].read(theirs)
+            yield ours, self.load(theirs)
 
     def read(self, name):
         for ours, theirs, _ in self.plan:
             if ours == name:
-                return self.where[theirs].read(theirs)
+                return self.load(theirs)
         raise KeyError(name)
 
     def close(self):

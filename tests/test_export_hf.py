@@ -236,3 +236,21 @@ def test_exported_model_runs_like_the_checkpoint(tmp_path):
     with Model(path) as model:
         eng = model.logits(list(toks))
     assert eng.shape == (64, cfg["vocab_size"]) and rel(ref_q, eng) < 0.05
+
+
+def test_refuses_unsupported_tensor_dtype_and_missing_gguf(tmp_path, capsys):
+    from safetensors.numpy import save_file
+    m = make_hf_llama(tmp_path / "hf", dtype="fp32")
+    w = dict(m.weights)
+    w["model.layers.0.mlp.up_proj.weight"] = np.zeros((96, 64), np.int8)
+    save_file(w, os.path.join(m.path, "model.safetensors"))
+    _refused(tmp_path, capsys, [m.path, tmp_path / "m.rq4"], "model.layers.0.mlp.up_proj.weight has dtype I8")
+    _refused(tmp_path, capsys, [tmp_path / "none.gguf", tmp_path / "m.rq4"], "no such GGUF file")
+
+
+def test_source_random_access(tmp_path):
+    m = make_hf_llama(tmp_path / "hf", sharded=True)
+    with hf.HfSource(m.path) as src:
+        assert src.tensor_names()[0] == "tok_embeddings" and src.tensor_names()[-1] == "norm"
+        assert np.array_equal(src.read("layers.1.w2"), m.weights["model.layers.1.mlp.down_proj.weight"])
+        assert set(src.blobs) == {"tokenizer.json", "chat_template", "config.json"}
