@@ -55,6 +55,78 @@ ALWAYS TGT V FN(group_dot)(int kind, V a, const uint8_t *wq, const int8_t *xr, i
 /* The integer correction per group: dot - off * xs. */
 ALWAYS int FN(offset_of)(int kind) { return kind == K_Q4S ? 8 : kind == K_Q8 ? Q8_OFF : 0; }
 
+#if BIG == 64
+/* 16 accumulators -> one vector, lane i = the horizontal sum of v[i] */
+ALWAYS TGT __m512i FN(reduce16)(const __m512i *v) {
+    __m512i p[8], q[4];
+    for (int j = 0; j < 8; j++)
+        p[j] = _mm512_add_epi32(_mm512_unpacklo_epi32(v[2 * j], v[2 * j + 1]),
+                                _mm512_unpackhi_epi32(v[2 * j], v[2 * j + 1]));
+    for (int j = 0; j < 4; j++) /* each 128-bit lane of q[j]: partial sums of v[4j .. 4j+3] */
+        q[j] = _mm512_add_epi32(_mm512_unpacklo_epi64(p[2 * j], p[2 * j + 1]),
+                                _mm512_unpackhi_epi64(p[2 * j], p[2 * j + 1]));
+    __m512i r0 = _mm512_add_epi32(_mm512_shuffle_i32x4(q[0], q[1], 0x88), _mm512_shuffle_i32x4(q[0], q[1], 0xDD));
+    __m512i r1 = _mm512_add_epi32(_mm512_shuffle_i32x4(q[2], q[3], 0x88), _mm512_shuffle_i32x4(q[2], q[3], 0xDD));
+    return _mm512_add_epi32(_mm512_shuffle_i32x4(r0, r1, 0x88), _mm512_shuffle_i32x4(r0, r1, 0xDD));
+}
+
+/* Four tokens x four full groups g .. g+3 at a time (16 accumulators, one
+ * reduction, the float part in the 16 lanes (token t, group g+k) = lane 4t+k),
+ * then added to acc (lane t) in group order. Returns the first group left. */
+ALWAYS TGT int FN(quad_groups)(int kind, const qact *x, const uint8_t *wq, const uint16_t *wd,
+                                const uint16_t *wm, const int8_t *const *xr, const float *const *xd,
+                                const int32_t *const *xs, __m128 *accp, int nfull) {
+    const int gs = x->gs, off8 = FN(offset_of)(kind);
+    __m128 acc = *accp;
+    int g = 0;
+    for (; g + 4 <= nfull; g += 4) {
+        __m512i a[16];
+        for (int i = 0; i < 16; i++) a[i] = v_zero();
+        int o = g * gs, e = 0;
+        for (; e + 64 <= gs; e += 64) {
+            for (int k = 0; k < 4; k++) {
+                int at = o + k * gs + e;
+                if (kind == K_Q8) {
+                    WB w = ld_q8((const int8_t *)wq + at);
+                    for (int t = 0; t < 4; t++) a[4 * t + k] = dot_8(a[4 * t + k], w, xr[t] + at);
+                } else {
+                    WB w = ld_q4(wq + at / 2, kind == K_Q4S);
+                    for (int t = 0; t < 4; t++) a[4 * t + k] = dot_u(a[4 * t + k], w, xr[t] + at);
+                }
+            }
+        }
+        if (e < gs)
+            for (int k = 0; k < 4; k++)
+                for (int t = 0; t < 4; t++)
+                    a[4 * t + k] = FN(group_dot)(kind, a[4 * t + k], wq, xr[t], o + k * gs + e, 32);
+        __m512i isum = FN(reduce16)(a);
+        __m512i s = _mm512_castsi128_si512(_mm_loadu_si128((const __m128i *)(xs[0] + g)));
+        s = _mm512_inserti32x4(s, _mm_loadu_si128((const __m128i *)(xs[1] + g)), 1);
+        s = _mm512_inserti32x4(s, _mm_loadu_si128((const __m128i *)(xs[2] + g)), 2);
+        s = _mm512_inserti32x4(s, _mm_loadu_si128((const __m128i *)(xs[3] + g)), 3);
+        if (off8) isum = _mm512_sub_epi32(isum, _mm512_slli_epi32(s, off8 == 8 ? 3 : 7));
+        __m512 dx = _mm512_castps128_ps512(_mm_loadu_ps(xd[0] + g));
+        dx = _mm512_insertf32x4(dx, _mm_loadu_ps(xd[1] + g), 1);
+        dx = _mm512_insertf32x4(dx, _mm_loadu_ps(xd[2] + g), 2);
+        dx = _mm512_insertf32x4(dx, _mm_loadu_ps(xd[3] + g), 3);
+        __m512 d = _mm512_broadcast_f32x4(_mm_cvtph_ps(_mm_loadl_epi64((const __m128i *)(wd + g))));
+        __m512 term = _mm512_mul_ps(_mm512_mul_ps(d, dx), _mm512_cvtepi32_ps(isum));
+        if (kind == K_Q4A) {
+            __m512 m = _mm512_broadcast_f32x4(_mm_cvtph_ps(_mm_loadl_epi64((const __m128i *)(wm + g))));
+            term = _mm512_add_ps(term, _mm512_mul_ps(_mm512_mul_ps(m, dx), _mm512_cvtepi32_ps(s)));
+        }
+        /* lane t of step k = lane 4t+k of term */
+        for (int k = 0; k < 4; k++) {
+            __m512i idx = _mm512_add_epi32(_mm512_setr_epi32(0, 4, 8, 12, 0, 4, 8, 12, 0, 4, 8, 12, 0, 4, 8, 12),
+                                           _mm512_set1_epi32(k));
+            acc = _mm_add_ps(acc, _mm512_castps512_ps128(_mm512_permutexvar_ps(idx, term)));
+        }
+    }
+    *accp = acc;
+    return g;
+}
+#endif
+
 /* Tokens t0 .. t0+T-1 (T = 2..4), all groups. Each weight step is unpacked once
  * for the T tokens; the float part runs in the lanes of one __m128. */
 ALWAYS TGT void FN(tile_tokens)(int kind, const int T, const qact *x, const uint8_t *wq,
@@ -71,7 +143,11 @@ ALWAYS TGT void FN(tile_tokens)(int kind, const int T, const qact *x, const uint
         xs[t] = x->s + row * (size_t)ng;
     }
     __m128 acc = _mm_setzero_ps();
-    for (int g = 0; g < ng; g++) {
+    int g = 0;
+#if BIG == 64
+    if (T == 4) g = FN(quad_groups)(kind, x, wq, wd, wm, xr, xd, xs, &acc, ng - (ng * gs != n));
+#endif
+    for (; g < ng; g++) {
         int off = g * gs, len = n - off < gs ? n - off : gs;
         V a0 = v_zero(), a1 = v_zero(), a2 = v_zero(), a3 = v_zero();
         int e = off, end = off + len;
@@ -122,7 +198,7 @@ ALWAYS TGT void FN(one_token)(int kind, const qact *x, const uint8_t *wq, const 
     const int8_t *xr = x->q + (size_t)t * (size_t)n;
     const float *xd = x->d + (size_t)t * (size_t)ng;
     const int32_t *xs = x->s + (size_t)t * (size_t)ng;
-    int nfull = n / gs; /* groups of full length */
+    int nfull = ng - (ng * gs != n); /* groups of full length (no division) */
     float acc = 0.0f;
     int g = 0;
     for (; g + 4 <= nfull; g += 4) {
