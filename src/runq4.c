@@ -11,6 +11,7 @@
  * attention), forward(), and the public API.
  */
 #define _POSIX_C_SOURCE 200809L
+#define _FILE_OFFSET_BITS 64 /* files over 2 GB on 32-bit boards */
 #include "runq4.h"
 #include "kernels.h"
 
@@ -1180,6 +1181,9 @@ static rq4_status open_model(rq4_model *m, const char *path, const rq4_options *
                     "needs %llu bytes (file %zu + KV cache and buffers %llu for n_ctx %d), over max_memory %llu",
                     (unsigned long long)(m->map_size + need), m->map_size, (unsigned long long)need, c->n_ctx,
                     (unsigned long long)o->max_memory);
+    if (need > SIZE_MAX / 2)
+        return fail(err, RQ4_ERR_NOMEM, "needs %llu bytes for n_ctx %d, more than this machine can address",
+                    (unsigned long long)need, c->n_ctx);
     if (!alloc(&m->inv_freq, (size_t)(c->head_dim / 2) * sizeof(double)))
         return fail(err, RQ4_ERR_NOMEM, "out of memory");
     compute_inv_freq(c, m->inv_freq);
