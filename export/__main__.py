@@ -114,7 +114,8 @@ def export(options, log=None):
             for i, (name, t) in enumerate(tensor_stream(src, header, options)):
                 if isinstance(t, QuantizedTensor):
                     w.add_quantized(name, t)
-                    what = f"{t.type} g{t.group_size}  imported as is"
+                    what = f"{t.type} g{t.group_size}  " + (
+                        "as the source gives it" if options.method == "rtn" else f"by {options.method}")
                     shape = t.q.shape
                 elif t.ndim == 1 or t.shape[0] == 1:
                     w.add_f32(name, t)

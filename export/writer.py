@@ -14,6 +14,7 @@ is atomic). On any exception the temporary file is removed and `path` is left
 untouched: a reader never sees a partial file.
 """
 
+import contextlib
 import os
 import tempfile
 
@@ -46,6 +47,7 @@ class Rq4Writer:
                                          suffix=".tmp")
         try:
             self._file = os.fdopen(fd, "wb")
+            os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; a new file normally gets 0666 & ~umask
             # header + reserved table, zero until close()
             self._write_at(0, bytes(HEADER_SIZE + max_entries * ENTRY_STRUCT.size))
         except BaseException:
@@ -86,7 +88,6 @@ class Rq4Writer:
         with self._entry(name, TYPE_IDS[qt.type], qt.group_size, rows, cols, size) as off:
             for rel, a in parts:
                 self._write_at(off + rel, a)
-            self._write_at(off + size, b"")  # tail of the last array (already there)
 
     def add_blob(self, name, data):
         """Raw bytes (a tokenizer JSON, a chat template, ...)."""
@@ -134,34 +135,27 @@ class Rq4Writer:
             self._tmp = None
 
     # ---- internals ----
+    @contextlib.contextmanager
     def _entry(self, name, type_id, group_size, rows, cols, size):
-        writer = self
-
-        class _Entry:
-            def __enter__(self_):
-                if writer._file is None:
-                    raise ValueError("the writer is closed")
-                nb = encode_name(name)
-                if name in writer._names:
-                    raise ValueError(f"duplicate entry name {name!r}")
-                if len(writer.entries) >= writer.max_entries:
-                    raise ValueError(f"more than max_entries = {writer.max_entries} entries")
-                self_.off = align(writer._pos)
-                self_.nb = nb
-                return self_.off
-
-            def __exit__(self_, exc_type, exc, tb):
-                if exc_type is not None:
-                    writer.abort()
-                    return False
-                if writer._pos != self_.off + size:
-                    writer.abort()
-                    raise AssertionError(f"{name}: wrote up to {writer._pos}, expected {self_.off + size}")
-                writer.entries.append((self_.nb, type_id, group_size, rows, cols, self_.off, size))
-                writer._names.add(name)
-                return False
-
-        return _Entry()
+        """Checks the name, yields the entry's 64-aligned offset for the caller to
+        write `size` bytes at, then records the table entry. Any error aborts."""
+        if self._file is None:
+            raise ValueError("the writer is closed")
+        try:
+            nb = encode_name(name)
+            if name in self._names:
+                raise ValueError(f"duplicate entry name {name!r}")
+            if len(self.entries) >= self.max_entries:
+                raise ValueError(f"more than max_entries = {self.max_entries} entries")
+            off = align(self._pos)
+            yield off
+            if self._pos != off + size:
+                raise AssertionError(f"{name}: wrote up to {self._pos}, expected {off + size}")
+        except BaseException:
+            self.abort()
+            raise
+        self.entries.append((nb, type_id, group_size, rows, cols, off, size))
+        self._names.add(name)
 
     def _write_at(self, off, data):
         """Writes data at off (zero-filling any gap) and advances the end position."""
@@ -174,6 +168,12 @@ class Rq4Writer:
         mv = memoryview(data).cast("B") if not isinstance(data, (bytes, bytearray)) else data
         f.write(mv)
         self._pos = max(self._pos, off + len(mv))
+
+
+def _umask():
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def _fsync_dir(directory):

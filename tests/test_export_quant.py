@@ -241,3 +241,12 @@ def test_writer_refusals(tmp_path):
     with pytest.raises(OSError):
         writer.Rq4Writer(tmp_path / "no" / "such" / "dir.rq4", HEADER, 1)
     assert os.listdir(tmp_path) == []
+
+
+def test_writer_file_mode_follows_umask(tmp_path):
+    old = os.umask(0o022)
+    try:
+        _write_small(tmp_path / "m.rq4")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "m.rq4").stat().st_mode & 0o777 == 0o644
