@@ -27,23 +27,22 @@
 static inline int min_int(int a, int b) { return a < b ? a : b; }
 
 /* A two's-complement int4 nibble (0..15) as -8..7. */
-static inline int8_t signed_nibble(unsigned v) { return (int8_t)((int)(v ^ 8u) - 8); }
-
-/* Unpacks values [start, end) of a packed int4 row into w[0 .. end-start);
- * start and end are even (groups are multiples of 32). */
-static void unpack_q4s(const uint8_t *wq, int start, int end, int8_t *w) {
-    for (int i = start; i < end; i += 2) {
-        uint8_t b = wq[i / 2];
-        w[i - start] = signed_nibble(b & 0x0Fu);
-        w[i - start + 1] = signed_nibble(b >> 4);
+/* Unpacks n_bytes packed int4 bytes into 2 * n_bytes values: byte j holds
+ * value 2j in its low nibble and 2j+1 in its high nibble (docs/FORMAT.md).
+ * Q4S nibbles are two's complement (x ^ 8) - 8 maps 0..15 to 0..7, -8..-1. */
+static void unpack_q4s(const uint8_t *src, int n_bytes, int8_t *w) {
+    for (int j = 0; j < n_bytes; j++) {
+        uint8_t b = src[j];
+        w[2 * j] = (int8_t)(((b & 0x0F) ^ 8) - 8);
+        w[2 * j + 1] = (int8_t)(((b >> 4) ^ 8) - 8);
     }
 }
 
-static void unpack_q4a(const uint8_t *wq, int start, int end, int8_t *w) {
-    for (int i = start; i < end; i += 2) {
-        uint8_t b = wq[i / 2];
-        w[i - start] = (int8_t)(b & 0x0F);
-        w[i - start + 1] = (int8_t)(b >> 4);
+static void unpack_q4a(const uint8_t *src, int n_bytes, int8_t *w) {
+    for (int j = 0; j < n_bytes; j++) {
+        uint8_t b = src[j];
+        w[2 * j] = (int8_t)(b & 0x0F);
+        w[2 * j + 1] = (int8_t)(b >> 4);
     }
 }
 
@@ -66,8 +65,8 @@ static inline void dot_ref(int kind, const qact *x, const uint8_t *wq, const uin
         for (int g = 0; g < x->ngroups; g++) {
             int start = g * x->gs, end = min_int(start + x->gs, x->n), len = end - start;
             const int8_t *wg = w;
-            if (kind == KIND_Q4S) unpack_q4s(wq, start, end, w);
-            else if (kind == KIND_Q4A) unpack_q4a(wq, start, end, w);
+            if (kind == KIND_Q4S) unpack_q4s(wq + start / 2, len / 2, w);
+            else if (kind == KIND_Q4A) unpack_q4a(wq + start / 2, len / 2, w);
             else wg = (const int8_t *)wq + start;
             float d = fp16_to_f32(wd[g]);
             float mn = kind == KIND_Q4A ? fp16_to_f32(wm[g]) : 0.0f;
