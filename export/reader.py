@@ -41,6 +41,8 @@ def read_table(path):
     actual = os.path.getsize(path)
     with open(path, "rb") as f:
         head = f.read(HEADER_SIZE)
+        if head[:4] == b"GGUF":
+            raise ValueError(f"{path}: not an .rq4 file but a GGUF file (convert it with the exporter)")
         if len(head) < 16 or head[:8] != MAGIC:
             raise ValueError(f"{path}: not an .rq4 file (bad magic)")
         version = int.from_bytes(head[8:12], "little")
@@ -59,8 +61,7 @@ def read_table(path):
             raise ValueError(f"{path}: {e}") from None
         if any(h["eos_ids"][i] != -1 for i in range(h["n_eos"], 4)):
             raise ValueError(f"{path}: unused eos_ids must be -1")
-        if head[128:256] != bytes(128):
-            raise ValueError(f"{path}: reserved header bytes are not zero")
+        # (the reserved bytes are written as zero but, as in the C loader, not checked)
         n = h["n_entries"]
         if not 1 <= n <= MAX_ENTRIES:
             raise ValueError(f"{path}: n_entries {n}: must be in 1..{MAX_ENTRIES}")
@@ -75,8 +76,10 @@ def read_table(path):
     for i in range(n):
         raw_name, t, gs, rows, cols, off, size = ENTRY_STRUCT.unpack_from(table, i * ENTRY_STRUCT.size)
         nul = raw_name.find(b"\0")
-        if nul <= 0 or raw_name[nul:] != bytes(len(raw_name) - nul):
-            raise ValueError(f"{path}: entry {i}: name is empty, not NUL-terminated or not NUL-padded")
+        if nul < 0:
+            raise ValueError(f"{path}: entry {i}: name is not NUL-terminated")
+        if nul == 0:
+            raise ValueError(f"{path}: entry {i} has an empty name")
         try:
             name = raw_name[:nul].decode("utf-8")
         except UnicodeDecodeError:
@@ -95,10 +98,8 @@ def read_table(path):
                 validate_group_size(gs)
             except ValueError as e:
                 raise ValueError(f"{where}: {e}") from None
-        if t == TYPE_BLOB:
-            if rows != 1 or cols != 0:
-                raise ValueError(f"{where}: a blob has rows 1 and cols 0, got {rows}x{cols}")
-        elif rows < 1 or cols < 1 or (t != TYPE_F32 and cols % 32):
+        # (a blob's rows/cols are written as 1/0 but, as in the C loader, not checked)
+        if t != TYPE_BLOB and (rows < 1 or cols < 1 or (t != TYPE_F32 and cols % 32)):
             raise ValueError(f"{where}: bad shape {rows}x{cols}")
         if off % ALIGN:
             raise ValueError(f"{where}: offset {off} is not a multiple of {ALIGN}")

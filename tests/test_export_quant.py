@@ -5,14 +5,15 @@ import os
 import numpy as np
 import pytest
 
-from fixtures import export_module
+from fixtures import export_module, make_tokenizer
 
 quant = export_module("quant")
 writer = export_module("writer")
 reader = export_module("reader")
 fmt = export_module("format")
 
-HEADER = dict(dim=64, hidden_dim=96, n_layers=1, n_heads=4, n_kv_heads=2, head_dim=16, vocab_size=100,
+TOKENIZER_JSON = make_tokenizer().to_str().encode()   # 300 tokens (the C loader parses it)
+HEADER = dict(dim=64, hidden_dim=96, n_layers=1, n_heads=4, n_kv_heads=2, head_dim=16, vocab_size=300,
               max_seq_len=64, tied_embeddings=1, bos_id=1, eos_ids=[2], norm_eps=1e-5, rope_theta=10000.0,
               group_size=64)
 
@@ -129,7 +130,7 @@ def test_large_matrix_is_fast_and_chunked():
 def _write_small(path, **over):
     rng = np.random.default_rng(4)
     h = dict(HEADER, **over)
-    mats = {"tok_embeddings": (100, 64), "layers.0.wq": (64, 64), "layers.0.wk": (32, 64),
+    mats = {"tok_embeddings": (300, 64), "layers.0.wq": (64, 64), "layers.0.wk": (32, 64),
             "layers.0.wv": (32, 64), "layers.0.wo": (64, 64), "layers.0.w1": (96, 64),
             "layers.0.w2": (64, 96), "layers.0.w3": (96, 64)}
     written = {}
@@ -143,8 +144,8 @@ def _write_small(path, **over):
             v = rng.standard_normal(64).astype(np.float32)
             wr.add_f32(name, v)
             written[name] = v.reshape(1, 64)
-        wr.add_blob("tokenizer.json", b'{"x": 1}')
-        written["tokenizer.json"] = b'{"x": 1}'
+        wr.add_blob("tokenizer.json", TOKENIZER_JSON)
+        written["tokenizer.json"] = TOKENIZER_JSON
     return written
 
 
@@ -186,9 +187,23 @@ def _corrupt(path, off, data):
 def test_reader_refuses_corrupt_files(tmp_path, off, data, msg):
     path = tmp_path / "m.rq4"
     _write_small(path)
+    model = _c_model()
+    if model is not None:     # the C loader opens the intact file...
+        model(str(path)).close()
     _corrupt(path, off, data)
     with pytest.raises(ValueError, match=msg):
         reader.read_rq4(path)
+    if model is not None:     # ...and refuses the corrupt one, as read_rq4 does
+        with pytest.raises(Exception):
+            model(str(path))
+
+
+def _c_model():
+    try:
+        from pyrunq4 import Model
+        return Model
+    except Exception:
+        return None
 
 
 def test_reader_refuses_truncated_file_and_missing_tensor(tmp_path):
@@ -226,7 +241,7 @@ def test_writer_refusals(tmp_path):
     with pytest.raises(ValueError, match="n_kv_heads"):
         writer.Rq4Writer(tmp_path / "a.rq4", dict(HEADER, n_kv_heads=3), 4)
     with pytest.raises(ValueError, match="eos"):
-        writer.Rq4Writer(tmp_path / "a.rq4", dict(HEADER, eos_ids=[100]), 4)
+        writer.Rq4Writer(tmp_path / "a.rq4", dict(HEADER, eos_ids=[300]), 4)
     with pytest.raises(ValueError, match="duplicate"):
         with writer.Rq4Writer(tmp_path / "a.rq4", HEADER, 4) as wr:
             wr.add_blob("b", b"1")
