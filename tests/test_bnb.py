@@ -264,3 +264,24 @@ def test_export_bnb_refusals(tmp_path, capsys):
     (tmp_path / "hf" / "config.json").write_text(json.dumps(cfg))
     assert main([folder, str(tmp_path / "m.rq4")]) == 1
     assert "'gptq' is not supported" in capsys.readouterr().err
+
+
+def test_export_bnb_logits_vs_reference(tmp_path, capsys):
+    """The .rq4 exported from the bnb checkpoint runs in the engine as the numpy reference says on the
+    same (dequantized) weights: float activations to 1e-4, int8 activations within the engine's 0.05
+    (tests/test_reference.py explains both bounds)."""
+    pytest.importorskip("cffi")
+    from export.__main__ import main
+    from pyrunq4 import Model
+    from pyrunq4 import reference as R
+    from test_reference import INT8_TOLERANCE, rel_err
+    folder, _ = make_bnb_llama(tmp_path / "hf", "nf4", True)
+    out = str(tmp_path / "m.rq4")
+    assert main([folder, out, "--group-size", "64", "-q"]) == 0
+    weights, cfg = R.weights_from_rq4(out)
+    tokens = np.random.default_rng(2).integers(0, cfg["vocab_size"], 48)
+    ref = R.forward(weights, cfg, tokens)
+    with Model(out, float_activations=True, n_threads=2) as m:
+        assert rel_err(m.logits(tokens), ref) < 1e-4
+    with Model(out, n_threads=2) as m:
+        assert rel_err(m.logits(tokens), ref) < INT8_TOLERANCE
