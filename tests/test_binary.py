@@ -414,3 +414,50 @@ def test_chat_parity_smollm2(binary, fresh_extension, smollm2_rq4, system):
     """SmolLM2's template inserts its own system message when none is given."""
     check_chat_parity(binary, fresh_extension, smollm2_rq4, "What is the capital of France?", system, n=32, ctx=256,
                       threads=2)
+
+
+# ---------------------------------------------------------------------------
+# the aarch64 build (make cross-aarch64) under qemu: the same greedy ids as the
+# native build (the kernels agree bit for bit), with and without dot-product
+
+
+@pytest.fixture(scope="session")
+def binary_aarch64():
+    cc = os.environ.get("AARCH64_CC", "aarch64-linux-gnu-gcc")
+    if shutil.which(cc) is None or shutil.which("qemu-aarch64") is None:
+        pytest.skip("no aarch64 cross compiler or qemu-aarch64 (Debian: gcc-aarch64-linux-gnu qemu-user)")
+    r = subprocess.run(["make", "-s", "cross-aarch64"], cwd=ROOT, capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout + r.stderr
+    return os.path.join(ROOT, "runq4-aarch64")
+
+
+def qemu_ids(binary_aarch64, cpu, *args):
+    r = subprocess.run(["qemu-aarch64", "-cpu", cpu, binary_aarch64, *map(str, args), "-v"], capture_output=True,
+                       timeout=600)
+    assert r.returncode == 0, r.stderr
+    return ids_of(r.stderr, "prompt"), ids_of(r.stderr, "generated"), r
+
+
+@pytest.mark.parametrize("cpu,kernel", [("max", "neon_dotprod"), ("cortex-a53", "neon")])
+def test_qemu_aarch64_parity_tiny(binary, binary_aarch64, tiny_model, chain_model, cpu, kernel):
+    for path, prompt in [(tiny_model, "The quick brown fox"), (tiny_model, ""), (chain_model, "a")]:
+        args = [path, "-i", prompt, "-n", 24, "-c", 64, "-T", 2]
+        p, g, r = qemu_ids(binary_aarch64, cpu, *args)
+        assert ("kernel %s," % kernel).encode() in r.stderr
+        native = run(binary, *args, "-v")
+        assert (p, g) == (ids_of(native.stderr, "prompt"), ids_of(native.stderr, "generated"))
+        assert r.stdout == native.stdout
+    # bad input is refused the same way
+    r = subprocess.run(["qemu-aarch64", "-cpu", cpu, binary_aarch64, tiny_model, "-c", "0"], capture_output=True)
+    assert r.returncode == 1 and r.stderr.startswith(b"runq4: error: ")
+
+
+def test_qemu_aarch64_parity_smollm2(binary, binary_aarch64, smollm2_rq4):
+    args = [smollm2_rq4, "-i", "The capital of France is", "-n", 16, "-c", 128, "-T", 2]
+    p, g, r = qemu_ids(binary_aarch64, "max", *args)
+    native = run(binary, *args, "-v")
+    assert (p, g) == (ids_of(native.stderr, "prompt"), ids_of(native.stderr, "generated"))
+    assert r.stdout == native.stdout
+    p, g, r = qemu_ids(binary_aarch64, "max", smollm2_rq4, "-m", "chat", "-i", "Hi!", "-n", 12, "-c", 128, "-T", 2)
+    native = run(binary, smollm2_rq4, "-m", "chat", "-i", "Hi!", "-n", 12, "-c", 128, "-T", 2, "-v")
+    assert (p, g) == (ids_of(native.stderr, "prompt"), ids_of(native.stderr, "generated"))
