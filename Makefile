@@ -60,6 +60,9 @@ $(BUILD)/test_model.rq4: tests/c/make_test_model.py | $(BUILD)
 test-c: $(BUILD)/test_engine $(MODEL)
 	$(BUILD)/test_engine $(MODEL)
 
+# the kernel sources alone (test_kernels builds outside the library)
+KERNEL_SRCS = src/kernels.c $(filter-out src/kernels.c,$(wildcard src/kernels_*.c))
+
 # test-kernels: every kernel set this CPU supports vs the scalar reference, bit
 #   for bit (tests/c/test_kernels.c; `build/test_kernels -q` is a quick subset;
 #   under valgrind: valgrind --error-exitcode=1 build/test_kernels -q)
@@ -71,7 +74,7 @@ test-kernels: $(BUILD)/test_kernels
 
 # test-kernels-asan: the same with AddressSanitizer + UBSan (exact-size buffers:
 #   a kernel reading past a row, a token or a scale array is caught)
-$(BUILD)/test_kernels_asan: tests/c/test_kernels.c $(KERNEL_SRCS) $(HEADERS)
+$(BUILD)/test_kernels_asan: tests/c/test_kernels.c $(KERNEL_SRCS) $(HEADERS) | $(BUILD)
 	$(CC) -O1 -g -fsanitize=address,undefined -fno-sanitize-recover=undefined $(BASE_CFLAGS) -Isrc \
 	    $< $(KERNEL_SRCS) -o $@ $(LDLIBS)
 
@@ -92,7 +95,6 @@ bench-kernels: $(BUILD)/bench_kernels
 #   (detection falls back, neon alone tested). Debian: gcc-aarch64-linux-gnu qemu-user
 AARCH64_CC ?= aarch64-linux-gnu-gcc
 QEMU_AARCH64 ?= qemu-aarch64
-KERNEL_SRCS = src/kernels.c $(filter-out src/kernels.c,$(wildcard src/kernels_*.c))
 
 $(BUILD)/aarch64/test_kernels: tests/c/test_kernels.c $(KERNEL_SRCS) $(HEADERS)
 	mkdir -p $(BUILD)/aarch64

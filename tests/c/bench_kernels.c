@@ -141,25 +141,42 @@ int main(int argc, char **argv) {
            cols, gs, (double)mbytes / 1048576.0, ncopies, (double)mbytes * ncopies / 1048576.0);
 
     /* side by side: for each run, each set in turn */
-    enum { CASE_HOT1, CASE_DRAM1, CASE_HOT32, N_CASES };
-    static const char *case_names[N_CASES] = {"ntok=1, same matrix", "ntok=1, DRAM", "ntok=32, same matrix"};
+    enum { CASE_HOT1, CASE_DRAM1, CASE_HOT32, CASE_BLOCK32, N_CASES };
+    static const char *case_names[N_CASES] = {
+        "ntok=1, same matrix", "ntok=1, DRAM", "ntok=32, same matrix (one call per row, 32 tokens)",
+        "ntok=32, same matrix, blocked (64 rows x 4 tokens per call: x stays in L1)"};
     double t[N_CASES][8][16];
     int rot = 0;
     for (int r = 0; r < runs; r++) {
         for (int si = 0; si < nsets; si++) {
             const kernel_set *ks = sets[si];
             for (int cs = 0; cs < N_CASES; cs++) {
-                x.ntok = cs == CASE_HOT32 ? maxtok : 1;
-                int passes = cs == CASE_HOT32 ? 1 : cs == CASE_HOT1 ? 4 : ncopies;
+                x.ntok = cs >= CASE_HOT32 ? maxtok : 1;
+                int passes = cs >= CASE_HOT32 ? 1 : cs == CASE_HOT1 ? 4 : ncopies;
                 if (cs == CASE_HOT1) ks->dot_q4s(&x, m[0].wq, m[0].wd, NULL, out, 1); /* warm */
                 double t0 = now();
+                if (cs == CASE_BLOCK32) {
+                    const int rb = 64, tb = 4;
+                    for (int r0 = 0; r0 < rows; r0 += rb)
+                        for (int tk = 0; tk < maxtok; tk += tb) {
+                            qact xv = x;
+                            xv.q += (size_t)tk * cols;
+                            xv.d += (size_t)tk * ng;
+                            xv.s += (size_t)tk * ng;
+                            xv.ntok = tb;
+                            for (int row = r0; row < r0 + rb && row < rows; row++)
+                                ks->dot_q4s(&xv, m[0].wq + (size_t)row * cols / 2, m[0].wd + (size_t)row * ng, NULL,
+                                            out + (size_t)tk * rows + row, (size_t)rows);
+                        }
+                    passes = 0;
+                }
                 for (int p = 0; p < passes; p++) {
                     const matrix *mm = cs == CASE_DRAM1 ? &m[rot++ % ncopies] : &m[0];
                     for (int row = 0; row < rows; row++)
                         ks->dot_q4s(&x, mm->wq + (size_t)row * cols / 2, mm->wd + (size_t)row * ng, NULL,
                                     out + row, (size_t)rows);
                 }
-                t[cs][si][r] = (now() - t0) / passes;
+                t[cs][si][r] = (now() - t0) / (passes ? passes : 1);
             }
         }
     }
@@ -171,7 +188,7 @@ int main(int argc, char **argv) {
             double tm = median(t[cs][si], runs);
             if (si == nsets - 1 || base[cs] == 0) base[cs] = 0;
             double gbs = (double)mbytes / tm / 1e9;
-            if (cs == CASE_HOT32) {
+            if (cs >= CASE_HOT32) {
                 double ops = 2.0 * rows * (double)cols * maxtok;
                 printf("  %-12s %8.3f ms  %7.1f tokens/s-equivalent (32 tokens per pass)  %6.1f GOP/s\n",
                        sets[si]->name, tm * 1e3, maxtok / tm, ops / tm / 1e9);

@@ -51,7 +51,38 @@ typedef struct buffers {
     void *raw[4];
 } buffers;
 
-static void fill_case(buffers *b, int n, int gs, int ntok, int mode) {
+static void free_case(buffers *b) {
+    for (int i = 0; i < 4; i++) free(b->raw[i]);
+    free(b->x.d);
+    free(b->x.s);
+    free(b->wd);
+    free(b->wm);
+    free(b->out_ref);
+    free(b->out);
+    memset(b, 0, sizeof *b);
+}
+
+/* Exact sizes (plus the misalignment offset), so that a kernel reading past a
+ * row, a token or a scale array is caught by ASan/valgrind builds of this test. */
+static void alloc_case(buffers *b, int n, int gs, int ntok, size_t stride) {
+    free_case(b);
+    int ng = (n + gs - 1) / gs;
+    b->raw[0] = malloc((size_t)ntok * n + 1);
+    b->x.q = (int8_t *)b->raw[0] + 1; /* deliberately unaligned */
+    b->x.d = malloc(sizeof(float) * (size_t)ntok * ng);
+    b->x.s = malloc(sizeof(int32_t) * (size_t)ntok * ng);
+    b->raw[1] = malloc((size_t)n / 2 + 1);
+    b->wq_q4 = (uint8_t *)b->raw[1] + 1;
+    b->raw[2] = malloc((size_t)n + 3);
+    b->wq_q8 = (uint8_t *)b->raw[2] + 3;
+    b->wd = malloc(sizeof(uint16_t) * (size_t)ng);
+    b->wm = malloc(sizeof(uint16_t) * (size_t)ng);
+    b->out_ref = malloc(sizeof(float) * (size_t)ntok * stride);
+    b->out = malloc(sizeof(float) * (size_t)ntok * stride);
+}
+
+static void fill_case(buffers *b, int n, int gs, int ntok, int mode, size_t stride) {
+    alloc_case(b, n, gs, ntok, stride);
     qact *x = &b->x;
     x->n = n;
     x->gs = gs;
@@ -148,18 +179,6 @@ int main(int argc, char **argv) {
     const int max_n = 8192, max_tok = 70, max_stride = 3;
     buffers b;
     memset(&b, 0, sizeof b);
-    b.raw[0] = malloc((size_t)max_tok * max_n + 64);
-    b.x.q = (int8_t *)b.raw[0] + 1; /* deliberately unaligned */
-    b.x.d = malloc(sizeof(float) * (size_t)max_tok * max_n / 32);
-    b.x.s = malloc(sizeof(int32_t) * (size_t)max_tok * max_n / 32);
-    b.raw[1] = malloc((size_t)max_n / 2 + 64);
-    b.wq_q4 = (uint8_t *)b.raw[1] + 1;
-    b.raw[2] = malloc((size_t)max_n + 64);
-    b.wq_q8 = (uint8_t *)b.raw[2] + 3;
-    b.wd = malloc(sizeof(uint16_t) * (size_t)max_n / 32);
-    b.wm = malloc(sizeof(uint16_t) * (size_t)max_n / 32);
-    b.out_ref = malloc(sizeof(float) * (size_t)max_tok * max_stride);
-    b.out = malloc(sizeof(float) * (size_t)max_tok * max_stride);
 
     static const int ns[] = {32, 64, 96, 160, 224, 576, 1000 / 32 * 32, 1536, 2048, 2080, 4096, 5632, 8192};
     static const int gss[] = {32, 64, 96, 128, 256, 4096};
@@ -188,8 +207,8 @@ int main(int argc, char **argv) {
                     if (quick && (ni + gi + ti) % 4) continue;
                     shapes++;
                     for (int mode = 0; mode < N_MODES; mode++) {
-                        fill_case(&b, n, gs, ntok, mode);
                         size_t stride = (size_t)1 + (size_t)((ni + ti + mode) % max_stride);
+                        fill_case(&b, n, gs, ntok, mode, stride);
                         compare(ks->name, "q4s", kernels_scalar.dot_q4s, ks->dot_q4s, &b, b.wq_q4, mode, stride, &t);
                         compare(ks->name, "q4a", kernels_scalar.dot_q4a, ks->dot_q4a, &b, b.wq_q4, mode, stride, &t);
                         compare(ks->name, "q8", kernels_scalar.dot_q8, ks->dot_q8, &b, b.wq_q8, mode, stride, &t);
@@ -204,7 +223,7 @@ int main(int argc, char **argv) {
             int mode = rnd_int(0, N_MODES - 1);
             size_t stride = (size_t)rnd_int(1, max_stride);
             shapes++;
-            fill_case(&b, n, gs, ntok, mode);
+            fill_case(&b, n, gs, ntok, mode, stride);
             compare(ks->name, "q4s", kernels_scalar.dot_q4s, ks->dot_q4s, &b, b.wq_q4, mode, stride, &t);
             compare(ks->name, "q4a", kernels_scalar.dot_q4a, ks->dot_q4a, &b, b.wq_q4, mode, stride, &t);
             compare(ks->name, "q8", kernels_scalar.dot_q8, ks->dot_q8, &b, b.wq_q8, mode, stride, &t);
@@ -215,14 +234,6 @@ int main(int argc, char **argv) {
     if (n_sets <= 1) printf("only the scalar reference is available on this CPU: nothing to compare\n");
     printf(total_mismatches ? "FAIL: %ld mismatches\n" : "OK: all kernel sets bit-identical to scalar\n",
            total_mismatches);
-    free(b.raw[0]);
-    free(b.x.d);
-    free(b.x.s);
-    free(b.raw[1]);
-    free(b.raw[2]);
-    free(b.wd);
-    free(b.wm);
-    free(b.out_ref);
-    free(b.out);
+    free_case(&b);
     return total_mismatches ? 1 : 0;
 }
