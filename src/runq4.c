@@ -1090,7 +1090,9 @@ void rq4_close(rq4_model *m) {
 /* Maps the file read-only. */
 static rq4_status map_file(rq4_model *m, const char *path, rq4_error *err) {
     struct stat st;
-    m->fd = open(path, O_RDONLY);
+    /* O_NONBLOCK: opening a FIFO must not wait for a writer (issue 8: `runq4 fifo`
+     * hung); fstat then refuses it. No effect on regular files and mmap. */
+    m->fd = open(path, O_RDONLY | O_NONBLOCK | O_CLOEXEC);
     if (m->fd < 0) return fail(err, RQ4_ERR_IO, "cannot open %s: %s", path, strerror(errno));
     if (fstat(m->fd, &st) != 0) return fail(err, RQ4_ERR_IO, "cannot stat %s: %s", path, strerror(errno));
     if (S_ISDIR(st.st_mode)) return fail(err, RQ4_ERR_IO, "%s is a directory, not an .rq4 file", path);
