@@ -111,7 +111,7 @@ struct rq4_model {
     float *hb2;     /* (B, hidden_dim) up */
     float *rope;    /* (B, head_dim) cos (first half) and sin (second half) per token */
     act_cache acts; /* int8 copy of the current matmul input */
-    float *att;     /* (n_threads, n_ctx + head_dim) attention scores and a row, per thread */
+    float *att;     /* (n_threads, n_ctx + 4 * head_dim) attention scores and 4 rows, per thread */
     float *row;     /* (n_threads, max cols) a dequantized weight row (float mode) */
 
     /* kv cache, f32 or f16 */
@@ -547,7 +547,7 @@ static uint64_t memory_needed(const rq4_config *c, int n_entries, int n_ctx, int
     bytes += (uint64_t)(c->head_dim / 2) * sizeof(double);               /* inv_freq */
     bytes += 4 * B * (dim + max_in + dim + q_dim + 2 * kv_dim + 2 * hidden + (uint64_t)c->head_dim); /* x .. rope */
     bytes += ACT_SLOTS * B * (max_cols + max_groups * (sizeof(float) + sizeof(int32_t)));             /* acts */
-    bytes += 4 * (uint64_t)n_threads * ((uint64_t)n_ctx + (uint64_t)c->head_dim + max_cols); /* att, row */
+    bytes += 4 * (uint64_t)n_threads * ((uint64_t)n_ctx + 4 * (uint64_t)c->head_dim + max_cols); /* att, row */
     bytes += 2 * kv_elem * (uint64_t)c->n_layers * (uint64_t)n_ctx * kv_dim; /* kv cache */
     bytes += (uint64_t)n_threads * 256;                                  /* thread pool */
     return bytes;
@@ -751,16 +751,45 @@ static void rmsnorm(float *out, const float *x, const float *weight, int n, floa
     for (int i = 0; i < n; i++) out[i] = weight[i] * (x[i] * scale);
 }
 
+/* e^x for x <= 0, to about 1 ulp, without a libm call so the softmax loop
+ * vectorizes: x = n ln2 + r (Cody-Waite), Cephes' expf polynomial for e^r,
+ * and 2^n put into the exponent bits. Below -87 (e^x < 2^-125) it saturates
+ * near FLT_MIN, negligible next to the softmax's largest term, 1. */
+static inline float exp_nonpositive(float x) {
+    x = x < -87.0f ? -87.0f : x;
+    float n = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f; /* round(x / ln 2) */
+    float r = (x - n * 0.693359375f) - n * -2.12194440e-4f;
+    float p = 1.9875691500e-4f;
+    p = p * r + 1.3981999507e-3f;
+    p = p * r + 8.3334519073e-3f;
+    p = p * r + 4.1665795894e-2f;
+    p = p * r + 1.6666665459e-1f;
+    p = p * r + 5.0000001201e-1f;
+    float y = p * r * r + r + 1.0f;
+    int32_t bits = ((int32_t)n + 127) * (1 << 23); /* 2^n, n in [-126, 0] */
+    float scale;
+    memcpy(&scale, &bits, sizeof scale);
+    return y * scale;
+}
+
 static void softmax(float *x, int n) {
     float max = x[0];
     for (int i = 1; i < n; i++)
         if (x[i] > max) max = x[i];
-    float sum = 0.0f;
-    for (int i = 0; i < n; i++) {
-        x[i] = expf(x[i] - max);
+    float part[8] = {0}; /* 8 interleaved partial sums: a fixed order that vectorizes */
+    int i = 0;
+    for (; i + 8 <= n; i += 8)
+        for (int j = 0; j < 8; j++) {
+            x[i + j] = exp_nonpositive(x[i + j] - max);
+            part[j] += x[i + j];
+        }
+    float sum = ((part[0] + part[1]) + (part[2] + part[3])) + ((part[4] + part[5]) + (part[6] + part[7]));
+    for (; i < n; i++) {
+        x[i] = exp_nonpositive(x[i] - max);
         sum += x[i];
     }
-    for (int i = 0; i < n; i++) x[i] /= sum;
+    float inv = 1.0f / sum;
+    for (i = 0; i < n; i++) x[i] *= inv;
 }
 
 /* One row of a weight matrix as floats. */
@@ -918,6 +947,13 @@ static inline void add_scaled(float *out, float a, const float *x, int n) {
     for (int i = 0; i < n; i++) out[i] += a * x[i];
 }
 
+/* out += a[0] * x0 + ... + a[3] * x3, added left to right: the same rounding
+ * as four add_scaled calls, with a quarter of the loads and stores of out. */
+static inline void add_scaled4(float *out, const float *a, const float *x0, const float *x1, const float *x2,
+                               const float *x3, int n) {
+    for (int i = 0; i < n; i++) out[i] = out[i] + a[0] * x0[i] + a[1] * x1[i] + a[2] * x2[i] + a[3] * x3[i];
+}
+
 static void cache_put(void *cache, int kv_type, size_t at, const float *src, int n) {
     if (kv_type == RQ4_KV_F16) {
         uint16_t *dst = (uint16_t *)cache + at;
@@ -939,8 +975,8 @@ static void attend(const rq4_model *m, void *arg, int thread, int start, int end
     const rq4_config *c = &m->config;
     int hd = c->head_dim, kv_mul = c->n_heads / c->n_kv_heads, f16 = c->kv_type == RQ4_KV_F16;
     size_t layer_off = (size_t)j->layer * (size_t)c->n_ctx * (size_t)m->kv_dim;
-    float *att = m->att + (size_t)thread * (size_t)(c->n_ctx + hd); /* (n_ctx) scores */
-    float *tmp = att + c->n_ctx;                                     /* (head_dim) an f16 row as floats */
+    float *att = m->att + (size_t)thread * (size_t)(c->n_ctx + 4 * hd); /* (n_ctx) scores */
+    float *tmp = att + c->n_ctx;                                         /* (4, head_dim) f16 rows as floats */
     float scale = (float)(1.0 / sqrt((double)hd));
     for (int item = start; item < end; item++) {
         int t = item / c->n_heads, h = item % c->n_heads, pos = j->pos0 + t;
@@ -955,7 +991,15 @@ static void attend(const rq4_model *m, void *arg, int thread, int start, int end
         /* weighted sum of the values */
         float *out = m->xb + (size_t)t * (size_t)m->q_dim + (size_t)h * (size_t)hd;
         memset(out, 0, (size_t)hd * sizeof(float));
-        for (int p = 0; p <= pos; p++) {
+        int p = 0;
+        for (; p + 4 <= pos + 1; p += 4) {
+            size_t v = head_off + (size_t)p * (size_t)m->kv_dim, kv = (size_t)m->kv_dim;
+            add_scaled4(out, att + p, cache_row(m->value_cache, f16, v, hd, tmp),
+                        cache_row(m->value_cache, f16, v + kv, hd, tmp + hd),
+                        cache_row(m->value_cache, f16, v + 2 * kv, hd, tmp + 2 * hd),
+                        cache_row(m->value_cache, f16, v + 3 * kv, hd, tmp + 3 * hd), hd);
+        }
+        for (; p <= pos; p++) {
             size_t v = head_off + (size_t)p * (size_t)m->kv_dim;
             add_scaled(out, att[p], cache_row(m->value_cache, f16, v, hd, tmp), hd);
         }
@@ -1125,7 +1169,7 @@ static rq4_status allocate_buffers(rq4_model *m, rq4_error *err) {
     int ok = alloc(&m->x, B * dim * 4) && alloc(&m->xb, B * max_in * 4) && alloc(&m->xb2, B * dim * 4) &&
              alloc(&m->q, B * q_dim * 4) && alloc(&m->k, B * kv_dim * 4) && alloc(&m->v, B * kv_dim * 4) &&
              alloc(&m->hb, B * hidden * 4) && alloc(&m->hb2, B * hidden * 4) && alloc(&m->rope, B * hd * 4) &&
-             alloc(&m->att, nt * ((size_t)c->n_ctx + hd) * 4) && alloc(&m->row, nt * max_cols * 4) &&
+             alloc(&m->att, nt * ((size_t)c->n_ctx + 4 * hd) * 4) && alloc(&m->row, nt * max_cols * 4) &&
              alloc(&m->key_cache, kv_bytes) && alloc(&m->value_cache, kv_bytes);
     for (int i = 0; ok && i < ACT_SLOTS; i++)
         ok = alloc(&m->acts.slot[i].q, B * max_cols) && alloc(&m->acts.slot[i].d, B * max_groups * 4) &&
@@ -1143,6 +1187,9 @@ static rq4_status open_model(rq4_model *m, const char *path, const rq4_options *
     if (o->kv_type != RQ4_KV_F32 && o->kv_type != RQ4_KV_F16)
         return fail(err, RQ4_ERR_ARG, "kv_type = %d is neither RQ4_KV_F32 (0) nor RQ4_KV_F16 (1)", o->kv_type);
     if (o->n_ctx < 0) return fail(err, RQ4_ERR_ARG, "n_ctx = %d is negative", o->n_ctx);
+    const uint16_t one = 1;
+    if (*(const uint8_t *)&one != 1) /* the tensors are used in place, as little-endian */
+        return fail(err, RQ4_ERR_UNSUPPORTED, "this build runs on little-endian machines only");
 
     /* the file: map it, check the header and every table entry */
     if ((s = map_file(m, path, err))) return s;
