@@ -3,7 +3,7 @@
  * kernel set side by side (runs interleaved round-robin, medians), plus a
  * read-bandwidth loop for the roofline.
  *
- *   bench_kernels [rows cols gs [runs]]
+ *   bench_kernels [rows cols gs [runs [q4s|q4a|q8]]]
  *
  * Two weight placements: one matrix re-used (8 MiB: mostly cache resident on
  * big-L3 CPUs) and a rotation through enough copies (>= 256 MiB) that every
@@ -96,15 +96,29 @@ typedef struct matrix {
     uint16_t *wd;
 } matrix;
 
+/* one row of the benchmarked type */
+static void dot_row(const kernel_set *ks, int q8, int q4a, const qact *x, const matrix *mm, int row, size_t row_bytes,
+                    int rows, float *out, size_t stride) {
+    size_t g = (size_t)row * (size_t)x->ngroups;
+    const uint8_t *wq = mm->wq + (size_t)row * row_bytes;
+    if (q8) ks->dot_q8(x, wq, mm->wd + g, NULL, out, stride);
+    else if (q4a) ks->dot_q4a(x, wq, mm->wd + g, mm->wd + (size_t)rows * x->ngroups + g, out, stride);
+    else ks->dot_q4s(x, wq, mm->wd + g, NULL, out, stride);
+}
+
 int main(int argc, char **argv) {
     int rows = argc > 3 ? atoi(argv[1]) : 2048, cols = argc > 3 ? atoi(argv[2]) : 8192;
     int gs = argc > 3 ? atoi(argv[3]) : 128, runs = argc > 4 ? atoi(argv[4]) : 7;
-    if (rows <= 0 || cols <= 0 || cols % 32 || gs <= 0 || gs % 32 || runs <= 0 || runs > 16) {
-        fprintf(stderr, "usage: bench_kernels [rows cols gs [runs<=16]]\n");
+    const char *type = argc > 5 ? argv[5] : "q4s";
+    int q8 = strcmp(type, "q8") == 0, q4a = strcmp(type, "q4a") == 0;
+    if (rows <= 0 || cols <= 0 || cols % 32 || gs <= 0 || gs % 32 || runs <= 0 || runs > 16 ||
+        !(q8 || q4a || strcmp(type, "q4s") == 0)) {
+        fprintf(stderr, "usage: bench_kernels [rows cols gs [runs<=16 [q4s|q4a|q8]]]\n");
         return 2;
     }
     int ng = (cols + gs - 1) / gs;
-    size_t wbytes = (size_t)rows * (size_t)cols / 2, sbytes = (size_t)rows * (size_t)ng * 2;
+    size_t row_bytes = q8 ? (size_t)cols : (size_t)cols / 2;
+    size_t wbytes = (size_t)rows * row_bytes, sbytes = (size_t)rows * (size_t)ng * 2 * (q4a ? 2 : 1);
     size_t mbytes = wbytes + sbytes;
     int ncopies = (int)((256u << 20) / mbytes) + 1;
 
@@ -112,9 +126,9 @@ int main(int argc, char **argv) {
     matrix *m = calloc((size_t)ncopies, sizeof *m);
     for (int c = 0; c < ncopies; c++) {
         m[c].wq = aligned_alloc(64, (wbytes + 63) / 64 * 64);
-        m[c].wd = aligned_alloc(64, (sbytes + 63) / 64 * 64);
+        m[c].wd = aligned_alloc(64, (sbytes + 63) / 64 * 64); /* Q4A: the mins after the scales */
         for (size_t i = 0; i < wbytes; i++) m[c].wq[i] = (uint8_t)rnd();
-        for (size_t i = 0; i < (size_t)rows * ng; i++) m[c].wd[i] = (uint16_t)(0x1800 + rnd() % 0x0c00);
+        for (size_t i = 0; i < sbytes / 2; i++) m[c].wd[i] = (uint16_t)(0x1800 + rnd() % 0x0c00);
     }
     /* activations for up to 32 tokens */
     const int maxtok = 32;
@@ -137,8 +151,8 @@ int main(int argc, char **argv) {
     int nsets = 0;
     while (sets[nsets]) nsets++;
 
-    printf("matrix %d x %d Q4S g%d: %.2f MiB weights+scales; DRAM case rotates %d copies (%.0f MiB)\n", rows,
-           cols, gs, (double)mbytes / 1048576.0, ncopies, (double)mbytes * ncopies / 1048576.0);
+    printf("matrix %d x %d %s g%d: %.2f MiB weights+scales; DRAM case rotates %d copies (%.0f MiB)\n", rows,
+           cols, type, gs, (double)mbytes / 1048576.0, ncopies, (double)mbytes * ncopies / 1048576.0);
 
     /* side by side: for each run, each set in turn */
     enum { CASE_HOT1, CASE_DRAM1, CASE_HOT32, CASE_BLOCK32, N_CASES };
@@ -153,7 +167,8 @@ int main(int argc, char **argv) {
             for (int cs = 0; cs < N_CASES; cs++) {
                 x.ntok = cs >= CASE_HOT32 ? maxtok : 1;
                 int passes = cs >= CASE_HOT32 ? 1 : cs == CASE_HOT1 ? 4 : ncopies;
-                if (cs == CASE_HOT1) ks->dot_q4s(&x, m[0].wq, m[0].wd, NULL, out, 1); /* warm */
+                if (cs == CASE_HOT1)
+                    for (int row = 0; row < rows; row++) dot_row(ks, q8, q4a, &x, &m[0], row, row_bytes, rows, out, 1);
                 double t0 = now();
                 if (cs == CASE_BLOCK32) {
                     const int rb = 64, tb = 4;
@@ -165,16 +180,15 @@ int main(int argc, char **argv) {
                             xv.s += (size_t)tk * ng;
                             xv.ntok = tb;
                             for (int row = r0; row < r0 + rb && row < rows; row++)
-                                ks->dot_q4s(&xv, m[0].wq + (size_t)row * cols / 2, m[0].wd + (size_t)row * ng, NULL,
-                                            out + (size_t)tk * rows + row, (size_t)rows);
+                                dot_row(ks, q8, q4a, &xv, &m[0], row, row_bytes, rows, out + (size_t)tk * rows + row,
+                                        (size_t)rows);
                         }
                     passes = 0;
                 }
                 for (int p = 0; p < passes; p++) {
                     const matrix *mm = cs == CASE_DRAM1 ? &m[rot++ % ncopies] : &m[0];
                     for (int row = 0; row < rows; row++)
-                        ks->dot_q4s(&x, mm->wq + (size_t)row * cols / 2, mm->wd + (size_t)row * ng, NULL,
-                                    out + row, (size_t)rows);
+                        dot_row(ks, q8, q4a, &x, mm, row, row_bytes, rows, out + row, (size_t)rows);
                 }
                 t[cs][si][r] = (now() - t0) / (passes ? passes : 1);
             }
