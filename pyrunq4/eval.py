@@ -1,4 +1,5 @@
 """Evaluation: python -m pyrunq4.eval perplexity MODEL.rq4 --text FILE [--window 512]
+                                    [--compare OTHER.rq4 ...]  (one table, same ids)
 
 The text is tokenized once (with BOS, as generate does) and cut into
 non-overlapping windows of `window` tokens; each window is evaluated from an
@@ -95,7 +96,36 @@ def build_parser():
                     help="tokens per window (each from an empty cache)")
     pp.add_argument("--threads", type=_positive_int, default=None,
                     help="worker threads (default: the CPUs this process may use)")
+    pp.add_argument("--float-activations", action="store_true",
+                    help="reference mode: dequantized weights, float activations (slow); "
+                         "isolates the weight quantization from the int8 activations")
+    pp.add_argument("--compare", nargs="+", default=None, metavar="OTHER.rq4",
+                    help="more models scored on the same token ids (tokenized by MODEL); "
+                         "prints one table: file, size, perplexity, seconds")
     return p
+
+
+def _cmd_compare(args, text):
+    """One table for MODEL and every --compare file on the same ids."""
+    import os
+    import time
+    from .model import Model
+
+    paths = [args.model] + list(args.compare)
+    with Model(paths[0], n_ctx=args.window, n_threads=args.threads) as m:
+        ids = m.tokenize(text, add_bos=True)
+        vocab = m.config.vocab_size
+    width = max(len(os.path.basename(x)) for x in paths)
+    print(f"{'model':{width}s}  {'MB':>7s}  {'perplexity':>10s}  {'tokens':>6s}  {'seconds':>7s}")
+    for path in paths:
+        t0 = time.time()
+        with Model(path, n_ctx=args.window, n_threads=args.threads) as m:
+            if m.config.vocab_size != vocab:
+                raise _UsageError(f"{path}: vocabulary {m.config.vocab_size} differs from {vocab}")
+            ppl, n = perplexity(m, ids, args.window)
+        print(f"{os.path.basename(path):{width}s}  {os.path.getsize(path) / 1e6:7.1f}  {ppl:10.4f}  "
+              f"{n:6d}  {time.time() - t0:7.1f}", flush=True)
+    return 0
 
 
 def _cmd_perplexity(args):
@@ -105,11 +135,14 @@ def _cmd_perplexity(args):
         raise _UsageError(f"--window must be >= 2, got {args.window}")
     with open(args.text, encoding="utf-8") as f:
         text = f.read()
+    if args.compare:
+        return _cmd_compare(args, text)
     with Model(args.model, n_ctx=1, n_threads=1) as probe:  # only for max_seq_len
         if args.window > probe.config.max_seq_len:
             raise _UsageError(f"--window {args.window} exceeds the model's max_seq_len "
                               f"{probe.config.max_seq_len}")
-    with Model(args.model, n_ctx=args.window, n_threads=args.threads) as m:
+    with Model(args.model, n_ctx=args.window, n_threads=args.threads,
+               float_activations=args.float_activations) as m:
         ids = m.tokenize(text, add_bos=True)
         ppl, n = perplexity(m, ids, args.window)
     print(f"perplexity: {ppl:.4f} tokens: {n}")
