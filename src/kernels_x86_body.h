@@ -70,6 +70,36 @@ ALWAYS TGT __m512i FN(reduce16)(const __m512i *v) {
     return _mm512_add_epi32(_mm512_shuffle_i32x4(r0, r1, 0x88), _mm512_shuffle_i32x4(r0, r1, 0xDD));
 }
 
+/* Group size 32: each 64-value step holds two groups, one per 256-bit half.
+ * reduce8h: 8 such vectors -> 16 sums, lane i = the sum of half i (half 2j
+ * = low half of v[j], 2j+1 = its high half). A tree of merges (two blends and
+ * one shuffle each) leaves half h in lane bitreverse4(h); one permute fixes it. */
+#define MERGE16(a, b, mask, SHUF) \
+    _mm512_add_epi32(_mm512_mask_blend_epi32((mask), (a), (b)), SHUF(_mm512_mask_blend_epi32((mask), (b), (a))))
+#define SWAP128(y) _mm512_shuffle_i64x2((y), (y), 0xB1)
+#define SWAP64(y) _mm512_shuffle_epi32((y), 0x4E)
+#define SWAP32(y) _mm512_shuffle_epi32((y), 0xB1)
+
+ALWAYS TGT __m512i FN(reduce8h)(const __m512i *v) {
+    __m512i a0 = MERGE16(v[0], v[1], 0xF0F0, SWAP128), a1 = MERGE16(v[2], v[3], 0xF0F0, SWAP128);
+    __m512i a2 = MERGE16(v[4], v[5], 0xF0F0, SWAP128), a3 = MERGE16(v[6], v[7], 0xF0F0, SWAP128);
+    __m512i b0 = MERGE16(a0, a1, 0xCCCC, SWAP64), b1 = MERGE16(a2, a3, 0xCCCC, SWAP64);
+    __m512i r = MERGE16(b0, b1, 0xAAAA, SWAP32);
+    return _mm512_permutexvar_epi32(_mm512_setr_epi32(0, 8, 4, 12, 2, 10, 6, 14, 1, 9, 5, 13, 3, 11, 7, 15), r);
+}
+
+/* Group size 32: the exact int32 sums of 16 groups g0 .. g0+15 of one token row
+ * (16 full groups), in group order. */
+ALWAYS TGT __m512i FN(sums16_g32)(int kind, const uint8_t *wq, const int8_t *xr, int g0) {
+    __m512i v[8];
+    for (int j = 0; j < 8; j++) {
+        int at = g0 * 32 + 64 * j;
+        if (kind == K_Q8) v[j] = dot_8(v_zero(), ld_q8((const int8_t *)wq + at), xr + at);
+        else v[j] = dot_u(v_zero(), ld_q4(wq + at / 2, kind == K_Q4S), xr + at);
+    }
+    return FN(reduce8h)(v);
+}
+
 /* Four tokens x four full groups g .. g+3 at a time (16 accumulators, one
  * reduction, the float part in the 16 lanes (token t, group g+k) = lane 4t+k),
  * then added to acc (lane t) in group order. Returns the first group left. */
@@ -80,6 +110,21 @@ ALWAYS TGT int FN(quad_groups)(int kind, const qact *x, const uint8_t *wq, const
     __m128 acc = *accp;
     int g = 0;
     for (; g + 4 <= nfull; g += 4) {
+        __m512i isum;
+        if (gs == 32) { /* 8 steps of two groups: v[2t+p] = token t, groups g+2p, g+2p+1 */
+            __m512i v[8];
+            for (int p = 0; p < 2; p++) {
+                int at = g * 32 + 64 * p;
+                if (kind == K_Q8) {
+                    WB w = ld_q8((const int8_t *)wq + at);
+                    for (int t = 0; t < 4; t++) v[2 * t + p] = dot_8(v_zero(), w, xr[t] + at);
+                } else {
+                    WB w = ld_q4(wq + at / 2, kind == K_Q4S);
+                    for (int t = 0; t < 4; t++) v[2 * t + p] = dot_u(v_zero(), w, xr[t] + at);
+                }
+            }
+            isum = FN(reduce8h)(v); /* half 4t+k = token t, group g+k */
+        } else {
         __m512i a[16];
         for (int i = 0; i < 16; i++) a[i] = v_zero();
         int o = g * gs, e = 0;
@@ -99,7 +144,8 @@ ALWAYS TGT int FN(quad_groups)(int kind, const qact *x, const uint8_t *wq, const
             for (int k = 0; k < 4; k++)
                 for (int t = 0; t < 4; t++)
                     a[4 * t + k] = FN(group_dot)(kind, a[4 * t + k], wq, xr[t], o + k * gs + e, 32);
-        __m512i isum = FN(reduce16)(a);
+        isum = FN(reduce16)(a);
+        }
         __m512i s = _mm512_castsi128_si512(_mm_loadu_si128((const __m128i *)(xs[0] + g)));
         s = _mm512_inserti32x4(s, _mm_loadu_si128((const __m128i *)(xs[1] + g)), 1);
         s = _mm512_inserti32x4(s, _mm_loadu_si128((const __m128i *)(xs[2] + g)), 2);
@@ -201,6 +247,24 @@ ALWAYS TGT void FN(one_token)(int kind, const qact *x, const uint8_t *wq, const 
     int nfull = ng - (ng * gs != n); /* groups of full length (no division) */
     float acc = 0.0f;
     int g = 0;
+#if BIG == 64
+    if (gs == 32)
+        for (; g + 16 <= nfull; g += 16) {
+            __m512i isum = FN(sums16_g32)(kind, wq, xr, g);
+            __m512i s = _mm512_loadu_si512((const void *)(xs + g));
+            if (off8) isum = _mm512_sub_epi32(isum, _mm512_slli_epi32(s, off8 == 8 ? 3 : 7));
+            __m512 dx = _mm512_loadu_ps(xd + g);
+            __m512 d = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(wd + g)));
+            __m512 term = _mm512_mul_ps(_mm512_mul_ps(d, dx), _mm512_cvtepi32_ps(isum));
+            if (kind == K_Q4A) {
+                __m512 m = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(wm + g)));
+                term = _mm512_add_ps(term, _mm512_mul_ps(_mm512_mul_ps(m, dx), _mm512_cvtepi32_ps(s)));
+            }
+            float r[16];
+            _mm512_storeu_ps(r, term);
+            for (int k = 0; k < 16; k++) acc += r[k]; /* in group order */
+        }
+#endif
     for (; g + 4 <= nfull; g += 4) {
         V a0 = v_zero(), a1 = v_zero(), a2 = v_zero(), a3 = v_zero();
         int o0 = g * gs;
