@@ -756,7 +756,7 @@ static void rmsnorm(float *out, const float *x, const float *weight, int n, floa
  * and 2^n put into the exponent bits. Below -87 (e^x < 2^-125) it saturates
  * near FLT_MIN, negligible next to the softmax's largest term, 1. */
 static inline float exp_nonpositive(float x) {
-    x = x < -87.0f ? -87.0f : x;
+    x = x >= -87.0f ? x : -87.0f; /* also NaN -> -87: (int32_t)n of a NaN is UB (fuzz_loader found it, issue 8) */
     float n = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f; /* round(x / ln 2) */
     float r = (x - n * 0.693359375f) - n * -2.12194440e-4f;
     float p = 1.9875691500e-4f;
