@@ -3,7 +3,8 @@
  *   neon_dotprod  sdot (vdotq_s32): 4 int8 products summed into each int32
  *                 lane (Cortex-A55/A76 and later, Apple M1, Neoverse)
  *   neon          vmull_s8 + vmlal_high_s8 (two products per int16 lane, at
- *                 most 2 * 128 * 127, no overflow) + vpadalq_s16 into int32
+ *                 most 2 * 128 * 127, no overflow; four for int4 weights)
+ *                 + vpadalq_s16 into int32
  *                 (every aarch64 core, e.g. Cortex-A53/A72 of older boards)
  *
  * The dotprod functions carry a target attribute, so the file builds with
@@ -60,13 +61,26 @@ static inline __attribute__((always_inline)) int32x4_t neon_dot(int32x4_t a, int
     return vpadalq_s16(a, p);
 }
 
+/* int4 weights: |w * x| <= 15 * 127, so four products fit an int16 lane and
+ * 32 values take 4 multiplies and one pairwise accumulate instead of 6 ops */
+static inline __attribute__((always_inline)) int32x4_t neon_dot32_q4(int32x4_t a, int8x16x2_t w, const int8_t *x) {
+    int8x16_t x0 = vld1q_s8(x), x1 = vld1q_s8(x + 16);
+    int16x8_t p = vmull_s8(vget_low_s8(w.val[0]), vget_low_s8(x0));
+    p = vmlal_high_s8(p, w.val[0], x0);
+    p = vmlal_s8(p, vget_low_s8(w.val[1]), vget_low_s8(x1));
+    p = vmlal_high_s8(p, w.val[1], x1);
+    return vpadalq_s16(a, p);
+}
+
 #define SFX neon
 #define TGT
 #define DOT(a, w, x) neon_dot((a), (w), (x))
+#define DOT32_Q4(a, w, x) neon_dot32_q4((a), (w), (x))
 #include "kernels_arm_body.h"
 #undef SFX
 #undef TGT
 #undef DOT
+#undef DOT32_Q4
 
 const kernel_set kernels_neon = {"neon", dot_q4s_neon, dot_q4a_neon, dot_q8_neon};
 

@@ -2,7 +2,8 @@
  * set (not a public header; not compiled on its own).
  *
  * The includer defines SFX (name suffix), TGT (target attribute or nothing)
- * and DOT(acc, w, x): acc (int32x4_t) + the products of 16 int8 pairs.
+ * and DOT(acc, w, x): acc (int32x4_t) + the products of 16 int8 pairs; and
+ * optionally DOT32_Q4(acc, w, x) for 32 values of int4 weights (|w| <= 15).
  *
  * Each step is 32 values: 16 bytes of nibbles unpacked once into two int8x16
  * in value order (vzip of the low and high nibbles; Q4S sign-extended with
@@ -47,7 +48,12 @@ ALWAYS int32x4_t reduce4(int32x4_t a, int32x4_t b, int32x4_t c, int32x4_t d) {
 }
 #endif
 
-ALWAYS TGT int32x4_t FN(step_dot)(int32x4_t a, int8x16x2_t w, const int8_t *x) {
+ALWAYS TGT int32x4_t FN(step_dot)(int kind, int32x4_t a, int8x16x2_t w, const int8_t *x) {
+#ifdef DOT32_Q4 /* a cheaper form for the small int4 values */
+    if (kind != K_Q8) return DOT32_Q4(a, w, x);
+#else
+    (void)kind;
+#endif
     a = DOT(a, w.val[0], vld1q_s8(x));
     return DOT(a, w.val[1], vld1q_s8(x + 16));
 }
@@ -72,10 +78,10 @@ ALWAYS TGT void FN(tile_tokens)(int kind, const int T, const qact *x, const uint
         int32x4_t a0 = vdupq_n_s32(0), a1 = a0, a2 = a0, a3 = a0;
         for (int e = off; e < end; e += 32) {
             int8x16x2_t w = load_step(kind, wq, e);
-            a0 = FN(step_dot)(a0, w, xr[0] + e);
-            a1 = FN(step_dot)(a1, w, xr[1] + e);
-            if (T > 2) a2 = FN(step_dot)(a2, w, xr[2] + e);
-            if (T > 3) a3 = FN(step_dot)(a3, w, xr[3] + e);
+            a0 = FN(step_dot)(kind, a0, w, xr[0] + e);
+            a1 = FN(step_dot)(kind, a1, w, xr[1] + e);
+            if (T > 2) a2 = FN(step_dot)(kind, a2, w, xr[2] + e);
+            if (T > 3) a3 = FN(step_dot)(kind, a3, w, xr[3] + e);
         }
         float32x4_t isum = vcvtq_f32_s32(reduce4(a0, a1, a2, a3));
         float dxa[4] = {xd[0][g], xd[1][g], xd[2][g], xd[3][g]};
@@ -107,10 +113,10 @@ ALWAYS TGT void FN(one_token)(int kind, const qact *x, const uint8_t *wq, const 
         int32x4_t a0 = vdupq_n_s32(0), a1 = a0, a2 = a0, a3 = a0;
         int o = g * gs;
         for (int e = 0; e < gs; e += 32) {
-            a0 = FN(step_dot)(a0, load_step(kind, wq, o + e), xr + o + e);
-            a1 = FN(step_dot)(a1, load_step(kind, wq, o + gs + e), xr + o + gs + e);
-            a2 = FN(step_dot)(a2, load_step(kind, wq, o + 2 * gs + e), xr + o + 2 * gs + e);
-            a3 = FN(step_dot)(a3, load_step(kind, wq, o + 3 * gs + e), xr + o + 3 * gs + e);
+            a0 = FN(step_dot)(kind, a0, load_step(kind, wq, o + e), xr + o + e);
+            a1 = FN(step_dot)(kind, a1, load_step(kind, wq, o + gs + e), xr + o + gs + e);
+            a2 = FN(step_dot)(kind, a2, load_step(kind, wq, o + 2 * gs + e), xr + o + 2 * gs + e);
+            a3 = FN(step_dot)(kind, a3, load_step(kind, wq, o + 3 * gs + e), xr + o + 3 * gs + e);
         }
         float32x4_t isum = vcvtq_f32_s32(reduce4(a0, a1, a2, a3));
         float32x4_t dx = vld1q_f32(xd + g);
@@ -128,7 +134,7 @@ ALWAYS TGT void FN(one_token)(int kind, const qact *x, const uint8_t *wq, const 
     for (; g < ng; g++) {
         int off = g * gs, end = off + gs < n ? off + gs : n;
         int32x4_t a = vdupq_n_s32(0);
-        for (int e = off; e < end; e += 32) a = FN(step_dot)(a, load_step(kind, wq, e), xr + e);
+        for (int e = off; e < end; e += 32) a = FN(step_dot)(kind, a, load_step(kind, wq, e), xr + e);
         int32_t isum = vaddvq_s32(a);
         float dx = xd[g];
         float term = (fp16_to_f32(wd[g]) * dx) * (float)isum;
