@@ -172,7 +172,11 @@ class Model:
                 self.close()
                 raise FormatError(f"{path}: bad tokenizer.json blob: {e}") from None
         tmpl = _lib.blob(self._h, "chat_template")
-        self.chat_template = tmpl.decode("utf-8") if tmpl is not None else None
+        try:  # a damaged blob is a FormatError, not a UnicodeDecodeError (issue 8)
+            self.chat_template = tmpl.decode("utf-8") if tmpl is not None else None
+        except UnicodeDecodeError as e:
+            self.close()
+            raise FormatError(f"{path}: the chat_template blob is not UTF-8: {e}") from None
         self._template = None
         self._tokens = []      # the ids in the KV cache, in order (== position)
         self._epoch = 0        # bumped by every change to the cache
