@@ -70,3 +70,31 @@ def test_kernel_sets_bit_identical_on_aarch64_under_qemu():
     assert out.count("OK: all kernel sets bit-identical to scalar") == 2
     for run in out.split("kernel sets available:")[1:]:
         check_report(run)
+
+
+# every kernel set name kernels_select() knows; RUNQ4_KERNEL falls back to the
+# best set for a name this CPU lacks, so the loop below meets each available set
+KERNEL_NAMES = ["scalar", "avx2", "avxvnni", "avx512vnni", "neon", "neon_dotprod"]
+
+
+def test_model_logits_identical_across_kernel_sets(tiny_model, monkeypatch):
+    """End to end: the engine's logits (a 70-token prompt in one batch, then
+    token by token) are the same bytes whichever kernel set runs them."""
+    pyrunq4 = pytest.importorskip("pyrunq4")
+    import numpy as np
+    ids = [(i * 37 + 11) % 200 + 5 for i in range(70)]
+    results = {}
+    for name in KERNEL_NAMES:
+        monkeypatch.setenv("RUNQ4_KERNEL", name)
+        with pyrunq4.Model(tiny_model, n_threads=2) as m:
+            if m.kernel in results:
+                continue
+            batched = np.array(m.logits(ids), copy=True)
+            m.reset()
+            stepped = np.stack([np.array(m.feed([t]), copy=True).reshape(-1) for t in ids[:8]])
+            results[m.kernel] = (batched, stepped)
+    assert "scalar" in results, results.keys()
+    ref_batched, ref_stepped = results["scalar"]
+    for name, (batched, stepped) in results.items():
+        assert batched.tobytes() == ref_batched.tobytes(), name
+        assert stepped.tobytes() == ref_stepped.tobytes(), name
