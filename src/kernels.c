@@ -18,6 +18,8 @@
  * not contract in ISO C mode; clang honours this pragma.) */
 #ifdef __clang__
 #pragma STDC FP_CONTRACT OFF
+#elif defined(__GNUC__) && !defined(__STRICT_ANSI__)
+#pragma GCC optimize("fp-contract=off") /* GNU C mode (-std=gnu11) contracts by default */
 #endif
 
 /* Tokens processed together per weight group: their accumulators live in
