@@ -19,7 +19,7 @@ LIB_SRCS = src/runq4.c src/kernels.c $(filter-out src/kernels.c,$(wildcard src/k
 LIB_OBJS = $(patsubst src/%.c,$(BUILD)/%.o,$(LIB_SRCS))
 HEADERS = $(wildcard src/*.h)
 
-.PHONY: all lib clean help venv demo test test-c test-kernels test-kernels-asan bench-kernels cross-aarch64-test-kernels cross-aarch64
+.PHONY: sanitize valgrind fuzz fuzz-build all lib clean help venv demo test test-c test-kernels test-kernels-asan bench-kernels cross-aarch64-test-kernels cross-aarch64
 
 # all: the library (other targets are added below by their owners)
 all: lib
@@ -125,6 +125,99 @@ runq4-aarch64: src/main.c src/sampler.c $(LIB_SRCS) $(HEADERS)
 
 cross-aarch64: runq4-aarch64
 
+# ---- reliability (issue 8, docs/RELIABILITY.md): sanitizers, valgrind, fuzzing ----
+
+# sanitize: the C tests and the binary built with AddressSanitizer + UBSan
+#   (-O1 -g, every UB check fatal) in build-san/, then run: test_engine on the
+#   engine's test model, test_kernels -q, and short generations on a one-layer
+#   model (greedy, sampled, chat, f16 KV, 2 threads). By hand:
+#   ASAN_OPTIONS=detect_leaks=1 build-san/runq4 model.rq4 -n 8 -i hi
+SAN_BUILD = build-san
+SAN_CC ?= $(CC)
+SAN_FLAGS = -O1 -g -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
+SAN_ENV = ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
+SAN_OBJS = $(patsubst src/%.c,$(SAN_BUILD)/%.o,$(LIB_SRCS))
+
+$(SAN_BUILD)/%.o: src/%.c $(HEADERS)
+	@mkdir -p $(SAN_BUILD)
+	$(SAN_CC) $(SAN_FLAGS) $(BASE_CFLAGS) -c $< -o $@
+
+$(SAN_BUILD)/kernels.o: $(wildcard src/kernels_*.c)
+
+$(SAN_BUILD)/test_engine $(SAN_BUILD)/test_kernels: $(SAN_BUILD)/%: tests/c/%.c $(SAN_OBJS)
+	$(SAN_CC) $(SAN_FLAGS) $(BASE_CFLAGS) -Isrc $< $(SAN_OBJS) -o $@ $(LDLIBS)
+
+$(SAN_BUILD)/runq4: src/main.c src/sampler.c $(SAN_OBJS)
+	$(SAN_CC) $(SAN_FLAGS) $(BASE_CFLAGS) -Isrc src/main.c src/sampler.c $(SAN_OBJS) -o $@ $(LDLIBS)
+
+$(SAN_BUILD)/micro.rq4: tests/fuzz/make_seeds.py tests/badfiles.py
+	@mkdir -p $(SAN_BUILD)
+	$(PYTHON) tests/fuzz/make_seeds.py $(SAN_BUILD) > /dev/null
+
+sanitize: $(SAN_BUILD)/test_engine $(SAN_BUILD)/test_kernels $(SAN_BUILD)/runq4 $(MODEL) $(SAN_BUILD)/micro.rq4
+	$(SAN_ENV) $(SAN_BUILD)/test_engine $(MODEL) -q
+	$(SAN_ENV) $(SAN_BUILD)/test_kernels -q
+	$(SAN_ENV) $(SAN_BUILD)/runq4 $(SAN_BUILD)/micro.rq4 -n 12 -c 16 -T 1 -i "Once upon a time" > /dev/null
+	$(SAN_ENV) $(SAN_BUILD)/runq4 $(SAN_BUILD)/micro_untied.rq4 -n 12 -c 16 -T 2 -k f16 -t 0.9 -p 0.8 -s 7 -i "hi" > /dev/null
+	printf 'hello\nagain\n' | $(SAN_ENV) $(SAN_BUILD)/runq4 $(SAN_BUILD)/micro.rq4 -m chat -n 4 -c 64 > /dev/null
+	@echo "OK: sanitize (ASan + UBSan) passed"
+
+# valgrind: memcheck on the release-flag binary and engine test rebuilt -O1 -g
+#   in build-san/vg/: no errors, no definite or indirect leaks
+VG = valgrind -q --error-exitcode=1 --leak-check=full --errors-for-leak-kinds=definite,indirect
+VG_OBJS = $(patsubst src/%.c,$(SAN_BUILD)/vg/%.o,$(LIB_SRCS))
+
+$(SAN_BUILD)/vg/%.o: src/%.c $(HEADERS)
+	@mkdir -p $(SAN_BUILD)/vg
+	$(CC) -O1 -g $(BASE_CFLAGS) -c $< -o $@
+
+$(SAN_BUILD)/vg/kernels.o: $(wildcard src/kernels_*.c)
+
+$(SAN_BUILD)/vg/test_engine: tests/c/test_engine.c $(VG_OBJS)
+	$(CC) -O1 -g $(BASE_CFLAGS) -Isrc $< $(VG_OBJS) -o $@ $(LDLIBS)
+
+$(SAN_BUILD)/vg/runq4: src/main.c src/sampler.c $(VG_OBJS)
+	$(CC) -O1 -g $(BASE_CFLAGS) -Isrc src/main.c src/sampler.c $(VG_OBJS) -o $@ $(LDLIBS)
+
+valgrind: $(SAN_BUILD)/vg/test_engine $(SAN_BUILD)/vg/runq4 $(MODEL) $(SAN_BUILD)/micro.rq4
+	$(VG) $(SAN_BUILD)/vg/runq4 $(SAN_BUILD)/micro.rq4 -n 8 -c 16 -T 2 -i "Once upon a time" > /dev/null
+	printf 'hello\n' | $(VG) $(SAN_BUILD)/vg/runq4 $(SAN_BUILD)/micro_untied.rq4 -m chat -n 4 -c 64 -T 1 -k f16 > /dev/null
+	$(VG) $(SAN_BUILD)/vg/test_engine $(MODEL) -q
+	@echo "OK: valgrind memcheck passed"
+
+# fuzz: libFuzzer (clang) on the loader and the C tokenizer, FUZZ_SECONDS each
+#   (tests/fuzz/*.c), with ASan + UBSan, seeds from tests/fuzz/make_seeds.py;
+#   found crashes land in build-fuzz/ (crash-*): copy them to
+#   tests/fuzz/regressions/ (replayed by tests/test_reliability_fuzz.py).
+#   Replay: build-fuzz/fuzz_loader tests/fuzz/regressions/loader/*
+FUZZ_CC ?= clang
+FUZZ_SECONDS ?= 60
+FUZZ_BUILD = build-fuzz
+FUZZ_FLAGS = -O1 -g -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
+FUZZ_OBJS = $(patsubst src/%.c,$(FUZZ_BUILD)/%.o,$(LIB_SRCS))
+
+$(FUZZ_BUILD)/%.o: src/%.c $(HEADERS)
+	@mkdir -p $(FUZZ_BUILD)
+	$(FUZZ_CC) $(FUZZ_FLAGS) -fsanitize=fuzzer-no-link $(BASE_CFLAGS) -c $< -o $@
+
+$(FUZZ_BUILD)/kernels.o: $(wildcard src/kernels_*.c)
+
+$(FUZZ_BUILD)/fuzz_loader $(FUZZ_BUILD)/fuzz_tokenizer: $(FUZZ_BUILD)/%: tests/fuzz/%.c $(FUZZ_OBJS)
+	$(FUZZ_CC) $(FUZZ_FLAGS) -fsanitize=fuzzer $(BASE_CFLAGS) -Isrc $< $(FUZZ_OBJS) -o $@ $(LDLIBS)
+
+$(FUZZ_BUILD)/tokenizer.json: tests/fuzz/make_seeds.py tests/badfiles.py
+	@mkdir -p $(FUZZ_BUILD)
+	$(PYTHON) tests/fuzz/make_seeds.py $(FUZZ_BUILD)
+
+fuzz-build: $(FUZZ_BUILD)/fuzz_loader $(FUZZ_BUILD)/fuzz_tokenizer $(FUZZ_BUILD)/tokenizer.json
+
+fuzz: fuzz-build
+	mkdir -p $(FUZZ_BUILD)/corpus_loader $(FUZZ_BUILD)/corpus_tokenizer
+	cd $(FUZZ_BUILD) && ./fuzz_loader -max_total_time=$(FUZZ_SECONDS) -print_final_stats=1 \
+		corpus_loader seeds_loader $(addprefix ../,$(wildcard tests/fuzz/regressions/loader))
+	cd $(FUZZ_BUILD) && RQ4_FUZZ_TOKENIZER=tokenizer.json ./fuzz_tokenizer -max_total_time=$(FUZZ_SECONDS) \
+		-print_final_stats=1 corpus_tokenizer seeds_tokenizer $(addprefix ../,$(wildcard tests/fuzz/regressions/tokenizer))
+
 # ---- the two commands of README.md: `make demo` and `make test` ----
 PYTHON ?= python3
 VENV ?= .venv
@@ -155,7 +248,7 @@ test: venv
 
 # clean: remove every build output
 clean:
-	rm -rf $(BUILD) runq4 runq4-asan $(VENV)/.installed runq4-aarch64
+	rm -rf $(BUILD) runq4 runq4-asan $(VENV)/.installed runq4-aarch64 $(SAN_BUILD) $(FUZZ_BUILD)
 
 # help: this list
 help:
