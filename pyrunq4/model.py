@@ -257,6 +257,11 @@ class Model:
         token (True) or as plain text (False)."""
         if not isinstance(text, str):
             raise ArgumentError(f"text must be a str, got {type(text).__name__}")
+        try:  # lone surrogates (undecodable bytes from argv/stdin): tokenizers raised TypeError
+            text.encode("utf-8")
+        except UnicodeEncodeError as e:
+            raise ArgumentError(f"text is not valid Unicode: {e.reason} at index {e.start} "
+                                f"(invalid UTF-8 in the input?)") from None
         with self._lock:
             tok = self._tok()
             saved = tok.encode_special_tokens
@@ -423,7 +428,10 @@ class Model:
         elif isinstance(stop, str):
             stops = [stop]
         else:
-            stops = list(stop)
+            try:
+                stops = list(stop)
+            except TypeError:  # stop=5 raised TypeError (issue 8)
+                raise ArgumentError(f"stop must be a str or a list of str, got {stop!r}") from None
         if not all(isinstance(s, str) and s for s in stops):
             raise ArgumentError("stop must be a non-empty str or a list of non-empty str")
         if len(ids) > self.config.n_ctx:
