@@ -241,6 +241,9 @@ class HfSource(Source):
             tokenizer = json.loads(tok_bytes)
         except (ValueError, UnicodeDecodeError) as e:
             raise ExportError(f"{j('tokenizer.json')}: invalid JSON: {e}") from None
+        if not isinstance(tokenizer, dict) or not isinstance(tokenizer.get("model"), dict):
+            # "{}" was exported as is, and refused only when the .rq4 was opened (issue 8)
+            raise ExportError(f"{j('tokenizer.json')}: not a tokenizers file (no \"model\" object)")
         tok_cfg = read_json(j("tokenizer_config.json")) if os.path.isfile(j("tokenizer_config.json")) else {}
         gen = read_json(j("generation_config.json")) if os.path.isfile(j("generation_config.json")) else {}
         bos, eos, self.note = special_ids(cfg, gen, tok_cfg, tokenizer)

@@ -50,11 +50,14 @@ def read_json(path, what=None):
     """A JSON file's object; ExportError naming the file if it is missing or invalid."""
     try:
         with open(path, encoding="utf-8") as f:
-            return json.load(f)
+            obj = json.load(f)
     except FileNotFoundError:
         raise ExportError(f"{path}: missing{' (' + what + ')' if what else ''}") from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise ExportError(f"{path}: cannot read JSON: {e}") from None
+    if not isinstance(obj, dict):  # a list or a number here was an AttributeError traceback (issue 8)
+        raise ExportError(f"{path}: not a JSON object")
+    return obj
 
 
 def open_source(path, options):
