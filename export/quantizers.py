@@ -36,10 +36,9 @@ import time
 
 import numpy as np
 
-try:  # installed layout: pyrunq4.export; development checkout: export/
-    from pyrunq4.export.quant import QuantizedTensor, dequantize, quantize_rtn
-except ImportError:
-    from export.quant import QuantizedTensor, dequantize, quantize_rtn
+# relative: the same module objects as the exporter's, whether this package is
+# pyrunq4.export (installed) or export/ (development checkout)
+from .quant import QuantizedTensor, dequantize, quantize_rtn
 
 __all__ = [
     "DATA_FREE",
@@ -388,6 +387,7 @@ def quantize_model(get, cfg, method, group_size, calib_ids=None, act_order=False
     tied = bool(int(cfg.get("tied_embeddings", 0)))
     t0 = time.time()
     total = n_layers + 1
+    timing = {"forward": 0.0, "quantize": 0.0}   # seconds: calibration forward/capture, GPTQ
 
     def quantize_table(w, H=None):
         if embed_qtype == "q8":
@@ -415,20 +415,24 @@ def quantize_model(get, cfg, method, group_size, calib_ids=None, act_order=False
             out = {k: quantize(W[k], method, group_size) for k in W if not k.endswith("norm")}
         else:
             if method == "gptq":
-                out = _gptq_layer(R, W, cfg, i, hs, group_size, act_order)
+                out = _gptq_layer(R, W, cfg, i, hs, group_size, act_order, timing)
             else:
                 out = _awq_layer(R, W, cfg, i, hs, group_size, awq_alphas)
             # inputs of the next layer: this layer run with its quantized weights
+            t1 = time.time()
             Wq = {k: (v if isinstance(v, np.ndarray) else dequantize(v)).astype(np.float64)
                   for k, v in out.items()}
             for k in ("attention_norm", "ffn_norm"):
                 Wq.setdefault(p + k, W[p + k].astype(np.float64))
             hs = [R.layer(Wq, cfg, i, h) for h in hs]
             del Wq
+            timing["forward"] += time.time() - t1
         for k in ("attention_norm", "wq", "wk", "wv", "wo", "ffn_norm", "w1", "w2", "w3"):
             yield p + k, out.get(p + k, W[p + k])
         del W, out
-        _progress(f"layer {i}", t0, i + 1, total, progress)
+        _progress(f"layer {i}" + (f" (calibration forward {timing['forward']:.0f}s, gptq "
+                                  f"{timing['quantize']:.0f}s)" if method == "gptq" else ""),
+                  t0, i + 1, total, progress)
 
     norm = np.asarray(get("norm"), dtype=np.float32).reshape(-1)
     yield "norm", norm
@@ -464,18 +468,23 @@ def _capture_hessians(R, W64, cfg, i, hs, names):
     return acc
 
 
-def _gptq_layer(R, W, cfg, i, hs, group_size, act_order):
+def _gptq_layer(R, W, cfg, i, hs, group_size, act_order, timing=None):
     """All seven matrices of layer i by GPTQ. Inputs captured with the float
     weights of this layer (earlier layers already quantized in hs); wq/wk/wv
     share one Hessian, w1/w3 another."""
+    timing = {"forward": 0.0, "quantize": 0.0} if timing is None else timing
+    t0 = time.time()
     p = f"layers.{i}."
     W64 = {k: v.astype(np.float64) for k, v in W.items()}
     acc = _capture_hessians(R, W64, cfg, i, hs, ("wq", "wo", "w1", "w2"))
     del W64
+    t1 = time.time()
+    timing["forward"] += t1 - t0
     out = {}
     for k in _LINEARS:
         src = {"wk": "wq", "wv": "wq", "w3": "w1"}.get(k, k)
         out[p + k] = quantize_gptq(W[p + k], acc[src].hessian(), group_size, act_order=act_order)
+    timing["quantize"] += time.time() - t1
     return out
 
 
@@ -548,6 +557,11 @@ def add_arguments(parser):
                         "CPython, pydoc_data.topics)")
     g.add_argument("--calib-tokens", type=int, default=4096, help="calibration tokens in total")
     g.add_argument("--calib-seq-len", type=int, default=512, help="tokens per calibration sequence")
+    if "--requantize" not in parser._option_string_actions:
+        g.add_argument("--requantize", action="store_true",
+                       help="re-quantize every tensor of an already quantized source (GGUF) from its "
+                            "float values with --method instead of importing exact ones as is "
+                            "(gptq/awq always do)")
     g.add_argument("--act-order", action="store_true",
                    help="gptq: quantize columns in order of decreasing Hessian diagonal "
                         "(static group scales, so groups stay contiguous in the file)")
