@@ -68,20 +68,19 @@ void quantize_act(qact *a, int t, const float *x);
 /* IEEE half <-> single, exact for every finite half (round-to-nearest-even
  * the other way). */
 static inline float fp16_to_f32(uint16_t h) {
-    uint32_t sign = (uint32_t)(h & 0x8000) << 16;
-    uint32_t exp = (h >> 10) & 0x1f, man = h & 0x3ff, bits;
-    if (exp == 0x1f) {
-        bits = sign | 0x7f800000u | (man << 13);          /* inf, nan */
-    } else if (exp != 0) {
-        bits = sign | ((exp + 112) << 23) | (man << 13);  /* normal */
-    } else if (man == 0) {
-        bits = sign;                                       /* zero */
-    } else {                                               /* subnormal */
-        exp = 113;
-        while (!(man & 0x400)) { man <<= 1; exp--; }
-        bits = sign | (exp << 23) | ((man & 0x3ff) << 13);
+    /* the magnitude's bits moved into a float's place, times 2^112 to rebias
+     * the exponent: exact for normals and subnormals (unless built with
+     * -ffast-math, which flushes subnormals to zero), and branch-free so
+     * loops over it vectorize; inf and NaN get the top exponent instead */
+    uint32_t sign = (uint32_t)(h & 0x8000) << 16, mag = (uint32_t)(h & 0x7fff) << 13, bits;
+    union { uint32_t u; float f; } v = { mag };
+    if ((h & 0x7c00) == 0x7c00) {
+        bits = sign | 0x7f800000u | mag;                   /* inf, nan */
+    } else {
+        v.f *= 0x1p112f;                                   /* zero, subnormal, normal */
+        bits = sign | v.u;
     }
-    union { uint32_t u; float f; } v = { bits };
+    v.u = bits;
     return v.f;
 }
 

@@ -111,7 +111,7 @@ struct rq4_model {
     float *hb2;     /* (B, hidden_dim) up */
     float *rope;    /* (B, head_dim) cos (first half) and sin (second half) per token */
     act_cache acts; /* int8 copy of the current matmul input */
-    float *att;     /* (n_threads, n_ctx + 4 * head_dim) attention scores and 4 rows, per thread */
+    float *att;     /* (n_threads, attention_scratch) per thread: scores (kv_mul, n_ctx), 4 rows (4, head_dim) */
     float *row;     /* (n_threads, max cols) a dequantized weight row (float mode) */
 
     /* kv cache, f32 or f16 */
@@ -530,6 +530,12 @@ static void compute_inv_freq(const rq4_config *c, double *inv_freq) {
     }
 }
 
+/* Floats of attention scratch per thread: the scores of the kv_mul query
+ * heads sharing a kv head, (kv_mul, n_ctx), then 4 value rows (4, head_dim). */
+static size_t attention_scratch(const rq4_config *c) {
+    return (size_t)(c->n_heads / c->n_kv_heads) * (size_t)c->n_ctx + 4 * (size_t)c->head_dim;
+}
+
 /* ---------------------------------------------------------------------------
  * Memory accounting: everything rq4_open allocates besides the mapping */
 
@@ -547,7 +553,8 @@ static uint64_t memory_needed(const rq4_config *c, int n_entries, int n_ctx, int
     bytes += (uint64_t)(c->head_dim / 2) * sizeof(double);               /* inv_freq */
     bytes += 4 * B * (dim + max_in + dim + q_dim + 2 * kv_dim + 2 * hidden + (uint64_t)c->head_dim); /* x .. rope */
     bytes += ACT_SLOTS * B * (max_cols + max_groups * (sizeof(float) + sizeof(int32_t)));             /* acts */
-    bytes += 4 * (uint64_t)n_threads * ((uint64_t)n_ctx + 4 * (uint64_t)c->head_dim + max_cols); /* att, row */
+    bytes += 4 * (uint64_t)n_threads * ((uint64_t)(c->n_heads / c->n_kv_heads) * (uint64_t)n_ctx +
+                                        4 * (uint64_t)c->head_dim + max_cols);  /* att, row */
     bytes += 2 * kv_elem * (uint64_t)c->n_layers * (uint64_t)n_ctx * kv_dim; /* kv cache */
     bytes += (uint64_t)n_threads * 256;                                  /* thread pool */
     return bytes;
@@ -926,7 +933,19 @@ static void apply_rope(float *vec, int n_heads_here, int head_dim, const float *
 static inline const float *cache_row(const void *cache, int f16, size_t at, int n, float *tmp) {
     if (!f16) return (const float *)cache + at;
     const uint16_t *src = (const uint16_t *)cache + at;
-    for (int i = 0; i < n; i++) tmp[i] = fp16_to_f32(src[i]);
+    uint32_t *bits = (uint32_t *)(void *)tmp;
+    /* fp16_to_f32 written as selects rather than a branch, so it vectorizes:
+     * the same exact values */
+    for (int i = 0; i < n; i++) {
+        uint32_t h = src[i], mag = (h & 0x7fffu) << 13;
+        float f;
+        memcpy(&f, &mag, sizeof f);
+        f *= 0x1p112f;
+        uint32_t finite;
+        memcpy(&finite, &f, sizeof finite);
+        uint32_t special = 0u - (uint32_t)((h & 0x7c00u) == 0x7c00u); /* all ones for inf, nan */
+        bits[i] = ((h & 0x8000u) << 16) | (special & (0x7f800000u | mag)) | (~special & finite);
+    }
     return tmp;
 }
 
@@ -968,40 +987,45 @@ typedef struct attention_job {
     int pos0;  /* position of the chunk's first token */
 } attention_job;
 
-/* Items [start, end) of (token, head): causal attention of one query head of
- * one token over the cached positions 0..pos, into xb. */
+/* Items [start, end) of (token, kv head): causal attention, over the cached
+ * positions 0..pos, of the kv_mul query heads that share one kv head (GQA),
+ * into xb. Each key and value row is read (and converted from f16) once for
+ * the whole group; every query head's arithmetic is the same as on its own. */
 static void attend(const rq4_model *m, void *arg, int thread, int start, int end) {
     const attention_job *j = arg;
     const rq4_config *c = &m->config;
     int hd = c->head_dim, kv_mul = c->n_heads / c->n_kv_heads, f16 = c->kv_type == RQ4_KV_F16;
-    size_t layer_off = (size_t)j->layer * (size_t)c->n_ctx * (size_t)m->kv_dim;
-    float *att = m->att + (size_t)thread * (size_t)(c->n_ctx + 4 * hd); /* (n_ctx) scores */
-    float *tmp = att + c->n_ctx;                                         /* (4, head_dim) f16 rows as floats */
+    size_t kv_dim = (size_t)m->kv_dim, layer_off = (size_t)j->layer * (size_t)c->n_ctx * kv_dim;
+    float *att = m->att + (size_t)thread * attention_scratch(c); /* (kv_mul, n_ctx) scores */
+    float *tmp = att + (size_t)kv_mul * (size_t)c->n_ctx;         /* (4, head_dim) f16 rows as floats */
     float scale = (float)(1.0 / sqrt((double)hd));
     for (int item = start; item < end; item++) {
-        int t = item / c->n_heads, h = item % c->n_heads, pos = j->pos0 + t;
-        const float *q = m->q + (size_t)t * (size_t)m->q_dim + (size_t)h * (size_t)hd;
-        size_t head_off = layer_off + (size_t)(h / kv_mul) * (size_t)hd;
-        /* scores against every key up to and including this position */
+        int t = item / c->n_kv_heads, g = item % c->n_kv_heads, pos = j->pos0 + t;
+        const float *q = m->q + (size_t)t * (size_t)m->q_dim + (size_t)g * (size_t)kv_mul * (size_t)hd;
+        float *out = m->xb + (size_t)t * (size_t)m->q_dim + (size_t)g * (size_t)kv_mul * (size_t)hd;
+        size_t head_off = layer_off + (size_t)g * (size_t)hd;
+        /* scores of each query head against every key up to this position */
         for (int p = 0; p <= pos; p++) {
-            size_t k = head_off + (size_t)p * (size_t)m->kv_dim;
-            att[p] = dot_f32(q, cache_row(m->key_cache, f16, k, hd, tmp), hd) * scale;
+            const float *k = cache_row(m->key_cache, f16, head_off + (size_t)p * kv_dim, hd, tmp);
+            for (int h = 0; h < kv_mul; h++)
+                att[(size_t)h * c->n_ctx + p] = dot_f32(q + (size_t)h * hd, k, hd) * scale;
         }
-        softmax(att, pos + 1);
-        /* weighted sum of the values */
-        float *out = m->xb + (size_t)t * (size_t)m->q_dim + (size_t)h * (size_t)hd;
-        memset(out, 0, (size_t)hd * sizeof(float));
+        for (int h = 0; h < kv_mul; h++) softmax(att + (size_t)h * c->n_ctx, pos + 1);
+        /* weighted sums of the values, four positions per pass */
+        memset(out, 0, (size_t)kv_mul * (size_t)hd * sizeof(float));
         int p = 0;
         for (; p + 4 <= pos + 1; p += 4) {
-            size_t v = head_off + (size_t)p * (size_t)m->kv_dim, kv = (size_t)m->kv_dim;
-            add_scaled4(out, att + p, cache_row(m->value_cache, f16, v, hd, tmp),
-                        cache_row(m->value_cache, f16, v + kv, hd, tmp + hd),
-                        cache_row(m->value_cache, f16, v + 2 * kv, hd, tmp + 2 * hd),
-                        cache_row(m->value_cache, f16, v + 3 * kv, hd, tmp + 3 * hd), hd);
+            size_t v = head_off + (size_t)p * kv_dim;
+            const float *v0 = cache_row(m->value_cache, f16, v, hd, tmp);
+            const float *v1 = cache_row(m->value_cache, f16, v + kv_dim, hd, tmp + hd);
+            const float *v2 = cache_row(m->value_cache, f16, v + 2 * kv_dim, hd, tmp + 2 * hd);
+            const float *v3 = cache_row(m->value_cache, f16, v + 3 * kv_dim, hd, tmp + 3 * hd);
+            for (int h = 0; h < kv_mul; h++)
+                add_scaled4(out + (size_t)h * hd, att + (size_t)h * c->n_ctx + p, v0, v1, v2, v3, hd);
         }
         for (; p <= pos; p++) {
-            size_t v = head_off + (size_t)p * (size_t)m->kv_dim;
-            add_scaled(out, att[p], cache_row(m->value_cache, f16, v, hd, tmp), hd);
+            const float *v = cache_row(m->value_cache, f16, head_off + (size_t)p * kv_dim, hd, tmp);
+            for (int h = 0; h < kv_mul; h++) add_scaled(out + (size_t)h * hd, att[(size_t)h * c->n_ctx + p], v, hd);
         }
     }
 }
@@ -1059,7 +1083,7 @@ static void forward_chunk(rq4_model *m, const int32_t *tokens, int ntok, int pos
 
         /* multi-head (grouped-query) causal attention, into xb (ntok, q_dim) */
         attention_job aj = {l, pos0};
-        run_parallel(m, attend, &aj, ntok * c->n_heads);
+        run_parallel(m, attend, &aj, ntok * c->n_kv_heads);
         forget_input(&m->acts);
 
         /* output projection and residual */
@@ -1169,7 +1193,7 @@ static rq4_status allocate_buffers(rq4_model *m, rq4_error *err) {
     int ok = alloc(&m->x, B * dim * 4) && alloc(&m->xb, B * max_in * 4) && alloc(&m->xb2, B * dim * 4) &&
              alloc(&m->q, B * q_dim * 4) && alloc(&m->k, B * kv_dim * 4) && alloc(&m->v, B * kv_dim * 4) &&
              alloc(&m->hb, B * hidden * 4) && alloc(&m->hb2, B * hidden * 4) && alloc(&m->rope, B * hd * 4) &&
-             alloc(&m->att, nt * ((size_t)c->n_ctx + 4 * hd) * 4) && alloc(&m->row, nt * max_cols * 4) &&
+             alloc(&m->att, nt * attention_scratch(c) * 4) && alloc(&m->row, nt * max_cols * 4) &&
              alloc(&m->key_cache, kv_bytes) && alloc(&m->value_cache, kv_bytes);
     for (int i = 0; ok && i < ACT_SLOTS; i++)
         ok = alloc(&m->acts.slot[i].q, B * max_cols) && alloc(&m->acts.slot[i].d, B * max_groups * 4) &&
