@@ -33,6 +33,7 @@
 
 #include <cpuid.h>
 #include <immintrin.h>
+#include <string.h>
 
 /* ---- CPU detection: CPUID feature bits plus the OS-enabled register state
  * (XCR0), as __builtin_cpu_supports lacks avxvnni/f16c on older compilers. */

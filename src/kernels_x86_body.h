@@ -173,6 +173,75 @@ ALWAYS TGT int FN(quad_groups)(int kind, const qact *x, const uint8_t *wq, const
 }
 #endif
 
+#if BIG == 32
+/* 8 accumulators -> one vector, lane i = the horizontal sum of v[i]: a tree of
+ * merges (two blends and one shuffle each); the tree leaves input j in lane
+ * bitreverse3(j), so inputs go in that order. */
+#define MERGE8(a, b, imm, SHUF) _mm256_add_epi32(_mm256_blend_epi32((a), (b), (imm)), SHUF(_mm256_blend_epi32((b), (a), (imm))))
+#define SWAP128_8(y) _mm256_permute2x128_si256((y), (y), 0x01)
+#define SWAP64_8(y) _mm256_shuffle_epi32((y), 0x4E)
+#define SWAP32_8(y) _mm256_shuffle_epi32((y), 0xB1)
+
+ALWAYS TGT __m256i FN(reduce8)(const __m256i *v) {
+    __m256i a0 = MERGE8(v[0], v[4], 0xF0, SWAP128_8), a1 = MERGE8(v[2], v[6], 0xF0, SWAP128_8);
+    __m256i a2 = MERGE8(v[1], v[5], 0xF0, SWAP128_8), a3 = MERGE8(v[3], v[7], 0xF0, SWAP128_8);
+    __m256i b0 = MERGE8(a0, a1, 0xCC, SWAP64_8), b1 = MERGE8(a2, a3, 0xCC, SWAP64_8);
+    return MERGE8(b0, b1, 0xAA, SWAP32_8);
+}
+
+/* Four tokens x two full groups g, g+1 at a time (8 accumulators, lane 2t+k =
+ * token t, group g+k), one reduction and one float step for the 8, then added
+ * to acc (lane t) in group order. Returns the first group left. */
+ALWAYS TGT int FN(pair_groups)(int kind, const qact *x, const uint8_t *wq, const uint16_t *wd,
+                                const uint16_t *wm, const int8_t *const *xr, const float *const *xd,
+                                const int32_t *const *xs, __m128 *accp, int nfull) {
+    const int gs = x->gs, off8 = FN(offset_of)(kind);
+    __m128 acc = *accp;
+    int g = 0;
+    for (; g + 2 <= nfull; g += 2) {
+        __m256i a[8];
+        for (int i = 0; i < 8; i++) a[i] = v_zero();
+        int o = g * gs;
+        for (int e = 0; e < gs; e += 32) {
+            for (int k = 0; k < 2; k++) {
+                int at = o + k * gs + e;
+                if (kind == K_Q8) {
+                    WB w = ld_q8((const int8_t *)wq + at);
+                    for (int t = 0; t < 4; t++) a[2 * t + k] = dot_8(a[2 * t + k], w, xr[t] + at);
+                } else {
+                    WB w = ld_q4(wq + at / 2, kind == K_Q4S);
+                    for (int t = 0; t < 4; t++) a[2 * t + k] = dot_u(a[2 * t + k], w, xr[t] + at);
+                }
+            }
+        }
+        __m256i isum = FN(reduce8)(a);
+        __m256i s = _mm256_set_m128i(
+            _mm_unpacklo_epi64(_mm_loadl_epi64((const __m128i *)(xs[2] + g)), _mm_loadl_epi64((const __m128i *)(xs[3] + g))),
+            _mm_unpacklo_epi64(_mm_loadl_epi64((const __m128i *)(xs[0] + g)), _mm_loadl_epi64((const __m128i *)(xs[1] + g))));
+        if (off8) isum = _mm256_sub_epi32(isum, _mm256_slli_epi32(s, off8 == 8 ? 3 : 7));
+        __m256 dx = _mm256_castsi256_ps(_mm256_set_m128i(
+            _mm_unpacklo_epi64(_mm_loadl_epi64((const __m128i *)(xd[2] + g)), _mm_loadl_epi64((const __m128i *)(xd[3] + g))),
+            _mm_unpacklo_epi64(_mm_loadl_epi64((const __m128i *)(xd[0] + g)), _mm_loadl_epi64((const __m128i *)(xd[1] + g)))));
+        uint32_t dpair, mpair;
+        memcpy(&dpair, wd + g, 4);
+        __m128 d4 = _mm_cvtph_ps(_mm_set1_epi32((int)dpair)); /* d[g], d[g+1], d[g], d[g+1] */
+        __m256 term = _mm256_mul_ps(_mm256_mul_ps(_mm256_set_m128(d4, d4), dx), _mm256_cvtepi32_ps(isum));
+        if (kind == K_Q4A) {
+            memcpy(&mpair, wm + g, 4);
+            __m128 m4 = _mm_cvtph_ps(_mm_set1_epi32((int)mpair));
+            term = _mm256_add_ps(term, _mm256_mul_ps(_mm256_mul_ps(_mm256_set_m128(m4, m4), dx), _mm256_cvtepi32_ps(s)));
+        }
+        /* lane t of group g (then g+1) = lane 2t (2t+1) of term */
+        __m256 even = _mm256_permutevar8x32_ps(term, _mm256_setr_epi32(0, 2, 4, 6, 0, 2, 4, 6));
+        __m256 odd = _mm256_permutevar8x32_ps(term, _mm256_setr_epi32(1, 3, 5, 7, 1, 3, 5, 7));
+        acc = _mm_add_ps(acc, _mm256_castps256_ps128(even));
+        acc = _mm_add_ps(acc, _mm256_castps256_ps128(odd));
+    }
+    *accp = acc;
+    return g;
+}
+#endif
+
 /* Tokens t0 .. t0+T-1 (T = 2..4), all groups. Each weight step is unpacked once
  * for the T tokens; the float part runs in the lanes of one __m128. */
 ALWAYS TGT void FN(tile_tokens)(int kind, const int T, const qact *x, const uint8_t *wq,
@@ -192,6 +261,8 @@ ALWAYS TGT void FN(tile_tokens)(int kind, const int T, const qact *x, const uint
     int g = 0;
 #if BIG == 64
     if (T == 4) g = FN(quad_groups)(kind, x, wq, wd, wm, xr, xd, xs, &acc, ng - (ng * gs != n));
+#else
+    if (T == 4) g = FN(pair_groups)(kind, x, wq, wd, wm, xr, xd, xs, &acc, ng - (ng * gs != n));
 #endif
     for (; g < ng; g++) {
         int off = g * gs, len = n - off < gs ? n - off : gs;
