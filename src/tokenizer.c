@@ -126,6 +126,14 @@ static int encode_utf8(uint32_t c, uint8_t *out) {
     return 4;
 }
 
+/* Rust's char::is_numeric, which SmolLM2's Digits pre-tokenizer splits on:
+ * \p{N} plus a few code points of a newer Unicode than the regex engine's. */
+static int is_numeric_extra(uint32_t c) {
+    for (int i = 0; i < RQ4_UNI_NUMERIC_EXTRA; i++)
+        if (c >= rq4_uni_numeric_extra[i].first && c <= rq4_uni_numeric_extra[i].last) return 1;
+    return 0;
+}
+
 static int unicode_class(uint32_t c) {
     int lo = 0, hi = RQ4_UNI_NRANGES - 1;
     while (lo <= hi) {
@@ -1202,15 +1210,15 @@ static void encode_segment(const rq4_tokenizer *t, scratch *s, const uint8_t *te
         size_t end = to;
         if (t->pretok == RQ4_PRETOK_GPT2_DIGITS) {
             /* Digits(individual_digits): every numeric code point (Rust's
-               char::is_numeric, i.e. \p{N}) is a piece of its own, and the
-               regex runs separately on the text between them */
-            if (cl[i] == CLS_NUMBER) {
+               char::is_numeric: \p{N} and a few newer ones) is a piece of
+               its own, and the regex runs separately on the text between */
+            if (cl[i] == CLS_NUMBER || (cp[i] >= 0x10000 && is_numeric_extra(cp[i]))) {
                 bpe_piece(t, s, text + boff[i], boff[i + 1] - boff[i], ids, cap, count);
                 i++;
                 continue;
             }
             end = i;
-            while (end < to && cl[end] != CLS_NUMBER) end++;
+            while (end < to && cl[end] != CLS_NUMBER && !(cp[end] >= 0x10000 && is_numeric_extra(cp[end]))) end++;
         }
         /* the regex sees [i, end) as the whole string: offsets relative to i */
         size_t k = i;

@@ -205,6 +205,17 @@ _RANGES = [(0x20, 0x7E), (0xA0, 0x17F), (0x370, 0x3FF), (0x400, 0x4FF), (0x590, 
            (0x3000, 0x30FF), (0x4E00, 0x4FFF), (0xAC00, 0xAD00), (0xFF00, 0xFFEE), (0x1F300, 0x1F64F)]
 
 
+# code points of Unicode 15.0-17.0 (newer than some Pythons' unicodedata; the
+# tables carry tokenizers' classes for them: tools/gen_unicode_tables.py)
+_NEW_RANGES = [(0x1C89, 0x1C8A), (0xA7CB, 0xA7CD), (0x105C0, 0x105F3), (0x10D40, 0x10D49), (0x11F00, 0x11F59),
+               (0x31350, 0x31360), (0x2EBF0, 0x2EC00), (0x11DE0, 0x11DE9), (0x16FF4, 0x16FF6), (0x1E4D0, 0x1E4F9),
+               (0x1CCF0, 0x1CCF9)]
+
+
+def _new_chars(r, n):
+    return "".join(chr(r.randint(*r.choice(_NEW_RANGES))) if r.random() < 0.7 else r.choice("a 1Z.'") for _ in range(n))
+
+
 def _random_chars(r, n):
     out = []
     for _ in range(n):
@@ -217,7 +228,7 @@ def _random_chars(r, n):
 
 
 def _piece(r, specials):
-    k = r.randrange(14)
+    k = r.randrange(15)
     if k == 0:
         return r.choice(WORDS).upper() if r.random() < 0.2 else r.choice(WORDS)
     if k == 1:
@@ -244,6 +255,8 @@ def _piece(r, specials):
         return _random_chars(r, r.randrange(1, 12))
     if k == 12:
         return r.choice(WORDS).capitalize() + r.choice(["'s", "'S", "'re", "'LL", "n't", "'d"])
+    if k == 13:
+        return _new_chars(r, r.randrange(1, 8))
     return str(r.randrange(10 ** r.randrange(1, 12)))
 
 
