@@ -1,0 +1,204 @@
+"""Benchmark: prompt and decode speed, time to first token, peak memory, roofline.
+
+    python -m pyrunq4.bench MODEL.rq4 [--threads T] [--vs-llamacpp MODEL.gguf]
+
+Each run is a fresh worker process (so peak resident memory is the engine's
+own, read from the kernel when the worker exits); with --vs-llamacpp the runs
+of both engines alternate, ours first, so drifting machine load hits both
+alike. Figures are medians over --runs runs; ratios are ours / llama.cpp.
+"""
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import threading
+import time
+
+import numpy as np
+
+PROMPT_FILES = ("/usr/share/common-licenses/GPL-3", "/usr/share/common-licenses/Apache-2.0")
+
+
+def prompt_text():
+    for path in PROMPT_FILES:
+        if os.path.exists(path):
+            with open(path, encoding="utf-8") as f:
+                return f.read()
+    return " ".join(f"The number {i} follows {i - 1} and precedes {i + 1}." for i in range(1, 400))
+
+
+def prompt_ids(model_path, n):
+    """The first n tokens of a fixed English text, by the model's own tokenizer."""
+    from .model import Model
+
+    with Model(model_path, n_ctx=8) as m:
+        ids = m.tokenize(prompt_text())
+    if len(ids) < n:
+        raise SystemExit(f"bench: the prompt text has only {len(ids)} tokens, {n} wanted")
+    return ids[:n]
+
+
+def run_ours(args, ids):
+    from .model import Model
+
+    with Model(args.model, n_ctx=len(ids) + args.decode + 1, n_threads=args.threads) as m:
+        t0 = time.perf_counter()
+        logits = m.feed(ids)
+        t1 = time.perf_counter()
+        tok = int(np.argmax(logits))
+        logits = m.feed([tok])
+        t2 = time.perf_counter()
+        for _ in range(args.decode - 1):
+            logits = m.feed([int(np.argmax(logits))])
+        t3 = time.perf_counter()
+        kernel = m.kernel
+    return {"prompt_s": t1 - t0, "ttft_s": t2 - t0, "decode_s": t3 - t1, "kernel": kernel}
+
+
+def run_llamacpp(args, ids):
+    from llama_cpp import Llama
+
+    llm = Llama(model_path=args.vs_llamacpp, n_ctx=len(ids) + args.decode + 1,
+                n_batch=len(ids), n_threads=args.threads, n_threads_batch=args.threads,
+                verbose=False)
+    n_vocab = llm.n_vocab()
+
+    def greedy():  # the last token's logits, read in place as ours are
+        return int(np.argmax(np.ctypeslib.as_array(llm._ctx.get_logits(), shape=(n_vocab,))))
+
+    t0 = time.perf_counter()
+    llm.eval(ids)
+    t1 = time.perf_counter()
+    llm.eval([greedy()])
+    t2 = time.perf_counter()
+    for _ in range(args.decode - 1):
+        llm.eval([greedy()])
+    t3 = time.perf_counter()
+    return {"prompt_s": t1 - t0, "ttft_s": t2 - t0, "decode_s": t3 - t1, "kernel": "llama.cpp"}
+
+
+def run_worker(args):
+    ids = json.loads(sys.stdin.read())
+    result = (run_llamacpp if args.worker == "llamacpp" else run_ours)(args, ids)
+    print(json.dumps(result))
+
+
+def spawn(args, engine, ids):
+    """One run in a fresh process; returns its figures and its peak RSS."""
+    cmd = [sys.executable, "-m", "pyrunq4.bench", args.model, "--worker", engine,
+           "--threads", str(args.threads), "--decode", str(args.decode)]
+    if args.vs_llamacpp:
+        cmd += ["--vs-llamacpp", args.vs_llamacpp]
+    proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    proc.stdin.write(json.dumps(ids).encode())
+    proc.stdin.close()
+    out = proc.stdout.read()
+    _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode != 0:
+        raise SystemExit(f"bench: the {engine} worker failed (exit {proc.returncode})")
+    result = json.loads(out)
+    result["peak_rss_mb"] = usage.ru_maxrss / 1024
+    return result
+
+
+def weight_bytes_per_token(path):
+    """Bytes of weights a decode step streams: every tensor once (the tied
+    embedding as the classifier), blobs not, the embedding row lookup ignored."""
+    from .export.reader import read_table
+
+    header, table = read_table(path)
+    skip_embedding = not header["tied_embeddings"]
+    return sum(e["size"] for e in table if e["type"] != "blob"
+               and not (skip_embedding and e["name"] == "tok_embeddings"))
+
+
+def measure_bandwidth(threads, mb=512, repeats=5):
+    """Read bandwidth in bytes/s: `threads` threads summing disjoint slices of
+    a buffer far larger than the caches (numpy releases the GIL while summing)."""
+    buf = np.ones(mb * (1 << 20) // 8, dtype=np.int64)
+    parts = np.array_split(buf, threads)
+    best = 0.0
+    for _ in range(repeats):
+        workers = [threading.Thread(target=np.sum, args=(p,)) for p in parts]
+        t0 = time.perf_counter()
+        for w in workers:
+            w.start()
+        for w in workers:
+            w.join()
+        best = max(best, buf.nbytes / (time.perf_counter() - t0))
+    return best
+
+
+def summarize(runs, n_prompt, n_decode):
+    med = lambda key: statistics.median(r[key] for r in runs)  # noqa: E731
+    return {
+        "prompt_tps": n_prompt / med("prompt_s"),
+        "decode_tps": (n_decode - 1) / statistics.median(
+            r["decode_s"] - (r["ttft_s"] - r["prompt_s"]) for r in runs),
+        "ttft_ms": 1000 * med("ttft_s"),
+        "peak_rss_mb": med("peak_rss_mb"),
+        "kernel": runs[0]["kernel"],
+    }
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(prog="python -m pyrunq4.bench", description=__doc__.splitlines()[0],
+                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    ap.add_argument("model", help="the .rq4 model")
+    ap.add_argument("--threads", type=int, default=1, help="threads for both engines")
+    ap.add_argument("--prompt", type=int, default=256, help="prompt tokens")
+    ap.add_argument("--decode", type=int, default=128, help="tokens to decode")
+    ap.add_argument("--runs", type=int, default=5, help="runs per engine (medians are reported)")
+    ap.add_argument("--vs-llamacpp", metavar="MODEL.gguf", help="also run llama.cpp (llama-cpp-python) on this GGUF")
+    ap.add_argument("--worker", choices=("ours", "llamacpp"), help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    if args.threads < 1 or args.prompt < 1 or args.decode < 2 or args.runs < 1:
+        ap.error("--threads, --prompt and --runs must be >= 1, --decode >= 2")
+    if args.worker:
+        return run_worker(args)
+    for path in [args.model] + ([args.vs_llamacpp] if args.vs_llamacpp else []):
+        if not os.path.isfile(path):
+            ap.error(f"no such file: {path}")
+    if args.vs_llamacpp:
+        try:
+            import llama_cpp  # noqa: F401
+        except ImportError:
+            ap.error("--vs-llamacpp needs llama-cpp-python (pip install 'pyrunq4[llamacpp]')")
+
+    ids = prompt_ids(args.model, args.prompt)
+    engines = ["ours"] + (["llamacpp"] if args.vs_llamacpp else [])
+    runs = {e: [] for e in engines}
+    for i in range(args.runs):
+        for e in engines:
+            runs[e].append(spawn(args, e, ids))
+            print(f"run {i + 1}/{args.runs} {e}: decode {(args.decode - 1) / runs[e][-1]['decode_s']:.1f} tok/s",
+                  file=sys.stderr)
+    stats = {e: summarize(runs[e], args.prompt, args.decode) for e in engines}
+
+    print(f"model {args.model}, threads {args.threads}, prompt {args.prompt} tokens, "
+          f"decode {args.decode} tokens, median of {args.runs} runs")
+    print(f"{'':24}{'prompt tok/s':>14}{'decode tok/s':>14}{'TTFT ms':>10}{'peak RSS MB':>13}  kernel")
+    for e in engines:
+        s = stats[e]
+        print(f"{e:24}{s['prompt_tps']:14.1f}{s['decode_tps']:14.1f}{s['ttft_ms']:10.1f}"
+              f"{s['peak_rss_mb']:13.1f}  {s['kernel']}")
+    if args.vs_llamacpp:
+        o, l = stats["ours"], stats["llamacpp"]
+        print(f"{'ratio ours/llama.cpp':24}{o['prompt_tps'] / l['prompt_tps']:14.2f}"
+              f"{o['decode_tps'] / l['decode_tps']:14.2f}{o['ttft_ms'] / l['ttft_ms']:10.2f}"
+              f"{o['peak_rss_mb'] / l['peak_rss_mb']:13.2f}")
+    bw = measure_bandwidth(args.threads)
+    per_token = weight_bytes_per_token(args.model)
+    roof = bw / per_token
+    print(f"roofline: {per_token / 1e6:.1f} MB of weights per token, read bandwidth {bw / 1e9:.1f} GB/s "
+          f"({args.threads} threads) -> {roof:.0f} tok/s; ours reaches {stats['ours']['decode_tps'] / roof:.0%}")
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except BrokenPipeError:
+        sys.exit(0)
