@@ -514,3 +514,45 @@ def test_binding(llama3_json):
         assert hasattr(lib, name), name
     ctok = CTokenizer((ffi, lib), llama3_json)
     assert ctok.encode("Hello world") == [9906, 1917]
+
+
+def test_export_check_agrees_with_c(clib, llama3_json, smollm2_json):
+    """export/c_tokenizer.py (the exporter's warning) accepts exactly what the C tokenizer accepts."""
+    import copy
+    import json
+    from export.c_tokenizer import c_tokenizer_problem
+    base = json.loads(llama3_json)
+    base["model"]["vocab"] = {k: v for k, v in base["model"]["vocab"].items() if v < 1000}
+    base["model"]["merges"] = []
+    base["added_tokens"] = base["added_tokens"][:5]
+    smol = json.loads(smollm2_json)
+    smol["model"]["merges"] = []
+
+    def var(d, path, value):
+        d = copy.deepcopy(d)
+        obj = d
+        for k in path[:-1]:
+            obj = obj[k]
+        obj[path[-1]] = value
+        return d
+
+    gpt2 = {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": True}
+    cases = [base, smol, var(base, ["pre_tokenizer"], gpt2),
+             var(base, ["pre_tokenizer"], dict(gpt2, add_prefix_space=True)),
+             var(base, ["pre_tokenizer"], dict(gpt2, use_regex=False)),
+             var(base, ["pre_tokenizer", "pretokenizers", 0, "pattern", "Regex"], r"\p{L}+"),
+             var(base, ["pre_tokenizer", "pretokenizers", 0, "behavior"], "Removed"),
+             var(base, ["pre_tokenizer", "pretokenizers", 0, "invert"], True),
+             var(smol, ["pre_tokenizer", "pretokenizers", 0, "individual_digits"], False),
+             var(base, ["pre_tokenizer"], {"type": "Metaspace", "replacement": "▁"}),
+             var(base, ["pre_tokenizer"], None), var(base, ["normalizer"], {"type": "NFC"}),
+             var(base, ["model", "type"], "Unigram"), var(base, ["model", "dropout"], 0.5),
+             var(base, ["model", "end_of_word_suffix"], "</w>"),
+             var(base, ["added_tokens"], [{"id": 5, "content": "<x>", "rstrip": True}])]
+    for d in cases:
+        data = json.dumps(d).encode()
+        st, msg = _new_status(clib, data)
+        problem = c_tokenizer_problem(data)
+        assert (st == 0) == (problem is None), (st, msg, problem)
+    assert c_tokenizer_problem(llama3_json) is None and c_tokenizer_problem(smollm2_json) is None
+    assert "not valid JSON" in c_tokenizer_problem(b"{")
