@@ -146,11 +146,12 @@ def layer(weights, cfg, i, h, pos0=0, capture=None) -> np.ndarray:
 
     # scores (nh, T, T), causal mask, softmax over keys
     qh = q.transpose(1, 0, 2)  # (nh, T, hd)
-    scores = np.matmul(qh, k.transpose(1, 2, 0)) / math.sqrt(hd)
-    mask = np.triu(np.ones((T, T), dtype=bool), k=1)
-    scores = np.where(mask[None], -np.inf, scores)
+    scores = np.matmul(qh, k.transpose(1, 2, 0))
+    scores *= 1.0 / math.sqrt(hd)
+    future = np.triu_indices(T, k=1)  # causal mask: key s > query t
+    scores[:, future[0], future[1]] = -np.inf
     scores -= scores.max(axis=-1, keepdims=True)
-    probs = np.exp(scores)
+    probs = np.exp(scores, out=scores)  # in place: (nh, T, T) is the largest temporary
     probs /= probs.sum(axis=-1, keepdims=True)
     att = np.matmul(probs, v.transpose(1, 0, 2))  # (nh, T, hd)
     att = att.transpose(1, 0, 2).reshape(T, nh * hd)
