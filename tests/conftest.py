@@ -13,8 +13,10 @@ spans several tokens) and a ChatML chat template.
 """
 
 import glob
+import importlib.util
 import json
 import os
+import subprocess
 import sys
 
 import numpy as np
@@ -22,15 +24,42 @@ import pytest
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
-# The checkout's pyrunq4/ wins when it holds a built extension (a development
-# build: python setup.py build_ext --inplace); otherwise an installed pyrunq4
-# (pip install .) is tested, and the checkout only supplies export/ for the
-# fixtures.
-if glob.glob(os.path.join(ROOT, "pyrunq4", "_runq4*.so")) \
-        or glob.glob(os.path.join(ROOT, "pyrunq4", "_runq4*.pyd")):
-    sys.path.insert(0, ROOT)
-else:  # (python -m pytest puts the checkout first: move it last)
-    sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != ROOT] + [ROOT]
+
+
+def _select_pyrunq4():
+    """Which pyrunq4 the tests import.
+
+    The checkout's pyrunq4/ when it holds a built extension (a development
+    build: python setup.py build_ext --inplace, or pip install -e .); if that
+    extension is older than src/ or _build.py it is rebuilt first, so the tests
+    never run a stale engine. Without an in-tree build, an installed pyrunq4
+    (pip install '.[test]', as make test does) is tested and the checkout only
+    supplies export/ for the fixtures; with neither, the extension is built in
+    place."""
+    pkg = os.path.join(ROOT, "pyrunq4")
+    exts = glob.glob(os.path.join(pkg, "_runq4*.so")) + glob.glob(os.path.join(pkg, "_runq4*.pyd"))
+    others = [p for p in sys.path if os.path.abspath(p or ".") != ROOT]
+    if not exts:
+        saved = sys.path[:]
+        sys.path[:] = others
+        try:
+            spec = importlib.util.find_spec("pyrunq4")
+        finally:
+            sys.path[:] = saved
+        if spec is not None and spec.origin and not spec.origin.startswith(pkg + os.sep):
+            sys.path[:] = others + [ROOT]  # the installed copy first
+            return
+    sources = [f for f in glob.glob(os.path.join(ROOT, "src", "*.[ch]"))
+               if os.path.basename(f) != "main.c"] + [os.path.join(pkg, "_build.py")]
+    if not exts or min(map(os.path.getmtime, exts)) < max(map(os.path.getmtime, sources)):
+        r = subprocess.run([sys.executable, "setup.py", "-q", "build_ext", "--inplace", "--force"], cwd=ROOT,
+                           capture_output=True, text=True)
+        if r.returncode != 0:  # the import of pyrunq4._runq4 will fail and say so
+            sys.stderr.write("conftest: building pyrunq4._runq4 failed:\n" + r.stderr[-3000:])
+    sys.path[:] = [ROOT] + others
+
+
+_select_pyrunq4()
 if HERE not in sys.path:
     sys.path.insert(0, HERE)
 
