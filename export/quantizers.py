@@ -197,9 +197,12 @@ def _upper_cholesky_of_inverse(H, damp):
         Hd = H.copy()
         Hd[np.diag_indices(n)] += damp * (10 ** k) * mean_diag
         try:
-            L = np.linalg.cholesky(Hd)
-            Linv = np.linalg.inv(L)                 # H^-1 = L^-T L^-1
-            return np.linalg.cholesky(Linv.T @ Linv).T
+            # 2n^3 flops, half of inverting the Cholesky factor and multiplying; a
+            # matrix that is not positive definite fails in the cholesky below
+            Hinv = np.linalg.inv(Hd)
+            Hinv += Hinv.T
+            Hinv *= 0.5
+            return np.linalg.cholesky(Hinv).T
         except np.linalg.LinAlgError:
             continue
     raise np.linalg.LinAlgError("Hessian not positive definite even with heavy dampening")
