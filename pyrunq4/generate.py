@@ -124,6 +124,8 @@ def _report(model, totals):
 
 
 def _accumulate(totals, stats):
+    if stats and stats.get("stop_reason") == "context":
+        print("(stopped: the context is full; --ctx sets its length)", file=sys.stderr)
     if stats:
         totals[0] += stats["prompt_fed"]
         totals[1] += stats["prompt_seconds"]
@@ -147,8 +149,8 @@ def _run(args):
                 raise _UsageError("--system needs --chat")
             for piece in m.stream(args.prompt or "", **gen):
                 _write(piece)
-            _accumulate(totals, m.last_stats)
             _write("\n")
+            _accumulate(totals, m.last_stats)
         else:
             messages = []
             if args.system is not None:
@@ -172,8 +174,8 @@ def _run(args):
                 for piece in m.chat_stream(messages, **gen):
                     reply.append(piece)
                     _write(piece)
-                _accumulate(totals, m.last_stats)
                 _write("\n")
+                _accumulate(totals, m.last_stats)
                 messages.append({"role": "assistant", "content": "".join(reply)})
                 if not interactive:
                     break
