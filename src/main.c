@@ -3,7 +3,7 @@
  *
  *   runq4 MODEL.rq4 [-t temperature] [-p top_p] [-s seed] [-n steps] [-i prompt]
  *         [-m generate|chat] [-y system_prompt] [-T threads] [-c context]
- *         [-k f32|f16] [-M max_memory_MB] [-v] [-h]
+ *         [-k f32|f16] [-M max_memory_MiB] [-v] [-h]
  *
  * Generated text goes to stdout only (streamed, flushed per token); the
  * statistics (prompt and decode tokens/s, peak resident memory) go to
@@ -57,7 +57,7 @@ static const char *USAGE =
     "  -c <int>    context length (KV cache), default min(4096, the model's)\n"
     "  -k <string> KV cache type: f32|f16, default f32\n"
     "  -M <int>    refuse to start if weights + KV cache + buffers would\n"
-    "              exceed this many MB (default: no limit)\n"
+    "              exceed this many MiB (2^20 bytes; default: no limit)\n"
     "  -v          also print the prompt and generated token ids on stderr\n"
     "  -h          this help\n"
     "Text goes to stdout, statistics to stderr.\n";
@@ -113,7 +113,7 @@ static double now_s(void) {
 static double peak_rss_mb(void) {
     struct rusage ru;
     if (getrusage(RUSAGE_SELF, &ru) != 0) return 0.0;
-    return (double)ru.ru_maxrss / 1024.0;   /* Linux: kilobytes */
+    return (double)ru.ru_maxrss / 1024.0;   /* Linux: KiB -> MiB */
 }
 
 /* The tokenizer copies what it needs out of the tokenizer.json blob (9 MB for
@@ -531,7 +531,7 @@ int main(int argc, char **argv) {
             if (strcmp(v, "f32") != 0 && strcmp(v, "f16") != 0) die("-k must be f32 or f16, got '%s'", v);
             kv = v;
             break;
-        case 'M': max_mb = parse_u64("-M", v); if (max_mb == 0 || max_mb > (UINT64_MAX >> 20)) die("-M must be a number of MB >= 1, got '%s'", v); break;
+        case 'M': max_mb = parse_u64("-M", v); if (max_mb == 0 || max_mb > (UINT64_MAX >> 20)) die("-M must be a number of MiB >= 1, got '%s'", v); break;
         }
     }
     if (!path) die("no model file (usage: runq4 MODEL.rq4 [options]; runq4 -h for help)");
@@ -594,7 +594,7 @@ int main(int argc, char **argv) {
 
     fprintf(stderr,
             "runq4: load %.2f s; prompt %lld tokens, %.1f tok/s; generated %lld tokens, %.1f tok/s%s; "
-            "peak RSS %.1f MB; kernel %s, %ld threads, context %d, KV %s\n",
+            "peak RSS %.1f MiB; kernel %s, %ld threads, context %d, KV %s\n",
             load_s, (long long)r.prompt_tokens, r.prompt_s > 0 ? (double)r.prompt_tokens / r.prompt_s : 0.0,
             (long long)r.gen_tokens, r.gen_s > 0 ? (double)r.gen_tokens / r.gen_s : 0.0,
             r.context_full ? " (context full)" : "", peak_rss_mb(), rq4_kernel_name(), threads, r.cfg->n_ctx, kv);

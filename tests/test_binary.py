@@ -284,7 +284,7 @@ def test_stats_on_stderr(binary, tiny_tied):
     r = run(binary, tiny_tied, "-i", "Hello", "-n", 5, "-c", 64)
     assert r.returncode == 0
     err = r.stderr.decode()
-    assert "tok/s" in err and "peak RSS" in err and "MB" in err
+    assert "tok/s" in err and "peak RSS" in err and "MiB" in err
     assert b"tok/s" not in r.stdout
 
 
