@@ -19,7 +19,7 @@ LIB_SRCS = src/runq4.c src/kernels.c $(filter-out src/kernels.c,$(wildcard src/k
 LIB_OBJS = $(patsubst src/%.c,$(BUILD)/%.o,$(LIB_SRCS))
 HEADERS = $(wildcard src/*.h)
 
-.PHONY: sanitize valgrind fuzz fuzz-build all lib clean help venv demo test test-c test-kernels test-kernels-asan bench-kernels cross-aarch64-test-kernels cross-aarch64
+.PHONY: sanitize valgrind fuzz fuzz-build all lib clean help venv demo test test-c test-kernels test-kernels-asan bench-kernels cross-aarch64-test-kernels cross-aarch64 cross-armv7
 
 # all: the library (other targets are added below by their owners)
 all: lib
@@ -124,6 +124,16 @@ runq4-aarch64: src/main.c src/sampler.c $(LIB_SRCS) $(HEADERS)
 		src/main.c src/sampler.c $(LIB_SRCS) -o $@ $(LDLIBS)
 
 cross-aarch64: runq4-aarch64
+
+# cross-armv7: runq4-armv7, the same for a 32-bit ARM board (armv7-a, hard float;
+#   scalar kernels: the NEON sets are aarch64 only). qemu-arm ./runq4-armv7 m.rq4 -i hi
+#   Debian: gcc-arm-linux-gnueabihf qemu-user
+ARMV7_CC ?= arm-linux-gnueabihf-gcc
+runq4-armv7: src/main.c src/sampler.c $(LIB_SRCS) $(HEADERS)
+	$(ARMV7_CC) $(CFLAGS) $(BASE_CFLAGS) -march=armv7-a -mfpu=neon -mfloat-abi=hard -static -Isrc \
+		src/main.c src/sampler.c $(LIB_SRCS) -o $@ $(LDLIBS)
+
+cross-armv7: runq4-armv7
 
 # ---- reliability (issue 8, docs/RELIABILITY.md): sanitizers, valgrind, fuzzing ----
 
@@ -251,7 +261,7 @@ test: venv
 
 # clean: remove every build output
 clean:
-	rm -rf $(BUILD) runq4 runq4-asan $(VENV)/.installed runq4-aarch64 $(SAN_BUILD) $(FUZZ_BUILD)
+	rm -rf $(BUILD) runq4 runq4-asan $(VENV)/.installed runq4-aarch64 runq4-armv7 $(SAN_BUILD) $(FUZZ_BUILD)
 
 # help: this list
 help:

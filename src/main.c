@@ -169,7 +169,7 @@ static int is_eos(const run *r, int32_t id) {
  * r->ids; returns the count. */
 static int32_t encode(run *r, const char *text, size_t len, int special, int32_t bos) {
     size_t need = len + 2;
-    if (need > (size_t)INT32_MAX) die("the prompt is too long");
+    if (need > (size_t)INT32_MAX || need > SIZE_MAX / sizeof(int32_t)) die("the prompt is too long");
     if (need > r->ids_cap) {
         int32_t *p = realloc(r->ids, need * sizeof(int32_t));
         if (!p) die("out of memory encoding the prompt");

@@ -242,7 +242,7 @@ static int buf_reserve(buf *b, size_t extra) {
     if (b->len + extra <= b->cap) return 1;
     size_t cap = b->cap ? b->cap : 64;
     while (cap < b->len + extra) {
-        if (cap > ((size_t)1 << 40)) return 0;
+        if (cap > SIZE_MAX / 4) return 0;
         cap *= 2;
     }
     uint8_t *d = realloc(b->data, cap);
@@ -956,7 +956,8 @@ rq4_status rq4_tokenizer_new(const void *json, uint64_t size, rq4_tokenizer **ou
     if (!out) return fail(err, RQ4_ERR_ARG, "rq4_tokenizer_new: out is NULL");
     *out = NULL;
     if (!json) return fail(err, RQ4_ERR_ARG, "rq4_tokenizer_new: json is NULL");
-    if (size == 0 || size > ((uint64_t)1 << 32)) return fail(err, RQ4_ERR_FORMAT, "tokenizer.json: bad size %llu", (unsigned long long)size);
+    if (size == 0 || size >= ((uint64_t)1 << 32) || size > SIZE_MAX / 4)
+        return fail(err, RQ4_ERR_FORMAT, "tokenizer.json: bad size %llu", (unsigned long long)size);
     builder b;
     memset(&b, 0, sizeof b);
     b.err = err;
@@ -1240,6 +1241,8 @@ rq4_status rq4_tokenizer_encode(const rq4_tokenizer *t, const char *text_, uint6
         return fail(err, RQ4_ERR_ARG, "rq4_tokenizer_encode: bad arguments");
     if (len > (uint64_t)INT32_MAX) return fail(err, RQ4_ERR_ARG, "rq4_tokenizer_encode: text longer than 2 GB");
     if (len == 0) return RQ4_OK;
+    if (len > (SIZE_MAX - 64) / 32)   /* 32-bit: the scratch below would overflow size_t */
+        return fail(err, RQ4_ERR_NOMEM, "rq4_tokenizer_encode: text too long for this machine");
     size_t n = (size_t)len;
     scratch s = {0};
     /* per code point: value, class, byte offset (n+1); per byte: BPE symbols */

@@ -569,3 +569,20 @@ def test_qemu_aarch64_parity_smollm2(binary, binary_aarch64, smollm2_rq4):
     p, g, r = qemu_ids(binary_aarch64, "max", smollm2_rq4, "-m", "chat", "-i", "Hi!", "-n", 12, "-c", 128, "-T", 2)
     native = run(binary, smollm2_rq4, "-m", "chat", "-i", "Hi!", "-n", 12, "-c", 128, "-T", 2, "-v")
     assert (p, g) == (ids_of(native.stderr, "prompt"), ids_of(native.stderr, "generated"))
+
+
+def test_qemu_armv7_parity(binary, tiny_model, chain_model):
+    """make cross-armv7 (32-bit, scalar kernels) under qemu-arm: the same greedy ids as native."""
+    cc = os.environ.get("ARMV7_CC", "arm-linux-gnueabihf-gcc")
+    if shutil.which(cc) is None or shutil.which("qemu-arm") is None:
+        pytest.skip("no armv7 cross compiler or qemu-arm (Debian: gcc-arm-linux-gnueabihf qemu-user)")
+    r = subprocess.run(["make", "-s", "cross-armv7"], cwd=ROOT, capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout + r.stderr
+    arm = os.path.join(ROOT, "runq4-armv7")
+    for path, prompt in [(tiny_model, "The quick brown fox"), (chain_model, "a")]:
+        args = [path, "-i", prompt, "-n", 24, "-c", 64, "-T", 2]
+        q = subprocess.run(["qemu-arm", arm, *map(str, args), "-v"], capture_output=True, timeout=600)
+        assert q.returncode == 0, q.stderr
+        native = run(binary, *args, "-v")
+        assert ids_of(q.stderr, "generated") == ids_of(native.stderr, "generated")
+        assert q.stdout == native.stdout
