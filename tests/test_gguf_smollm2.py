@@ -27,7 +27,7 @@ pytestmark = pytest.mark.smollm2
 
 LICENSES = ("/usr/share/common-licenses/GPL-3", "/usr/share/common-licenses/Apache-2.0")
 WINDOW = 512
-TEST_TOKENS = 2048     # the CI tests score 4 windows; the docs table scores the whole text
+TEST_TOKENS = 1024     # the CI tests score 2 windows; the docs table scores the whole text
 
 
 def license_text():
@@ -166,9 +166,11 @@ def test_chat_two_plus_two(lossless):
 
 
 def test_requantized_is_worse(gguf_path, lossless, ids, tmp_path):
-    """Plain RTN from the float weights: g32 loses a little, g128 clearly more; the engine adds almost
-    nothing to the quantization's own error (its perplexity is within 2 % of the numpy reference
-    on the same dequantized int4 weights)."""
+    """Plain RTN (q4s, d = max|w|/7) from the float weights is measurably worse than the exact import,
+    g128 more than g32; and the engine adds almost nothing to the quantization's own error: its
+    perplexity on the same dequantized int4 weights is that of the numpy reference (float activations
+    to 0.5 %; the default int8 activations, quantized per weight group, add about 2 % at g128, see
+    docs/QUANT_IMPORT.md)."""
     from pyrunq4.reference import weights_from_rq4
     sub = ids[:TEST_TOKENS]
     base = engine_ppl(lossless, sub)
@@ -176,18 +178,18 @@ def test_requantized_is_worse(gguf_path, lossless, ids, tmp_path):
     for gs in (32, 128):
         path = export_gguf(gguf_path, tmp_path / f"rtn{gs}.rq4", group_size=gs, requantize=True)
         res[gs] = engine_ppl(path, sub)
-        if gs == 128:
-            w, cfg = weights_from_rq4(path)
-            ref = reference_ppl(w, cfg, sub[:1024])
-            eng = engine_ppl(path, sub[:1024])
-            assert abs(eng / ref - 1) < 0.02, (eng, ref)
     assert base < res[32] < res[128], (base, res)
-    assert res[128] > base * 1.10, (base, res)     # "much worse" at g128 for a 135M model
+    assert res[128] > base * 1.10, (base, res)     # much worse at g128 for a 135M model
+    w, cfg = weights_from_rq4(path)               # g128
+    one = sub[:WINDOW]
+    ref = reference_ppl(w, cfg, one)
+    assert abs(engine_ppl(path, one, float_activations=True) / ref - 1) < 0.005
+    assert abs(engine_ppl(path, one) / ref - 1) < 0.035
 
 
 def test_lossless_matches_llama_cpp(gguf_path, lossless, ids):
     pytest.importorskip("llama_cpp")
-    sub = ids[:TEST_TOKENS]
+    sub = ids[:1024]
     ours, theirs = engine_ppl(lossless, sub), llama_cpp_ppl(gguf_path, sub)
     assert abs(ours / theirs - 1) < 0.03, (ours, theirs)
 
