@@ -185,10 +185,17 @@ static int decode_byte_level(uint8_t *s, size_t n, size_t *out_len, const int16_
 /* Hashing                                                                  */
 
 static uint32_t hash_bytes(const uint8_t *s, size_t n) {
-    uint32_t h = 2166136261u;   /* FNV-1a */
+    uint32_t h = 2166136261u;   /* FNV-1a, then murmur3's finalizer to spread it */
     for (size_t i = 0; i < n; i++) { h ^= s[i]; h *= 16777619u; }
-    return h ^ (h >> 15);
+    h ^= h >> 16; h *= 0x85ebca6bu; h ^= h >> 13; h *= 0xc2b2ae35u; h ^= h >> 16;
+    return h;
 }
+
+/* A vocab hash slot holds id | tag << 24 (ids are < 2^24): 7 more bits of the
+ * hash, so that most probes of other entries are rejected without reading
+ * their bytes. -1 is empty. */
+#define SLOT_ID(v) ((v) & 0xFFFFFF)
+#define SLOT_TAG(h) ((int32_t)(((h) >> 25) << 24))
 
 static uint32_t hash_pair(int32_t a, int32_t b) {
     uint64_t x = ((uint64_t)(uint32_t)a << 32) | (uint32_t)b;
@@ -204,11 +211,13 @@ static uint32_t table_size(uint64_t n) {
 
 /* id of the encodable vocabulary entry with these bytes, or -1 */
 static int32_t vocab_lookup(const rq4_tokenizer *t, const uint8_t *s, size_t n) {
-    uint32_t mask = t->vhash_cap - 1, h = hash_bytes(s, n) & mask;
+    uint32_t full = hash_bytes(s, n), mask = t->vhash_cap - 1, h = full & mask;
+    int32_t tag = SLOT_TAG(full);
     for (;;) {
-        int32_t id = t->vhash[h];
-        if (id < 0) return -1;
-        if (t->len[id] == n && memcmp(t->text + t->off[id], s, n) == 0) return id;
+        int32_t v = t->vhash[h];
+        if (v < 0) return -1;
+        int32_t id = SLOT_ID(v);
+        if ((v & ~0xFFFFFF) == tag && t->len[id] == n && memcmp(t->text + t->off[id], s, n) == 0) return id;
         h = (h + 1) & mask;
     }
 }
@@ -382,6 +391,19 @@ static int j_number(jcur *j, double *v) {
 /* A non-negative integer below MAX_TOKEN_ID. */
 static int j_id(jcur *j, int32_t *id) {
     double v;
+    j_ws(j);
+    {   /* fast path: plain digits */
+        const uint8_t *p = j->p;
+        int32_t x = 0;
+        int k = 0;
+        while (p + k < j->end && k < 8 && p[k] >= '0' && p[k] <= '9') x = x * 10 + (p[k++] - '0');
+        if (k > 0 && (k == 1 || p[0] != '0') && x < MAX_TOKEN_ID &&
+            (p + k == j->end || (p[k] != '.' && p[k] != 'e' && p[k] != 'E' && !(p[k] >= '0' && p[k] <= '9')))) {
+            j->p += k;
+            *id = x;
+            return 1;
+        }
+    }
     if (!j_number(j, &v) || !(v >= 0 && v < MAX_TOKEN_ID) || v != (double)(int32_t)v) return 0;
     *id = (int32_t)v;
     return 1;
@@ -656,14 +678,15 @@ static rq4_status build_vocab_hash(builder *b, int32_t max_id) {
     for (int32_t id = 0; id <= max_id; id++) {
         if ((t->flags[id] & (FLAG_PRESENT | 0x80)) != FLAG_PRESENT) continue;
         const uint8_t *s = t->text + t->off[id];
-        uint32_t h = hash_bytes(s, t->len[id]) & mask;
+        uint32_t full = hash_bytes(s, t->len[id]), h = full & mask;
         for (;;) {
-            int32_t o = t->vhash[h];
-            if (o < 0) { t->vhash[h] = id; break; }
+            int32_t v = t->vhash[h];
+            if (v < 0) { t->vhash[h] = id | SLOT_TAG(full); break; }
             /* two ids with the same piece: tokenizers keeps the later one in
                the JSON; we keep the larger id (pieces are unique in real files) */
+            int32_t o = SLOT_ID(v);
             if (t->len[o] == t->len[id] && memcmp(t->text + t->off[o], s, t->len[id]) == 0) {
-                t->vhash[h] = id;
+                t->vhash[h] = id | SLOT_TAG(full);
                 break;
             }
             h = (h + 1) & mask;
