@@ -104,6 +104,24 @@ def test_corpus_through_pyrunq4(corpus):
     assert outcomes["gguf"] == "refused: FormatError"
 
 
+def test_untied_model_corpus_through_pyrunq4(tmp_path):
+    """The same corpus from an untied model (an "output" entry, q8 embeddings, GQA)."""
+    data = open(badfiles.make_micro_untied(tmp_path / "untied.rq4"), "rb").read()
+    mem = MemFile()
+    counts = {}
+    try:
+        for name, blob in badfiles.bad_files(data, flips=200):
+            mem.set(blob)
+            o = try_model(mem.path).split(":")[0]
+            counts[o] = counts.get(o, 0) + 1
+            if name.startswith(("trunc", "header.version", "header.dim", "header.n_entries")):
+                assert o == "refused", name
+    finally:
+        mem.close()
+    print("\nuntied: %d bad files: %s" % (sum(counts.values()), counts))
+    assert sum(counts.values()) > 4000
+
+
 def test_messages_name_the_problem(micro, tmp_path):
     data = open(micro, "rb").read()
     cases = dict(badfiles.bad_files(data, flips=0))

@@ -22,7 +22,7 @@ ROOT = os.path.dirname(TESTS)
 sys.path[:0] = [TESTS, ROOT]
 
 import badfiles  # noqa: E402
-from conftest import make_tokenizer_json, write_random_model  # noqa: E402
+from conftest import make_tokenizer_json  # noqa: E402
 
 TEXTS = [
     "Hello, world!", "The cat sat on the mat. 12345 67", "<|im_start|>user\nhi<|im_end|>\n",
@@ -41,9 +41,7 @@ def main(out):
     os.makedirs(os.path.join(out, "seeds_loader"), exist_ok=True)
     os.makedirs(os.path.join(out, "seeds_tokenizer"), exist_ok=True)
     micro = badfiles.make_micro_model(os.path.join(out, "micro.rq4"))
-    untied = write_random_model(os.path.join(out, "micro_untied.rq4"), dim=32, hidden_dim=64, n_layers=1,
-                                n_heads=2, n_kv_heads=1, head_dim=32, tied=False, rope=False, emb_type="q8",
-                                max_seq_len=64, seed=2)
+    untied = badfiles.make_micro_untied(os.path.join(out, "micro_untied.rq4"))
     for p in (micro, untied):
         write(os.path.join(out, "seeds_loader", os.path.basename(str(p))), open(p, "rb").read())
     data = open(micro, "rb").read()
