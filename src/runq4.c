@@ -984,35 +984,38 @@ static void cache_put(void *cache, int kv_type, size_t at, const float *src, int
 
 typedef struct attention_job {
     int layer;
-    int pos0;  /* position of the chunk's first token */
+    int pos0;            /* position of the chunk's first token */
+    int heads_per_item;  /* kv_mul (a whole GQA group), or 1 when that leaves threads idle */
 } attention_job;
 
-/* Items [start, end) of (token, kv head): causal attention, over the cached
- * positions 0..pos, of the kv_mul query heads that share one kv head (GQA),
- * into xb. Each key and value row is read (and converted from f16) once for
- * the whole group; every query head's arithmetic is the same as on its own. */
+/* Items [start, end) of (token, group of heads_per_item query heads): causal
+ * attention over the cached positions 0..pos, into xb. A group lies within the
+ * query heads sharing one kv head (GQA), so each key and value row is read
+ * (and converted from f16) once for the group; each query head's arithmetic is
+ * the same whatever the grouping. */
 static void attend(const rq4_model *m, void *arg, int thread, int start, int end) {
     const attention_job *j = arg;
     const rq4_config *c = &m->config;
     int hd = c->head_dim, kv_mul = c->n_heads / c->n_kv_heads, f16 = c->kv_type == RQ4_KV_F16;
+    int nh = j->heads_per_item, items_per_token = c->n_heads / nh;
     size_t kv_dim = (size_t)m->kv_dim, layer_off = (size_t)j->layer * (size_t)c->n_ctx * kv_dim;
     float *att = m->att + (size_t)thread * attention_scratch(c); /* (kv_mul, n_ctx) scores */
     float *tmp = att + (size_t)kv_mul * (size_t)c->n_ctx;         /* (4, head_dim) f16 rows as floats */
     float scale = (float)(1.0 / sqrt((double)hd));
     for (int item = start; item < end; item++) {
-        int t = item / c->n_kv_heads, g = item % c->n_kv_heads, pos = j->pos0 + t;
-        const float *q = m->q + (size_t)t * (size_t)m->q_dim + (size_t)g * (size_t)kv_mul * (size_t)hd;
-        float *out = m->xb + (size_t)t * (size_t)m->q_dim + (size_t)g * (size_t)kv_mul * (size_t)hd;
-        size_t head_off = layer_off + (size_t)g * (size_t)hd;
+        int t = item / items_per_token, h0 = item % items_per_token * nh, pos = j->pos0 + t;
+        const float *q = m->q + (size_t)t * (size_t)m->q_dim + (size_t)h0 * (size_t)hd;
+        float *out = m->xb + (size_t)t * (size_t)m->q_dim + (size_t)h0 * (size_t)hd;
+        size_t head_off = layer_off + (size_t)(h0 / kv_mul) * (size_t)hd;
         /* scores of each query head against every key up to this position */
         for (int p = 0; p <= pos; p++) {
             const float *k = cache_row(m->key_cache, f16, head_off + (size_t)p * kv_dim, hd, tmp);
-            for (int h = 0; h < kv_mul; h++)
+            for (int h = 0; h < nh; h++)
                 att[(size_t)h * c->n_ctx + p] = dot_f32(q + (size_t)h * hd, k, hd) * scale;
         }
-        for (int h = 0; h < kv_mul; h++) softmax(att + (size_t)h * c->n_ctx, pos + 1);
+        for (int h = 0; h < nh; h++) softmax(att + (size_t)h * c->n_ctx, pos + 1);
         /* weighted sums of the values, four positions per pass */
-        memset(out, 0, (size_t)kv_mul * (size_t)hd * sizeof(float));
+        memset(out, 0, (size_t)nh * (size_t)hd * sizeof(float));
         int p = 0;
         for (; p + 4 <= pos + 1; p += 4) {
             size_t v = head_off + (size_t)p * kv_dim;
@@ -1020,12 +1023,12 @@ static void attend(const rq4_model *m, void *arg, int thread, int start, int end
             const float *v1 = cache_row(m->value_cache, f16, v + kv_dim, hd, tmp + hd);
             const float *v2 = cache_row(m->value_cache, f16, v + 2 * kv_dim, hd, tmp + 2 * hd);
             const float *v3 = cache_row(m->value_cache, f16, v + 3 * kv_dim, hd, tmp + 3 * hd);
-            for (int h = 0; h < kv_mul; h++)
+            for (int h = 0; h < nh; h++)
                 add_scaled4(out + (size_t)h * hd, att + (size_t)h * c->n_ctx + p, v0, v1, v2, v3, hd);
         }
         for (; p <= pos; p++) {
             const float *v = cache_row(m->value_cache, f16, head_off + (size_t)p * kv_dim, hd, tmp);
-            for (int h = 0; h < kv_mul; h++) add_scaled(out + (size_t)h * hd, att[(size_t)h * c->n_ctx + p], v, hd);
+            for (int h = 0; h < nh; h++) add_scaled(out + (size_t)h * hd, att[(size_t)h * c->n_ctx + p], v, hd);
         }
     }
 }
@@ -1082,8 +1085,9 @@ static void forward_chunk(rq4_model *m, const int32_t *tokens, int ntok, int pos
         }
 
         /* multi-head (grouped-query) causal attention, into xb (ntok, q_dim) */
-        attention_job aj = {l, pos0};
-        run_parallel(m, attend, &aj, ntok * c->n_kv_heads);
+        attention_job aj = {l, pos0, c->n_heads / c->n_kv_heads};
+        if (ntok * c->n_kv_heads < 2 * c->n_threads) aj.heads_per_item = 1; /* decoding: one head per item */
+        run_parallel(m, attend, &aj, ntok * (c->n_heads / aj.heads_per_item));
         forget_input(&m->acts);
 
         /* output projection and residual */
