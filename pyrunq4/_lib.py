@@ -26,6 +26,7 @@ from ._runq4 import ffi, lib
 # ---- constants, from C -------------------------------------------------------
 
 FORMAT_VERSION = lib.RQ4_FORMAT_VERSION
+DEFAULT_CTX = lib.RQ4_DEFAULT_CTX
 HEADER_SIZE = lib.RQ4_HEADER_SIZE
 ENTRY_SIZE = lib.RQ4_ENTRY_SIZE
 NAME_MAX = lib.RQ4_NAME_MAX

@@ -16,7 +16,6 @@ import os
 import sys
 
 PROG = "python -m pyrunq4.generate"
-DEFAULT_CTX = 4096  # not the model's max_seq_len: Llama 3.2's 131072 would need GBs of KV cache
 
 
 class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -80,6 +79,8 @@ def _top_p(text):
 
 
 def build_parser():
+    from ._lib import DEFAULT_CTX
+
     p = _Parser(prog=PROG, description="Generate text with an .rq4 model (int4 C engine).",
                 formatter_class=_HelpFormatter)
     p.add_argument("model", metavar="MODEL.rq4", help="the model file")
@@ -139,11 +140,7 @@ def _run(args):
     gen = dict(max_new_tokens=args.max_new_tokens, temperature=args.temperature,
                top_p=args.top_p, top_k=args.top_k, seed=args.seed)
     totals = [0, 0.0, 0, 0.0]
-    ctx = args.ctx
-    if ctx is None:  # peek at max_seq_len with a 1-token cache (the file is only mapped)
-        with Model(args.model, n_ctx=1, n_threads=1) as probe:
-            ctx = min(DEFAULT_CTX, probe.config.max_seq_len)
-    with Model(args.model, n_ctx=ctx, n_threads=args.threads) as m:
+    with Model(args.model, n_ctx=args.ctx, n_threads=args.threads) as m:
         if not args.chat:
             if args.system is not None:
                 raise _UsageError("--system needs --chat")

@@ -128,7 +128,7 @@ class Model:
     Model(path, n_ctx=None, n_threads=None, kv_type="f32", max_memory=None,
           float_activations=False)
 
-    n_ctx: KV cache length (None: the model's max_seq_len).
+    n_ctx: KV cache length (None: 4096, or the model's max_seq_len if smaller).
     n_threads: worker threads (None: the CPUs this process may use).
     kv_type: "f32" or "f16" KV cache.
     max_memory: bytes; opening fails with MemoryLimitError, before allocating,

@@ -1237,7 +1237,7 @@ static rq4_status open_model(rq4_model *m, const char *path, const rq4_options *
     /* the open-time choices */
     if (o->n_ctx > c->max_seq_len)
         return fail(err, RQ4_ERR_ARG, "n_ctx = %d exceeds the model's max_seq_len = %d", o->n_ctx, c->max_seq_len);
-    c->n_ctx = o->n_ctx ? o->n_ctx : c->max_seq_len;
+    c->n_ctx = o->n_ctx ? o->n_ctx : (c->max_seq_len < RQ4_DEFAULT_CTX ? c->max_seq_len : RQ4_DEFAULT_CTX);
     c->n_threads = o->n_threads ? o->n_threads : 1;
     c->kv_type = o->kv_type;
     m->float_activations = o->float_activations != 0;

@@ -32,6 +32,10 @@ extern "C" {
 #define RQ4_MAX_EOS 4
 #define RQ4_MIN_GROUP 32
 
+/* The KV cache length when the caller chooses none: not Llama 3.2's 131072
+ * positions, whose f32 cache alone would take 8.6 GB. */
+#define RQ4_DEFAULT_CTX 4096
+
 /* Tensor and blob types of a table entry. */
 enum rq4_type {
     RQ4_TYPE_F32 = 0,  /* float32, row-major */
@@ -99,7 +103,7 @@ typedef struct rq4_config {
 } rq4_config;
 
 typedef struct rq4_options {
-    int32_t n_ctx;            /* 0: the model's max_seq_len */
+    int32_t n_ctx;            /* 0: min(RQ4_DEFAULT_CTX, max_seq_len) */
     int32_t n_threads;        /* 0: 1 thread */
     int32_t kv_type;          /* RQ4_KV_F32 (default) or RQ4_KV_F16 */
     int32_t float_activations;/* 1: reference mode, weights dequantized and
