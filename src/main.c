@@ -37,7 +37,6 @@
 #include "sampler.h"
 #include "tokenizer.h"
 
-#define DEFAULT_CTX 4096   /* as pyrunq4.generate: not Llama 3.2's 131072 (GBs of KV cache) */
 #define DEFAULT_STEPS 256
 
 static const char *USAGE =
@@ -549,18 +548,7 @@ int main(int argc, char **argv) {
     opts.kv_type = strcmp(kv, "f16") == 0 ? RQ4_KV_F16 : RQ4_KV_F32;
     opts.n_threads = (int32_t)threads;
     opts.max_memory = max_mb << 20;
-    if (ctx == 0) {
-        /* peek at max_seq_len with a 1-token cache (the file is only mapped) */
-        rq4_options probe_opts;
-        rq4_model *probe = NULL;
-        rq4_default_options(&probe_opts);
-        probe_opts.n_ctx = 1;
-        if (rq4_open(path, &probe_opts, &probe, &err) != RQ4_OK) die("%s", err.message);
-        int32_t msl = rq4_get_config(probe)->max_seq_len;
-        rq4_close(probe);
-        ctx = msl < DEFAULT_CTX ? msl : DEFAULT_CTX;
-    }
-    opts.n_ctx = (int32_t)ctx;
+    opts.n_ctx = (int32_t)ctx; /* 0: min(RQ4_DEFAULT_CTX, the model's) */
 
     run r;
     memset(&r, 0, sizeof r);
