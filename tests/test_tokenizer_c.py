@@ -20,7 +20,6 @@ import glob
 import os
 import random
 import subprocess
-import sys
 import sysconfig
 import time
 
@@ -28,7 +27,6 @@ import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SRC = os.path.join(ROOT, "src")
-sys.path.insert(0, ROOT)
 
 tokenizers = pytest.importorskip("tokenizers")
 cffi = pytest.importorskip("cffi")
