@@ -115,8 +115,8 @@ struct rq4_model {
     float *row;     /* (n_threads, max cols) a dequantized weight row (float mode) */
 
     /* kv cache, f32 or f16 */
-    void *key_cache;    /* (layer, n_ctx, kv_dim) */
-    void *value_cache;  /* (layer, n_ctx, kv_dim) */
+    void *key_cache;    /* (layer, n_kv_heads, n_ctx, head_dim): a head's keys are one contiguous run */
+    void *value_cache;  /* (layer, n_kv_heads, n_ctx, head_dim) */
     int pos;            /* tokens in the cache */
 
     pool *pool;         /* NULL with one thread */
@@ -973,6 +973,16 @@ static inline void add_scaled4(float *out, const float *a, const float *x0, cons
     for (int i = 0; i < n; i++) out[i] = out[i] + a[0] * x0[i] + a[1] * x1[i] + a[2] * x2[i] + a[3] * x3[i];
 }
 
+/* Element offset of (layer, kv head, position) in the kv cache: head-major, so
+ * attention streams each head's rows from one contiguous block (a row-major
+ * (position, kv_dim) cache made it read head_dim of every kv_dim values, and
+ * decoding spent more time there than in the matmuls). */
+static inline size_t kv_at(const rq4_model *m, int layer, int kv_head, int pos) {
+    const rq4_config *c = &m->config;
+    return (((size_t)layer * (size_t)c->n_kv_heads + (size_t)kv_head) * (size_t)c->n_ctx + (size_t)pos) *
+           (size_t)c->head_dim;
+}
+
 static void cache_put(void *cache, int kv_type, size_t at, const float *src, int n) {
     if (kv_type == RQ4_KV_F16) {
         uint16_t *dst = (uint16_t *)cache + at;
@@ -998,7 +1008,6 @@ static void attend(const rq4_model *m, void *arg, int thread, int start, int end
     const rq4_config *c = &m->config;
     int hd = c->head_dim, kv_mul = c->n_heads / c->n_kv_heads, f16 = c->kv_type == RQ4_KV_F16;
     int nh = j->heads_per_item, items_per_token = c->n_heads / nh;
-    size_t kv_dim = (size_t)m->kv_dim, layer_off = (size_t)j->layer * (size_t)c->n_ctx * kv_dim;
     float *att = m->att + (size_t)thread * attention_scratch(c); /* (kv_mul, n_ctx) scores */
     float *tmp = att + (size_t)kv_mul * (size_t)c->n_ctx;         /* (4, head_dim) f16 rows as floats */
     float scale = (float)(1.0 / sqrt((double)hd));
@@ -1006,10 +1015,10 @@ static void attend(const rq4_model *m, void *arg, int thread, int start, int end
         int t = item / items_per_token, h0 = item % items_per_token * nh, pos = j->pos0 + t;
         const float *q = m->q + (size_t)t * (size_t)m->q_dim + (size_t)h0 * (size_t)hd;
         float *out = m->xb + (size_t)t * (size_t)m->q_dim + (size_t)h0 * (size_t)hd;
-        size_t head_off = layer_off + (size_t)(h0 / kv_mul) * (size_t)hd;
+        size_t head_off = kv_at(m, j->layer, h0 / kv_mul, 0), row = (size_t)hd; /* position p at head_off + p*row */
         /* scores of each query head against every key up to this position */
         for (int p = 0; p <= pos; p++) {
-            const float *k = cache_row(m->key_cache, f16, head_off + (size_t)p * kv_dim, hd, tmp);
+            const float *k = cache_row(m->key_cache, f16, head_off + (size_t)p * row, hd, tmp);
             for (int h = 0; h < nh; h++)
                 att[(size_t)h * c->n_ctx + p] = dot_f32(q + (size_t)h * hd, k, hd) * scale;
         }
@@ -1018,16 +1027,16 @@ static void attend(const rq4_model *m, void *arg, int thread, int start, int end
         memset(out, 0, (size_t)nh * (size_t)hd * sizeof(float));
         int p = 0;
         for (; p + 4 <= pos + 1; p += 4) {
-            size_t v = head_off + (size_t)p * kv_dim;
+            size_t v = head_off + (size_t)p * row;
             const float *v0 = cache_row(m->value_cache, f16, v, hd, tmp);
-            const float *v1 = cache_row(m->value_cache, f16, v + kv_dim, hd, tmp + hd);
-            const float *v2 = cache_row(m->value_cache, f16, v + 2 * kv_dim, hd, tmp + 2 * hd);
-            const float *v3 = cache_row(m->value_cache, f16, v + 3 * kv_dim, hd, tmp + 3 * hd);
+            const float *v1 = cache_row(m->value_cache, f16, v + row, hd, tmp + hd);
+            const float *v2 = cache_row(m->value_cache, f16, v + 2 * row, hd, tmp + 2 * hd);
+            const float *v3 = cache_row(m->value_cache, f16, v + 3 * row, hd, tmp + 3 * hd);
             for (int h = 0; h < nh; h++)
                 add_scaled4(out + (size_t)h * hd, att + (size_t)h * c->n_ctx + p, v0, v1, v2, v3, hd);
         }
         for (; p <= pos; p++) {
-            const float *v = cache_row(m->value_cache, f16, head_off + (size_t)p * kv_dim, hd, tmp);
+            const float *v = cache_row(m->value_cache, f16, head_off + (size_t)p * row, hd, tmp);
             for (int h = 0; h < nh; h++) add_scaled(out + (size_t)h * hd, att[(size_t)h * c->n_ctx + p], v, hd);
         }
     }
@@ -1062,7 +1071,6 @@ static void forward_chunk(rq4_model *m, const int32_t *tokens, int ntok, int pos
 
     for (int l = 0; l < c->n_layers; l++) {
         const layer_weights *w = &m->layers[l];
-        size_t cache_off = ((size_t)l * (size_t)c->n_ctx + (size_t)pos0) * (size_t)m->kv_dim;
 
         /* attention rmsnorm */
         for (int t = 0; t < ntok; t++)
@@ -1079,9 +1087,11 @@ static void forward_chunk(rq4_model *m, const int32_t *tokens, int ntok, int pos
             const float *cs = m->rope + (size_t)t * (size_t)hd;
             apply_rope(m->q + (size_t)t * m->q_dim, c->n_heads, hd, cs);
             apply_rope(m->k + (size_t)t * m->kv_dim, c->n_kv_heads, hd, cs);
-            size_t at = cache_off + (size_t)t * (size_t)m->kv_dim;
-            cache_put(m->key_cache, c->kv_type, at, m->k + (size_t)t * m->kv_dim, m->kv_dim);
-            cache_put(m->value_cache, c->kv_type, at, m->v + (size_t)t * m->kv_dim, m->kv_dim);
+            for (int h = 0; h < c->n_kv_heads; h++) {
+                size_t at = kv_at(m, l, h, pos0 + t), src = (size_t)t * m->kv_dim + (size_t)h * (size_t)hd;
+                cache_put(m->key_cache, c->kv_type, at, m->k + src, hd);
+                cache_put(m->value_cache, c->kv_type, at, m->v + src, hd);
+            }
         }
 
         /* multi-head (grouped-query) causal attention, into xb (ntok, q_dim) */
