@@ -190,17 +190,19 @@ def quantize_mse(w, group_size, imp=None, ratios=DEFAULT_RATIOS, refine=1) -> Qu
 # ---------------------------------------------------------------------------
 
 def _upper_cholesky_of_inverse(H, damp):
-    """Upper U with U^T U = (H + damp*mean(diag) I)^-1 (float64), retrying with more dampening."""
+    """Upper U with U^T U = (H + damp*mean(diag) I)^-1 (float64), retrying with more
+    dampening. H is overwritten (its diagonal)."""
     n = H.shape[0]
-    mean_diag = float(np.mean(np.diag(H)))
+    idx = np.diag_indices(n)
+    diag0 = H[idx].copy()
+    mean_diag = float(np.mean(diag0))
     for k in range(6):
-        Hd = H.copy()
-        Hd[np.diag_indices(n)] += damp * (10 ** k) * mean_diag
+        H[idx] = diag0 + damp * (10 ** k) * mean_diag   # in place: H is the caller's scratch copy
         try:
             # 2n^3 flops, half of inverting the Cholesky factor and multiplying; a
             # matrix that is not positive definite fails in the cholesky below
-            Hinv = np.linalg.inv(Hd)
-            Hinv += Hinv.T
+            Hinv = np.linalg.inv(H)
+            Hinv += Hinv.T.copy()
             Hinv *= 0.5
             return np.linalg.cholesky(Hinv).T
         except np.linalg.LinAlgError:
@@ -237,7 +239,10 @@ def quantize_gptq(w, H, group_size, act_order=False, block_size=128, damp=0.01,
         d[:] = search_scales(W, group_size, imp=diag, ratios=ratios)
     perm = np.argsort(-diag, kind="stable") if act_order else np.arange(cols)
     W = W[:, perm]
-    U = _upper_cholesky_of_inverse(H[np.ix_(perm, perm)], damp).astype(np.float32)
+    if act_order:
+        H = H[np.ix_(perm, perm)]
+    U = _upper_cholesky_of_inverse(H, damp).astype(np.float32)
+    del H
     diag_p = diag[perm]
     Q = np.zeros((rows, cols), np.int8)
     d32 = d.astype(np.float32)
