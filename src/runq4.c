@@ -951,11 +951,21 @@ static inline const float *cache_row(const void *cache, int f16, size_t at, int 
 
 /* a . b in 8 interleaved partial sums: vectorizes, and the order is fixed, so
  * a result never depends on the batch or the thread. */
+typedef float f32x8 __attribute__((vector_size(32))); /* GCC/clang vector: 8 lanes, lane-wise ops */
+
 static inline float dot_f32(const float *a, const float *b, int n) {
-    float acc[8] = {0};
+    /* acc[j] += a[i + j] * b[i + j] written as one 8-lane vector: the same
+     * arithmetic, but GCC turned the array form into strided loads and shuffles */
+    f32x8 v = {0};
     int i = 0;
-    for (; i + 8 <= n; i += 8)
-        for (int j = 0; j < 8; j++) acc[j] += a[i + j] * b[i + j];
+    for (; i + 8 <= n; i += 8) {
+        f32x8 va, vb;
+        memcpy(&va, a + i, sizeof va);
+        memcpy(&vb, b + i, sizeof vb);
+        v += va * vb;
+    }
+    float acc[8];
+    memcpy(acc, &v, sizeof acc);
     float sum = ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
     for (; i < n; i++) sum += a[i] * b[i];
     return sum;
@@ -1003,7 +1013,19 @@ typedef struct attention_job {
  * query heads sharing one kv head (GQA), so each key and value row is read
  * (and converted from f16) once for the group; each query head's arithmetic is
  * the same whatever the grouping. */
-static void attend(const rq4_model *m, void *arg, int thread, int start, int end) {
+#if defined(__x86_64__) && defined(__GNUC__) && defined(__has_attribute) && defined(__ELF__)
+#if __has_attribute(target_clones)
+/* Compiled also for AVX2 and AVX-512 (chosen at load time): prompt attention is
+ * compute-bound. No fma is formed (-ffp-contract=off / ISO C mode), so every
+ * clone computes the same lane-wise operations in the same order: same bits. */
+#define ATTEND_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+#endif
+#endif
+#ifndef ATTEND_CLONES
+#define ATTEND_CLONES
+#endif
+
+ATTEND_CLONES static void attend(const rq4_model *m, void *arg, int thread, int start, int end) {
     const attention_job *j = arg;
     const rq4_config *c = &m->config;
     int hd = c->head_dim, kv_mul = c->n_heads / c->n_kv_heads, f16 = c->kv_type == RQ4_KV_F16;
