@@ -96,6 +96,7 @@ def build_parser():
                     help="tokens per window (each from an empty cache)")
     pp.add_argument("--threads", type=_positive_int, default=None,
                     help="worker threads (default: the CPUs this process may use)")
+    pp.add_argument("--kv", choices=("f32", "f16"), default="f32", help="KV cache element type")
     pp.add_argument("--float-activations", action="store_true",
                     help="reference mode: dequantized weights, float activations (slow); "
                          "isolates the weight quantization from the int8 activations")
@@ -105,21 +106,29 @@ def build_parser():
     return p
 
 
+def _open(path, args):
+    """The model with the command line's choices; the window is the context
+    (the library refuses one beyond the model's max_seq_len)."""
+    from .model import Model
+
+    return Model(path, n_ctx=args.window, n_threads=args.threads, kv_type=args.kv,
+                 float_activations=args.float_activations)
+
+
 def _cmd_compare(args, text):
     """One table for MODEL and every --compare file on the same ids."""
     import os
     import time
-    from .model import Model
 
     paths = [args.model] + list(args.compare)
-    with Model(paths[0], n_ctx=args.window, n_threads=args.threads) as m:
+    with _open(paths[0], args) as m:
         ids = m.tokenize(text, add_bos=True)
         vocab = m.config.vocab_size
     width = max(len(os.path.basename(x)) for x in paths)
     print(f"{'model':{width}s}  {'MB':>7s}  {'perplexity':>10s}  {'tokens':>6s}  {'seconds':>7s}")
     for path in paths:
         t0 = time.time()
-        with Model(path, n_ctx=args.window, n_threads=args.threads) as m:
+        with _open(path, args) as m:
             if m.config.vocab_size != vocab:
                 raise _UsageError(f"{path}: vocabulary {m.config.vocab_size} differs from {vocab}")
             ppl, n = perplexity(m, ids, args.window)
@@ -129,20 +138,13 @@ def _cmd_compare(args, text):
 
 
 def _cmd_perplexity(args):
-    from .model import Model
-
     if args.window < 2:
         raise _UsageError(f"--window must be >= 2, got {args.window}")
     with open(args.text, encoding="utf-8") as f:
         text = f.read()
     if args.compare:
         return _cmd_compare(args, text)
-    with Model(args.model, n_ctx=1, n_threads=1) as probe:  # only for max_seq_len
-        if args.window > probe.config.max_seq_len:
-            raise _UsageError(f"--window {args.window} exceeds the model's max_seq_len "
-                              f"{probe.config.max_seq_len}")
-    with Model(args.model, n_ctx=args.window, n_threads=args.threads,
-               float_activations=args.float_activations) as m:
+    with _open(args.model, args) as m:
         ids = m.tokenize(text, add_bos=True)
         ppl, n = perplexity(m, ids, args.window)
     print(f"perplexity: {ppl:.4f} tokens: {n}")
