@@ -18,7 +18,8 @@ are read by the same engine.
           the mse search, taken when the group's first column is reached
           (or, with act_order, up front from the original weights: "static
           groups", so groups stay contiguous in the file's column order).
-    awq   activation-aware scaling (Lin et al. 2023): per input channel
+    awq   (experimental, not a --method: it measured worse than mse on
+          SmolLM2-135M, docs/QUALITY.md) activation-aware scaling (Lin et al. 2023): per input channel
           s = mean|x|^alpha, W * s quantized with mse, 1/s folded into the
           preceding RMSNorm weight (wq/wk/wv, w1/w3) or the preceding linear's
           rows (w3 rows for w2; wv rows for wo when n_kv_heads == n_heads);
@@ -47,6 +48,7 @@ __all__ = [
     "make_stream",
     "calibration_ids",
     "METHODS",
+    "EXPERIMENTAL",
     "DEFAULT_RATIOS",
     "quantize",
     "quantize_mse",
@@ -59,7 +61,8 @@ __all__ = [
     "calibration_sequences",
 ]
 
-METHODS = ("rtn", "mse", "gptq", "awq")
+METHODS = ("rtn", "mse", "gptq")          # the exporter's --method choices
+EXPERIMENTAL = ("awq",)                    # quantize_model() only: measured worse than mse (docs/QUALITY.md)
 
 # Clipping ratios of max|w| tried by the mse search (for each sign of d).
 DEFAULT_RATIOS = tuple(np.round(np.linspace(0.70, 1.0, 13), 4))
@@ -382,8 +385,8 @@ def quantize_model(get, cfg, method, group_size, calib_ids=None, act_order=False
     rtn, mse, or gptq (default for gptq/awq): as the classifier it is a linear
     of the final-norm outputs, so when tied it gets GPTQ with the Hessian of
     those outputs (the untied `output` likewise; the untied lookup table mse)."""
-    if method not in METHODS:
-        raise ValueError(f"unknown method {method!r}; expected one of {METHODS}")
+    if method not in METHODS + EXPERIMENTAL:
+        raise ValueError(f"unknown method {method!r}; expected one of {METHODS + EXPERIMENTAL}")
     calibrated = method in ("gptq", "awq")
     if embed_method is None:
         embed_method = {"rtn": "rtn", "mse": "mse"}.get(method, "gptq")
