@@ -562,7 +562,7 @@ DATA_FREE = ("rtn", "mse")
 
 def add_arguments(parser):
     """The options of the calibrated methods, added to the exporter's CLI."""
-    g = parser.add_argument_group("gptq / awq calibration")
+    g = parser.add_argument_group("gptq calibration")
     g.add_argument("--calib", metavar="FILE",
                    help="UTF-8 text to calibrate on (default: the Python help topics shipped with "
                         "CPython, pydoc_data.topics)")
@@ -572,7 +572,7 @@ def add_arguments(parser):
         g.add_argument("--requantize", action="store_true",
                        help="re-quantize every tensor of an already quantized source (GGUF) from its "
                             "float values with --method instead of importing exact ones as is "
-                            "(gptq/awq always do)")
+                            "(gptq always does)")
     g.add_argument("--act-order", action="store_true",
                    help="gptq: quantize columns in order of decreasing Hessian diagonal "
                         "(static group scales, so groups stay contiguous in the file)")
