@@ -12,7 +12,6 @@ import json
 import os
 import re
 
-import numpy as np
 import pytest
 
 from export.gguf_source import read_metadata
