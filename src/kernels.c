@@ -109,34 +109,58 @@ const kernel_set kernels_scalar = {
 
 /* Per group of x[0..n): d = amax / 127, q = round-half-even(x / d) in
  * [-127, 127], s = sum of q. An all-zero group gets d = 0 and q = 0. */
-void quantize_act(qact *a, int t, const float *x) {
+#if defined(__x86_64__) && defined(__GNUC__) && defined(__has_attribute) && defined(__ELF__)
+#if __has_attribute(target_clones)
+/* Also compiled for AVX2 and AVX-512 (chosen at load time): the division per
+ * value is the cost, and wider vectors divide more at once. Division, the
+ * rounding trick and the clamps are exact in every clone: same bits. */
+#define QUANTIZE_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+#endif
+#endif
+#ifndef QUANTIZE_CLONES
+#define QUANTIZE_CLONES
+#endif
+
+/* One group of len values (a multiple of 8): returns its scale d, writes q and
+ * *sum. Written so that GCC vectorizes both passes (restrict: q never aliases
+ * x): the largest |x| in 8 lanes (a maximum is exact in any order, and NaN
+ * loses every comparison either way), then q, then its sum. */
+static inline __attribute__((always_inline)) float quantize_group(const float *restrict x, int8_t *restrict q,
+                                                                  int len, int32_t *sum) {
+    float m[8] = {0};
+    for (int i = 0; i + 8 <= len; i += 8)
+        for (int j = 0; j < 8; j++) {
+            float v = fabsf(x[i + j]);
+            m[j] = v > m[j] ? v : m[j];
+        }
+    float amax = 0.0f;
+    for (int j = 0; j < 8; j++) amax = m[j] > amax ? m[j] : amax;
+    float dg = amax / 127.0f;
+    int32_t s = 0;
+    if (dg > 0.0f) {
+        for (int i = 0; i < len; i++) {
+            /* round half to even: adding and subtracting 1.5 * 2^23 leaves
+             * no fraction bits (|v| <= 127 here); same as nearbyintf, but
+             * inlined and vectorized */
+            float v = (x[i] / dg + 12582912.0f) - 12582912.0f;
+            v = v > 127.0f ? 127.0f : v < -127.0f ? -127.0f : v == v ? v : 0.0f; /* NaN: 0 */
+            q[i] = (int8_t)(int)v;
+        }
+        for (int i = 0; i < len; i++) s += q[i];
+    } else {
+        for (int i = 0; i < len; i++) q[i] = 0;
+    }
+    *sum = s;
+    return dg;
+}
+
+QUANTIZE_CLONES void quantize_act(qact *a, int t, const float *x) {
     int8_t *q = a->q + (size_t)t * (size_t)a->n;
     float *d = a->d + (size_t)t * (size_t)a->ngroups;
     int32_t *s = a->s + (size_t)t * (size_t)a->ngroups;
     for (int g = 0; g < a->ngroups; g++) {
         int start = g * a->gs, end = min_int(start + a->gs, a->n);
-        float amax = 0.0f;
-        for (int i = start; i < end; i++) {
-            float v = fabsf(x[i]);
-            if (v > amax) amax = v;
-        }
-        float dg = amax / 127.0f;
-        int32_t sum = 0;
-        if (dg > 0.0f) {
-            for (int i = start; i < end; i++) {
-                /* round half to even: adding and subtracting 1.5 * 2^23 leaves
-                 * no fraction bits (|v| <= 127 here); same as nearbyintf, but
-                 * inlined and vectorized */
-                float v = (x[i] / dg + 12582912.0f) - 12582912.0f;
-                v = v > 127.0f ? 127.0f : v < -127.0f ? -127.0f : v == v ? v : 0.0f; /* NaN: 0 */
-                q[i] = (int8_t)(int)v;
-                sum += (int)v;
-            }
-        } else {
-            for (int i = start; i < end; i++) q[i] = 0;
-        }
-        d[g] = dg;
-        s[g] = sum;
+        d[g] = quantize_group(x + start, q + start, end - start, &s[g]);
     }
 }
 
