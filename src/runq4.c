@@ -779,7 +779,8 @@ static inline float exp_nonpositive(float x) {
     return y * scale;
 }
 
-static void softmax(float *x, int n) {
+/* inlined into attend's clones, so it is vectorized for their targets too */
+static inline __attribute__((always_inline)) void softmax(float *x, int n) {
     float max = x[0];
     for (int i = 1; i < n; i++)
         if (x[i] > max) max = x[i];
