@@ -626,7 +626,13 @@ def make_stream(source, header, options):
         n = sum(len(s) for s in seqs)
         print(f"[quantize] {method}: {len(seqs)} calibration sequences, {n} tokens from "
               f"{calib or 'pydoc_data.topics (default)'}", file=sys.stderr, flush=True)
-    return quantize_model(source.read, header, method, options.group_size, seqs,
+    def read(name):
+        try:
+            return source.read(name)
+        except NotImplementedError as e:  # a source without random access
+            raise ValueError(f"--method {method} needs to read the source's tensors in any order: {e}") from None
+
+    return quantize_model(read, header, method, options.group_size, seqs,
                           act_order=bool(getattr(options, "act_order", False)),
                           embed_qtype="q8" if getattr(options, "embedding_bits", 4) == 8 else "q4s",
                           progress=None if quiet else sys.stderr)
