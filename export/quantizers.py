@@ -231,6 +231,9 @@ def quantize_gptq(w, H, group_size, act_order=False, block_size=128, damp=0.01,
         raise ValueError(f"Hessian shape {H.shape} does not match {cols} columns")
     if static_groups is None:
         static_groups = act_order
+    if act_order and not static_groups:
+        # a group's columns are scattered in act order: its scale must be known up front
+        raise ValueError("act_order needs static groups")
     W = w.copy()
     dead = np.diag(H) == 0                      # inputs that are always zero
     H[dead, dead] = 1.0
