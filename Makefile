@@ -257,7 +257,7 @@ demo: venv runq4
 # test: the whole suite (kernels vs scalar, engine vs the numpy reference,
 #   package, exporters, C tokenizer, binary, SmolLM2 end to end, hostile inputs)
 test: venv
-	$(VPY) -m pytest -q tests
+	$(VPY) -m pytest -q -rs --durations=15 tests
 
 # clean: remove every build output
 clean:

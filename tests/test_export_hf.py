@@ -1,5 +1,6 @@
 """python -m pyrunq4.export on tiny Hugging Face Llama checkpoints (tests/fixtures.py)."""
 
+import importlib
 import json
 import os
 import subprocess
@@ -189,13 +190,17 @@ def test_refuses_unwritable_output(tmp_path, capsys):
 
 
 def test_cli_subprocess_one_line_error(tmp_path):
-    """The real `python -m ...export`: exit 1, one line on stderr, no traceback."""
+    """The real `python -m ...export`: exit 1, one line on stderr, no traceback.
+    It runs the exporter this test process imported (cwd and PYTHONPATH set so
+    that a checkout's pyrunq4/ without export/ cannot shadow it)."""
     mod = import_export().__name__
+    top = importlib.import_module(mod.split(".")[0])
+    env = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(os.path.abspath(top.__file__))))
     r = subprocess.run([sys.executable, "-m", mod, str(tmp_path / "missing"), str(tmp_path / "m.rq4")],
-                       capture_output=True, text=True, cwd=os.path.dirname(os.path.dirname(__file__)))
+                       capture_output=True, text=True, cwd=tmp_path, env=env)
     assert r.returncode == 1 and len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr
-    r = subprocess.run([sys.executable, "-m", mod, "--help"], capture_output=True, text=True,
-                       cwd=os.path.dirname(os.path.dirname(__file__)))
+    assert "missing" in r.stderr and "No module named" not in r.stderr
+    r = subprocess.run([sys.executable, "-m", mod, "--help"], capture_output=True, text=True, cwd=tmp_path, env=env)
     assert r.returncode == 0 and "--embedding-bits" in r.stdout and "default: 128" in r.stdout
 
 
