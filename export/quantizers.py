@@ -31,7 +31,6 @@ per-matrix functions quantize_mse() and quantize_gptq() are usable alone.
 
 from __future__ import annotations
 
-import math
 import sys
 import time
 

@@ -12,11 +12,12 @@ scored on the same ids, e.g. for a comparison table).
 
 from __future__ import annotations
 
-import argparse
 import math
 import sys
 
 import numpy as np
+
+from ._cli import HelpFormatter, Parser, UsageError, positive_int, run_main
 
 PROG = "python -m pyrunq4.eval"
 
@@ -54,47 +55,20 @@ def perplexity(model, ids, window=512):
     return float(math.exp(nll.mean())), int(nll.size)
 
 
-class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
-    """Shows "(default: X)" except where the help text already says it."""
-
-    def _get_help_string(self, action):
-        if action.default is None or action.default is False:
-            return action.help
-        return super()._get_help_string(action)
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):
-        raise _UsageError(message)
-
-
-class _UsageError(Exception):
-    pass
-
-
-def _positive_int(text):
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {v}")
-    return v
-
 
 def build_parser():
-    p = _Parser(prog=PROG, description="Evaluate .rq4 models.",
-                formatter_class=_HelpFormatter)
+    p = Parser(prog=PROG, description="Evaluate .rq4 models.",
+                formatter_class=HelpFormatter)
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     pp = sub.add_parser("perplexity", help="perplexity of a text file",
-                        formatter_class=_HelpFormatter)
+                        formatter_class=HelpFormatter)
     pp.error = p.error  # one-line errors in the subcommand too
     pp.add_argument("model", metavar="MODEL.rq4", help="the model file")
     pp.add_argument("--text", required=True, metavar="FILE", help="UTF-8 text file to score")
-    pp.add_argument("--window", type=_positive_int, default=512,
+    pp.add_argument("--window", type=positive_int, default=512,
                     help="tokens per window (each from an empty cache)")
-    pp.add_argument("--threads", type=_positive_int, default=None,
+    pp.add_argument("--threads", type=positive_int, default=None,
                     help="worker threads (default: the CPUs this process may use)")
     pp.add_argument("--kv", choices=("f32", "f16"), default="f32", help="KV cache element type")
     pp.add_argument("--float-activations", action="store_true",
@@ -130,7 +104,7 @@ def _cmd_compare(args, text):
         t0 = time.time()
         with _open(path, args) as m:
             if m.config.vocab_size != vocab:
-                raise _UsageError(f"{path}: vocabulary {m.config.vocab_size} differs from {vocab}")
+                raise UsageError(f"{path}: vocabulary {m.config.vocab_size} differs from {vocab}")
             ppl, n = perplexity(m, ids, args.window)
         print(f"{os.path.basename(path):{width}s}  {os.path.getsize(path) / 1e6:7.1f}  {ppl:10.4f}  "
               f"{n:6d}  {time.time() - t0:7.1f}", flush=True)
@@ -139,7 +113,7 @@ def _cmd_compare(args, text):
 
 def _cmd_perplexity(args):
     if args.window < 2:
-        raise _UsageError(f"--window must be >= 2, got {args.window}")
+        raise UsageError(f"--window must be >= 2, got {args.window}")
     with open(args.text, encoding="utf-8") as f:
         text = f.read()
     if args.compare:
@@ -151,21 +125,15 @@ def _cmd_perplexity(args):
     return 0
 
 
+def _run(args):
+    if args.command == "perplexity":
+        return _cmd_perplexity(args)
+    raise UsageError(f"unknown command {args.command!r}")
+
+
 def main(argv=None):
     """Entry point; returns the exit status."""
-    from ._lib import Runq4Error
-
-    try:
-        args = build_parser().parse_args(argv)
-        if args.command == "perplexity":
-            return _cmd_perplexity(args)
-        raise _UsageError(f"unknown command {args.command!r}")
-    except _UsageError as e:
-        print(f"{PROG}: error: {e}", file=sys.stderr)
-        return 1
-    except (Runq4Error, OSError, ValueError) as e:
-        print(f"{PROG}: error: {e}", file=sys.stderr)
-        return 1
+    return run_main(PROG, build_parser(), _run, argv, known_errors=(ValueError,))
 
 
 if __name__ == "__main__":

@@ -12,40 +12,11 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
 import sys
 
+from ._cli import HelpFormatter, Parser, UsageError, positive_int, run_main
+
 PROG = "python -m pyrunq4.generate"
-
-
-class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
-    """Shows "(default: X)" except where the help text already says it."""
-
-    def _get_help_string(self, action):
-        if action.default is None or action.default is False:
-            return action.help
-        return super()._get_help_string(action)
-
-
-class _Parser(argparse.ArgumentParser):
-    """argparse with errors as one line and exit status 1."""
-
-    def error(self, message):
-        raise _UsageError(message)
-
-
-class _UsageError(Exception):
-    pass
-
-
-def _positive_int(text):
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {v}")
-    return v
 
 
 def _nonneg_int(text):
@@ -81,8 +52,8 @@ def _top_p(text):
 def build_parser():
     from ._lib import DEFAULT_CTX
 
-    p = _Parser(prog=PROG, description="Generate text with an .rq4 model (int4 C engine).",
-                formatter_class=_HelpFormatter)
+    p = Parser(prog=PROG, description="Generate text with an .rq4 model (int4 C engine).",
+                formatter_class=HelpFormatter)
     p.add_argument("model", metavar="MODEL.rq4", help="the model file")
     p.add_argument("-p", "--prompt", default=None,
                    help="the prompt (with --chat: the user message); without --chat the "
@@ -97,9 +68,9 @@ def build_parser():
                    help="keep only the k most likely tokens; 0 keeps all")
     p.add_argument("--seed", type=_nonneg_int, default=None,
                    help="random seed, for reproducible sampling (default: fresh entropy)")
-    p.add_argument("--threads", type=_positive_int, default=None,
+    p.add_argument("--threads", type=positive_int, default=None,
                    help="worker threads (default: the CPUs this process may use)")
-    p.add_argument("--ctx", type=_positive_int, default=None,
+    p.add_argument("--ctx", type=positive_int, default=None,
                    help=f"context length, the KV cache size (default: {DEFAULT_CTX}, or the "
                         "model's max_seq_len if that is smaller)")
     p.add_argument("--chat", action="store_true",
@@ -143,7 +114,7 @@ def _run(args):
     with Model(args.model, n_ctx=args.ctx, n_threads=args.threads) as m:
         if not args.chat:
             if args.system is not None:
-                raise _UsageError("--system needs --chat")
+                raise UsageError("--system needs --chat")
             for piece in m.stream(args.prompt or "", **gen):
                 _write(piece)
             _write("\n")
@@ -182,30 +153,7 @@ def _run(args):
 
 def main(argv=None):
     """Entry point; returns the exit status (0 ok, 1 a known error)."""
-    from ._lib import Runq4Error
-
-    parser = build_parser()
-    try:
-        args = parser.parse_args(argv)
-        return _run(args)
-    except _UsageError as e:
-        print(f"{PROG}: error: {e}", file=sys.stderr)
-        return 1
-    except BrokenPipeError:
-        # the reader went away (| head -c 20): stop quietly, and point stdout
-        # at /dev/null so the interpreter's final flush does not fail again
-        try:
-            devnull = os.open(os.devnull, os.O_WRONLY)
-            os.dup2(devnull, sys.stdout.fileno())
-        except (OSError, ValueError):
-            pass
-        return 0
-    except (Runq4Error, OSError) as e:
-        print(f"{PROG}: error: {e}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print(file=sys.stderr)
-        return 130
+    return run_main(PROG, build_parser(), _run, argv)
 
 
 if __name__ == "__main__":

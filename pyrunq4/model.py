@@ -29,7 +29,7 @@ import json
 import os
 import threading
 import time
-from typing import Iterator, Optional, Sequence
+from typing import Iterator, Sequence
 
 import numpy as np
 
