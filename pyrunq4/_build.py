@@ -7,9 +7,9 @@ every library source in src/ (a glob, so kernel files added later, e.g. the
 SIMD ones, are picked up) except src/main.c, the standalone binary's entry
 point.
 
-Flags: -O3 -std=c11 -pthread. Setting RUNQ4_NATIVE=1 in the environment adds
--march=native. That is optional: the SIMD kernels carry per-function target
-attributes and are selected at run time (rq4_kernel_name() says which), so
+Flags: -O3 -std=c11 -pthread -fno-wrapv (Python's CFLAGS add -fwrapv).
+Setting RUNQ4_NATIVE=1 in the environment adds -march=native. That is
+optional: the SIMD kernels carry per-function target attributes and are selected at run time (rq4_kernel_name() says which), so
 the portable default build is already fast on AVX2 and NEON machines;
 -march=native only lets the compiler use the host's instructions in the
 remaining (scalar) code too, and makes the build unportable.
@@ -58,7 +58,10 @@ def library_sources():
 
 
 def extra_compile_args():
-    args = ["-O3", "-std=c11", "-pthread"]
+    # -fno-wrapv: Python's own CFLAGS (sysconfig) carry -fwrapv, which makes
+    # the int index arithmetic of the kernels and the engine wrap, so GCC keeps
+    # sign extensions in the inner loops: prompt processing 15-20 % slower.
+    args = ["-O3", "-std=c11", "-pthread", "-fno-wrapv"]
     if os.environ.get("RUNQ4_NATIVE", "") == "1":
         args.append("-march=native")
     return args
