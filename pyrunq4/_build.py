@@ -10,7 +10,8 @@ point.
 Flags: -O3 -std=c11 -pthread -fno-wrapv (Python's CFLAGS add -fwrapv).
 Setting RUNQ4_NATIVE=1 in the environment adds -march=native. That is
 optional: the SIMD kernels carry per-function target attributes and are
-selected at run time (rq4_kernel_name() says which), so the portable default build is already fast on AVX2 and NEON machines;
+selected at run time (rq4_kernel_name() says which), so the portable
+default build is already fast on AVX2 and NEON machines;
 -march=native only lets the compiler use the host's instructions in the
 remaining (scalar) code too, and makes the build unportable.
 
