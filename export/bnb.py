@@ -285,61 +285,24 @@ class _ShapeOnly:
 def open_source(path, options):
     """The exporter's entry point (export/source.py) for a Hugging Face directory whose
     config.json has a bitsandbytes quantization_config."""
-    import os
-    from .format import complete_header, validate_model_header
-    from .hf import HfSource, chat_template, header_from_config, special_ids
-    from .source import ExportError, read_json
+    from .hf import HfSource
+    from .source import ExportError
 
     class BnbSource(HfSource):
         """A bitsandbytes 4-bit Llama checkpoint. The quantized Linear weights are dequantized to
         exactly bitsandbytes' float values and requantized by the exporter like float weights;
         the tensors bitsandbytes left alone (embedding, norms, lm_head) are read as HfSource does."""
 
-        def __init__(self, directory, options=None):   # HfSource.__init__ refuses quantization_config
-            self.dir = os.fspath(directory)
-            self.files = {}
-            j = lambda name: os.path.join(self.dir, name)  # noqa: E731
-            cfg = read_json(j("config.json"), "Hugging Face config")
+        def check_quantization(self, cfg, config_path):
             qc = cfg.get("quantization_config") or {}
             if qc.get("quant_method") != "bitsandbytes":
                 raise ExportError("%s: quantization method %r is not supported (bitsandbytes 4-bit only)"
-                                  % (j("config.json"), qc.get("quant_method")))
+                                  % (config_path, qc.get("quant_method")))
             try:
                 check_config(cfg)
             except BnbError as e:
-                raise ExportError("%s: %s" % (j("config.json"), e)) from None
+                raise ExportError("%s: %s" % (config_path, e)) from None
             self.quant_type = qc.get("bnb_4bit_quant_type", "4-bit")
-            h = header_from_config(cfg, j("config.json"))
-            if not os.path.isfile(j("tokenizer.json")):
-                raise ExportError(f"{j('tokenizer.json')}: missing (the fast tokenizer is embedded in the .rq4)")
-            with open(j("tokenizer.json"), "rb") as f:
-                tok_bytes = f.read()
-            try:
-                tokenizer = json.loads(tok_bytes)
-            except (ValueError, UnicodeDecodeError) as e:
-                raise ExportError(f"{j('tokenizer.json')}: invalid JSON: {e}") from None
-            tok_cfg = read_json(j("tokenizer_config.json")) if os.path.isfile(j("tokenizer_config.json")) else {}
-            gen = read_json(j("generation_config.json")) if os.path.isfile(j("generation_config.json")) else {}
-            bos, eos, self.note = special_ids(cfg, gen, tok_cfg, tokenizer)
-            for what, ids in (("bos", [bos] if bos >= 0 else []), ("eos", eos)):
-                bad = [i for i in ids if not 0 <= i < h["vocab_size"]]
-                if bad:
-                    raise ExportError(f"{self.dir}: {what} token id {bad[0]} is outside the vocabulary "
-                                      f"(vocab_size {h['vocab_size']})")
-            h.update(bos_id=bos, eos_ids=eos)
-            try:
-                validate_model_header(complete_header(dict(h, group_size=0)))
-            except ValueError as e:
-                raise ExportError(f"{j('config.json')}: this engine cannot run it: {e}") from None
-            self.header = h
-            self.blobs = {"tokenizer.json": tok_bytes}
-            tmpl = chat_template(self.dir, tok_cfg)
-            if tmpl is not None:
-                self.blobs["chat_template"] = tmpl.encode("utf-8")
-            with open(j("config.json"), "rb") as f:
-                self.blobs["config.json"] = f.read()
-            self._index_weights()
-            self._check_names()
 
         def _check_names(self):
             # HfSource's checks, on a view where each packed weight is a stand-in of its real shape
@@ -363,12 +326,8 @@ def open_source(path, options):
             self.note = ((self.note + "; ") if self.note else "") + \
                 "bitsandbytes %s: %d weights dequantized, then requantized" % (self.quant_type, len(self.quantized))
 
-        def tensors(self):
-            for ours, theirs, _ in self.plan:
-                if theirs in self.quantized:
-                    yield ours, self.read_bnb(theirs)
-                else:
-                    yield ours, self.where[theirs].read(theirs)
+        def load(self, hf_name):
+            return self.read_bnb(hf_name) if hf_name in self.quantized else HfSource.load(self, hf_name)
 
         def read_bnb(self, wname):
             """The dequantized float32 matrix of one bitsandbytes weight."""

@@ -229,9 +229,7 @@ class HfSource(Source):
         self.files = {}
         j = lambda name: os.path.join(self.dir, name)  # noqa: E731
         cfg = read_json(j("config.json"), "Hugging Face config")
-        if cfg.get("quantization_config"):
-            raise ExportError(f"{j('config.json')}: quantized checkpoints (quantization_config) are not "
-                              "plain Hugging Face weights")
+        self.check_quantization(cfg, j("config.json"))
         h = header_from_config(cfg, j("config.json"))
         if not os.path.isfile(j("tokenizer.json")):
             raise ExportError(f"{j('tokenizer.json')}: missing (the fast tokenizer is embedded in the .rq4)")
@@ -335,6 +333,13 @@ class HfSource(Source):
             if name.endswith(".bias"):
                 raise ExportError(f"{self.dir}: bias tensor {name} is not supported (Llama without biases only)")
             raise ExportError(f"{self.dir}: unexpected tensor {name} (not part of LlamaForCausalLM)")
+
+    def check_quantization(self, cfg, config_path):
+        """Refuses a config.json with a quantization_config (subclasses that
+        decode one, e.g. bitsandbytes, override this)."""
+        if cfg.get("quantization_config"):
+            raise ExportError(f"{config_path}: quantized checkpoints (quantization_config) are not "
+                              "plain Hugging Face weights")
 
     def tensor_names(self):
         return [ours for ours, _, _ in self.plan]
