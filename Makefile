@@ -236,11 +236,13 @@ PYTHON ?= python3
 VENV ?= .venv
 VPY = $(VENV)/bin/python
 
-# venv: .venv with pyrunq4 installed from this checkout (pip install '.[test]';
+# venv: .venv with pyrunq4 installed from this checkout in editable mode (pip
+#   install -e '.[test]': the extension is built in place, so commands run from
+#   the checkout's root, where ./pyrunq4 comes first on sys.path, work too;
 #   RUNQ4_NATIVE=1 make venv adds -march=native; SIMD is picked at run time anyway)
 $(VENV)/.installed: setup.py pyproject.toml $(wildcard src/*.c src/*.h pyrunq4/*.py export/*.py)
 	test -x $(VPY) || $(PYTHON) -m venv $(VENV)
-	$(VPY) -m pip install -q --disable-pip-version-check '.[test]'
+	$(VPY) -m pip install -q --disable-pip-version-check -e '.[test]'
 	touch $@
 
 venv: $(VENV)/.installed
