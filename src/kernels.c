@@ -154,7 +154,7 @@ static inline __attribute__((always_inline)) float quantize_group(const float *r
     return dg;
 }
 
-QUANTIZE_CLONES void quantize_act(qact *a, int t, const float *x) {
+QUANTIZE_CLONES static void quantize_token(qact *a, int t, const float *x) {
     int8_t *q = a->q + (size_t)t * (size_t)a->n;
     float *d = a->d + (size_t)t * (size_t)a->ngroups;
     int32_t *s = a->s + (size_t)t * (size_t)a->ngroups;
@@ -163,6 +163,10 @@ QUANTIZE_CLONES void quantize_act(qact *a, int t, const float *x) {
         d[g] = quantize_group(x + start, q + start, end - start, &s[g]);
     }
 }
+
+/* The clones sit behind a plain function: clang (14) gives an external
+ * target_clones function no symbol that other files can link to. */
+void quantize_act(qact *a, int t, const float *x) { quantize_token(a, t, x); }
 
 /* ---- dispatch ----
  * The SIMD files (src/kernels_x86.c, src/kernels_arm.c) each define kernel
