@@ -75,21 +75,28 @@ def _bf16_round(a):
     return (bits.astype(np.uint32) << 16).view(np.float32), bits
 
 
+def save_raw_safetensors(path, tensors):
+    """A safetensors file written by hand (numpy has no bf16): tensors maps
+    name -> (array already in its stored little-endian type, safetensors dtype
+    name such as "BF16", "U8", "F32")."""
+    header, blobs, off = {}, [], 0
+    for name in sorted(tensors):
+        a, dt = tensors[name]
+        b = np.ascontiguousarray(a).tobytes()
+        header[name] = {"dtype": dt, "shape": list(a.shape), "data_offsets": [off, off + len(b)]}
+        blobs.append(b)
+        off += len(b)
+    hj = json.dumps(header, separators=(",", ":")).encode()
+    hj += b" " * (-len(hj) % 8)
+    with open(path, "wb") as f:
+        f.write(len(hj).to_bytes(8, "little") + hj + b"".join(blobs))
+
+
 def _save_safetensors(path, tensors, dtype):
     """tensors: name -> float32; written as dtype 'bf16' (by hand: numpy has no bf16),
     'fp16' or 'fp32' (with the safetensors library)."""
     if dtype == "bf16":
-        header, blobs, off = {}, [], 0
-        for name in sorted(tensors):
-            _, bits = _bf16_round(tensors[name])
-            b = bits.astype("<u2").tobytes()
-            header[name] = {"dtype": "BF16", "shape": list(tensors[name].shape), "data_offsets": [off, off + len(b)]}
-            blobs.append(b)
-            off += len(b)
-        hj = json.dumps(header, separators=(",", ":")).encode()
-        hj += b" " * (-len(hj) % 8)
-        with open(path, "wb") as f:
-            f.write(len(hj).to_bytes(8, "little") + hj + b"".join(blobs))
+        save_raw_safetensors(path, {n: (_bf16_round(t)[1].astype("<u2"), "BF16") for n, t in tensors.items()})
     else:
         from safetensors.numpy import save_file
         np_dtype = {"fp16": np.float16, "fp32": np.float32}[dtype]

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from export import bnb
+from fixtures import save_raw_safetensors
 
 CASES = [(qt, dq, dt) for qt in ("nf4", "fp4") for dq in (False, True) for dt in ("float32", "bfloat16", "float16")]
 
@@ -186,20 +187,14 @@ def test_fixture_quantizer_read_by_bitsandbytes(qt, dq):
 def _save_mixed_safetensors(path, tensors):
     """safetensors with per-tensor dtypes: float32 arrays named in `bf16` are written as BF16
     (numpy has no bf16), uint8 as U8, float32 as F32."""
-    header, blobs, off = {}, [], 0
-    for name in sorted(tensors):
-        a, dt = tensors[name]
+    raw = {}
+    for name, (a, dt) in tensors.items():
         if dt == "BF16":
-            b = (np.ascontiguousarray(a, np.float32).view(np.uint32) >> 16).astype("<u2").tobytes()
+            a = (np.ascontiguousarray(a, np.float32).view(np.uint32) >> 16).astype("<u2")
         else:
-            b = np.ascontiguousarray(a, {"U8": np.uint8, "F32": "<f4"}[dt]).tobytes()
-        header[name] = {"dtype": dt, "shape": list(a.shape), "data_offsets": [off, off + len(b)]}
-        blobs.append(b)
-        off += len(b)
-    hj = json.dumps(header, separators=(",", ":")).encode()
-    hj += b" " * (-len(hj) % 8)
-    with open(path, "wb") as f:
-        f.write(len(hj).to_bytes(8, "little") + hj + b"".join(blobs))
+            a = np.ascontiguousarray(a, {"U8": np.uint8, "F32": "<f4"}[dt])
+        raw[name] = (a, dt)
+    save_raw_safetensors(path, raw)
 
 
 def make_bnb_llama(folder, quant_type="nf4", double_quant=True, blocksize=64):
