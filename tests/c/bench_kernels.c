@@ -91,19 +91,18 @@ static double read_bandwidth(const uint64_t *buf, size_t words, int threads, int
     return (double)(words * 8) / median(t, runs) / 1e9;
 }
 
+/* one weight matrix of the benchmarked type: q, scales, Q4A minimums after the scales */
 typedef struct matrix {
     uint8_t *wq;
     uint16_t *wd;
+    qmat w;
 } matrix;
 
-/* one row of the benchmarked type */
-static void dot_row(const kernel_set *ks, int q8, int q4a, const qact *x, const matrix *mm, int row, size_t row_bytes,
-                    int rows, float *out, size_t stride) {
-    size_t g = (size_t)row * (size_t)x->ngroups;
-    const uint8_t *wq = mm->wq + (size_t)row * row_bytes;
-    if (q8) ks->dot_q8(x, wq, mm->wd + g, NULL, out, stride);
-    else if (q4a) ks->dot_q4a(x, wq, mm->wd + g, mm->wd + (size_t)rows * x->ngroups + g, out, stride);
-    else ks->dot_q4s(x, wq, mm->wd + g, NULL, out, stride);
+static void dot(const kernel_set *ks, int q8, int q4a, const qact *x, const matrix *mm, int r0, int r1, float *out,
+                size_t stride) {
+    if (q8) ks->dot_q8(x, &mm->w, r0, r1, out, stride);
+    else if (q4a) ks->dot_q4a(x, &mm->w, r0, r1, out, stride);
+    else ks->dot_q4s(x, &mm->w, r0, r1, out, stride);
 }
 
 int main(int argc, char **argv) {
@@ -129,16 +128,17 @@ int main(int argc, char **argv) {
         m[c].wd = aligned_alloc(64, (sbytes + 63) / 64 * 64); /* Q4A: the mins after the scales */
         for (size_t i = 0; i < wbytes; i++) m[c].wq[i] = (uint8_t)rnd();
         for (size_t i = 0; i < sbytes / 2; i++) m[c].wd[i] = (uint16_t)(0x1800 + rnd() % 0x0c00);
+        m[c].w = (qmat){m[c].wq, m[c].wd, q4a ? m[c].wd + (size_t)rows * (size_t)ng : NULL, row_bytes, cols, gs, ng};
     }
     /* activations for up to 32 tokens */
     const int maxtok = 32;
     qact x = {0};
+    const int nb = cols / QK;
     x.n = cols;
-    x.gs = gs;
-    x.ngroups = ng;
+    x.nb = nb;
     x.q = malloc((size_t)maxtok * cols);
-    x.d = malloc(sizeof(float) * (size_t)maxtok * ng);
-    x.s = malloc(sizeof(int32_t) * (size_t)maxtok * ng);
+    x.d = malloc(sizeof(float) * (size_t)maxtok * nb);
+    x.s = malloc(sizeof(int32_t) * (size_t)maxtok * nb);
     float *f = malloc(sizeof(float) * (size_t)cols);
     x.ntok = maxtok;
     for (int t = 0; t < maxtok; t++) {
@@ -157,7 +157,8 @@ int main(int argc, char **argv) {
     /* side by side: for each run, each set in turn */
     enum { CASE_HOT1, CASE_DRAM1, CASE_HOT32, CASE_BLOCK32, N_CASES };
     static const char *case_names[N_CASES] = {
-        "ntok=1, same matrix", "ntok=1, DRAM", "ntok=32, same matrix (one call per row, 32 tokens)",
+        "ntok=1, same matrix (all rows in one call)", "ntok=1, DRAM (all rows in one call)",
+        "ntok=32, same matrix (all rows x 32 tokens in one call)",
         "ntok=32, same matrix, blocked (64 rows x 4 tokens per call: x stays in L1)"};
     double t[N_CASES][8][16];
     int rot = 0;
@@ -167,8 +168,7 @@ int main(int argc, char **argv) {
             for (int cs = 0; cs < N_CASES; cs++) {
                 x.ntok = cs >= CASE_HOT32 ? maxtok : 1;
                 int passes = cs >= CASE_HOT32 ? 1 : cs == CASE_HOT1 ? 4 : ncopies;
-                if (cs == CASE_HOT1)
-                    for (int row = 0; row < rows; row++) dot_row(ks, q8, q4a, &x, &m[0], row, row_bytes, rows, out, 1);
+                if (cs == CASE_HOT1) dot(ks, q8, q4a, &x, &m[0], 0, rows, out, (size_t)rows); /* warm up */
                 double t0 = now();
                 if (cs == CASE_BLOCK32) {
                     const int rb = 64, tb = 4;
@@ -176,19 +176,17 @@ int main(int argc, char **argv) {
                         for (int tk = 0; tk < maxtok; tk += tb) {
                             qact xv = x;
                             xv.q += (size_t)tk * cols;
-                            xv.d += (size_t)tk * ng;
-                            xv.s += (size_t)tk * ng;
+                            xv.d += (size_t)tk * nb;
+                            xv.s += (size_t)tk * nb;
                             xv.ntok = tb;
-                            for (int row = r0; row < r0 + rb && row < rows; row++)
-                                dot_row(ks, q8, q4a, &xv, &m[0], row, row_bytes, rows, out + (size_t)tk * rows + row,
-                                        (size_t)rows);
+                            dot(ks, q8, q4a, &xv, &m[0], r0, r0 + rb < rows ? r0 + rb : rows,
+                                out + (size_t)tk * rows, (size_t)rows);
                         }
                     passes = 0;
                 }
                 for (int p = 0; p < passes; p++) {
                     const matrix *mm = cs == CASE_DRAM1 ? &m[rot++ % ncopies] : &m[0];
-                    for (int row = 0; row < rows; row++)
-                        dot_row(ks, q8, q4a, &x, mm, row, row_bytes, rows, out + row, (size_t)rows);
+                    dot(ks, q8, q4a, &x, mm, 0, rows, out, (size_t)rows);
                 }
                 t[cs][si][r] = (now() - t0) / (passes ? passes : 1);
             }
