@@ -10,7 +10,9 @@
  * The dotprod functions carry a target attribute, so the file builds with
  * portable flags (-march=armv8-a) and the set is used only when the CPU says
  * so (getauxval(AT_HWCAP) & HWCAP_ASIMDDP on Linux). The shared body is
- * src/kernels_arm_body.h. Results are bit-identical to kernels_scalar; the
+ * src/kernels_arm_body.h (per row, tiles of up to 4 tokens; the 16 lanes of
+ * kernels.h's contract in four float32x4 per token). Results are
+ * bit-identical to kernels_scalar; the
  * compiler must not fuse a*b+c into an fma (aarch64 always has fma), hence
  * the pragmas below, besides the builds' -std=c11 / -ffp-contract=off.
  */
