@@ -22,92 +22,83 @@
 #pragma GCC optimize("fp-contract=off") /* GNU C mode (-std=gnu11) contracts by default */
 #endif
 
-/* Tokens processed together per weight group: their accumulators live in
- * registers while the group's unpacked weights stay in L1. */
+/* Tokens processed together per weight block: their lanes stay in cache
+ * while the block's unpacked weights are reused. */
 #define TOKEN_TILE 8
 
 static inline int min_int(int a, int b) { return a < b ? a : b; }
 
-/* A two's-complement int4 nibble (0..15) as -8..7. */
-/* Unpacks n_bytes packed int4 bytes into 2 * n_bytes values: byte j holds
- * value 2j in its low nibble and 2j+1 in its high nibble (docs/FORMAT.md).
- * Q4S nibbles are two's complement (x ^ 8) - 8 maps 0..15 to 0..7, -8..-1. */
-static void unpack_q4s(const uint8_t *src, int n_bytes, int8_t *w) {
-    for (int j = 0; j < n_bytes; j++) {
+/* Unpacks the 16 bytes of one block into 32 values: byte j holds value 2j in
+ * its low nibble and 2j+1 in its high nibble (docs/FORMAT.md). Q4S nibbles
+ * are two's complement ((x ^ 8) - 8 maps 0..15 to 0..7, -8..-1), Q4A
+ * nibbles unsigned 0..15. */
+static void unpack_block(const uint8_t *src, int is_signed, int8_t *w) {
+    int off = is_signed ? 8 : 0;
+    for (int j = 0; j < QK / 2; j++) {
         uint8_t b = src[j];
-        w[2 * j] = (int8_t)(((b & 0x0F) ^ 8) - 8);
-        w[2 * j + 1] = (int8_t)(((b >> 4) ^ 8) - 8);
+        w[2 * j] = (int8_t)(((b & 0x0F) ^ off) - off);
+        w[2 * j + 1] = (int8_t)(((b >> 4) ^ off) - off);
     }
 }
 
-static void unpack_q4a(const uint8_t *src, int n_bytes, int8_t *w) {
-    for (int j = 0; j < n_bytes; j++) {
-        uint8_t b = src[j];
-        w[2 * j] = (int8_t)(b & 0x0F);
-        w[2 * j + 1] = (int8_t)(b >> 4);
-    }
-}
-
-static inline int32_t dot_i8(const int8_t *a, const int8_t *b, int n) {
+static inline int32_t dot_block(const int8_t *a, const int8_t *b) {
     int32_t sum = 0;
-    for (int i = 0; i < n; i++) sum += (int32_t)a[i] * (int32_t)b[i];
+    for (int i = 0; i < QK; i++) sum += (int32_t)a[i] * (int32_t)b[i];
     return sum;
 }
 
 enum { KIND_Q4S, KIND_Q4A, KIND_Q8 };
 
 /* The one scalar kernel body; `kind` is a compile-time constant at each call
- * site below, so the switch disappears after inlining. */
-static inline void dot_ref(int kind, const qact *x, const uint8_t *wq, const uint16_t *wd,
-                           const uint16_t *wm, float *out, size_t out_stride) {
-    int8_t w[4096]; /* one unpacked weight group; group sizes are <= 4096 */
-    for (int t0 = 0; t0 < x->ntok; t0 += TOKEN_TILE) {
-        int nt = min_int(TOKEN_TILE, x->ntok - t0);
-        float acc[TOKEN_TILE] = {0};
-        for (int g = 0; g < x->ngroups; g++) {
-            int start = g * x->gs, end = min_int(start + x->gs, x->n), len = end - start;
-            const int8_t *wg = w;
-            if (kind == KIND_Q4S) unpack_q4s(wq + start / 2, len / 2, w);
-            else if (kind == KIND_Q4A) unpack_q4a(wq + start / 2, len / 2, w);
-            else wg = (const int8_t *)wq + start;
-            float d = fp16_to_f32(wd[g]);
-            float mn = kind == KIND_Q4A ? fp16_to_f32(wm[g]) : 0.0f;
-            for (int t = 0; t < nt; t++) {
-                size_t row = (size_t)(t0 + t);
-                int32_t isum = dot_i8(wg, x->q + row * (size_t)x->n + start, len);
-                float xd = x->d[row * (size_t)x->ngroups + g];
-                if (kind == KIND_Q4A) {
-                    float xs = (float)x->s[row * (size_t)x->ngroups + g];
-                    acc[t] += (d * xd) * (float)isum + (mn * xd) * xs;
-                } else {
-                    acc[t] += (d * xd) * (float)isum;
+ * site below, so the branches on it disappear after inlining. */
+static inline void dot_ref(int kind, const qact *x, const qmat *w, int r0, int r1, float *out, size_t out_stride) {
+    const int nb = x->nb, bpg = w->gs / QK;
+    for (int r = r0; r < r1; r++) {
+        const uint8_t *wq = w->q + (size_t)r * w->row_bytes;
+        const uint16_t *wd = w->d + (size_t)r * (size_t)w->ngroups;
+        const uint16_t *wm = kind == KIND_Q4A ? w->m + (size_t)r * (size_t)w->ngroups : NULL;
+        for (int t0 = 0; t0 < x->ntok; t0 += TOKEN_TILE) {
+            int nt = min_int(TOKEN_TILE, x->ntok - t0);
+            float lane[TOKEN_TILE][LANES] = {{0}};
+            for (int b = 0; b < nb; b++) {
+                int8_t unpacked[QK];
+                const int8_t *wb = unpacked;
+                if (kind == KIND_Q8) wb = (const int8_t *)wq + b * QK;
+                else unpack_block(wq + b * (QK / 2), kind == KIND_Q4S, unpacked);
+                int g = b / bpg;
+                float d = fp16_to_f32(wd[g]);
+                float mn = kind == KIND_Q4A ? fp16_to_f32(wm[g]) : 0.0f;
+                for (int t = 0; t < nt; t++) {
+                    size_t row = (size_t)(t0 + t);
+                    int32_t isum = dot_block(wb, x->q + row * (size_t)x->n + (size_t)b * QK);
+                    float xd = x->d[row * (size_t)nb + (size_t)b];
+                    float term = (d * xd) * (float)isum;
+                    if (kind == KIND_Q4A) term = term + (mn * xd) * (float)x->s[row * (size_t)nb + (size_t)b];
+                    lane[t][b % LANES] += term;
                 }
             }
+            for (int t = 0; t < nt; t++) out[(size_t)(t0 + t) * out_stride + (size_t)r] = sum_lanes(lane[t]);
         }
-        for (int t = 0; t < nt; t++) out[(size_t)(t0 + t) * out_stride] = acc[t];
     }
 }
 
-static void dot_q4s_scalar(const qact *x, const uint8_t *wq, const uint16_t *wd,
-                           const uint16_t *wm, float *out, size_t out_stride) {
-    dot_ref(KIND_Q4S, x, wq, wd, wm, out, out_stride);
+static void dot_q4s_scalar(const qact *x, const qmat *w, int r0, int r1, float *out, size_t out_stride) {
+    dot_ref(KIND_Q4S, x, w, r0, r1, out, out_stride);
 }
 
-static void dot_q4a_scalar(const qact *x, const uint8_t *wq, const uint16_t *wd,
-                           const uint16_t *wm, float *out, size_t out_stride) {
-    dot_ref(KIND_Q4A, x, wq, wd, wm, out, out_stride);
+static void dot_q4a_scalar(const qact *x, const qmat *w, int r0, int r1, float *out, size_t out_stride) {
+    dot_ref(KIND_Q4A, x, w, r0, r1, out, out_stride);
 }
 
-static void dot_q8_scalar(const qact *x, const uint8_t *wq, const uint16_t *wd,
-                          const uint16_t *wm, float *out, size_t out_stride) {
-    dot_ref(KIND_Q8, x, wq, wd, wm, out, out_stride);
+static void dot_q8_scalar(const qact *x, const qmat *w, int r0, int r1, float *out, size_t out_stride) {
+    dot_ref(KIND_Q8, x, w, r0, r1, out, out_stride);
 }
 
 const kernel_set kernels_scalar = {
     "scalar", dot_q4s_scalar, dot_q4a_scalar, dot_q8_scalar,
 };
 
-/* Per group of x[0..n): d = amax / 127, q = round-half-even(x / d) in
+/* Per block of x[0..n): d = amax / 127, q = round-half-even(x / d) in
  * [-127, 127], s = sum of q. An all-zero group gets d = 0 and q = 0. */
 #if defined(__x86_64__) && defined(__GNUC__) && defined(__has_attribute) && defined(__ELF__)
 #if __has_attribute(target_clones)
@@ -121,12 +112,13 @@ const kernel_set kernels_scalar = {
 #define QUANTIZE_CLONES
 #endif
 
-/* One group of len values (a multiple of 8): returns its scale d, writes q and
+/* One block of QK values: returns its scale d, writes q and
  * *sum. Written so that GCC vectorizes both passes (restrict: q never aliases
  * x): the largest |x| in 8 lanes (a maximum is exact in any order, and NaN
  * loses every comparison either way), then q, then its sum. */
-static inline __attribute__((always_inline)) float quantize_group(const float *restrict x, int8_t *restrict q,
-                                                                  int len, int32_t *sum) {
+static inline __attribute__((always_inline)) float quantize_block(const float *restrict x, int8_t *restrict q,
+                                                                  int32_t *sum) {
+    const int len = QK;
     float m[8] = {0};
     for (int i = 0; i + 8 <= len; i += 8)
         for (int j = 0; j < 8; j++) {
@@ -156,12 +148,9 @@ static inline __attribute__((always_inline)) float quantize_group(const float *r
 
 QUANTIZE_CLONES static void quantize_token(qact *a, int t, const float *x) {
     int8_t *q = a->q + (size_t)t * (size_t)a->n;
-    float *d = a->d + (size_t)t * (size_t)a->ngroups;
-    int32_t *s = a->s + (size_t)t * (size_t)a->ngroups;
-    for (int g = 0; g < a->ngroups; g++) {
-        int start = g * a->gs, end = min_int(start + a->gs, a->n);
-        d[g] = quantize_group(x + start, q + start, end - start, &s[g]);
-    }
+    float *d = a->d + (size_t)t * (size_t)a->nb;
+    int32_t *s = a->s + (size_t)t * (size_t)a->nb;
+    for (int b = 0; b < a->nb; b++) d[b] = quantize_block(x + b * QK, q + b * QK, &s[b]);
 }
 
 /* The clones sit behind a plain function: clang (14) gives an external

@@ -1,19 +1,26 @@
 /* Internal: the quantized dot-product kernels and their dispatch.
  *
- * One weight row times the int8 activations of `ntok` tokens. Weights are
- * stored as in docs/FORMAT.md (row-major, groups of `gs` along the row, the
- * last group of a row may be shorter; every row length is a multiple of 32).
- * Activations are quantized per group with the same group size as the weight:
- *     x[i] ~= xd[g] * xq[i],  xq in [-127, 127],  xs[g] = sum of xq over g.
+ * Rows r0..r1 of a weight matrix times the int8 activations of `ntok` tokens.
+ * Weights are stored as in docs/FORMAT.md (row-major, groups of `gs` along the
+ * row, gs a multiple of 32, the last group of a row may be shorter; every row
+ * length is a multiple of 32). Activations are quantized in blocks of 32
+ * values whatever the weight group size (one scale per 128 values cost 2 % of
+ * perplexity on SmolLM2 at g128; per 32 it is llama.cpp's Q8_0):
+ *     x[i] ~= xd[b] * xq[i],  xq in [-127, 127],  xs[b] = sum of xq over b.
  *
- * Every kernel computes, for each token t, exactly
- *     acc = 0.0f
- *     for g in groups:  acc += (wd[g] * xd[t][g]) * (float)isum[g]     (Q4S, Q8)
- *                       acc += (wd[g] * xd[t][g]) * (float)isum[g]
- *                            + (wm[g] * xd[t][g]) * (float)xs[t][g]   (Q4A)
- * with isum[g] the int32 sum over the group of wq * xq, and the float
- * operations in that order, so a SIMD kernel's output is bit-identical to
- * the scalar reference's whenever its integer sums are.
+ * Every kernel computes, for each token t and row r, exactly
+ *     lane[0..15] = 0.0f
+ *     for b in blocks (in order), g = b / (gs / 32) its weight group:
+ *         term = (wd[g] * xd[t][b]) * (float)isum[b]                   (Q4S, Q8)
+ *         term = (wd[g] * xd[t][b]) * (float)isum[b]
+ *              + (wm[g] * xd[t][b]) * (float)xs[t][b]                  (Q4A)
+ *         lane[b % 16] += term
+ *     for w in 8, 4, 2, 1:  lane[i] = lane[i] + lane[i + w]  for i < w
+ *     out[t][r] = lane[0]
+ * with isum[b] the int32 sum over block b of wq * xq. Sixteen lanes map onto
+ * one AVX-512 vector, two AVX2 vectors or four NEON vectors, and the final
+ * tree onto their halvings, so a SIMD kernel's output is bit-identical to the
+ * scalar reference's whenever its integer sums are.
  */
 #ifndef RUNQ4_KERNELS_H
 #define RUNQ4_KERNELS_H
@@ -21,20 +28,34 @@
 #include <stddef.h>
 #include <stdint.h>
 
-/* Activations of ntok tokens, quantized for one group size. */
+#define QK 32    /* values per activation block */
+#define LANES 16 /* float accumulators per output (the contract above) */
+
+/* Activations of ntok tokens, quantized in blocks of QK. */
 typedef struct qact {
     int8_t *q;      /* (ntok, n) */
-    float *d;       /* (ntok, ngroups) */
-    int32_t *s;     /* (ntok, ngroups): sum of q over each group */
-    int n;          /* row length, a multiple of 32 */
-    int gs;         /* group size, a multiple of 32 */
-    int ngroups;    /* ceil(n / gs) */
+    float *d;       /* (ntok, nb) */
+    int32_t *s;     /* (ntok, nb): sum of q over each block */
+    int n;          /* row length, a multiple of QK */
+    int nb;         /* n / QK */
     int ntok;
 } qact;
 
-/* One weight row: packed values, fp16 scales, fp16 minimums (Q4A only). */
-typedef void (*dot_fn)(const qact *x, const uint8_t *wq, const uint16_t *wd,
-                       const uint16_t *wm, float *out, size_t out_stride);
+/* A quantized weight matrix (row r at q + r * row_bytes, scales at
+ * d + r * ngroups). */
+typedef struct qmat {
+    const uint8_t *q;    /* (rows, row_bytes) packed values */
+    const uint16_t *d;   /* (rows, ngroups) fp16 scales */
+    const uint16_t *m;   /* (rows, ngroups) fp16 minimums, Q4A only (else NULL) */
+    size_t row_bytes;
+    int cols;            /* = the activations' n */
+    int gs;              /* group size, a multiple of QK */
+    int ngroups;         /* ceil(cols / gs) */
+} qmat;
+
+/* out[t * out_stride + r] = row r of w . token t of x, for r0 <= r < r1 and
+ * every token of x. */
+typedef void (*dot_fn)(const qact *x, const qmat *w, int r0, int r1, float *out, size_t out_stride);
 
 typedef struct kernel_set {
     const char *name;
@@ -62,8 +83,15 @@ const kernel_set *kernels_select(void);
  * (for the tests that compare each of them with the scalar reference). */
 const kernel_set *const *kernels_available(void);
 
-/* Quantizes one token's activations x[0..n) into row t of `a`. */
+/* Quantizes one token's activations x[0..a->n) into row t of `a`. */
 void quantize_act(qact *a, int t, const float *x);
+
+/* The contract's final tree over the 16 lanes (overwrites them). */
+static inline float sum_lanes(float lane[LANES]) {
+    for (int w = LANES / 2; w > 0; w /= 2)
+        for (int i = 0; i < w; i++) lane[i] = lane[i] + lane[i + w];
+    return lane[0];
+}
 
 /* IEEE half <-> single, exact for every finite half (round-to-nearest-even
  * the other way). */

@@ -101,19 +101,6 @@ static inline __attribute__((always_inline)) TGT256 __m256i unpack32_256(const u
     return w;
 }
 
-static inline __attribute__((always_inline)) TGT256 __m128i reduce4_256(__m256i a, __m256i b, __m256i c,
-                                                                       __m256i d) {
-    __m256i s = _mm256_hadd_epi32(_mm256_hadd_epi32(a, b), _mm256_hadd_epi32(c, d));
-    return _mm_add_epi32(_mm256_castsi256_si128(s), _mm256_extracti128_si256(s, 1));
-}
-
-static inline __attribute__((always_inline)) TGT256 int reduce1_256(__m256i a) {
-    __m128i s = _mm_add_epi32(_mm256_castsi256_si128(a), _mm256_extracti128_si256(a, 1));
-    s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0x4e));
-    s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0xb1));
-    return _mm_cvtsi128_si32(s);
-}
-
 /* ---- avx2: vpmaddubsw (u8 x s8 -> s16 pairs, no saturation here: 2*15*127 and
  * 2*128*127 fit) then vpmaddwd with ones -> s32 ---- */
 
@@ -132,7 +119,6 @@ static inline __attribute__((always_inline)) TGT256 __m256i avx2_dot_8(__m256i a
 #define SFX avx2
 #define TGT TGT256
 #define V __m256i
-#define WB __m256i
 #define BIG 32
 #define v_zero() _mm256_setzero_si256()
 #define ld_q4(p, sgn) unpack32_256((p), (sgn))
@@ -140,8 +126,6 @@ static inline __attribute__((always_inline)) TGT256 __m256i avx2_dot_8(__m256i a
 #define dot_u(a, w, x) avx2_dot_u((a), (w), (x))
 #define dot_8(a, w, x) avx2_dot_8((a), (w), (x))
 #define Q8_OFF 0
-#define reduce4(a, b, c, d) reduce4_256((a), (b), (c), (d))
-#define reduce1(a) reduce1_256(a)
 #include "kernels_x86_body.h"
 #undef SFX
 #undef TGT
@@ -183,12 +167,9 @@ const kernel_set kernels_avxvnni = {"avxvnni", dot_q4s_avx2, dot_q4a_avx2, dot_q
 #endif
 
 #undef V
-#undef WB
 #undef BIG
 #undef v_zero
 #undef ld_q4
-#undef reduce4
-#undef reduce1
 
 /* ---- avx512vnni: 64 values per step ---- */
 
@@ -213,20 +194,9 @@ static inline __attribute__((always_inline)) TGT512 __m512i v512_dot_s(__m512i a
     return _mm512_dpbusd_epi32(a, _mm512_zextsi256_si512(w), _mm512_zextsi256_si512(xv));
 }
 
-static inline __attribute__((always_inline)) TGT512 __m128i reduce4_512(__m512i a, __m512i b, __m512i c,
-                                                                       __m512i d) {
-    __m512i ab = _mm512_add_epi32(_mm512_unpacklo_epi32(a, b), _mm512_unpackhi_epi32(a, b));
-    __m512i cd = _mm512_add_epi32(_mm512_unpacklo_epi32(c, d), _mm512_unpackhi_epi32(c, d));
-    __m512i s = _mm512_add_epi32(_mm512_unpacklo_epi64(ab, cd), _mm512_unpackhi_epi64(ab, cd));
-    /* each 128-bit lane now holds partial sums of a, b, c, d */
-    __m256i h = _mm256_add_epi32(_mm512_castsi512_si256(s), _mm512_extracti64x4_epi64(s, 1));
-    return _mm_add_epi32(_mm256_castsi256_si128(h), _mm256_extracti128_si256(h, 1));
-}
-
 #define SFX avx512vnni
 #define TGT TGT512
 #define V __m512i
-#define WB __m512i
 #define BIG 64
 #define v_zero() _mm512_setzero_si512()
 #define ld_q4(p, sgn) unpack64_512((p), (sgn))
@@ -238,8 +208,6 @@ static inline __attribute__((always_inline)) TGT512 __m128i reduce4_512(__m512i 
 #define dot_u_s(a, w, x) v512_dot_s((a), (w), (x))
 #define dot_8_s(a, w, x) v512_dot_s((a), (w), (x))
 #define Q8_OFF 128
-#define reduce4(a, b, c, d) reduce4_512((a), (b), (c), (d))
-#define reduce1(a) _mm512_reduce_add_epi32(a)
 #include "kernels_x86_body.h"
 
 const kernel_set kernels_avx512vnni = {"avx512vnni", dot_q4s_avx512vnni, dot_q4a_avx512vnni,

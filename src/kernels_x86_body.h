@@ -4,26 +4,28 @@
  * The includer defines:
  *   SFX            name suffix of the set (avx2, avxvnni, avx512vnni)
  *   TGT            __attribute__((target(...))) of every function here
- *   V              int32 accumulator vector; v_zero()
- *   WB             weights of one step (BIG values) as the dot wants them
- *   BIG            values per step (32 or 64); when 64, also SMALL steps of 32
+ *   BIG            values per integer step: 32 (256-bit sets) or 64 (AVX-512)
+ *   V              int32 accumulator vector of BIG/4 lanes; v_zero()
  *   ld_q4(p, sgn)  BIG nibbles at p (BIG/2 bytes) as unsigned bytes q (+8 if sgn)
- *   ld_q8(p)       BIG int8 at p
- *   dot_u(a, w, x)  a + sum of w*x, w from ld_q4 (unsigned 0..15), x int8
- *   dot_8(a, w, x)  a + sum of w*x, w from ld_q8
- *   Q8_OFF         what dot_8 adds to every weight (128 for vpdpbusd, else 0)
- *   (BIG == 64:) ld_q4_s / ld_q8_s / dot_u_s / dot_8_s: the same for 32 values
- *   reduce4(a,b,c,d) -> __m128i of the four horizontal sums; reduce1(a) -> int
+ *   ld_q8(p)       BIG int8 at p as dot_8 wants them
+ *   dot_u(a, w, x)  a + sums of 4 products w*x per lane, w from ld_q4, x int8 at x
+ *   dot_8(a, w, x)  the same for w from ld_q8
+ *   Q8_OFF         what ld_q8 adds to every weight (128 for vpdpbusd, else 0)
+ *   (BIG == 64:) ld_q4_s / ld_q8_s / dot_u_s / dot_8_s: one 32-value step
  *
- * Integer part: one weight step is unpacked once and multiplied with up to
- * TILE tokens' activations, the group sums kept in V accumulators. Q4S nibbles
- * are taken as q + 8 (0..15) so the unsigned x signed byte products apply;
- * isum = dot - 8 * xs (xs = sum of the group's activations, from qact). Q8
- * with vpdpbusd likewise uses w + 128 and subtracts 128 * xs.
+ * Integer part: each block's exact int32 sum. Q4S nibbles are taken as q + 8
+ * (0..15) so the unsigned x signed byte products apply; isum = dot - 8 * xs
+ * (xs = the block's sum of activations, from qact). Q8 with vpdpbusd likewise
+ * uses w + 128 and subtracts 128 * xs. One weight step is unpacked once and
+ * dotted with every token of a tile; the per-lane partial sums of 8 (or 16)
+ * blocks are reduced together by one tree of blends and shuffles.
  *
- * Float part: exactly the contract of kernels.h, per token in group order,
- * with single-precision mul/add (no fma: see kernels_x86.c), so results are
- * bit-identical to kernels_scalar.
+ * Float part: exactly the contract of kernels.h, the 16 lanes of each token
+ * in registers, single-precision mul and add (no fma: see kernels_x86.c), so
+ * results are bit-identical to kernels_scalar. Past the last block the
+ * terms are computed from zero sums and zero activation scales: +-0.0, which
+ * leaves any lane unchanged (a lane starts at +0.0 and, rounding to nearest,
+ * never becomes -0.0), so no lane needs masking.
  */
 
 #define CAT_(a, b) a##_##b
@@ -34,46 +36,108 @@
 #define X86_BODY_COMMON
 enum { K_Q4S, K_Q4A, K_Q8 };
 #define ALWAYS static inline __attribute__((always_inline))
-#endif
 
-/* Sum over values [off, off+len) of weight row wq for token row xr, added to a. */
-ALWAYS TGT V FN(group_dot)(int kind, V a, const uint8_t *wq, const int8_t *xr, int off, int len) {
-    int e = off, end = off + len;
-    for (; e + BIG <= end; e += BIG) {
-        if (kind == K_Q8) a = dot_8(a, ld_q8((const int8_t *)wq + e), xr + e);
-        else a = dot_u(a, ld_q4(wq + e / 2, kind == K_Q4S), xr + e);
+/* One weight row as the kernels read it. */
+typedef struct row_view {
+    const uint8_t *q;
+    const uint16_t *d, *m; /* m: Q4A only */
+    int ng;                /* groups in the row (>= 16 when padded) */
+    int bpg;               /* blocks per group (gs / QK) */
+    int sh;                /* log2(bpg) when bpg is a power of two, else -1 */
+    uint16_t pad[2][16];   /* a row of fewer than 16 groups: its scales (and minimums) copied here */
+} row_view;
+
+/* With `pad` (the AVX2 sets, which have no masked 16-bit loads), rows of
+ * fewer than 16 groups (576 values at g128) get their scales copied into
+ * 16-value arrays, so that a vector load of 8 scales always stays inside the
+ * row's (see scales8). */
+ALWAYS void row_of(row_view *v, const qmat *w, int r, int kind, int pad) {
+    v->q = w->q + (size_t)r * w->row_bytes;
+    v->d = w->d + (size_t)r * (size_t)w->ngroups;
+    v->m = kind == K_Q4A ? w->m + (size_t)r * (size_t)w->ngroups : NULL;
+    v->ng = w->ngroups;
+    v->bpg = w->gs / QK;
+    v->sh = (v->bpg & (v->bpg - 1)) == 0 ? __builtin_ctz((unsigned)v->bpg) : -1;
+    if (pad && v->ng < 16) {
+        for (int i = 0; i < 16; i++) v->pad[0][i] = i < v->ng ? v->d[i] : 0;
+        v->d = v->pad[0];
+        if (v->m) {
+            for (int i = 0; i < 16; i++) v->pad[1][i] = i < v->ng ? v->m[i] : 0;
+            v->m = v->pad[1];
+        }
+        v->ng = 16;
     }
-#if BIG == 64
-    if (e < end) { /* one step of 32 left */
-        if (kind == K_Q8) a = dot_8_s(a, ld_q8_s((const int8_t *)wq + e), xr + e);
-        else a = dot_u_s(a, ld_q4_s(wq + e / 2, kind == K_Q4S), xr + e);
-    }
-#endif
-    return a;
 }
 
-/* The integer correction per group: dot - off * xs. */
-ALWAYS int FN(offset_of)(int kind) { return kind == K_Q4S ? 8 : kind == K_Q8 ? Q8_OFF : 0; }
+ALWAYS int group_of(const row_view *v, int b) { return v->sh >= 0 ? b >> v->sh : b / v->bpg; }
 
-#if BIG == 64
-/* 16 accumulators -> one vector, lane i = the horizontal sum of v[i] */
-ALWAYS TGT __m512i FN(reduce16)(const __m512i *v) {
-    __m512i p[8], q[4];
-    for (int j = 0; j < 8; j++)
-        p[j] = _mm512_add_epi32(_mm512_unpacklo_epi32(v[2 * j], v[2 * j + 1]),
-                                _mm512_unpackhi_epi32(v[2 * j], v[2 * j + 1]));
-    for (int j = 0; j < 4; j++) /* each 128-bit lane of q[j]: partial sums of v[4j .. 4j+3] */
-        q[j] = _mm512_add_epi32(_mm512_unpacklo_epi64(p[2 * j], p[2 * j + 1]),
-                                _mm512_unpackhi_epi64(p[2 * j], p[2 * j + 1]));
-    __m512i r0 = _mm512_add_epi32(_mm512_shuffle_i32x4(q[0], q[1], 0x88), _mm512_shuffle_i32x4(q[0], q[1], 0xDD));
-    __m512i r1 = _mm512_add_epi32(_mm512_shuffle_i32x4(q[2], q[3], 0x88), _mm512_shuffle_i32x4(q[2], q[3], 0xDD));
-    return _mm512_add_epi32(_mm512_shuffle_i32x4(r0, r1, 0x88), _mm512_shuffle_i32x4(r0, r1, 0xDD));
+/* The integer correction per block: dot - off * xs. */
+ALWAYS int offset_of(int kind, int q8_off) { return kind == K_Q4S ? 8 : kind == K_Q8 ? q8_off : 0; }
+
+/* lanes 0..7: all ones below cnt */
+ALWAYS __attribute__((target("avx2"))) __m256i mask8(int cnt) {
+    return _mm256_cmpgt_epi32(_mm256_set1_epi32(cnt), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
 }
 
-/* Group size 32: each 64-value step holds two groups, one per 256-bit half.
- * reduce8h: 8 such vectors -> 16 sums, lane i = the sum of half i (half 2j
- * = low half of v[j], 2j+1 = its high half). A tree of merges (two blends and
- * one shuffle each) leaves half h in lane bitreverse4(h); one permute fixes it. */
+/* The fp16 values h[group of b] for blocks b0 .. b0+7 as floats (cnt of them
+ * valid, the others any finite value of the row). The 8 scales loaded start
+ * at the first group needed, or end at the row's last (the groups needed lie
+ * in between). */
+ALWAYS __attribute__((target("avx2,f16c"))) __m256 spread8(const row_view *v, __m128i raw, int b0, int base) {
+    __m256i idx = _mm256_sub_epi32(
+        _mm256_srl_epi32(_mm256_add_epi32(_mm256_set1_epi32(b0), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7)),
+                         _mm_cvtsi32_si128(v->sh)),
+        _mm256_set1_epi32(base));
+    return _mm256_permutevar8x32_ps(_mm256_cvtph_ps(raw), idx);
+}
+
+/* group sizes that are not a power of two times 32: one scale at a time */
+ALWAYS __attribute__((target("avx2,f16c"))) __m256 scales8_any(const row_view *v, const uint16_t *h, int b0, int cnt) {
+    float f[8] = {0};
+    for (int k = 0; k < cnt; k++) f[k] = _cvtsh_ss(h[(b0 + k) / v->bpg]);
+    return _mm256_loadu_ps(f);
+}
+
+ALWAYS __attribute__((target("avx2,f16c"))) __m256 scales8(const row_view *v, const uint16_t *h, int b0, int cnt) {
+    if (v->sh < 0) return scales8_any(v, h, b0, cnt);
+    int g0 = b0 >> v->sh, base = g0 + 8 <= v->ng ? g0 : v->ng - 8;
+    return spread8(v, _mm_loadu_si128((const __m128i *)(h + base)), b0, base);
+}
+
+/* The final tree of kernels.h over 16 lanes held as two halves. */
+ALWAYS __attribute__((target("avx2"))) float tree16(__m256 lo, __m256 hi) {
+    __m256 a = _mm256_add_ps(lo, hi);                                             /* i + (i+8) */
+    __m128 b = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1)); /* i + (i+4) */
+    __m128 c = _mm_add_ps(b, _mm_movehl_ps(b, b));                                /* i + (i+2) */
+    return _mm_cvtss_f32(_mm_add_ss(c, _mm_shuffle_ps(c, c, 1)));                 /* 0 + 1 */
+}
+
+/* 8 (or 4) floats / int32 from p, the ones past cnt 0 and not read */
+ALWAYS __attribute__((target("avx2"))) __m256 load8f(const float *p, int cnt) {
+    return cnt == 8 ? _mm256_loadu_ps(p) : _mm256_maskload_ps(p, mask8(cnt));
+}
+ALWAYS __attribute__((target("avx2"))) __m256i load8i(const int32_t *p, int cnt) {
+    return cnt == 8 ? _mm256_loadu_si256((const __m256i *)p) : _mm256_maskload_epi32((const int *)p, mask8(cnt));
+}
+ALWAYS __attribute__((target("avx2"))) __m128 load4f(const float *p, int cnt) {
+    return cnt == 4 ? _mm_loadu_ps(p) : _mm_maskload_ps(p, _mm256_castsi256_si128(mask8(cnt)));
+}
+ALWAYS __attribute__((target("avx2"))) __m128i load4i(const int32_t *p, int cnt) {
+    return cnt == 4 ? _mm_loadu_si128((const __m128i *)p)
+                    : _mm_maskload_epi32((const int *)p, _mm256_castsi256_si128(mask8(cnt)));
+}
+#endif
+
+/* One integer step of BIG values at value e of the row, for token row xr. */
+ALWAYS TGT V FN(step)(int kind, const uint8_t *wq, const int8_t *xr, int e) {
+    if (kind == K_Q8) return dot_8(v_zero(), ld_q8((const int8_t *)wq + e), xr + e);
+    return dot_u(v_zero(), ld_q4(wq + e / 2, kind == K_Q4S), xr + e);
+}
+
+#if BIG == 64
+/* 8 vectors of two blocks each (block 2j in the low 256 bits of v[j], 2j+1 in
+ * the high) -> lane i = the sum of block i. A tree of merges (two blends and
+ * one shuffle each) leaves block h in lane bitreverse4(h); one permute fixes it. */
 #define MERGE16(a, b, mask, SHUF) \
     _mm512_add_epi32(_mm512_mask_blend_epi32((mask), (a), (b)), SHUF(_mm512_mask_blend_epi32((mask), (b), (a))))
 #define SWAP128(y) _mm512_shuffle_i64x2((y), (y), 0xB1)
@@ -88,92 +152,153 @@ ALWAYS TGT __m512i FN(reduce8h)(const __m512i *v) {
     return _mm512_permutexvar_epi32(_mm512_setr_epi32(0, 8, 4, 12, 2, 10, 6, 14, 1, 9, 5, 13, 3, 11, 7, 15), r);
 }
 
-/* Group size 32: the exact int32 sums of 16 groups g0 .. g0+15 of one token row
- * (16 full groups), in group order. */
-ALWAYS TGT __m512i FN(sums16_g32)(int kind, const uint8_t *wq, const int8_t *xr, int g0) {
-    __m512i v[8];
+/* One 32-value step (one block) as a 512-bit vector with a zero upper half. */
+ALWAYS TGT __m512i FN(step_s)(int kind, const uint8_t *wq, const int8_t *xr, int e) {
+    if (kind == K_Q8) return dot_8_s(v_zero(), ld_q8_s((const int8_t *)wq + e), xr + e);
+    return dot_u_s(v_zero(), ld_q4_s(wq + e / 2, kind == K_Q4S), xr + e);
+}
+
+/* fp16 values h[group of b] for blocks b0 .. b0+15 (cnt valid) */
+ALWAYS TGT __m512 FN(scales16)(const row_view *v, const uint16_t *h, int b0, int cnt) {
+    if (v->sh >= 0) {
+        int g0 = b0 >> v->sh, base = g0 + 16 <= v->ng ? g0 : v->ng < 16 ? 0 : v->ng - 16; /* as scales8 */
+        __m256i raw = v->ng < 16 ? _mm256_maskz_loadu_epi16((__mmask16)((1u << v->ng) - 1), h)
+                                 : _mm256_loadu_si256((const __m256i *)(h + base));
+        __m512i idx = _mm512_sub_epi32(
+            _mm512_srl_epi32(_mm512_add_epi32(_mm512_set1_epi32(b0),
+                                              _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15)),
+                             _mm_cvtsi32_si128(v->sh)),
+            _mm512_set1_epi32(base));
+        return _mm512_permutexvar_ps(idx, _mm512_cvtph_ps(raw));
+    }
+    float f[16] = {0};
+    for (int k = 0; k < cnt; k++) f[k] = _cvtsh_ss(h[(b0 + k) / v->bpg]);
+    return _mm512_loadu_ps(f);
+}
+
+/* scales8 for rows that are not padded: a masked load for short rows */
+ALWAYS TGT __m256 FN(scales8w)(const row_view *v, const uint16_t *h, int b0, int cnt) {
+    if (v->sh < 0) return scales8_any(v, h, b0, cnt);
+    int g0 = b0 >> v->sh;
+    if (v->ng < 8) return spread8(v, _mm_maskz_loadu_epi16((__mmask8)((1u << v->ng) - 1), h), b0, 0);
+    int base = g0 + 8 <= v->ng ? g0 : v->ng - 8;
+    return spread8(v, _mm_loadu_si128((const __m128i *)(h + base)), b0, base);
+}
+
+#define LO256(z) _mm512_castps512_ps256(z)
+#define HI256(z) _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(z), 1))
+
+/* One token: 16 blocks per reduction, the 16 lanes of the contract in one
+ * register. cnt (1..16) blocks from b0; constant 16 in the main loop. */
+ALWAYS TGT __m512 FN(chunk16)(int kind, const row_view *v, const int8_t *xr, const float *xd, const int32_t *xs,
+                               int b0, int cnt, __m512 lanes) {
+    __m512i p[8];
     for (int j = 0; j < 8; j++) {
-        int at = g0 * 32 + 64 * j;
-        if (kind == K_Q8) v[j] = dot_8(v_zero(), ld_q8((const int8_t *)wq + at), xr + at);
-        else v[j] = dot_u(v_zero(), ld_q4(wq + at / 2, kind == K_Q4S), xr + at);
+        int left = cnt - 2 * j, e = (b0 + 2 * j) * QK;
+        p[j] = left >= 2 ? FN(step)(kind, v->q, xr, e) : left == 1 ? FN(step_s)(kind, v->q, xr, e) : v_zero();
     }
-    return FN(reduce8h)(v);
+    __m512i isum = FN(reduce8h)(p);
+    __mmask16 valid = (__mmask16)((1u << cnt) - 1); /* for the loads: nothing read past the row */
+    __m512i s = cnt == 16 ? _mm512_loadu_si512((const void *)(xs + b0)) : _mm512_maskz_loadu_epi32(valid, xs + b0);
+    __m512 dx = cnt == 16 ? _mm512_loadu_ps(xd + b0) : _mm512_maskz_loadu_ps(valid, xd + b0);
+    int off = offset_of(kind, Q8_OFF);
+    if (off) isum = _mm512_sub_epi32(isum, _mm512_slli_epi32(s, off == 8 ? 3 : 7));
+    __m512 term = _mm512_mul_ps(_mm512_mul_ps(FN(scales16)(v, v->d, b0, cnt), dx), _mm512_cvtepi32_ps(isum));
+    if (kind == K_Q4A)
+        term = _mm512_add_ps(term,
+                             _mm512_mul_ps(_mm512_mul_ps(FN(scales16)(v, v->m, b0, cnt), dx), _mm512_cvtepi32_ps(s)));
+    return _mm512_add_ps(lanes, term);
 }
 
-/* Four tokens x four full groups g .. g+3 at a time (16 accumulators, one
- * reduction, the float part in the 16 lanes (token t, group g+k) = lane 4t+k),
- * then added to acc (lane t) in group order. Returns the first group left. */
-ALWAYS TGT int FN(quad_groups)(int kind, const qact *x, const uint8_t *wq, const uint16_t *wd,
-                                const uint16_t *wm, const int8_t *const *xr, const float *const *xd,
-                                const int32_t *const *xs, __m128 *accp, int nfull) {
-    const int gs = x->gs, off8 = FN(offset_of)(kind);
-    __m128 acc = *accp;
-    int g = 0;
-    for (; g + 4 <= nfull; g += 4) {
-        __m512i isum;
-        if (gs == 32) { /* 8 steps of two groups: v[2t+p] = token t, groups g+2p, g+2p+1 */
-            __m512i v[8];
-            for (int p = 0; p < 2; p++) {
-                int at = g * 32 + 64 * p;
-                if (kind == K_Q8) {
-                    WB w = ld_q8((const int8_t *)wq + at);
-                    for (int t = 0; t < 4; t++) v[2 * t + p] = dot_8(v_zero(), w, xr[t] + at);
-                } else {
-                    WB w = ld_q4(wq + at / 2, kind == K_Q4S);
-                    for (int t = 0; t < 4; t++) v[2 * t + p] = dot_u(v_zero(), w, xr[t] + at);
-                }
+ALWAYS TGT void FN(one_token)(int kind, const qact *x, const qmat *w, int r, float *out, size_t out_stride, int t) {
+    row_view v;
+    row_of(&v, w, r, kind, BIG == 32);
+    const int nb = x->nb;
+    const int8_t *xr = x->q + (size_t)t * (size_t)x->n;
+    const float *xd = x->d + (size_t)t * (size_t)nb;
+    const int32_t *xs = x->s + (size_t)t * (size_t)nb;
+    __m512 lanes = _mm512_setzero_ps();
+    int b0 = 0;
+    for (; b0 + 16 <= nb; b0 += 16) lanes = FN(chunk16)(kind, &v, xr, xd, xs, b0, 16, lanes);
+    if (b0 < nb) lanes = FN(chunk16)(kind, &v, xr, xd, xs, b0, nb - b0, lanes);
+    out[(size_t)t * out_stride + (size_t)r] = tree16(LO256(lanes), HI256(lanes));
+}
+
+#define JOIN_I(a, b) _mm512_inserti64x4(_mm512_castsi256_si512(a), (b), 1)
+#define JOIN_F(a, b) \
+    _mm512_castpd_ps(_mm512_insertf64x4(_mm512_castpd256_pd512(_mm256_castps_pd(a)), _mm256_castps_pd(b), 1))
+
+/* T tokens (2..4) x 8 blocks from b0 (cnt valid): each 64-value step unpacked
+ * once for the T tokens (16 accumulators), one reduction per pair of tokens
+ * (lanes 0-7 the pair's first token, 8-15 its second), one float step per
+ * pair; acc[pair] gathers lanes b0 % 16 .. +7 of both tokens. */
+ALWAYS TGT void FN(tile_chunk)(int kind, const int T, const row_view *v, const int8_t *const *xr,
+                                const float *const *xd, const int32_t *const *xs, int b0, int cnt, __m512 *acc) {
+    __m512i p[2][8]; /* p[t / 2][4 * (t % 2) + j]: token t, step j */
+    for (int j = 0; j < 4; j++) {
+        int left = cnt - 2 * j, e = (b0 + 2 * j) * QK;
+        for (int t = 0; t < 4; t++) p[t / 2][4 * (t % 2) + j] = v_zero();
+        if (left >= 2) {
+            if (kind == K_Q8) {
+                __m512i wv = ld_q8((const int8_t *)v->q + e);
+                for (int t = 0; t < T; t++) p[t / 2][4 * (t % 2) + j] = dot_8(v_zero(), wv, xr[t] + e);
+            } else {
+                __m512i wv = ld_q4(v->q + e / 2, kind == K_Q4S);
+                for (int t = 0; t < T; t++) p[t / 2][4 * (t % 2) + j] = dot_u(v_zero(), wv, xr[t] + e);
             }
-            isum = FN(reduce8h)(v); /* half 4t+k = token t, group g+k */
-        } else {
-        __m512i a[16];
-        for (int i = 0; i < 16; i++) a[i] = v_zero();
-        int o = g * gs, e = 0;
-        for (; e + 64 <= gs; e += 64) {
-            for (int k = 0; k < 4; k++) {
-                int at = o + k * gs + e;
-                if (kind == K_Q8) {
-                    WB w = ld_q8((const int8_t *)wq + at);
-                    for (int t = 0; t < 4; t++) a[4 * t + k] = dot_8(a[4 * t + k], w, xr[t] + at);
-                } else {
-                    WB w = ld_q4(wq + at / 2, kind == K_Q4S);
-                    for (int t = 0; t < 4; t++) a[4 * t + k] = dot_u(a[4 * t + k], w, xr[t] + at);
-                }
-            }
-        }
-        if (e < gs)
-            for (int k = 0; k < 4; k++)
-                for (int t = 0; t < 4; t++)
-                    a[4 * t + k] = FN(group_dot)(kind, a[4 * t + k], wq, xr[t], o + k * gs + e, 32);
-        isum = FN(reduce16)(a);
-        }
-        __m512i s = _mm512_castsi128_si512(_mm_loadu_si128((const __m128i *)(xs[0] + g)));
-        s = _mm512_inserti32x4(s, _mm_loadu_si128((const __m128i *)(xs[1] + g)), 1);
-        s = _mm512_inserti32x4(s, _mm_loadu_si128((const __m128i *)(xs[2] + g)), 2);
-        s = _mm512_inserti32x4(s, _mm_loadu_si128((const __m128i *)(xs[3] + g)), 3);
-        if (off8) isum = _mm512_sub_epi32(isum, _mm512_slli_epi32(s, off8 == 8 ? 3 : 7));
-        __m512 dx = _mm512_castps128_ps512(_mm_loadu_ps(xd[0] + g));
-        dx = _mm512_insertf32x4(dx, _mm_loadu_ps(xd[1] + g), 1);
-        dx = _mm512_insertf32x4(dx, _mm_loadu_ps(xd[2] + g), 2);
-        dx = _mm512_insertf32x4(dx, _mm_loadu_ps(xd[3] + g), 3);
-        __m512 d = _mm512_broadcast_f32x4(_mm_cvtph_ps(_mm_loadl_epi64((const __m128i *)(wd + g))));
-        __m512 term = _mm512_mul_ps(_mm512_mul_ps(d, dx), _mm512_cvtepi32_ps(isum));
-        if (kind == K_Q4A) {
-            __m512 m = _mm512_broadcast_f32x4(_mm_cvtph_ps(_mm_loadl_epi64((const __m128i *)(wm + g))));
-            term = _mm512_add_ps(term, _mm512_mul_ps(_mm512_mul_ps(m, dx), _mm512_cvtepi32_ps(s)));
-        }
-        /* lane t of step k = lane 4t+k of term */
-        for (int k = 0; k < 4; k++) {
-            __m512i idx = _mm512_add_epi32(_mm512_setr_epi32(0, 4, 8, 12, 0, 4, 8, 12, 0, 4, 8, 12, 0, 4, 8, 12),
-                                           _mm512_set1_epi32(k));
-            acc = _mm_add_ps(acc, _mm512_castps512_ps128(_mm512_permutexvar_ps(idx, term)));
+        } else if (left == 1) {
+            for (int t = 0; t < T; t++) p[t / 2][4 * (t % 2) + j] = FN(step_s)(kind, v->q, xr[t], e);
         }
     }
-    *accp = acc;
-    return g;
+    __m256 d8 = FN(scales8w)(v, v->d, b0, cnt), m8 = kind == K_Q4A ? FN(scales8w)(v, v->m, b0, cnt) : d8;
+    __m512 dd = JOIN_F(d8, d8), mm = JOIN_F(m8, m8);
+    int off = offset_of(kind, Q8_OFF);
+    for (int pair = 0; pair < (T + 1) / 2; pair++) {
+        int a = 2 * pair, b = a + 1 < T ? a + 1 : a; /* an odd T: the lone token twice (its copy unused) */
+        __m512i isum = FN(reduce8h)(p[pair]);
+        __m512i s = JOIN_I(load8i(xs[a] + b0, cnt), load8i(xs[b] + b0, cnt));
+        __m512 dx = JOIN_F(load8f(xd[a] + b0, cnt), load8f(xd[b] + b0, cnt));
+        if (off) isum = _mm512_sub_epi32(isum, _mm512_slli_epi32(s, off == 8 ? 3 : 7));
+        __m512 term = _mm512_mul_ps(_mm512_mul_ps(dd, dx), _mm512_cvtepi32_ps(isum));
+        if (kind == K_Q4A) term = _mm512_add_ps(term, _mm512_mul_ps(_mm512_mul_ps(mm, dx), _mm512_cvtepi32_ps(s)));
+        acc[pair] = _mm512_add_ps(acc[pair], term);
+    }
 }
-#endif
 
-#if BIG == 32
+/* Tokens t0 .. t0+T-1 (T = 2..4) of row r: 16 blocks per pass, lanes 0-7 of
+ * each pair of tokens in even[pair], lanes 8-15 in odd[pair]. */
+ALWAYS TGT void FN(tile_tokens)(int kind, const int T, const qact *x, const qmat *w, int r, float *out,
+                                 size_t out_stride, int t0) {
+    row_view v;
+    row_of(&v, w, r, kind, BIG == 32);
+    const int nb = x->nb;
+    const int8_t *xr[4];
+    const float *xd[4];
+    const int32_t *xs[4];
+    for (int t = 0; t < T; t++) {
+        size_t row = (size_t)(t0 + t);
+        xr[t] = x->q + row * (size_t)x->n;
+        xd[t] = x->d + row * (size_t)nb;
+        xs[t] = x->s + row * (size_t)nb;
+    }
+    __m512 even[2] = {_mm512_setzero_ps(), _mm512_setzero_ps()}, odd[2] = {even[0], even[0]};
+    int b0 = 0;
+    for (; b0 + 16 <= nb; b0 += 16) {
+        FN(tile_chunk)(kind, T, &v, xr, xd, xs, b0, 8, even);
+        FN(tile_chunk)(kind, T, &v, xr, xd, xs, b0 + 8, 8, odd);
+    }
+    if (b0 < nb) {
+        int left = nb - b0;
+        FN(tile_chunk)(kind, T, &v, xr, xd, xs, b0, left < 8 ? left : 8, even);
+        if (left > 8) FN(tile_chunk)(kind, T, &v, xr, xd, xs, b0 + 8, left - 8, odd);
+    }
+    for (int t = 0; t < T; t++) {
+        __m512 e = even[t / 2], o = odd[t / 2];
+        float y = t % 2 ? tree16(HI256(e), HI256(o)) : tree16(LO256(e), LO256(o));
+        out[(size_t)(t0 + t) * out_stride + (size_t)r] = y;
+    }
+}
+#else
 /* 8 accumulators -> one vector, lane i = the horizontal sum of v[i]: a tree of
  * merges (two blends and one shuffle each); the tree leaves input j in lane
  * bitreverse3(j), so inputs go in that order. */
@@ -189,208 +314,115 @@ ALWAYS TGT __m256i FN(reduce8)(const __m256i *v) {
     return MERGE8(b0, b1, 0xAA, SWAP32_8);
 }
 
-/* Four tokens x two full groups g, g+1 at a time (8 accumulators, lane 2t+k =
- * token t, group g+k), one reduction and one float step for the 8, then added
- * to acc (lane t) in group order. Returns the first group left. */
-ALWAYS TGT int FN(pair_groups)(int kind, const qact *x, const uint8_t *wq, const uint16_t *wd,
-                                const uint16_t *wm, const int8_t *const *xr, const float *const *xd,
-                                const int32_t *const *xs, __m128 *accp, int nfull) {
-    const int gs = x->gs, off8 = FN(offset_of)(kind);
-    __m128 acc = *accp;
-    int g = 0;
-    for (; g + 2 <= nfull; g += 2) {
-        __m256i a[8];
-        for (int i = 0; i < 8; i++) a[i] = v_zero();
-        int o = g * gs;
-        for (int e = 0; e < gs; e += 32) {
-            for (int k = 0; k < 2; k++) {
-                int at = o + k * gs + e;
-                if (kind == K_Q8) {
-                    WB w = ld_q8((const int8_t *)wq + at);
-                    for (int t = 0; t < 4; t++) a[2 * t + k] = dot_8(a[2 * t + k], w, xr[t] + at);
-                } else {
-                    WB w = ld_q4(wq + at / 2, kind == K_Q4S);
-                    for (int t = 0; t < 4; t++) a[2 * t + k] = dot_u(a[2 * t + k], w, xr[t] + at);
-                }
-            }
-        }
-        __m256i isum = FN(reduce8)(a);
-        __m256i s = _mm256_set_m128i(
-            _mm_unpacklo_epi64(_mm_loadl_epi64((const __m128i *)(xs[2] + g)), _mm_loadl_epi64((const __m128i *)(xs[3] + g))),
-            _mm_unpacklo_epi64(_mm_loadl_epi64((const __m128i *)(xs[0] + g)), _mm_loadl_epi64((const __m128i *)(xs[1] + g))));
-        if (off8) isum = _mm256_sub_epi32(isum, _mm256_slli_epi32(s, off8 == 8 ? 3 : 7));
-        __m256 dx = _mm256_castsi256_ps(_mm256_set_m128i(
-            _mm_unpacklo_epi64(_mm_loadl_epi64((const __m128i *)(xd[2] + g)), _mm_loadl_epi64((const __m128i *)(xd[3] + g))),
-            _mm_unpacklo_epi64(_mm_loadl_epi64((const __m128i *)(xd[0] + g)), _mm_loadl_epi64((const __m128i *)(xd[1] + g)))));
-        uint32_t dpair, mpair;
-        memcpy(&dpair, wd + g, 4);
-        __m128 d4 = _mm_cvtph_ps(_mm_set1_epi32((int)dpair)); /* d[g], d[g+1], d[g], d[g+1] */
-        __m256 term = _mm256_mul_ps(_mm256_mul_ps(_mm256_set_m128(d4, d4), dx), _mm256_cvtepi32_ps(isum));
-        if (kind == K_Q4A) {
-            memcpy(&mpair, wm + g, 4);
-            __m128 m4 = _mm_cvtph_ps(_mm_set1_epi32((int)mpair));
-            term = _mm256_add_ps(term, _mm256_mul_ps(_mm256_mul_ps(_mm256_set_m128(m4, m4), dx), _mm256_cvtepi32_ps(s)));
-        }
-        /* lane t of group g (then g+1) = lane 2t (2t+1) of term */
-        __m256 even = _mm256_permutevar8x32_ps(term, _mm256_setr_epi32(0, 2, 4, 6, 0, 2, 4, 6));
-        __m256 odd = _mm256_permutevar8x32_ps(term, _mm256_setr_epi32(1, 3, 5, 7, 1, 3, 5, 7));
-        acc = _mm_add_ps(acc, _mm256_castps256_ps128(even));
-        acc = _mm_add_ps(acc, _mm256_castps256_ps128(odd));
-    }
-    *accp = acc;
-    return g;
+/* The float terms of 8 blocks b0.. of one token: (d * dx) * isum [+ (m * dx) * xs],
+ * isum already corrected. */
+ALWAYS TGT __m256 FN(terms8)(int kind, const row_view *v, int b0, int cnt, __m256i isum, const float *xd,
+                              const int32_t *xs, int off) {
+    __m256i s = load8i(xs + b0, cnt);
+    __m256 dx = load8f(xd + b0, cnt);
+    if (off) isum = _mm256_sub_epi32(isum, _mm256_slli_epi32(s, off == 8 ? 3 : 7));
+    __m256 term = _mm256_mul_ps(_mm256_mul_ps(scales8(v, v->d, b0, cnt), dx), _mm256_cvtepi32_ps(isum));
+    if (kind == K_Q4A)
+        term = _mm256_add_ps(term, _mm256_mul_ps(_mm256_mul_ps(scales8(v, v->m, b0, cnt), dx), _mm256_cvtepi32_ps(s)));
+    return term;
 }
-#endif
 
-/* Tokens t0 .. t0+T-1 (T = 2..4), all groups. Each weight step is unpacked once
- * for the T tokens; the float part runs in the lanes of one __m128. */
-ALWAYS TGT void FN(tile_tokens)(int kind, const int T, const qact *x, const uint8_t *wq,
-                                 const uint16_t *wd, const uint16_t *wm, float *out,
+/* One token, 8 blocks per reduction; the 16 lanes as two registers. */
+ALWAYS TGT __m256 FN(chunk8)(int kind, const row_view *v, const int8_t *xr, const float *xd, const int32_t *xs,
+                              int b0, int cnt, __m256 lanes) {
+    __m256i p[8];
+    for (int k = 0; k < 8; k++) p[k] = k < cnt ? FN(step)(kind, v->q, xr, (b0 + k) * QK) : v_zero();
+    __m256 term = FN(terms8)(kind, v, b0, cnt, FN(reduce8)(p), xd, xs, offset_of(kind, Q8_OFF));
+    return _mm256_add_ps(lanes, term);
+}
+
+ALWAYS TGT void FN(one_token)(int kind, const qact *x, const qmat *w, int r, float *out, size_t out_stride, int t) {
+    row_view v;
+    row_of(&v, w, r, kind, BIG == 32);
+    const int nb = x->nb;
+    const int8_t *xr = x->q + (size_t)t * (size_t)x->n;
+    const float *xd = x->d + (size_t)t * (size_t)nb;
+    const int32_t *xs = x->s + (size_t)t * (size_t)nb;
+    __m256 lo = _mm256_setzero_ps(), hi = _mm256_setzero_ps(); /* lanes 0-7, 8-15 */
+    int b0 = 0;
+    for (; b0 + 16 <= nb; b0 += 16) {
+        lo = FN(chunk8)(kind, &v, xr, xd, xs, b0, 8, lo);
+        hi = FN(chunk8)(kind, &v, xr, xd, xs, b0 + 8, 8, hi);
+    }
+    if (b0 < nb) {
+        int left = nb - b0;
+        lo = FN(chunk8)(kind, &v, xr, xd, xs, b0, left < 8 ? left : 8, lo);
+        if (left > 8) hi = FN(chunk8)(kind, &v, xr, xd, xs, b0 + 8, left - 8, hi);
+    }
+    out[(size_t)t * out_stride + (size_t)r] = tree16(lo, hi);
+}
+
+/* Two tokens A, B x 4 blocks from b0 (cnt valid): each block unpacked once
+ * for both, one reduction (lanes 0-3 A's blocks, 4-7 B's), one float step. */
+ALWAYS TGT __m256 FN(pair_chunk)(int kind, const row_view *v, const int8_t *xra, const int8_t *xrb,
+                                  const float *xda, const float *xdb, const int32_t *xsa, const int32_t *xsb,
+                                  int b0, int cnt) {
+    __m256i p[8];
+    for (int k = 0; k < 4; k++) {
+        int e = (b0 + k) * QK;
+        p[k] = p[4 + k] = v_zero();
+        if (k >= cnt) continue;
+        if (kind == K_Q8) {
+            __m256i wv = ld_q8((const int8_t *)v->q + e);
+            p[k] = dot_8(v_zero(), wv, xra + e);
+            p[4 + k] = dot_8(v_zero(), wv, xrb + e);
+        } else {
+            __m256i wv = ld_q4(v->q + e / 2, kind == K_Q4S);
+            p[k] = dot_u(v_zero(), wv, xra + e);
+            p[4 + k] = dot_u(v_zero(), wv, xrb + e);
+        }
+    }
+    __m256i isum = FN(reduce8)(p);
+    __m256i s = _mm256_set_m128i(load4i(xsb + b0, cnt), load4i(xsa + b0, cnt));
+    __m256 dx = _mm256_set_m128(load4f(xdb + b0, cnt), load4f(xda + b0, cnt));
+    int off = offset_of(kind, Q8_OFF);
+    if (off) isum = _mm256_sub_epi32(isum, _mm256_slli_epi32(s, off == 8 ? 3 : 7));
+    __m256 d4 = scales8(v, v->d, b0, cnt);
+    __m256 term = _mm256_mul_ps(_mm256_mul_ps(_mm256_permute2f128_ps(d4, d4, 0), dx), _mm256_cvtepi32_ps(isum));
+    if (kind == K_Q4A) {
+        __m256 m4 = scales8(v, v->m, b0, cnt);
+        term = _mm256_add_ps(term, _mm256_mul_ps(_mm256_mul_ps(_mm256_permute2f128_ps(m4, m4, 0), dx),
+                                                 _mm256_cvtepi32_ps(s)));
+    }
+    return term;
+}
+
+/* Tokens t0 .. t0+T-1 (T = 2..4) of row r, two at a time (16 accumulators
+ * would not fit 16 registers): per pair, lanes 4q .. 4q+3 of its two tokens
+ * in acc[q] (the first token in the low half). */
+ALWAYS TGT void FN(tile_tokens)(int kind, const int T, const qact *x, const qmat *w, int r, float *out,
                                  size_t out_stride, int t0) {
-    const int n = x->n, gs = x->gs, ng = x->ngroups, off8 = FN(offset_of)(kind);
-    const int8_t *xr[4];
-    const float *xd[4];
-    const int32_t *xs[4];
-    for (int t = 0; t < 4; t++) { /* lanes past T repeat token t0 (valid memory, unused) */
-        size_t row = (size_t)(t0 + (t < T ? t : 0));
-        xr[t] = x->q + row * (size_t)n;
-        xd[t] = x->d + row * (size_t)ng;
-        xs[t] = x->s + row * (size_t)ng;
+    row_view v;
+    row_of(&v, w, r, kind, BIG == 32);
+    const int nb = x->nb;
+    for (int a = 0; a < T; a += 2) {
+        int b = a + 1 < T ? a + 1 : a; /* an odd T: the lone token twice (its copy unused) */
+        const int8_t *xra = x->q + (size_t)(t0 + a) * (size_t)x->n, *xrb = x->q + (size_t)(t0 + b) * (size_t)x->n;
+        const float *xda = x->d + (size_t)(t0 + a) * (size_t)nb, *xdb = x->d + (size_t)(t0 + b) * (size_t)nb;
+        const int32_t *xsa = x->s + (size_t)(t0 + a) * (size_t)nb, *xsb = x->s + (size_t)(t0 + b) * (size_t)nb;
+        __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
+        int b0 = 0;
+        for (; b0 + 16 <= nb; b0 += 16)
+            for (int q = 0; q < 4; q++)
+                acc[q] = _mm256_add_ps(acc[q], FN(pair_chunk)(kind, &v, xra, xrb, xda, xdb, xsa, xsb, b0 + 4 * q, 4));
+        for (int q = 0; b0 + 4 * q < nb; q++) {
+            int left = nb - b0 - 4 * q;
+            acc[q] = _mm256_add_ps(acc[q], FN(pair_chunk)(kind, &v, xra, xrb, xda, xdb, xsa, xsb, b0 + 4 * q,
+                                                          left < 4 ? left : 4));
+        }
+        out[(size_t)(t0 + a) * out_stride + (size_t)r] =
+            tree16(_mm256_permute2f128_ps(acc[0], acc[1], 0x20), _mm256_permute2f128_ps(acc[2], acc[3], 0x20));
+        if (a + 1 < T)
+            out[(size_t)(t0 + a + 1) * out_stride + (size_t)r] =
+                tree16(_mm256_permute2f128_ps(acc[0], acc[1], 0x31), _mm256_permute2f128_ps(acc[2], acc[3], 0x31));
     }
-    __m128 acc = _mm_setzero_ps();
-    int g = 0;
-#if BIG == 64
-    if (T == 4) g = FN(quad_groups)(kind, x, wq, wd, wm, xr, xd, xs, &acc, ng - (ng * gs != n));
-#else
-    if (T == 4) g = FN(pair_groups)(kind, x, wq, wd, wm, xr, xd, xs, &acc, ng - (ng * gs != n));
-#endif
-    for (; g < ng; g++) {
-        int off = g * gs, len = n - off < gs ? n - off : gs;
-        V a0 = v_zero(), a1 = v_zero(), a2 = v_zero(), a3 = v_zero();
-        int e = off, end = off + len;
-        for (; e + BIG <= end; e += BIG) {
-            if (kind == K_Q8) {
-                WB w = ld_q8((const int8_t *)wq + e);
-                a0 = dot_8(a0, w, xr[0] + e);
-                a1 = dot_8(a1, w, xr[1] + e);
-                if (T > 2) a2 = dot_8(a2, w, xr[2] + e);
-                if (T > 3) a3 = dot_8(a3, w, xr[3] + e);
-            } else {
-                WB w = ld_q4(wq + e / 2, kind == K_Q4S);
-                a0 = dot_u(a0, w, xr[0] + e);
-                a1 = dot_u(a1, w, xr[1] + e);
-                if (T > 2) a2 = dot_u(a2, w, xr[2] + e);
-                if (T > 3) a3 = dot_u(a3, w, xr[3] + e);
-            }
-        }
-#if BIG == 64
-        if (e < end) {
-            a0 = FN(group_dot)(kind, a0, wq, xr[0], e, 32);
-            a1 = FN(group_dot)(kind, a1, wq, xr[1], e, 32);
-            if (T > 2) a2 = FN(group_dot)(kind, a2, wq, xr[2], e, 32);
-            if (T > 3) a3 = FN(group_dot)(kind, a3, wq, xr[3], e, 32);
-        }
-#endif
-        __m128i isum = reduce4(a0, a1, a2, a3);
-        __m128i s = _mm_setr_epi32(xs[0][g], xs[1][g], xs[2][g], xs[3][g]);
-        if (off8) isum = _mm_sub_epi32(isum, _mm_mullo_epi32(s, _mm_set1_epi32(off8)));
-        __m128 dx = _mm_setr_ps(xd[0][g], xd[1][g], xd[2][g], xd[3][g]);
-        __m128 term = _mm_mul_ps(_mm_mul_ps(_mm_set1_ps(_cvtsh_ss(wd[g])), dx), _mm_cvtepi32_ps(isum));
-        if (kind == K_Q4A) {
-            __m128 mterm = _mm_mul_ps(_mm_mul_ps(_mm_set1_ps(_cvtsh_ss(wm[g])), dx), _mm_cvtepi32_ps(s));
-            term = _mm_add_ps(term, mterm);
-        }
-        acc = _mm_add_ps(acc, term);
-    }
-    float r[4];
-    _mm_storeu_ps(r, acc);
-    for (int t = 0; t < T; t++) out[(size_t)(t0 + t) * out_stride] = r[t];
 }
-
-/* One token t, all groups: four full groups at a time share one reduction and
- * one vector float step; the four terms are then added in group order. */
-ALWAYS TGT void FN(one_token)(int kind, const qact *x, const uint8_t *wq, const uint16_t *wd,
-                               const uint16_t *wm, float *out, int t) {
-    const int n = x->n, gs = x->gs, ng = x->ngroups, off8 = FN(offset_of)(kind);
-    const int8_t *xr = x->q + (size_t)t * (size_t)n;
-    const float *xd = x->d + (size_t)t * (size_t)ng;
-    const int32_t *xs = x->s + (size_t)t * (size_t)ng;
-    int nfull = ng - (ng * gs != n); /* groups of full length (no division) */
-    float acc = 0.0f;
-    int g = 0;
-#if BIG == 64
-    if (gs == 32)
-        for (; g + 16 <= nfull; g += 16) {
-            __m512i isum = FN(sums16_g32)(kind, wq, xr, g);
-            __m512i s = _mm512_loadu_si512((const void *)(xs + g));
-            if (off8) isum = _mm512_sub_epi32(isum, _mm512_slli_epi32(s, off8 == 8 ? 3 : 7));
-            __m512 dx = _mm512_loadu_ps(xd + g);
-            __m512 d = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(wd + g)));
-            __m512 term = _mm512_mul_ps(_mm512_mul_ps(d, dx), _mm512_cvtepi32_ps(isum));
-            if (kind == K_Q4A) {
-                __m512 m = _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(wm + g)));
-                term = _mm512_add_ps(term, _mm512_mul_ps(_mm512_mul_ps(m, dx), _mm512_cvtepi32_ps(s)));
-            }
-            float r[16];
-            _mm512_storeu_ps(r, term);
-            for (int k = 0; k < 16; k++) acc += r[k]; /* in group order */
-        }
 #endif
-    for (; g + 4 <= nfull; g += 4) {
-        V a0 = v_zero(), a1 = v_zero(), a2 = v_zero(), a3 = v_zero();
-        int o0 = g * gs;
-        int e = 0;
-        for (; e + BIG <= gs; e += BIG) {
-            if (kind == K_Q8) {
-                const int8_t *w8 = (const int8_t *)wq + o0 + e;
-                a0 = dot_8(a0, ld_q8(w8), xr + o0 + e);
-                a1 = dot_8(a1, ld_q8(w8 + gs), xr + o0 + gs + e);
-                a2 = dot_8(a2, ld_q8(w8 + 2 * gs), xr + o0 + 2 * gs + e);
-                a3 = dot_8(a3, ld_q8(w8 + 3 * gs), xr + o0 + 3 * gs + e);
-            } else {
-                const uint8_t *w4 = wq + (o0 + e) / 2;
-                int sg = kind == K_Q4S;
-                a0 = dot_u(a0, ld_q4(w4, sg), xr + o0 + e);
-                a1 = dot_u(a1, ld_q4(w4 + gs / 2, sg), xr + o0 + gs + e);
-                a2 = dot_u(a2, ld_q4(w4 + gs, sg), xr + o0 + 2 * gs + e);
-                a3 = dot_u(a3, ld_q4(w4 + 3 * gs / 2, sg), xr + o0 + 3 * gs + e);
-            }
-        }
-#if BIG == 64
-        if (e < gs) {
-            a0 = FN(group_dot)(kind, a0, wq, xr, o0 + e, 32);
-            a1 = FN(group_dot)(kind, a1, wq, xr, o0 + gs + e, 32);
-            a2 = FN(group_dot)(kind, a2, wq, xr, o0 + 2 * gs + e, 32);
-            a3 = FN(group_dot)(kind, a3, wq, xr, o0 + 3 * gs + e, 32);
-        }
-#endif
-        __m128i isum = reduce4(a0, a1, a2, a3);
-        __m128i s = _mm_loadu_si128((const __m128i *)(xs + g));
-        if (off8) isum = _mm_sub_epi32(isum, _mm_mullo_epi32(s, _mm_set1_epi32(off8)));
-        __m128 dx = _mm_loadu_ps(xd + g);
-        __m128 d = _mm_cvtph_ps(_mm_loadl_epi64((const __m128i *)(wd + g)));
-        __m128 term = _mm_mul_ps(_mm_mul_ps(d, dx), _mm_cvtepi32_ps(isum));
-        if (kind == K_Q4A) {
-            __m128 m = _mm_cvtph_ps(_mm_loadl_epi64((const __m128i *)(wm + g)));
-            term = _mm_add_ps(term, _mm_mul_ps(_mm_mul_ps(m, dx), _mm_cvtepi32_ps(s)));
-        }
-        float r[4];
-        _mm_storeu_ps(r, term);
-        acc += r[0];
-        acc += r[1];
-        acc += r[2];
-        acc += r[3];
-    }
-    for (; g < ng; g++) {
-        int off = g * gs, len = n - off < gs ? n - off : gs;
-        int32_t isum = reduce1(FN(group_dot)(kind, v_zero(), wq, xr, off, len)) - off8 * xs[g];
-        float dx = xd[g];
-        float term = (_cvtsh_ss(wd[g]) * dx) * (float)isum;
-        if (kind == K_Q4A) term = term + (_cvtsh_ss(wm[g]) * dx) * (float)xs[g];
-        acc += term;
-    }
-    *out = acc;
-}
 
 #include "kernels_body_entry.h"
 

@@ -66,16 +66,11 @@ typedef struct layer_weights {
     tensor w3;  /* (hidden_dim, dim) up */
 } layer_weights;
 
-/* The int8 activations of one float input, for up to three group sizes (the
- * matrices reading one input, e.g. wq, wk, wv, may use different ones). */
-#define ACT_SLOTS 3
-
+/* The int8 activations of one float input (blocks of QK whatever the
+ * weights' group sizes: wq, wk and wv read one copy). */
 typedef struct act_cache {
-    const float *x;         /* (ntok, n) the input they were quantized from */
-    int n, ntok;
-    int gs[ACT_SLOTS];      /* 0: slot empty */
-    qact slot[ACT_SLOTS];   /* q (B, max_cols), d and s (B, max_cols/32) */
-    int next;               /* slot to fill next */
+    const float *x;         /* (ntok, n) the input they were quantized from; NULL: none */
+    qact a;                 /* q (B, max_cols), d and s (B, max_cols/QK) */
 } act_cache;
 
 typedef struct pool pool;
@@ -545,14 +540,13 @@ static uint64_t memory_needed(const rq4_config *c, int n_entries, int n_ctx, int
     uint64_t B = RQ4_BATCH, dim = (uint64_t)c->dim, hidden = (uint64_t)c->hidden_dim;
     uint64_t q_dim = (uint64_t)c->n_heads * (uint64_t)c->head_dim, kv_dim = (uint64_t)c->n_kv_heads * (uint64_t)c->head_dim;
     uint64_t max_cols = max3(dim, q_dim, hidden), max_in = dim > q_dim ? dim : q_dim;
-    uint64_t max_groups = (max_cols + RQ4_MIN_GROUP - 1) / RQ4_MIN_GROUP;
     uint64_t kv_elem = kv_type == RQ4_KV_F16 ? 2 : 4;
     uint64_t bytes = sizeof(rq4_model);
     bytes += (uint64_t)n_entries * sizeof(uint32_t);                       /* by_name */
     bytes += (uint64_t)c->n_layers * sizeof(layer_weights);               /* layers */
     bytes += (uint64_t)(c->head_dim / 2) * sizeof(double);               /* inv_freq */
     bytes += 4 * B * (dim + max_in + dim + q_dim + 2 * kv_dim + 2 * hidden + (uint64_t)c->head_dim); /* x .. rope */
-    bytes += ACT_SLOTS * B * (max_cols + max_groups * (sizeof(float) + sizeof(int32_t)));             /* acts */
+    bytes += B * (max_cols + max_cols / QK * (sizeof(float) + sizeof(int32_t)));                      /* acts */
     bytes += 4 * (uint64_t)n_threads * ((uint64_t)(c->n_heads / c->n_kv_heads) * (uint64_t)n_ctx +
                                         4 * (uint64_t)c->head_dim + max_cols);  /* att, row */
     bytes += 2 * kv_elem * (uint64_t)c->n_layers * (uint64_t)n_ctx * kv_dim; /* kv cache */
@@ -819,26 +813,16 @@ static void dequantize_row(const tensor *w, int r, float *out) {
     }
 }
 
-/* The input of a matmul quantized for group size gs (cached per input). */
-static const qact *quantized_input(act_cache *a, const float *x, int n, int ntok, int gs) {
-    if (a->x != x || a->n != n || a->ntok != ntok) {
-        a->x = x;
-        a->n = n;
-        a->ntok = ntok;
-        memset(a->gs, 0, sizeof a->gs);
-    }
-    for (int i = 0; i < ACT_SLOTS; i++)
-        if (a->gs[i] == gs) return &a->slot[i];
-    int i = a->next;
-    a->next = (a->next + 1) % ACT_SLOTS;
-    qact *s = &a->slot[i];
-    s->n = n;
-    s->gs = gs;
-    s->ngroups = (n + gs - 1) / gs;
-    s->ntok = ntok;
-    for (int t = 0; t < ntok; t++) quantize_act(s, t, x + (size_t)t * (size_t)n);
-    a->gs[i] = gs;
-    return s;
+/* The input of a matmul as int8 blocks (cached per input). */
+static const qact *quantized_input(act_cache *c, const float *x, int n, int ntok) {
+    qact *a = &c->a;
+    if (c->x == x && a->n == n && a->ntok == ntok) return a;
+    c->x = x;
+    a->n = n;
+    a->nb = n / QK;
+    a->ntok = ntok;
+    for (int t = 0; t < ntok; t++) quantize_act(a, t, x + (size_t)t * (size_t)n);
+    return a;
 }
 
 /* Forgets the cached int8 copy of x (its floats are about to change). */
@@ -853,7 +837,7 @@ typedef struct matmul_job {
     int ntok, n_parts;
     const tensor *w[MAX_PARTS];     /* (rows, cols) each */
     float *out[MAX_PARTS];          /* (ntok, rows) each */
-    const qact *xq[MAX_PARTS];      /* x quantized for w's group size, or NULL (float path) */
+    const qact *xq;                 /* x as int8 blocks, or NULL (float path) */
 } matmul_job;
 
 /* Rows [start, end) of one matrix: out = x W^T. */
@@ -861,13 +845,11 @@ static void matmul_part(const rq4_model *m, const matmul_job *j, int part, int t
     const tensor *w = j->w[part];
     float *out = j->out[part];
     size_t stride = (size_t)w->rows;
-    if (j->xq[part]) {
+    if (w->type != RQ4_TYPE_F32 && j->xq) {
         dot_fn dot = w->type == RQ4_TYPE_Q4S ? m->kernels->dot_q4s
                    : w->type == RQ4_TYPE_Q4A ? m->kernels->dot_q4a : m->kernels->dot_q8;
-        for (int r = start; r < end; r++) {
-            size_t g = (size_t)r * (size_t)w->ngroups;
-            dot(j->xq[part], w->q + (size_t)r * w->row_bytes, w->d + g, w->m ? w->m + g : NULL, out + r, stride);
-        }
+        qmat mat = {w->q, w->d, w->m, w->row_bytes, w->cols, w->gs, w->ngroups};
+        dot(j->xq, &mat, start, end, out, stride);
         return;
     }
     /* float path (reference mode, or F32 weights): the row in float, dotted in double */
@@ -899,13 +881,13 @@ static void matmul_rows(const rq4_model *m, void *arg, int thread, int start, in
 /* out[i] (ntok, w[i]->rows) = x (ntok, cols) times w[i]^T for i < n, every
  * weight row read once for all ntok tokens, the rows spread over the threads. */
 static void matmul_n(rq4_model *m, const float *x, int ntok, int n, const tensor *const *w, float *const *out) {
-    matmul_job j = {x, ntok, n, {0}, {0}, {0}};
+    matmul_job j = {x, ntok, n, {0}, {0}, NULL};
     int rows = 0;
     for (int i = 0; i < n; i++) {
         j.w[i] = w[i];
         j.out[i] = out[i];
-        if (!m->float_activations && w[i]->type != RQ4_TYPE_F32)
-            j.xq[i] = quantized_input(&m->acts, x, w[i]->cols, ntok, w[i]->gs);
+        if (!m->float_activations && w[i]->type != RQ4_TYPE_F32 && !j.xq)
+            j.xq = quantized_input(&m->acts, x, w[i]->cols, ntok);
         rows += w[i]->rows;
     }
     run_parallel(m, matmul_rows, &j, rows);
@@ -1177,11 +1159,9 @@ void rq4_close(rq4_model *m) {
     free(m->hb);
     free(m->hb2);
     free(m->rope);
-    for (int i = 0; i < ACT_SLOTS; i++) {
-        free(m->acts.slot[i].q);
-        free(m->acts.slot[i].d);
-        free(m->acts.slot[i].s);
-    }
+    free(m->acts.a.q);
+    free(m->acts.a.d);
+    free(m->acts.a.s);
     free(m->att);
     free(m->row);
     free(m->inv_freq);
@@ -1224,17 +1204,15 @@ static rq4_status allocate_buffers(rq4_model *m, rq4_error *err) {
     size_t B = RQ4_BATCH, dim = (size_t)c->dim, hidden = (size_t)c->hidden_dim;
     size_t q_dim = (size_t)m->q_dim, kv_dim = (size_t)m->kv_dim, hd = (size_t)c->head_dim;
     size_t max_in = dim > q_dim ? dim : q_dim, max_cols = max_in > hidden ? max_in : hidden;
-    size_t max_groups = (max_cols + RQ4_MIN_GROUP - 1) / RQ4_MIN_GROUP;
     size_t kv_elem = c->kv_type == RQ4_KV_F16 ? 2 : 4, nt = (size_t)c->n_threads;
     size_t kv_bytes = (size_t)c->n_layers * (size_t)c->n_ctx * kv_dim * kv_elem;
     int ok = alloc(&m->x, B * dim * 4) && alloc(&m->xb, B * max_in * 4) && alloc(&m->xb2, B * dim * 4) &&
              alloc(&m->q, B * q_dim * 4) && alloc(&m->k, B * kv_dim * 4) && alloc(&m->v, B * kv_dim * 4) &&
              alloc(&m->hb, B * hidden * 4) && alloc(&m->hb2, B * hidden * 4) && alloc(&m->rope, B * hd * 4) &&
              alloc(&m->att, nt * attention_scratch(c) * 4) && alloc(&m->row, nt * max_cols * 4) &&
-             alloc(&m->key_cache, kv_bytes) && alloc(&m->value_cache, kv_bytes);
-    for (int i = 0; ok && i < ACT_SLOTS; i++)
-        ok = alloc(&m->acts.slot[i].q, B * max_cols) && alloc(&m->acts.slot[i].d, B * max_groups * 4) &&
-             alloc(&m->acts.slot[i].s, B * max_groups * 4);
+             alloc(&m->key_cache, kv_bytes) && alloc(&m->value_cache, kv_bytes) &&
+             alloc(&m->acts.a.q, B * max_cols) && alloc(&m->acts.a.d, B * (max_cols / QK) * 4) &&
+             alloc(&m->acts.a.s, B * (max_cols / QK) * 4);
     if (!ok)
         return fail(err, RQ4_ERR_NOMEM, "out of memory for the buffers and the %zu-byte KV cache", 2 * kv_bytes);
     return RQ4_OK;

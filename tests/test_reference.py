@@ -146,7 +146,7 @@ def test_engine_float_activations_vs_reference(tiny_model):
 
 
 # int8 activations: every linear input (and the classifier input) is quantized
-# per weight group to x ~= d*q, q in [-127, 127], d = max|x|/127: a rounding
+# per block of 32 values to x ~= d*q, q in [-127, 127], d = max|x|/127: a rounding
 # error of at most d/2 per value, about 0.2-0.4% RMS of a group of
 # Gaussian-like activations. Over 2 layers (7 quantized inputs each) plus the
 # classifier these add up roughly in quadrature, and the measured logits error
@@ -176,16 +176,13 @@ def test_engine_int8_vs_reference(tiny_model):
 def test_engine_int8_vs_simulated_activation_quantization(tiny_model, monkeypatch):
     """The int8 error above is the activation quantization and nothing else:
     the reference with every linear input quantized as the engine does it
-    (per weight group: d = max|x|/127, q = round(x/d)) lands much closer to the
-    engine than the float reference does."""
+    (per block of 32 values: d = max|x|/127, q = round(x/d)) lands much closer to
+    the engine than the float reference does."""
     from pyrunq4 import Model
-    from fixtures import export_module
-    _, entries = export_module("reader").read_rq4(tiny_model)
-    groups = {n: e.group_size for n, e in entries.items() if hasattr(e, "group_size")}
     plain = R._linear
 
     def quantized_linear(weights, name, x, capture):
-        gs = groups[name]
+        gs = 32
         xq = np.empty_like(x)
         for g0 in range(0, x.shape[1], gs):
             blk = x[:, g0:g0 + gs].astype(np.float32)
