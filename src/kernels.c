@@ -153,9 +153,25 @@ QUANTIZE_CLONES static void quantize_token(qact *a, int t, const float *x) {
     for (int b = 0; b < a->nb; b++) d[b] = quantize_block(x + b * QK, q + b * QK, &s[b]);
 }
 
+void permute_act(qact *a, int t) {
+    const int8_t *q = a->q + (size_t)t * (size_t)a->n;
+    int8_t *p = a->qp + (size_t)t * (size_t)a->n;
+    for (int e = 0; e < a->n;) {
+        int left = a->n - e, span = left >= 128 ? 128 : left >= 64 ? 64 : 32;
+        for (int i = 0; i < span / 2; i++) {
+            p[e + i] = q[e + 2 * i];
+            p[e + span / 2 + i] = q[e + 2 * i + 1];
+        }
+        e += span;
+    }
+}
+
 /* The clones sit behind a plain function: clang (14) gives an external
  * target_clones function no symbol that other files can link to. */
-void quantize_act(qact *a, int t, const float *x) { quantize_token(a, t, x); }
+void quantize_act(qact *a, int t, const float *x) {
+    quantize_token(a, t, x);
+    permute_act(a, t);
+}
 
 /* ---- dispatch ----
  * The SIMD files (src/kernels_x86.c, src/kernels_arm.c) each define kernel

@@ -34,6 +34,7 @@
 /* Activations of ntok tokens, quantized in blocks of QK. */
 typedef struct qact {
     int8_t *q;      /* (ntok, n) */
+    int8_t *qp;     /* (ntok, n): q in nibble order, see permute_act */
     float *d;       /* (ntok, nb) */
     int32_t *s;     /* (ntok, nb): sum of q over each block */
     int n;          /* row length, a multiple of QK */
@@ -51,6 +52,7 @@ typedef struct qmat {
     int cols;            /* = the activations' n */
     int gs;              /* group size, a multiple of QK */
     int ngroups;         /* ceil(cols / gs) */
+    int rows;            /* the kernels may read the scales of any row < rows */
 } qmat;
 
 /* out[t * out_stride + r] = row r of w . token t of x, for r0 <= r < r1 and
@@ -83,8 +85,16 @@ const kernel_set *kernels_select(void);
  * (for the tests that compare each of them with the scalar reference). */
 const kernel_set *const *kernels_available(void);
 
-/* Quantizes one token's activations x[0..a->n) into row t of `a`. */
+/* Quantizes one token's activations x[0..a->n) into row t of `a` (q, d, s
+ * and qp). */
 void quantize_act(qact *a, int t, const float *x);
+
+/* Row t of a->qp from row t of a->q: the row in spans of 128 values (then 64
+ * and 32 at its end), each span stored as its even-indexed values, then its
+ * odd ones. That is the order in which a span's packed nibbles come out of
+ * one mask (low nibbles) and one shift (high nibbles), so the int4 SIMD
+ * kernels can skip interleaving them; a span of 128 holds 4 whole blocks. */
+void permute_act(qact *a, int t);
 
 /* The contract's final tree over the 16 lanes (overwrites them). */
 static inline float sum_lanes(float lane[LANES]) {

@@ -203,9 +203,7 @@ static inline __attribute__((always_inline)) TGT512 __m512i v512_dot_s(__m512i a
 #define ld_q8(p) _mm512_xor_si512(_mm512_loadu_si512((const void *)(p)), _mm512_set1_epi8((char)0x80))
 #define dot_u(a, w, x) v512_dot((a), (w), (x))
 #define dot_8(a, w, x) v512_dot((a), (w), (x))
-#define ld_q4_s(p, sgn) unpack32_256((p), (sgn))
 #define ld_q8_s(p) _mm256_xor_si256(_mm256_loadu_si256((const __m256i *)(p)), _mm256_set1_epi8((char)0x80))
-#define dot_u_s(a, w, x) v512_dot_s((a), (w), (x))
 #define dot_8_s(a, w, x) v512_dot_s((a), (w), (x))
 #define Q8_OFF 128
 #include "kernels_x86_body.h"

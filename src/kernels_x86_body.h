@@ -11,14 +11,16 @@
  *   dot_u(a, w, x)  a + sums of 4 products w*x per lane, w from ld_q4, x int8 at x
  *   dot_8(a, w, x)  the same for w from ld_q8
  *   Q8_OFF         what ld_q8 adds to every weight (128 for vpdpbusd, else 0)
- *   (BIG == 64:) ld_q4_s / ld_q8_s / dot_u_s / dot_8_s: one 32-value step
+ *   (BIG == 64:) ld_q8_s / dot_8_s: one 32-value Q8 step
  *
  * Integer part: each block's exact int32 sum. Q4S nibbles are taken as q + 8
  * (0..15) so the unsigned x signed byte products apply; isum = dot - 8 * xs
  * (xs = the block's sum of activations, from qact). Q8 with vpdpbusd likewise
  * uses w + 128 and subtracts 128 * xs. One weight step is unpacked once and
  * dotted with every token of a tile; the per-lane partial sums of 8 (or 16)
- * blocks are reduced together by one tree of blends and shuffles.
+ * blocks are reduced together by one tree of blends and shuffles. AVX-512
+ * int4 reads the activations in nibble order (qact.qp): 128 values unpack
+ * with one mask and one shift, and the reduction is 4 to 1 instead of 8 to 1.
  *
  * Float part: exactly the contract of kernels.h, the 16 lanes of each token
  * in registers, single-precision mul and add (no fma: see kernels_x86.c), so
@@ -41,32 +43,27 @@ enum { K_Q4S, K_Q4A, K_Q8 };
 typedef struct row_view {
     const uint8_t *q;
     const uint16_t *d, *m; /* m: Q4A only */
-    int ng;                /* groups in the row (>= 16 when padded) */
+    int ng;                /* groups in the row */
+    int avail;             /* scales readable from d (this row's and the next rows') */
     int bpg;               /* blocks per group (gs / QK) */
     int sh;                /* log2(bpg) when bpg is a power of two, else -1 */
-    uint16_t pad[2][16];   /* a row of fewer than 16 groups: its scales (and minimums) copied here */
 } row_view;
 
-/* With `pad` (the AVX2 sets, which have no masked 16-bit loads), rows of
- * fewer than 16 groups (576 values at g128) get their scales copied into
- * 16-value arrays, so that a vector load of 8 scales always stays inside the
- * row's (see scales8). */
-ALWAYS void row_of(row_view *v, const qmat *w, int r, int kind, int pad) {
+ALWAYS void row_of(row_view *v, const qmat *w, int r, int kind) {
     v->q = w->q + (size_t)r * w->row_bytes;
     v->d = w->d + (size_t)r * (size_t)w->ngroups;
     v->m = kind == K_Q4A ? w->m + (size_t)r * (size_t)w->ngroups : NULL;
     v->ng = w->ngroups;
+    v->avail = (w->rows - r) * w->ngroups;
     v->bpg = w->gs / QK;
     v->sh = (v->bpg & (v->bpg - 1)) == 0 ? __builtin_ctz((unsigned)v->bpg) : -1;
-    if (pad && v->ng < 16) {
-        for (int i = 0; i < 16; i++) v->pad[0][i] = i < v->ng ? v->d[i] : 0;
-        v->d = v->pad[0];
-        if (v->m) {
-            for (int i = 0; i < 16; i++) v->pad[1][i] = i < v->ng ? v->m[i] : 0;
-            v->m = v->pad[1];
-        }
-        v->ng = 16;
-    }
+}
+
+/* Where to load W consecutive scales from so that they include groups g0 ..
+ * (the groups a chunk needs): g0 itself, or the row's last W, or -1 when
+ * neither is readable (a row of fewer than W groups near the matrix's end). */
+ALWAYS int scale_base(const row_view *v, int g0, int W) {
+    return g0 + W <= v->avail ? g0 : v->ng >= W ? v->ng - W : -1;
 }
 
 ALWAYS int group_of(const row_view *v, int b) { return v->sh >= 0 ? b >> v->sh : b / v->bpg; }
@@ -99,8 +96,8 @@ ALWAYS __attribute__((target("avx2,f16c"))) __m256 scales8_any(const row_view *v
 }
 
 ALWAYS __attribute__((target("avx2,f16c"))) __m256 scales8(const row_view *v, const uint16_t *h, int b0, int cnt) {
-    if (v->sh < 0) return scales8_any(v, h, b0, cnt);
-    int g0 = b0 >> v->sh, base = g0 + 8 <= v->ng ? g0 : v->ng - 8;
+    int base = v->sh < 0 ? -1 : scale_base(v, b0 >> v->sh, 8);
+    if (base < 0) return scales8_any(v, h, b0, cnt);
     return spread8(v, _mm_loadu_si128((const __m128i *)(h + base)), b0, base);
 }
 
@@ -152,83 +149,169 @@ ALWAYS TGT __m512i FN(reduce8h)(const __m512i *v) {
     return _mm512_permutexvar_epi32(_mm512_setr_epi32(0, 8, 4, 12, 2, 10, 6, 14, 1, 9, 5, 13, 3, 11, 7, 15), r);
 }
 
-/* One 32-value step (one block) as a 512-bit vector with a zero upper half. */
-ALWAYS TGT __m512i FN(step_s)(int kind, const uint8_t *wq, const int8_t *xr, int e) {
-    if (kind == K_Q8) return dot_8_s(v_zero(), ld_q8_s((const int8_t *)wq + e), xr + e);
-    return dot_u_s(v_zero(), ld_q4_s(wq + e / 2, kind == K_Q4S), xr + e);
+/* One 32-value Q8 step (one block) as a 512-bit vector with a zero upper half. */
+ALWAYS TGT __m512i FN(step_s)(const uint8_t *wq, const int8_t *xr, int e) {
+    return dot_8_s(v_zero(), ld_q8_s((const int8_t *)wq + e), xr + e);
 }
 
 /* fp16 values h[group of b] for blocks b0 .. b0+15 (cnt valid) */
 ALWAYS TGT __m512 FN(scales16)(const row_view *v, const uint16_t *h, int b0, int cnt) {
-    if (v->sh >= 0) {
-        int g0 = b0 >> v->sh, base = g0 + 16 <= v->ng ? g0 : v->ng < 16 ? 0 : v->ng - 16; /* as scales8 */
-        __m256i raw = v->ng < 16 ? _mm256_maskz_loadu_epi16((__mmask16)((1u << v->ng) - 1), h)
-                                 : _mm256_loadu_si256((const __m256i *)(h + base));
+    int base = v->sh < 0 ? -1 : scale_base(v, b0 >> v->sh, 16);
+    if (base >= 0) {
         __m512i idx = _mm512_sub_epi32(
             _mm512_srl_epi32(_mm512_add_epi32(_mm512_set1_epi32(b0),
                                               _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15)),
                              _mm_cvtsi32_si128(v->sh)),
             _mm512_set1_epi32(base));
-        return _mm512_permutexvar_ps(idx, _mm512_cvtph_ps(raw));
+        return _mm512_permutexvar_ps(idx, _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(h + base))));
     }
     float f[16] = {0};
     for (int k = 0; k < cnt; k++) f[k] = _cvtsh_ss(h[(b0 + k) / v->bpg]);
     return _mm512_loadu_ps(f);
 }
 
-/* scales8 for rows that are not padded: a masked load for short rows */
-ALWAYS TGT __m256 FN(scales8w)(const row_view *v, const uint16_t *h, int b0, int cnt) {
-    if (v->sh < 0) return scales8_any(v, h, b0, cnt);
-    int g0 = b0 >> v->sh;
-    if (v->ng < 8) return spread8(v, _mm_maskz_loadu_epi16((__mmask8)((1u << v->ng) - 1), h), b0, 0);
-    int base = g0 + 8 <= v->ng ? g0 : v->ng - 8;
-    return spread8(v, _mm_loadu_si128((const __m128i *)(h + base)), b0, base);
-}
-
 #define LO256(z) _mm512_castps512_ps256(z)
 #define HI256(z) _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(z), 1))
 
-/* One token: 16 blocks per reduction, the 16 lanes of the contract in one
- * register. cnt (1..16) blocks from b0; constant 16 in the main loop. */
-ALWAYS TGT __m512 FN(chunk16)(int kind, const row_view *v, const int8_t *xr, const float *xd, const int32_t *xs,
-                               int b0, int cnt, __m512 lanes) {
-    __m512i p[8];
-    for (int j = 0; j < 8; j++) {
-        int left = cnt - 2 * j, e = (b0 + 2 * j) * QK;
-        p[j] = left >= 2 ? FN(step)(kind, v->q, xr, e) : left == 1 ? FN(step_s)(kind, v->q, xr, e) : v_zero();
+/* ---- int4 rows against qp (permute_act's order) ----
+ * A span of 128 values is 64 bytes of nibbles: a mask gives its even values
+ * (the low nibbles), a shift and a mask its odd ones, each dotted with its
+ * half of the span in qp. Lane k of 128 bits then holds 4 partial sums of the
+ * span's block k. */
+
+/* the nibbles of 32, 64 or 128 values as unsigned bytes (Q4S: q + 8), ternary
+ * logic 0x6A = (A & B) ^ C */
+#define NIB_LO(AND, TERN, SET1, w) \
+    (kind == K_Q4S ? TERN((w), SET1(0x0F), SET1(8), 0x6A) : AND((w), SET1(0x0F)))
+#define NIB_HI(AND, TERN, SET1, SRL, w) NIB_LO(AND, TERN, SET1, SRL((w), 4))
+
+ALWAYS TGT void FN(unpack128)(int kind, const uint8_t *wq, int e, __m512i *lo, __m512i *hi) {
+    __m512i w = _mm512_loadu_si512((const void *)(wq + e / 2));
+    *lo = NIB_LO(_mm512_and_si512, _mm512_ternarylogic_epi32, _mm512_set1_epi8, w);
+    *hi = NIB_HI(_mm512_and_si512, _mm512_ternarylogic_epi32, _mm512_set1_epi8, _mm512_srli_epi16, w);
+}
+
+ALWAYS TGT __m512i FN(span128)(__m512i lo, __m512i hi, const int8_t *xp, int e) {
+    __m512i a = _mm512_dpbusd_epi32(_mm512_setzero_si512(), lo, _mm512_loadu_si512((const void *)(xp + e)));
+    return _mm512_dpbusd_epi32(a, hi, _mm512_loadu_si512((const void *)(xp + e + 64)));
+}
+
+/* The sums of a span of fewer than 4 blocks (n = 1..3) at value e, its
+ * blocks in the first n lanes of 128 bits (n = 3: a span of 64, then one of 32). */
+ALWAYS TGT __m512i FN(span_short)(int kind, const uint8_t *wq, const int8_t *xp, int e, int n) {
+    __m512i acc = _mm512_setzero_si512();
+    if (n >= 2) {
+        __m256i w = _mm256_loadu_si256((const __m256i *)(wq + e / 2));
+        __m256i lo = NIB_LO(_mm256_and_si256, _mm256_ternarylogic_epi32, _mm256_set1_epi8, w);
+        __m256i hi = NIB_HI(_mm256_and_si256, _mm256_ternarylogic_epi32, _mm256_set1_epi8, _mm256_srli_epi16, w);
+        __m256i a = _mm256_dpbusd_epi32(_mm256_setzero_si256(), lo, _mm256_loadu_si256((const __m256i *)(xp + e)));
+        acc = _mm512_zextsi256_si512(_mm256_dpbusd_epi32(a, hi, _mm256_loadu_si256((const __m256i *)(xp + e + 32))));
+        e += 64;
     }
-    __m512i isum = FN(reduce8h)(p);
+    if (n & 1) {
+        __m128i w = _mm_loadu_si128((const __m128i *)(wq + e / 2));
+        __m128i lo = NIB_LO(_mm_and_si128, _mm_ternarylogic_epi32, _mm_set1_epi8, w);
+        __m128i hi = NIB_HI(_mm_and_si128, _mm_ternarylogic_epi32, _mm_set1_epi8, _mm_srli_epi16, w);
+        __m128i a = _mm_dpbusd_epi32(_mm_setzero_si128(), lo, _mm_loadu_si128((const __m128i *)(xp + e)));
+        a = _mm_dpbusd_epi32(a, hi, _mm_loadu_si128((const __m128i *)(xp + e + 16)));
+        acc = n == 1 ? _mm512_zextsi128_si512(a) : _mm512_inserti32x4(acc, a, 2);
+    }
+    return acc;
+}
+
+/* 4 span vectors -> lane j = the sum of block j (block 4s+k in lane k of v[s]) */
+ALWAYS TGT __m512i FN(reduce4x4)(const __m512i *v) {
+    __m512i a = _mm512_add_epi32(_mm512_unpacklo_epi32(v[0], v[1]), _mm512_unpackhi_epi32(v[0], v[1]));
+    __m512i b = _mm512_add_epi32(_mm512_unpacklo_epi32(v[2], v[3]), _mm512_unpackhi_epi32(v[2], v[3]));
+    __m512i c = _mm512_add_epi32(_mm512_unpacklo_epi64(a, b), _mm512_unpackhi_epi64(a, b)); /* 4k+s: block 4s+k */
+    return _mm512_permutexvar_epi32(_mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15), c);
+}
+
+/* The exact sums of blocks b0 .. b0+cnt-1 (cnt <= 16) of one token, in lane order. */
+ALWAYS TGT __m512i FN(sums16)(int kind, const row_view *v, const int8_t *xr, const int8_t *xp, int b0, int cnt) {
+    if (kind == K_Q8) { /* value order: two blocks per 64-value step */
+        __m512i p[8];
+        for (int j = 0; j < 8; j++) {
+            int left = cnt - 2 * j, e = (b0 + 2 * j) * QK;
+            p[j] = left >= 2 ? FN(step)(kind, v->q, xr, e) : left == 1 ? FN(step_s)(v->q, xr, e) : v_zero();
+        }
+        return FN(reduce8h)(p);
+    }
+    __m512i p[4];
+    for (int k = 0; k < 4; k++) {
+        int left = cnt - 4 * k, e = (b0 + 4 * k) * QK;
+        if (left >= 4) {
+            __m512i lo, hi;
+            FN(unpack128)(kind, v->q, e, &lo, &hi);
+            p[k] = FN(span128)(lo, hi, xp, e);
+        } else {
+            p[k] = left > 0 ? FN(span_short)(kind, v->q, xp, e, left) : v_zero();
+        }
+    }
+    return FN(reduce4x4)(p);
+}
+
+/* lanes + the float terms of blocks b0 .. b0+cnt-1 of one token; d16, m16:
+ * the blocks' weight scales and minimums (scales16). */
+ALWAYS TGT __m512 FN(float16)(int kind, __m512 d16, __m512 m16, const float *xd, const int32_t *xs, int b0, int cnt,
+                               __m512i isum, __m512 lanes) {
     __mmask16 valid = (__mmask16)((1u << cnt) - 1); /* for the loads: nothing read past the row */
     __m512i s = cnt == 16 ? _mm512_loadu_si512((const void *)(xs + b0)) : _mm512_maskz_loadu_epi32(valid, xs + b0);
     __m512 dx = cnt == 16 ? _mm512_loadu_ps(xd + b0) : _mm512_maskz_loadu_ps(valid, xd + b0);
     int off = offset_of(kind, Q8_OFF);
     if (off) isum = _mm512_sub_epi32(isum, _mm512_slli_epi32(s, off == 8 ? 3 : 7));
-    __m512 term = _mm512_mul_ps(_mm512_mul_ps(FN(scales16)(v, v->d, b0, cnt), dx), _mm512_cvtepi32_ps(isum));
-    if (kind == K_Q4A)
-        term = _mm512_add_ps(term,
-                             _mm512_mul_ps(_mm512_mul_ps(FN(scales16)(v, v->m, b0, cnt), dx), _mm512_cvtepi32_ps(s)));
+    __m512 term = _mm512_mul_ps(_mm512_mul_ps(d16, dx), _mm512_cvtepi32_ps(isum));
+    if (kind == K_Q4A) term = _mm512_add_ps(term, _mm512_mul_ps(_mm512_mul_ps(m16, dx), _mm512_cvtepi32_ps(s)));
     return _mm512_add_ps(lanes, term);
 }
 
+ALWAYS TGT __m512 FN(chunk16)(int kind, const row_view *v, const int8_t *xr, const int8_t *xp, const float *xd,
+                               const int32_t *xs, int b0, int cnt, __m512 lanes) {
+    __m512 d16 = FN(scales16)(v, v->d, b0, cnt), m16 = kind == K_Q4A ? FN(scales16)(v, v->m, b0, cnt) : d16;
+    return FN(float16)(kind, d16, m16, xd, xs, b0, cnt, FN(sums16)(kind, v, xr, xp, b0, cnt), lanes);
+}
+
+/* One token: 16 blocks per reduction, the 16 lanes of the contract in one register. */
 ALWAYS TGT void FN(one_token)(int kind, const qact *x, const qmat *w, int r, float *out, size_t out_stride, int t) {
     row_view v;
-    row_of(&v, w, r, kind, BIG == 32);
+    row_of(&v, w, r, kind);
     const int nb = x->nb;
-    const int8_t *xr = x->q + (size_t)t * (size_t)x->n;
+    const int8_t *xr = x->q + (size_t)t * (size_t)x->n, *xp = x->qp + (size_t)t * (size_t)x->n;
     const float *xd = x->d + (size_t)t * (size_t)nb;
     const int32_t *xs = x->s + (size_t)t * (size_t)nb;
     __m512 lanes = _mm512_setzero_ps();
     int b0 = 0;
-    for (; b0 + 16 <= nb; b0 += 16) lanes = FN(chunk16)(kind, &v, xr, xd, xs, b0, 16, lanes);
-    if (b0 < nb) lanes = FN(chunk16)(kind, &v, xr, xd, xs, b0, nb - b0, lanes);
+    for (; b0 + 16 <= nb; b0 += 16)
+        lanes = FN(chunk16)(kind, &v, xr, xp, xd, xs, b0, 16, lanes);
+    if (b0 < nb) lanes = FN(chunk16)(kind, &v, xr, xp, xd, xs, b0, nb - b0, lanes);
     out[(size_t)t * out_stride + (size_t)r] = tree16(LO256(lanes), HI256(lanes));
+}
+
+/* int4, T tokens (2..4) x 16 blocks: each span unpacked once for the T tokens
+ * (16 accumulators), then per token one reduction and one float step. */
+ALWAYS TGT void FN(tile16_q4)(int kind, const int T, const row_view *v, const int8_t *const *xp,
+                               const float *const *xd, const int32_t *const *xs, int b0, int cnt, __m512 *lanes) {
+    __m512i p[4][4]; /* token, span */
+    for (int k = 0; k < 4; k++) {
+        int left = cnt - 4 * k, e = (b0 + 4 * k) * QK;
+        if (left >= 4) {
+            __m512i lo, hi;
+            FN(unpack128)(kind, v->q, e, &lo, &hi);
+            for (int t = 0; t < T; t++) p[t][k] = FN(span128)(lo, hi, xp[t], e);
+        } else {
+            for (int t = 0; t < T; t++) p[t][k] = left > 0 ? FN(span_short)(kind, v->q, xp[t], e, left) : v_zero();
+        }
+    }
+    __m512 d16 = FN(scales16)(v, v->d, b0, cnt), m16 = kind == K_Q4A ? FN(scales16)(v, v->m, b0, cnt) : d16;
+    for (int t = 0; t < T; t++)
+        lanes[t] = FN(float16)(kind, d16, m16, xd[t], xs[t], b0, cnt, FN(reduce4x4)(p[t]), lanes[t]);
 }
 
 #define JOIN_I(a, b) _mm512_inserti64x4(_mm512_castsi256_si512(a), (b), 1)
 #define JOIN_F(a, b) \
     _mm512_castpd_ps(_mm512_insertf64x4(_mm512_castpd256_pd512(_mm256_castps_pd(a)), _mm256_castps_pd(b), 1))
 
-/* T tokens (2..4) x 8 blocks from b0 (cnt valid): each 64-value step unpacked
+/* Q8, T tokens (2..4) x 8 blocks from b0 (cnt valid): each 64-value step loaded
  * once for the T tokens (16 accumulators), one reduction per pair of tokens
  * (lanes 0-7 the pair's first token, 8-15 its second), one float step per
  * pair; acc[pair] gathers lanes b0 % 16 .. +7 of both tokens. */
@@ -239,18 +322,13 @@ ALWAYS TGT void FN(tile_chunk)(int kind, const int T, const row_view *v, const i
         int left = cnt - 2 * j, e = (b0 + 2 * j) * QK;
         for (int t = 0; t < 4; t++) p[t / 2][4 * (t % 2) + j] = v_zero();
         if (left >= 2) {
-            if (kind == K_Q8) {
-                __m512i wv = ld_q8((const int8_t *)v->q + e);
-                for (int t = 0; t < T; t++) p[t / 2][4 * (t % 2) + j] = dot_8(v_zero(), wv, xr[t] + e);
-            } else {
-                __m512i wv = ld_q4(v->q + e / 2, kind == K_Q4S);
-                for (int t = 0; t < T; t++) p[t / 2][4 * (t % 2) + j] = dot_u(v_zero(), wv, xr[t] + e);
-            }
+            __m512i wv = ld_q8((const int8_t *)v->q + e);
+            for (int t = 0; t < T; t++) p[t / 2][4 * (t % 2) + j] = dot_8(v_zero(), wv, xr[t] + e);
         } else if (left == 1) {
-            for (int t = 0; t < T; t++) p[t / 2][4 * (t % 2) + j] = FN(step_s)(kind, v->q, xr[t], e);
+            for (int t = 0; t < T; t++) p[t / 2][4 * (t % 2) + j] = FN(step_s)(v->q, xr[t], e);
         }
     }
-    __m256 d8 = FN(scales8w)(v, v->d, b0, cnt), m8 = kind == K_Q4A ? FN(scales8w)(v, v->m, b0, cnt) : d8;
+    __m256 d8 = scales8(v, v->d, b0, cnt), m8 = kind == K_Q4A ? scales8(v, v->m, b0, cnt) : d8;
     __m512 dd = JOIN_F(d8, d8), mm = JOIN_F(m8, m8);
     int off = offset_of(kind, Q8_OFF);
     for (int pair = 0; pair < (T + 1) / 2; pair++) {
@@ -265,21 +343,31 @@ ALWAYS TGT void FN(tile_chunk)(int kind, const int T, const row_view *v, const i
     }
 }
 
-/* Tokens t0 .. t0+T-1 (T = 2..4) of row r: 16 blocks per pass, lanes 0-7 of
- * each pair of tokens in even[pair], lanes 8-15 in odd[pair]. */
+/* Tokens t0 .. t0+T-1 (T = 2..4) of row r, 16 blocks per pass. Q8: lanes 0-7
+ * of each pair of tokens in even[pair], lanes 8-15 in odd[pair]. */
 ALWAYS TGT void FN(tile_tokens)(int kind, const int T, const qact *x, const qmat *w, int r, float *out,
                                  size_t out_stride, int t0) {
     row_view v;
-    row_of(&v, w, r, kind, BIG == 32);
+    row_of(&v, w, r, kind);
     const int nb = x->nb;
-    const int8_t *xr[4];
+    const int8_t *xr[4], *xp[4];
     const float *xd[4];
     const int32_t *xs[4];
     for (int t = 0; t < T; t++) {
         size_t row = (size_t)(t0 + t);
         xr[t] = x->q + row * (size_t)x->n;
+        xp[t] = x->qp + row * (size_t)x->n;
         xd[t] = x->d + row * (size_t)nb;
         xs[t] = x->s + row * (size_t)nb;
+    }
+    if (kind != K_Q8) {
+        __m512 lanes[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps()};
+        int b0 = 0;
+        for (; b0 + 16 <= nb; b0 += 16) FN(tile16_q4)(kind, T, &v, xp, xd, xs, b0, 16, lanes);
+        if (b0 < nb) FN(tile16_q4)(kind, T, &v, xp, xd, xs, b0, nb - b0, lanes);
+        for (int t = 0; t < T; t++)
+            out[(size_t)(t0 + t) * out_stride + (size_t)r] = tree16(LO256(lanes[t]), HI256(lanes[t]));
+        return;
     }
     __m512 even[2] = {_mm512_setzero_ps(), _mm512_setzero_ps()}, odd[2] = {even[0], even[0]};
     int b0 = 0;
@@ -338,7 +426,7 @@ ALWAYS TGT __m256 FN(chunk8)(int kind, const row_view *v, const int8_t *xr, cons
 
 ALWAYS TGT void FN(one_token)(int kind, const qact *x, const qmat *w, int r, float *out, size_t out_stride, int t) {
     row_view v;
-    row_of(&v, w, r, kind, BIG == 32);
+    row_of(&v, w, r, kind);
     const int nb = x->nb;
     const int8_t *xr = x->q + (size_t)t * (size_t)x->n;
     const float *xd = x->d + (size_t)t * (size_t)nb;
@@ -398,7 +486,7 @@ ALWAYS TGT __m256 FN(pair_chunk)(int kind, const row_view *v, const int8_t *xra,
 ALWAYS TGT void FN(tile_tokens)(int kind, const int T, const qact *x, const qmat *w, int r, float *out,
                                  size_t out_stride, int t0) {
     row_view v;
-    row_of(&v, w, r, kind, BIG == 32);
+    row_of(&v, w, r, kind);
     const int nb = x->nb;
     for (int a = 0; a < T; a += 2) {
         int b = a + 1 < T ? a + 1 : a; /* an odd T: the lone token twice (its copy unused) */

@@ -128,7 +128,7 @@ int main(int argc, char **argv) {
         m[c].wd = aligned_alloc(64, (sbytes + 63) / 64 * 64); /* Q4A: the mins after the scales */
         for (size_t i = 0; i < wbytes; i++) m[c].wq[i] = (uint8_t)rnd();
         for (size_t i = 0; i < sbytes / 2; i++) m[c].wd[i] = (uint16_t)(0x1800 + rnd() % 0x0c00);
-        m[c].w = (qmat){m[c].wq, m[c].wd, q4a ? m[c].wd + (size_t)rows * (size_t)ng : NULL, row_bytes, cols, gs, ng};
+        m[c].w = (qmat){m[c].wq, m[c].wd, q4a ? m[c].wd + (size_t)rows * (size_t)ng : NULL, row_bytes, cols, gs, ng, rows};
     }
     /* activations for up to 32 tokens */
     const int maxtok = 32;
@@ -137,6 +137,7 @@ int main(int argc, char **argv) {
     x.n = cols;
     x.nb = nb;
     x.q = malloc((size_t)maxtok * cols);
+    x.qp = malloc((size_t)maxtok * cols);
     x.d = malloc(sizeof(float) * (size_t)maxtok * nb);
     x.s = malloc(sizeof(int32_t) * (size_t)maxtok * nb);
     float *f = malloc(sizeof(float) * (size_t)cols);
@@ -176,6 +177,7 @@ int main(int argc, char **argv) {
                         for (int tk = 0; tk < maxtok; tk += tb) {
                             qact xv = x;
                             xv.q += (size_t)tk * cols;
+                            xv.qp += (size_t)tk * cols;
                             xv.d += (size_t)tk * nb;
                             xv.s += (size_t)tk * nb;
                             xv.ntok = tb;
@@ -226,6 +228,7 @@ int main(int argc, char **argv) {
     }
     free(m);
     free(x.q);
+    free(x.qp);
     free(x.d);
     free(x.s);
     free(f);

@@ -97,6 +97,7 @@ static void fill_case(buffers *b, const shape *s) {
     x->nb = nb;
     x->ntok = ntok;
     x->q = alloc_off(b, (size_t)ntok * (size_t)n, 1);
+    x->qp = alloc_off(b, (size_t)ntok * (size_t)n, 3);
     x->d = alloc_off(b, sizeof(float) * (size_t)ntok * (size_t)nb, sizeof(float));
     x->s = alloc_off(b, sizeof(int32_t) * (size_t)ntok * (size_t)nb, sizeof(int32_t));
     uint8_t *q4 = alloc_off(b, (size_t)(rows - 1) * rb4 + (size_t)n / 2, 1);
@@ -106,9 +107,9 @@ static void fill_case(buffers *b, const shape *s) {
     b->out_len = (size_t)(ntok - 1) * s->stride + (size_t)rows;
     b->out_ref = alloc_off(b, sizeof(float) * b->out_len, sizeof(float));
     b->out = alloc_off(b, sizeof(float) * b->out_len, sizeof(float));
-    b->w4s = (qmat){q4, wd, NULL, rb4, n, gs, ng};
-    b->w4a = (qmat){q4, wd, wm, rb4, n, gs, ng};
-    b->w8 = (qmat){q8, wd, NULL, rb8, n, gs, ng};
+    b->w4s = (qmat){q4, wd, NULL, rb4, n, gs, ng, rows};
+    b->w4a = (qmat){q4, wd, wm, rb4, n, gs, ng, rows};
+    b->w8 = (qmat){q8, wd, NULL, rb8, n, gs, ng, rows};
 
     /* activations: per token, blocks of QK */
     if (mode == MODE_QUANTIZED) {
@@ -140,6 +141,7 @@ static void fill_case(buffers *b, const shape *s) {
                 if (mode == MODE_EXTREME) dk = rnd() % 2 ? 1e-3f : 65504.0f * (rnd_unit() + 0.5f);
                 x->d[(size_t)t * nb + k] = dk;
             }
+            permute_act(x, t);
         }
     }
 
