@@ -40,6 +40,13 @@ typedef struct qact {
     int n;          /* row length, a multiple of QK */
     int nb;         /* n / QK */
     int ntok;
+    /* The first 16 * ntile tokens again, 16 to a vector lane (interleave_act;
+     * ntile = 0 when qt is NULL): tile k, block b is 8 vectors of 64 bytes,
+     * vector c holding values 4c..4c+3 of each of the 16 tokens as q + 128. */
+    uint8_t *qt;    /* (ntile, nb, 8, 16, 4) */
+    float *dt;      /* (ntile, nb, 16): d */
+    int32_t *st;    /* (ntile, nb, 16): s */
+    int ntile;
 } qact;
 
 /* A quantized weight matrix (row r at q + r * row_bytes, scales at
@@ -95,6 +102,10 @@ void quantize_act(qact *a, int t, const float *x);
  * one mask (low nibbles) and one shift (high nibbles), so the int4 SIMD
  * kernels can skip interleaving them; a span of 128 holds 4 whole blocks. */
 void permute_act(qact *a, int t);
+
+/* Fills qt, dt and st from the quantized tokens (sets ntile: ntok / 16 when qt
+ * is not NULL, else 0). */
+void interleave_act(qact *a);
 
 /* The contract's final tree over the 16 lanes (overwrites them). */
 static inline float sum_lanes(float lane[LANES]) {

@@ -207,8 +207,8 @@ static inline __attribute__((always_inline)) TGT512 __m512i v512_dot_s(__m512i a
 #define dot_8_s(a, w, x) v512_dot_s((a), (w), (x))
 #define Q8_OFF 128
 #include "kernels_x86_body.h"
+#include "kernels_x86_tok16.h"
 
-const kernel_set kernels_avx512vnni = {"avx512vnni", dot_q4s_avx512vnni, dot_q4a_avx512vnni,
-                                       dot_q8_avx512vnni};
+const kernel_set kernels_avx512vnni = {"avx512vnni", dot_q4s_tok16, dot_q4a_tok16, dot_q8_tok16};
 
 #endif /* x86 */

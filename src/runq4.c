@@ -70,7 +70,7 @@ typedef struct layer_weights {
  * weights' group sizes: wq, wk and wv read one copy). */
 typedef struct act_cache {
     const float *x;         /* (ntok, n) the input they were quantized from; NULL: none */
-    qact a;                 /* q and qp (B, max_cols), d and s (B, max_cols/QK) */
+    qact a;                 /* q, qp, qt (B, max_cols); d, s, dt, st (B, max_cols/QK) */
 } act_cache;
 
 typedef struct pool pool;
@@ -546,7 +546,7 @@ static uint64_t memory_needed(const rq4_config *c, int n_entries, int n_ctx, int
     bytes += (uint64_t)c->n_layers * sizeof(layer_weights);               /* layers */
     bytes += (uint64_t)(c->head_dim / 2) * sizeof(double);               /* inv_freq */
     bytes += 4 * B * (dim + max_in + dim + q_dim + 2 * kv_dim + 2 * hidden + (uint64_t)c->head_dim); /* x .. rope */
-    bytes += B * (2 * max_cols + max_cols / QK * (sizeof(float) + sizeof(int32_t)));                  /* acts */
+    bytes += B * (3 * max_cols + 4 * (max_cols / QK) * 4); /* acts: q, qp, qt; d, s, dt, st */
     bytes += 4 * (uint64_t)n_threads * ((uint64_t)(c->n_heads / c->n_kv_heads) * (uint64_t)n_ctx +
                                         4 * (uint64_t)c->head_dim + max_cols);  /* att, row */
     bytes += 2 * kv_elem * (uint64_t)c->n_layers * (uint64_t)n_ctx * kv_dim; /* kv cache */
@@ -822,6 +822,7 @@ static const qact *quantized_input(act_cache *c, const float *x, int n, int ntok
     a->nb = n / QK;
     a->ntok = ntok;
     for (int t = 0; t < ntok; t++) quantize_act(a, t, x + (size_t)t * (size_t)n);
+    interleave_act(a);
     return a;
 }
 
@@ -1161,6 +1162,9 @@ void rq4_close(rq4_model *m) {
     free(m->rope);
     free(m->acts.a.q);
     free(m->acts.a.qp);
+    free(m->acts.a.qt);
+    free(m->acts.a.dt);
+    free(m->acts.a.st);
     free(m->acts.a.d);
     free(m->acts.a.s);
     free(m->att);
@@ -1213,8 +1217,9 @@ static rq4_status allocate_buffers(rq4_model *m, rq4_error *err) {
              alloc(&m->att, nt * attention_scratch(c) * 4) && alloc(&m->row, nt * max_cols * 4) &&
              alloc(&m->key_cache, kv_bytes) && alloc(&m->value_cache, kv_bytes) &&
              alloc(&m->acts.a.q, B * max_cols) && alloc(&m->acts.a.qp, B * max_cols) &&
-             alloc(&m->acts.a.d, B * (max_cols / QK) * 4) &&
-             alloc(&m->acts.a.s, B * (max_cols / QK) * 4);
+             alloc(&m->acts.a.d, B * (max_cols / QK) * 4) && alloc(&m->acts.a.s, B * (max_cols / QK) * 4) &&
+             alloc(&m->acts.a.qt, B * max_cols) && alloc(&m->acts.a.dt, B * (max_cols / QK) * 4) &&
+             alloc(&m->acts.a.st, B * (max_cols / QK) * 4);
     if (!ok)
         return fail(err, RQ4_ERR_NOMEM, "out of memory for the buffers and the %zu-byte KV cache", 2 * kv_bytes);
     return RQ4_OK;

@@ -165,23 +165,25 @@ def test_chat_two_plus_two(lossless):
 def test_requantized_is_worse(gguf_path, lossless, ids, tmp_path):
     """Plain RTN (q4s, d = max|w|/7) from the float weights is measurably worse than the exact import,
     g128 more than g32; and the engine adds almost nothing to the quantization's own error: its
-    perplexity on the same dequantized int4 weights is that of the numpy reference (float activations
-    to 0.5 %; the default int8 activations, quantized per weight group, add about 2 % at g128, see
-    docs/QUANT_IMPORT.md)."""
+    perplexity on the same dequantized int4 weights is within 2 % of the numpy reference's, at g32 and
+    at g128 (int8 activations in blocks of 32: +0.3 % and +0.5 % on the whole text, see
+    docs/QUANT_IMPORT.md; float activations: 0.5 %)."""
     from pyrunq4.reference import weights_from_rq4
     sub = ids[:TEST_TOKENS]
     base = engine_ppl(lossless, sub)
-    res = {}
+    res, paths = {}, {}
     for gs in (32, 128):
-        path = export_gguf(gguf_path, tmp_path / f"rtn{gs}.rq4", group_size=gs, requantize=True)
-        res[gs] = engine_ppl(path, sub)
+        paths[gs] = export_gguf(gguf_path, tmp_path / f"rtn{gs}.rq4", group_size=gs, requantize=True)
+        res[gs] = engine_ppl(paths[gs], sub)
     assert base < res[32] < res[128], (base, res)
     assert res[128] > base * 1.10, (base, res)     # much worse at g128 for a 135M model
-    w, cfg = weights_from_rq4(path)               # g128
     one = sub[:WINDOW]
-    ref = reference_ppl(w, cfg, one)
-    assert abs(engine_ppl(path, one, float_activations=True) / ref - 1) < 0.005
-    assert abs(engine_ppl(path, one) / ref - 1) < 0.035
+    for gs in (32, 128):
+        w, cfg = weights_from_rq4(paths[gs])
+        ref = reference_ppl(w, cfg, one)
+        if gs == 128:
+            assert abs(engine_ppl(paths[gs], one, float_activations=True) / ref - 1) < 0.005
+        assert abs(engine_ppl(paths[gs], one) / ref - 1) < 0.02, (gs, ref)
 
 
 def test_lossless_matches_llama_cpp(gguf_path, lossless, ids):

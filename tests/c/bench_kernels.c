@@ -146,6 +146,10 @@ int main(int argc, char **argv) {
         for (int i = 0; i < cols; i++) f[i] = (float)((int)(rnd() % 2001) - 1000) * 1e-3f;
         quantize_act(&x, t, f);
     }
+    x.qt = malloc((size_t)maxtok * cols);
+    x.dt = malloc(sizeof(float) * (size_t)maxtok * nb);
+    x.st = malloc(sizeof(int32_t) * (size_t)maxtok * nb);
+    interleave_act(&x);
     float *out = malloc(sizeof(float) * (size_t)rows * maxtok);
 
     const kernel_set *const *sets = kernels_available();
@@ -181,6 +185,7 @@ int main(int argc, char **argv) {
                             xv.d += (size_t)tk * nb;
                             xv.s += (size_t)tk * nb;
                             xv.ntok = tb;
+                            xv.ntile = 0;
                             dot(ks, q8, q4a, &xv, &m[0], r0, r0 + rb < rows ? r0 + rb : rows,
                                 out + (size_t)tk * rows, (size_t)rows);
                         }
@@ -229,6 +234,9 @@ int main(int argc, char **argv) {
     free(m);
     free(x.q);
     free(x.qp);
+    free(x.qt);
+    free(x.dt);
+    free(x.st);
     free(x.d);
     free(x.s);
     free(f);

@@ -66,7 +66,7 @@ typedef struct buffers {
     qmat w4s, w4a, w8; /* Q4S and Q4A read the same bytes and scales; Q4S and Q8 get m = NULL */
     float *out_ref, *out;
     size_t out_len;    /* (ntok - 1) * stride + rows: exact */
-    void *raw[10];
+    void *raw[16];
     int nraw;
 } buffers;
 
@@ -144,6 +144,13 @@ static void fill_case(buffers *b, const shape *s) {
             permute_act(x, t);
         }
     }
+
+    /* the full 16-token tiles again, interleaved (exact sizes) */
+    size_t tiled = (size_t)(ntok / 16) * 16;
+    x->qt = alloc_off(b, tiled * (size_t)n, 1);
+    x->dt = alloc_off(b, sizeof(float) * tiled * (size_t)nb, sizeof(float));
+    x->st = alloc_off(b, sizeof(int32_t) * tiled * (size_t)nb, sizeof(int32_t));
+    interleave_act(x);
 
     /* weights: rows of Q4 (one byte = two values) and of Q8, padding bytes random */
     for (int r = 0; r < rows; r++) {
