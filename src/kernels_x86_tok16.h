@@ -59,18 +59,19 @@ static inline __attribute__((always_inline)) TGT512 void tok16_tile(int kind, co
     __m512 L[16];
     for (int j = 0; j < 16; j++) L[j] = _mm512_setzero_ps();
     for (int b0 = 0; b0 < nb; b0 += 16) {
+#pragma GCC unroll 16 /* L[j] in registers */
         for (int j = 0; j < 16; j++) {
             int b = b0 + j;
             if (b >= nb) break;
             const uint8_t *xb = xt + (size_t)b * 512;
             const int8_t *wv = wb + b * QK;
             __m512i acc[2] = {_mm512_setzero_si512(), _mm512_setzero_si512()}; /* two chains */
-            for (int c = 0; c < 8; c++) {
-                int32_t w4;
-                memcpy(&w4, wv + 4 * c, 4);
+            /* the block's 32 weights in one register, 4 of them broadcast per step by a
+             * permute (broadcast loads and 64-byte loads would share the load ports) */
+            __m512i w32 = _mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *)wv));
+            for (int c = 0; c < 8; c++)
                 acc[c & 1] = _mm512_dpbusd_epi32(acc[c & 1], _mm512_loadu_si512((const void *)(xb + 64 * c)),
-                                                 _mm512_set1_epi32(w4));
-            }
+                                                 _mm512_permutexvar_epi32(_mm512_set1_epi32(c), w32));
             __m512i isum = _mm512_sub_epi32(_mm512_add_epi32(acc[0], acc[1]), _mm512_set1_epi32(128 * wsum[b]));
             __m512 dx = _mm512_loadu_ps(xd + (size_t)b * 16);
             __m512 term = _mm512_mul_ps(_mm512_mul_ps(_mm512_set1_ps(dblk[b]), dx), _mm512_cvtepi32_ps(isum));
