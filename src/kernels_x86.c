@@ -6,8 +6,8 @@
  * kernels_<name>_supported() at run time. The shared body of the three sets is
  * src/kernels_x86_body.h, included once per set; it describes the method.
  *
- *   avx2        nibbles -> bytes (vpmovzxbw, shift, or, and), vpmaddubsw +
- *               vpmaddwd; Q8 by the abs/sign trick
+ *   avx2        int4: 64 values per 32-byte load against qact.qp (and; shift,
+ *               and), vpmaddubsw + vpmaddwd; Q8 by the abs/sign trick
  *   avxvnni     the same unpack, vpdpbusd on 256 bits (Alder Lake, Zen 5)
  *   avx512vnni  64 values per step, vpdpbusd on 512 bits (Ice Lake, Zen 4)
  *
@@ -116,6 +116,22 @@ static inline __attribute__((always_inline)) TGT256 __m256i avx2_dot_8(__m256i a
     return _mm256_add_epi32(a, _mm256_madd_epi16(p, _mm256_set1_epi16(1)));
 }
 
+/* int4 in nibble order (qact.qp): lo . xa + hi . xb, the 16-bit pair sums of
+ * both added before widening (2 * 2 * 15 * 128 fits int16); _s: 128 bits */
+static inline __attribute__((always_inline)) TGT256 __m256i avx2_dot_u2(__m256i lo, const int8_t *xa, __m256i hi,
+                                                                        const int8_t *xb) {
+    __m256i p = _mm256_add_epi16(_mm256_maddubs_epi16(lo, _mm256_loadu_si256((const __m256i *)xa)),
+                                 _mm256_maddubs_epi16(hi, _mm256_loadu_si256((const __m256i *)xb)));
+    return _mm256_madd_epi16(p, _mm256_set1_epi16(1));
+}
+
+static inline __attribute__((always_inline)) TGT256 __m128i avx2_dot_u2_s(__m128i lo, const int8_t *xa, __m128i hi,
+                                                                          const int8_t *xb) {
+    __m128i p = _mm_add_epi16(_mm_maddubs_epi16(lo, _mm_loadu_si128((const __m128i *)xa)),
+                              _mm_maddubs_epi16(hi, _mm_loadu_si128((const __m128i *)xb)));
+    return _mm_madd_epi16(p, _mm_set1_epi16(1));
+}
+
 #define SFX avx2
 #define TGT TGT256
 #define V __m256i
@@ -125,12 +141,16 @@ static inline __attribute__((always_inline)) TGT256 __m256i avx2_dot_8(__m256i a
 #define ld_q8(p) _mm256_loadu_si256((const __m256i *)(p))
 #define dot_u(a, w, x) avx2_dot_u((a), (w), (x))
 #define dot_8(a, w, x) avx2_dot_8((a), (w), (x))
+#define dot_u2(lo, xa, hi, xb) avx2_dot_u2((lo), (xa), (hi), (xb))
+#define dot_u2_s(lo, xa, hi, xb) avx2_dot_u2_s((lo), (xa), (hi), (xb))
 #define Q8_OFF 0
 #include "kernels_x86_body.h"
 #undef SFX
 #undef TGT
 #undef dot_u
 #undef dot_8
+#undef dot_u2
+#undef dot_u2_s
 #undef ld_q8
 #undef Q8_OFF
 
@@ -146,17 +166,33 @@ static inline __attribute__((always_inline)) TGTVNNI __m256i vnni_dot(__m256i a,
     return _mm256_dpbusd_avx_epi32(a, w, _mm256_loadu_si256((const __m256i *)x));
 }
 
+static inline __attribute__((always_inline)) TGTVNNI __m256i vnni_dot2(__m256i lo, const int8_t *xa, __m256i hi,
+                                                                         const int8_t *xb) {
+    __m256i a = _mm256_dpbusd_avx_epi32(_mm256_setzero_si256(), lo, _mm256_loadu_si256((const __m256i *)xa));
+    return _mm256_dpbusd_avx_epi32(a, hi, _mm256_loadu_si256((const __m256i *)xb));
+}
+
+static inline __attribute__((always_inline)) TGTVNNI __m128i vnni_dot2_s(__m128i lo, const int8_t *xa, __m128i hi,
+                                                                           const int8_t *xb) {
+    __m128i a = _mm_dpbusd_avx_epi32(_mm_setzero_si128(), lo, _mm_loadu_si128((const __m128i *)xa));
+    return _mm_dpbusd_avx_epi32(a, hi, _mm_loadu_si128((const __m128i *)xb));
+}
+
 #define SFX avxvnni
 #define TGT TGTVNNI
 #define ld_q8(p) _mm256_xor_si256(_mm256_loadu_si256((const __m256i *)(p)), _mm256_set1_epi8((char)0x80))
 #define dot_u(a, w, x) vnni_dot((a), (w), (x))
 #define dot_8(a, w, x) vnni_dot((a), (w), (x))
+#define dot_u2(lo, xa, hi, xb) vnni_dot2((lo), (xa), (hi), (xb))
+#define dot_u2_s(lo, xa, hi, xb) vnni_dot2_s((lo), (xa), (hi), (xb))
 #define Q8_OFF 128
 #include "kernels_x86_body.h"
 #undef SFX
 #undef TGT
 #undef dot_u
 #undef dot_8
+#undef dot_u2
+#undef dot_u2_s
 #undef ld_q8
 #undef Q8_OFF
 

@@ -12,15 +12,19 @@
  *   dot_8(a, w, x)  the same for w from ld_q8
  *   Q8_OFF         what ld_q8 adds to every weight (128 for vpdpbusd, else 0)
  *   (BIG == 64:) ld_q8_s / dot_8_s: one 32-value Q8 step
+ *   (BIG == 32:) dot_u2(lo, xa, hi, xb): int32 lanes of lo . (32 int8 at xa)
+ *                  + hi . (32 int8 at xb), 4 + 4 products per lane, lo and hi
+ *                  unsigned nibbles; dot_u2_s the same on 128 bits
  *
  * Integer part: each block's exact int32 sum. Q4S nibbles are taken as q + 8
  * (0..15) so the unsigned x signed byte products apply; isum = dot - 8 * xs
  * (xs = the block's sum of activations, from qact). Q8 with vpdpbusd likewise
  * uses w + 128 and subtracts 128 * xs. One weight step is unpacked once and
  * dotted with every token of a tile; the per-lane partial sums of 8 (or 16)
- * blocks are reduced together by one tree of blends and shuffles. AVX-512
- * int4 reads the activations in nibble order (qact.qp): 128 values unpack
- * with one mask and one shift, and the reduction is 4 to 1 instead of 8 to 1.
+ * blocks are reduced together by one tree of blends and shuffles. Int4 reads
+ * the activations in nibble order (qact.qp): 128 values (AVX-512) or 64
+ * (256 bits) unpack with one mask and one shift, and the reduction is 4 to 1
+ * instead of 8 to 1. Q8 stays in value order (qact.q).
  *
  * Float part: exactly the contract of kernels.h, the 16 lanes of each token
  * in registers, single-precision mul and add (no fma: see kernels_x86.c), so
@@ -403,19 +407,132 @@ ALWAYS TGT __m256i FN(reduce8)(const __m256i *v) {
 }
 
 /* The float terms of 8 blocks b0.. of one token: (d * dx) * isum [+ (m * dx) * xs],
- * isum already corrected. */
-ALWAYS TGT __m256 FN(terms8)(int kind, const row_view *v, int b0, int cnt, __m256i isum, const float *xd,
-                              const int32_t *xs, int off) {
+ * isum not yet corrected; d8, m8: the blocks' weight scales and minimums (scales8). */
+ALWAYS TGT __m256 FN(terms8s)(int kind, __m256 d8, __m256 m8, int b0, int cnt, __m256i isum, const float *xd,
+                               const int32_t *xs, int off) {
     __m256i s = load8i(xs + b0, cnt);
     __m256 dx = load8f(xd + b0, cnt);
     if (off) isum = _mm256_sub_epi32(isum, _mm256_slli_epi32(s, off == 8 ? 3 : 7));
-    __m256 term = _mm256_mul_ps(_mm256_mul_ps(scales8(v, v->d, b0, cnt), dx), _mm256_cvtepi32_ps(isum));
-    if (kind == K_Q4A)
-        term = _mm256_add_ps(term, _mm256_mul_ps(_mm256_mul_ps(scales8(v, v->m, b0, cnt), dx), _mm256_cvtepi32_ps(s)));
+    __m256 term = _mm256_mul_ps(_mm256_mul_ps(d8, dx), _mm256_cvtepi32_ps(isum));
+    if (kind == K_Q4A) term = _mm256_add_ps(term, _mm256_mul_ps(_mm256_mul_ps(m8, dx), _mm256_cvtepi32_ps(s)));
     return term;
 }
 
-/* One token, 8 blocks per reduction; the 16 lanes as two registers. */
+ALWAYS TGT __m256 FN(terms8)(int kind, const row_view *v, int b0, int cnt, __m256i isum, const float *xd,
+                              const int32_t *xs, int off) {
+    __m256 d8 = scales8(v, v->d, b0, cnt), m8 = kind == K_Q4A ? scales8(v, v->m, b0, cnt) : d8;
+    return FN(terms8s)(kind, d8, m8, b0, cnt, isum, xd, xs, off);
+}
+
+/* ---- int4 rows against qp (permute_act's order) ----
+ * 32 bytes of nibbles are 64 values: half a span of 128, or a whole span of
+ * 64. A mask gives their even values (the low nibbles), a shift and a mask
+ * their odd ones, each dotted with its part of the span in qp: int32 lane L
+ * then holds 8 values of block L / 4, so one such "pair vector" holds two
+ * blocks, the first in its low 128 bits and the second in its high ones, 4
+ * partial sums each. Pair vector j of a span of 128 at value e: weight bytes
+ * e/2 + 32j .., evens at qp[e + 32j ..], odds at qp[e + 64 + 32j ..]; of a
+ * span of 64: evens at qp[e ..], odds at qp[e + 32 ..]; a span of 32 (one
+ * block, 16 bytes) is the same on 128 bits with a zero high half. */
+
+/* the 64 (or 32) nibbles at p as unsigned bytes (Q4S: q + 8, from xor 8 on
+ * both nibbles before the split) */
+ALWAYS TGT void FN(nib64)(int kind, const uint8_t *p, __m256i *lo, __m256i *hi) {
+    __m256i w = _mm256_loadu_si256((const __m256i *)p), m = _mm256_set1_epi8(0x0F);
+    if (kind == K_Q4S) w = _mm256_xor_si256(w, _mm256_set1_epi8((char)0x88));
+    *lo = _mm256_and_si256(w, m);
+    *hi = _mm256_and_si256(_mm256_srli_epi16(w, 4), m);
+}
+
+ALWAYS TGT void FN(nib32)(int kind, const uint8_t *p, __m128i *lo, __m128i *hi) {
+    __m128i w = _mm_loadu_si128((const __m128i *)p), m = _mm_set1_epi8(0x0F);
+    if (kind == K_Q4S) w = _mm_xor_si128(w, _mm_set1_epi8((char)0x88));
+    *lo = _mm_and_si128(w, m);
+    *hi = _mm_and_si128(_mm_srli_epi16(w, 4), m);
+}
+
+/* The pair vectors of blocks b, b+1 (b even, b < nb) of the row for T tokens,
+ * into p[t][j]; full: the pair known to lie in a span of 128 (b < nb & ~3). */
+ALWAYS TGT void FN(pair_q4)(int kind, const int T, const uint8_t *wq, const int8_t *const *xp, int nb, int b,
+                             int full, __m256i p[][4], int j) {
+    int e = b * QK;
+    __m256i lo, hi;
+    if (full || b < (nb & ~3)) {
+        int xa = e - (b & 2) * 16; /* the second half of a span: 32 values back */
+        FN(nib64)(kind, wq + e / 2, &lo, &hi);
+        for (int t = 0; t < T; t++) p[t][j] = dot_u2(lo, xp[t] + xa, hi, xp[t] + xa + 64);
+    } else if (nb - b >= 2) {
+        FN(nib64)(kind, wq + e / 2, &lo, &hi);
+        for (int t = 0; t < T; t++) p[t][j] = dot_u2(lo, xp[t] + e, hi, xp[t] + e + 32);
+    } else {
+        __m128i l, h;
+        FN(nib32)(kind, wq + e / 2, &l, &h);
+        for (int t = 0; t < T; t++) p[t][j] = _mm256_zextsi128_si256(dot_u2_s(l, xp[t] + e, h, xp[t] + e + 16));
+    }
+}
+
+/* 4 pair vectors (blocks 2j | 2j+1 in p[j]) -> lane i = the sum of block i:
+ * HALF4P merges p0, p1 (and p2, p3) by 64-bit pairs, reduce4p the two results
+ * by 32-bit lanes (blocks 0 4 2 6 | 1 5 3 7), then one permute. */
+#define HALF4P(p0, p1) MERGE8((p0), (p1), 0xCC, SWAP64_8) /* blocks 0 0 2 2 | 1 1 3 3 */
+ALWAYS TGT __m256i FN(reduce4p)(__m256i a, __m256i b) {
+    __m256i c = MERGE8(a, b, 0xAA, SWAP32_8);
+    return _mm256_permutevar8x32_epi32(c, _mm256_setr_epi32(0, 4, 2, 6, 1, 5, 3, 7));
+}
+
+/* T tokens (1..4) x 8 int4 blocks from b0 (cnt valid): each pair vector
+ * unpacked once for the T tokens, then per token one reduction and one float
+ * step added to lanes[t][half]. */
+ALWAYS TGT void FN(tile8_q4)(int kind, const int T, const row_view *v, const int8_t *const *xp,
+                              const float *const *xd, const int32_t *const *xs, int nb, int b0, int cnt, int full,
+                              __m256 lanes[][2], int half) {
+    __m256i p[4][4], a[4];
+    for (int j = 0; j < 4; j++) {
+        if (2 * j < cnt) {
+            FN(pair_q4)(kind, T, v->q, xp, nb, b0 + 2 * j, full, p, j);
+        } else {
+            for (int t = 0; t < T; t++) p[t][j] = v_zero();
+        }
+    }
+    for (int t = 0; t < T; t++) a[t] = HALF4P(p[t][0], p[t][1]);
+    __m256 d8 = scales8(v, v->d, b0, cnt), m8 = kind == K_Q4A ? scales8(v, v->m, b0, cnt) : d8;
+    int off = offset_of(kind, Q8_OFF);
+    for (int t = 0; t < T; t++) {
+        __m256i isum = FN(reduce4p)(a[t], HALF4P(p[t][2], p[t][3]));
+        lanes[t][half] = _mm256_add_ps(lanes[t][half], FN(terms8s)(kind, d8, m8, b0, cnt, isum, xd[t], xs[t], off));
+    }
+}
+
+/* int4, T tokens (1..4) of row r: 16 blocks per pass (lanes[t][0]: lanes
+ * 0-7, lanes[t][1]: 8-15). */
+ALWAYS TGT void FN(tokens_q4)(int kind, const int T, const qact *x, const row_view *v, int r, float *out,
+                               size_t out_stride, int t0) {
+    const int nb = x->nb;
+    const int8_t *xp[4];
+    const float *xd[4];
+    const int32_t *xs[4];
+    for (int t = 0; t < T; t++) {
+        size_t row = (size_t)(t0 + t);
+        xp[t] = x->qp + row * (size_t)x->n;
+        xd[t] = x->d + row * (size_t)nb;
+        xs[t] = x->s + row * (size_t)nb;
+    }
+    __m256 lanes[4][2];
+    for (int t = 0; t < T; t++) lanes[t][0] = lanes[t][1] = _mm256_setzero_ps();
+    int b0 = 0;
+    for (; b0 + 16 <= nb; b0 += 16) {
+        FN(tile8_q4)(kind, T, v, xp, xd, xs, nb, b0, 8, 1, lanes, 0);
+        FN(tile8_q4)(kind, T, v, xp, xd, xs, nb, b0 + 8, 8, 1, lanes, 1);
+    }
+    if (b0 < nb) {
+        int left = nb - b0;
+        FN(tile8_q4)(kind, T, v, xp, xd, xs, nb, b0, left < 8 ? left : 8, 0, lanes, 0);
+        if (left > 8) FN(tile8_q4)(kind, T, v, xp, xd, xs, nb, b0 + 8, left - 8, 0, lanes, 1);
+    }
+    for (int t = 0; t < T; t++) out[(size_t)(t0 + t) * out_stride + (size_t)r] = tree16(lanes[t][0], lanes[t][1]);
+}
+
+/* Q8, one token, 8 blocks per reduction; the 16 lanes as two registers. */
 ALWAYS TGT __m256 FN(chunk8)(int kind, const row_view *v, const int8_t *xr, const float *xd, const int32_t *xs,
                               int b0, int cnt, __m256 lanes) {
     __m256i p[8];
@@ -427,6 +544,10 @@ ALWAYS TGT __m256 FN(chunk8)(int kind, const row_view *v, const int8_t *xr, cons
 ALWAYS TGT void FN(one_token)(int kind, const qact *x, const qmat *w, int r, float *out, size_t out_stride, int t) {
     row_view v;
     row_of(&v, w, r, kind);
+    if (kind != K_Q8) {
+        FN(tokens_q4)(kind, 1, x, &v, r, out, out_stride, t);
+        return;
+    }
     const int nb = x->nb;
     const int8_t *xr = x->q + (size_t)t * (size_t)x->n;
     const float *xd = x->d + (size_t)t * (size_t)nb;
@@ -445,7 +566,7 @@ ALWAYS TGT void FN(one_token)(int kind, const qact *x, const qmat *w, int r, flo
     out[(size_t)t * out_stride + (size_t)r] = tree16(lo, hi);
 }
 
-/* Two tokens A, B x 4 blocks from b0 (cnt valid): each block unpacked once
+/* Q8, two tokens A, B x 4 blocks from b0 (cnt valid): each block loaded once
  * for both, one reduction (lanes 0-3 A's blocks, 4-7 B's), one float step. */
 ALWAYS TGT __m256 FN(pair_chunk)(int kind, const row_view *v, const int8_t *xra, const int8_t *xrb,
                                   const float *xda, const float *xdb, const int32_t *xsa, const int32_t *xsb,
@@ -455,15 +576,9 @@ ALWAYS TGT __m256 FN(pair_chunk)(int kind, const row_view *v, const int8_t *xra,
         int e = (b0 + k) * QK;
         p[k] = p[4 + k] = v_zero();
         if (k >= cnt) continue;
-        if (kind == K_Q8) {
-            __m256i wv = ld_q8((const int8_t *)v->q + e);
-            p[k] = dot_8(v_zero(), wv, xra + e);
-            p[4 + k] = dot_8(v_zero(), wv, xrb + e);
-        } else {
-            __m256i wv = ld_q4(v->q + e / 2, kind == K_Q4S);
-            p[k] = dot_u(v_zero(), wv, xra + e);
-            p[4 + k] = dot_u(v_zero(), wv, xrb + e);
-        }
+        __m256i wv = ld_q8((const int8_t *)v->q + e);
+        p[k] = dot_8(v_zero(), wv, xra + e);
+        p[4 + k] = dot_8(v_zero(), wv, xrb + e);
     }
     __m256i isum = FN(reduce8)(p);
     __m256i s = _mm256_set_m128i(load4i(xsb + b0, cnt), load4i(xsa + b0, cnt));
@@ -480,13 +595,17 @@ ALWAYS TGT __m256 FN(pair_chunk)(int kind, const row_view *v, const int8_t *xra,
     return term;
 }
 
-/* Tokens t0 .. t0+T-1 (T = 2..4) of row r, two at a time (16 accumulators
- * would not fit 16 registers): per pair, lanes 4q .. 4q+3 of its two tokens
+/* Tokens t0 .. t0+T-1 (T = 2..4) of row r: int4 all T at once (tokens_q4);
+ * Q8 two at a time (16 accumulators would not fit 16 registers): per pair, lanes 4q .. 4q+3 of its two tokens
  * in acc[q] (the first token in the low half). */
 ALWAYS TGT void FN(tile_tokens)(int kind, const int T, const qact *x, const qmat *w, int r, float *out,
                                  size_t out_stride, int t0) {
     row_view v;
     row_of(&v, w, r, kind);
+    if (kind != K_Q8) {
+        FN(tokens_q4)(kind, T, x, &v, r, out, out_stride, t0);
+        return;
+    }
     const int nb = x->nb;
     for (int a = 0; a < T; a += 2) {
         int b = a + 1 < T ? a + 1 : a; /* an odd T: the lone token twice (its copy unused) */
