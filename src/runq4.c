@@ -110,8 +110,8 @@ struct rq4_model {
     float *row;     /* (n_threads, max cols) a dequantized weight row (float mode) */
 
     /* kv cache, f32 or f16 */
-    void *key_cache;    /* (layer, n_kv_heads, n_ctx, head_dim): a head's keys are one contiguous run */
-    void *value_cache;  /* (layer, n_kv_heads, n_ctx, head_dim) */
+    void *key_cache;    /* (layer, n_kv_heads, kv_len / 16, head_dim, 16): see key_at */
+    void *value_cache;  /* (layer, n_kv_heads, kv_len, head_dim) */
     int pos;            /* tokens in the cache */
 
     pool *pool;         /* NULL with one thread */
@@ -536,6 +536,10 @@ static size_t attention_scratch(const rq4_config *c) {
 
 static uint64_t max3(uint64_t a, uint64_t b, uint64_t c) { return a > b ? (a > c ? a : c) : (b > c ? b : c); }
 
+/* Positions the caches hold per head: n_ctx rounded up to a whole block of 16
+ * keys (see key_at). */
+static inline int kv_len(int n_ctx) { return (n_ctx + 15) / 16 * 16; }
+
 static uint64_t memory_needed(const rq4_config *c, int n_entries, int n_ctx, int kv_type, int n_threads) {
     uint64_t B = RQ4_BATCH, dim = (uint64_t)c->dim, hidden = (uint64_t)c->hidden_dim;
     uint64_t q_dim = (uint64_t)c->n_heads * (uint64_t)c->head_dim, kv_dim = (uint64_t)c->n_kv_heads * (uint64_t)c->head_dim;
@@ -549,7 +553,7 @@ static uint64_t memory_needed(const rq4_config *c, int n_entries, int n_ctx, int
     bytes += B * (3 * max_cols + 4 * (max_cols / QK) * 4); /* acts: q, qp, qt; d, s, dt, st */
     bytes += 4 * (uint64_t)n_threads * ((uint64_t)(c->n_heads / c->n_kv_heads) * (uint64_t)n_ctx +
                                         4 * (uint64_t)c->head_dim + max_cols);  /* att, row */
-    bytes += 2 * kv_elem * (uint64_t)c->n_layers * (uint64_t)n_ctx * kv_dim; /* kv cache */
+    bytes += 2 * kv_elem * (uint64_t)c->n_layers * (uint64_t)kv_len(n_ctx) * kv_dim; /* kv cache */
     bytes += (uint64_t)n_threads * 256;                                  /* thread pool */
     return bytes;
 }
@@ -773,6 +777,45 @@ static inline float exp_nonpositive(float x) {
     return y * scale;
 }
 
+typedef float f32x16 __attribute__((vector_size(64)));    /* GCC/clang vectors: lane-wise ops */
+typedef uint32_t u32x16 __attribute__((vector_size(64)));
+
+/* 16 keys' value i (one block of key_at's layout) as floats, into *out (not
+ * returned: a 64-byte vector return would tie the ABI to AVX-512) */
+static inline __attribute__((always_inline)) void key_column(const void *block, int f16, int i, f32x16 *out) {
+    f32x16 v;
+    if (!f16) {
+        memcpy(out, (const float *)block + 16 * i, sizeof v);
+        return;
+    }
+    const uint16_t *src = (const uint16_t *)block + 16 * i;
+    u32x16 h, mag, bits;
+    for (int k = 0; k < 16; k++) h[k] = src[k];
+    /* fp16_to_f32 as lane-wise selects (cache_row's method): the same exact values */
+    mag = (h & 0x7fffu) << 13;
+    memcpy(&v, &mag, sizeof v);
+    v *= 0x1p112f;
+    u32x16 finite, special = (u32x16)((h & 0x7c00u) == 0x7c00u); /* all ones for inf, nan */
+    memcpy(&finite, &v, sizeof v);
+    bits = ((h & 0x8000u) << 16) | (special & (0x7f800000u | mag)) | (~special & finite);
+    memcpy(out, &bits, sizeof v);
+}
+
+/* Scores of nq (1..4) query heads (q: nq rows of hd) against the 16 keys of one
+ * block: out[h * stride + k] = (q_h . key k) * scale for the first nk keys. */
+static inline __attribute__((always_inline)) void scores16(const float *q, int nq, int hd, const void *block, int f16,
+                                                           float scale, float *out, int stride, int nk) {
+    f32x16 acc[4] = {{0}};
+    for (int i = 0; i < hd; i++) {
+        f32x16 kv;
+        key_column(block, f16, i, &kv);
+        for (int h = 0; h < 4; h++)
+            if (h < nq) acc[h] += q[(size_t)h * hd + i] * kv;
+    }
+    for (int h = 0; h < nq; h++)
+        for (int k = 0; k < nk; k++) out[(size_t)h * stride + k] = acc[h][k] * scale;
+}
+
 /* inlined into attend's clones, so it is vectorized for their targets too */
 static inline __attribute__((always_inline)) void softmax(float *x, int n) {
     float max = x[0];
@@ -933,28 +976,6 @@ static inline const float *cache_row(const void *cache, int f16, size_t at, int 
     return tmp;
 }
 
-/* a . b in 8 interleaved partial sums: vectorizes, and the order is fixed, so
- * a result never depends on the batch or the thread. */
-typedef float f32x8 __attribute__((vector_size(32))); /* GCC/clang vector: 8 lanes, lane-wise ops */
-
-static inline float dot_f32(const float *a, const float *b, int n) {
-    /* acc[j] += a[i + j] * b[i + j] written as one 8-lane vector: the same
-     * arithmetic, but GCC turned the array form into strided loads and shuffles */
-    f32x8 v = {0};
-    int i = 0;
-    for (; i + 8 <= n; i += 8) {
-        f32x8 va, vb;
-        memcpy(&va, a + i, sizeof va);
-        memcpy(&vb, b + i, sizeof vb);
-        v += va * vb;
-    }
-    float acc[8];
-    memcpy(acc, &v, sizeof acc);
-    float sum = ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
-    for (; i < n; i++) sum += a[i] * b[i];
-    return sum;
-}
-
 /* out += a * x */
 static inline void add_scaled(float *out, float a, const float *x, int n) {
     for (int i = 0; i < n; i++) out[i] += a * x[i];
@@ -967,22 +988,31 @@ static inline void add_scaled4(float *out, const float *a, const float *x0, cons
     for (int i = 0; i < n; i++) out[i] = out[i] + a[0] * x0[i] + a[1] * x1[i] + a[2] * x2[i] + a[3] * x3[i];
 }
 
-/* Element offset of (layer, kv head, position) in the kv cache: head-major, so
- * attention streams each head's rows from one contiguous block (a row-major
+/* Element offset of (layer, kv head, position) in the value cache: head-major,
+ * so attention streams each head's rows from one contiguous block (a row-major
  * (position, kv_dim) cache made it read head_dim of every kv_dim values, and
  * decoding spent more time there than in the matmuls). */
 static inline size_t kv_at(const rq4_model *m, int layer, int kv_head, int pos) {
     const rq4_config *c = &m->config;
-    return (((size_t)layer * (size_t)c->n_kv_heads + (size_t)kv_head) * (size_t)c->n_ctx + (size_t)pos) *
+    return (((size_t)layer * (size_t)c->n_kv_heads + (size_t)kv_head) * (size_t)kv_len(c->n_ctx) + (size_t)pos) *
            (size_t)c->head_dim;
 }
 
-static void cache_put(void *cache, int kv_type, size_t at, const float *src, int n) {
+/* The key cache holds each head's keys transposed in blocks of 16 positions:
+ * value i of position p at key_at(p) + 16 * i, so one vector holds value i of
+ * 16 consecutive keys and the scores of 16 positions are 16 lanes. */
+static inline size_t key_at(const rq4_model *m, int layer, int kv_head, int pos) {
+    return kv_at(m, layer, kv_head, pos / 16 * 16) + (size_t)(pos % 16);
+}
+
+/* n values into the cache from element `at`, `stride` elements apart */
+static void cache_put(void *cache, int kv_type, size_t at, size_t stride, const float *src, int n) {
     if (kv_type == RQ4_KV_F16) {
         uint16_t *dst = (uint16_t *)cache + at;
-        for (int i = 0; i < n; i++) dst[i] = f32_to_fp16(src[i]);
+        for (int i = 0; i < n; i++) dst[(size_t)i * stride] = f32_to_fp16(src[i]);
     } else {
-        memcpy((float *)cache + at, src, (size_t)n * sizeof(float));
+        float *dst = (float *)cache + at;
+        for (int i = 0; i < n; i++) dst[(size_t)i * stride] = src[i];
     }
 }
 
@@ -1022,11 +1052,16 @@ ATTEND_CLONES static void attend(const rq4_model *m, void *arg, int thread, int 
         const float *q = m->q + (size_t)t * (size_t)m->q_dim + (size_t)h0 * (size_t)hd;
         float *out = m->xb + (size_t)t * (size_t)m->q_dim + (size_t)h0 * (size_t)hd;
         size_t head_off = kv_at(m, j->layer, h0 / kv_mul, 0), row = (size_t)hd; /* position p at head_off + p*row */
-        /* scores of each query head against every key up to this position */
-        for (int p = 0; p <= pos; p++) {
-            const float *k = cache_row(m->key_cache, f16, head_off + (size_t)p * row, hd, tmp);
-            for (int h = 0; h < nh; h++)
-                att[(size_t)h * c->n_ctx + p] = dot_f32(q + (size_t)h * hd, k, hd) * scale;
+        /* scores of each query head against every key up to this position, 16
+         * keys at a time: lane k of a vector is key p0 + k (see key_at), and each
+         * score is its products added in order of i */
+        for (int p0 = 0; p0 <= pos; p0 += 16) {
+            int nk = pos + 1 - p0 < 16 ? pos + 1 - p0 : 16;
+            const void *kb = f16 ? (const void *)((const uint16_t *)m->key_cache + head_off + (size_t)p0 * row)
+                                 : (const void *)((const float *)m->key_cache + head_off + (size_t)p0 * row);
+            for (int h = 0; h < nh; h += 4)
+                scores16(q + (size_t)h * hd, nh - h < 4 ? nh - h : 4, hd, kb, f16, scale,
+                         att + (size_t)h * c->n_ctx + p0, c->n_ctx, nk);
         }
         for (int h = 0; h < nh; h++) softmax(att + (size_t)h * c->n_ctx, pos + 1);
         /* weighted sums of the values, four positions per pass */
@@ -1095,8 +1130,8 @@ static void forward_chunk(rq4_model *m, const int32_t *tokens, int ntok, int pos
             apply_rope(m->k + (size_t)t * m->kv_dim, c->n_kv_heads, hd, cs);
             for (int h = 0; h < c->n_kv_heads; h++) {
                 size_t at = kv_at(m, l, h, pos0 + t), src = (size_t)t * m->kv_dim + (size_t)h * (size_t)hd;
-                cache_put(m->key_cache, c->kv_type, at, m->k + src, hd);
-                cache_put(m->value_cache, c->kv_type, at, m->v + src, hd);
+                cache_put(m->key_cache, c->kv_type, key_at(m, l, h, pos0 + t), 16, m->k + src, hd);
+                cache_put(m->value_cache, c->kv_type, at, 1, m->v + src, hd);
             }
         }
 
@@ -1210,7 +1245,7 @@ static rq4_status allocate_buffers(rq4_model *m, rq4_error *err) {
     size_t q_dim = (size_t)m->q_dim, kv_dim = (size_t)m->kv_dim, hd = (size_t)c->head_dim;
     size_t max_in = dim > q_dim ? dim : q_dim, max_cols = max_in > hidden ? max_in : hidden;
     size_t kv_elem = c->kv_type == RQ4_KV_F16 ? 2 : 4, nt = (size_t)c->n_threads;
-    size_t kv_bytes = (size_t)c->n_layers * (size_t)c->n_ctx * kv_dim * kv_elem;
+    size_t kv_bytes = (size_t)c->n_layers * (size_t)kv_len(c->n_ctx) * kv_dim * kv_elem;
     int ok = alloc(&m->x, B * dim * 4) && alloc(&m->xb, B * max_in * 4) && alloc(&m->xb2, B * dim * 4) &&
              alloc(&m->q, B * q_dim * 4) && alloc(&m->k, B * kv_dim * 4) && alloc(&m->v, B * kv_dim * 4) &&
              alloc(&m->hb, B * hidden * 4) && alloc(&m->hb2, B * hidden * 4) && alloc(&m->rope, B * hd * 4) &&
