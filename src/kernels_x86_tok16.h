@@ -34,16 +34,19 @@ static TGT512 void tok16_unpack_row(int kind, const qmat *w, int r, int8_t *wb, 
             _mm256_storeu_si256((__m256i *)(wb + e), v);
         }
     }
-    for (int b = 0; b < nb; b++) {
+    for (int b = 0, g = 0, in_group = 0; b < nb; b++) { /* block b is in group g (no division) */
         __m256i v = _mm256_loadu_si256((const __m256i *)(wb + b * QK));
         __m256i s16 = _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_set1_epi8(1), v), _mm256_set1_epi16(1));
         __m128i s = _mm_add_epi32(_mm256_castsi256_si128(s16), _mm256_extracti128_si256(s16, 1));
         s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0x4E));
         s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0xB1));
         wsum[b] = _mm_cvtsi128_si32(s);
-        int g = b / bpg;
         dblk[b] = _cvtsh_ss(wd[g]);
         if (wm) mblk[b] = _cvtsh_ss(wm[g]);
+        if (++in_group == bpg) {
+            g++;
+            in_group = 0;
+        }
     }
 }
 
