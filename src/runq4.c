@@ -34,7 +34,7 @@
 
 /* Tokens of a prompt pushed through each layer together: every weight row is
  * read once per chunk instead of once per token. */
-#define RQ4_BATCH 32
+#define RQ4_BATCH 64
 
 #define MAX_THREADS 256
 
