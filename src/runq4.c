@@ -856,15 +856,31 @@ static void dequantize_row(const tensor *w, int r, float *out) {
     }
 }
 
-/* The input of a matmul as int8 blocks (cached per input). */
-static const qact *quantized_input(act_cache *c, const float *x, int n, int ntok) {
+typedef struct quantize_job {
+    qact *a;
+    const float *x; /* (ntok, n) */
+} quantize_job;
+
+/* Tokens [start, end) of a quantize_job. */
+static void quantize_tokens(const rq4_model *m, void *arg, int thread, int start, int end) {
+    const quantize_job *j = arg;
+    (void)m;
+    (void)thread;
+    for (int t = start; t < end; t++) quantize_act(j->a, t, j->x + (size_t)t * (size_t)j->a->n);
+}
+
+/* The input of a matmul as int8 blocks (cached per input), the tokens of a
+ * prompt chunk quantized on all threads. */
+static const qact *quantized_input(rq4_model *m, const float *x, int n, int ntok) {
+    act_cache *c = &m->acts;
     qact *a = &c->a;
     if (c->x == x && a->n == n && a->ntok == ntok) return a;
     c->x = x;
     a->n = n;
     a->nb = n / QK;
     a->ntok = ntok;
-    for (int t = 0; t < ntok; t++) quantize_act(a, t, x + (size_t)t * (size_t)n);
+    quantize_job j = {a, x};
+    run_parallel(m, quantize_tokens, &j, ntok);
     interleave_act(a);
     return a;
 }
@@ -931,7 +947,7 @@ static void matmul_n(rq4_model *m, const float *x, int ntok, int n, const tensor
         j.w[i] = w[i];
         j.out[i] = out[i];
         if (!m->float_activations && w[i]->type != RQ4_TYPE_F32 && !j.xq)
-            j.xq = quantized_input(&m->acts, x, w[i]->cols, ntok);
+            j.xq = quantized_input(m, x, w[i]->cols, ntok);
         rows += w[i]->rows;
     }
     run_parallel(m, matmul_rows, &j, rows);
