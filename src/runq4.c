@@ -1099,6 +1099,17 @@ ATTEND_CLONES static void attend(const rq4_model *m, void *arg, int thread, int 
     }
 }
 
+/* Tokens [start, end) of the SwiGLU product: hb = silu(hb) * hb2. */
+static void swiglu_tokens(const rq4_model *m, void *arg, int thread, int start, int end) {
+    (void)arg;
+    (void)thread;
+    size_t hidden = (size_t)m->config.hidden_dim;
+    for (size_t i = (size_t)start * hidden; i < (size_t)end * hidden; i++) {
+        float g = m->hb[i];
+        m->hb[i] = g / (1.0f + expf(-g)) * m->hb2[i];
+    }
+}
+
 /* Token row r of the embedding table, dequantized (no float copy of the table). */
 static void embed(const rq4_model *m, int token, float *out) { dequantize_row(&m->tok_embeddings, token, out); }
 
@@ -1109,7 +1120,7 @@ static void embed(const rq4_model *m, int token, float *out) { dequantize_row(&m
 
 static void forward_chunk(rq4_model *m, const int32_t *tokens, int ntok, int pos0, float *logits, int all_logits) {
     const rq4_config *c = &m->config;
-    int dim = c->dim, hidden = c->hidden_dim, hd = c->head_dim, half = hd / 2;
+    int dim = c->dim, hd = c->head_dim, half = hd / 2;
     float *x = m->x;
     forget_input(&m->acts);
 
@@ -1170,10 +1181,7 @@ static void forward_chunk(rq4_model *m, const int32_t *tokens, int ntok, int pos
         const tensor *gate_up[] = {&w->w1, &w->w3};
         float *gate_up_out[] = {m->hb, m->hb2};
         matmul_n(m, m->xb, ntok, 2, gate_up, gate_up_out);
-        for (size_t i = 0; i < (size_t)ntok * hidden; i++) {
-            float g = m->hb[i];
-            m->hb[i] = g / (1.0f + expf(-g)) * m->hb2[i];
-        }
+        run_parallel(m, swiglu_tokens, NULL, ntok);
         forget_input(&m->acts);
         matmul(m, m->xb2, m->hb, &w->w2, ntok);
         for (size_t i = 0; i < (size_t)ntok * dim; i++) x[i] += m->xb2[i];
