@@ -1045,17 +1045,18 @@ typedef struct attention_job {
  * the same whatever the grouping. */
 #if defined(__x86_64__) && defined(__GNUC__) && defined(__has_attribute) && defined(__ELF__)
 #if __has_attribute(target_clones)
-/* Compiled also for AVX2 and AVX-512 (chosen at load time): prompt attention is
- * compute-bound. No fma is formed (-ffp-contract=off / ISO C mode), so every
- * clone computes the same lane-wise operations in the same order: same bits. */
-#define ATTEND_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+/* Compiled also for AVX2 and AVX-512 (chosen at load time): prompt attention
+ * and the SwiGLU product are compute-bound. No fma is formed (-ffp-contract=off /
+ * ISO C mode), so every clone computes the same lane-wise operations in the
+ * same order: same bits. */
+#define VECTOR_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
 #endif
 #endif
-#ifndef ATTEND_CLONES
-#define ATTEND_CLONES
+#ifndef VECTOR_CLONES
+#define VECTOR_CLONES
 #endif
 
-ATTEND_CLONES static void attend(const rq4_model *m, void *arg, int thread, int start, int end) {
+VECTOR_CLONES static void attend(const rq4_model *m, void *arg, int thread, int start, int end) {
     const attention_job *j = arg;
     const rq4_config *c = &m->config;
     int hd = c->head_dim, kv_mul = c->n_heads / c->n_kv_heads, f16 = c->kv_type == RQ4_KV_F16;
@@ -1099,14 +1100,18 @@ ATTEND_CLONES static void attend(const rq4_model *m, void *arg, int thread, int 
     }
 }
 
-/* Tokens [start, end) of the SwiGLU product: hb = silu(hb) * hb2. */
-static void swiglu_tokens(const rq4_model *m, void *arg, int thread, int start, int end) {
+/* Tokens [start, end) of the SwiGLU product: hb = silu(hb) * hb2, with
+ * silu(g) = g / (1 + e^-g) written through e^-|g| (exp_nonpositive), so the
+ * loop vectorizes: g >= 0: g / (1 + e^-g); g < 0: g e^g / (1 + e^g). */
+VECTOR_CLONES static void swiglu_tokens(const rq4_model *m, void *arg, int thread, int start, int end) {
     (void)arg;
     (void)thread;
     size_t hidden = (size_t)m->config.hidden_dim;
+    float *hb = m->hb;
+    const float *hb2 = m->hb2;
     for (size_t i = (size_t)start * hidden; i < (size_t)end * hidden; i++) {
-        float g = m->hb[i];
-        m->hb[i] = g / (1.0f + expf(-g)) * m->hb2[i];
+        float g = hb[i], e = exp_nonpositive(g < 0.0f ? g : -g);
+        hb[i] = (g < 0.0f ? g * e : g) / (1.0f + e) * hb2[i];
     }
 }
 
