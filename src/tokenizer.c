@@ -476,7 +476,7 @@ static void jv_free(jv *v) {
 static char *buf_cstr(const buf *b) {
     char *s = malloc(b->len + 1);
     if (s) {
-        memcpy(s, b->data, b->len);
+        if (b->len) memcpy(s, b->data, b->len); /* an empty string's buffer may be NULL (libFuzzer, UBSan) */
         s[b->len] = 0;
     }
     return s;
