@@ -1076,9 +1076,16 @@ VECTOR_CLONES static void attend(const rq4_model *m, void *arg, int thread, int 
             int nk = pos + 1 - p0 < 16 ? pos + 1 - p0 : 16;
             const void *kb = f16 ? (const void *)((const uint16_t *)m->key_cache + head_off + (size_t)p0 * row)
                                  : (const void *)((const float *)m->key_cache + head_off + (size_t)p0 * row);
-            for (int h = 0; h < nh; h += 4)
-                scores16(q + (size_t)h * hd, nh - h < 4 ? nh - h : 4, hd, kb, f16, scale,
-                         att + (size_t)h * c->n_ctx + p0, c->n_ctx, nk);
+            for (int h = 0; h < nh; h += 4) {
+                const float *qh = q + (size_t)h * hd;
+                float *ah = att + (size_t)h * c->n_ctx + p0;
+                switch (nh - h) { /* a constant head count: no test per head and dimension */
+                case 1: scores16(qh, 1, hd, kb, f16, scale, ah, c->n_ctx, nk); break;
+                case 2: scores16(qh, 2, hd, kb, f16, scale, ah, c->n_ctx, nk); break;
+                case 3: scores16(qh, 3, hd, kb, f16, scale, ah, c->n_ctx, nk); break;
+                default: scores16(qh, 4, hd, kb, f16, scale, ah, c->n_ctx, nk); break;
+                }
+            }
         }
         for (int h = 0; h < nh; h++) softmax(att + (size_t)h * c->n_ctx, pos + 1);
         /* weighted sums of the values, four positions per pass */
