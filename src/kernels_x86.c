@@ -91,7 +91,8 @@ int kernels_avx512vnni_supported(void) {
 
 #define TGT256 __attribute__((target("avx2,f16c")))
 
-/* 16 bytes of packed nibbles -> 32 bytes, value i in byte i: as 16-bit words,
+/* 16 bytes of packed nibbles -> 32 bytes, value i in byte i (for the 16-token
+ * prompt kernel's row unpacking, src/kernels_x86_tok16.h): as 16-bit words,
  * (b | b << 4) & 0x0F0F puts the low nibble in the low byte and the high
  * nibble in the high byte. sgn: xor 8 turns the int4 q into q + 8 (0..15). */
 static inline __attribute__((always_inline)) TGT256 __m256i unpack32_256(const uint8_t *p, int sgn) {
@@ -103,11 +104,6 @@ static inline __attribute__((always_inline)) TGT256 __m256i unpack32_256(const u
 
 /* ---- avx2: vpmaddubsw (u8 x s8 -> s16 pairs, no saturation here: 2*15*127 and
  * 2*128*127 fit) then vpmaddwd with ones -> s32 ---- */
-
-static inline __attribute__((always_inline)) TGT256 __m256i avx2_dot_u(__m256i a, __m256i w, const int8_t *x) {
-    __m256i p = _mm256_maddubs_epi16(w, _mm256_loadu_si256((const __m256i *)x));
-    return _mm256_add_epi32(a, _mm256_madd_epi16(p, _mm256_set1_epi16(1)));
-}
 
 /* signed x signed: |w| (0..128 as u8) times x with w's sign */
 static inline __attribute__((always_inline)) TGT256 __m256i avx2_dot_8(__m256i a, __m256i w, const int8_t *x) {
@@ -137,9 +133,7 @@ static inline __attribute__((always_inline)) TGT256 __m128i avx2_dot_u2_s(__m128
 #define V __m256i
 #define BIG 32
 #define v_zero() _mm256_setzero_si256()
-#define ld_q4(p, sgn) unpack32_256((p), (sgn))
 #define ld_q8(p) _mm256_loadu_si256((const __m256i *)(p))
-#define dot_u(a, w, x) avx2_dot_u((a), (w), (x))
 #define dot_8(a, w, x) avx2_dot_8((a), (w), (x))
 #define dot_u2(lo, xa, hi, xb) avx2_dot_u2((lo), (xa), (hi), (xb))
 #define dot_u2_s(lo, xa, hi, xb) avx2_dot_u2_s((lo), (xa), (hi), (xb))
@@ -147,7 +141,6 @@ static inline __attribute__((always_inline)) TGT256 __m128i avx2_dot_u2_s(__m128
 #include "kernels_x86_body.h"
 #undef SFX
 #undef TGT
-#undef dot_u
 #undef dot_8
 #undef dot_u2
 #undef dot_u2_s
@@ -181,7 +174,6 @@ static inline __attribute__((always_inline)) TGTVNNI __m128i vnni_dot2_s(__m128i
 #define SFX avxvnni
 #define TGT TGTVNNI
 #define ld_q8(p) _mm256_xor_si256(_mm256_loadu_si256((const __m256i *)(p)), _mm256_set1_epi8((char)0x80))
-#define dot_u(a, w, x) vnni_dot((a), (w), (x))
 #define dot_8(a, w, x) vnni_dot((a), (w), (x))
 #define dot_u2(lo, xa, hi, xb) vnni_dot2((lo), (xa), (hi), (xb))
 #define dot_u2_s(lo, xa, hi, xb) vnni_dot2_s((lo), (xa), (hi), (xb))
@@ -189,7 +181,6 @@ static inline __attribute__((always_inline)) TGTVNNI __m128i vnni_dot2_s(__m128i
 #include "kernels_x86_body.h"
 #undef SFX
 #undef TGT
-#undef dot_u
 #undef dot_8
 #undef dot_u2
 #undef dot_u2_s
@@ -205,20 +196,10 @@ const kernel_set kernels_avxvnni = {"avxvnni", dot_q4s_avx2, dot_q4a_avx2, dot_q
 #undef V
 #undef BIG
 #undef v_zero
-#undef ld_q4
 
 /* ---- avx512vnni: 64 values per step ---- */
 
 #define TGT512 __attribute__((target("avx2,f16c,avx512f,avx512bw,avx512vl,avx512vnni")))
-
-/* 32 bytes of nibbles -> 64 bytes in value order (as unpack32_256, on 512 bits;
- * vpternlogd 0xA8 = (A | B) & C) */
-static inline __attribute__((always_inline)) TGT512 __m512i unpack64_512(const uint8_t *p, int sgn) {
-    __m512i w = _mm512_cvtepu8_epi16(_mm256_loadu_si256((const __m256i *)p));
-    w = _mm512_ternarylogic_epi32(w, _mm512_slli_epi16(w, 4), _mm512_set1_epi16(0x0F0F), 0xA8);
-    if (sgn) w = _mm512_xor_si512(w, _mm512_set1_epi8(8));
-    return w;
-}
 
 static inline __attribute__((always_inline)) TGT512 __m512i v512_dot(__m512i a, __m512i w, const int8_t *x) {
     return _mm512_dpbusd_epi32(a, w, _mm512_loadu_si512((const void *)x));
@@ -235,9 +216,7 @@ static inline __attribute__((always_inline)) TGT512 __m512i v512_dot_s(__m512i a
 #define V __m512i
 #define BIG 64
 #define v_zero() _mm512_setzero_si512()
-#define ld_q4(p, sgn) unpack64_512((p), (sgn))
 #define ld_q8(p) _mm512_xor_si512(_mm512_loadu_si512((const void *)(p)), _mm512_set1_epi8((char)0x80))
-#define dot_u(a, w, x) v512_dot((a), (w), (x))
 #define dot_8(a, w, x) v512_dot((a), (w), (x))
 #define ld_q8_s(p) _mm256_xor_si256(_mm256_loadu_si256((const __m256i *)(p)), _mm256_set1_epi8((char)0x80))
 #define dot_8_s(a, w, x) v512_dot_s((a), (w), (x))

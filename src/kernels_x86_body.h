@@ -6,10 +6,8 @@
  *   TGT            __attribute__((target(...))) of every function here
  *   BIG            values per integer step: 32 (256-bit sets) or 64 (AVX-512)
  *   V              int32 accumulator vector of BIG/4 lanes; v_zero()
- *   ld_q4(p, sgn)  BIG nibbles at p (BIG/2 bytes) as unsigned bytes q (+8 if sgn)
  *   ld_q8(p)       BIG int8 at p as dot_8 wants them
- *   dot_u(a, w, x)  a + sums of 4 products w*x per lane, w from ld_q4, x int8 at x
- *   dot_8(a, w, x)  the same for w from ld_q8
+ *   dot_8(a, w, x)  a + sums of 4 products w*x per lane, w from ld_q8, x int8 at x
  *   Q8_OFF         what ld_q8 adds to every weight (128 for vpdpbusd, else 0)
  *   (BIG == 64:) ld_q8_s / dot_8_s: one 32-value Q8 step
  *   (BIG == 32:) dot_u2(lo, xa, hi, xb): int32 lanes of lo . (32 int8 at xa)
@@ -70,7 +68,6 @@ ALWAYS int scale_base(const row_view *v, int g0, int W) {
     return g0 + W <= v->avail ? g0 : v->ng >= W ? v->ng - W : -1;
 }
 
-ALWAYS int group_of(const row_view *v, int b) { return v->sh >= 0 ? b >> v->sh : b / v->bpg; }
 
 /* The integer correction per block: dot - off * xs. */
 ALWAYS int offset_of(int kind, int q8_off) { return kind == K_Q4S ? 8 : kind == K_Q8 ? q8_off : 0; }
@@ -129,10 +126,10 @@ ALWAYS __attribute__((target("avx2"))) __m128i load4i(const int32_t *p, int cnt)
 }
 #endif
 
-/* One integer step of BIG values at value e of the row, for token row xr. */
-ALWAYS TGT V FN(step)(int kind, const uint8_t *wq, const int8_t *xr, int e) {
-    if (kind == K_Q8) return dot_8(v_zero(), ld_q8((const int8_t *)wq + e), xr + e);
-    return dot_u(v_zero(), ld_q4(wq + e / 2, kind == K_Q4S), xr + e);
+/* One Q8 integer step of BIG values at value e of the row, for token row xr
+ * (int4 goes through qact.qp, below). */
+ALWAYS TGT V FN(step8)(const uint8_t *wq, const int8_t *xr, int e) {
+    return dot_8(v_zero(), ld_q8((const int8_t *)wq + e), xr + e);
 }
 
 #if BIG == 64
@@ -237,7 +234,7 @@ ALWAYS TGT __m512i FN(sums16)(int kind, const row_view *v, const int8_t *xr, con
         __m512i p[8];
         for (int j = 0; j < 8; j++) {
             int left = cnt - 2 * j, e = (b0 + 2 * j) * QK;
-            p[j] = left >= 2 ? FN(step)(kind, v->q, xr, e) : left == 1 ? FN(step_s)(v->q, xr, e) : v_zero();
+            p[j] = left >= 2 ? FN(step8)(v->q, xr, e) : left == 1 ? FN(step_s)(v->q, xr, e) : v_zero();
         }
         return FN(reduce8h)(p);
     }
@@ -332,8 +329,8 @@ ALWAYS TGT void FN(tile_chunk)(int kind, const int T, const row_view *v, const i
             for (int t = 0; t < T; t++) p[t / 2][4 * (t % 2) + j] = FN(step_s)(v->q, xr[t], e);
         }
     }
-    __m256 d8 = scales8(v, v->d, b0, cnt), m8 = kind == K_Q4A ? scales8(v, v->m, b0, cnt) : d8;
-    __m512 dd = JOIN_F(d8, d8), mm = JOIN_F(m8, m8);
+    __m256 d8 = scales8(v, v->d, b0, cnt);
+    __m512 dd = JOIN_F(d8, d8);
     int off = offset_of(kind, Q8_OFF);
     for (int pair = 0; pair < (T + 1) / 2; pair++) {
         int a = 2 * pair, b = a + 1 < T ? a + 1 : a; /* an odd T: the lone token twice (its copy unused) */
@@ -342,7 +339,6 @@ ALWAYS TGT void FN(tile_chunk)(int kind, const int T, const row_view *v, const i
         __m512 dx = JOIN_F(load8f(xd[a] + b0, cnt), load8f(xd[b] + b0, cnt));
         if (off) isum = _mm512_sub_epi32(isum, _mm512_slli_epi32(s, off == 8 ? 3 : 7));
         __m512 term = _mm512_mul_ps(_mm512_mul_ps(dd, dx), _mm512_cvtepi32_ps(isum));
-        if (kind == K_Q4A) term = _mm512_add_ps(term, _mm512_mul_ps(_mm512_mul_ps(mm, dx), _mm512_cvtepi32_ps(s)));
         acc[pair] = _mm512_add_ps(acc[pair], term);
     }
 }
@@ -536,7 +532,7 @@ ALWAYS TGT void FN(tokens_q4)(int kind, const int T, const qact *x, const row_vi
 ALWAYS TGT __m256 FN(chunk8)(int kind, const row_view *v, const int8_t *xr, const float *xd, const int32_t *xs,
                               int b0, int cnt, __m256 lanes) {
     __m256i p[8];
-    for (int k = 0; k < 8; k++) p[k] = k < cnt ? FN(step)(kind, v->q, xr, (b0 + k) * QK) : v_zero();
+    for (int k = 0; k < 8; k++) p[k] = k < cnt ? FN(step8)(v->q, xr, (b0 + k) * QK) : v_zero();
     __m256 term = FN(terms8)(kind, v, b0, cnt, FN(reduce8)(p), xd, xs, offset_of(kind, Q8_OFF));
     return _mm256_add_ps(lanes, term);
 }
@@ -586,13 +582,7 @@ ALWAYS TGT __m256 FN(pair_chunk)(int kind, const row_view *v, const int8_t *xra,
     int off = offset_of(kind, Q8_OFF);
     if (off) isum = _mm256_sub_epi32(isum, _mm256_slli_epi32(s, off == 8 ? 3 : 7));
     __m256 d4 = scales8(v, v->d, b0, cnt);
-    __m256 term = _mm256_mul_ps(_mm256_mul_ps(_mm256_permute2f128_ps(d4, d4, 0), dx), _mm256_cvtepi32_ps(isum));
-    if (kind == K_Q4A) {
-        __m256 m4 = scales8(v, v->m, b0, cnt);
-        term = _mm256_add_ps(term, _mm256_mul_ps(_mm256_mul_ps(_mm256_permute2f128_ps(m4, m4, 0), dx),
-                                                 _mm256_cvtepi32_ps(s)));
-    }
-    return term;
+    return _mm256_mul_ps(_mm256_mul_ps(_mm256_permute2f128_ps(d4, d4, 0), dx), _mm256_cvtepi32_ps(isum));
 }
 
 /* Tokens t0 .. t0+T-1 (T = 2..4) of row r: int4 all T at once (tokens_q4);
