@@ -3,30 +3,33 @@
  *
  * Lane t of a vector is token t of a tile of 16 (qact.qt, interleave_act:
  * block b of the tile as 8 vectors, vector c holding values 4c..4c+3 of each
- * token, as q + 128). One weight row is unpacked once into signed bytes; then
- * vpdpbusd of a tile vector with 4 weight bytes broadcast from memory adds
- * 4 products to each token's lane, so 8 of them give every token's exact
- * block sum in its own lane: no horizontal reduction at all. The + 128 is
- * taken back out as 128 * (the block's sum of weights). The contract's 16
- * float lanes become 16 vectors (lane j of token t = lane t of L[j]) and its
- * final tree vertical adds, so results stay bit-identical to kernels_scalar.
+ * token, as q + 128). A weight row is unpacked once into signed bytes; then
+ * vpdpbusd of a tile vector with 4 weight bytes broadcast to every lane (a
+ * permute) adds 4 products to each token's lane, so 8 of them give every
+ * token's exact block sum in its own lane: no horizontal reduction at all. The
+ * + 128 is taken back out as 128 * (the block's sum of weights). The
+ * contract's 16 float lanes become 16 vectors per (row, tile) (lane j of token
+ * t = lane t of L[j]) and its final tree vertical adds, so results stay
+ * bit-identical to kernels_scalar.
  *
- * Rows are taken in column chunks of TOK16_CHUNK blocks (16 KiB of a tile's
- * activations, which then stay in L1 across a group of TOK16_ROWS rows); the
- * lanes of each (row, tile) wait in memory between chunks. A row of at most
- * one chunk (SmolLM2's 576 and 1536 columns) keeps them in registers. Used
- * for the full tiles of a call; the other tokens go through the body's
- * dot_rows.
- */
+ * What limits it is L1: a 64-byte load per vpdpbusd runs at about half the
+ * dot-product rate here (Zen 5: 1.6 loads per cycle from L1, 0.6 from L2),
+ * and so does a permute per vpdpbusd. So each step works on 4 rows x 2 tiles:
+ * every tile vector loaded serves 4 rows and every weight broadcast 2 tiles
+ * (SmolLM2 shapes, 64 tokens: 265 -> 330 GOP/s). Rows go in groups of
+ * TOK16_ROWS, over column chunks of TOK16_CHUNK blocks (4 tiles' chunk is
+ * 32 KiB, read once per row from L1); the lanes wait in memory (L1) between
+ * blocks. Used for the full tiles of a call; the other tokens go through the
+ * body's dot_rows. */
 
-#define TOK16_CHUNK 32 /* blocks: a multiple of 16, so chunks keep the lane of block b at b % 16 */
+#define TOK16_CHUNK 16 /* blocks per column chunk, at most */
 #define TOK16_ROWS 8
-#define TOK16_TILES 4  /* tiles per pass over a group of rows */
+#define TOK16_TILES 4 /* tiles per pass over a group of rows */
 
 /* Blocks [b0, b0 + cnt) of row r as signed bytes (Q4S -8..7, Q4A 0..15, Q8 as
  * stored), each block's sum of weights and its weight scale (and minimum) as a
  * float, indexed from 0. */
-static TGT512 void tok16_unpack(int kind, const qmat *w, int r, int b0, int cnt, int8_t *wb, int32_t *wsum,
+static TGT512 void tok16_unpack(int kind, const qmat *w, int r, int b0, int cnt, int8_t *wb, int32_t *bias,
                                float *dblk, float *mblk) {
     const int bpg = w->gs / QK;
     const uint8_t *q = w->q + (size_t)r * w->row_bytes + (size_t)b0 * (kind == K_Q8 ? QK : QK / 2);
@@ -47,7 +50,7 @@ static TGT512 void tok16_unpack(int kind, const qmat *w, int r, int b0, int cnt,
         __m128i s = _mm_add_epi32(_mm256_castsi256_si128(s16), _mm256_extracti128_si256(s16, 1));
         s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0x4E));
         s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0xB1));
-        wsum[b] = _mm_cvtsi128_si32(s);
+        bias[b] = 128 * _mm_cvtsi128_si32(s);
         dblk[b] = _cvtsh_ss(wd[g]);
         if (wm) mblk[b] = _cvtsh_ss(wm[g]);
         if (++in_group == bpg) {
@@ -57,75 +60,104 @@ static TGT512 void tok16_unpack(int kind, const qmat *w, int r, int b0, int cnt,
     }
 }
 
-/* Blocks [b0, b0 + cnt) of tile k against one row's unpacked chunk (wb ..
- * indexed from 0), added to its 16 lane vectors L. */
-static inline __attribute__((always_inline)) TGT512 void tok16_blocks(int kind, const qact *x, int k, int b0, int cnt,
-                                                                      const int8_t *wb, const int32_t *wsum,
-                                                                      const float *dblk, const float *mblk,
-                                                                      __m512 *L) {
-    const int nb = x->nb;
-    const uint8_t *xt = x->qt + (size_t)k * (size_t)nb * 512;
-    const float *xd = x->dt + (size_t)k * (size_t)nb * 16;
-    const int32_t *xs = x->st + (size_t)k * (size_t)nb * 16;
-    for (int i0 = 0; i0 < cnt; i0 += 16) {
-#pragma GCC unroll 16 /* L[j] in registers */
-        for (int j = 0; j < 16; j++) {
-            int i = i0 + j, b = b0 + i;
-            if (i >= cnt) break;
-            const uint8_t *xb = xt + (size_t)b * 512;
-            __m512i acc[2] = {_mm512_setzero_si512(), _mm512_setzero_si512()}; /* two chains */
-            /* the block's 32 weights in one register, 4 of them broadcast per step by a
-             * permute (broadcast loads and 64-byte loads would share the load ports) */
-            __m512i w32 = _mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *)(wb + i * QK)));
-            for (int c = 0; c < 8; c++)
-                acc[c & 1] = _mm512_dpbusd_epi32(acc[c & 1], _mm512_loadu_si512((const void *)(xb + 64 * c)),
-                                                 _mm512_permutexvar_epi32(_mm512_set1_epi32(c), w32));
-            __m512i isum = _mm512_sub_epi32(_mm512_add_epi32(acc[0], acc[1]), _mm512_set1_epi32(128 * wsum[i]));
-            __m512 dx = _mm512_loadu_ps(xd + (size_t)b * 16);
-            __m512 term = _mm512_mul_ps(_mm512_mul_ps(_mm512_set1_ps(dblk[i]), dx), _mm512_cvtepi32_ps(isum));
-            if (kind == K_Q4A) {
-                __m512 s = _mm512_cvtepi32_ps(_mm512_loadu_si512((const void *)(xs + (size_t)b * 16)));
-                term = _mm512_add_ps(term, _mm512_mul_ps(_mm512_mul_ps(_mm512_set1_ps(mblk[i]), dx), s));
+/* Blocks [b0, b0 + cnt) of NR rows (1 or 2; unpacked chunks wb[i]) against
+ * NT tiles (1 or 2) from tile k0, added to the lanes L[i][k] (in memory:
+ * 16 vectors per row and tile). Each tile vector loaded serves every row, and
+ * each weight broadcast every tile: the vectors come from L1, whose 64-byte
+ * loads (not the dot products) are what limit a kernel with one load per
+ * vpdpbusd. */
+static inline __attribute__((always_inline)) TGT512 void tok16_blocks(int kind, const qact *x, int k0, int b0, int cnt,
+                                                                      const int8_t (*wb)[TOK16_CHUNK * QK],
+                                                                      const int32_t (*bias)[TOK16_CHUNK],
+                                                                      const float (*dblk)[TOK16_CHUNK],
+                                                                      const float (*mblk)[TOK16_CHUNK],
+                                                                      __m512 (*L)[TOK16_TILES][16], int kl, const int NR, const int NT) {
+    const size_t nb = (size_t)x->nb;
+    for (int i = 0; i < cnt; i++) {
+        size_t b = (size_t)(b0 + i);
+        __m512i w32[4], acc[4][2];
+        for (int r = 0; r < NR; r++) w32[r] = _mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *)(wb[r] + i * QK)));
+        for (int r = 0; r < NR; r++)
+            for (int k = 0; k < NT; k++) acc[r][k] = _mm512_setzero_si512();
+        for (int c = 0; c < 8; c++) {
+            __m512i xv[2], wv[4];
+            for (int k = 0; k < NT; k++)
+                xv[k] = _mm512_loadu_si512((const void *)(x->qt + ((size_t)(k0 + k) * nb + b) * 512 + 64 * c));
+            /* in a register: GCC would otherwise load xv again for the second row */
+            for (int k = 0; k < NT; k++) __asm__("" : "+v"(xv[k]));
+            for (int r = 0; r < NR; r++) wv[r] = _mm512_permutexvar_epi32(_mm512_set1_epi32(c), w32[r]);
+            for (int r = 0; r < NR; r++)
+                for (int k = 0; k < NT; k++) acc[r][k] = _mm512_dpbusd_epi32(acc[r][k], xv[k], wv[r]);
+        }
+        for (int k = 0; k < NT; k++) {
+            size_t at = ((size_t)(k0 + k) * nb + b) * 16;
+            __m512 dx = _mm512_loadu_ps(x->dt + at);
+            for (int r = 0; r < NR; r++) {
+                __m512i isum = _mm512_sub_epi32(acc[r][k], _mm512_set1_epi32(bias[r][i]));
+                __m512 term = _mm512_mul_ps(_mm512_mul_ps(_mm512_set1_ps(dblk[r][i]), dx), _mm512_cvtepi32_ps(isum));
+                if (kind == K_Q4A) {
+                    __m512 s = _mm512_cvtepi32_ps(_mm512_loadu_si512((const void *)(x->st + at)));
+                    term = _mm512_add_ps(term, _mm512_mul_ps(_mm512_mul_ps(_mm512_set1_ps(mblk[r][i]), dx), s));
+                }
+                /* lane b % 16 starts at 0.0f (the contract) when block b is its first */
+                __m512 *lane = &L[r][kl + k][b % 16];
+                *lane = _mm512_add_ps(b < 16 ? _mm512_setzero_ps() : *lane, term);
             }
-            L[j] = _mm512_add_ps(L[j], term);
         }
     }
 }
 
-/* The contract's final tree over L, then the 16 tokens' outputs of row r. */
-static inline __attribute__((always_inline)) TGT512 void tok16_finish(__m512 *L, int k, int r, float *out,
-                                                                      size_t out_stride) {
+/* The contract's final tree over L: lane t of the result is token t's output. */
+static inline __attribute__((always_inline)) TGT512 __m512 tok16_finish(__m512 *L) {
     for (int w = 8; w > 0; w /= 2)
         for (int i = 0; i < w; i++) L[i] = _mm512_add_ps(L[i], L[i + w]);
-    float y[16];
-    _mm512_storeu_ps(y, L[0]);
-    for (int t = 0; t < 16; t++) out[(size_t)(16 * k + t) * out_stride + (size_t)r] = y[t];
+    return L[0];
 }
 
 static inline __attribute__((always_inline)) TGT512 void tok16_rows(int kind, const qact *x, const qmat *w, int tiles,
                                                                     int r0, int r1, float *out, size_t out_stride) {
     int8_t wb[TOK16_ROWS][TOK16_CHUNK * QK] __attribute__((aligned(64)));
-    int32_t wsum[TOK16_ROWS][TOK16_CHUNK];
+    int32_t bias[TOK16_ROWS][TOK16_CHUNK];
     float dblk[TOK16_ROWS][TOK16_CHUNK], mblk[TOK16_ROWS][TOK16_CHUNK];
-    __m512 lanes[TOK16_ROWS][TOK16_TILES][16]; /* between chunks */
-    const int nb = x->nb;
-    for (int k0 = 0; k0 < tiles; k0 += TOK16_TILES) {
-        int nt = tiles - k0 < TOK16_TILES ? tiles - k0 : TOK16_TILES;
+    __m512 lanes[TOK16_ROWS][TOK16_TILES][16]; /* across chunks */
+    const int nb = x->nb, chunks = (nb + TOK16_CHUNK - 1) / TOK16_CHUNK;
+    const int chunk = (nb + chunks - 1) / chunks; /* even chunks: no short one at the end */
+    for (int kg = 0; kg < tiles; kg += TOK16_TILES) {
+        int ntg = tiles - kg < TOK16_TILES ? tiles - kg : TOK16_TILES;
         for (int rg = r0; rg < r1; rg += TOK16_ROWS) {
             int nr = r1 - rg < TOK16_ROWS ? r1 - rg : TOK16_ROWS;
-            for (int c0 = 0; c0 < nb; c0 += TOK16_CHUNK) {
-                int cnt = nb - c0 < TOK16_CHUNK ? nb - c0 : TOK16_CHUNK, last = c0 + cnt == nb;
-                for (int i = 0; i < nr; i++) tok16_unpack(kind, w, rg + i, c0, cnt, wb[i], wsum[i], dblk[i], mblk[i]);
-                for (int k = 0; k < nt; k++)
-                    for (int i = 0; i < nr; i++) {
-                        __m512 L[16];
-                        for (int j = 0; j < 16; j++) L[j] = c0 == 0 ? _mm512_setzero_ps() : lanes[i][k][j];
-                        tok16_blocks(kind, x, k0 + k, c0, cnt, wb[i], wsum[i], dblk[i], mblk[i], L);
-                        if (last) tok16_finish(L, k0 + k, rg + i, out, out_stride);
-                        else
-                            for (int j = 0; j < 16; j++) lanes[i][k][j] = L[j];
+            for (int i = 0; i < nr; i++) /* the lanes no block starts (nb < 16) */
+                for (int k = 0; k < ntg; k++)
+                    for (int j = nb; j < 16; j++) lanes[i][k][j] = _mm512_setzero_ps();
+            for (int c0 = 0; c0 < nb; c0 += chunk) {
+                int cnt = nb - c0 < chunk ? nb - c0 : chunk;
+                for (int i = 0; i < nr; i++) tok16_unpack(kind, w, rg + i, c0, cnt, wb[i], bias[i], dblk[i], mblk[i]);
+                for (int kl = 0; kl < ntg; kl += 2) {
+                    int two = ntg - kl >= 2, k0 = kg + kl;
+                    for (int i = 0; i < nr;) { /* constant row and tile counts: the accumulators stay in registers */
+                        int four = nr - i >= 4;
+#define TOK16_BLOCKS(NR, NT) \
+    tok16_blocks(kind, x, k0, c0, cnt, wb + i, bias + i, dblk + i, mblk + i, lanes + i, kl, NR, NT)
+                        if (four && two) TOK16_BLOCKS(4, 2);
+                        else if (four) TOK16_BLOCKS(4, 1);
+                        else if (two) TOK16_BLOCKS(1, 2);
+                        else TOK16_BLOCKS(1, 1);
+#undef TOK16_BLOCKS
+                        i += four ? 4 : 1;
                     }
+                }
             }
+            /* outputs gathered per token first: out's rows lie a row length apart,
+             * often a multiple of 4 KiB, so scattered stores would thrash L1 sets */
+            float y[TOK16_TILES * 16][TOK16_ROWS];
+            for (int i = 0; i < nr; i++)
+                for (int k = 0; k < ntg; k++) {
+                    float v[16];
+                    _mm512_storeu_ps(v, tok16_finish(lanes[i][k]));
+                    for (int t = 0; t < 16; t++) y[16 * k + t][i] = v[t];
+                }
+            for (int t = 0; t < 16 * ntg; t++)
+                memcpy(out + (size_t)(16 * kg + t) * out_stride + (size_t)rg, y[t], sizeof(float) * (size_t)nr);
         }
     }
 }
