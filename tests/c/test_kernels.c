@@ -2,7 +2,7 @@
  * bit (memcmp of the outputs), on random data of many shapes: row lengths 32 ..
  * 8192 (odd block and group counts, shorter last groups), group sizes 32 ..
  * 4096 and random multiples of 32 (gs / 32 = 3, 5, ... blocks per group),
- * 1 .. 70 tokens, 1 .. 40 rows per matrix with calls on a sub-range
+ * 1 .. 96 tokens, 1 .. 40 rows per matrix with calls on a sub-range
  * r0 .. r1 (outputs outside it and the gaps of out_stride must stay untouched,
  * every output inside it must be written), out_stride >= rows, padded weight
  * rows (row_bytes > the packed row), unaligned pointers, all-zero activation
@@ -278,13 +278,13 @@ static void pick_range(shape *s) {
 
 int main(int argc, char **argv) {
     int quick = argc > 1 && strcmp(argv[1], "-q") == 0;
-    const int max_n = 8192, max_tok = 70;
+    const int max_n = 8192, max_tok = 96;
     buffers b;
     memset(&b, 0, sizeof b);
 
     static const int ns[] = {32, 64, 96, 160, 224, 576, 1000 / 32 * 32, 1536, 2048, 2080, 4096, 5632, 8192};
     static const int gss[] = {32, 64, 96, 128, 160, 256, 4096};
-    static const int ntoks[] = {1, 2, 3, 4, 5, 7, 8, 9, 16, 17, 31, 32, 33, 64, 70};
+    static const int ntoks[] = {1, 2, 3, 4, 5, 7, 8, 9, 16, 17, 31, 32, 33, 48, 64, 70, 96};
     const int n_ns = sizeof ns / sizeof ns[0], n_gss = sizeof gss / sizeof gss[0];
     const int n_ntoks = sizeof ntoks / sizeof ntoks[0];
 
