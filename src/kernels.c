@@ -171,12 +171,12 @@ void interleave_act(qact *a) {
     const size_t n = (size_t)a->n, nb = (size_t)a->nb;
     for (int k = 0; k < a->ntile; k++)
         for (size_t b = 0; b < nb; b++) {
-            uint8_t *dst = a->qt + ((size_t)k * nb + b) * 512;
+            int8_t *dst = a->qt + ((size_t)k * nb + b) * 512;
             for (int t = 0; t < 16; t++) {
                 size_t tok = (size_t)(16 * k + t);
                 const int8_t *src = a->q + tok * n + b * QK;
                 for (int c = 0; c < 8; c++)
-                    for (int i = 0; i < 4; i++) dst[64 * c + 4 * t + i] = (uint8_t)(src[4 * c + i] + 128);
+                    for (int i = 0; i < 4; i++) dst[64 * c + 4 * t + i] = src[4 * c + i];
                 a->dt[((size_t)k * nb + b) * 16 + (size_t)t] = a->d[tok * nb + b];
                 a->st[((size_t)k * nb + b) * 16 + (size_t)t] = a->s[tok * nb + b];
             }

@@ -42,8 +42,8 @@ typedef struct qact {
     int ntok;
     /* The first 16 * ntile tokens again, 16 to a vector lane (interleave_act;
      * ntile = 0 when qt is NULL): tile k, block b is 8 vectors of 64 bytes,
-     * vector c holding values 4c..4c+3 of each of the 16 tokens as q + 128. */
-    uint8_t *qt;    /* (ntile, nb, 8, 16, 4) */
+     * vector c holding values 4c..4c+3 of each of the 16 tokens. */
+    int8_t *qt;     /* (ntile, nb, 8, 16, 4) */
     float *dt;      /* (ntile, nb, 16): d */
     int32_t *st;    /* (ntile, nb, 16): s */
     int ntile;

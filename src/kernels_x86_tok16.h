@@ -3,11 +3,12 @@
  *
  * Lane t of a vector is token t of a tile of 16 (qact.qt, interleave_act:
  * block b of the tile as 8 vectors, vector c holding values 4c..4c+3 of each
- * token, as q + 128). A weight row is unpacked once into signed bytes; then
- * vpdpbusd of a tile vector with 4 weight bytes broadcast to every lane (a
- * permute) adds 4 products to each token's lane, so 8 of them give every
- * token's exact block sum in its own lane: no horizontal reduction at all. The
- * + 128 is taken back out as 128 * (the block's sum of weights). The
+ * token). A weight row is unpacked once into unsigned bytes (the value plus an
+ * offset: 8 for Q4S, 128 for Q8); then vpdpbusd of 4 weight bytes broadcast to
+ * every lane (a permute) with a tile vector adds 4 products to each token's
+ * lane, so 8 of them give every token's exact block sum in its own lane: no
+ * horizontal reduction at all. Each sum starts at -offset * (the token's sum
+ * of the block's activations), which takes the offset back out. The
  * contract's 16 float lanes become 16 vectors per (row, tile) (lane j of token
  * t = lane t of L[j]) and its final tree vertical adds, so results stay
  * bit-identical to kernels_scalar.
@@ -16,7 +17,7 @@
  * dot-product rate here (Zen 5: 1.6 loads per cycle from L1, 0.6 from L2),
  * and so does a permute per vpdpbusd. So each step works on 4 rows x 2 tiles:
  * every tile vector loaded serves 4 rows and every weight broadcast 2 tiles
- * (SmolLM2 shapes, 64 tokens: 265 -> 330 GOP/s). Rows go in groups of
+ * (2048 x 2048 g128, 64 tokens, 1 thread: 1.79 -> 1.28 ms). Rows go in groups of
  * TOK16_ROWS, over column chunks of TOK16_CHUNK blocks (4 tiles' chunk is
  * 32 KiB, read once per row from L1); the lanes wait in memory (L1) between
  * blocks. Used for the full tiles of a call; the other tokens go through the
@@ -26,31 +27,21 @@
 #define TOK16_ROWS 8
 #define TOK16_TILES 4 /* tiles per pass over a group of rows */
 
-/* Blocks [b0, b0 + cnt) of row r as signed bytes (Q4S -8..7, Q4A 0..15, Q8 as
- * stored), each block's sum of weights and its weight scale (and minimum) as a
- * float, indexed from 0. */
-static TGT512 void tok16_unpack(int kind, const qmat *w, int r, int b0, int cnt, int8_t *wb, int32_t *bias,
-                               float *dblk, float *mblk) {
+/* Blocks [b0, b0 + cnt) of row r as unsigned bytes, each value plus the
+ * kind's offset (Q4S q + 8, Q4A q, Q8 q + 128), and each block's
+ * weight scale (and minimum) as a float, indexed from 0. */
+static TGT512 void tok16_unpack(int kind, const qmat *w, int r, int b0, int cnt, uint8_t *wb, float *dblk,
+                               float *mblk) {
     const int bpg = w->gs / QK;
     const uint8_t *q = w->q + (size_t)r * w->row_bytes + (size_t)b0 * (kind == K_Q8 ? QK : QK / 2);
     const uint16_t *wd = w->d + (size_t)r * (size_t)w->ngroups;
     const uint16_t *wm = kind == K_Q4A ? w->m + (size_t)r * (size_t)w->ngroups : NULL;
-    if (kind == K_Q8) {
-        memcpy(wb, q, (size_t)cnt * QK);
-    } else {
-        for (int e = 0; e < cnt * QK; e += 32) { /* 16 bytes -> 32 values in value order */
-            __m256i v = unpack32_256(q + e / 2, kind == K_Q4S); /* Q4S: q + 8 */
-            if (kind == K_Q4S) v = _mm256_sub_epi8(v, _mm256_set1_epi8(8));
-            _mm256_storeu_si256((__m256i *)(wb + e), v);
-        }
+    for (int e = 0; e < cnt * QK; e += 32) {
+        __m256i v = kind == K_Q8 ? _mm256_xor_si256(_mm256_loadu_si256((const __m256i *)(q + e)), _mm256_set1_epi8(-128))
+                                 : unpack32_256(q + e / 2, kind == K_Q4S); /* 16 bytes -> 32 values in value order */
+        _mm256_storeu_si256((__m256i *)(wb + e), v);
     }
     for (int b = 0, g = b0 / bpg, in_group = b0 % bpg; b < cnt; b++) { /* block b0+b is in group g */
-        __m256i v = _mm256_loadu_si256((const __m256i *)(wb + b * QK));
-        __m256i s16 = _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_set1_epi8(1), v), _mm256_set1_epi16(1));
-        __m128i s = _mm_add_epi32(_mm256_castsi256_si128(s16), _mm256_extracti128_si256(s16, 1));
-        s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0x4E));
-        s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0xB1));
-        bias[b] = 128 * _mm_cvtsi128_si32(s);
         dblk[b] = _cvtsh_ss(wd[g]);
         if (wm) mblk[b] = _cvtsh_ss(wm[g]);
         if (++in_group == bpg) {
@@ -60,15 +51,12 @@ static TGT512 void tok16_unpack(int kind, const qmat *w, int r, int b0, int cnt,
     }
 }
 
-/* Blocks [b0, b0 + cnt) of NR rows (1 or 2; unpacked chunks wb[i]) against
- * NT tiles (1 or 2) from tile k0, added to the lanes L[i][k] (in memory:
- * 16 vectors per row and tile). Each tile vector loaded serves every row, and
- * each weight broadcast every tile: the vectors come from L1, whose 64-byte
- * loads (not the dot products) are what limit a kernel with one load per
- * vpdpbusd. */
+/* Blocks [b0, b0 + cnt) of NR rows (4 or 1; unpacked chunks wb[i]) against
+ * NT tiles (2 or 1) from tile k0, into the lanes L[i][kl ..] (16 vectors per
+ * row and tile). NR and NT are constants at each call, so the accumulators
+ * stay in registers. */
 static inline __attribute__((always_inline)) TGT512 void tok16_blocks(int kind, const qact *x, int k0, int b0, int cnt,
-                                                                      const int8_t (*wb)[TOK16_CHUNK * QK],
-                                                                      const int32_t (*bias)[TOK16_CHUNK],
+                                                                      const uint8_t (*wb)[TOK16_CHUNK * QK],
                                                                       const float (*dblk)[TOK16_CHUNK],
                                                                       const float (*mblk)[TOK16_CHUNK],
                                                                       __m512 (*L)[TOK16_TILES][16], int kl, const int NR, const int NT) {
@@ -77,8 +65,15 @@ static inline __attribute__((always_inline)) TGT512 void tok16_blocks(int kind, 
         size_t b = (size_t)(b0 + i);
         __m512i w32[4], acc[4][2];
         for (int r = 0; r < NR; r++) w32[r] = _mm512_castsi256_si512(_mm256_loadu_si256((const __m256i *)(wb[r] + i * QK)));
-        for (int r = 0; r < NR; r++)
-            for (int k = 0; k < NT; k++) acc[r][k] = _mm512_setzero_si512();
+        /* each sum starts at -offset * (the token's sum of activations), which
+         * takes the weights' offset back out */
+        for (int k = 0; k < NT; k++) {
+            __m512i init = _mm512_setzero_si512();
+            if (kind != K_Q4A)
+                init = _mm512_sub_epi32(init, _mm512_slli_epi32(_mm512_loadu_si512((const void *)(x->st + ((size_t)(k0 + k) * nb + b) * 16)),
+                                                                kind == K_Q8 ? 7 : 3));
+            for (int r = 0; r < NR; r++) acc[r][k] = init;
+        }
         for (int c = 0; c < 8; c++) {
             __m512i xv[2], wv[4];
             for (int k = 0; k < NT; k++)
@@ -87,14 +82,13 @@ static inline __attribute__((always_inline)) TGT512 void tok16_blocks(int kind, 
             for (int k = 0; k < NT; k++) __asm__("" : "+v"(xv[k]));
             for (int r = 0; r < NR; r++) wv[r] = _mm512_permutexvar_epi32(_mm512_set1_epi32(c), w32[r]);
             for (int r = 0; r < NR; r++)
-                for (int k = 0; k < NT; k++) acc[r][k] = _mm512_dpbusd_epi32(acc[r][k], xv[k], wv[r]);
+                for (int k = 0; k < NT; k++) acc[r][k] = _mm512_dpbusd_epi32(acc[r][k], wv[r], xv[k]);
         }
         for (int k = 0; k < NT; k++) {
             size_t at = ((size_t)(k0 + k) * nb + b) * 16;
             __m512 dx = _mm512_loadu_ps(x->dt + at);
             for (int r = 0; r < NR; r++) {
-                __m512i isum = _mm512_sub_epi32(acc[r][k], _mm512_set1_epi32(bias[r][i]));
-                __m512 term = _mm512_mul_ps(_mm512_mul_ps(_mm512_set1_ps(dblk[r][i]), dx), _mm512_cvtepi32_ps(isum));
+                __m512 term = _mm512_mul_ps(_mm512_mul_ps(_mm512_set1_ps(dblk[r][i]), dx), _mm512_cvtepi32_ps(acc[r][k]));
                 if (kind == K_Q4A) {
                     __m512 s = _mm512_cvtepi32_ps(_mm512_loadu_si512((const void *)(x->st + at)));
                     term = _mm512_add_ps(term, _mm512_mul_ps(_mm512_mul_ps(_mm512_set1_ps(mblk[r][i]), dx), s));
@@ -116,8 +110,7 @@ static inline __attribute__((always_inline)) TGT512 __m512 tok16_finish(__m512 *
 
 static inline __attribute__((always_inline)) TGT512 void tok16_rows(int kind, const qact *x, const qmat *w, int tiles,
                                                                     int r0, int r1, float *out, size_t out_stride) {
-    int8_t wb[TOK16_ROWS][TOK16_CHUNK * QK] __attribute__((aligned(64)));
-    int32_t bias[TOK16_ROWS][TOK16_CHUNK];
+    uint8_t wb[TOK16_ROWS][TOK16_CHUNK * QK] __attribute__((aligned(64)));
     float dblk[TOK16_ROWS][TOK16_CHUNK], mblk[TOK16_ROWS][TOK16_CHUNK];
     __m512 lanes[TOK16_ROWS][TOK16_TILES][16]; /* across chunks */
     const int nb = x->nb, chunks = (nb + TOK16_CHUNK - 1) / TOK16_CHUNK;
@@ -131,13 +124,13 @@ static inline __attribute__((always_inline)) TGT512 void tok16_rows(int kind, co
                     for (int j = nb; j < 16; j++) lanes[i][k][j] = _mm512_setzero_ps();
             for (int c0 = 0; c0 < nb; c0 += chunk) {
                 int cnt = nb - c0 < chunk ? nb - c0 : chunk;
-                for (int i = 0; i < nr; i++) tok16_unpack(kind, w, rg + i, c0, cnt, wb[i], bias[i], dblk[i], mblk[i]);
+                for (int i = 0; i < nr; i++) tok16_unpack(kind, w, rg + i, c0, cnt, wb[i], dblk[i], mblk[i]);
                 for (int kl = 0; kl < ntg; kl += 2) {
                     int two = ntg - kl >= 2, k0 = kg + kl;
                     for (int i = 0; i < nr;) { /* constant row and tile counts: the accumulators stay in registers */
                         int four = nr - i >= 4;
 #define TOK16_BLOCKS(NR, NT) \
-    tok16_blocks(kind, x, k0, c0, cnt, wb + i, bias + i, dblk + i, mblk + i, lanes + i, kl, NR, NT)
+    tok16_blocks(kind, x, k0, c0, cnt, wb + i, dblk + i, mblk + i, lanes + i, kl, NR, NT)
                         if (four && two) TOK16_BLOCKS(4, 2);
                         else if (four) TOK16_BLOCKS(4, 1);
                         else if (two) TOK16_BLOCKS(1, 2);
