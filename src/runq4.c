@@ -779,6 +779,7 @@ static inline float exp_nonpositive(float x) {
 
 typedef float f32x16 __attribute__((vector_size(64)));    /* GCC/clang vectors: lane-wise ops */
 typedef uint32_t u32x16 __attribute__((vector_size(64)));
+typedef int32_t i32x16 __attribute__((vector_size(64)));
 
 /* 16 keys' value i (one block of key_at's layout) as floats, into *out (not
  * returned: a 64-byte vector return would tie the ABI to AVX-512) */
@@ -818,21 +819,31 @@ static inline __attribute__((always_inline)) void scores16(const float *q, int n
 
 /* inlined into attend's clones, so it is vectorized for their targets too */
 static inline __attribute__((always_inline)) void softmax(float *x, int n) {
-    float max = x[0];
-    for (int i = 1; i < n; i++)
-        if (x[i] > max) max = x[i];
-    float part[8] = {0}; /* 8 interleaved partial sums: a fixed order that vectorizes */
+    /* the maximum, 16 lanes at a time (exact in any order; a NaN loses every
+     * comparison), written with vectors: GCC leaves the plain loop scalar */
+    f32x16 top;
+    for (int j = 0; j < 16; j++) top[j] = x[0];
     int i = 0;
-    for (; i + 8 <= n; i += 8)
-        for (int j = 0; j < 8; j++) {
-            x[i + j] = exp_nonpositive(x[i + j] - max);
-            part[j] += x[i + j];
-        }
-    float sum = ((part[0] + part[1]) + (part[2] + part[3])) + ((part[4] + part[5]) + (part[6] + part[7]));
-    for (; i < n; i++) {
-        x[i] = exp_nonpositive(x[i] - max);
-        sum += x[i];
+    for (; i + 16 <= n; i += 16) {
+        f32x16 v;
+        memcpy(&v, x + i, sizeof v);
+        i32x16 gt = v > top;
+        top = (f32x16)((gt & (i32x16)v) | (~gt & (i32x16)top));
     }
+    float max = x[0];
+    for (int j = 0; j < 16; j++) max = top[j] > max ? top[j] : max;
+    for (; i < n; i++) max = x[i] > max ? x[i] : max;
+    for (i = 0; i < n; i++) x[i] = exp_nonpositive(x[i] - max); /* vectorizes, as in swiglu_tokens */
+    f32x16 part = {0}; /* 16 interleaved partial sums: a fixed order */
+    for (i = 0; i + 16 <= n; i += 16) {
+        f32x16 v;
+        memcpy(&v, x + i, sizeof v);
+        part += v;
+    }
+    float lane[16];
+    memcpy(lane, &part, sizeof lane);
+    float sum = sum_lanes(lane);
+    for (; i < n; i++) sum += x[i];
     float inv = 1.0f / sum;
     for (i = 0; i < n; i++) x[i] *= inv;
 }
@@ -1004,6 +1015,40 @@ static inline void add_scaled4(float *out, const float *a, const float *x0, cons
     for (int i = 0; i < n; i++) out[i] = out[i] + a[0] * x0[i] + a[1] * x1[i] + a[2] * x2[i] + a[3] * x3[i];
 }
 
+/* out (NH rows of 16 * HDV) = the sum over positions p < n of att[h][p] times
+ * value row p (rows from `at`, 16 * HDV apart), with the sums in registers:
+ * the same operations in the same order as add_scaled4 (then add_scaled for
+ * the last n % 4) on a zeroed out, so the same bits. */
+static inline __attribute__((always_inline)) void weighted_values(const float *att, int att_stride, const int NH,
+                                                                  const int HDV, int n, const void *cache, int f16,
+                                                                  size_t at, float *tmp, float *out) {
+    const int hd = 16 * HDV;
+    f32x16 acc[4][8] = {{{0}}};
+    int p = 0;
+    for (; p + 4 <= n; p += 4) {
+        const float *v[4];
+        for (int j = 0; j < 4; j++) v[j] = cache_row(cache, f16, at + (size_t)(p + j) * hd, hd, tmp + j * hd);
+        for (int h = 0; h < NH; h++) {
+            const float *a = att + (size_t)h * att_stride + p;
+            for (int c = 0; c < HDV; c++) {
+                f32x16 x[4];
+                for (int j = 0; j < 4; j++) memcpy(&x[j], v[j] + 16 * c, sizeof x[j]);
+                acc[h][c] = acc[h][c] + a[0] * x[0] + a[1] * x[1] + a[2] * x[2] + a[3] * x[3];
+            }
+        }
+    }
+    for (; p < n; p++) {
+        const float *v = cache_row(cache, f16, at + (size_t)p * hd, hd, tmp);
+        for (int h = 0; h < NH; h++)
+            for (int c = 0; c < HDV; c++) {
+                f32x16 x;
+                memcpy(&x, v + 16 * c, sizeof x);
+                acc[h][c] = acc[h][c] + att[(size_t)h * att_stride + p] * x;
+            }
+    }
+    for (int h = 0; h < NH; h++) memcpy(out + (size_t)h * hd, acc[h], (size_t)hd * sizeof(float));
+}
+
 /* Element offset of (layer, kv head, position) in the value cache: head-major,
  * so attention streams each head's rows from one contiguous block (a row-major
  * (position, kv_dim) cache made it read head_dim of every kv_dim values, and
@@ -1089,6 +1134,15 @@ VECTOR_CLONES static void attend(const rq4_model *m, void *arg, int thread, int 
         }
         for (int h = 0; h < nh; h++) softmax(att + (size_t)h * c->n_ctx, pos + 1);
         /* weighted sums of the values, four positions per pass */
+        const void *vc = m->value_cache;
+        if (hd == 64) { /* the Llama 3.2 and SmolLM2 heads: sums in registers */
+            switch (nh) {
+            case 1: weighted_values(att, c->n_ctx, 1, 4, pos + 1, vc, f16, head_off, tmp, out); continue;
+            case 2: weighted_values(att, c->n_ctx, 2, 4, pos + 1, vc, f16, head_off, tmp, out); continue;
+            case 3: weighted_values(att, c->n_ctx, 3, 4, pos + 1, vc, f16, head_off, tmp, out); continue;
+            case 4: weighted_values(att, c->n_ctx, 4, 4, pos + 1, vc, f16, head_off, tmp, out); continue;
+            }
+        }
         memset(out, 0, (size_t)nh * (size_t)hd * sizeof(float));
         int p = 0;
         for (; p + 4 <= pos + 1; p += 4) {
