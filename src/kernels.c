@@ -112,37 +112,57 @@ const kernel_set kernels_scalar = {
 #define QUANTIZE_CLONES
 #endif
 
-/* One block of QK values: returns its scale d, writes q and
- * *sum. Written so that GCC vectorizes both passes (restrict: q never aliases
- * x): the largest |x| in 8 lanes (a maximum is exact in any order, and NaN
- * loses every comparison either way), then q, then its sum. */
+typedef float f32x16 __attribute__((vector_size(64))); /* GCC/clang vectors: lane-wise ops */
+typedef int32_t i32x16 __attribute__((vector_size(64)));
+typedef int8_t i8x16 __attribute__((vector_size(16)));
+
+/* a ? b : c, lane by lane (a: all ones or zero; a macro, as a function
+ * returning a 64-byte vector would tie the ABI to AVX-512) */
+#define SELECT16(a, b, c) ((f32x16)(((a) & (i32x16)(b)) | (~(a) & (i32x16)(c))))
+
+/* Lanes 8..15, 4..7 and 2..3 of v moved to lanes 0.. (the rest: don't care) */
+#define HIGH_HALF(v) __builtin_shufflevector(v, v, 8, 9, 10, 11, 12, 13, 14, 15, 8, 9, 10, 11, 12, 13, 14, 15)
+#define HIGH_QUARTER(v) __builtin_shufflevector(v, v, 4, 5, 6, 7, 4, 5, 6, 7, 4, 5, 6, 7, 4, 5, 6, 7)
+#define HIGH_EIGHTH(v) __builtin_shufflevector(v, v, 2, 3, 2, 3, 2, 3, 2, 3, 2, 3, 2, 3, 2, 3, 2, 3)
+
+/* One block of QK values: returns its scale d, writes q and *sum. Written
+ * with 16-lane vectors (GCC left the plain loops half scalar): the largest |x|
+ * (a maximum is exact in any order, and NaN loses every comparison), then q,
+ * then its sum. */
 static inline __attribute__((always_inline)) float quantize_block(const float *restrict x, int8_t *restrict q,
                                                                   int32_t *sum) {
-    const int len = QK;
-    float m[8] = {0};
-    for (int i = 0; i + 8 <= len; i += 8)
-        for (int j = 0; j < 8; j++) {
-            float v = fabsf(x[i + j]);
-            m[j] = v > m[j] ? v : m[j];
-        }
-    float amax = 0.0f;
-    for (int j = 0; j < 8; j++) amax = m[j] > amax ? m[j] : amax;
-    float dg = amax / 127.0f;
-    int32_t s = 0;
-    if (dg > 0.0f) {
-        for (int i = 0; i < len; i++) {
-            /* round half to even: adding and subtracting 1.5 * 2^23 leaves
-             * no fraction bits (|v| <= 127 here); same as nearbyintf, but
-             * inlined and vectorized */
-            float v = (x[i] / dg + 12582912.0f) - 12582912.0f;
-            v = v > 127.0f ? 127.0f : v < -127.0f ? -127.0f : v == v ? v : 0.0f; /* NaN: 0 */
-            q[i] = (int8_t)(int)v;
-        }
-        for (int i = 0; i < len; i++) s += q[i];
-    } else {
-        for (int i = 0; i < len; i++) q[i] = 0;
+    f32x16 v[QK / 16], top = {0};
+    memcpy(v, x, sizeof v);
+    for (int h = 0; h < QK / 16; h++) {
+        f32x16 a = (f32x16)((i32x16)v[h] & 0x7fffffff);
+        top = SELECT16(a > top, a, top);
     }
-    *sum = s;
+    /* halvings, as vectors (lanes of the upper half onto the lower) */
+    top = SELECT16(HIGH_HALF(top) > top, HIGH_HALF(top), top);
+    top = SELECT16(HIGH_QUARTER(top) > top, HIGH_QUARTER(top), top);
+    top = SELECT16(HIGH_EIGHTH(top) > top, HIGH_EIGHTH(top), top);
+    float amax = top[1] > top[0] ? top[1] : top[0];
+    float dg = amax / 127.0f;
+    i32x16 s = {0};
+    for (int h = 0; h < QK / 16; h++) {
+        i32x16 qi = {0};
+        if (dg > 0.0f) {
+            /* round half to even: adding and subtracting 1.5 * 2^23 leaves no
+             * fraction bits (|r| <= 127 here); same as nearbyintf */
+            f32x16 r = (v[h] / dg + 12582912.0f) - 12582912.0f;
+            r = SELECT16(r > 127.0f, (f32x16){0} + 127.0f, r);
+            r = SELECT16(r < -127.0f, (f32x16){0} - 127.0f, r);
+            r = SELECT16(r == r, r, (f32x16){0}); /* NaN: 0 */
+            qi = __builtin_convertvector(r, i32x16);
+        }
+        i8x16 q8 = __builtin_convertvector(qi, i8x16);
+        memcpy(q + 16 * h, &q8, sizeof q8);
+        s += qi;
+    }
+    s += HIGH_HALF(s);
+    s += HIGH_QUARTER(s);
+    s += HIGH_EIGHTH(s);
+    *sum = s[0] + s[1];
     return dg;
 }
 

@@ -276,6 +276,51 @@ static void pick_range(shape *s) {
     }
 }
 
+/* quantize_act (vectors, compiled per CPU) against the plain per-value rule
+ * of kernels.h, bit for bit: d = amax / 127, q = round-half-even(x / d)
+ * clamped to [-127, 127], NaN -> 0, s = sum of q, on random, huge, tiny,
+ * subnormal, zero, infinite and NaN values. Returns the mismatches. */
+static long check_quantize(void) {
+    enum { N = 1024, NB = N / QK };
+    static int8_t q[N], qp[N], q_ref[N];
+    static float x[N], d[NB];
+    static int32_t s[NB];
+    qact a = {.q = q, .qp = qp, .d = d, .s = s, .n = N, .nb = NB, .ntok = 1};
+    long bad = 0;
+    for (int it = 0; it < 2000; it++) {
+        for (int i = 0; i < N; i++) {
+            uint32_t u = rnd();
+            float v;
+            switch ((it + i / QK) % 7) {
+            case 0: v = (float)((int)(u % 2001) - 1000) * 1e-3f; break;
+            case 1: memcpy(&v, &u, sizeof v); break; /* any bits */
+            case 2: v = 0.0f; break;
+            case 3: v = u % 3 == 0 ? NAN : u % 3 == 1 ? -INFINITY : -1e-40f; break;
+            case 4: v = (float)((int)(u % 255) - 127) * 0.5f; break; /* ties */
+            case 5: v = (float)((int)(u % 2001) - 1000) * 1e30f; break;
+            default: v = (float)((int)(u % 2001) - 1000) * 1e-42f; break;
+            }
+            x[i] = v;
+        }
+        quantize_act(&a, 0, x);
+        for (int b = 0; b < NB; b++) {
+            float amax = 0.0f;
+            for (int i = 0; i < QK; i++) amax = fabsf(x[b * QK + i]) > amax ? fabsf(x[b * QK + i]) : amax;
+            float dr = amax / 127.0f;
+            int32_t sr = 0;
+            for (int i = 0; i < QK; i++) {
+                float r = dr > 0.0f ? nearbyintf(x[b * QK + i] / dr) : 0.0f;
+                r = r > 127.0f ? 127.0f : r < -127.0f ? -127.0f : r == r ? r : 0.0f;
+                q_ref[b * QK + i] = (int8_t)r;
+                sr += (int8_t)r;
+            }
+            if (memcmp(&dr, &d[b], sizeof dr) || sr != s[b] || memcmp(q_ref + b * QK, q + b * QK, QK)) bad++;
+        }
+    }
+    printf("quantize_act  %d blocks, %ld mismatches with the per-value rule\n", 2000 * NB, bad);
+    return bad;
+}
+
 int main(int argc, char **argv) {
     int quick = argc > 1 && strcmp(argv[1], "-q") == 0;
     const int max_n = 8192, max_tok = 96;
@@ -348,6 +393,7 @@ int main(int argc, char **argv) {
         printf("%-12s %ld shapes, %ld comparisons, %ld mismatches\n", ks->name, shapes, t.cases, t.mismatches);
         total_mismatches += t.mismatches;
     }
+    total_mismatches += check_quantize();
     printf(total_mismatches ? "FAIL: %ld mismatches\n" : "OK: all kernel sets bit-identical to scalar\n",
            total_mismatches);
     free_case(&b);
