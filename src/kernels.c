@@ -187,18 +187,19 @@ void permute_act(qact *a, int t) {
 }
 
 void interleave_act(qact *a) {
-    a->ntile = a->qt ? a->ntok / 16 : 0;
+    a->ntile = a->qt ? tiled_tokens(a->ntok) / 16 : 0;
     const size_t n = (size_t)a->n, nb = (size_t)a->nb;
     for (int k = 0; k < a->ntile; k++)
         for (size_t b = 0; b < nb; b++) {
             int8_t *dst = a->qt + ((size_t)k * nb + b) * 512;
             for (int t = 0; t < 16; t++) {
-                size_t tok = (size_t)(16 * k + t);
+                size_t tok = (size_t)(16 * k + t), at = ((size_t)k * nb + b) * 16 + (size_t)t;
+                int real = tok < (size_t)a->ntok;
                 const int8_t *src = a->q + tok * n + b * QK;
                 for (int c = 0; c < 8; c++)
-                    for (int i = 0; i < 4; i++) dst[64 * c + 4 * t + i] = src[4 * c + i];
-                a->dt[((size_t)k * nb + b) * 16 + (size_t)t] = a->d[tok * nb + b];
-                a->st[((size_t)k * nb + b) * 16 + (size_t)t] = a->s[tok * nb + b];
+                    for (int i = 0; i < 4; i++) dst[64 * c + 4 * t + i] = real ? src[4 * c + i] : 0;
+                a->dt[at] = real ? a->d[tok * nb + b] : 0.0f;
+                a->st[at] = real ? a->s[tok * nb + b] : 0;
             }
         }
 }

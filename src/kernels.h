@@ -40,9 +40,10 @@ typedef struct qact {
     int n;          /* row length, a multiple of QK */
     int nb;         /* n / QK */
     int ntok;
-    /* The first 16 * ntile tokens again, 16 to a vector lane (interleave_act;
-     * ntile = 0 when qt is NULL): tile k, block b is 8 vectors of 64 bytes,
-     * vector c holding values 4c..4c+3 of each of the 16 tokens. */
+    /* The tokens again, 16 to a vector lane (interleave_act; ntile = 0 when
+     * qt is NULL): tile k, block b is 8 vectors of 64 bytes, vector c holding
+     * values 4c..4c+3 of each of the 16 tokens. The tiles cover
+     * tiled_tokens(ntok) tokens, padded with zero lanes past ntok. */
     int8_t *qt;     /* (ntile, nb, 8, 16, 4) */
     float *dt;      /* (ntile, nb, 16): d */
     int32_t *st;    /* (ntile, nb, 16): s */
@@ -103,8 +104,18 @@ void quantize_act(qact *a, int t, const float *x);
  * kernels can skip interleaving them; a span of 128 holds 4 whole blocks. */
 void permute_act(qact *a, int t);
 
-/* Fills qt, dt and st from the quantized tokens (sets ntile: ntok / 16 when qt
- * is not NULL, else 0). */
+/* The tokens a qact's tiles cover: whole pairs of tiles (the prompt kernel
+ * takes them two at a time), then, for the last ntok % 32 tokens, another
+ * pair when there are 22 or more, one tile when there are 10 or more, padded
+ * past ntok (what was cheapest on SmolLM2's matrices, against the per-token
+ * kernels, which take the tokens left over). The room qt, dt and st need. */
+static inline int tiled_tokens(int ntok) {
+    int last = ntok % 32;
+    return 32 * (ntok / 32) + (last >= 22 ? 32 : last >= 10 ? 16 : 0);
+}
+
+/* Fills qt, dt and st from the quantized tokens, zero past ntok, and sets
+ * ntile: tiled_tokens(ntok) / 16 when qt is not NULL, else 0. */
 void interleave_act(qact *a);
 
 /* The contract's final tree over the 16 lanes (overwrites them). */

@@ -125,20 +125,17 @@ static inline __attribute__((always_inline)) TGT512 void tok16_rows(int kind, co
             for (int c0 = 0; c0 < nb; c0 += chunk) {
                 int cnt = nb - c0 < chunk ? nb - c0 : chunk;
                 for (int i = 0; i < nr; i++) tok16_unpack(kind, w, rg + i, c0, cnt, wb[i], dblk[i], mblk[i]);
-                for (int kl = 0; kl < ntg; kl += 2) {
-                    int two = ntg - kl >= 2, k0 = kg + kl;
-                    for (int i = 0; i < nr;) { /* constant row and tile counts: the accumulators stay in registers */
-                        int four = nr - i >= 4;
+                for (int kl = 0; kl < ntg; kl += 2) /* constant counts: the accumulators stay in registers */
+                    for (int i = 0; i < nr; i += nr - i >= 4 ? 4 : 1) {
 #define TOK16_BLOCKS(NR, NT) \
-    tok16_blocks(kind, x, k0, c0, cnt, wb + i, dblk + i, mblk + i, lanes + i, kl, NR, NT)
+    tok16_blocks(kind, x, kg + kl, c0, cnt, wb + i, dblk + i, mblk + i, lanes + i, kl, NR, NT)
+                        int four = nr - i >= 4, two = ntg - kl >= 2;
                         if (four && two) TOK16_BLOCKS(4, 2);
                         else if (four) TOK16_BLOCKS(4, 1);
                         else if (two) TOK16_BLOCKS(1, 2);
                         else TOK16_BLOCKS(1, 1);
 #undef TOK16_BLOCKS
-                        i += four ? 4 : 1;
                     }
-                }
             }
             /* outputs gathered per token first: out's rows lie a row length apart,
              * often a multiple of 4 KiB, so scattered stores would thrash L1 sets */
@@ -149,7 +146,7 @@ static inline __attribute__((always_inline)) TGT512 void tok16_rows(int kind, co
                     _mm512_storeu_ps(v, tok16_finish(lanes[i][k]));
                     for (int t = 0; t < 16; t++) y[16 * k + t][i] = v[t];
                 }
-            for (int t = 0; t < 16 * ntg; t++)
+            for (int t = 0; t < 16 * ntg && 16 * kg + t < x->ntok; t++) /* not the padding's */
                 memcpy(out + (size_t)(16 * kg + t) * out_stride + (size_t)rg, y[t], sizeof(float) * (size_t)nr);
         }
     }
@@ -159,13 +156,13 @@ static inline __attribute__((always_inline)) TGT512 void tok16_rows(int kind, co
 static inline __attribute__((always_inline)) TGT512 void tok16_dot(int kind, dot_fn rest, const qact *x,
                                                                    const qmat *w, int r0, int r1, float *out,
                                                                    size_t out_stride) {
-    int tiles = x->ntile < x->ntok / 16 ? x->ntile : x->ntok / 16;
+    int tiles = x->ntile;
     if (tiles == 0) {
         rest(x, w, r0, r1, out, out_stride);
         return;
     }
     tok16_rows(kind, x, w, tiles, r0, r1, out, out_stride);
-    int done = 16 * tiles;
+    int done = 16 * tiles < x->ntok ? 16 * tiles : x->ntok;
     if (done < x->ntok) {
         qact left = *x;
         left.q += (size_t)done * (size_t)x->n;

@@ -35,6 +35,7 @@
 /* Tokens of a prompt pushed through each layer together: every weight row is
  * read once per chunk instead of once per token. */
 #define RQ4_BATCH 64
+_Static_assert(RQ4_BATCH % 32 == 0, "the activation tiles (tiled_tokens) must fit in a chunk's buffers");
 
 #define MAX_THREADS 256
 

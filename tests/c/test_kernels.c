@@ -145,8 +145,8 @@ static void fill_case(buffers *b, const shape *s) {
         }
     }
 
-    /* the full 16-token tiles again, interleaved (exact sizes) */
-    size_t tiled = (size_t)(ntok / 16) * 16;
+    /* the 16-token tiles again, interleaved (exact sizes, padding included) */
+    size_t tiled = (size_t)tiled_tokens(ntok);
     x->qt = alloc_off(b, tiled * (size_t)n, 1);
     x->dt = alloc_off(b, sizeof(float) * tiled * (size_t)nb, sizeof(float));
     x->st = alloc_off(b, sizeof(int32_t) * tiled * (size_t)nb, sizeof(int32_t));
@@ -329,7 +329,7 @@ int main(int argc, char **argv) {
 
     static const int ns[] = {32, 64, 96, 160, 224, 576, 1000 / 32 * 32, 1536, 2048, 2080, 4096, 5632, 8192};
     static const int gss[] = {32, 64, 96, 128, 160, 256, 4096};
-    static const int ntoks[] = {1, 2, 3, 4, 5, 7, 8, 9, 16, 17, 31, 32, 33, 48, 64, 70, 96};
+    static const int ntoks[] = {1, 2, 3, 4, 5, 7, 8, 9, 12, 16, 17, 24, 31, 32, 33, 48, 64, 70, 96};
     const int n_ns = sizeof ns / sizeof ns[0], n_gss = sizeof gss / sizeof gss[0];
     const int n_ntoks = sizeof ntoks / sizeof ntoks[0];
 
