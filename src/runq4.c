@@ -694,15 +694,15 @@ static rq4_status build_pool(pool **out, int n_workers, rq4_error *err) {
     return RQ4_OK;
 }
 
-/* Runs fn over the items [0, count) on all threads and returns when all are done. */
-static void run_parallel(const rq4_model *m, job_fn fn, void *arg, int count) {
+/* Runs fn over the items [0, count) on all threads, in about `per_thread`
+ * chunks per thread, and returns when all are done. */
+static void run_parallel_chunks(const rq4_model *m, job_fn fn, void *arg, int count, int per_thread) {
     pool *p = m->pool;
     if (!p || count <= 1) {
         if (count > 0) fn(m, arg, 0, 0, count);
         return;
     }
-    /* about 4 chunks per thread: small enough to even out, big enough to be cheap */
-    int n_threads = p->n_workers + 1, chunk = (count + 4 * n_threads - 1) / (4 * n_threads);
+    int n_threads = p->n_workers + 1, chunk = (count + per_thread * n_threads - 1) / (per_thread * n_threads);
     int n_chunks = (count + chunk - 1) / chunk;
     pthread_mutex_lock(&p->lock);
     uint64_t job = (atomic_load_explicit(&p->ticket, memory_order_relaxed) >> 32) + 1;
@@ -725,6 +725,11 @@ static void run_parallel(const rq4_model *m, job_fn fn, void *arg, int count) {
     while (atomic_load_explicit(&p->chunks_done, memory_order_acquire) != n_chunks)
         pthread_cond_wait(&p->done, &p->lock);
     pthread_mutex_unlock(&p->lock);
+}
+
+/* About 4 chunks per thread: small enough to even out, big enough to be cheap. */
+static void run_parallel(const rq4_model *m, job_fn fn, void *arg, int count) {
+    run_parallel_chunks(m, fn, arg, count, 4);
 }
 
 /* ---------------------------------------------------------------------------
@@ -962,7 +967,10 @@ static void matmul_n(rq4_model *m, const float *x, int ntok, int n, const tensor
             j.xq = quantized_input(m, x, w[i]->cols, ntok);
         rows += w[i]->rows;
     }
-    run_parallel(m, matmul_rows, &j, rows);
+    /* a prompt chunk's matmul: 8 chunks per thread, as each chunk of rows is
+     * long and an uneven end costs more than the extra hand-offs; decoding
+     * keeps 4 (its chunks are short) */
+    run_parallel_chunks(m, matmul_rows, &j, rows, ntok > 1 ? 8 : 4);
 }
 
 static void matmul(rq4_model *m, float *out, const float *x, const tensor *w, int ntok) {
