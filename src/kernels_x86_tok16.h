@@ -20,8 +20,9 @@
  * (2048 x 2048 g128, 64 tokens, 1 thread: 1.79 -> 1.28 ms). Rows go in groups of
  * TOK16_ROWS, over column chunks of TOK16_CHUNK blocks (4 tiles' chunk is
  * 32 KiB, read once per row from L1); the lanes wait in memory (L1) between
- * blocks. Used for the full tiles of a call; the other tokens go through the
- * body's dot_rows. */
+ * blocks. Used for the tiles of a call (tiled_tokens: the last ones may be
+ * zero-padded, and their padding lanes are not written out); the tokens after
+ * them go through the body's dot_rows. */
 
 #define TOK16_CHUNK 16 /* blocks per column chunk, at most */
 #define TOK16_ROWS 8
@@ -160,7 +161,7 @@ static inline __attribute__((always_inline)) TGT512 void tok16_rows(int kind, co
     }
 }
 
-/* The full tiles here, the other tokens by the body's kernel `rest`. */
+/* The tiles here, the tokens after them by the body's kernel `rest`. */
 static inline __attribute__((always_inline)) TGT512 void tok16_dot(int kind, dot_fn rest, const qact *x,
                                                                    const qmat *w, int r0, int r1, float *out,
                                                                    size_t out_stride) {
