@@ -194,12 +194,16 @@ void interleave_act(qact *a) {
             int8_t *dst = a->qt + ((size_t)k * nb + b) * 512;
             for (int t = 0; t < 16; t++) {
                 size_t tok = (size_t)(16 * k + t), at = ((size_t)k * nb + b) * 16 + (size_t)t;
-                int real = tok < (size_t)a->ntok;
+                if (tok >= (size_t)a->ntok) { /* padding: q has no such row */
+                    for (int c = 0; c < 8; c++) memset(dst + 64 * c + 4 * t, 0, 4);
+                    a->dt[at] = 0.0f;
+                    a->st[at] = 0;
+                    continue;
+                }
                 const int8_t *src = a->q + tok * n + b * QK;
-                for (int c = 0; c < 8; c++)
-                    for (int i = 0; i < 4; i++) dst[64 * c + 4 * t + i] = real ? src[4 * c + i] : 0;
-                a->dt[at] = real ? a->d[tok * nb + b] : 0.0f;
-                a->st[at] = real ? a->s[tok * nb + b] : 0;
+                for (int c = 0; c < 8; c++) memcpy(dst + 64 * c + 4 * t, src + 4 * c, 4);
+                a->dt[at] = a->d[tok * nb + b];
+                a->st[at] = a->s[tok * nb + b];
             }
         }
 }

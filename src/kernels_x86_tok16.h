@@ -171,7 +171,7 @@ static inline __attribute__((always_inline)) TGT512 void tok16_dot(int kind, dot
         return;
     }
     tok16_rows(kind, x, w, tiles, r0, r1, out, out_stride);
-    int done = 16 * tiles < x->ntok ? 16 * tiles : x->ntok;
+    int done = 16 * tiles; /* padding past ntok included */
     if (done < x->ntok) {
         qact left = *x;
         left.q += (size_t)done * (size_t)x->n;
