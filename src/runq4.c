@@ -13,7 +13,7 @@
 #define _POSIX_C_SOURCE 200809L
 #define _FILE_OFFSET_BITS 64 /* files over 2 GB on 32-bit boards */
 #include "runq4.h"
-#include "kernels.h"
+#include "kernels/kernels.h"
 
 #include <errno.h>
 #include <fcntl.h>

@@ -156,7 +156,7 @@ const char *rq4_kernel_name(void);
 /* A static description of a status code. */
 const char *rq4_strerror(int32_t code);
 
-/* ---- Tokenizer (src/tokenizer.c) ----
+/* ---- Tokenizer (src/tokenizer/) ----
  * Byte-level BPE read from a Hugging Face tokenizer.json: the Llama 3
  * pre-tokenizer and GPT-2's (optionally after SmolLM2's single-digit split),
  * added tokens matched literally. Any other tokenizer is refused with

@@ -1,4 +1,4 @@
-"""The standalone runq4 binary (src/main.c): built with `make runq4`, driven
+"""The standalone runq4 binary (cli/): built with `make runq4`, driven
 as a subprocess.
 
 - greedy parity with pyrunq4 (Model.generate / Model.chat at temperature 0):
@@ -73,8 +73,8 @@ print(json.dumps(out))
 @pytest.fixture(scope="session")
 def fresh_extension():
     def newest_source():
-        names = [os.path.join(ROOT, "src", f) for f in os.listdir(os.path.join(ROOT, "src"))
-                 if f.endswith((".c", ".h")) and f != "main.c"]
+        names = [os.path.join(d, f) for d, _, fs in os.walk(os.path.join(ROOT, "src")) for f in fs
+                 if f.endswith((".c", ".h"))]
         return max(os.path.getmtime(f) for f in names + [os.path.join(ROOT, "pyrunq4", "_build.py")])
 
     exts = [os.path.join(ROOT, "pyrunq4", f) for f in os.listdir(os.path.join(ROOT, "pyrunq4"))

@@ -13,7 +13,7 @@
  * (CLOCK_THREAD_CPUTIME_ID), so other load on a shared machine matters less.
  */
 #define _POSIX_C_SOURCE 200809L
-#include "kernels.h"
+#include "kernels/kernels.h"
 
 #include <pthread.h>
 #include <stdio.h>

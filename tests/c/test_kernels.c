@@ -21,7 +21,7 @@
  * available it is run against itself (the checks of untouched and written
  * outputs still apply).
  */
-#include "kernels.h"
+#include "kernels/kernels.h"
 
 #include <math.h>
 #include <stdio.h>

@@ -7,7 +7,7 @@
  *   1. added tokens (<|begin_of_text|> ...) are matched literally, leftmost then
  *      longest; the text between them is handled segment by segment;
  *   2. the pre-tokenizer regex, implemented by hand over code points with the
- *      Unicode classes of src/unicode_tables.h, cuts a segment into pieces;
+ *      Unicode classes of src/tokenizer/unicode_tables.h, cuts a segment into pieces;
  *   3. each piece's bytes are merged by BPE, lowest merge rank first, leftmost
  *      on ties (with ignore_merges a piece that is a whole vocabulary entry is
  *      taken as it is).

@@ -216,24 +216,10 @@ void quantize_act(qact *a, int t, const float *x) {
 }
 
 /* ---- dispatch ----
- * The SIMD files (src/kernels_x86.c, src/kernels_arm.c) each define kernel
- * sets and a runtime CPU check per set. RQ4_HAVE_X86_KERNELS /
- * RQ4_HAVE_ARM_KERNELS say whether they are compiled in: by default 1 when the
- * file sits next to this one (every build compiles every src/kernels_*.c), or set by
- * the build (-DRQ4_HAVE_X86_KERNELS=0 to leave them out). The ladder below
- * lists the sets best first (add a line per set), the scalar reference last. */
-#if !defined(RQ4_HAVE_X86_KERNELS) && defined(__has_include)
-#if __has_include("kernels_x86.c")
-#define RQ4_HAVE_X86_KERNELS 1
-#endif
-#endif
-#if !defined(RQ4_HAVE_ARM_KERNELS) && defined(__has_include)
-#if __has_include("kernels_arm.c")
-#define RQ4_HAVE_ARM_KERNELS 1
-#endif
-#endif
-
-#if defined(RQ4_HAVE_X86_KERNELS) && RQ4_HAVE_X86_KERNELS && (defined(__x86_64__) || defined(__i386__))
+ * Each SIMD file under src/kernels/ defines its kernel set and a runtime CPU
+ * check, guarded by architecture. The ladder lists the sets best first (add a
+ * line per set), the scalar reference last. */
+#if (defined(__x86_64__) || defined(__i386__)) && defined(__GNUC__)
 #define RQ4_X86 1
 extern const kernel_set kernels_avx512vnni;
 int kernels_avx512vnni_supported(void);
@@ -242,7 +228,7 @@ int kernels_avxvnni_supported(void);
 extern const kernel_set kernels_avx2;
 int kernels_avx2_supported(void);
 #endif
-#if defined(RQ4_HAVE_ARM_KERNELS) && RQ4_HAVE_ARM_KERNELS && defined(__aarch64__)
+#if defined(__aarch64__) && defined(__GNUC__)
 #define RQ4_ARM 1
 extern const kernel_set kernels_neon_dotprod;
 int kernels_neon_dotprod_supported(void);

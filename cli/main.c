@@ -9,7 +9,7 @@
  * statistics (prompt and decode tokens/s, peak resident memory) go to
  * stderr. Every known error is one line on stderr and exit status 1.
  *
- * The tokenizer is the C one (src/tokenizer.c) built from the file's
+ * The tokenizer is the C one (src/tokenizer/) built from the file's
  * tokenizer.json blob. Prompts are encoded as pyrunq4 does: BOS (when the
  * model has one) + the text, with special-token text taken as plain text, so
  * that at temperature 0 the output equals pyrunq4's Model.generate. Chat mode
@@ -35,7 +35,7 @@
 
 #include "runq4.h"
 #include "sampler.h"
-#include "tokenizer.h"
+#include "tokenizer/tokenizer.h"
 
 #define DEFAULT_STEPS 256
 
