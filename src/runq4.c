@@ -28,9 +28,6 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#ifdef __clang__
-#pragma STDC FP_CONTRACT OFF /* same rounding everywhere (see kernels.c) */
-#endif
 
 /* Tokens of a prompt pushed through each layer together: every weight row is
  * read once per chunk instead of once per token. */
@@ -784,28 +781,19 @@ static inline float exp_nonpositive(float x) {
 }
 
 typedef float f32x16 __attribute__((vector_size(64)));    /* GCC/clang vectors: lane-wise ops */
-typedef uint32_t u32x16 __attribute__((vector_size(64)));
 typedef int32_t i32x16 __attribute__((vector_size(64)));
 
 /* 16 keys' value i (one block of key_at's layout) as floats, into *out (not
  * returned: a 64-byte vector return would tie the ABI to AVX-512) */
 static inline __attribute__((always_inline)) void key_column(const void *block, int f16, int i, f32x16 *out) {
-    f32x16 v;
     if (!f16) {
-        memcpy(out, (const float *)block + 16 * i, sizeof v);
+        memcpy(out, (const float *)block + 16 * i, sizeof *out);
         return;
     }
     const uint16_t *src = (const uint16_t *)block + 16 * i;
-    u32x16 h, mag, bits;
-    for (int k = 0; k < 16; k++) h[k] = src[k];
-    /* fp16_to_f32 as lane-wise selects (cache_row's method): the same exact values */
-    mag = (h & 0x7fffu) << 13;
-    memcpy(&v, &mag, sizeof v);
-    v *= 0x1p112f;
-    u32x16 finite, special = (u32x16)((h & 0x7c00u) == 0x7c00u); /* all ones for inf, nan */
-    memcpy(&finite, &v, sizeof v);
-    bits = ((h & 0x8000u) << 16) | (special & (0x7f800000u | mag)) | (~special & finite);
-    memcpy(out, &bits, sizeof v);
+    float v[16];
+    for (int k = 0; k < 16; k++) v[k] = fp16_to_f32(src[k]);
+    memcpy(out, v, sizeof v);
 }
 
 /* Scores of nq (1..4) query heads (q: nq rows of hd) against the 16 keys of one
@@ -883,7 +871,7 @@ static void quantize_tokens(const rq4_model *m, void *arg, int thread, int start
     const quantize_job *j = arg;
     (void)m;
     (void)thread;
-    for (int t = start; t < end; t++) quantize_act(j->a, t, j->x + (size_t)t * (size_t)j->a->n);
+    for (int t = start; t < end; t++) rq4_quantize_act(j->a, t, j->x + (size_t)t * (size_t)j->a->n);
 }
 
 /* The input of a matmul as int8 blocks (cached per input), the tokens of a
@@ -898,7 +886,7 @@ static const qact *quantized_input(rq4_model *m, const float *x, int n, int ntok
     a->ntok = ntok;
     quantize_job j = {a, x};
     run_parallel(m, quantize_tokens, &j, ntok);
-    interleave_act(a);
+    rq4_interleave_act(a);
     return a;
 }
 
@@ -996,19 +984,7 @@ static void apply_rope(float *vec, int n_heads_here, int head_dim, const float *
 static inline const float *cache_row(const void *cache, int f16, size_t at, int n, float *tmp) {
     if (!f16) return (const float *)cache + at;
     const uint16_t *src = (const uint16_t *)cache + at;
-    uint32_t *bits = (uint32_t *)(void *)tmp;
-    /* fp16_to_f32 written as selects rather than a branch, so it vectorizes:
-     * the same exact values */
-    for (int i = 0; i < n; i++) {
-        uint32_t h = src[i], mag = (h & 0x7fffu) << 13;
-        float f;
-        memcpy(&f, &mag, sizeof f);
-        f *= 0x1p112f;
-        uint32_t finite;
-        memcpy(&finite, &f, sizeof finite);
-        uint32_t special = 0u - (uint32_t)((h & 0x7c00u) == 0x7c00u); /* all ones for inf, nan */
-        bits[i] = ((h & 0x8000u) << 16) | (special & (0x7f800000u | mag)) | (~special & finite);
-    }
+    for (int i = 0; i < n; i++) tmp[i] = fp16_to_f32(src[i]);
     return tmp;
 }
 
@@ -1396,7 +1372,7 @@ static rq4_status open_model(rq4_model *m, const char *path, const rq4_options *
     m->q_dim = c->n_heads * c->head_dim;
     m->kv_dim = c->n_kv_heads * c->head_dim;
     m->max_cols = (int)max3((uint64_t)c->dim, (uint64_t)m->q_dim, (uint64_t)c->hidden_dim);
-    m->kernels = kernels_select();
+    m->kernels = rq4_kernels_select();
 
     /* the weights: every tensor by name, with its shape */
     if (!alloc(&m->layers, (size_t)c->n_layers * sizeof(layer_weights)))
@@ -1493,7 +1469,7 @@ uint64_t rq4_memory_needed(const rq4_model *m, int32_t n_ctx, int32_t kv_type) {
     return memory_needed(&m->config, m->n_entries, n_ctx, kv_type, m->config.n_threads);
 }
 
-const char *rq4_kernel_name(void) { return kernels_select()->name; }
+const char *rq4_kernel_name(void) { return rq4_kernels_select()->name; }
 
 const char *rq4_strerror(int32_t code) {
     switch (code) {
