@@ -18,6 +18,7 @@
  * (rq4_tokenizer_memory). The JSON itself is only read, never copied whole.
  */
 #include "tokenizer.h"
+#include "internal.h"
 
 #include <stdarg.h>
 #include <stdio.h>
@@ -67,20 +68,6 @@ struct rq4_tokenizer {
     int ignore_merges;
     uint64_t memory;        /* bytes allocated */
 };
-
-/* ------------------------------------------------------------------------ */
-/* errors                                                                   */
-
-static rq4_status fail(rq4_error *err, rq4_status code, const char *fmt, ...) {
-    if (err) {
-        va_list ap;
-        err->code = code;
-        va_start(ap, fmt);
-        vsnprintf(err->message, sizeof err->message, fmt, ap);
-        va_end(ap);
-    }
-    return code;
-}
 
 /* ------------------------------------------------------------------------ */
 /* UTF-8 and Unicode classes                                                */
@@ -634,8 +621,8 @@ static int arena_add(rq4_tokenizer *t, const uint8_t *s, size_t n, uint32_t *off
 }
 
 static rq4_status bad(builder *b, const char *what) {
-    if (b->nomem) return fail(b->err, RQ4_ERR_NOMEM, "tokenizer.json: out of memory reading %s", what);
-    return fail(b->err, RQ4_ERR_FORMAT, "tokenizer.json: malformed %s", what);
+    if (b->nomem) return rq4_fail(b->err, RQ4_ERR_NOMEM, "tokenizer.json: out of memory reading %s", what);
+    return rq4_fail(b->err, RQ4_ERR_FORMAT, "tokenizer.json: malformed %s", what);
 }
 
 /* model.vocab: {"piece": id, ...} */
@@ -647,7 +634,7 @@ static rq4_status read_vocab(builder *b, span sp, int32_t *max_id) {
     for (;;) {
         int32_t id;
         if (!j_string(&j, &b->s, &b->nomem) || !j_eat(&j, ':') || !j_id(&j, &id)) return bad(b, "model.vocab");
-        if (b->s.len == 0 || b->s.len > MAX_TOKEN_BYTES) return fail(b->err, RQ4_ERR_FORMAT, "tokenizer.json: vocab entry %d has length %zu", id, b->s.len);
+        if (b->s.len == 0 || b->s.len > MAX_TOKEN_BYTES) return rq4_fail(b->err, RQ4_ERR_FORMAT, "tokenizer.json: vocab entry %d has length %zu", id, b->s.len);
         if (!ensure_id(t, id)) { b->nomem = 1; return bad(b, "model.vocab"); }
         size_t n;
         int encodable = decode_byte_level(b->s.data, b->s.len, &n, b->cmap);
@@ -672,7 +659,7 @@ static rq4_status build_vocab_hash(builder *b, int32_t max_id) {
         if ((t->flags[id] & (FLAG_PRESENT | 0x80)) == FLAG_PRESENT) count++;
     t->vhash_cap = table_size(count);
     t->vhash = malloc(sizeof(int32_t) * t->vhash_cap);
-    if (!t->vhash) return fail(b->err, RQ4_ERR_NOMEM, "tokenizer: out of memory");
+    if (!t->vhash) return rq4_fail(b->err, RQ4_ERR_NOMEM, "tokenizer: out of memory");
     memset(t->vhash, 0xFF, sizeof(int32_t) * t->vhash_cap);
     uint32_t mask = t->vhash_cap - 1;
     for (int32_t id = 0; id <= max_id; id++) {
@@ -704,7 +691,7 @@ static rq4_status add_merge(builder *b, size_t alen, size_t bstart, size_t blen,
     uint8_t cat[2 * 4 * 1024];
     int32_t ia = -1, ib = -1, id = -1;
     size_t n1, n2;
-    if (alen + blen > sizeof cat) return fail(b->err, RQ4_ERR_FORMAT, "tokenizer.json: merge %d too long", *count);
+    if (alen + blen > sizeof cat) return rq4_fail(b->err, RQ4_ERR_FORMAT, "tokenizer.json: merge %d too long", *count);
     memcpy(cat, b->s.data, alen);
     memcpy(cat + alen, b->s.data + bstart, blen);
     if (decode_byte_level(cat, alen, &n1, b->cmap) && decode_byte_level(cat + alen, blen, &n2, b->cmap)) {
@@ -713,7 +700,7 @@ static rq4_status add_merge(builder *b, size_t alen, size_t bstart, size_t blen,
         memmove(cat + n1, cat + alen, n2);
         id = vocab_lookup(t, cat, n1 + n2);
         if (ia < 0 || ib < 0 || id < 0)
-            return fail(b->err, RQ4_ERR_FORMAT, "tokenizer.json: merge %d uses a token missing from the vocab", *count);
+            return rq4_fail(b->err, RQ4_ERR_FORMAT, "tokenizer.json: merge %d uses a token missing from the vocab", *count);
     } /* else a side is not a byte-level token: the merge can never apply, but
          it keeps its rank (a placeholder pair of -1s that nothing matches) */
     if ((size_t)*count >= *cap) {
@@ -745,7 +732,7 @@ static rq4_status read_merges(builder *b, span sp) {
             if (j_peek(&j) == '"') {
                 if (!j_string(&j, &b->s, &b->nomem)) { st = bad(b, "model.merges"); break; }
                 uint8_t *sp1 = memchr(b->s.data, ' ', b->s.len);
-                if (!sp1) { st = fail(b->err, RQ4_ERR_FORMAT, "tokenizer.json: merge %d has no space", count); break; }
+                if (!sp1) { st = rq4_fail(b->err, RQ4_ERR_FORMAT, "tokenizer.json: merge %d has no space", count); break; }
                 size_t alen = (size_t)(sp1 - b->s.data);
                 st = add_merge(b, alen, alen + 1, b->s.len - alen - 1, &count, &cap);
             } else {
@@ -776,7 +763,7 @@ static rq4_status read_merges(builder *b, span sp) {
     }
     t->mhash_cap = table_size((uint64_t)count);
     t->mhash = malloc(sizeof(int32_t) * t->mhash_cap);
-    if (!t->mhash) return fail(b->err, RQ4_ERR_NOMEM, "tokenizer: out of memory");
+    if (!t->mhash) return rq4_fail(b->err, RQ4_ERR_NOMEM, "tokenizer: out of memory");
     memset(t->mhash, 0xFF, sizeof(int32_t) * t->mhash_cap);
     uint32_t mask = t->mhash_cap - 1;
     for (int32_t k = 0; k < count; k++) {
@@ -839,7 +826,7 @@ static rq4_status read_added(builder *b, span sp, int32_t *max_id) {
             break;
         }
         if (jv_bool(&v, "lstrip", 0) != 0 || jv_bool(&v, "rstrip", 0) != 0 || jv_bool(&v, "single_word", 0) != 0) {
-            st = fail(b->err, RQ4_ERR_UNSUPPORTED,
+            st = rq4_fail(b->err, RQ4_ERR_UNSUPPORTED,
                       "tokenizer.json: added token '%.64s' uses lstrip/rstrip/single_word, not supported by the C tokenizer",
                       content->str);
             jv_free(&v);
@@ -928,15 +915,15 @@ static rq4_status build(builder *b, const uint8_t *json, size_t size) {
     st = RQ4_OK;
     if (!ok) st = bad(b, "model settings");
     else if (!jv_is_str(&mtype, "BPE"))
-        st = fail(b->err, RQ4_ERR_UNSUPPORTED, "tokenizer.json: model type %.40s is not supported by the C tokenizer (BPE only)",
+        st = rq4_fail(b->err, RQ4_ERR_UNSUPPORTED, "tokenizer.json: model type %.40s is not supported by the C tokenizer (BPE only)",
                   mtype.type == JV_STR ? mtype.str : "(missing)");
     else if (drop.type != JV_NULL || pfx.type != JV_NULL || sfx.type != JV_NULL)
-        st = fail(b->err, RQ4_ERR_UNSUPPORTED,
+        st = rq4_fail(b->err, RQ4_ERR_UNSUPPORTED,
                   "tokenizer.json: BPE dropout/continuing_subword_prefix/end_of_word_suffix are not supported by the C tokenizer");
     else if (norm.type != JV_NULL)
-        st = fail(b->err, RQ4_ERR_UNSUPPORTED, "tokenizer.json: a normalizer is not supported by the C tokenizer");
+        st = rq4_fail(b->err, RQ4_ERR_UNSUPPORTED, "tokenizer.json: a normalizer is not supported by the C tokenizer");
     else if (!(t->pretok = classify_pretok(&pre)))
-        st = fail(b->err, RQ4_ERR_UNSUPPORTED,
+        st = rq4_fail(b->err, RQ4_ERR_UNSUPPORTED,
                   "this tokenizer's pre-tokenizer is not supported by the C tokenizer (Llama 3 and GPT-2/SmolLM2 byte-level only)");
     else if (ign.type != JV_NULL && ign.type != JV_TRUE && ign.type != JV_FALSE)
         st = bad(b, "model.ignore_merges");
@@ -952,7 +939,7 @@ static rq4_status build(builder *b, const uint8_t *json, size_t size) {
     if (!model[2].start) {   /* no merges: an empty table */
         t->mhash_cap = 16;
         t->mhash = malloc(sizeof(int32_t) * 16);
-        if (!t->mhash) return fail(b->err, RQ4_ERR_NOMEM, "tokenizer: out of memory");
+        if (!t->mhash) return rq4_fail(b->err, RQ4_ERR_NOMEM, "tokenizer: out of memory");
         memset(t->mhash, 0xFF, sizeof(int32_t) * 16);
     }
     if (top[1].start && (st = read_added(b, top[1], &max_id)) != RQ4_OK) return st;
@@ -965,7 +952,7 @@ static rq4_status build(builder *b, const uint8_t *json, size_t size) {
         uint32_t *l = o ? (t->off = o, realloc(t->len, sizeof(uint32_t) * (size_t)t->n_ids)) : NULL;
         uint8_t *f = l ? (t->len = l, realloc(t->flags, (size_t)t->n_ids)) : NULL;
         uint8_t *x = f ? (t->flags = f, realloc(t->text, t->text_len ? (size_t)t->text_len : 1)) : NULL;
-        if (!x) return fail(b->err, RQ4_ERR_NOMEM, "tokenizer: out of memory");
+        if (!x) return rq4_fail(b->err, RQ4_ERR_NOMEM, "tokenizer: out of memory");
         t->text = x;
         t->text_cap = t->text_len;
     }
@@ -976,16 +963,16 @@ static rq4_status build(builder *b, const uint8_t *json, size_t size) {
 }
 
 rq4_status rq4_tokenizer_new(const void *json, uint64_t size, rq4_tokenizer **out, rq4_error *err) {
-    if (!out) return fail(err, RQ4_ERR_ARG, "rq4_tokenizer_new: out is NULL");
+    if (!out) return rq4_fail(err, RQ4_ERR_ARG, "rq4_tokenizer_new: out is NULL");
     *out = NULL;
-    if (!json) return fail(err, RQ4_ERR_ARG, "rq4_tokenizer_new: json is NULL");
+    if (!json) return rq4_fail(err, RQ4_ERR_ARG, "rq4_tokenizer_new: json is NULL");
     if (size == 0 || size >= ((uint64_t)1 << 32) || size > SIZE_MAX / 4)
-        return fail(err, RQ4_ERR_FORMAT, "tokenizer.json: bad size %llu", (unsigned long long)size);
+        return rq4_fail(err, RQ4_ERR_FORMAT, "tokenizer.json: bad size %llu", (unsigned long long)size);
     builder b;
     memset(&b, 0, sizeof b);
     b.err = err;
     b.t = calloc(1, sizeof(rq4_tokenizer));
-    if (!b.t) return fail(err, RQ4_ERR_NOMEM, "tokenizer: out of memory");
+    if (!b.t) return rq4_fail(err, RQ4_ERR_NOMEM, "tokenizer: out of memory");
     for (int c = 0; c < 0x200; c++) b.cmap[c] = -1;
     for (int x = 0; x < 256; x++) b.cmap[byte_to_char(x)] = (int16_t)x;
     rq4_status st = build(&b, json, (size_t)size);
@@ -1001,10 +988,10 @@ rq4_status rq4_tokenizer_new(const void *json, uint64_t size, rq4_tokenizer **ou
 
 rq4_status rq4_tokenizer_from_model(const rq4_model *m, rq4_tokenizer **out, rq4_error *err) {
     if (out) *out = NULL;
-    if (!m) return fail(err, RQ4_ERR_ARG, "rq4_tokenizer_from_model: model is NULL");
+    if (!m) return rq4_fail(err, RQ4_ERR_ARG, "rq4_tokenizer_from_model: model is NULL");
     uint64_t size = 0;
     const void *blob = rq4_blob(m, "tokenizer.json", &size);
-    if (!blob) return fail(err, RQ4_ERR_UNSUPPORTED, "the model file has no tokenizer.json blob");
+    if (!blob) return rq4_fail(err, RQ4_ERR_UNSUPPORTED, "the model file has no tokenizer.json blob");
     return rq4_tokenizer_new(blob, size, out, err);
 }
 
@@ -1261,11 +1248,11 @@ rq4_status rq4_tokenizer_encode(const rq4_tokenizer *t, const char *text_, uint6
     const uint8_t *text = (const uint8_t *)text_;
     if (n_ids) *n_ids = 0;
     if (!t || !n_ids || (!text && len) || (!ids && cap > 0) || cap < 0)
-        return fail(err, RQ4_ERR_ARG, "rq4_tokenizer_encode: bad arguments");
-    if (len > (uint64_t)INT32_MAX) return fail(err, RQ4_ERR_ARG, "rq4_tokenizer_encode: text longer than 2 GB");
+        return rq4_fail(err, RQ4_ERR_ARG, "rq4_tokenizer_encode: bad arguments");
+    if (len > (uint64_t)INT32_MAX) return rq4_fail(err, RQ4_ERR_ARG, "rq4_tokenizer_encode: text longer than 2 GB");
     if (len == 0) return RQ4_OK;
     if (len > (SIZE_MAX - 64) / 32)   /* 32-bit: the scratch below would overflow size_t */
-        return fail(err, RQ4_ERR_NOMEM, "rq4_tokenizer_encode: text too long for this machine");
+        return rq4_fail(err, RQ4_ERR_NOMEM, "rq4_tokenizer_encode: text too long for this machine");
     size_t n = (size_t)len;
     scratch s = {0};
     /* per code point: value, class, byte offset (n+1); per byte: BPE symbols */
@@ -1278,7 +1265,7 @@ rq4_status rq4_tokenizer_encode(const rq4_tokenizer *t, const char *text_, uint6
     s.heap = malloc(sizeof(heap_item) * (3 * n + 1));   /* at most n-1 initial + 2 per merge */
     rq4_status st = RQ4_OK;
     if (!cp || !cl || !boff || !s.sym || !s.prev || !s.next || !s.heap) {
-        st = fail(err, RQ4_ERR_NOMEM, "rq4_tokenizer_encode: out of memory");
+        st = rq4_fail(err, RQ4_ERR_NOMEM, "rq4_tokenizer_encode: out of memory");
         goto done;
     }
     int64_t count = 0;
@@ -1304,7 +1291,7 @@ rq4_status rq4_tokenizer_encode(const rq4_tokenizer *t, const char *text_, uint6
         uint32_t c;
         int k = decode_utf8(text + b, n - b, &c);
         if (k == 0) {
-            st = fail(err, RQ4_ERR_ARG, "rq4_tokenizer_encode: the text is not valid UTF-8 (byte %zu)", b);
+            st = rq4_fail(err, RQ4_ERR_ARG, "rq4_tokenizer_encode: the text is not valid UTF-8 (byte %zu)", b);
             goto done;
         }
         cp[ncp] = c;
@@ -1319,7 +1306,7 @@ rq4_status rq4_tokenizer_encode(const rq4_tokenizer *t, const char *text_, uint6
     }
     encode_segment(t, &s, text, cp, cl, boff, seg, ncp, ids, cap, &count);
     *n_ids = count > INT32_MAX ? INT32_MAX : (int32_t)count;
-    if (count > cap) st = fail(err, RQ4_ERR_ARG, "rq4_tokenizer_encode: %lld ids do not fit in %d", (long long)count, cap);
+    if (count > cap) st = rq4_fail(err, RQ4_ERR_ARG, "rq4_tokenizer_encode: %lld ids do not fit in %d", (long long)count, cap);
 done:
     free(cp);
     free(cl);
