@@ -19,9 +19,10 @@ HEADERS = $(sort $(shell find src -name '*.h'))
 CLI_SRCS = $(sort $(wildcard cli/*.c))
 CLI_HEADERS = $(wildcard cli/*.h)
 
-.PHONY: sanitize valgrind fuzz fuzz-build all lib clean help venv demo test test-c test-kernels test-kernels-asan bench-kernels cross-aarch64-test-kernels cross-aarch64 cross-armv7
+.PHONY: sanitize valgrind fuzz fuzz-build all lib clean help venv demo test test-c test-kernels test-kernels-asan \
+        bench-kernels cross-aarch64-test-kernels cross-aarch64 cross-armv7
 
-# all: the library (other targets are added below by their owners)
+# all: the library
 all: lib
 
 # lib: build/librunq4.a and build/librunq4.so (release flags: CFLAGS, -O3 -DNDEBUG)
@@ -133,7 +134,7 @@ runq4-armv7: $(CLI_SRCS) $(CLI_HEADERS) $(LIB_SRCS) $(HEADERS)
 
 cross-armv7: runq4-armv7
 
-# ---- reliability (issue 8, docs/RELIABILITY.md): sanitizers, valgrind, fuzzing ----
+# ---- reliability (docs/RELIABILITY.md): sanitizers, valgrind, fuzzing ----
 
 # sanitize: the C tests and the binary built with AddressSanitizer + UBSan
 #   (-O1 -g, every UB check fatal) in build-san/, then run: test_engine on the
@@ -214,6 +215,7 @@ $(FUZZ_BUILD)/tokenizer.json: tests/fuzz/make_seeds.py tests/badfiles.py
 	@mkdir -p $(FUZZ_BUILD)
 	$(PYTHON) tests/fuzz/make_seeds.py $(FUZZ_BUILD)
 
+# fuzz-build: the two fuzzers and their seeds in build-fuzz/, not run
 fuzz-build: $(FUZZ_BUILD)/fuzz_loader $(FUZZ_BUILD)/fuzz_tokenizer $(FUZZ_BUILD)/tokenizer.json
 
 fuzz: fuzz-build
@@ -257,6 +259,8 @@ test: venv
 clean:
 	rm -rf $(BUILD) runq4 runq4-asan $(VENV)/.installed runq4-aarch64 runq4-armv7 $(SAN_BUILD) $(FUZZ_BUILD)
 
-# help: this list
+# help: this list (each target's comment: its first line and the indented
+#   lines after it)
 help:
-	@grep -E '^# [a-z-]+:' Makefile | sed 's/^# //'
+	@awk '/^# [a-z0-9-]+:/ { show = 1; sub(/^# /, ""); print; next } \
+	      show && /^#   / { sub(/^#/, ""); print; next } { show = 0 }' Makefile
