@@ -375,8 +375,8 @@ rq4_status rq4_map_weights(rq4_model *m, rq4_error *err) {
 /* Maps the file read-only. */
 static rq4_status map_file(rq4_model *m, const char *path, rq4_error *err) {
     struct stat st;
-    /* O_NONBLOCK: opening a FIFO must not wait for a writer (issue 8: `runq4 fifo`
-     * hung); fstat then refuses it. No effect on regular files and mmap. */
+    /* O_NONBLOCK: opening a FIFO must not wait for a writer (`runq4 fifo`
+     * would hang); fstat then refuses it. No effect on regular files and mmap. */
     m->fd = open(path, O_RDONLY | O_NONBLOCK | O_CLOEXEC);
     if (m->fd < 0) return rq4_fail(err, RQ4_ERR_IO, "cannot open %s: %s", path, strerror(errno));
     if (fstat(m->fd, &st) != 0) return rq4_fail(err, RQ4_ERR_IO, "cannot stat %s: %s", path, strerror(errno));

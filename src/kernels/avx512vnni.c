@@ -394,7 +394,7 @@ static inline __attribute__((always_inline)) TGT512 void tok16_blocks(int kind, 
             for (int k = 0; k < NT; k++) __asm__("" : "+v"(xv[k]));
             /* one tile: each broadcast serves a single vpdpbusd, so half of them
              * come from memory (a load) and half from a permute, which would
-             * otherwise be the bottleneck (single tile 0.238 -> 0.216 ms) */
+             * otherwise be the bottleneck */
             for (int r = 0; r < NR; r++) {
                 int32_t w4;
                 memcpy(&w4, wb[r] + i * QK + 4 * c, sizeof w4);
