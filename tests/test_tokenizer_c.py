@@ -65,7 +65,8 @@ def clib(tmp_path_factory):
     stub.write_text(_STUB)
     so = d / "libtok.so"
     cc = os.environ.get("CC", sysconfig.get_config_var("CC") or "cc").split()[0]
-    subprocess.run([cc, "-O2", "-std=c11", "-shared", "-fPIC", "-I", SRC, os.path.join(SRC, "tokenizer", "tokenizer.c"), os.path.join(SRC, "error.c"),
+    subprocess.run([cc, "-O2", "-std=c11", "-shared", "-fPIC", "-I", SRC, os.path.join(SRC, "tokenizer", "tokenizer.c"),
+                    os.path.join(SRC, "tokenizer", "json.c"), os.path.join(SRC, "error.c"),
                     str(stub), "-o", str(so)], check=True)
     ffi = cffi.FFI()
     ffi.cdef(_read_cdef())
