@@ -179,19 +179,6 @@ typedef struct attention_job {
  * query heads sharing one kv head (GQA), so each key and value row is read
  * (and converted from f16) once for the group; each query head's arithmetic is
  * the same whatever the grouping. */
-#if defined(__x86_64__) && defined(__GNUC__) && defined(__has_attribute) && defined(__ELF__)
-#if __has_attribute(target_clones)
-/* Compiled also for AVX2 and AVX-512 (chosen at load time): prompt attention
- * and the SwiGLU product are compute-bound. No fma is formed (-ffp-contract=off /
- * ISO C mode), so every clone computes the same lane-wise operations in the
- * same order: same bits. */
-#define VECTOR_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
-#endif
-#endif
-#ifndef VECTOR_CLONES
-#define VECTOR_CLONES
-#endif
-
 VECTOR_CLONES static void attend(const rq4_model *m, void *arg, int thread, int start, int end) {
     const attention_job *j = arg;
     const rq4_config *c = &m->config;

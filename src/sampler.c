@@ -136,9 +136,9 @@ static int32_t sample_top_k(const float *x, int32_t n, int32_t k, float top_p, r
         pi[i].index = i;
     }
     qsort(pi, (size_t)n, sizeof(rq4_prob_index), compare_desc);
-    double sum = 0.0;
-    for (int32_t i = 0; i < k; i++) sum += exp((double)pi[i].prob - (double)pi[0].prob);
-    for (int32_t i = 0; i < k; i++) pi[i].prob = (float)(exp((double)pi[i].prob - (double)pi[0].prob) / sum);
+    double sum = 0.0, top = pi[0].prob;
+    for (int32_t i = 0; i < k; i++) sum += exp((double)pi[i].prob - top);
+    for (int32_t i = 0; i < k; i++) pi[i].prob = (float)(exp((double)pi[i].prob - top) / sum);
     /* the shortest prefix whose mass reaches top_p (all k when top_p is 1) */
     float cum = 0.0f;
     int32_t last = k - 1;
