@@ -49,8 +49,8 @@ def _select_pyrunq4():
         if spec is not None and spec.origin and not spec.origin.startswith(pkg + os.sep):
             sys.path[:] = others + [ROOT]  # the installed copy first
             return
-    sources = [f for f in glob.glob(os.path.join(ROOT, "src", "*.[ch]"))
-               if os.path.basename(f) != "main.c"] + [os.path.join(pkg, "_build.py")]
+    sources = (glob.glob(os.path.join(ROOT, "src", "**", "*.[ch]"), recursive=True)
+               + [os.path.join(pkg, "_build.py")])
     if not exts or min(map(os.path.getmtime, exts)) < max(map(os.path.getmtime, sources)):
         r = subprocess.run([sys.executable, "setup.py", "-q", "build_ext", "--inplace", "--force"], cwd=ROOT,
                            capture_output=True, text=True)

@@ -1,4 +1,4 @@
-"""Parity of the C tokenizer (src/tokenizer.c) with the `tokenizers` library.
+"""Parity of the C tokenizer (src/tokenizer/tokenizer.c) with the `tokenizers` library.
 
 The ids must be exactly those of tokenizers.Tokenizer.encode(text,
 add_special_tokens=False) from the same tokenizer.json, on a deterministic
@@ -9,7 +9,7 @@ random code points; plus lines of files on this system: the common licenses
 and Python's own sources), for the real Llama 3 tokenizer and for SmolLM2's
 (rebuilt from its GGUF by export/gguf_tokenizer.py).
 
-The C tokenizer is reached through cffi: the test compiles src/tokenizer.c
+The C tokenizer is reached through cffi: the test compiles src/tokenizer/tokenizer.c
 into a shared library and loads it in ABI mode with the cdef of runq4.h (so
 it always tests the current source); test_binding checks that the package's
 extension pyrunq4._runq4 exposes the same functions.
@@ -57,7 +57,7 @@ const void *rq4_blob(const rq4_model *m, const char *name, uint64_t *size) {
 @pytest.fixture(scope="session")
 def clib(tmp_path_factory):
     """(ffi, lib) with the rq4_tokenizer_* functions of the current source:
-    src/tokenizer.c compiled alone (a stub stands in for the engine's
+    src/tokenizer/tokenizer.c compiled alone (a stub stands in for the engine's
     rq4_blob) and loaded through cffi with runq4.h's cdef, so the test never
     runs a stale pyrunq4._runq4 build. test_binding checks the extension."""
     d = tmp_path_factory.mktemp("ctok")
@@ -65,7 +65,8 @@ def clib(tmp_path_factory):
     stub.write_text(_STUB)
     so = d / "libtok.so"
     cc = os.environ.get("CC", sysconfig.get_config_var("CC") or "cc").split()[0]
-    subprocess.run([cc, "-O2", "-std=c11", "-shared", "-fPIC", "-I", SRC, os.path.join(SRC, "tokenizer.c"),
+    subprocess.run([cc, "-O2", "-std=c11", "-shared", "-fPIC", "-I", SRC, os.path.join(SRC, "tokenizer", "tokenizer.c"),
+                    os.path.join(SRC, "tokenizer", "json.c"), os.path.join(SRC, "error.c"),
                     str(stub), "-o", str(so)], check=True)
     ffi = cffi.FFI()
     ffi.cdef(_read_cdef())
@@ -502,9 +503,9 @@ def test_binding(llama3_json):
         from pyrunq4 import _runq4
     except ImportError:
         pytest.skip("pyrunq4._runq4 is not built")
-    newest = max(os.path.getmtime(os.path.join(SRC, f)) for f in ("runq4.h", "tokenizer.c"))
+    newest = max(os.path.getmtime(os.path.join(SRC, f)) for f in ("runq4.h", "tokenizer/tokenizer.c"))
     if os.path.getmtime(_runq4.__file__) < newest:
-        pytest.skip("pyrunq4._runq4 is older than src/runq4.h or src/tokenizer.c: rebuild it")
+        pytest.skip("pyrunq4._runq4 is older than src/runq4.h or src/tokenizer/tokenizer.c: rebuild it")
     ffi, lib = _runq4.ffi, _runq4.lib
     for name in ["rq4_tokenizer_new", "rq4_tokenizer_from_model", "rq4_tokenizer_free", "rq4_tokenizer_encode",
                  "rq4_tokenizer_piece", "rq4_tokenizer_find", "rq4_tokenizer_is_special", "rq4_tokenizer_size",

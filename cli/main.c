@@ -1,20 +1,22 @@
 /* runq4: the standalone binary. One .rq4 file in, generated text out; no
- * Python. The command line follows llama2.c's run.c/runq.c:
+ * Python. The short flags follow llama2.c's run.c/runq.c; the long options
+ * (USAGE) are those of python -m pyrunq4.generate, with the same meanings and
+ * defaults:
  *
- *   runq4 MODEL.rq4 [-t temperature] [-p top_p] [-s seed] [-n steps] [-i prompt]
- *         [-m generate|chat] [-y system_prompt] [-T threads] [-c context]
- *         [-k f32|f16] [-M max_memory_MiB] [-v] [-h]
+ *   runq4 MODEL.rq4 [-t temperature] [-p top_p] [--top-k k] [-s seed]
+ *         [-n max_new_tokens] [-i prompt] [--chat | -m generate|chat]
+ *         [-y system_prompt] [-T threads] [-c context] [-k f32|f16]
+ *         [-M max_memory_MiB] [-v] [--version] [-h]
  *
  * Generated text goes to stdout only (streamed, flushed per token); the
  * statistics (prompt and decode tokens/s, peak resident memory) go to
  * stderr. Every known error is one line on stderr and exit status 1.
  *
- * The tokenizer is the C one (src/tokenizer.c) built from the file's
+ * The tokenizer is the C one (src/tokenizer/) built from the file's
  * tokenizer.json blob. Prompts are encoded as pyrunq4 does: BOS (when the
  * model has one) + the text, with special-token text taken as plain text, so
- * that at temperature 0 the output equals pyrunq4's Model.generate. Chat mode
- * cannot run the Jinja chat_template: it recognises the Llama 3 and ChatML
- * families in it and builds the same turn strings in C.
+ * that at temperature 0 the output equals pyrunq4's Model.generate. Chat
+ * mode: chat.c.
  */
 #define _POSIX_C_SOURCE 200809L
 #define _DEFAULT_SOURCE   /* madvise */
@@ -33,38 +35,44 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "chat.h"
 #include "runq4.h"
 #include "sampler.h"
-#include "tokenizer.h"
+#include "tokenizer/tokenizer.h"
 
-#define DEFAULT_STEPS 256
+#define DEFAULT_MAX_NEW_TOKENS 256
 
 static const char *USAGE =
     "Usage:   runq4 MODEL.rq4 [options]\n"
     "Example: runq4 model.rq4 -n 256 -i \"Once upon a time\"\n"
-    "Options:\n"
-    "  -t <float>  temperature in [0,inf), default 0 (greedy)\n"
-    "  -p <float>  top-p (nucleus) in (0,1], default 1 (off)\n"
-    "  -s <int>    random seed, default: from the clock\n"
-    "  -n <int>    most tokens to generate (per answer in chat), default 256;\n"
-    "              0: until an end token or the context is full\n"
-    "  -i <string> the prompt (chat: the user message; without it, chat reads\n"
-    "              one message per line from stdin until EOF)\n"
-    "  -m <string> mode: generate|chat, default generate\n"
-    "  -y <string> system prompt (chat mode)\n"
-    "  -T <int>    threads, default: the online CPUs\n"
-    "  -c <int>    context length (KV cache), default min(4096, the model's)\n"
-    "  -k <string> KV cache type: f32|f16, default f32\n"
-    "  -M <int>    refuse to start if weights + KV cache + buffers would\n"
-    "              exceed this many MiB (2^20 bytes; default: no limit)\n"
-    "  -v          also print the prompt and generated token ids on stderr\n"
-    "  -h          this help\n"
+    "Options (the long ones are python -m pyrunq4.generate's too):\n"
+    "  -i, --prompt TEXT         the prompt (chat: the first user message; without\n"
+    "                            it, chat reads one message per line from stdin)\n"
+    "  -n, --max-new-tokens N    tokens to generate (per answer in chat), default 256;\n"
+    "                            0: none; -1: until an end token or the context is full\n"
+    "  -t, --temperature F       temperature in [0,inf), default 0 (greedy)\n"
+    "  -p, --top-p F             top-p (nucleus) in (0,1], default 1 (no cut)\n"
+    "      --top-k N             keep the N most likely tokens, default 0 (off)\n"
+    "  -s, --seed N              random seed in [0, 2^64), default: random\n"
+    "  -T, --threads N           threads in [1, RQ4_MAX_THREADS], default: the CPUs\n"
+    "                            this process may use\n"
+    "  -c, --ctx N               context length (KV cache), default min(4096, the\n"
+    "                            model's)\n"
+    "  -k, --kv-type f32|f16     KV cache element type, default f32\n"
+    "      --chat                chat mode with the model's template (also -m chat;\n"
+    "                            -m generate: plain completion, the default)\n"
+    "  -y, --system TEXT         system prompt (chat mode)\n"
+    "  -M, --max-memory MIB      refuse to start if weights + KV cache + buffers\n"
+    "                            would exceed this many MiB (default: no limit)\n"
+    "  -v                        also print the prompt and generated token ids on stderr\n"
+    "      --version             the version\n"
+    "  -h, --help                this help\n"
     "Text goes to stdout, statistics to stderr.\n";
 
 /* ------------------------------------------------------------------------ */
 /* errors: one line on stderr, exit 1                                        */
 
-static void die(const char *fmt, ...) {
+void die(const char *fmt, ...) {
     va_list ap;
     fputs("runq4: error: ", stderr);
     va_start(ap, fmt);
@@ -150,7 +158,7 @@ typedef struct run {
     float *logits;          /* (vocab_size) */
     int32_t *ids;           /* scratch for encoding */
     size_t ids_cap;
-    int32_t steps;          /* most new tokens per generation, 0: no limit */
+    int32_t max_new;        /* most new tokens per generation, -1: no limit */
     int verbose;            /* -v: token ids on stderr */
     /* statistics */
     int64_t prompt_tokens, gen_tokens;
@@ -212,6 +220,7 @@ static void print_ids(const char *what, const int32_t *ids, int64_t n) {
  * end token, which is not fed either). */
 static int32_t generate(run *r) {
     int32_t count = 0, pending = -1;
+    if (r->max_new == 0) return -1;
     double t0 = now_s();
     int32_t *gen = NULL;
     size_t gen_cap = 0;
@@ -233,7 +242,7 @@ static int32_t generate(run *r) {
         if (piece) emit(piece, plen);
         count++;
         r->gen_tokens++;
-        if ((r->steps > 0 && count >= r->steps) || g_stdout_closed) break;
+        if ((r->max_new >= 0 && count >= r->max_new) || g_stdout_closed) break;
         if (rq4_position(r->model) >= r->cfg->n_ctx) {   /* the new token would not fit */
             r->context_full = 1;
             break;
@@ -246,178 +255,6 @@ static int32_t generate(run *r) {
     if (r->verbose) print_ids("generated", gen, count);
     free(gen);
     return pending;
-}
-
-/* ------------------------------------------------------------------------ */
-/* chat formats                                                              */
-
-enum { CHAT_LLAMA3 = 1, CHAT_CHATML = 2 };
-
-typedef struct chat {
-    int family;
-    int bos_in_template;    /* the template starts with bos_token */
-    int llama32_dates;      /* Llama 3.1/3.2: "Cutting Knowledge Date" system header */
-    char date[64];
-    char *default_system;   /* ChatML: the system text the template inserts when none is given */
-    int32_t end_of_turn;    /* <|eot_id|> / <|im_end|> */
-} chat;
-
-typedef struct sbuf {
-    char *s;
-    size_t len, cap;
-} sbuf;
-
-static void sb_add(sbuf *b, const char *s, size_t n) {
-    if (b->len + n + 1 > b->cap) {
-        size_t cap = b->cap ? b->cap : 256;
-        while (cap < b->len + n + 1) cap *= 2;
-        char *p = realloc(b->s, cap);
-        if (!p) die("out of memory");
-        b->s = p;
-        b->cap = cap;
-    }
-    memcpy(b->s + b->len, s, n);
-    b->len += n;
-    b->s[b->len] = 0;
-}
-
-static void sb_str(sbuf *b, const char *s) { sb_add(b, s, strlen(s)); }
-
-static const char *find_in(const char *hay, size_t n, const char *needle) {
-    size_t k = strlen(needle);
-    for (size_t i = 0; k <= n && i + k <= n; i++)
-        if (memcmp(hay + i, needle, k) == 0) return hay + i;
-    return NULL;
-}
-
-/* ChatML's built-in system message, as in SmolLM2's template:
- *   '<|im_start|>system\nYou are a helpful AI assistant ...<|im_end|>\n'
- * (the newline written either as a real newline or as the escape \n). */
-static char *chatml_default_system(const char *t, size_t n) {
-    const char *p = find_in(t, n, "<|im_start|>system");
-    if (!p) return NULL;
-    p += strlen("<|im_start|>system");
-    const char *end = t + n;
-    if (p < end && *p == '\n') p++;
-    else if (end - p >= 2 && p[0] == '\\' && p[1] == 'n') p += 2;
-    else return NULL;
-    const char *q = find_in(p, (size_t)(end - p), "<|im_end|>");
-    if (!q || q == p) return NULL;
-    sbuf b = {0};
-    for (const char *c = p; c < q; c++) {
-        if (*c == '\'' || *c == '"' || *c == '{' || *c == '}' || *c == '+') {   /* not a plain literal */
-            free(b.s);
-            return NULL;
-        }
-        if (*c == '\\' && c + 1 < q && c[1] == 'n') {
-            sb_add(&b, "\n", 1);
-            c++;
-        } else {
-            sb_add(&b, c, 1);
-        }
-    }
-    return b.s;
-}
-
-static void detect_chat(run *r, chat *c) {
-    uint64_t n = 0;
-    const char *t = rq4_blob(r->model, "chat_template", &n);
-    memset(c, 0, sizeof *c);
-    if (!t) die("chat mode: the model file has no chat_template; use -m generate");
-    if (find_in(t, n, "<|start_header_id|>")) {
-        c->family = CHAT_LLAMA3;
-        c->end_of_turn = rq4_tokenizer_find(r->tok, "<|eot_id|>", 10);
-        c->bos_in_template = find_in(t, n, "bos_token") != NULL;
-        if (find_in(t, n, "Cutting Knowledge Date")) {
-            c->llama32_dates = 1;
-            /* the date: today if the template asks strftime_now (pyrunq4 and
-               transformers provide it), else its default date_string */
-            const char *d = find_in(t, n, "date_string = \"");
-            if (find_in(t, n, "strftime_now")) {
-                time_t now = time(NULL);
-                struct tm tmv;
-                localtime_r(&now, &tmv);
-                strftime(c->date, sizeof c->date, "%d %b %Y", &tmv);
-            } else if (d) {
-                d += strlen("date_string = \"");
-                size_t k = 0;
-                while (d + k < t + n && d[k] != '"' && k < sizeof c->date - 1) k++;
-                memcpy(c->date, d, k);
-                c->date[k] = 0;
-            } else {
-                strcpy(c->date, "26 Jul 2024");
-            }
-        }
-    } else if (find_in(t, n, "<|im_start|>")) {
-        c->family = CHAT_CHATML;
-        c->end_of_turn = rq4_tokenizer_find(r->tok, "<|im_end|>", 10);
-        c->default_system = chatml_default_system(t, n);
-    } else {
-        die("chat mode: the model's chat template is neither Llama 3 nor ChatML, which runq4 cannot render without "
-            "Jinja; use -m generate or pyrunq4");
-    }
-    if (c->end_of_turn < 0) die("chat mode: the tokenizer lacks the end-of-turn token of the chat template");
-}
-
-/* Length of a whitespace character at s[0..n) as Python's str.isspace sees
- * it (Jinja's trim is str.strip()), else 0. */
-static size_t space_len(const unsigned char *s, size_t n) {
-    if (s[0] == ' ' || (s[0] >= 0x09 && s[0] <= 0x0D) || (s[0] >= 0x1C && s[0] <= 0x1F)) return 1;
-    if (n >= 2 && s[0] == 0xC2 && (s[1] == 0x85 || s[1] == 0xA0)) return 2;
-    if (n >= 3) {
-        unsigned cp = ((unsigned)(s[0] & 0x0F) << 12) | ((unsigned)(s[1] & 0x3F) << 6) | (s[2] & 0x3F);
-        if ((s[0] & 0xF0) == 0xE0 && (cp == 0x1680 || (cp >= 0x2000 && cp <= 0x200A) || cp == 0x2028 ||
-                                     cp == 0x2029 || cp == 0x202F || cp == 0x205F || cp == 0x3000))
-            return 3;
-    }
-    return 0;
-}
-
-/* Appends s with leading and trailing whitespace removed (Jinja's | trim). */
-static void sb_trimmed(sbuf *b, const char *s) {
-    const unsigned char *p = (const unsigned char *)s, *end = p + strlen(s);
-    size_t k;
-    while (p < end && (k = space_len(p, (size_t)(end - p))) > 0) p += k;
-    for (;;) {   /* drop whitespace characters at the end (1 to 3 bytes long) */
-        int cut = 0;
-        for (size_t w = 1; w <= 3 && !cut; w++)
-            if ((size_t)(end - p) >= w && space_len(end - w, w) == w) {
-                end -= w;
-                cut = 1;
-            }
-        if (!cut) break;
-    }
-    sb_add(b, (const char *)p, (size_t)(end - p));
-}
-
-/* The text of one user turn and the assistant header after it; `first` adds
- * what the template puts before the first message (system). Llama 3's
- * templates trim the messages; ChatML's keep them as they are. */
-static void chat_turn(const chat *c, sbuf *b, int first, const char *system, const char *user) {
-    if (c->family == CHAT_LLAMA3) {
-        if (first && (system || c->llama32_dates)) {
-            sb_str(b, "<|start_header_id|>system<|end_header_id|>\n\n");
-            if (c->llama32_dates) {
-                sb_str(b, "Cutting Knowledge Date: December 2023\nToday Date: ");
-                sb_str(b, c->date);
-                sb_str(b, "\n\n");
-            }
-            if (system) sb_trimmed(b, system);
-            sb_str(b, "<|eot_id|>");
-        }
-        sb_str(b, "<|start_header_id|>user<|end_header_id|>\n\n");
-        sb_trimmed(b, user);
-        sb_str(b, "<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n");
-    } else {
-        if (first && (system || c->default_system)) {
-            sb_str(b, "<|im_start|>system\n");
-            sb_str(b, system ? system : c->default_system);
-            sb_str(b, "<|im_end|>\n");
-        }
-        sb_str(b, "<|im_start|>user\n");
-        sb_str(b, user);
-        sb_str(b, "<|im_end|>\n<|im_start|>assistant\n");
-    }
 }
 
 /* Reads one line of stdin (without its newline) into b; 0 at EOF. */
@@ -437,7 +274,7 @@ static int read_line(sbuf *b) {
 
 static void run_chat(run *r, const char *prompt, const char *system) {
     chat c;
-    detect_chat(r, &c);
+    detect_chat(r->model, r->tok, &c);
     int interactive = prompt == NULL, first = 1;
     int32_t pending = -1;
     sbuf turn = {0}, line = {0};
@@ -482,78 +319,126 @@ static void run_chat(run *r, const char *prompt, const char *system) {
 
 /* ------------------------------------------------------------------------ */
 
+/* The options: each long name with its runq.c short flag (0: none) and
+ * whether it takes a value. */
+typedef struct option {
+    const char *name;
+    char short_flag;
+    int has_value;
+} option;
+
+enum {
+    OPT_PROMPT, OPT_MAX_NEW, OPT_TEMPERATURE, OPT_TOP_P, OPT_TOP_K, OPT_SEED, OPT_THREADS, OPT_CTX, OPT_KV_TYPE,
+    OPT_CHAT, OPT_MODE, OPT_SYSTEM, OPT_MAX_MEMORY, OPT_VERBOSE, OPT_VERSION, OPT_HELP, N_OPTIONS
+};
+
+static const option OPTIONS[N_OPTIONS] = {
+    [OPT_PROMPT] = {"prompt", 'i', 1},       [OPT_MAX_NEW] = {"max-new-tokens", 'n', 1},
+    [OPT_TEMPERATURE] = {"temperature", 't', 1}, [OPT_TOP_P] = {"top-p", 'p', 1},
+    [OPT_TOP_K] = {"top-k", 0, 1},           [OPT_SEED] = {"seed", 's', 1},
+    [OPT_THREADS] = {"threads", 'T', 1},     [OPT_CTX] = {"ctx", 'c', 1},
+    [OPT_KV_TYPE] = {"kv-type", 'k', 1},     [OPT_CHAT] = {"chat", 0, 0},
+    [OPT_MODE] = {NULL, 'm', 1},             [OPT_SYSTEM] = {"system", 'y', 1},
+    [OPT_MAX_MEMORY] = {"max-memory", 'M', 1}, [OPT_VERBOSE] = {NULL, 'v', 0},
+    [OPT_VERSION] = {"version", 0, 0},       [OPT_HELP] = {"help", 'h', 0},
+};
+
+/* The option argv[*i] names (its value, if any, into *value: after '=' or
+ * the next argument); -1 when it is not an option. */
+static int parse_option(int argc, char **argv, int *i, const char **value, const char **name) {
+    const char *a = argv[*i], *eq = NULL;
+    int k = -1;
+    if (a[0] != '-' || a[1] == '\0') return -1;
+    if (a[1] == '-') {
+        eq = strchr(a + 2, '=');
+        size_t len = eq ? (size_t)(eq - a - 2) : strlen(a + 2);
+        for (int j = 0; j < N_OPTIONS && k < 0; j++)
+            if (OPTIONS[j].name && strlen(OPTIONS[j].name) == len && strncmp(OPTIONS[j].name, a + 2, len) == 0) k = j;
+    } else if (a[2] == '\0') {
+        for (int j = 0; j < N_OPTIONS && k < 0; j++)
+            if (OPTIONS[j].short_flag == a[1]) k = j;
+    }
+    if (k < 0) die("unknown option '%s' (runq4 -h for help)", a);
+    *name = a;
+    *value = NULL;
+    if (!OPTIONS[k].has_value) {
+        if (eq) die("option --%s takes no value", OPTIONS[k].name);
+        return k;
+    }
+    if (eq) {
+        *value = eq + 1;
+    } else {
+        if (*i + 1 >= argc) die("option %s needs a value (runq4 -h for help)", a);
+        *value = argv[++*i];
+    }
+    return k;
+}
+
 int main(int argc, char **argv) {
-    const char *path = NULL, *prompt = NULL, *system = NULL, *mode = "generate", *kv = "f32";
+    const char *path = NULL, *prompt = NULL, *system = NULL, *kv = "f32";
     float temperature = 0.0f, top_p = 1.0f;
     uint64_t seed = 0, max_mb = 0;
-    int have_seed = 0, verbose = 0;
-    long steps = DEFAULT_STEPS, threads = 0, ctx = 0;
+    int have_seed = 0, verbose = 0, chat_mode = 0;
+    long max_new = DEFAULT_MAX_NEW_TOKENS, threads = 0, ctx = 0, top_k = 0;
 
     for (int i = 1; i < argc; i++) {
-        const char *a = argv[i];
-        if (strcmp(a, "-h") == 0 || strcmp(a, "--help") == 0) {
-            fputs(USAGE, stdout);
-            return 0;
-        }
-        if (strcmp(a, "-v") == 0) {
-            verbose = 1;
+        const char *v, *a;
+        int k = parse_option(argc, argv, &i, &v, &a);
+        if (k < 0) {
+            if (path) die("unexpected argument '%s' (one model file; runq4 -h for help)", argv[i]);
+            path = argv[i];
             continue;
         }
-        if (a[0] != '-' || a[1] == '\0') {
-            if (path) die("unexpected argument '%s' (one model file; runq4 -h for help)", a);
-            path = a;
-            continue;
-        }
-        if (a[2] != '\0' || !strchr("tpsnimyTckM", a[1])) die("unknown option '%s' (runq4 -h for help)", a);
-        if (i + 1 >= argc) die("option %s needs a value (runq4 -h for help)", a);
-        const char *v = argv[++i];
-        switch (a[1]) {
-        case 't':
-            temperature = parse_float("-t", v);
-            if (temperature < 0.0f) die("-t (temperature) must be >= 0, got '%s'", v);
+        switch (k) {
+        case OPT_HELP: fputs(USAGE, stdout); return 0;
+        case OPT_VERSION: printf("runq4 %s\n", rq4_version()); return 0;
+        case OPT_VERBOSE: verbose = 1; break;
+        case OPT_TEMPERATURE:
+            temperature = parse_float(a, v);
+            if (temperature < 0.0f) die("%s (temperature) must be >= 0, got '%s'", a, v);
             break;
-        case 'p':
-            top_p = parse_float("-p", v);
-            if (!(top_p > 0.0f && top_p <= 1.0f)) die("-p (top-p) must be in (0, 1], got '%s'", v);
+        case OPT_TOP_P:
+            top_p = parse_float(a, v);
+            if (!(top_p > 0.0f && top_p <= 1.0f)) die("%s (top-p) must be in (0, 1], got '%s'", a, v);
             break;
-        case 's': seed = parse_u64("-s", v); have_seed = 1; break;
-        case 'n': steps = parse_long("-n", v, 0, INT32_MAX); break;
-        case 'i': prompt = v; break;
-        case 'm':
+        case OPT_TOP_K: top_k = parse_long(a, v, 0, INT32_MAX); break;
+        case OPT_SEED: seed = parse_u64(a, v); have_seed = 1; break;
+        case OPT_MAX_NEW: max_new = parse_long(a, v, -1, INT32_MAX); break;
+        case OPT_PROMPT: prompt = v; break;
+        case OPT_CHAT: chat_mode = 1; break;
+        case OPT_MODE:
             if (strcmp(v, "generate") != 0 && strcmp(v, "chat") != 0) die("-m must be generate or chat, got '%s'", v);
-            mode = v;
+            chat_mode = strcmp(v, "chat") == 0;
             break;
-        case 'y': system = v; break;
-        case 'T': threads = parse_long("-T", v, 1, 256); break;
-        case 'c': ctx = parse_long("-c", v, 1, INT32_MAX); break;
-        case 'k':
-            if (strcmp(v, "f32") != 0 && strcmp(v, "f16") != 0) die("-k must be f32 or f16, got '%s'", v);
+        case OPT_SYSTEM: system = v; break;
+        case OPT_THREADS: threads = parse_long(a, v, 1, RQ4_MAX_THREADS); break;
+        case OPT_CTX: ctx = parse_long(a, v, 1, INT32_MAX); break;
+        case OPT_KV_TYPE:
+            if (strcmp(v, "f32") != 0 && strcmp(v, "f16") != 0) die("%s must be f32 or f16, got '%s'", a, v);
             kv = v;
             break;
-        case 'M': max_mb = parse_u64("-M", v); if (max_mb == 0 || max_mb > (UINT64_MAX >> 20)) die("-M must be a number of MiB >= 1, got '%s'", v); break;
+        case OPT_MAX_MEMORY:
+            max_mb = parse_u64(a, v);
+            if (max_mb == 0 || max_mb > (UINT64_MAX >> 20)) die("%s must be a number of MiB >= 1, got '%s'", a, v);
+            break;
         }
     }
     if (!path) die("no model file (usage: runq4 MODEL.rq4 [options]; runq4 -h for help)");
-    int chat_mode = strcmp(mode, "chat") == 0;
-    if (system && !chat_mode) die("-y (system prompt) needs -m chat");
-    if (threads == 0) {
-        long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
-        threads = ncpu < 1 ? 1 : ncpu > 256 ? 256 : ncpu;
-    }
+    if (system && !chat_mode) die("-y/--system (system prompt) needs --chat");
     signal(SIGPIPE, SIG_IGN);   /* a closed stdout ends the run quietly (emit) */
 
     rq4_options opts;
     rq4_error err;
     rq4_default_options(&opts);
     opts.kv_type = strcmp(kv, "f16") == 0 ? RQ4_KV_F16 : RQ4_KV_F32;
-    opts.n_threads = (int32_t)threads;
+    opts.n_threads = (int32_t)threads; /* 0: the library's default */
     opts.max_memory = max_mb << 20;
     opts.n_ctx = (int32_t)ctx; /* 0: min(RQ4_DEFAULT_CTX, the model's) */
 
     run r;
     memset(&r, 0, sizeof r);
     double t_start = now_s();
-    r.steps = (int32_t)steps;
+    r.max_new = (int32_t)max_new;
     r.verbose = verbose;
     if (rq4_open(path, &opts, &r.model, &err) != RQ4_OK) die("%s", err.message);
     r.cfg = rq4_get_config(r.model);
@@ -563,7 +448,7 @@ int main(int argc, char **argv) {
     if (rq4_tokenizer_size(r.tok) > r.cfg->vocab_size)
         die("the tokenizer has %d ids but the model's vocab is %d", rq4_tokenizer_size(r.tok), r.cfg->vocab_size);
     if (!have_seed) seed = (uint64_t)time(NULL) ^ ((uint64_t)getpid() << 32);
-    if (rq4_sampler_init(&r.sampler, r.cfg->vocab_size, temperature, top_p, seed) != 0)
+    if (rq4_sampler_init(&r.sampler, r.cfg->vocab_size, temperature, top_p, (int32_t)top_k, seed) != 0)
         die("out of memory for the sampler");
     r.logits = malloc(sizeof(float) * (size_t)r.cfg->vocab_size);
     if (!r.logits) die("out of memory for the logits");
@@ -582,10 +467,11 @@ int main(int argc, char **argv) {
 
     fprintf(stderr,
             "runq4: load %.2f s; prompt %lld tokens, %.1f tok/s; generated %lld tokens, %.1f tok/s%s; "
-            "peak RSS %.1f MiB; kernel %s, %ld threads, context %d, KV %s\n",
+            "peak RSS %.1f MiB; kernel %s, %d threads, context %d, KV %s\n",
             load_s, (long long)r.prompt_tokens, r.prompt_s > 0 ? (double)r.prompt_tokens / r.prompt_s : 0.0,
             (long long)r.gen_tokens, r.gen_s > 0 ? (double)r.gen_tokens / r.gen_s : 0.0,
-            r.context_full ? " (context full)" : "", peak_rss_mb(), rq4_kernel_name(), threads, r.cfg->n_ctx, kv);
+            r.context_full ? " (context full)" : "", peak_rss_mb(), rq4_kernel_name(), r.cfg->n_threads, r.cfg->n_ctx,
+            kv);
 
     free(r.logits);
     free(r.ids);

@@ -1,9 +1,11 @@
-/* The body of one aarch64 kernel set, included by src/kernels_arm.c once per
- * set (not a public header; not compiled on its own).
+/* The body of the aarch64 kernel sets, included once by neon.c and once by
+ * neon_dotprod.c (not a public header; not compiled on its own). Its
+ * functions are static with plain names: each including file is one kernel
+ * set.
  *
- * The includer defines SFX (name suffix), TGT (target attribute or nothing)
- * and DOT(acc, w, x): acc (int32x4_t) + the products of 16 int8 pairs; and
- * optionally DOT32_Q4(acc, w, x) for 32 values of int4 weights (|w| <= 15).
+ * The includer defines TGT (target attribute or nothing) and DOT(acc, w, x):
+ * acc (int32x4_t) + the products of 16 int8 pairs; and optionally
+ * DOT32_Q4(acc, w, x) for 32 values of int4 weights (|w| <= 15).
  *
  * Per row, the tokens go in tiles of up to 4. Each 32-value block of the row
  * is unpacked once (16 bytes of nibbles into two int8x16 in value order: vzip
@@ -17,18 +19,14 @@
  * added to the token's lane vector (b0 / 4) % 4 of four (lanes 0-3, 4-7,
  * 8-11, 12-15), that is lane b % 16. A last partial quad (nb % 4 blocks)
  * adds to its valid lanes only. The final tree: v0+v2, v1+v3, their sum,
- * then lane 0+2 and 1+3, then those two: sum_lanes' order. No fma (see
- * kernels_arm.c). Nothing is read past a row, a token or a scale array.
- * The entry points (rows r0..r1, tiles of 4 tokens, the dot_* per weight
- * type) are src/kernels_body_entry.h, shared with the x86 body.
+ * then lane 0+2 and 1+3, then those two: sum_lanes' order. No fma (see the
+ * pragmas in kernels.h). Nothing is read past a row, a token or a scale array. The
+ * entry points (rows r0..r1, tiles of 4 tokens, the dot_* per weight type)
+ * are simd_entry.h, shared with the x86 files.
  */
+#include <arm_neon.h>
 
-#define CAT_(a, b) a##_##b
-#define CAT(a, b) CAT_(a, b)
-#define FN(name) CAT(name, SFX)
 
-#ifndef ARM_BODY_COMMON
-#define ARM_BODY_COMMON
 enum { K_Q4S, K_Q4A, K_Q8 };
 #define ALWAYS static inline __attribute__((always_inline))
 #define TILE 4 /* tokens per tile */
@@ -89,10 +87,10 @@ ALWAYS float sum16(float32x4_t v0, float32x4_t v1, float32x4_t v2, float32x4_t v
     float32x2_t h = vadd_f32(vget_low_f32(s), vget_high_f32(s));
     return vget_lane_f32(h, 0) + vget_lane_f32(h, 1);
 }
-#endif
+
 
 /* the int32x4 partial sums of one block: w . x[0..32) */
-ALWAYS TGT int32x4_t FN(block_dot)(int kind, int8x16x2_t w, const int8_t *x) {
+ALWAYS TGT int32x4_t block_dot(int kind, int8x16x2_t w, const int8_t *x) {
     int32x4_t a = vdupq_n_s32(0);
 #ifdef DOT32_Q4 /* a cheaper form for the small int4 values */
     if (kind != K_Q8) return DOT32_Q4(a, w, x);
@@ -105,7 +103,7 @@ ALWAYS TGT int32x4_t FN(block_dot)(int kind, int8x16x2_t w, const int8_t *x) {
 
 /* The terms of blocks b0 .. b0+cnt-1 (b0 % 4 == 0, cnt 1..4) of one row for
  * the T tokens of a tile: term[t] lane k for block b0 + k (0 past cnt). */
-ALWAYS TGT void FN(quad)(int kind, const int T, const int8_t *const xq[TILE], const float *const xd[TILE],
+ALWAYS TGT void quad(int kind, const int T, const int8_t *const xq[TILE], const float *const xd[TILE],
                          const int32_t *const xs[TILE], const uint8_t *wq, const uint16_t *wd,
                          const uint16_t *wm, int bpg, int b0, int cnt, float32x4_t term[TILE]) {
     /* integer sums: blocks in pairs (one vpaddq per pair halves the live
@@ -120,8 +118,8 @@ ALWAYS TGT void FN(quad)(int kind, const int T, const int8_t *const xq[TILE], co
         int8x16x2_t w0 = load_block(kind, wq, b0 + k0), w1 = w0;
         if (k1 < cnt) w1 = load_block(kind, wq, b0 + k1);
         for (int t = 0; t < T; t++) {
-            int32x4_t a0 = FN(block_dot)(kind, w0, xq[t] + (size_t)(b0 + k0) * QK), a1 = vdupq_n_s32(0);
-            if (k1 < cnt) a1 = FN(block_dot)(kind, w1, xq[t] + (size_t)(b0 + k1) * QK);
+            int32x4_t a0 = block_dot(kind, w0, xq[t] + (size_t)(b0 + k0) * QK), a1 = vdupq_n_s32(0);
+            if (k1 < cnt) a1 = block_dot(kind, w1, xq[t] + (size_t)(b0 + k1) * QK);
             pair[h][t] = vpaddq_s32(a0, a1);
         }
     }
@@ -141,13 +139,13 @@ ALWAYS TGT void FN(quad)(int kind, const int T, const int8_t *const xq[TILE], co
 #define ADD_QUAD(j, b0)                                                                          \
     do {                                                                                         \
         float32x4_t term_[TILE];                                                                 \
-        FN(quad)(kind, T, xq, xd, xs, wq, wd, wm, bpg, (b0), 4, term_);                          \
+        quad(kind, T, xq, xd, xs, wq, wd, wm, bpg, (b0), 4, term_);                          \
         for (int t_ = 0; t_ < T; t_++) acc[t_][j] = vaddq_f32(acc[t_][j], term_[t_]);             \
     } while (0)
 
 /* Row r times tokens t0 .. t0+T-1 (T = 1..4): out[t * out_stride] for the
  * tile's token t (out points at token t0's output of row r). */
-ALWAYS TGT void FN(tile)(int kind, const int T, const qact *x, const qmat *w, int r, float *out,
+ALWAYS TGT void tile(int kind, const int T, const qact *x, const qmat *w, int r, float *out,
                          size_t out_stride, int t0) {
     const int n = x->n, nb = x->nb, bpg = w->gs / QK;
     const uint8_t *wq = w->q + (size_t)r * w->row_bytes;
@@ -178,7 +176,7 @@ ALWAYS TGT void FN(tile)(int kind, const int T, const qact *x, const qmat *w, in
     if (rest % 4) {
         int j = rest / 4, cnt = rest % 4;
         float32x4_t term[TILE];
-        FN(quad)(kind, T, xq, xd, xs, wq, wd, wm, bpg, b + 4 * j, cnt, term);
+        quad(kind, T, xq, xd, xs, wq, wd, wm, bpg, b + 4 * j, cnt, term);
         /* the missing lanes get nothing (not even +0.0) */
         static const uint32_t lane_index[4] = {0, 1, 2, 3};
         uint32x4_t valid = vcltq_u32(vld1q_u32(lane_index), vdupq_n_u32((uint32_t)cnt));
@@ -196,17 +194,15 @@ ALWAYS TGT void FN(tile)(int kind, const int T, const qact *x, const qmat *w, in
 
 #undef ADD_QUAD
 
-/* The hooks of kernels_body_entry.h (row r; out is the dot_fn's out): */
-ALWAYS TGT void FN(tile_tokens)(int kind, const int T, const qact *x, const qmat *w, int r, float *out,
+/* The hooks of simd_entry.h (row r; out is the dot_fn's out): */
+ALWAYS TGT void tile_tokens(int kind, const int T, const qact *x, const qmat *w, int r, float *out,
                                 size_t out_stride, int t0) {
-    FN(tile)(kind, T, x, w, r, out + (size_t)t0 * out_stride + (size_t)r, out_stride, t0);
+    tile(kind, T, x, w, r, out + (size_t)t0 * out_stride + (size_t)r, out_stride, t0);
 }
 
-ALWAYS TGT void FN(one_token)(int kind, const qact *x, const qmat *w, int r, float *out, size_t out_stride,
+ALWAYS TGT void one_token(int kind, const qact *x, const qmat *w, int r, float *out, size_t out_stride,
                               int t) {
-    FN(tile)(kind, 1, x, w, r, out + (size_t)t * out_stride + (size_t)r, out_stride, t);
+    tile(kind, 1, x, w, r, out + (size_t)t * out_stride + (size_t)r, out_stride, t);
 }
 
-#include "kernels_body_entry.h"
-
-#undef FN
+#include "simd_entry.h"

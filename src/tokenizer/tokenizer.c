@@ -7,7 +7,7 @@
  *   1. added tokens (<|begin_of_text|> ...) are matched literally, leftmost then
  *      longest; the text between them is handled segment by segment;
  *   2. the pre-tokenizer regex, implemented by hand over code points with the
- *      Unicode classes of src/unicode_tables.h, cuts a segment into pieces;
+ *      Unicode classes of src/tokenizer/unicode_tables.h, cuts a segment into pieces;
  *   3. each piece's bytes are merged by BPE, lowest merge rank first, leftmost
  *      on ties (with ignore_merges a piece that is a whole vocabulary entry is
  *      taken as it is).
@@ -18,6 +18,8 @@
  * (rq4_tokenizer_memory). The JSON itself is only read, never copied whole.
  */
 #include "tokenizer.h"
+#include "internal.h"
+#include "json.h"
 
 #include <stdarg.h>
 #include <stdio.h>
@@ -26,10 +28,7 @@
 
 #include "unicode_tables.h"
 
-#define MAX_TOKEN_ID (1 << 24)   /* ids are < 2^24, as vocab_size in FORMAT.md */
 #define MAX_TOKEN_BYTES 65536    /* longest token text accepted */
-#define JSON_MAX_DEPTH 64
-#define DOM_MAX_NODES 4096       /* small subtrees only (pre_tokenizer, normalizer) */
 
 enum { CLS_OTHER = 0, CLS_LETTER = 1, CLS_NUMBER = 2, CLS_SPACE = 3 };
 
@@ -69,62 +68,9 @@ struct rq4_tokenizer {
 };
 
 /* ------------------------------------------------------------------------ */
-/* errors                                                                   */
-
-static rq4_status fail(rq4_error *err, rq4_status code, const char *fmt, ...) {
-    if (err) {
-        va_list ap;
-        err->code = code;
-        va_start(ap, fmt);
-        vsnprintf(err->message, sizeof err->message, fmt, ap);
-        va_end(ap);
-    }
-    return code;
-}
-
-/* ------------------------------------------------------------------------ */
 /* UTF-8 and Unicode classes                                                */
 
-/* Decodes one code point at s[0..n); returns its length (1..4) or 0 when the
- * bytes are not valid UTF-8 (overlong, surrogate, > U+10FFFF, truncated). */
-static int decode_utf8(const uint8_t *s, size_t n, uint32_t *cp) {
-    uint32_t c = s[0];
-    if (c < 0x80) { *cp = c; return 1; }
-    if (c < 0xC2) return 0;
-    if (c < 0xE0) {
-        if (n < 2 || (s[1] & 0xC0) != 0x80) return 0;
-        *cp = ((c & 0x1F) << 6) | (s[1] & 0x3F);
-        return 2;
-    }
-    if (c < 0xF0) {
-        if (n < 3 || (s[1] & 0xC0) != 0x80 || (s[2] & 0xC0) != 0x80) return 0;
-        c = ((c & 0x0F) << 12) | ((uint32_t)(s[1] & 0x3F) << 6) | (s[2] & 0x3F);
-        if (c < 0x800 || (c >= 0xD800 && c <= 0xDFFF)) return 0;
-        *cp = c;
-        return 3;
-    }
-    if (c < 0xF5) {
-        if (n < 4 || (s[1] & 0xC0) != 0x80 || (s[2] & 0xC0) != 0x80 || (s[3] & 0xC0) != 0x80) return 0;
-        c = ((c & 0x07) << 18) | ((uint32_t)(s[1] & 0x3F) << 12) | ((uint32_t)(s[2] & 0x3F) << 6) | (s[3] & 0x3F);
-        if (c < 0x10000 || c > 0x10FFFF) return 0;
-        *cp = c;
-        return 4;
-    }
-    return 0;
-}
 
-static int encode_utf8(uint32_t c, uint8_t *out) {
-    if (c < 0x80) { out[0] = (uint8_t)c; return 1; }
-    if (c < 0x800) { out[0] = (uint8_t)(0xC0 | (c >> 6)); out[1] = (uint8_t)(0x80 | (c & 0x3F)); return 2; }
-    if (c < 0x10000) {
-        out[0] = (uint8_t)(0xE0 | (c >> 12)); out[1] = (uint8_t)(0x80 | ((c >> 6) & 0x3F));
-        out[2] = (uint8_t)(0x80 | (c & 0x3F));
-        return 3;
-    }
-    out[0] = (uint8_t)(0xF0 | (c >> 18)); out[1] = (uint8_t)(0x80 | ((c >> 12) & 0x3F));
-    out[2] = (uint8_t)(0x80 | ((c >> 6) & 0x3F)); out[3] = (uint8_t)(0x80 | (c & 0x3F));
-    return 4;
-}
 
 /* Rust's char::is_numeric, which SmolLM2's Digits pre-tokenizer splits on:
  * \p{N} plus a few code points of a newer Unicode than the regex engine's. */
@@ -164,7 +110,7 @@ static int decode_byte_level(uint8_t *s, size_t n, size_t *out_len, const int16_
     size_t i = 0, o = 0;
     while (i < n) {
         uint32_t c;
-        int k = decode_utf8(s + i, n - i, &c);
+        int k = rq4_utf8_decode(s + i, n - i, &c);
         if (k == 0 || c >= 0x200 || cmap[c] < 0) return 0;
         i += (size_t)k;
         o++;
@@ -173,7 +119,7 @@ static int decode_byte_level(uint8_t *s, size_t n, size_t *out_len, const int16_
     o = 0;
     while (i < n) {
         uint32_t c;
-        int k = decode_utf8(s + i, n - i, &c);
+        int k = rq4_utf8_decode(s + i, n - i, &c);
         s[o++] = (uint8_t)cmap[c];
         i += (size_t)k;
     }
@@ -234,323 +180,6 @@ static int32_t merge_lookup(const rq4_tokenizer *t, int32_t a, int32_t b) {
 }
 
 /* ------------------------------------------------------------------------ */
-/* A small JSON reader. The big arrays (vocab, merges, added_tokens) are read
- * in a streaming way from a cursor; small subtrees become a tiny DOM.      */
-
-typedef struct jcur {
-    const uint8_t *p, *end;
-    int depth;
-} jcur;
-
-typedef struct buf {
-    uint8_t *data;
-    size_t len, cap;
-} buf;
-
-static int buf_reserve(buf *b, size_t extra) {
-    if (b->len + extra <= b->cap) return 1;
-    size_t cap = b->cap ? b->cap : 64;
-    while (cap < b->len + extra) {
-        if (cap > SIZE_MAX / 4) return 0;
-        cap *= 2;
-    }
-    uint8_t *d = realloc(b->data, cap);
-    if (!d) return 0;
-    b->data = d;
-    b->cap = cap;
-    return 1;
-}
-
-static void j_ws(jcur *j) {
-    while (j->p < j->end && (*j->p == ' ' || *j->p == '\t' || *j->p == '\n' || *j->p == '\r')) j->p++;
-}
-
-static int j_peek(jcur *j) {
-    j_ws(j);
-    return j->p < j->end ? *j->p : -1;
-}
-
-static int j_eat(jcur *j, int c) {
-    if (j_peek(j) != c) return 0;
-    j->p++;
-    return 1;
-}
-
-static int j_literal(jcur *j, const char *lit) {
-    size_t n = strlen(lit);
-    j_ws(j);
-    if ((size_t)(j->end - j->p) < n || memcmp(j->p, lit, n) != 0) return 0;
-    j->p += n;
-    return 1;
-}
-
-static int hex4(const uint8_t *p, uint32_t *v) {
-    uint32_t x = 0;
-    for (int i = 0; i < 4; i++) {
-        int c = p[i], d;
-        if (c >= '0' && c <= '9') d = c - '0';
-        else if (c >= 'a' && c <= 'f') d = c - 'a' + 10;
-        else if (c >= 'A' && c <= 'F') d = c - 'A' + 10;
-        else return 0;
-        x = x * 16 + (uint32_t)d;
-    }
-    *v = x;
-    return 1;
-}
-
-/* Reads a JSON string into out (replacing its contents), decoding escapes;
- * the result is valid UTF-8 (not NUL-terminated, may contain NUL). Returns 0
- * on malformed input or allocation failure (*nomem set). */
-static int j_string(jcur *j, buf *out, int *nomem) {
-    out->len = 0;
-    if (!j_eat(j, '"')) return 0;
-    for (;;) {
-        if (j->p >= j->end) return 0;
-        uint8_t c = *j->p;
-        if (c == '"') { j->p++; return 1; }
-        if (!buf_reserve(out, 4)) { *nomem = 1; return 0; }
-        if (c == '\\') {
-            if (j->end - j->p < 2) return 0;
-            uint8_t e = j->p[1];
-            j->p += 2;
-            switch (e) {
-            case '"': out->data[out->len++] = '"'; break;
-            case '\\': out->data[out->len++] = '\\'; break;
-            case '/': out->data[out->len++] = '/'; break;
-            case 'b': out->data[out->len++] = '\b'; break;
-            case 'f': out->data[out->len++] = '\f'; break;
-            case 'n': out->data[out->len++] = '\n'; break;
-            case 'r': out->data[out->len++] = '\r'; break;
-            case 't': out->data[out->len++] = '\t'; break;
-            case 'u': {
-                uint32_t u, lo;
-                if (j->end - j->p < 4 || !hex4(j->p, &u)) return 0;
-                j->p += 4;
-                if (u >= 0xDC00 && u <= 0xDFFF) return 0;          /* lone low surrogate */
-                if (u >= 0xD800 && u <= 0xDBFF) {
-                    if (j->end - j->p < 6 || j->p[0] != '\\' || j->p[1] != 'u' || !hex4(j->p + 2, &lo) ||
-                        lo < 0xDC00 || lo > 0xDFFF)
-                        return 0;                                    /* lone high surrogate */
-                    j->p += 6;
-                    u = 0x10000 + ((u - 0xD800) << 10) + (lo - 0xDC00);
-                }
-                out->len += (size_t)encode_utf8(u, out->data + out->len);
-                break;
-            }
-            default: return 0;
-            }
-        } else if (c < 0x20) {
-            return 0;                                                /* raw control character */
-        } else if (c < 0x80) {
-            out->data[out->len++] = c;
-            j->p++;
-        } else {
-            uint32_t cp;
-            int k = decode_utf8(j->p, (size_t)(j->end - j->p), &cp);
-            if (k == 0) return 0;
-            memcpy(out->data + out->len, j->p, (size_t)k);
-            out->len += (size_t)k;
-            j->p += k;
-        }
-    }
-}
-
-/* Skips a string without decoding (checks only its framing). */
-static int j_skip_string(jcur *j) {
-    if (!j_eat(j, '"')) return 0;
-    while (j->p < j->end) {
-        if (*j->p == '\\') {
-            if (j->end - j->p < 2) return 0;
-            j->p += 2;
-        } else if (*j->p++ == '"') {
-            return 1;
-        }
-    }
-    return 0;
-}
-
-static int j_number(jcur *j, double *v) {
-    j_ws(j);
-    const uint8_t *s = j->p;
-    char tmp[64];
-    size_t n = 0;
-    while (s + n < j->end && n < sizeof tmp - 1 &&
-           ((s[n] >= '0' && s[n] <= '9') || s[n] == '-' || s[n] == '+' || s[n] == '.' || s[n] == 'e' || s[n] == 'E'))
-        n++;
-    if (n == 0 || n == sizeof tmp - 1) return 0;
-    memcpy(tmp, s, n);
-    tmp[n] = 0;
-    char *endp;
-    double x = strtod(tmp, &endp);
-    if (endp != tmp + n) return 0;
-    j->p += n;
-    *v = x;
-    return 1;
-}
-
-/* A non-negative integer below MAX_TOKEN_ID. */
-static int j_id(jcur *j, int32_t *id) {
-    double v;
-    j_ws(j);
-    {   /* fast path: plain digits */
-        const uint8_t *p = j->p;
-        int32_t x = 0;
-        int k = 0;
-        while (p + k < j->end && k < 8 && p[k] >= '0' && p[k] <= '9') x = x * 10 + (p[k++] - '0');
-        if (k > 0 && (k == 1 || p[0] != '0') && x < MAX_TOKEN_ID &&
-            (p + k == j->end || (p[k] != '.' && p[k] != 'e' && p[k] != 'E' && !(p[k] >= '0' && p[k] <= '9')))) {
-            j->p += k;
-            *id = x;
-            return 1;
-        }
-    }
-    if (!j_number(j, &v) || !(v >= 0 && v < MAX_TOKEN_ID) || v != (double)(int32_t)v) return 0;
-    *id = (int32_t)v;
-    return 1;
-}
-
-static int j_skip(jcur *j) {
-    int c = j_peek(j);
-    if (c == '"') return j_skip_string(j);
-    if (c == '{' || c == '[') {
-        int close = c == '{' ? '}' : ']';
-        if (++j->depth > JSON_MAX_DEPTH) return 0;
-        j->p++;
-        if (j_eat(j, close)) { j->depth--; return 1; }
-        for (;;) {
-            if (c == '{') {
-                if (!j_skip_string(j) || !j_eat(j, ':')) return 0;
-            }
-            if (!j_skip(j)) return 0;
-            if (j_eat(j, ',')) continue;
-            if (j_eat(j, close)) { j->depth--; return 1; }
-            return 0;
-        }
-    }
-    if (c == 't') return j_literal(j, "true");
-    if (c == 'f') return j_literal(j, "false");
-    if (c == 'n') return j_literal(j, "null");
-    double v;
-    return j_number(j, &v);
-}
-
-/* A value's extent [start, end), to come back to later. */
-typedef struct span {
-    const uint8_t *start, *end;
-} span;
-
-static int j_span(jcur *j, span *s) {
-    j_ws(j);
-    s->start = j->p;
-    if (!j_skip(j)) return 0;
-    s->end = j->p;
-    return 1;
-}
-
-/* ---- tiny DOM for small subtrees ---- */
-
-enum { JV_NULL, JV_FALSE, JV_TRUE, JV_NUM, JV_STR, JV_ARR, JV_OBJ };
-
-typedef struct jv {
-    int type;
-    double num;
-    char *str;          /* JV_STR: NUL-terminated (a NUL inside ends it early) */
-    size_t slen;
-    int n;              /* JV_ARR/JV_OBJ: children */
-    struct jv *kids;
-    char **keys;        /* JV_OBJ */
-} jv;
-
-static void jv_free(jv *v) {
-    if (!v) return;
-    free(v->str);
-    for (int i = 0; i < v->n; i++) {
-        jv_free(&v->kids[i]);
-        if (v->keys) free(v->keys[i]);
-    }
-    free(v->kids);
-    free(v->keys);
-    memset(v, 0, sizeof *v);
-}
-
-static char *buf_cstr(const buf *b) {
-    char *s = malloc(b->len + 1);
-    if (s) {
-        if (b->len) memcpy(s, b->data, b->len); /* an empty string's buffer may be NULL (libFuzzer, UBSan) */
-        s[b->len] = 0;
-    }
-    return s;
-}
-
-static int jv_parse(jcur *j, jv *v, int *budget, buf *tmp, int *nomem) {
-    memset(v, 0, sizeof *v);
-    if (--*budget < 0) return 0;
-    int c = j_peek(j);
-    if (c == '"') {
-        if (!j_string(j, tmp, nomem)) return 0;
-        v->type = JV_STR;
-        v->slen = tmp->len;
-        if (!(v->str = buf_cstr(tmp))) { *nomem = 1; return 0; }
-        return 1;
-    }
-    if (c == '{' || c == '[') {
-        int close = c == '{' ? '}' : ']';
-        if (++j->depth > JSON_MAX_DEPTH) return 0;
-        j->p++;
-        v->type = c == '{' ? JV_OBJ : JV_ARR;
-        if (j_eat(j, close)) { j->depth--; return 1; }
-        for (;;) {
-            jv *kids = realloc(v->kids, sizeof(jv) * (size_t)(v->n + 1));
-            if (!kids) { *nomem = 1; return 0; }
-            v->kids = kids;
-            if (c == '{') {
-                char **keys = realloc(v->keys, sizeof(char *) * (size_t)(v->n + 1));
-                if (!keys) { *nomem = 1; return 0; }
-                v->keys = keys;
-                v->keys[v->n] = NULL;
-            }
-            memset(&v->kids[v->n], 0, sizeof(jv));
-            v->n++;
-            if (c == '{') {
-                if (!j_string(j, tmp, nomem)) return 0;
-                if (!(v->keys[v->n - 1] = buf_cstr(tmp))) { *nomem = 1; return 0; }
-                if (!j_eat(j, ':')) return 0;
-            }
-            if (!jv_parse(j, &v->kids[v->n - 1], budget, tmp, nomem)) return 0;
-            if (j_eat(j, ',')) continue;
-            if (j_eat(j, close)) { j->depth--; return 1; }
-            return 0;
-        }
-    }
-    if (c == 't') { v->type = JV_TRUE; return j_literal(j, "true"); }
-    if (c == 'f') { v->type = JV_FALSE; return j_literal(j, "false"); }
-    if (c == 'n') { v->type = JV_NULL; return j_literal(j, "null"); }
-    v->type = JV_NUM;
-    return j_number(j, &v->num);
-}
-
-/* The last member named `key` (serde keeps the last of duplicates), or NULL. */
-static const jv *jv_get(const jv *o, const char *key) {
-    if (!o || o->type != JV_OBJ) return NULL;
-    for (int i = o->n - 1; i >= 0; i--)
-        if (strcmp(o->keys[i], key) == 0) return &o->kids[i];
-    return NULL;
-}
-
-static int jv_is_str(const jv *v, const char *s) {
-    return v && v->type == JV_STR && v->slen == strlen(s) && strcmp(v->str, s) == 0;
-}
-
-/* true/false member; `dflt` when absent; -1 when of another type. */
-static int jv_bool(const jv *o, const char *key, int dflt) {
-    const jv *v = jv_get(o, key);
-    if (!v) return dflt;
-    if (v->type == JV_TRUE) return 1;
-    if (v->type == JV_FALSE) return 0;
-    return -1;
-}
-
-/* ------------------------------------------------------------------------ */
 /* Recognising the pre-tokenizer                                            */
 
 static const char LLAMA3_REGEX[] =
@@ -559,9 +188,9 @@ static const char LLAMA3_REGEX[] =
 
 /* ByteLevel with add_prefix_space false; use_regex as asked (-1: any). */
 static int is_byte_level(const jv *v, int use_regex) {
-    if (!jv_is_str(jv_get(v, "type"), "ByteLevel")) return 0;
-    if (jv_bool(v, "add_prefix_space", 1) != 0) return 0;
-    int r = jv_bool(v, "use_regex", 1);
+    if (!rq4_jv_is_str(rq4_jv_get(v, "type"), "ByteLevel")) return 0;
+    if (rq4_jv_bool(v, "add_prefix_space", 1) != 0) return 0;
+    int r = rq4_jv_bool(v, "use_regex", 1);
     return r >= 0 && (use_regex < 0 || r == use_regex);
 }
 
@@ -569,18 +198,18 @@ static int is_byte_level(const jv *v, int use_regex) {
 static int classify_pretok(const jv *pre) {
     if (!pre || pre->type != JV_OBJ) return 0;
     if (is_byte_level(pre, 1)) return RQ4_PRETOK_GPT2;
-    if (!jv_is_str(jv_get(pre, "type"), "Sequence")) return 0;
-    const jv *seq = jv_get(pre, "pretokenizers");
+    if (!rq4_jv_is_str(rq4_jv_get(pre, "type"), "Sequence")) return 0;
+    const jv *seq = rq4_jv_get(pre, "pretokenizers");
     if (!seq || seq->type != JV_ARR || seq->n != 2) return 0;
     const jv *a = &seq->kids[0], *b = &seq->kids[1];
-    if (jv_is_str(jv_get(a, "type"), "Split") && is_byte_level(b, 0)) {
-        const jv *pat = jv_get(a, "pattern");
-        if (!jv_is_str(jv_get(pat, "Regex"), LLAMA3_REGEX)) return 0;
-        if (!jv_is_str(jv_get(a, "behavior"), "Isolated")) return 0;
-        if (jv_bool(a, "invert", 0) != 0) return 0;
+    if (rq4_jv_is_str(rq4_jv_get(a, "type"), "Split") && is_byte_level(b, 0)) {
+        const jv *pat = rq4_jv_get(a, "pattern");
+        if (!rq4_jv_is_str(rq4_jv_get(pat, "Regex"), LLAMA3_REGEX)) return 0;
+        if (!rq4_jv_is_str(rq4_jv_get(a, "behavior"), "Isolated")) return 0;
+        if (rq4_jv_bool(a, "invert", 0) != 0) return 0;
         return RQ4_PRETOK_LLAMA3;
     }
-    if (jv_is_str(jv_get(a, "type"), "Digits") && jv_bool(a, "individual_digits", 0) == 1 && is_byte_level(b, 1))
+    if (rq4_jv_is_str(rq4_jv_get(a, "type"), "Digits") && rq4_jv_bool(a, "individual_digits", 0) == 1 && is_byte_level(b, 1))
         return RQ4_PRETOK_GPT2_DIGITS;
     return 0;
 }
@@ -634,20 +263,20 @@ static int arena_add(rq4_tokenizer *t, const uint8_t *s, size_t n, uint32_t *off
 }
 
 static rq4_status bad(builder *b, const char *what) {
-    if (b->nomem) return fail(b->err, RQ4_ERR_NOMEM, "tokenizer.json: out of memory reading %s", what);
-    return fail(b->err, RQ4_ERR_FORMAT, "tokenizer.json: malformed %s", what);
+    if (b->nomem) return rq4_fail(b->err, RQ4_ERR_NOMEM, "tokenizer.json: out of memory reading %s", what);
+    return rq4_fail(b->err, RQ4_ERR_FORMAT, "tokenizer.json: malformed %s", what);
 }
 
 /* model.vocab: {"piece": id, ...} */
 static rq4_status read_vocab(builder *b, span sp, int32_t *max_id) {
     rq4_tokenizer *t = b->t;
     jcur j = {sp.start, sp.end, 0};
-    if (!j_eat(&j, '{')) return bad(b, "model.vocab (not an object)");
-    if (j_eat(&j, '}')) return RQ4_OK;
+    if (!rq4_json_eat(&j, '{')) return bad(b, "model.vocab (not an object)");
+    if (rq4_json_eat(&j, '}')) return RQ4_OK;
     for (;;) {
         int32_t id;
-        if (!j_string(&j, &b->s, &b->nomem) || !j_eat(&j, ':') || !j_id(&j, &id)) return bad(b, "model.vocab");
-        if (b->s.len == 0 || b->s.len > MAX_TOKEN_BYTES) return fail(b->err, RQ4_ERR_FORMAT, "tokenizer.json: vocab entry %d has length %zu", id, b->s.len);
+        if (!rq4_json_string(&j, &b->s, &b->nomem) || !rq4_json_eat(&j, ':') || !rq4_json_id(&j, &id)) return bad(b, "model.vocab");
+        if (b->s.len == 0 || b->s.len > MAX_TOKEN_BYTES) return rq4_fail(b->err, RQ4_ERR_FORMAT, "tokenizer.json: vocab entry %d has length %zu", id, b->s.len);
         if (!ensure_id(t, id)) { b->nomem = 1; return bad(b, "model.vocab"); }
         size_t n;
         int encodable = decode_byte_level(b->s.data, b->s.len, &n, b->cmap);
@@ -658,8 +287,8 @@ static rq4_status read_vocab(builder *b, span sp, int32_t *max_id) {
         t->len[id] = (uint32_t)n;
         t->flags[id] = FLAG_PRESENT | (encodable ? 0 : 0x80);   /* 0x80: not in the hash */
         if (id > *max_id) *max_id = id;
-        if (j_eat(&j, ',')) continue;
-        if (j_eat(&j, '}')) break;
+        if (rq4_json_eat(&j, ',')) continue;
+        if (rq4_json_eat(&j, '}')) break;
         return bad(b, "model.vocab");
     }
     return RQ4_OK;
@@ -672,7 +301,7 @@ static rq4_status build_vocab_hash(builder *b, int32_t max_id) {
         if ((t->flags[id] & (FLAG_PRESENT | 0x80)) == FLAG_PRESENT) count++;
     t->vhash_cap = table_size(count);
     t->vhash = malloc(sizeof(int32_t) * t->vhash_cap);
-    if (!t->vhash) return fail(b->err, RQ4_ERR_NOMEM, "tokenizer: out of memory");
+    if (!t->vhash) return rq4_fail(b->err, RQ4_ERR_NOMEM, "tokenizer: out of memory");
     memset(t->vhash, 0xFF, sizeof(int32_t) * t->vhash_cap);
     uint32_t mask = t->vhash_cap - 1;
     for (int32_t id = 0; id <= max_id; id++) {
@@ -704,7 +333,7 @@ static rq4_status add_merge(builder *b, size_t alen, size_t bstart, size_t blen,
     uint8_t cat[2 * 4 * 1024];
     int32_t ia = -1, ib = -1, id = -1;
     size_t n1, n2;
-    if (alen + blen > sizeof cat) return fail(b->err, RQ4_ERR_FORMAT, "tokenizer.json: merge %d too long", *count);
+    if (alen + blen > sizeof cat) return rq4_fail(b->err, RQ4_ERR_FORMAT, "tokenizer.json: merge %d too long", *count);
     memcpy(cat, b->s.data, alen);
     memcpy(cat + alen, b->s.data + bstart, blen);
     if (decode_byte_level(cat, alen, &n1, b->cmap) && decode_byte_level(cat + alen, blen, &n2, b->cmap)) {
@@ -713,7 +342,7 @@ static rq4_status add_merge(builder *b, size_t alen, size_t bstart, size_t blen,
         memmove(cat + n1, cat + alen, n2);
         id = vocab_lookup(t, cat, n1 + n2);
         if (ia < 0 || ib < 0 || id < 0)
-            return fail(b->err, RQ4_ERR_FORMAT, "tokenizer.json: merge %d uses a token missing from the vocab", *count);
+            return rq4_fail(b->err, RQ4_ERR_FORMAT, "tokenizer.json: merge %d uses a token missing from the vocab", *count);
     } /* else a side is not a byte-level token: the merge can never apply, but
          it keeps its rank (a placeholder pair of -1s that nothing matches) */
     if ((size_t)*count >= *cap) {
@@ -738,31 +367,31 @@ static rq4_status read_merges(builder *b, span sp) {
     size_t cap = 0;
     buf second = {0};
     rq4_status st = RQ4_OK;
-    if (!j_eat(&j, '[')) return bad(b, "model.merges (not an array)");
-    if (!j_eat(&j, ']')) {
+    if (!rq4_json_eat(&j, '[')) return bad(b, "model.merges (not an array)");
+    if (!rq4_json_eat(&j, ']')) {
         for (;;) {
             if (count >= MAX_TOKEN_ID * 4) { st = bad(b, "model.merges (too many)"); break; }
-            if (j_peek(&j) == '"') {
-                if (!j_string(&j, &b->s, &b->nomem)) { st = bad(b, "model.merges"); break; }
+            if (rq4_json_peek(&j) == '"') {
+                if (!rq4_json_string(&j, &b->s, &b->nomem)) { st = bad(b, "model.merges"); break; }
                 uint8_t *sp1 = memchr(b->s.data, ' ', b->s.len);
-                if (!sp1) { st = fail(b->err, RQ4_ERR_FORMAT, "tokenizer.json: merge %d has no space", count); break; }
+                if (!sp1) { st = rq4_fail(b->err, RQ4_ERR_FORMAT, "tokenizer.json: merge %d has no space", count); break; }
                 size_t alen = (size_t)(sp1 - b->s.data);
                 st = add_merge(b, alen, alen + 1, b->s.len - alen - 1, &count, &cap);
             } else {
-                if (!j_eat(&j, '[') || !j_string(&j, &b->s, &b->nomem) || !j_eat(&j, ',') ||
-                    !j_string(&j, &second, &b->nomem) || !j_eat(&j, ']')) {
+                if (!rq4_json_eat(&j, '[') || !rq4_json_string(&j, &b->s, &b->nomem) || !rq4_json_eat(&j, ',') ||
+                    !rq4_json_string(&j, &second, &b->nomem) || !rq4_json_eat(&j, ']')) {
                     st = bad(b, "model.merges");
                     break;
                 }
                 size_t alen = b->s.len;
-                if (!buf_reserve(&b->s, second.len)) { b->nomem = 1; st = bad(b, "model.merges"); break; }
+                if (!rq4_json_reserve(&b->s, second.len)) { b->nomem = 1; st = bad(b, "model.merges"); break; }
                 memcpy(b->s.data + alen, second.data, second.len);
                 b->s.len += second.len;
                 st = add_merge(b, alen, alen, second.len, &count, &cap);
             }
             if (st != RQ4_OK) break;
-            if (j_eat(&j, ',')) continue;
-            if (j_eat(&j, ']')) break;
+            if (rq4_json_eat(&j, ',')) continue;
+            if (rq4_json_eat(&j, ']')) break;
             st = bad(b, "model.merges");
             break;
         }
@@ -776,7 +405,7 @@ static rq4_status read_merges(builder *b, span sp) {
     }
     t->mhash_cap = table_size((uint64_t)count);
     t->mhash = malloc(sizeof(int32_t) * t->mhash_cap);
-    if (!t->mhash) return fail(b->err, RQ4_ERR_NOMEM, "tokenizer: out of memory");
+    if (!t->mhash) return rq4_fail(b->err, RQ4_ERR_NOMEM, "tokenizer: out of memory");
     memset(t->mhash, 0xFF, sizeof(int32_t) * t->mhash_cap);
     uint32_t mask = t->mhash_cap - 1;
     for (int32_t k = 0; k < count; k++) {
@@ -822,39 +451,39 @@ static rq4_status read_added(builder *b, span sp, int32_t *max_id) {
     jcur j = {sp.start, sp.end, 0};
     rq4_status st = RQ4_OK;
     buf tmp = {0};
-    if (!j_eat(&j, '[')) return bad(b, "added_tokens (not an array)");
-    if (j_eat(&j, ']')) return RQ4_OK;
+    if (!rq4_json_eat(&j, '[')) return bad(b, "added_tokens (not an array)");
+    if (rq4_json_eat(&j, ']')) return RQ4_OK;
     for (;;) {
         jv v;
         int budget = 64;
         const jv *id, *content;
-        if (!jv_parse(&j, &v, &budget, &tmp, &b->nomem)) { jv_free(&v); st = bad(b, "added_tokens"); break; }
-        id = jv_get(&v, "id");
-        content = jv_get(&v, "content");
+        if (!rq4_jv_parse(&j, &v, &budget, &tmp, &b->nomem)) { rq4_jv_free(&v); st = bad(b, "added_tokens"); break; }
+        id = rq4_jv_get(&v, "id");
+        content = rq4_jv_get(&v, "content");
         if (v.type != JV_OBJ || !id || id->type != JV_NUM || !(id->num >= 0 && id->num < MAX_TOKEN_ID) ||
             id->num != (double)(int32_t)id->num || !content || content->type != JV_STR || content->slen == 0 ||
             content->slen > MAX_TOKEN_BYTES) {
-            jv_free(&v);
+            rq4_jv_free(&v);
             st = bad(b, "added_tokens entry");
             break;
         }
-        if (jv_bool(&v, "lstrip", 0) != 0 || jv_bool(&v, "rstrip", 0) != 0 || jv_bool(&v, "single_word", 0) != 0) {
-            st = fail(b->err, RQ4_ERR_UNSUPPORTED,
+        if (rq4_jv_bool(&v, "lstrip", 0) != 0 || rq4_jv_bool(&v, "rstrip", 0) != 0 || rq4_jv_bool(&v, "single_word", 0) != 0) {
+            st = rq4_fail(b->err, RQ4_ERR_UNSUPPORTED,
                       "tokenizer.json: added token '%.64s' uses lstrip/rstrip/single_word, not supported by the C tokenizer",
                       content->str);
-            jv_free(&v);
+            rq4_jv_free(&v);
             break;
         }
         int32_t tid = (int32_t)id->num;
-        int special = jv_bool(&v, "special", 0) == 1;
+        int special = rq4_jv_bool(&v, "special", 0) == 1;
         uint32_t off;
         if (!ensure_id(t, tid) || !arena_add(t, (const uint8_t *)content->str, content->slen, &off)) {
-            jv_free(&v);
+            rq4_jv_free(&v);
             b->nomem = 1;
             st = bad(b, "added_tokens");
             break;
         }
-        jv_free(&v);
+        rq4_jv_free(&v);
         if (t->flags[tid] & FLAG_ADDED) {   /* the same id twice: keep the first */
         } else {
             added_token *a = realloc(t->added, sizeof(added_token) * (size_t)(t->n_added + 1));
@@ -870,8 +499,8 @@ static rq4_status read_added(builder *b, span sp, int32_t *max_id) {
             t->flags[tid] |= FLAG_PRESENT | FLAG_ADDED | (special ? FLAG_SPECIAL : 0);
             if (tid > *max_id) *max_id = tid;
         }
-        if (j_eat(&j, ',')) continue;
-        if (j_eat(&j, ']')) break;
+        if (rq4_json_eat(&j, ',')) continue;
+        if (rq4_json_eat(&j, ']')) break;
         st = bad(b, "added_tokens");
         break;
     }
@@ -883,15 +512,15 @@ static rq4_status read_added(builder *b, span sp, int32_t *max_id) {
 static int scan_object(const uint8_t *start, const uint8_t *end, const char *const *keys, span *spans, int nkeys,
                        buf *tmp, int *nomem) {
     jcur j = {start, end, 0};
-    if (!j_eat(&j, '{')) return 0;
-    if (j_eat(&j, '}')) return 1;
+    if (!rq4_json_eat(&j, '{')) return 0;
+    if (rq4_json_eat(&j, '}')) return 1;
     for (;;) {
         span s;
-        if (!j_string(&j, tmp, nomem) || !j_eat(&j, ':') || !j_span(&j, &s)) return 0;
+        if (!rq4_json_string(&j, tmp, nomem) || !rq4_json_eat(&j, ':') || !rq4_json_span(&j, &s)) return 0;
         for (int k = 0; k < nkeys; k++)
             if (tmp->len == strlen(keys[k]) && memcmp(tmp->data, keys[k], tmp->len) == 0) spans[k] = s;
-        if (j_eat(&j, ',')) continue;
-        if (j_eat(&j, '}')) return 1;
+        if (rq4_json_eat(&j, ',')) continue;
+        if (rq4_json_eat(&j, '}')) return 1;
         return 0;
     }
 }
@@ -902,7 +531,7 @@ static int parse_small(builder *b, span s, jv *v) {
     if (!s.start) return 1;
     jcur j = {s.start, s.end, 0};
     int budget = DOM_MAX_NODES;
-    return jv_parse(&j, v, &budget, &b->s, &b->nomem);
+    return rq4_jv_parse(&j, v, &budget, &b->s, &b->nomem);
 }
 
 static rq4_status build(builder *b, const uint8_t *json, size_t size) {
@@ -915,7 +544,7 @@ static rq4_status build(builder *b, const uint8_t *json, size_t size) {
     if (!scan_object(json, json + size, top_keys, top, 4, &b->s, &b->nomem)) return bad(b, "JSON");
     {   /* nothing but whitespace after the top object */
         jcur j = {json, json + size, 0};
-        if (!j_skip(&j) || j_peek(&j) != -1) return bad(b, "JSON (trailing bytes)");
+        if (!rq4_json_skip(&j) || rq4_json_peek(&j) != -1) return bad(b, "JSON (trailing bytes)");
     }
     if (!top[0].start || !scan_object(top[0].start, top[0].end, model_keys, model, 7, &b->s, &b->nomem))
         return bad(b, "model");
@@ -927,21 +556,21 @@ static rq4_status build(builder *b, const uint8_t *json, size_t size) {
              parse_small(b, top[3], &pre);
     st = RQ4_OK;
     if (!ok) st = bad(b, "model settings");
-    else if (!jv_is_str(&mtype, "BPE"))
-        st = fail(b->err, RQ4_ERR_UNSUPPORTED, "tokenizer.json: model type %.40s is not supported by the C tokenizer (BPE only)",
+    else if (!rq4_jv_is_str(&mtype, "BPE"))
+        st = rq4_fail(b->err, RQ4_ERR_UNSUPPORTED, "tokenizer.json: model type %.40s is not supported by the C tokenizer (BPE only)",
                   mtype.type == JV_STR ? mtype.str : "(missing)");
     else if (drop.type != JV_NULL || pfx.type != JV_NULL || sfx.type != JV_NULL)
-        st = fail(b->err, RQ4_ERR_UNSUPPORTED,
+        st = rq4_fail(b->err, RQ4_ERR_UNSUPPORTED,
                   "tokenizer.json: BPE dropout/continuing_subword_prefix/end_of_word_suffix are not supported by the C tokenizer");
     else if (norm.type != JV_NULL)
-        st = fail(b->err, RQ4_ERR_UNSUPPORTED, "tokenizer.json: a normalizer is not supported by the C tokenizer");
+        st = rq4_fail(b->err, RQ4_ERR_UNSUPPORTED, "tokenizer.json: a normalizer is not supported by the C tokenizer");
     else if (!(t->pretok = classify_pretok(&pre)))
-        st = fail(b->err, RQ4_ERR_UNSUPPORTED,
+        st = rq4_fail(b->err, RQ4_ERR_UNSUPPORTED,
                   "this tokenizer's pre-tokenizer is not supported by the C tokenizer (Llama 3 and GPT-2/SmolLM2 byte-level only)");
     else if (ign.type != JV_NULL && ign.type != JV_TRUE && ign.type != JV_FALSE)
         st = bad(b, "model.ignore_merges");
     t->ignore_merges = ign.type == JV_TRUE;
-    jv_free(&mtype); jv_free(&ign); jv_free(&drop); jv_free(&pfx); jv_free(&sfx); jv_free(&norm); jv_free(&pre);
+    rq4_jv_free(&mtype); rq4_jv_free(&ign); rq4_jv_free(&drop); rq4_jv_free(&pfx); rq4_jv_free(&sfx); rq4_jv_free(&norm); rq4_jv_free(&pre);
     if (st != RQ4_OK) return st;
 
     int32_t max_id = -1;
@@ -952,7 +581,7 @@ static rq4_status build(builder *b, const uint8_t *json, size_t size) {
     if (!model[2].start) {   /* no merges: an empty table */
         t->mhash_cap = 16;
         t->mhash = malloc(sizeof(int32_t) * 16);
-        if (!t->mhash) return fail(b->err, RQ4_ERR_NOMEM, "tokenizer: out of memory");
+        if (!t->mhash) return rq4_fail(b->err, RQ4_ERR_NOMEM, "tokenizer: out of memory");
         memset(t->mhash, 0xFF, sizeof(int32_t) * 16);
     }
     if (top[1].start && (st = read_added(b, top[1], &max_id)) != RQ4_OK) return st;
@@ -965,7 +594,7 @@ static rq4_status build(builder *b, const uint8_t *json, size_t size) {
         uint32_t *l = o ? (t->off = o, realloc(t->len, sizeof(uint32_t) * (size_t)t->n_ids)) : NULL;
         uint8_t *f = l ? (t->len = l, realloc(t->flags, (size_t)t->n_ids)) : NULL;
         uint8_t *x = f ? (t->flags = f, realloc(t->text, t->text_len ? (size_t)t->text_len : 1)) : NULL;
-        if (!x) return fail(b->err, RQ4_ERR_NOMEM, "tokenizer: out of memory");
+        if (!x) return rq4_fail(b->err, RQ4_ERR_NOMEM, "tokenizer: out of memory");
         t->text = x;
         t->text_cap = t->text_len;
     }
@@ -976,16 +605,16 @@ static rq4_status build(builder *b, const uint8_t *json, size_t size) {
 }
 
 rq4_status rq4_tokenizer_new(const void *json, uint64_t size, rq4_tokenizer **out, rq4_error *err) {
-    if (!out) return fail(err, RQ4_ERR_ARG, "rq4_tokenizer_new: out is NULL");
+    if (!out) return rq4_fail(err, RQ4_ERR_ARG, "rq4_tokenizer_new: out is NULL");
     *out = NULL;
-    if (!json) return fail(err, RQ4_ERR_ARG, "rq4_tokenizer_new: json is NULL");
+    if (!json) return rq4_fail(err, RQ4_ERR_ARG, "rq4_tokenizer_new: json is NULL");
     if (size == 0 || size >= ((uint64_t)1 << 32) || size > SIZE_MAX / 4)
-        return fail(err, RQ4_ERR_FORMAT, "tokenizer.json: bad size %llu", (unsigned long long)size);
+        return rq4_fail(err, RQ4_ERR_FORMAT, "tokenizer.json: bad size %llu", (unsigned long long)size);
     builder b;
     memset(&b, 0, sizeof b);
     b.err = err;
     b.t = calloc(1, sizeof(rq4_tokenizer));
-    if (!b.t) return fail(err, RQ4_ERR_NOMEM, "tokenizer: out of memory");
+    if (!b.t) return rq4_fail(err, RQ4_ERR_NOMEM, "tokenizer: out of memory");
     for (int c = 0; c < 0x200; c++) b.cmap[c] = -1;
     for (int x = 0; x < 256; x++) b.cmap[byte_to_char(x)] = (int16_t)x;
     rq4_status st = build(&b, json, (size_t)size);
@@ -1001,10 +630,10 @@ rq4_status rq4_tokenizer_new(const void *json, uint64_t size, rq4_tokenizer **ou
 
 rq4_status rq4_tokenizer_from_model(const rq4_model *m, rq4_tokenizer **out, rq4_error *err) {
     if (out) *out = NULL;
-    if (!m) return fail(err, RQ4_ERR_ARG, "rq4_tokenizer_from_model: model is NULL");
+    if (!m) return rq4_fail(err, RQ4_ERR_ARG, "rq4_tokenizer_from_model: model is NULL");
     uint64_t size = 0;
     const void *blob = rq4_blob(m, "tokenizer.json", &size);
-    if (!blob) return fail(err, RQ4_ERR_UNSUPPORTED, "the model file has no tokenizer.json blob");
+    if (!blob) return rq4_fail(err, RQ4_ERR_UNSUPPORTED, "the model file has no tokenizer.json blob");
     return rq4_tokenizer_new(blob, size, out, err);
 }
 
@@ -1261,11 +890,11 @@ rq4_status rq4_tokenizer_encode(const rq4_tokenizer *t, const char *text_, uint6
     const uint8_t *text = (const uint8_t *)text_;
     if (n_ids) *n_ids = 0;
     if (!t || !n_ids || (!text && len) || (!ids && cap > 0) || cap < 0)
-        return fail(err, RQ4_ERR_ARG, "rq4_tokenizer_encode: bad arguments");
-    if (len > (uint64_t)INT32_MAX) return fail(err, RQ4_ERR_ARG, "rq4_tokenizer_encode: text longer than 2 GB");
+        return rq4_fail(err, RQ4_ERR_ARG, "rq4_tokenizer_encode: bad arguments");
+    if (len > (uint64_t)INT32_MAX) return rq4_fail(err, RQ4_ERR_ARG, "rq4_tokenizer_encode: text longer than 2 GB");
     if (len == 0) return RQ4_OK;
     if (len > (SIZE_MAX - 64) / 32)   /* 32-bit: the scratch below would overflow size_t */
-        return fail(err, RQ4_ERR_NOMEM, "rq4_tokenizer_encode: text too long for this machine");
+        return rq4_fail(err, RQ4_ERR_NOMEM, "rq4_tokenizer_encode: text too long for this machine");
     size_t n = (size_t)len;
     scratch s = {0};
     /* per code point: value, class, byte offset (n+1); per byte: BPE symbols */
@@ -1278,7 +907,7 @@ rq4_status rq4_tokenizer_encode(const rq4_tokenizer *t, const char *text_, uint6
     s.heap = malloc(sizeof(heap_item) * (3 * n + 1));   /* at most n-1 initial + 2 per merge */
     rq4_status st = RQ4_OK;
     if (!cp || !cl || !boff || !s.sym || !s.prev || !s.next || !s.heap) {
-        st = fail(err, RQ4_ERR_NOMEM, "rq4_tokenizer_encode: out of memory");
+        st = rq4_fail(err, RQ4_ERR_NOMEM, "rq4_tokenizer_encode: out of memory");
         goto done;
     }
     int64_t count = 0;
@@ -1302,9 +931,9 @@ rq4_status rq4_tokenizer_encode(const rq4_tokenizer *t, const char *text_, uint6
             continue;
         }
         uint32_t c;
-        int k = decode_utf8(text + b, n - b, &c);
+        int k = rq4_utf8_decode(text + b, n - b, &c);
         if (k == 0) {
-            st = fail(err, RQ4_ERR_ARG, "rq4_tokenizer_encode: the text is not valid UTF-8 (byte %zu)", b);
+            st = rq4_fail(err, RQ4_ERR_ARG, "rq4_tokenizer_encode: the text is not valid UTF-8 (byte %zu)", b);
             goto done;
         }
         cp[ncp] = c;
@@ -1319,7 +948,7 @@ rq4_status rq4_tokenizer_encode(const rq4_tokenizer *t, const char *text_, uint6
     }
     encode_segment(t, &s, text, cp, cl, boff, seg, ncp, ids, cap, &count);
     *n_ids = count > INT32_MAX ? INT32_MAX : (int32_t)count;
-    if (count > cap) st = fail(err, RQ4_ERR_ARG, "rq4_tokenizer_encode: %lld ids do not fit in %d", (long long)count, cap);
+    if (count > cap) st = rq4_fail(err, RQ4_ERR_ARG, "rq4_tokenizer_encode: %lld ids do not fit in %d", (long long)count, cap);
 done:
     free(cp);
     free(cl);
