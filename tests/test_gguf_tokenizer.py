@@ -14,8 +14,8 @@ import re
 
 import pytest
 
-from export.gguf_source import read_metadata
-from export.gguf_tokenizer import TOKEN_CONTROL, TOKEN_NORMAL, TOKEN_USER_DEFINED, TokenizerError, \
+from pyrunq4.export.sources.gguf import read_metadata
+from pyrunq4.export.sources.gguf_tokenizer import TOKEN_CONTROL, TOKEN_NORMAL, TOKEN_USER_DEFINED, TokenizerError, \
     build_tokenizer, to_tokenizers
 
 gguf = pytest.importorskip("gguf")

@@ -18,10 +18,10 @@ import subprocess
 import numpy as np
 import pytest
 
-from fixtures import export_module, make_hf_llama
+from fixtures import make_hf_llama
 
-main = export_module("__main__").main
-writer_mod = export_module("writer")
+from pyrunq4.export import writer as writer_mod
+from pyrunq4.export.__main__ import main
 
 
 @pytest.fixture(scope="module")

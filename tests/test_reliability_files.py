@@ -13,8 +13,6 @@ half a minute.
 import os
 import stat
 import subprocess
-import sys
-import threading
 
 import pytest
 

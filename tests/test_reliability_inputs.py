@@ -16,7 +16,6 @@ Policies (documented in docs/RELIABILITY.md):
 
 import contextlib
 import io
-import math
 import os
 import subprocess
 import sys
@@ -25,7 +24,7 @@ import numpy as np
 import pytest
 
 import pyrunq4
-from pyrunq4 import ArgumentError, ContextFullError, Model, Runq4Error
+from pyrunq4 import ArgumentError, ContextFullError, Model
 from pyrunq4 import generate as pgen
 from pyrunq4._lib import ffi, lib
 

@@ -1,76 +1,32 @@
-"""python -m pyrunq4.export SOURCE OUTPUT.rq4: convert a checkpoint to an .rq4 file.
+"""pyrunq4-export (python -m pyrunq4.export) SOURCE OUTPUT.rq4: convert a
+checkpoint to an .rq4 file.
 
-Tensors are read, quantized and written one at a time; each line on stderr
-shows a tensor's shape, type and quantization error (RMS of w - dequantized w
-over RMS of w), as llama2.c's export.py does.
+Tensors are read, quantized and written one at a time. On a terminal a
+progress bar counts them; the last line on stderr names the largest
+quantization error (RMS of w - dequantized w over RMS of w). --verbose prints
+each tensor's shape, type and error as llama2.c's export.py does; -q prints
+nothing but errors.
 """
 
 import argparse
-import importlib
 import os
 import sys
 import time
 
+from .. import __version__
+from ..errors import ExportError
+from ..progress import progress_bar
+from . import methods
 from .format import validate_group_size
-from .quant import QuantizedTensor, quantize_rtn, rms_rel_error
-from .source import ExportError, open_source
+from .quant import QuantizedTensor, rms_rel_error
+from .sources import open_source
 from .writer import Rq4Writer
 
-PROG = "python -m pyrunq4.export"
+PROG = "pyrunq4-export"
 EMBEDDING_NAMES = ("tok_embeddings", "output")
 
 
-def _quantizers_module():
-    """export/quantizers.py (more --method choices) when present, else None."""
-    try:
-        return importlib.import_module(f"{__package__}.quantizers")
-    except ModuleNotFoundError as e:
-        if e.name and e.name.endswith("quantizers"):
-            return None
-        raise
-
-
-def rtn(name, w, group_size, qtype):
-    return quantize_rtn(w, group_size, qtype)
-
-
-def make_quantizer(method, options, source):
-    """callable(name, w float32 (rows, cols), group_size, qtype) -> QuantizedTensor
-    for the float matrices of the stream. Non-rtn methods come from
-    export/quantizers.py: its make_quantizer(method, options, source) if it has
-    one, else its quantize(w, method, group_size) for q4s (rtn for q8)."""
-    if method == "rtn":
-        return rtn
-    mod = _quantizers_module()
-    if mod is None:
-        raise ExportError(f"--method {method} is not available in this build")
-    if hasattr(mod, "make_quantizer"):
-        return mod.make_quantizer(method, options, source)
-    if method not in getattr(mod, "DATA_FREE", ("mse",)):
-        raise ExportError(f"--method {method} needs calibration, which this exporter does not run yet")
-
-    def quantize(name, w, group_size, qtype):
-        if qtype != "q4s":
-            return quantize_rtn(w, group_size, qtype)
-        return mod.quantize(w, method, group_size)
-    return quantize
-
-
-def tensor_stream(source, header, options):
-    """(name, float32 array | QuantizedTensor) in file order: the source's own
-    stream, or, when export/quantizers.py has make_stream(source, header,
-    options) (whole-model methods: gptq, awq), that one (it may call
-    source.read(name) and yield QuantizedTensors)."""
-    if options.method != "rtn":
-        mod = _quantizers_module()
-        if mod is not None and hasattr(mod, "make_stream"):
-            return mod.make_stream(source, header, options)
-    return source.tensors()
-
-
 def build_parser():
-    qmod = _quantizers_module()
-    methods = ["rtn"] + [m for m in getattr(qmod, "METHODS", ()) if m != "rtn"]
     p = argparse.ArgumentParser(
         prog=PROG, formatter_class=argparse.ArgumentDefaultsHelpFormatter,
         description="Convert a Hugging Face Llama checkpoint directory (or a supported other source) "
@@ -81,16 +37,21 @@ def build_parser():
                    help="values per quantization group (a multiple of 32, 32..4096)")
     p.add_argument("--embedding-bits", type=int, choices=(4, 8), default=4,
                    help="bits for tok_embeddings and output (8: q8, better logits, twice the size)")
-    p.add_argument("--method", choices=methods, default="rtn", help="how float weights are quantized")
-    p.add_argument("-q", "--quiet", action="store_true", help="no per-tensor lines on stderr")
-    if qmod is not None and hasattr(qmod, "add_arguments"):
-        qmod.add_arguments(p)
+    p.add_argument("--method", choices=methods.METHODS, default="rtn",
+                   help="how float weights are quantized")
+    p.add_argument("-q", "--quiet", action="store_true", help="nothing on stderr but errors")
+    p.add_argument("-v", "--verbose", action="store_true",
+                   help="one line per tensor (shape, type, quantization error) instead of a progress bar")
+    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    methods.add_arguments(p)
     return p
 
 
-def export(options, log=None):
-    """Runs one export as the CLI does; raises ExportError/ValueError/OSError."""
+def export(options, log=None, detail=None):
+    """Runs one export as the CLI does; raises ExportError/ValueError/OSError.
+    log(line): the note and the summary; detail(line): one line per tensor."""
     log = log or (lambda s: None)
+    detail = detail or (lambda s: None)
     try:
         validate_group_size(options.group_size)
     except ValueError as e:
@@ -103,15 +64,18 @@ def export(options, log=None):
         if getattr(src, "note", None):
             log(f"note: {src.note}")
         names = src.tensor_names()
-        quantizer = make_quantizer(options.method, options, src)
+        quantizer = methods.make_quantizer(options.method)
         header = dict(src.header, group_size=options.group_size)
         n = len(names)
         try:
             writer = Rq4Writer(out, header, max_entries=n + len(src.blobs))
         except OSError as e:
             raise ExportError(f"{out}: cannot write: {e.strerror or e}") from None
-        with writer as w:
-            for i, (name, t) in enumerate(tensor_stream(src, header, options)):
+        worst = (0.0, None)
+        bar = progress_bar(total=n, desc="export", unit="tensor",
+                           quiet=getattr(options, "quiet", False) or getattr(options, "verbose", False))
+        with writer as w, bar:
+            for i, (name, t) in enumerate(methods.make_stream(src, header, options)):
                 if isinstance(t, QuantizedTensor):
                     w.add_quantized(name, t)
                     what = f"{t.type} g{t.group_size}  " + (
@@ -124,23 +88,26 @@ def export(options, log=None):
                     qtype = "q8" if (name in EMBEDDING_NAMES and options.embedding_bits == 8) else "q4s"
                     qt = quantizer(name, t, options.group_size, qtype)
                     err = rms_rel_error(t, qt)
+                    worst = max(worst, (err, name), key=lambda e: e[0])
                     w.add_quantized(name, qt)
                     what = f"{qt.type} g{qt.group_size}  rms rel err {err:.4f}"
                     shape = t.shape
                     del qt
-                log(f"[{i + 1:{len(str(n))}d}/{n}] {name:24s} {'x'.join(map(str, shape)):>12s}  {what}")
+                detail(f"[{i + 1:{len(str(n))}d}/{n}] {name:24s} {'x'.join(map(str, shape)):>12s}  {what}")
+                bar.update(1)
                 del t
             for name, data in src.blobs.items():
                 w.add_blob(name, data)
-                log(f"blob {name}: {len(data)} bytes")
-    log(f"wrote {out}: {os.path.getsize(out) / 1e6:.1f} MB in {time.time() - t0:.1f} s")
+                detail(f"blob {name}: {len(data)} bytes")
+    largest = f"; largest rms rel err {worst[0]:.4f} ({worst[1]})" if worst[1] else ""
+    log(f"wrote {out}: {os.path.getsize(out) / 1e6:.1f} MB in {time.time() - t0:.1f} s{largest}")
 
 
 def main(argv=None):
     options = build_parser().parse_args(argv)
     log = (lambda s: None) if options.quiet else (lambda s: print(s, file=sys.stderr, flush=True))
     try:
-        export(options, log)
+        export(options, log, log if options.verbose else None)
     except (ExportError, ValueError) as e:
         print(f"{PROG}: error: {e}", file=sys.stderr)
         return 1
