@@ -1,4 +1,4 @@
-"""The exporter under failure (issue 8): a full disk (simulated at any byte,
+"""The exporter under failure: a full disk (simulated at any byte,
 and a real 32 KB tmpfs when we may mount one), an interrupt mid-write, weights
 whose fp16 scales would overflow, damaged inputs (a safetensors file cut short
 as by an unfinished copy, a garbage header, JSON files of the wrong shape, a

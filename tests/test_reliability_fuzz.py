@@ -1,4 +1,4 @@
-"""libFuzzer on the loader and the C tokenizer (issue 8, tests/fuzz/).
+"""libFuzzer on the loader and the C tokenizer (tests/fuzz/).
 
 - every input in tests/fuzz/regressions/ (crashes the fuzzers found, kept
   after the fix) is replayed: through pyrunq4 always (the loader input with

@@ -1,4 +1,4 @@
-"""Hostile runtime inputs (issue 8), everywhere they can come in: the C API
+"""Hostile runtime inputs, everywhere they can come in: the C API
 (through cffi, bypassing the Python checks), the Python API, the Python CLI
 and the runq4 binary. Each is a clear error (ArgumentError / ContextFullError
 / one line and exit 1), never a crash, a traceback or a silent wrong answer.

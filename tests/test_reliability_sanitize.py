@@ -1,4 +1,4 @@
-"""Sanitizers and valgrind (issue 8).
+"""Sanitizers and valgrind.
 
 - `make sanitize`: test_engine, test_kernels -q and the runq4 binary built
   with AddressSanitizer + UndefinedBehaviorSanitizer (every UB check fatal,
