@@ -22,8 +22,9 @@ import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-pytestmark = pytest.mark.skipif(shutil.which(os.environ.get("CC", "cc")) is None or shutil.which("make") is None,
-                                reason="no C compiler or make")
+pytestmark = [pytest.mark.slow,
+              pytest.mark.skipif(shutil.which(os.environ.get("CC", "cc")) is None or shutil.which("make") is None,
+                                 reason="no C compiler or make")]
 
 
 @pytest.fixture(scope="session")

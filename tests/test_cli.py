@@ -11,6 +11,10 @@ import pytest
 
 from test_binary import binary, run  # noqa: F401  (binary is a fixture)
 
+from pyrunq4._lib import MAX_THREADS
+
+pytestmark = pytest.mark.slow  # runs the binary and the Python CLI as processes
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PKG_PARENT = os.path.dirname(os.path.dirname(os.path.abspath(__import__("pyrunq4").__file__)))
 
@@ -41,7 +45,7 @@ def test_same_long_options_same_output(binary, tiny_tied, args):  # noqa: F811
     assert c.stdout == py.stdout, (c.stdout, py.stdout)
 
 
-@pytest.mark.parametrize("bad", [["--threads", "0"], ["--top-p", "0"], ["--kv-type", "f8"],
+@pytest.mark.parametrize("bad", [["--threads", str(MAX_THREADS + 1)], ["--top-p", "0"], ["--kv-type", "f8"],
                                  ["--max-new-tokens", "-2"], ["--max-memory", "0"]])
 def test_same_long_options_same_refusals(binary, tiny_tied, bad):  # noqa: F811
     c = run(binary, tiny_tied, "--prompt", "hi", *bad)

@@ -22,6 +22,8 @@ import pytest
 import badfiles
 from test_reliability_files import MemFile, binary_sample, check_binary_result, run_binary
 
+pytestmark = pytest.mark.slow  # builds and runs C programs
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SAN = os.path.join(ROOT, "build-san")
 

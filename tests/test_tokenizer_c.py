@@ -332,6 +332,7 @@ def _speed(ctok, ref, lines, label):
           % (label, len(lines), n_tokens, n_tokens / tc / 1e6, n_tokens / tr / 1e6, n_tokens / tb / 1e6))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("which", ["llama3", "smollm2"])
 def test_parity_corpus(clib, which, request):
     data = request.getfixturevalue(which + "_json")

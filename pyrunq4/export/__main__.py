@@ -14,7 +14,7 @@ import sys
 import time
 
 from .. import __version__
-from ..errors import ExportError
+from ..errors import ExportError, Runq4Error
 from ..progress import progress_bar
 from . import methods
 from .format import validate_group_size
@@ -108,7 +108,7 @@ def main(argv=None):
     log = (lambda s: None) if options.quiet else (lambda s: print(s, file=sys.stderr, flush=True))
     try:
         export(options, log, log if options.verbose else None)
-    except (ExportError, ValueError) as e:
+    except (Runq4Error, ValueError) as e:
         print(f"{PROG}: error: {e}", file=sys.stderr)
         return 1
     except OSError as e:
