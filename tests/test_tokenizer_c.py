@@ -350,6 +350,7 @@ def test_parity_corpus(clib, which, request):
     _speed(ctok, ref, lines, which)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("which", ["llama3", "smollm2"])
 def test_parity_special_as_text(clib, which, request):
     """special=0 (pyrunq4's plain prompts): special-token text is ordinary text."""
