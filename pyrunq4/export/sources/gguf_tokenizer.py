@@ -33,6 +33,8 @@ prepended, as with the model's own tokenizer).
 import json
 from dataclasses import dataclass, field
 
+from ...errors import TokenizerError
+
 # llama.cpp token types (llama-vocab.h / gguf TokenType)
 TOKEN_NORMAL, TOKEN_UNKNOWN, TOKEN_CONTROL, TOKEN_USER_DEFINED, TOKEN_UNUSED, TOKEN_BYTE = 1, 2, 3, 4, 5, 6
 
@@ -59,10 +61,6 @@ PRE_TOKENIZERS = {
     "smollm": _SMOLLM,
     "gpt-2": _GPT2,
 }
-
-
-class TokenizerError(ValueError):
-    """The GGUF's tokenizer cannot be rebuilt exactly (unknown model or pre-tokenizer, missing keys)."""
 
 
 @dataclass

@@ -82,7 +82,7 @@ class Rq4Writer:
                 self._write_at(off + r0 * cols * 4, c)
 
     def add_quantized(self, name, qt):
-        """A QuantizedTensor (export/quant.py), packed as FORMAT.md says."""
+        """A QuantizedTensor (quant.py), packed as FORMAT.md says."""
         size, parts = pack_parts(qt)  # validates qt
         rows, cols = qt.q.shape
         with self._entry(name, TYPE_IDS[qt.type], qt.group_size, rows, cols, size) as off:

@@ -33,6 +33,9 @@ import json
 
 import numpy as np
 
+from ...errors import BnbError, ExportError
+from .hf import HfSource
+
 # bitsandbytes functional.get_4bit_type("nf4"): the NormalFloat4 table (QLoRA), sorted
 NF4 = np.array([-1.0, -0.6961928009986877, -0.5250730514526367, -0.39491748809814453,
                 -0.28444138169288635, -0.18477343022823334, -0.09105003625154495, 0.0,
@@ -46,10 +49,6 @@ TABLES = {"nf4": NF4, "fp4": FP4}
 STATE_SUFFIXES = ("absmax", "quant_map", "nested_absmax", "nested_quant_map",
                   "quant_state.bitsandbytes__nf4", "quant_state.bitsandbytes__fp4")
 BLOCKSIZES = (32, 64, 128, 256, 512, 1024, 2048, 4096)
-
-
-class BnbError(ValueError):
-    """A bitsandbytes tensor or config this module cannot read."""
 
 
 def is_bnb_4bit(config):
@@ -249,7 +248,7 @@ def quantize_4bit(w, quant_type="nf4", blocksize=64, double_quant=False, dtype="
 
 
 
-# ---- the exporter's source (export/source.py protocol) ----
+# ---- the exporter's source (the protocol of sources/base.py) ----
 
 _RAW_DTYPES = {"U8": np.uint8, "I8": np.int8, "F32": np.float32, "F16": np.float16, "BF16": np.uint16}
 
@@ -282,65 +281,60 @@ class _ShapeOnly:
         self.tensors = {name: {"shape": list(shape or ()), "dtype": "F32"}}
 
 
-def open_source(path, options):
-    """The exporter's entry point (export/source.py) for a Hugging Face directory whose
-    config.json has a bitsandbytes quantization_config."""
-    from .hf import HfSource
-    from .source import ExportError
+class BnbSource(HfSource):
+    """The source for a Hugging Face directory whose config.json has a bitsandbytes
+    quantization_config.
 
-    class BnbSource(HfSource):
-        """A bitsandbytes 4-bit Llama checkpoint. The quantized Linear weights are dequantized to
-        exactly bitsandbytes' float values and requantized by the exporter like float weights;
-        the tensors bitsandbytes left alone (embedding, norms, lm_head) are read as HfSource does."""
+    A bitsandbytes 4-bit Llama checkpoint. The quantized Linear weights are dequantized to
+    exactly bitsandbytes' float values and requantized by the exporter like float weights;
+    the tensors bitsandbytes left alone (embedding, norms, lm_head) are read as HfSource does."""
 
-        def check_quantization(self, cfg, config_path):
-            qc = cfg.get("quantization_config") or {}
-            if qc.get("quant_method") != "bitsandbytes":
-                raise ExportError("%s: quantization method %r is not supported (bitsandbytes 4-bit only)"
-                                  % (config_path, qc.get("quant_method")))
-            try:
-                check_config(cfg)
-            except BnbError as e:
-                raise ExportError("%s: %s" % (config_path, e)) from None
-            self.quant_type = qc.get("bnb_4bit_quant_type", "4-bit")
+    def check_quantization(self, cfg, config_path):
+        qc = cfg.get("quantization_config") or {}
+        if qc.get("quant_method") != "bitsandbytes":
+            raise ExportError("%s: quantization method %r is not supported (bitsandbytes 4-bit only)"
+                              % (config_path, qc.get("quant_method")))
+        try:
+            check_config(cfg)
+        except BnbError as e:
+            raise ExportError("%s: %s" % (config_path, e)) from None
+        self.quant_type = qc.get("bnb_4bit_quant_type", "4-bit")
 
-        def _check_names(self):
-            # HfSource's checks, on a view where each packed weight is a stand-in of its real shape
-            # and the quant state pieces are hidden
-            real = self.where
-            self.quantized = find_quantized(real)           # weight name -> quant_state name
-            aux = {n for w in self.quantized for n in quant_state_names(w) if n in real}
-            view = {n: sf for n, sf in real.items() if n not in aux and n not in self.quantized}
-            try:
-                for wname, qsname in self.quantized.items():
-                    if wname not in real:
-                        raise BnbError("%s has a quant state but no packed weight" % wname)
-                    view[wname] = _ShapeOnly(wname, unpack_quant_state(_read_raw(real[qsname], qsname)).get("shape"))
-            except BnbError as e:
-                raise ExportError("%s: %s" % (self.dir, e)) from None
-            self.where = view
-            try:
-                HfSource._check_names(self)
-            finally:
-                self.where = real
-            self.note = ((self.note + "; ") if self.note else "") + \
-                "bitsandbytes %s: %d weights dequantized, then requantized" % (self.quant_type, len(self.quantized))
+    def _check_names(self):
+        # HfSource's checks, on a view where each packed weight is a stand-in of its real shape
+        # and the quant state pieces are hidden
+        real = self.where
+        self.quantized = find_quantized(real)           # weight name -> quant_state name
+        aux = {n for w in self.quantized for n in quant_state_names(w) if n in real}
+        view = {n: sf for n, sf in real.items() if n not in aux and n not in self.quantized}
+        try:
+            for wname, qsname in self.quantized.items():
+                if wname not in real:
+                    raise BnbError("%s has a quant state but no packed weight" % wname)
+                view[wname] = _ShapeOnly(wname, unpack_quant_state(_read_raw(real[qsname], qsname)).get("shape"))
+        except BnbError as e:
+            raise ExportError("%s: %s" % (self.dir, e)) from None
+        self.where = view
+        try:
+            HfSource._check_names(self)
+        finally:
+            self.where = real
+        self.note = ((self.note + "; ") if self.note else "") + \
+            "bitsandbytes %s: %d weights dequantized, then requantized" % (self.quant_type, len(self.quantized))
 
-        def load(self, hf_name):
-            return self.read_bnb(hf_name) if hf_name in self.quantized else HfSource.load(self, hf_name)
+    def load(self, hf_name):
+        return self.read_bnb(hf_name) if hf_name in self.quantized else HfSource.load(self, hf_name)
 
-        def read_bnb(self, wname):
-            """The dequantized float32 matrix of one bitsandbytes weight."""
-            names = self.where
-            get = lambda n: _read_raw(names[n], n) if n in names else None  # noqa: E731
-            try:
-                w = dequantize_4bit(get(wname), get(wname + ".absmax"), get(wname + ".quant_map"),
-                                    unpack_quant_state(get(self.quantized[wname])),
-                                    get(wname + ".nested_absmax"), get(wname + ".nested_quant_map"))
-            except (BnbError, KeyError, TypeError, ValueError) as e:
-                raise ExportError("%s: %s: %s" % (self.dir, wname, e)) from None
-            if not np.isfinite(w).all():
-                raise ExportError("tensor %s has NaN or Inf values" % wname)
-            return w
-
-    return BnbSource(path, options)
+    def read_bnb(self, wname):
+        """The dequantized float32 matrix of one bitsandbytes weight."""
+        names = self.where
+        get = lambda n: _read_raw(names[n], n) if n in names else None  # noqa: E731
+        try:
+            w = dequantize_4bit(get(wname), get(wname + ".absmax"), get(wname + ".quant_map"),
+                                unpack_quant_state(get(self.quantized[wname])),
+                                get(wname + ".nested_absmax"), get(wname + ".nested_quant_map"))
+        except (BnbError, KeyError, TypeError, ValueError) as e:
+            raise ExportError("%s: %s: %s" % (self.dir, wname, e)) from None
+        if not np.isfinite(w).all():
+            raise ExportError("tensor %s has NaN or Inf values" % wname)
+        return w

@@ -1,24 +1,25 @@
 """pyrunq4.export: writes .rq4 files (docs/FORMAT.md) from model checkpoints.
 
-    python -m pyrunq4.export SOURCE OUTPUT.rq4 [--group-size 128] [--embedding-bits 4|8]
-                             [--method rtn|...] [--quiet]
+    pyrunq4-export SOURCE OUTPUT.rq4 [--group-size 128] [--embedding-bits 4|8]
+                   [--method rtn|mse|gptq] [--quiet | --verbose]
 
 Modules
-    format    constants (mirroring src/runq4.h), header/table structs, validation
-    quant     QuantizedTensor, quantize_rtn, dequantize, pack, exact-import constructors
-    writer    Rq4Writer: streaming, atomic (temp file + fsync + os.replace)
-    reader    read_rq4: pure-numpy mirror of the C loader
-    source    the source protocol below, ExportError, open_source (the dispatch)
-    hf        HfSource: Hugging Face LlamaForCausalLM directories (safetensors)
-    __main__  the CLI: one loop over a source's tensors
+    format      constants (read from src/runq4.h through pyrunq4._lib), header/table structs, validation
+    quant       QuantizedTensor, quantize_rtn, dequantize, pack, exact-import constructors
+    writer      Rq4Writer: streaming, atomic (temp file + fsync + os.replace)
+    reader      read_rq4: pure-numpy mirror of the C loader; weights_from_rq4 for pyrunq4.reference
+    quantizers  the algorithms: mse, gptq (and the experimental awq), quantize_model
+    methods     the --method choices wired to them: options, per-matrix quantizer, tensor stream
+    sources/    the checkpoints it reads (hf, bnb, gguf) and open_source, the one dispatch
+    c_tokenizer whether the runq4 binary's C tokenizer takes a tokenizer.json
+    __main__    the CLI: one loop over the tensor stream
 
-The source protocol (export/source.py, class Source)
-    open_source(path, options) picks the source: SOURCE ending in .gguf ->
-    export/gguf_source.py; a directory whose config.json has a
-    quantization_config -> export/bnb.py; any other directory -> export/hf.py.
-    Each optional module exposes `open_source(path, options) -> Source`
-    (options: the CLI's argparse namespace: group_size, embedding_bits, method,
-    ...). A Source is a context manager with
+The source protocol (sources/base.py, class Source)
+    sources.open_source(path, options) picks the source: SOURCE ending in
+    .gguf -> GGUFSource; a directory whose config.json has a
+    quantization_config -> BnbSource; any other directory -> HfSource
+    (options: the CLI's argparse namespace: group_size, embedding_bits,
+    method, ...). A Source is a context manager with
         header          dict of FORMAT.md model fields: dim, hidden_dim, n_layers,
                         n_heads, n_kv_heads, head_dim, vocab_size, max_seq_len,
                         tied_embeddings, bos_id (-1: none), eos_ids (list, <= 4),
@@ -39,17 +40,14 @@ The source protocol (export/source.py, class Source)
         read(name)      optional: random access to one float32 tensor
         note            optional: one line the CLI prints before exporting
         close()
-    and raises source.ExportError (one line, no traceback, exit 1) for anything
-    it cannot convert.
+    and raises pyrunq4.errors.ExportError (one line, no traceback, exit 1)
+    for anything it cannot convert.
 
-Quantization methods (the quality engineer's export/quantizers.py): --method
-choices are "rtn" plus quantizers.METHODS. A float matrix is quantized by
-quantizers.make_quantizer(method, options, source) -> f(name, w, group_size,
-qtype) if defined, else quantizers.quantize(w, method, group_size) for q4s
-(data-free methods only: quantizers.DATA_FREE, default ("mse",)); a
-whole-model method replaces the stream with quantizers.make_stream(source,
-header, options), which yields (name, value) like tensors(). quantizers.
-add_arguments(parser), if defined, adds its own options.
+Quantization methods (methods.py): --method is one of quantizers.METHODS.
+A data-free method (rtn, mse) quantizes each float matrix of the source's
+stream as it arrives (methods.make_quantizer); a calibrated one (gptq)
+replaces the stream with quantizers.quantize_model over source.read(), which
+yields QuantizedTensors in file order (methods.make_stream).
 """
 
 from .format import FORMAT_VERSION

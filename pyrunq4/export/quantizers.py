@@ -5,7 +5,7 @@ scale per group of `group_size` consecutive values of a row (the last group of
 a row shorter), w ~= d * q. Only how q and d are chosen changes, so the files
 are read by the same engine.
 
-    rtn   export.quant.quantize_rtn: d = max|w| / 7, q = round(w / d)  (baseline)
+    rtn   quant.quantize_rtn: d = max|w| / 7, q = round(w / d)  (baseline)
     mse   per group, search d over clipping ratios of max|w| and over both
           signs of d (so that the largest-magnitude value may map to -8, the
           int4 code RTN never uses), minimising the group's squared error,
@@ -25,27 +25,22 @@ are read by the same engine.
           rows (w3 rows for w2; wv rows for wo when n_kv_heads == n_heads);
           alpha searched per block on the block output error.
 
-quantize_model() drives a whole model layer by layer for the exporter; the
-per-matrix functions quantize_mse() and quantize_gptq() are usable alone.
+quantize_model() drives a whole model layer by layer (methods.py wires it into
+the exporter's command line); the per-matrix functions quantize_mse() and
+quantize_gptq() are usable alone.
 """
 
 from __future__ import annotations
 
-import sys
 import time
 
 import numpy as np
 
-# relative: the same module objects as the exporter's, whether this package is
-# pyrunq4.export (installed) or export/ (development checkout)
+from .. import reference as R
+from ..progress import progress_bar
 from .quant import QuantizedTensor, dequantize, quantize_rtn
 
 __all__ = [
-    "DATA_FREE",
-    "add_arguments",
-    "make_quantizer",
-    "make_stream",
-    "calibration_ids",
     "METHODS",
     "EXPERIMENTAL",
     "DEFAULT_RATIOS",
@@ -56,7 +51,6 @@ __all__ = [
     "quantize_gptq",
     "hessian_accumulator",
     "quantize_model",
-    "default_calibration_text",
     "calibration_sequences",
 ]
 
@@ -316,17 +310,6 @@ def quantize(w, method, group_size, H=None, act_order=False):
     raise ValueError(f"unknown method {method!r}; expected one of {METHODS}")
 
 
-def default_calibration_text():
-    """The default calibration text: the Python language reference / library
-    help topics shipped with every CPython (pydoc_data.topics), English
-    technical prose unrelated to the evaluation texts."""
-    try:
-        from pydoc_data.topics import topics
-    except ImportError as e:  # stripped Python builds
-        raise RuntimeError("no default calibration text (pydoc_data missing): pass --calib FILE") from e
-    return "\n\n".join(topics[k] for k in sorted(topics))
-
-
 def calibration_sequences(ids, seq_len=512, n_tokens=8192, bos_id=-1):
     """Token ids -> list of int arrays of seq_len tokens (BOS first when bos_id >= 0),
     n_tokens in total at most, taken evenly spread over the text."""
@@ -346,23 +329,6 @@ def calibration_sequences(ids, seq_len=512, n_tokens=8192, bos_id=-1):
     return out
 
 
-def _progress(msg, t0, done, total, stream):
-    if stream is None:
-        return
-    el = time.time() - t0
-    eta = el / done * (total - done) if done else float("nan")
-    print(f"[quantize] {msg}  {done}/{total}  elapsed {el:6.0f}s  left ~{eta:6.0f}s",
-          file=stream, flush=True)
-
-
-def _reference():
-    try:
-        from pyrunq4 import reference
-    except ImportError as e:
-        raise RuntimeError("gptq/awq need pyrunq4.reference for the calibration forward") from e
-    return reference
-
-
 _ATTN_IN = ("wq", "wk", "wv")
 _FFN_IN = ("w1", "w3")
 _LINEARS = ("wq", "wk", "wv", "wo", "w1", "w2", "w3")
@@ -370,7 +336,7 @@ _LINEARS = ("wq", "wk", "wv", "wo", "w1", "w2", "w3")
 
 def quantize_model(get, cfg, method, group_size, calib_ids=None, act_order=False,
                    embed_method=None, embed_qtype="q4s", awq_alphas=(0.0, 0.25, 0.5, 0.75),
-                   progress=sys.stderr):
+                   progress=True):
     """Quantize a whole Llama model; yields (entry name, value): per layer
     attention_norm wq wk wv wo ffn_norm w1 w2 w3, then norm, then the classifier
     (output, untied) and tok_embeddings. value: QuantizedTensor, or a float32
@@ -382,6 +348,7 @@ def quantize_model(get, cfg, method, group_size, calib_ids=None, act_order=False
     calibration inputs, then to quantize it against the classifier Hessian).
     cfg: header fields (dim, n_layers, n_heads, n_kv_heads, head_dim, ...).
     calib_ids: list of token-id sequences (gptq/awq; see calibration_sequences).
+    progress: a progress bar per layer on stderr when it is a terminal.
 
     The embedding table: embed_qtype "q8" (RTN int8) or "q4s" by embed_method:
     rtn, mse, or gptq (default for gptq/awq): as the classifier it is a linear
@@ -398,8 +365,8 @@ def quantize_model(get, cfg, method, group_size, calib_ids=None, act_order=False
         raise ValueError(f"method {method} needs calibration token sequences")
     n_layers = int(cfg["n_layers"])
     tied = bool(int(cfg.get("tied_embeddings", 0)))
-    t0 = time.time()
-    total = n_layers + 1
+    bar = progress_bar(total=n_layers + 1, desc=f"quantize ({method})", unit="layer",
+                       quiet=not progress)
     timing = {"forward": 0.0, "quantize": 0.0}   # seconds: calibration forward/capture, GPTQ
 
     def quantize_table(w, H=None):
@@ -410,7 +377,6 @@ def quantize_model(get, cfg, method, group_size, calib_ids=None, act_order=False
         return quantize(w, "rtn" if embed_method == "rtn" else "mse", group_size)
 
     if calibrated:
-        R = _reference()
         # calibration inputs: the embedding as it will be looked up (quantized data-free)
         emb = np.asarray(get("tok_embeddings"), dtype=np.float32)
         qemb = dequantize(quantize(emb, "rtn" if embed_method == "rtn" else "mse", group_size)
@@ -428,9 +394,9 @@ def quantize_model(get, cfg, method, group_size, calib_ids=None, act_order=False
             out = {k: quantize(W[k], method, group_size) for k in W if not k.endswith("norm")}
         else:
             if method == "gptq":
-                out = _gptq_layer(R, W, cfg, i, hs, group_size, act_order, timing)
+                out = _gptq_layer(W, cfg, i, hs, group_size, act_order, timing)
             else:
-                out = _awq_layer(R, W, cfg, i, hs, group_size, awq_alphas)
+                out = _awq_layer(W, cfg, i, hs, group_size, awq_alphas)
             # inputs of the next layer: this layer run with its quantized weights
             t1 = time.time()
             Wq = {k: (v if isinstance(v, np.ndarray) else dequantize(v)).astype(np.float64)
@@ -443,9 +409,9 @@ def quantize_model(get, cfg, method, group_size, calib_ids=None, act_order=False
         for k in ("attention_norm", "wq", "wk", "wv", "wo", "ffn_norm", "w1", "w2", "w3"):
             yield p + k, out.get(p + k, W[p + k])
         del W, out
-        _progress(f"layer {i}" + (f" (calibration forward {timing['forward']:.0f}s, gptq "
-                                  f"{timing['quantize']:.0f}s)" if method == "gptq" else ""),
-                  t0, i + 1, total, progress)
+        if method == "gptq":
+            bar.set_postfix(forward=f"{timing['forward']:.0f}s", gptq=f"{timing['quantize']:.0f}s")
+        bar.update(1)
 
     norm = np.asarray(get("norm"), dtype=np.float32).reshape(-1)
     yield "norm", norm
@@ -461,10 +427,11 @@ def quantize_model(get, cfg, method, group_size, calib_ids=None, act_order=False
         yield "output", quantize_table(np.asarray(get("output"), dtype=np.float32), H)
         H = None  # the untied lookup table is not a classifier
     yield "tok_embeddings", quantize_table(np.asarray(get("tok_embeddings"), dtype=np.float32), H)
-    _progress("embedding", t0, total, total, progress)
+    bar.update(1)
+    bar.close()
 
 
-def _capture_hessians(R, W64, cfg, i, hs, names):
+def _capture_hessians(W64, cfg, i, hs, names):
     """Run layer i over every calibration sequence; accumulate the Hessians of the
     inputs of `names` (one accumulator per distinct input)."""
     acc = {}
@@ -481,7 +448,7 @@ def _capture_hessians(R, W64, cfg, i, hs, names):
     return acc
 
 
-def _gptq_layer(R, W, cfg, i, hs, group_size, act_order, timing=None):
+def _gptq_layer(W, cfg, i, hs, group_size, act_order, timing=None):
     """All seven matrices of layer i by GPTQ. Inputs captured with the float
     weights of this layer (earlier layers already quantized in hs); wq/wk/wv
     share one Hessian, w1/w3 another."""
@@ -489,7 +456,7 @@ def _gptq_layer(R, W, cfg, i, hs, group_size, act_order, timing=None):
     t0 = time.time()
     p = f"layers.{i}."
     W64 = {k: v.astype(np.float64) for k, v in W.items()}
-    acc = _capture_hessians(R, W64, cfg, i, hs, ("wq", "wo", "w1", "w2"))
+    acc = _capture_hessians(W64, cfg, i, hs, ("wq", "wo", "w1", "w2"))
     del W64
     t1 = time.time()
     timing["forward"] += t1 - t0
@@ -501,11 +468,11 @@ def _gptq_layer(R, W, cfg, i, hs, group_size, act_order, timing=None):
     return out
 
 
-def _awq_layer(R, W, cfg, i, hs, group_size, alphas):
+def _awq_layer(W, cfg, i, hs, group_size, alphas):
     """AWQ-style scaling + mse quantization for layer i (see module doc)."""
     p = f"layers.{i}."
     W64 = {k: v.astype(np.float64) for k, v in W.items()}
-    acc = _capture_hessians(R, W64, cfg, i, hs, ("wq", "wo", "w1", "w2"))
+    acc = _capture_hessians(W64, cfg, i, hs, ("wq", "wo", "w1", "w2"))
     # a few calibration rows to measure the output error of each choice
     xs = {}
 
@@ -553,88 +520,3 @@ def _awq_layer(R, W, cfg, i, hs, group_size, alphas):
         if p + k not in out:
             out[p + k] = quantize_mse(W[p + k], group_size)
     return out
-
-
-# ---------------------------------------------------------------------------
-# exporter hooks (export/__main__.py: add_arguments, make_quantizer, make_stream)
-# ---------------------------------------------------------------------------
-
-DATA_FREE = ("rtn", "mse")
-
-
-def add_arguments(parser):
-    """The options of the calibrated methods, added to the exporter's CLI."""
-    g = parser.add_argument_group("gptq calibration")
-    g.add_argument("--calib", metavar="FILE",
-                   help="UTF-8 text to calibrate on (default: the Python help topics shipped with "
-                        "CPython, pydoc_data.topics)")
-    g.add_argument("--calib-tokens", type=int, default=4096, help="calibration tokens in total")
-    g.add_argument("--calib-seq-len", type=int, default=512, help="tokens per calibration sequence")
-    if "--requantize" not in parser._option_string_actions:
-        g.add_argument("--requantize", action="store_true",
-                       help="re-quantize every tensor of an already quantized source (GGUF) from its "
-                            "float values with --method instead of importing exact ones as is "
-                            "(gptq always does)")
-    g.add_argument("--act-order", action="store_true",
-                   help="gptq: quantize columns in order of decreasing Hessian diagonal "
-                        "(static group scales, so groups stay contiguous in the file)")
-
-
-def make_quantizer(method, options, source):
-    """callable(name, w, group_size, qtype) for matrices the stream yields as floats."""
-    if method not in METHODS:
-        raise ValueError(f"unknown method {method!r}; expected one of {METHODS}")
-
-    def quantize_one(name, w, group_size, qtype):
-        if qtype != "q4s" or method == "rtn":
-            return quantize_rtn(w, group_size, qtype)
-        return quantize_mse(w, group_size)   # gptq/awq streams yield quantized tensors already
-    return quantize_one
-
-
-def calibration_ids(tokenizer_json, text, seq_len=512, n_tokens=4096, bos_id=-1):
-    """Token sequences for calibration from a tokenizer.json blob and a text."""
-    from tokenizers import Tokenizer
-    if not tokenizer_json:
-        raise ValueError("calibration needs the model's tokenizer.json")
-    if isinstance(tokenizer_json, (bytes, bytearray, memoryview)):
-        tokenizer_json = bytes(tokenizer_json).decode("utf-8")
-    tok = Tokenizer.from_str(tokenizer_json)
-    ids = tok.encode(text, add_special_tokens=False).ids
-    if len(ids) < 2:
-        raise ValueError("calibration text is empty")
-    return calibration_sequences(ids, seq_len, n_tokens, bos_id)
-
-
-def make_stream(source, header, options):
-    """(name, value) of the whole model: the source's own stream for data-free
-    methods (the exporter quantizes each float matrix with make_quantizer), or
-    quantize_model() over source.read() for gptq/awq."""
-    method = options.method
-    if method in DATA_FREE:
-        return source.tensors()
-    calib = getattr(options, "calib", None)
-    if calib:
-        with open(calib, encoding="utf-8", errors="replace") as f:
-            text = f.read()
-    else:
-        text = default_calibration_text()
-    seqs = calibration_ids((source.blobs or {}).get("tokenizer.json"), text,
-                           int(getattr(options, "calib_seq_len", 512)),
-                           int(getattr(options, "calib_tokens", 4096)),
-                           int(header.get("bos_id", -1)))
-    quiet = getattr(options, "quiet", False)
-    if not quiet:
-        n = sum(len(s) for s in seqs)
-        print(f"[quantize] {method}: {len(seqs)} calibration sequences, {n} tokens from "
-              f"{calib or 'pydoc_data.topics (default)'}", file=sys.stderr, flush=True)
-    def read(name):
-        try:
-            return source.read(name)
-        except NotImplementedError as e:  # a source without random access
-            raise ValueError(f"--method {method} needs to read the source's tensors in any order: {e}") from None
-
-    return quantize_model(read, header, method, options.group_size, seqs,
-                          act_order=bool(getattr(options, "act_order", False)),
-                          embed_qtype="q8" if getattr(options, "embedding_bits", 4) == 8 else "q4s",
-                          progress=None if quiet else sys.stderr)

@@ -1,32 +1,26 @@
 """The .rq4 format v1 in Python: constants, header and table layout, validation.
 
-The one place the Python side spells out docs/FORMAT.md. The C library has the
-same constants in src/runq4.h; tests/test_format.py checks that the two agree
-(against `pyrunq4._runq4.lib` once it is built). The writer and the reader both
-use the struct layouts and the validators below, so they cannot drift apart.
+The one place the Python side spells out docs/FORMAT.md. The constants the C
+library declares in src/runq4.h come from it through pyrunq4._lib, never
+retyped; the struct layouts below are checked against them at import. The
+writer and the reader both use the struct layouts and the validators below,
+so they cannot drift apart.
 """
 
 import math
 import operator
 import struct
 
-# ---- constants (src/runq4.h) ----
+# ---- constants (src/runq4.h; NAME_MAX counts the terminating NUL) ----
+from .._lib import (ALIGN, ENTRY_SIZE, FORMAT_VERSION, HEADER_SIZE, MAX_EOS, MIN_GROUP,  # noqa: F401
+                    NAME_MAX, ROPE_LLAMA3, ROPE_NONE, TYPE_BLOB, TYPE_F32, TYPE_Q4A, TYPE_Q4S, TYPE_Q8)
+
 MAGIC = b"RUNQ4\0\0\0"
-FORMAT_VERSION = 1        # RQ4_FORMAT_VERSION
-HEADER_SIZE = 256         # RQ4_HEADER_SIZE
-ENTRY_SIZE = 96           # RQ4_ENTRY_SIZE
-NAME_MAX = 64             # RQ4_NAME_MAX: bytes incl. the terminating NUL
-ALIGN = 64                # RQ4_ALIGN
-MAX_EOS = 4               # RQ4_MAX_EOS
-MIN_GROUP = 32            # RQ4_MIN_GROUP
 MAX_GROUP = 4096
 MAX_ENTRIES = 65536
 
-TYPE_F32, TYPE_Q4S, TYPE_Q4A, TYPE_Q8, TYPE_BLOB = 0, 1, 2, 3, 4
 TYPE_NAMES = {TYPE_F32: "f32", TYPE_Q4S: "q4s", TYPE_Q4A: "q4a", TYPE_Q8: "q8", TYPE_BLOB: "blob"}
 TYPE_IDS = {v: k for k, v in TYPE_NAMES.items()}
-
-ROPE_NONE, ROPE_LLAMA3 = 0, 1
 
 # ---- header: 256 bytes, little-endian; field names are those of FORMAT.md ----
 HEADER_STRUCT = struct.Struct(

@@ -26,10 +26,11 @@ import json
 
 import numpy as np
 
-from .format import ROPE_LLAMA3, ROPE_NONE, complete_header, validate_model_header
-from .gguf_tokenizer import TokenizerError, build_tokenizer
-from .quant import q4a_from_levels, q4s_from_levels, q8_from_levels
-from .source import ExportError, Source
+from ...errors import ExportError, TokenizerError
+from ..format import ROPE_LLAMA3, ROPE_NONE, complete_header, validate_model_header
+from ..quant import q4a_from_levels, q4s_from_levels, q8_from_levels
+from .base import Source
+from .gguf_tokenizer import build_tokenizer
 
 LAYER_MAP = {
     "attn_norm": "attention_norm", "attn_q": "wq", "attn_k": "wk", "attn_v": "wv", "attn_output": "wo",
@@ -293,7 +294,7 @@ class GGUFSource(Source):
         return float_tensor(t, idx)
 
     def read(self, name):
-        """Random access (export/source.py): the float32 array of entry `name`, dequantized."""
+        """Random access (sources/base.py): the float32 array of entry `name`, dequantized."""
         if name not in dict(self.plan):
             raise KeyError(name)
         return self.tensor(name, as_float=True)
@@ -306,7 +307,3 @@ class GGUFSource(Source):
         self.reader = None
         self.by_name = {}
 
-
-def open_source(path, options):
-    """The exporter's entry point (export/source.py open_source)."""
-    return GGUFSource(path, options)

@@ -16,8 +16,9 @@ import struct
 
 import numpy as np
 
-from .format import MAX_EOS, ROPE_LLAMA3, ROPE_NONE, complete_header, validate_model_header
-from .source import ExportError, Source, read_json
+from ...errors import ExportError
+from ..format import MAX_EOS, ROPE_LLAMA3, ROPE_NONE, complete_header, validate_model_header
+from .base import Source, read_json
 
 # safetensors dtype -> numpy storage dtype (BF16 is read as its uint16 bits)
 DTYPES = {"BF16": np.dtype("<u2"), "F16": np.dtype("<f2"), "F32": np.dtype("<f4")}
@@ -240,7 +241,7 @@ class HfSource(Source):
         except (ValueError, UnicodeDecodeError) as e:
             raise ExportError(f"{j('tokenizer.json')}: invalid JSON: {e}") from None
         if not isinstance(tokenizer, dict) or not isinstance(tokenizer.get("model"), dict):
-            # "{}" was exported as is, and refused only when the .rq4 was opened (issue 8)
+            # refused here, not later when the .rq4 is opened
             raise ExportError(f"{j('tokenizer.json')}: not a tokenizers file (no \"model\" object)")
         tok_cfg = read_json(j("tokenizer_config.json")) if os.path.isfile(j("tokenizer_config.json")) else {}
         gen = read_json(j("generation_config.json")) if os.path.isfile(j("generation_config.json")) else {}
