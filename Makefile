@@ -20,7 +20,7 @@ CLI_SRCS = $(sort $(wildcard cli/*.c))
 CLI_HEADERS = $(wildcard cli/*.h)
 
 .PHONY: sanitize valgrind fuzz fuzz-build all lib clean help venv demo test test-c test-kernels test-kernels-asan \
-        bench-kernels cross-aarch64-test-kernels cross-aarch64 cross-armv7
+        bench-kernels cross-aarch64-test-kernels cross-aarch64 cross-armv7 check
 
 # all: the library
 all: lib
@@ -266,7 +266,7 @@ check: venv
 
 # clean: remove every build output
 clean:
-	rm -rf $(BUILD) runq4 runq4-asan $(VENV)/.installed runq4-aarch64 runq4-armv7 $(SAN_BUILD) $(FUZZ_BUILD)
+	rm -rf $(BUILD) build-py runq4 runq4-asan $(VENV)/.installed runq4-aarch64 runq4-armv7 $(SAN_BUILD) $(FUZZ_BUILD)
 
 # help: this list (each target's comment: its first line and the indented
 #   lines after it)
