@@ -138,18 +138,18 @@ static rq4_status check_header(rq4_model *m, rq4_error *err) {
         if (s_ != RQ4_OK) return s_;                                            \
     } while (0)
 
-    FIELD(c->dim, H_DIM, "dim", 1, 65536);
-    FIELD(c->hidden_dim, H_HIDDEN_DIM, "hidden_dim", 1, 262144);
-    FIELD(c->n_layers, H_N_LAYERS, "n_layers", 1, 1024);
-    FIELD(c->n_heads, H_N_HEADS, "n_heads", 1, 1024);
+    FIELD(c->dim, H_DIM, "dim", 1, RQ4_MAX_DIM);
+    FIELD(c->hidden_dim, H_HIDDEN_DIM, "hidden_dim", 1, RQ4_MAX_HIDDEN_DIM);
+    FIELD(c->n_layers, H_N_LAYERS, "n_layers", 1, RQ4_MAX_LAYERS);
+    FIELD(c->n_heads, H_N_HEADS, "n_heads", 1, RQ4_MAX_HEADS);
     FIELD(c->n_kv_heads, H_N_KV_HEADS, "n_kv_heads", 1, (uint32_t)c->n_heads);
-    FIELD(c->head_dim, H_HEAD_DIM, "head_dim", 2, 1024);
-    FIELD(c->vocab_size, H_VOCAB_SIZE, "vocab_size", 1, 1u << 24);
-    FIELD(c->max_seq_len, H_MAX_SEQ_LEN, "max_seq_len", 1, 1u << 24);
+    FIELD(c->head_dim, H_HEAD_DIM, "head_dim", 2, RQ4_MAX_HEAD_DIM);
+    FIELD(c->vocab_size, H_VOCAB_SIZE, "vocab_size", 1, RQ4_MAX_VOCAB);
+    FIELD(c->max_seq_len, H_MAX_SEQ_LEN, "max_seq_len", 1, RQ4_MAX_SEQ_LEN);
     FIELD(c->tied_embeddings, H_TIED, "tied_embeddings", 0, 1);
     FIELD(c->n_eos, H_N_EOS, "n_eos", 0, RQ4_MAX_EOS);
     FIELD(c->rope_scaling, H_ROPE_SCALING, "rope_scaling", RQ4_ROPE_NONE, RQ4_ROPE_LLAMA3);
-    FIELD(m->n_entries, H_N_ENTRIES, "n_entries", 1, 65536);
+    FIELD(m->n_entries, H_N_ENTRIES, "n_entries", 1, RQ4_MAX_ENTRIES);
 #undef FIELD
     if (c->dim % 32 != 0) return rq4_fail(err, RQ4_ERR_FORMAT, "header field dim = %d is not a multiple of 32", c->dim);
     if (c->hidden_dim % 32 != 0)
@@ -220,8 +220,9 @@ static rq4_status check_entry(const rq4_model *m, uint32_t i, rq4_error *err) {
     uint64_t offset = read_u64(e + E_OFFSET), size = read_u64(e + E_SIZE), expected = 0;
     if (type > RQ4_TYPE_BLOB) return rq4_fail(err, RQ4_ERR_FORMAT, "entry %s: unknown type %u", name, type);
     if (is_quantized((int)type)) {
-        if (gs < RQ4_MIN_GROUP || gs > 4096 || gs % 32 != 0)
-            return rq4_fail(err, RQ4_ERR_FORMAT, "entry %s: group_size %u is not a multiple of 32 in [32, 4096]", name, gs);
+        if (gs < RQ4_MIN_GROUP || gs > RQ4_MAX_GROUP || gs % 32 != 0)
+            return rq4_fail(err, RQ4_ERR_FORMAT, "entry %s: group_size %u is not a multiple of 32 in [%d, %d]", name, gs,
+                           RQ4_MIN_GROUP, RQ4_MAX_GROUP);
         if (cols % 32 != 0)
             return rq4_fail(err, RQ4_ERR_FORMAT, "entry %s: %u columns, not a multiple of 32", name, cols);
     } else if (gs != 0) {

@@ -36,6 +36,18 @@ extern "C" {
 #define RQ4_ALIGN 64
 #define RQ4_MAX_EOS 4
 #define RQ4_MIN_GROUP 32
+#define RQ4_MAX_GROUP 4096
+
+/* The ranges of the header fields and the table (docs/FORMAT.md): the loader
+ * refuses a file outside them, the exporter never writes one. */
+#define RQ4_MAX_ENTRIES 65536
+#define RQ4_MAX_DIM 65536
+#define RQ4_MAX_HIDDEN_DIM 262144
+#define RQ4_MAX_LAYERS 1024
+#define RQ4_MAX_HEADS 1024
+#define RQ4_MAX_HEAD_DIM 1024
+#define RQ4_MAX_VOCAB 16777216
+#define RQ4_MAX_SEQ_LEN 16777216
 
 /* The most threads a model runs on (rq4_options.n_threads). */
 #define RQ4_MAX_THREADS 256

@@ -17,7 +17,7 @@ from .. import __version__
 from ..errors import ExportError, Runq4Error
 from ..progress import progress_bar
 from . import methods
-from .format import validate_group_size
+from .format import MAX_GROUP, MIN_GROUP, validate_group_size
 from .quant import QuantizedTensor, rms_rel_error
 from .sources import open_source
 from .writer import Rq4Writer
@@ -34,7 +34,7 @@ def build_parser():
     p.add_argument("source", help="Hugging Face model directory (config.json, *.safetensors, tokenizer.json)")
     p.add_argument("output", help="the .rq4 file to write (replaced atomically)")
     p.add_argument("--group-size", type=int, default=128,
-                   help="values per quantization group (a multiple of 32, 32..4096)")
+                   help=f"values per quantization group (a multiple of 32, {MIN_GROUP}..{MAX_GROUP})")
     p.add_argument("--embedding-bits", type=int, choices=(4, 8), default=4,
                    help="bits for tok_embeddings and output (8: q8, better logits, twice the size)")
     p.add_argument("--method", choices=methods.METHODS, default="rtn",

@@ -12,12 +12,12 @@ import operator
 import struct
 
 # ---- constants (src/runq4.h; NAME_MAX counts the terminating NUL) ----
-from .._lib import (ALIGN, ENTRY_SIZE, FORMAT_VERSION, HEADER_SIZE, MAX_EOS, MIN_GROUP,  # noqa: F401
-                    NAME_MAX, ROPE_LLAMA3, ROPE_NONE, TYPE_BLOB, TYPE_F32, TYPE_Q4A, TYPE_Q4S, TYPE_Q8)
+from .._lib import (ALIGN, ENTRY_SIZE, FORMAT_VERSION, HEADER_SIZE, MAX_DIM, MAX_ENTRIES,  # noqa: F401
+                    MAX_EOS, MAX_GROUP, MAX_HEAD_DIM, MAX_HEADS, MAX_HIDDEN_DIM, MAX_LAYERS, MAX_SEQ_LEN,
+                    MAX_VOCAB, MIN_GROUP, NAME_MAX, ROPE_LLAMA3, ROPE_NONE, TYPE_BLOB, TYPE_F32, TYPE_Q4A,
+                    TYPE_Q4S, TYPE_Q8)
 
 MAGIC = b"RUNQ4\0\0\0"
-MAX_GROUP = 4096
-MAX_ENTRIES = 65536
 
 TYPE_NAMES = {TYPE_F32: "f32", TYPE_Q4S: "q4s", TYPE_Q4A: "q4a", TYPE_Q8: "q8", TYPE_BLOB: "blob"}
 TYPE_IDS = {v: k for k, v in TYPE_NAMES.items()}
@@ -123,18 +123,19 @@ def validate_model_header(h):
         if not ok:
             raise ValueError(f"header field {field} = {h[field]!r}: {why}")
 
-    check(1 <= h["dim"] <= 65536 and h["dim"] % 32 == 0, "dim", "must be in 1..65536 and a multiple of 32")
-    check(1 <= h["hidden_dim"] <= 262144 and h["hidden_dim"] % 32 == 0, "hidden_dim",
-          "must be in 1..262144 and a multiple of 32")
-    check(1 <= h["n_layers"] <= 1024, "n_layers", "must be in 1..1024")
-    check(1 <= h["n_heads"] <= 1024, "n_heads", "must be in 1..1024")
+    check(1 <= h["dim"] <= MAX_DIM and h["dim"] % 32 == 0, "dim", f"must be in 1..{MAX_DIM} and a multiple of 32")
+    check(1 <= h["hidden_dim"] <= MAX_HIDDEN_DIM and h["hidden_dim"] % 32 == 0, "hidden_dim",
+          f"must be in 1..{MAX_HIDDEN_DIM} and a multiple of 32")
+    check(1 <= h["n_layers"] <= MAX_LAYERS, "n_layers", f"must be in 1..{MAX_LAYERS}")
+    check(1 <= h["n_heads"] <= MAX_HEADS, "n_heads", f"must be in 1..{MAX_HEADS}")
     check(1 <= h["n_kv_heads"] <= h["n_heads"] and h["n_heads"] % h["n_kv_heads"] == 0, "n_kv_heads",
           "must be in 1..n_heads and divide n_heads")
-    check(2 <= h["head_dim"] <= 1024 and h["head_dim"] % 2 == 0, "head_dim", "must be even and in 2..1024")
+    check(2 <= h["head_dim"] <= MAX_HEAD_DIM and h["head_dim"] % 2 == 0, "head_dim",
+          f"must be even and in 2..{MAX_HEAD_DIM}")
     check((h["n_heads"] * h["head_dim"]) % 32 == 0 and (h["n_kv_heads"] * h["head_dim"]) % 32 == 0,
           "head_dim", "n_heads*head_dim and n_kv_heads*head_dim must be multiples of 32")
-    check(1 <= h["vocab_size"] <= 1 << 24, "vocab_size", "must be in 1..2^24")
-    check(1 <= h["max_seq_len"] <= 1 << 24, "max_seq_len", "must be in 1..2^24")
+    check(1 <= h["vocab_size"] <= MAX_VOCAB, "vocab_size", f"must be in 1..{MAX_VOCAB}")
+    check(1 <= h["max_seq_len"] <= MAX_SEQ_LEN, "max_seq_len", f"must be in 1..{MAX_SEQ_LEN}")
     check(h["tied_embeddings"] in (0, 1), "tied_embeddings", "must be 0 or 1")
     check(h["bos_id"] == -1 or 0 <= h["bos_id"] < h["vocab_size"], "bos_id", "must be -1 or < vocab_size")
     check(0 <= h["n_eos"] <= MAX_EOS, "n_eos", f"must be in 0..{MAX_EOS}")
