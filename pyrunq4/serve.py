@@ -145,7 +145,7 @@ class Job:
     stop: list = dataclasses.field(default_factory=list)
     stream: bool = False
     include_usage: bool = False
-    schema: object = None     # response_format: a JSON schema dict, True (any JSON), None
+    schema: object = None     # response_format: a JSON schema (dict, or True: any JSON), None
 
 
 _COMMON = {"model", "max_tokens", "temperature", "top_p", "top_k", "seed", "stop", "stream",
@@ -209,7 +209,7 @@ def _response_format(v):
         return None
     if kind == "json_object":
         _check_fields(v, {"type"})
-        return True
+        return {"type": "object"}
     if kind == "json_schema":
         _check_fields(v, {"type", "json_schema"})
         js = v.get("json_schema")
@@ -664,6 +664,7 @@ def _run(args):
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         sock.bind((args.host, args.port))
+        sock.listen(128)  # clients connecting before uvicorn's loop runs wait in the backlog
     except OSError as e:
         sock.close()
         raise UsageError(f"cannot listen on {args.host}:{args.port}: {e.strerror}") from None

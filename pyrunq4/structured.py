@@ -29,7 +29,7 @@ from .sampling import Sampler
 __all__ = ["available", "check_schema", "JsonConstraint", "json_stream"]
 
 # at most this many blanks between two JSON tokens (see the module docstring)
-WHITESPACE = r"[ \n]{0,16}"
+WHITESPACE = r"(?:[ ]|\n[ ]{0,20})?"
 
 _tokenizers = weakref.WeakKeyDictionary()   # Model -> llguidance.LLTokenizer
 
