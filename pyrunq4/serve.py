@@ -410,14 +410,17 @@ class Engine:
                                 f"completion). Please reduce the length of the {what} or "
                                 f"completion.", param=param, code="context_length_exceeded")
         max_new = room if job.max_tokens is None else job.max_tokens
-        try:
-            if job.schema is not None:
-                from .structured import json_stream
+        if job.schema is not None:
+            from .structured import json_stream
+            try:
                 it = json_stream(m, ids, job.schema, max_new, job.temperature, job.top_p,
                                  job.top_k, job.seed)
-            else:
-                it = m.stream(ids, max_new, job.temperature, job.top_p, job.top_k, job.seed,
-                              job.stop or None)
+            except ArgumentError as e:
+                raise _bad("response_format", str(e))
+            return ids, it
+        try:
+            it = m.stream(ids, max_new, job.temperature, job.top_p, job.top_k, job.seed,
+                          job.stop or None)
         except (ArgumentError, ContextFullError) as e:
             raise _bad(None, str(e))
         return ids, it

@@ -187,6 +187,29 @@ def test_prompt_reuse_across_turns(tiny_server, tiny):
     assert r2.choices[0].message.content == tiny.chat(turn2, max_new_tokens=8)
 
 
+def test_response_format_json_schema(tiny_server):
+    pytest.importorskip("llguidance")
+    jsonschema = pytest.importorskip("jsonschema")
+    schema = {"type": "object", "properties": {
+        "name": {"type": "string", "maxLength": 8},
+        "n": {"type": "integer", "minimum": 0, "maximum": 99}},
+        "required": ["name", "n"], "additionalProperties": False}
+    fmt = {"type": "json_schema", "json_schema": {"name": "t", "schema": schema, "strict": True}}
+    client = tiny_server.client()
+    for seed in range(5):
+        r = client.chat.completions.create(model="tiny", messages=HELLO, temperature=1.0,
+                                           seed=seed, max_tokens=80, response_format=fmt)
+        assert r.choices[0].finish_reason == "stop"
+        jsonschema.validate(json.loads(r.choices[0].message.content), schema)
+    chunks = client.chat.completions.create(model="tiny", messages=HELLO, temperature=0,
+                                            max_tokens=80, response_format=fmt, stream=True)
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    jsonschema.validate(json.loads(text), schema)
+    status, reply = http(tiny_server.url + CHAT, {"messages": HELLO, "response_format": {
+        "type": "json_schema", "json_schema": {"name": "t", "schema": {"type": "nonsense"}}}})
+    assert status == 400 and reply["error"]["param"] == "response_format", reply
+
+
 # ---- bad requests -------------------------------------------------------------------------
 
 CHAT = "/v1/chat/completions"
