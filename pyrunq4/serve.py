@@ -557,13 +557,25 @@ def build_app(engine: Engine):
             return {"id": rid, "object": obj, "created": created, "model": engine.name,
                     "choices": [choice]}
 
+        # a text chunk is this fixed JSON around the piece: rendered once
+        hole = "\x00piece\x00"
+        head, tail = _sse(chunk({"content": hole}, text=hole)).split(json.dumps(hole))
         try:
             if kind == "chat":
                 yield _sse(chunk({"role": "assistant", "content": ""}))
+            pending = None
             while True:
-                event = await run.events.get()
+                event, pending = pending or await run.events.get(), None
                 if event[0] == "text":
-                    yield _sse(chunk({"content": event[1]}, text=event[1]))
+                    # the pieces that arrived meanwhile go out in the same write
+                    out = [head, json.dumps(event[1], ensure_ascii=False), tail]
+                    while pending is None and not run.events.empty():
+                        event = run.events.get_nowait()
+                        if event[0] == "text":
+                            out += [head, json.dumps(event[1], ensure_ascii=False), tail]
+                        else:
+                            pending = event
+                    yield "".join(out)
                 elif event[0] == "end":
                     yield _sse(chunk(finish=event[1]))
                     if job.include_usage:
