@@ -366,7 +366,7 @@ class Model:
         return ids
 
     def stream(self, prompt, max_new_tokens=256, temperature=0.0, top_p=1.0, top_k=0,
-               seed=None, stop=None, progress=False) -> Iterator[str]:
+               seed=None, stop=None, progress=False, json_schema=None) -> Iterator[str]:
         """Yields the new text piece by piece as it is decoded.
 
         prompt: text (tokenized with BOS, special-token text kept as text) or
@@ -377,21 +377,34 @@ class Model:
         ContextFullError). The bytes of a UTF-8 character split across tokens
         are held until the character is complete. Arguments are checked when
         stream() is called, not at the first next(). progress: a progress bar
-        on stderr (a terminal only) while a long prompt is fed."""
+        on stderr (a terminal only) while a long prompt is fed.
+
+        json_schema: a JSON schema (dict); the text is then a JSON document
+        valid against it, constrained token by token (pyrunq4.structured,
+        needs llguidance); it ends when the document is complete."""
         with self._lock:
             self._tok()
             ids = self._prompt_ids(prompt)
-            return self._start(ids, max_new_tokens, temperature, top_p, top_k, seed, stop, progress)
+            return self._start(ids, max_new_tokens, temperature, top_p, top_k, seed, stop, progress,
+                               json_schema)
 
     def generate(self, prompt, max_new_tokens=256, temperature=0.0, top_p=1.0, top_k=0,
-                 seed=None, stop=None, progress=False) -> str:
+                 seed=None, stop=None, progress=False, json_schema=None) -> str:
         """The new text (see stream(); generate is "".join(stream(...)))."""
         with self._lock:
             return "".join(self.stream(prompt, max_new_tokens, temperature, top_p, top_k,
-                                       seed, stop, progress))
+                                       seed, stop, progress, json_schema))
 
-    def _start(self, ids, max_new_tokens, temperature, top_p, top_k, seed, stop, progress):
+    def _start(self, ids, max_new_tokens, temperature, top_p, top_k, seed, stop, progress,
+               json_schema=None):
         max_new_tokens = check_max_new_tokens(max_new_tokens)
+        if json_schema is not None:
+            if stop is not None:
+                raise ArgumentError("stop strings do not apply with json_schema "
+                                    "(the document's end is the grammar's)")
+            from .structured import json_stream
+            return json_stream(self, ids, json_schema, max_new_tokens, temperature, top_p,
+                               top_k, seed)
         sampler = Sampler(temperature, top_p, top_k, seed)
         if stop is None:
             stops = []
@@ -494,19 +507,21 @@ class Model:
         return self.tokenize(text, add_bos=False, special=True)
 
     def chat_stream(self, messages, max_new_tokens=256, temperature=0.0, top_p=1.0, top_k=0,
-                    seed=None, stop=None, progress=False) -> Iterator[str]:
+                    seed=None, stop=None, progress=False, json_schema=None) -> Iterator[str]:
         """Streams the assistant's reply to `messages` (a list of {"role",
         "content"} dicts; append the reply and the next user message for the
         next turn). The KV cache is kept across turns: the whole conversation
         is tokenized and only what differs from the cached tokens is fed. The
-        reply ends at the end-of-turn token (config.eos_ids)."""
+        reply ends at the end-of-turn token (config.eos_ids). json_schema: as
+        in stream()."""
         with self._lock:
             ids = self.chat_tokens(messages)
-            return self._start(ids, max_new_tokens, temperature, top_p, top_k, seed, stop, progress)
+            return self._start(ids, max_new_tokens, temperature, top_p, top_k, seed, stop, progress,
+                               json_schema)
 
     def chat(self, messages, max_new_tokens=256, temperature=0.0, top_p=1.0, top_k=0,
-             seed=None, stop=None, progress=False) -> str:
+             seed=None, stop=None, progress=False, json_schema=None) -> str:
         """The assistant's reply to `messages` (see chat_stream())."""
         with self._lock:
             return "".join(self.chat_stream(messages, max_new_tokens, temperature, top_p,
-                                            top_k, seed, stop, progress))
+                                            top_k, seed, stop, progress, json_schema))

@@ -255,6 +255,9 @@ def parse_chat(body) -> Job:
         job.messages.append({"role": ROLES[role],
                              "content": _text_content(m["content"], f"{where}.content")})
     job.schema = _response_format(body.get("response_format"))
+    if job.schema is not None and job.stop:
+        raise _bad("stop", "'stop' does not apply with a JSON response_format (the document's "
+                           "end is the schema's)", "unsupported_value")
     return job
 
 
@@ -410,19 +413,11 @@ class Engine:
                                 f"completion). Please reduce the length of the {what} or "
                                 f"completion.", param=param, code="context_length_exceeded")
         max_new = room if job.max_tokens is None else job.max_tokens
-        if job.schema is not None:
-            from .structured import json_stream
-            try:
-                it = json_stream(m, ids, job.schema, max_new, job.temperature, job.top_p,
-                                 job.top_k, job.seed)
-            except ArgumentError as e:
-                raise _bad("response_format", str(e))
-            return ids, it
         try:
             it = m.stream(ids, max_new, job.temperature, job.top_p, job.top_k, job.seed,
-                          job.stop or None)
+                          job.stop or None, job.schema)
         except (ArgumentError, ContextFullError) as e:
-            raise _bad(None, str(e))
+            raise _bad(None if job.schema is None else "response_format", str(e))
         return ids, it
 
 

@@ -125,12 +125,21 @@ def json_stream(model, ids, schema, max_new_tokens=256, temperature=0.0, top_p=1
     same keys as Model.stream's, stop_reason "stop" when the document is
     complete. The schema is compiled and the arguments are checked before the
     first next()."""
-    constraint = JsonConstraint(model, schema)
-    sampler = Sampler(temperature, top_p, top_k, seed)
+    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) \
+            or max_new_tokens < 0:
+        raise ArgumentError(f"max_new_tokens must be an integer >= 0, got {max_new_tokens!r}")
+    try:
+        sampler = Sampler(temperature, top_p, top_k, seed)
+    except ValueError as e:
+        raise ArgumentError(str(e)) from None
     ids = [int(t) for t in ids]
-    n_ctx = model.config.n_ctx
+    n_ctx, vocab = model.config.n_ctx, model.config.vocab_size
     if not ids:
         raise ArgumentError("the prompt is empty")
+    bad = [t for t in ids if not 0 <= t < vocab]
+    if bad:
+        raise ArgumentError(f"token id {bad[0]} is outside the vocabulary [0, {vocab})")
+    constraint = JsonConstraint(model, schema)
     if len(ids) > n_ctx:
         raise ContextFullError(f"the prompt's {len(ids)} tokens do not fit in the context of {n_ctx}")
     return _run(model, ids, constraint, sampler, max_new_tokens)

@@ -241,6 +241,8 @@ BAD = [
     (CHAT, {"messages": HELLO, "bogus": 1}, 400, "bogus"),
     (CHAT, {"messages": HELLO, "response_format": {"type": "yaml"}}, 400, "response_format.type"),
     (CHAT, {"messages": HELLO, "stream_options": {"include_usage": 1}}, 400, "include_usage"),
+    (CHAT, {"messages": HELLO, "stop": "x", "response_format": {"type": "json_object"}}, 400,
+     "stop"),
     (CHAT, {"messages": HELLO, "max_tokens": 100000}, 400, "messages"),       # context overflow
     (CHAT, {"messages": [{"role": "user", "content": "x " * 300}]}, 400, "messages"),
     ("/v1/completions", {"prompt": "x " * 300, "max_tokens": 1}, 400, "prompt"),

@@ -111,6 +111,28 @@ def test_max_new_tokens_cuts_and_says_so(model):
     assert text.startswith("{")
 
 
+def test_model_api_json_schema(model):
+    """Model.generate / stream / chat / chat_stream take json_schema."""
+    schema = SCHEMAS[0]
+    msgs = [{"role": "user", "content": "JSON, please."}]
+    a = model.chat(msgs, max_new_tokens=200, temperature=1.0, seed=3, json_schema=schema)
+    assert a == "".join(model.chat_stream(msgs, max_new_tokens=200, temperature=1.0, seed=3,
+                                          json_schema=schema))
+    assert a == "".join(json_stream(model, model.chat_tokens(msgs), schema, 200, 1.0, seed=3))
+    jsonschema.validate(json.loads(a), schema)
+    b = model.generate("Hello", max_new_tokens=200, json_schema=schema)
+    jsonschema.validate(json.loads(b), schema)
+    assert b == "".join(model.stream("Hello", max_new_tokens=200, json_schema=schema))
+    with pytest.raises(ArgumentError, match="stop"):
+        model.generate("Hello", stop="}", json_schema=schema)
+    with pytest.raises(ArgumentError, match="temperature"):
+        model.generate("Hello", temperature=-1, json_schema=schema)
+    with pytest.raises(ArgumentError, match="max_new_tokens"):
+        json_stream(model, [1, 2], schema, max_new_tokens=-1)
+    with pytest.raises(ArgumentError, match="vocabulary"):
+        json_stream(model, [1, 10**6], schema)
+
+
 @pytest.mark.parametrize("schema", [{"type": "nonsense"}, {"$ref": "#/$defs/missing"}, [1, 2],
                                     {"type": "integer", "minimum": 5, "maximum": 1}])
 def test_bad_schema_is_refused(model, schema):
