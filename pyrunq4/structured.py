@@ -82,7 +82,7 @@ def _tokenizer(model):
     if tok is None:
         llg = _llguidance()
         cfg = model.config
-        tok = llg.LLTokenizer(model.tokenizer.to_str(), n_vocab=cfg.vocab_size,
+        tok = llg.LLTokenizer(model.tokenizer_json, n_vocab=cfg.vocab_size,
                               eos_token=list(cfg.eos_ids))
         _tokenizers[model] = tok
     return tok
@@ -146,8 +146,6 @@ def json_stream(model, ids, schema, max_new_tokens=256, temperature=0.0, top_p=1
 
 
 def _run(model, seq, constraint, sampler, max_new_tokens):
-    from tokenizers.decoders import DecodeStream
-
     eos = set(model.config.eos_ids)
     n_ctx = model.config.n_ctx
     stats = {"prompt_tokens": len(seq), "prompt_fed": 0, "prompt_seconds": 0.0,
@@ -155,7 +153,7 @@ def _run(model, seq, constraint, sampler, max_new_tokens):
     model.last_stats = stats
     if max_new_tokens == 0:
         return
-    decoder = DecodeStream(skip_special_tokens=False)
+    text = model._text_stream()
     t0 = time.perf_counter()
     cached = model.tokens
     keep = 0
@@ -176,7 +174,7 @@ def _run(model, seq, constraint, sampler, max_new_tokens):
             constraint.accept(token)
             seq.append(token)
             stats["new_tokens"] += 1
-            piece = decoder.step(model.tokenizer, token)
+            piece = text.step(token)
             if piece:
                 yield piece
             if constraint.done:
