@@ -292,11 +292,39 @@ def parse_completion(body) -> Job:
 class Run:
     """One admitted request: the events its model-thread work sends back
     (("start", prompt_tokens), ("text", str), ("end", finish_reason, stats),
-    ("error", ApiError)) and the flag that stops it."""
+    ("error", ApiError)), the flag that stops it, and its place in the line:
+    a request dropped while still waiting gives its place back at once
+    (`release`, called on the event loop), not when the model reaches it."""
 
-    def __init__(self):
+    def __init__(self, release):
         self.events = asyncio.Queue()
         self.cancel = threading.Event()
+        self._release = release
+        self._lock = threading.Lock()
+        self._state = "queued"    # -> "running" (the model thread took it) or "dropped"
+
+    def begin(self) -> bool:
+        """Model thread: whether to run it (False: dropped or stopped meanwhile)."""
+        with self._lock:
+            if self._state == "dropped":
+                return False
+            self._state = "running"
+        return not self.cancel.is_set()
+
+    def stop(self):
+        """Event loop: stops the generation, or drops the request if it waits."""
+        self.cancel.set()
+        with self._lock:
+            dropped = self._state == "queued"
+            if dropped:
+                self._state = "dropped"
+        if dropped:
+            self._release()
+
+    def finished(self):
+        """Event loop, once the model thread is done with it."""
+        if self._state != "dropped":
+            self._release()
 
 
 class Engine:
@@ -325,7 +353,12 @@ class Engine:
             raise ApiError(429, f"the server is busy: {self.queue_size} requests are already "
                                 f"waiting; retry later", type="server_busy", code="queue_full")
         loop = asyncio.get_running_loop()
-        run = Run()
+
+        def release():
+            self._admitted -= 1
+            self._runs.discard(run)
+
+        run = Run(release)
 
         def push(event):
             try:
@@ -336,11 +369,7 @@ class Engine:
         self._admitted += 1
         self._runs.add(run)
         fut = loop.run_in_executor(self._pool, self._work, job, run, push)
-
-        def done(_):
-            self._admitted -= 1
-            self._runs.discard(run)
-        fut.add_done_callback(done)
+        fut.add_done_callback(lambda _: run.finished())
         return run
 
     def close(self):
@@ -352,7 +381,7 @@ class Engine:
 
     def _work(self, job: Job, run: Run, push):
         """Runs in the model thread: tokenizes, checks the context, generates."""
-        if run.cancel.is_set() or self._closing.is_set():
+        if not run.begin() or self._closing.is_set():
             return
         try:
             ids, it = self._start(job)
@@ -468,7 +497,7 @@ async def _watch_disconnect(request, run: Run):
     while True:
         message = await request.receive()
         if message["type"] == "http.disconnect":
-            run.cancel.set()
+            run.stop()
             run.events.put_nowait(("gone",))
             return
 
@@ -537,7 +566,7 @@ def build_app(engine: Engine):
         finally:
             watcher.cancel()
             if not handed_over:
-                run.cancel.set()
+                run.stop()
 
     async def stream(run, job, kind, rid, created, prompt_tokens):
         obj = "chat.completion.chunk" if kind == "chat" else "text_completion"
@@ -584,7 +613,7 @@ def build_app(engine: Engine):
                     break
             yield "data: [DONE]\n\n"
         finally:  # also when the client disconnected and Starlette cancelled us
-            run.cancel.set()
+            run.stop()
 
     async def chat_completions(request):
         return await respond(request, "chat")

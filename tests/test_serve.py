@@ -341,23 +341,45 @@ def test_disconnect_stops_generation(long_model, tmp_path):
         assert time.monotonic() - t0 < 30
 
 
-def test_disconnect_while_queued_and_queue_full(long_model, tmp_path):
+def send_raw(server, path, body):
+    """A request written on a raw socket, its reply not read: the socket."""
+    host, port = server.url.removeprefix("http://").split(":")
+    data = json.dumps(body).encode()
+    s = socket.create_connection((host, int(port)), timeout=60)
+    s.sendall(b"POST %s HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+              b"Content-Length: %d\r\n\r\n%s" % (path.encode(), len(data), data))
+    return s
+
+
+def wait_health(server, timeout=20, **want):
+    deadline = time.monotonic() + timeout
+    while True:
+        h = health(server)
+        if all(h[k] == v for k, v in want.items()):
+            return h
+        assert time.monotonic() < deadline, f"health never reached {want}: {h}"
+        time.sleep(0.01)
+
+
+def test_queue_full_and_disconnect_while_queued(long_model, tmp_path):
     with Server(long_model, "--queue", "1", tmp_path=tmp_path) as server:
         running = open_stream(server)
-        waiting = threading.Thread(target=lambda: http(
-            server.url + "/v1/completions", {"prompt": "hi", "max_tokens": 5}, timeout=120))
-        waiting.daemon = True
-        waiting.start()
-        deadline = time.monotonic() + 20
-        while health(server)["queued"] < 1:
-            assert time.monotonic() < deadline, "the second request never queued"
-            time.sleep(0.01)
+        queued = send_raw(server, "/v1/completions", {"prompt": "hi", "max_tokens": 5})
+        wait_health(server, running=1, queued=1)
         t0 = time.monotonic()
         status, reply = http(server.url + CHAT, {"messages": HELLO, "max_tokens": 5})
         assert status == 429 and reply["error"]["code"] == "queue_full"
         assert time.monotonic() - t0 < 5  # refused at once, not after the queue drained
         with pytest.raises(openai.RateLimitError):
             server.client().chat.completions.create(model="x", messages=HELLO, max_tokens=5)
+        # a waiting client that leaves gives its place back while the model is busy
+        queued.close()
+        wait_health(server, running=1, queued=0)
+        waiting = threading.Thread(target=lambda: http(
+            server.url + "/v1/completions", {"prompt": "hi", "max_tokens": 5}, timeout=120))
+        waiting.daemon = True
+        waiting.start()
+        wait_health(server, running=1, queued=1)
         running.close()
         waiting.join(60)      # served once the running stream was dropped
         assert not waiting.is_alive()
