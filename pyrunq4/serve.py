@@ -415,6 +415,9 @@ class Engine:
         n_ctx = m.config.n_ctx
         if job.kind == "chat":
             import jinja2
+            if m.chat_template is None:
+                raise _bad("messages", "this model file has no chat template: use "
+                                       "/v1/completions")
             try:
                 ids = m.chat_tokens(job.messages)
             except jinja2.TemplateError as e:
