@@ -409,7 +409,7 @@ class Engine:
             push(("error", _api_error(e)))
 
     def _start(self, job: Job):
-        from ._lib import ArgumentError, ContextFullError
+        from .errors import ArgumentError, ContextFullError
 
         m = self.model
         n_ctx = m.config.n_ctx
@@ -447,14 +447,14 @@ class Engine:
         max_new = room if job.max_tokens is None else job.max_tokens
         try:
             it = m.stream(ids, max_new, job.temperature, job.top_p, job.top_k, job.seed,
-                          job.stop or None, job.schema)
+                          job.stop or None, json_schema=job.schema)
         except (ArgumentError, ContextFullError) as e:
             raise _bad(None if job.schema is None else "response_format", str(e))
         return ids, it
 
 
 def _api_error(e: Exception) -> ApiError:
-    from ._lib import ArgumentError, ContextFullError
+    from .errors import ArgumentError, ContextFullError
 
     if isinstance(e, (ArgumentError, ContextFullError)):
         return _bad(None, str(e))

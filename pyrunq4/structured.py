@@ -23,7 +23,7 @@ from typing import Iterator
 
 import numpy as np
 
-from ._lib import ArgumentError, ContextFullError
+from .errors import ArgumentError, ContextFullError
 from .sampling import Sampler
 
 __all__ = ["available", "check_schema", "JsonConstraint", "json_stream"]

@@ -411,14 +411,13 @@ def test_cli_errors(tiny_tied, tmp_path):
 
 @pytest.fixture(scope="module")
 def smollm2(tmp_path_factory):
-    from fixtures import import_export
     try:
         from pyrunq4.data import smollm2_gguf
         gguf = smollm2_gguf()
     except Exception as e:
         pytest.skip(f"the SmolLM2 GGUF is not available: {e}")
     out = tmp_path_factory.mktemp("serve_smollm2") / "smollm2.rq4"
-    r = subprocess.run([sys.executable, "-m", import_export().__name__, gguf, str(out), "--quiet"],
+    r = subprocess.run([sys.executable, "-m", "pyrunq4.export", gguf, str(out), "--quiet"],
                        cwd=ROOT, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr[-2000:]
     return out
