@@ -151,7 +151,10 @@ def open_model(path, n_ctx=0, n_threads=0, kv_type=None, float_activations=False
         raise error_for(int(status), msg)
     if out[0] == ffi.NULL:
         raise Runq4Error("rq4_open returned no model", status)
-    return Handle(ffi.gc(out[0], lib.rq4_close))
+    # what the model allocates (KV cache, buffers; the weights are mapped), for the GC
+    cfg = lib.rq4_get_config(out[0])
+    held = lib.rq4_memory_needed(out[0], cfg.n_ctx, cfg.kv_type)
+    return Handle(ffi.gc(out[0], lib.rq4_close, size=held))
 
 
 def config(h: Handle) -> dict:
@@ -199,6 +202,51 @@ def blob(h: Handle, name: str):
     if p == ffi.NULL:
         return None
     return bytes(ffi.buffer(p, size[0]))
+
+
+# ---- the C tokenizer ---------------------------------------------------------
+
+def tokenizer_from_model(h: Handle):
+    """The model's tokenizer.json blob parsed by the C tokenizer (an owned
+    rq4_tokenizer*, freed by the GC), or None when the file has no blob.
+    Raises UnsupportedError for a tokenizer the C side does not implement and
+    FormatError for a damaged one."""
+    if blob_size(h, "tokenizer.json") is None:
+        return None
+    out = ffi.new("rq4_tokenizer **")
+    err = ffi.new("rq4_error *")
+    _check(lib.rq4_tokenizer_from_model(h.ptr, out, err), err)
+    return ffi.gc(out[0], lib.rq4_tokenizer_free, size=lib.rq4_tokenizer_memory(out[0]))
+
+
+def tokenizer_encode(t, text: str, special: bool) -> list:
+    """rq4_tokenizer_encode of a str (valid Unicode, checked by the caller)."""
+    data = text.encode("utf-8")
+    cap = len(data) + 1  # at most one id per byte
+    ids = ffi.new("int32_t[]", cap)
+    n = ffi.new("int32_t *")
+    err = ffi.new("rq4_error *")
+    _check(lib.rq4_tokenizer_encode(t, data, len(data), 1 if special else 0, ids, cap, n, err),
+           err)
+    return ffi.unpack(ids, n[0])
+
+
+def tokenizer_piece(t, token: int) -> bytes:
+    """The bytes a token decodes to (b"" for an id the tokenizer does not know)."""
+    n = ffi.new("uint32_t *")
+    p = lib.rq4_tokenizer_piece(t, token, n)
+    return b"" if p == ffi.NULL else ffi.unpack(p, n[0])
+
+
+def tokenizer_is_special(t, token: int) -> bool:
+    return bool(lib.rq4_tokenizer_is_special(t, token))
+
+
+def blob_size(h: Handle, name: str):
+    """The size of the named blob, or None when the file has none."""
+    size = ffi.new("uint64_t *")
+    p = lib.rq4_blob(h.ptr, name.encode("utf-8"), size)
+    return None if p == ffi.NULL else int(size[0])
 
 
 def memory_needed(h: Handle, n_ctx: int, kv_type: int) -> int:

@@ -1,6 +1,12 @@
 """Benchmark: prompt and decode speed, time to first token, peak memory, roofline.
 
-    pyrunq4-bench (python -m pyrunq4.bench) MODEL.rq4 [--threads T] [--vs-llamacpp MODEL.gguf]
+    pyrunq4-bench (python -m pyrunq4.bench) MODEL.rq4 [--threads T] [--vs-binary ./runq4]
+        [--vs-llamacpp MODEL.gguf]
+
+"ours" is the engine through Model.feed with argmax; with --vs-binary the
+whole Python door (Model.generate: sampling, the text of each token, stop
+handling) runs next to the runq4 binary on the same prompt, both counting
+decode speed as the binary does (generated tokens / time of the decode loop).
 
 Each run is a fresh worker process (so peak resident memory is the engine's
 own, read from the kernel when the worker exits); with --vs-llamacpp the runs
@@ -10,6 +16,7 @@ alike. Figures are medians over --runs runs; ratios are ours / llama.cpp.
 import argparse
 import json
 import os
+import re
 import statistics
 import subprocess
 import sys
@@ -81,10 +88,55 @@ def run_llamacpp(args, ids):
     return {"prompt_s": t1 - t0, "ttft_s": t2 - t0, "decode_s": t3 - t1, "kernel": "llama.cpp"}
 
 
+def run_generate(args, ids):
+    from .model import Model
+
+    with Model(args.model, n_ctx=len(ids) + args.decode + 1, n_threads=args.threads) as m:
+        m.generate(ids, max_new_tokens=args.decode)
+        s = m.last_stats
+        kernel = m.kernel
+    return {"prompt_s": s["prompt_seconds"], "ttft_s": s["prompt_seconds"],
+            "decode_s": s["decode_seconds"], "new_tokens": s["new_tokens"],
+            "decode_tps": s["new_tokens"] / s["decode_seconds"], "kernel": kernel}
+
+
+WORKERS = {"ours": run_ours, "generate": run_generate, "llamacpp": run_llamacpp}
+
+
 def run_worker(args):
     ids = json.loads(sys.stdin.read())
-    result = (run_llamacpp if args.worker == "llamacpp" else run_ours)(args, ids)
-    print(json.dumps(result))
+    print(json.dumps(WORKERS[args.worker](args, ids)))
+
+
+def binary_prompt(model_path, ids):
+    """The text the binary is given for ids (it adds BOS itself), checked to
+    tokenize back to exactly ids."""
+    from .model import Model
+
+    with Model(model_path, n_ctx=8) as m:
+        text = m.detokenize(ids[1:] if ids[0] == m.config.bos_id else ids)
+        if m.tokenize(text) != list(ids):
+            raise SystemExit("bench: the prompt does not round-trip through the tokenizer")
+    return text
+
+
+def spawn_binary(args, ids, text):
+    """One run of the runq4 binary: its own figures from its last stderr line."""
+    cmd = [args.vs_binary, args.model, "-T", str(args.threads), "-n", str(args.decode),
+           "-c", str(len(ids) + args.decode + 1), "-i", text]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    err = proc.stderr.read().decode(errors="replace")
+    proc.stderr.close()
+    _, status, usage = os.wait4(proc.pid, 0)
+    m = re.search(r"prompt (\d+) tokens, ([\d.]+) tok/s; generated (\d+) tokens, ([\d.]+) tok/s"
+                  r".*kernel (\S+),", err)
+    if os.waitstatus_to_exitcode(status) != 0 or not m:
+        raise SystemExit(f"bench: {args.vs_binary} failed: {err.strip()[-300:]}")
+    n_prompt, prompt_tps, n_gen, gen_tps = int(m[1]), float(m[2]), int(m[3]), float(m[4])
+    prompt_s = n_prompt / prompt_tps
+    return {"prompt_s": prompt_s, "ttft_s": prompt_s, "decode_s": n_gen / gen_tps,
+            "new_tokens": n_gen, "decode_tps": gen_tps, "kernel": m[5],
+            "peak_rss_mb": usage.ru_maxrss / 1024}
 
 
 def spawn(args, engine, ids):
@@ -141,7 +193,8 @@ def summarize(runs, n_prompt, n_decode):
     med = lambda key: statistics.median(r[key] for r in runs)  # noqa: E731
     return {
         "prompt_tps": n_prompt / med("prompt_s"),
-        "decode_tps": (n_decode - 1) / statistics.median(
+        # the binary's own definition where the run gives it, else n - 1 steps after the first
+        "decode_tps": med("decode_tps") if "decode_tps" in runs[0] else (n_decode - 1) / statistics.median(
             r["decode_s"] - (r["ttft_s"] - r["prompt_s"]) for r in runs),
         "ttft_ms": 1000 * med("ttft_s"),
         "peak_rss_mb": med("peak_rss_mb"),
@@ -158,14 +211,16 @@ def main(argv=None):
     ap.add_argument("--decode", type=int, default=128, help="tokens to decode")
     ap.add_argument("--runs", type=int, default=5, help="runs per engine (medians are reported)")
     ap.add_argument("--vs-llamacpp", metavar="MODEL.gguf", help="also run llama.cpp (llama-cpp-python) on this GGUF")
-    ap.add_argument("--worker", choices=("ours", "llamacpp"), help=argparse.SUPPRESS)
+    ap.add_argument("--vs-binary", metavar="RUNQ4",
+                    help="also run Model.generate and this runq4 binary (make runq4: ./runq4)")
+    ap.add_argument("--worker", choices=sorted(WORKERS), help=argparse.SUPPRESS)
     ap.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     args = ap.parse_args(argv)
     if args.threads < 1 or args.prompt < 1 or args.decode < 2 or args.runs < 1:
         ap.error("--threads, --prompt and --runs must be >= 1, --decode >= 2")
     if args.worker:
         return run_worker(args)
-    for path in [args.model] + ([args.vs_llamacpp] if args.vs_llamacpp else []):
+    for path in [args.model] + [p for p in (args.vs_llamacpp, args.vs_binary) if p]:
         if not os.path.isfile(path):
             ap.error(f"no such file: {path}")
     if args.vs_llamacpp:
@@ -175,13 +230,20 @@ def main(argv=None):
             ap.error("--vs-llamacpp needs llama-cpp-python (pip install 'pyrunq4[llamacpp]')")
 
     ids = prompt_ids(args.model, args.prompt)
-    engines = ["ours"] + (["llamacpp"] if args.vs_llamacpp else [])
+    engines = (["ours"] + (["generate", "runq4"] if args.vs_binary else [])
+               + (["llamacpp"] if args.vs_llamacpp else []))
+    text = binary_prompt(args.model, ids) if args.vs_binary else None
     runs = {e: [] for e in engines}
     for i in range(args.runs):
         for e in engines:
-            runs[e].append(spawn(args, e, ids))
-            print(f"run {i + 1}/{args.runs} {e}: decode {(args.decode - 1) / runs[e][-1]['decode_s']:.1f} tok/s",
-                  file=sys.stderr)
+            runs[e].append(spawn_binary(args, ids, text) if e == "runq4" else spawn(args, e, ids))
+            r = runs[e][-1]
+            tps = r.get("decode_tps") or (args.decode - 1) / r["decode_s"]
+            print(f"run {i + 1}/{args.runs} {e}: decode {tps:.1f} tok/s", file=sys.stderr)
+    if args.vs_binary:
+        counts = {e: runs[e][0]["new_tokens"] for e in ("generate", "runq4")}
+        if len(set(counts.values())) != 1:
+            print(f"bench: warning: generated token counts differ {counts}", file=sys.stderr)
     stats = {e: summarize(runs[e], args.prompt, args.decode) for e in engines}
 
     print(f"model {args.model}, threads {args.threads}, prompt {args.prompt} tokens, "
@@ -191,6 +253,11 @@ def main(argv=None):
         s = stats[e]
         print(f"{e:24}{s['prompt_tps']:14.1f}{s['decode_tps']:14.1f}{s['ttft_ms']:10.1f}"
               f"{s['peak_rss_mb']:13.1f}  {s['kernel']}")
+    if args.vs_binary:
+        g, b = stats["generate"], stats["runq4"]
+        print(f"{'ratio generate/runq4':24}{g['prompt_tps'] / b['prompt_tps']:14.2f}"
+              f"{g['decode_tps'] / b['decode_tps']:14.2f}{g['ttft_ms'] / b['ttft_ms']:10.2f}"
+              f"{g['peak_rss_mb'] / b['peak_rss_mb']:13.2f}")
     if args.vs_llamacpp:
         o, l = stats["ours"], stats["llamacpp"]
         print(f"{'ratio ours/llama.cpp':24}{o['prompt_tps'] / l['prompt_tps']:14.2f}"

@@ -38,7 +38,7 @@ from .errors import (ArgumentError, ClosedError, ContextFullError, FormatError, 
                      Runq4IOError)
 from .progress import progress_bar
 from .sampling import Sampler
-from .streaming import StopStrings, TokenText, new_stats, timed
+from .streaming import PieceText, StopStrings, TokenText, new_stats, timed
 
 __all__ = ["Config", "Model"]
 
@@ -125,15 +125,16 @@ class Model:
         self.config = Config(**_lib.config(self._h))
         self.float_activations = bool(float_activations)
 
-        tok = _lib.blob(self._h, "tokenizer.json")
-        self.tokenizer = None
-        if tok is not None:
-            from tokenizers import Tokenizer
-            try:
-                self.tokenizer = Tokenizer.from_str(tok.decode("utf-8"))
-            except Exception as e:  # tokenizers raises a bare Exception
-                self.close()
-                raise FormatError(f"{path}: bad tokenizer.json blob: {e}") from None
+        # Text <-> ids: the C tokenizer (the binary's; a few MB for Llama 3's
+        # 128k tokens), or, for a tokenizer it does not implement, the
+        # tokenizers library (about ten times the memory), loaded here so a
+        # damaged blob fails at open either way.
+        self._ctok = None
+        self._hf_tokenizer = None
+        try:
+            self._ctok = _lib.tokenizer_from_model(self._h)
+        except Runq4Error:
+            self._load_hf_tokenizer()
         tmpl = _lib.blob(self._h, "chat_template")
         try:
             self.chat_template = tmpl.decode("utf-8") if tmpl is not None else None
@@ -153,6 +154,7 @@ class Model:
             if self._h is not None:
                 self._h.close()
             self._tokens = []
+            self._ctok = self._hf_tokenizer = None
 
     @property
     def closed(self) -> bool:
@@ -208,11 +210,51 @@ class Model:
 
     # ---- tokens ------------------------------------------------------------------
 
+    def _load_hf_tokenizer(self):
+        """The tokenizers library's Tokenizer of the blob (None without one)."""
+        if self._hf_tokenizer is None:
+            text = self.tokenizer_json
+            if text is not None:
+                from tokenizers import Tokenizer
+                try:
+                    self._hf_tokenizer = Tokenizer.from_str(text)
+                except Exception as e:  # tokenizers raises a bare Exception
+                    self.close()
+                    raise FormatError(f"{self.path}: bad tokenizer.json blob: {e}") from None
+        return self._hf_tokenizer
+
+    @property
+    def tokenizer_json(self):
+        """The file's tokenizer.json blob as text (None without one)."""
+        with self._lock:
+            tok = _lib.blob(self._handle(), "tokenizer.json")
+        if tok is None:
+            return None
+        try:
+            return tok.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise FormatError(f"{self.path}: bad tokenizer.json blob: {e}") from None
+
+    @property
+    def tokenizer(self):
+        """The tokenizers library's Tokenizer of the file (loaded on first use
+        when the C tokenizer does the model's own work), or None."""
+        with self._lock:
+            self._handle()
+            return self._load_hf_tokenizer()
+
     def _tok(self):
+        """Raises unless the model can tokenize."""
         self._handle()
-        if self.tokenizer is None:
+        if self._ctok is None and self._hf_tokenizer is None:
             raise Runq4Error(f"{self.path}: the file has no tokenizer.json blob")
-        return self.tokenizer
+
+    def _text_stream(self):
+        """A fresh TokenText-like object: step(token) -> the text it completes."""
+        if self._ctok is not None:
+            ctok = self._ctok
+            return PieceText(lambda token: _lib.tokenizer_piece(ctok, token))
+        return TokenText(self._hf_tokenizer)
 
     def tokenize(self, text: str, add_bos: bool = True, special: bool = False) -> list:
         """Ids of `text`. add_bos: prepend config.bos_id (if the model has one).
@@ -226,21 +268,32 @@ class Model:
             raise ArgumentError(f"text is not valid Unicode: {e.reason} at index {e.start} "
                                 f"(invalid UTF-8 in the input?)") from None
         with self._lock:
-            tok = self._tok()
-            saved = tok.encode_special_tokens
-            try:
-                tok.encode_special_tokens = not special
-                ids = tok.encode(text, add_special_tokens=False).ids
-            finally:
-                tok.encode_special_tokens = saved
+            self._tok()
+            if self._ctok is not None:
+                ids = _lib.tokenizer_encode(self._ctok, text, special)
+            else:
+                tok = self._hf_tokenizer
+                saved = tok.encode_special_tokens
+                try:
+                    tok.encode_special_tokens = not special
+                    ids = tok.encode(text, add_special_tokens=False).ids
+                finally:
+                    tok.encode_special_tokens = saved
         if add_bos and self.config.bos_id >= 0:
             ids = [self.config.bos_id] + ids
         return ids
 
     def detokenize(self, ids, skip_special: bool = False) -> str:
         """The text of a sequence of ids."""
-        arr = self._ids(ids, allow_empty=True)
-        return self._tok().decode(arr.tolist(), skip_special_tokens=skip_special)
+        arr = self._ids(ids, allow_empty=True).tolist()
+        with self._lock:
+            self._tok()
+            if self._ctok is None:
+                return self._hf_tokenizer.decode(arr, skip_special_tokens=skip_special)
+            ctok = self._ctok
+            if skip_special:
+                arr = [t for t in arr if not _lib.tokenizer_is_special(ctok, t)]
+            return b"".join(_lib.tokenizer_piece(ctok, t) for t in arr).decode("utf-8", "replace")
 
     def _ids(self, token_ids, allow_empty=False) -> np.ndarray:
         """token_ids as a C-contiguous int32 array, checked against the vocab."""
@@ -366,7 +419,7 @@ class Model:
         return ids
 
     def stream(self, prompt, max_new_tokens=256, temperature=0.0, top_p=1.0, top_k=0,
-               seed=None, stop=None, progress=False) -> Iterator[str]:
+               seed=None, stop=None, progress=False, json_schema=None) -> Iterator[str]:
         """Yields the new text piece by piece as it is decoded.
 
         prompt: text (tokenized with BOS, special-token text kept as text) or
@@ -377,21 +430,34 @@ class Model:
         ContextFullError). The bytes of a UTF-8 character split across tokens
         are held until the character is complete. Arguments are checked when
         stream() is called, not at the first next(). progress: a progress bar
-        on stderr (a terminal only) while a long prompt is fed."""
+        on stderr (a terminal only) while a long prompt is fed.
+
+        json_schema: a JSON schema (dict); the text is then a JSON document
+        valid against it, constrained token by token (pyrunq4.structured,
+        needs llguidance); it ends when the document is complete."""
         with self._lock:
             self._tok()
             ids = self._prompt_ids(prompt)
-            return self._start(ids, max_new_tokens, temperature, top_p, top_k, seed, stop, progress)
+            return self._start(ids, max_new_tokens, temperature, top_p, top_k, seed, stop, progress,
+                               json_schema)
 
     def generate(self, prompt, max_new_tokens=256, temperature=0.0, top_p=1.0, top_k=0,
-                 seed=None, stop=None, progress=False) -> str:
+                 seed=None, stop=None, progress=False, json_schema=None) -> str:
         """The new text (see stream(); generate is "".join(stream(...)))."""
         with self._lock:
             return "".join(self.stream(prompt, max_new_tokens, temperature, top_p, top_k,
-                                       seed, stop, progress))
+                                       seed, stop, progress, json_schema))
 
-    def _start(self, ids, max_new_tokens, temperature, top_p, top_k, seed, stop, progress):
+    def _start(self, ids, max_new_tokens, temperature, top_p, top_k, seed, stop, progress,
+               json_schema=None):
         max_new_tokens = check_max_new_tokens(max_new_tokens)
+        if json_schema is not None:
+            if stop is not None:
+                raise ArgumentError("stop strings do not apply with json_schema "
+                                    "(the document's end is the grammar's)")
+            from .structured import json_stream
+            return json_stream(self, ids, json_schema, max_new_tokens, temperature, top_p,
+                               top_k, seed)
         sampler = Sampler(temperature, top_p, top_k, seed)
         if stop is None:
             stops = []
@@ -416,7 +482,7 @@ class Model:
         self.last_stats = stats
         if max_new_tokens == 0:
             return
-        text = TokenText(self.tokenizer)
+        text = self._text_stream()
         cut = StopStrings(stops)
 
         with timed(stats, "prompt_seconds"), self._lock:
@@ -460,9 +526,13 @@ class Model:
     # ---- chat --------------------------------------------------------------------------
 
     def _token_text(self, token_id) -> str:
-        if token_id is None or token_id < 0 or self.tokenizer is None:
+        if token_id is None or token_id < 0:
             return ""
-        return self.tokenizer.id_to_token(int(token_id)) or ""
+        if self._ctok is not None:
+            return _lib.tokenizer_piece(self._ctok, int(token_id)).decode("utf-8", "replace")
+        if self._hf_tokenizer is None:
+            return ""
+        return self._hf_tokenizer.id_to_token(int(token_id)) or ""
 
     def apply_chat_template(self, messages, add_generation_prompt=True, **kwargs) -> str:
         """The conversation rendered with the file's Jinja chat template, with
@@ -494,19 +564,21 @@ class Model:
         return self.tokenize(text, add_bos=False, special=True)
 
     def chat_stream(self, messages, max_new_tokens=256, temperature=0.0, top_p=1.0, top_k=0,
-                    seed=None, stop=None, progress=False) -> Iterator[str]:
+                    seed=None, stop=None, progress=False, json_schema=None) -> Iterator[str]:
         """Streams the assistant's reply to `messages` (a list of {"role",
         "content"} dicts; append the reply and the next user message for the
         next turn). The KV cache is kept across turns: the whole conversation
         is tokenized and only what differs from the cached tokens is fed. The
-        reply ends at the end-of-turn token (config.eos_ids)."""
+        reply ends at the end-of-turn token (config.eos_ids). json_schema: as
+        in stream()."""
         with self._lock:
             ids = self.chat_tokens(messages)
-            return self._start(ids, max_new_tokens, temperature, top_p, top_k, seed, stop, progress)
+            return self._start(ids, max_new_tokens, temperature, top_p, top_k, seed, stop, progress,
+                               json_schema)
 
     def chat(self, messages, max_new_tokens=256, temperature=0.0, top_p=1.0, top_k=0,
-             seed=None, stop=None, progress=False) -> str:
+             seed=None, stop=None, progress=False, json_schema=None) -> str:
         """The assistant's reply to `messages` (see chat_stream())."""
         with self._lock:
             return "".join(self.chat_stream(messages, max_new_tokens, temperature, top_p,
-                                            top_k, seed, stop, progress))
+                                            top_k, seed, stop, progress, json_schema))

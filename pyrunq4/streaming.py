@@ -4,10 +4,11 @@ timing the prompt and decode phases."""
 
 from __future__ import annotations
 
+import codecs
 import time
 from contextlib import contextmanager
 
-__all__ = ["TokenText", "StopStrings", "new_stats", "timed"]
+__all__ = ["TokenText", "PieceText", "StopStrings", "new_stats", "timed"]
 
 
 class TokenText:
@@ -24,6 +25,19 @@ class TokenText:
     def step(self, token: int) -> str:
         """The text that token completes ("" while a character is partial)."""
         return self._stream.step(self._tokenizer, token) or ""
+
+
+class PieceText:
+    """TokenText for a tokenizer that gives each token's bytes (the C
+    tokenizer's pieces): the bytes are decoded as UTF-8 incrementally, so a
+    character split across tokens comes out whole with its last byte."""
+
+    def __init__(self, piece):
+        self._piece = piece            # token id -> bytes
+        self._utf8 = codecs.getincrementaldecoder("utf-8")("replace")
+
+    def step(self, token: int) -> str:
+        return self._utf8.decode(self._piece(token))
 
 
 class StopStrings:
