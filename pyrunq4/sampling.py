@@ -12,6 +12,7 @@ top_k == 1 is greedy whatever the temperature.
 from __future__ import annotations
 
 import math
+import numbers
 
 import numpy as np
 
@@ -20,15 +21,15 @@ __all__ = ["validate", "Sampler"]
 
 def validate(temperature, top_p, top_k):
     """Raises ValueError with a clear message on bad sampling parameters."""
-    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)):
+    if isinstance(temperature, (bool, np.bool_)) or not isinstance(temperature, numbers.Real):
         raise ValueError(f"temperature must be a number, got {temperature!r}")
     if not math.isfinite(temperature) or temperature < 0:
         raise ValueError(f"temperature must be finite and >= 0, got {temperature!r}")
-    if isinstance(top_p, bool) or not isinstance(top_p, (int, float)):
+    if isinstance(top_p, (bool, np.bool_)) or not isinstance(top_p, numbers.Real):
         raise ValueError(f"top_p must be a number, got {top_p!r}")
     if not (0.0 < top_p <= 1.0):  # also rejects NaN
         raise ValueError(f"top_p must be in (0, 1], got {top_p!r}")
-    if isinstance(top_k, bool) or not isinstance(top_k, (int, np.integer)):
+    if isinstance(top_k, (bool, np.bool_)) or not isinstance(top_k, (int, np.integer)):
         raise ValueError(f"top_k must be an integer, got {top_k!r}")
     if top_k < 0:
         raise ValueError(f"top_k must be >= 0, got {top_k!r}")
@@ -56,7 +57,11 @@ class Sampler:
         logits = np.asarray(logits).reshape(-1)
         if self.greedy:
             return int(np.argmax(logits))
-        x = logits.astype(np.float64) / self.temperature
+        # the maximum subtracted before dividing: (x - max) / T is <= 0 and
+        # finite or -inf however small T is (x / T would overflow to inf and
+        # inf - inf is NaN); a T so small that every other logit underflows is greedy
+        x = logits.astype(np.float64)
+        x = (x - x.max()) / self.temperature
         idx = np.arange(x.size)
         if 0 < self.top_k < x.size:
             idx = np.argpartition(-x, self.top_k - 1)[: self.top_k]
