@@ -14,7 +14,7 @@ import argparse
 import math
 import sys
 
-from ._cli import HelpFormatter, Parser, UsageError, positive_int, run_main
+from ._cli import HelpFormatter, Parser, UsageError, positive_int, run_main, write_output
 
 PROG = "python -m pyrunq4.generate"
 
@@ -82,8 +82,7 @@ def build_parser():
 
 
 def _write(text):
-    sys.stdout.write(text)
-    sys.stdout.flush()
+    write_output(text)
 
 
 def _report(model, totals):
