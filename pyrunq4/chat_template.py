@@ -457,7 +457,8 @@ def chat_ids(template, messages, encode, specials, add_generation_prompt=True, p
     if parse_special:
         return encode(template.render(messages, add_generation_prompt, **variables), True)
     others = [s for m in messages for k, v in m.items() if k != "content" for s in _strings(v)]
-    others += [s for s in _strings(variables)]
+    # bos_token and eos_token are the model's own special tokens
+    others += [s for k, v in variables.items() if k not in ("bos_token", "eos_token") for s in _strings(v)]
     for s in others:
         found = find_specials(s, specials)
         if found:

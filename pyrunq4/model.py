@@ -25,7 +25,6 @@ and the Model never writes to it again.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import threading
 import time
@@ -36,6 +35,7 @@ import numpy as np
 from . import _lib
 from ._lib import (ArgumentError, ClosedError, ContextFullError, FormatError,
                    Runq4Error, Runq4IOError)
+from .chat_template import ChatTemplate, chat_ids
 from .sampling import Sampler
 
 __all__ = ["Config", "Model"]
@@ -97,29 +97,16 @@ def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
     return int(diff[0]) if diff.size else m
 
 
-def _compile_chat_template(source: str):
-    """A Jinja template compiled as transformers' apply_chat_template does:
-    sandboxed, trim_blocks and lstrip_blocks, loop controls, a tojson that
-    keeps non-ASCII, raise_exception() and strftime_now()."""
-    import datetime
-
-    import jinja2
-    from jinja2.ext import loopcontrols
-    from jinja2.sandbox import ImmutableSandboxedEnvironment
-
-    def raise_exception(message):
-        raise jinja2.exceptions.TemplateError(message)
-
-    def tojson(x, ensure_ascii=False, indent=None, separators=None, sort_keys=False):
-        return json.dumps(x, ensure_ascii=ensure_ascii, indent=indent,
-                          separators=separators, sort_keys=sort_keys)
-
-    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True,
-                                        extensions=[loopcontrols])
-    env.filters["tojson"] = tojson
-    env.globals["raise_exception"] = raise_exception
-    env.globals["strftime_now"] = lambda fmt: datetime.datetime.now().strftime(fmt)
-    return env.from_string(source)
+def _tokenizer_call(what, fn, *args, **kwargs):
+    """Calls the tokenizers library; a failure of the file's tokenizer, even a
+    Rust panic (PanicException, a BaseException), is a FormatError."""
+    try:
+        return fn(*args, **kwargs)
+    except (KeyboardInterrupt, SystemExit, GeneratorExit, MemoryError):
+        raise
+    except BaseException as e:  # noqa: B902 (PanicException)
+        msg = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
+        raise FormatError(f"the model's tokenizer failed to {what}: {msg}") from None
 
 
 class Model:
@@ -149,8 +136,10 @@ class Model:
         max_memory = _check_int("max_memory", max_memory, 1, _lib.UINT64_MAX, allow_none=True)
         if kv_type not in _lib.KV_TYPES:
             raise ArgumentError(f"kv_type must be one of {sorted(_lib.KV_TYPES)}, got {kv_type!r}")
-        if not os.path.exists(path):
-            raise Runq4IOError(f"{path}: no such file", _lib.lib.RQ4_ERR_IO)
+        try:
+            os.stat(path)
+        except OSError as e:
+            raise Runq4IOError(f"{path}: {e.strerror or 'cannot open'}", _lib.lib.RQ4_ERR_IO) from None
         if os.path.isdir(path):
             raise Runq4IOError(f"{path}: is a directory", _lib.lib.RQ4_ERR_IO)
         self.path = path
@@ -167,8 +156,13 @@ class Model:
         if tok is not None:
             from tokenizers import Tokenizer
             try:
-                self.tokenizer = Tokenizer.from_str(tok.decode("utf-8"))
-            except Exception as e:  # tokenizers raises a bare Exception
+                self.tokenizer = _tokenizer_call("load", Tokenizer.from_str, tok.decode("utf-8"))
+                # lengths are the engine's business: a file's truncation or
+                # padding settings would cut or pad every prompt (or panic)
+                self.tokenizer.no_truncation()
+                self.tokenizer.no_padding()
+                _tokenizer_call("encode", self.tokenizer.encode, "Hi <|x|> 1", add_special_tokens=False)
+            except (FormatError, UnicodeDecodeError) as e:
                 self.close()
                 raise FormatError(f"{path}: bad tokenizer.json blob: {e}") from None
         tmpl = _lib.blob(self._h, "chat_template")
@@ -267,7 +261,7 @@ class Model:
             saved = tok.encode_special_tokens
             try:
                 tok.encode_special_tokens = not special
-                ids = tok.encode(text, add_special_tokens=False).ids
+                ids = _tokenizer_call("encode", tok.encode, text, add_special_tokens=False).ids
             finally:
                 tok.encode_special_tokens = saved
         if add_bos and self.config.bos_id >= 0:
@@ -277,7 +271,7 @@ class Model:
     def detokenize(self, ids, skip_special: bool = False) -> str:
         """The text of a sequence of ids."""
         arr = self._ids(ids, allow_empty=True)
-        return self._tok().decode(arr.tolist(), skip_special_tokens=skip_special)
+        return _tokenizer_call("decode", self._tok().decode, arr.tolist(), skip_special_tokens=skip_special)
 
     def _ids(self, token_ids, allow_empty=False) -> np.ndarray:
         """token_ids as a C-contiguous int32 array, checked against the vocab."""
@@ -295,11 +289,16 @@ class Model:
             if allow_empty:
                 return arr.astype(np.int32)
             raise ArgumentError("token_ids is empty")
-        if arr.dtype.kind not in "iu":
-            if arr.dtype == object and all(isinstance(x, int) and not isinstance(x, bool)
-                                           for x in arr.tolist()):
-                bad = [x for x in arr.tolist() if not -2**31 <= x < 2**31]
+        if arr.dtype == object:  # Python ints (of any size) or junk
+            items = arr.tolist()
+            if not all(isinstance(x, (int, np.integer)) and not isinstance(x, (bool, np.bool_))
+                       for x in items):
+                raise ArgumentError("token_ids must be integers")
+            bad = [x for x in items if not -2**31 <= x < 2**31]
+            if bad:
                 raise ArgumentError(f"token id {bad[0]} is outside the int32 range")
+            arr = np.array(items, dtype=np.int64)
+        if arr.dtype.kind not in "iu":
             raise ArgumentError(f"token_ids must be integers, got dtype {arr.dtype}")
         lo, hi = int(arr.min()), int(arr.max())
         vocab = self.config.vocab_size
@@ -472,7 +471,7 @@ class Model:
                     break
                 seq.append(token)
                 stats["new_tokens"] += 1
-                piece = decoder.step(tok, token)
+                piece = _tokenizer_call("decode", decoder.step, tok, token)
                 decode_s += time.perf_counter() - t
                 if piece:
                     start = max(0, len(text) - hold)
@@ -533,36 +532,52 @@ class Model:
             if not isinstance(m, dict) or not isinstance(m.get("role"), str) \
                     or not isinstance(m.get("content"), str):
                 raise ArgumentError(f"bad message {m!r}: need {{'role': str, 'content': str}}")
+        return self._chat_template().render(list(messages), add_generation_prompt,
+                                            **self._template_variables(kwargs))
+
+    def _chat_template(self) -> ChatTemplate:
         if self._template is None:
-            self._template = _compile_chat_template(self.chat_template)
+            self._template = ChatTemplate(self.chat_template)
+        return self._template
+
+    def _template_variables(self, kwargs) -> dict:
         eos = self.config.eos_ids[0] if self.config.eos_ids else -1
         variables = dict(bos_token=self._token_text(self.config.bos_id),
                          eos_token=self._token_text(eos))
         variables.update(kwargs)
-        return self._template.render(messages=list(messages),
-                                     add_generation_prompt=add_generation_prompt, **variables)
+        return variables
 
-    def chat_tokens(self, messages, **template_kwargs) -> list:
-        """The ids of the rendered conversation (as transformers tokenizes a
-        chat: no extra BOS, special-token text parsed as special tokens)."""
-        text = self.apply_chat_template(messages, add_generation_prompt=True,
-                                        **template_kwargs)
-        return self.tokenize(text, add_bos=False, special=True)
+    def _special_texts(self) -> list:
+        return [t.content for t in self._tok().get_added_tokens_decoder().values() if t.special]
+
+    def chat_tokens(self, messages, parse_special=False, **template_kwargs) -> list:
+        """The ids of the rendered conversation (no extra BOS). The special
+        tokens the template writes (turn headers, end of turn) are special
+        tokens; special-token text inside a message's content is plain text,
+        so a user cannot forge a turn, unless parse_special=True (what
+        transformers does: everything parsed). Special-token text in a role
+        or a template variable is an ArgumentError."""
+        self.apply_chat_template(messages, add_generation_prompt=True, **template_kwargs)  # checks
+        return chat_ids(self._chat_template(), list(messages),
+                        lambda text, special: self.tokenize(text, add_bos=False, special=special),
+                        self._special_texts(), add_generation_prompt=True, parse_special=parse_special,
+                        **self._template_variables(template_kwargs))
 
     def chat_stream(self, messages, max_new_tokens=256, temperature=0.0, top_p=1.0, top_k=0,
-                    seed=None, stop=None) -> Iterator[str]:
+                    seed=None, stop=None, parse_special=False) -> Iterator[str]:
         """Streams the assistant's reply to `messages` (a list of {"role",
         "content"} dicts; append the reply and the next user message for the
         next turn). The KV cache is kept across turns: the whole conversation
         is tokenized and only what differs from the cached tokens is fed. The
-        reply ends at the end-of-turn token (config.eos_ids)."""
+        reply ends at the end-of-turn token (config.eos_ids). parse_special:
+        see chat_tokens()."""
         with self._lock:
-            ids = self.chat_tokens(messages)
+            ids = self.chat_tokens(messages, parse_special=parse_special)
             return self._start(ids, max_new_tokens, temperature, top_p, top_k, seed, stop)
 
     def chat(self, messages, max_new_tokens=256, temperature=0.0, top_p=1.0, top_k=0,
-             seed=None, stop=None) -> str:
+             seed=None, stop=None, parse_special=False) -> str:
         """The assistant's reply to `messages` (see chat_stream())."""
         with self._lock:
             return "".join(self.chat_stream(messages, max_new_tokens, temperature, top_p,
-                                            top_k, seed, stop))
+                                            top_k, seed, stop, parse_special))
