@@ -61,7 +61,8 @@ class Sampler:
         # finite or -inf however small T is (x / T would overflow to inf and
         # inf - inf is NaN); a T so small that every other logit underflows is greedy
         x = logits.astype(np.float64)
-        x = (x - x.max()) / self.temperature
+        with np.errstate(over="ignore"):  # -inf for the others is the intended result
+            x = (x - x.max()) / self.temperature
         idx = np.arange(x.size)
         if 0 < self.top_k < x.size:
             idx = np.argpartition(-x, self.top_k - 1)[: self.top_k]

@@ -20,6 +20,7 @@
 #define _DEFAULT_SOURCE   /* madvise */
 
 #include <errno.h>
+#include <fcntl.h>
 #include <limits.h>
 #include <math.h>
 #include <signal.h>
@@ -30,6 +31,7 @@
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/resource.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -65,12 +67,14 @@ static const char *USAGE =
 /* errors: one line on stderr, exit 1                                        */
 
 static void die(const char *fmt, ...) {
+    char msg[1024];
     va_list ap;
-    fputs("runq4: error: ", stderr);
     va_start(ap, fmt);
-    vfprintf(stderr, fmt, ap);
+    vsnprintf(msg, sizeof msg, fmt, ap);
     va_end(ap);
-    fputc('\n', stderr);
+    for (char *c = msg; *c; c++)   /* one line, whatever the arguments quoted in it hold */
+        if ((unsigned char)*c < 0x20 || *c == 0x7f) *c = '?';
+    fprintf(stderr, "runq4: error: %s\n", msg);
     exit(1);
 }
 
@@ -87,14 +91,17 @@ static float parse_float(const char *flag, const char *s) {
     char *end;
     errno = 0;
     float v = strtof(s, &end);
-    if (end == s || *end != '\0' || errno == ERANGE || !isfinite(v)) die("%s expects a finite number, got '%s'", flag, s);
+    /* ERANGE below 1 is an underflow (1e-45 is a subnormal, 1e-50 becomes 0): the value stands */
+    if (end == s || *end != '\0' || !isfinite(v) || (errno == ERANGE && fabsf(v) >= 1.0f))
+        die("%s expects a finite number, got '%s'", flag, s);
     return v;
 }
 
 static uint64_t parse_u64(const char *flag, const char *s) {
     char *end;
     errno = 0;
-    if (*s == '-' || *s == '+' || *s == ' ') die("%s expects a non-negative integer, got '%s'", flag, s);
+    /* strtoull skips leading whitespace and takes a sign ("\t-1" would be 2^64 - 1): digits only */
+    if (!(*s >= '0' && *s <= '9')) die("%s expects a non-negative integer, got '%s'", flag, s);
     unsigned long long v = strtoull(s, &end, 10);
     if (end == s || *end != '\0' || errno == ERANGE) die("%s expects a non-negative integer, got '%s'", flag, s);
     return (uint64_t)v;
@@ -134,9 +141,33 @@ static void release_blob(const rq4_model *m, const char *name) {
 
 static int g_stdout_closed = 0;   /* the reader went away (| head -c 20) */
 
+/* Writes to stdout. A reader that went away (EPIPE) ends the run quietly;
+ * any other failure (a full disk, an I/O error) loses the output, which is
+ * an error, not success. */
 static void emit(const char *s, size_t n) {
     if (g_stdout_closed || n == 0) return;
-    if (fwrite(s, 1, n, stdout) != n || fflush(stdout) != 0) g_stdout_closed = 1;
+    errno = 0;
+    if (fwrite(s, 1, n, stdout) != n || fflush(stdout) != 0) {
+        if (errno != EPIPE) die("writing the output: %s", errno ? strerror(errno) : "failed");
+        g_stdout_closed = 1;
+    }
+}
+
+/* Descriptors 0 and 2 closed by the caller would be taken by the next
+ * open(), the model file, which chat mode would then read as the user's
+ * messages: /dev/null takes them instead. A closed stdout loses everything
+ * the run would print, so it is an error. */
+static void check_std_fds(void) {
+    struct stat st;
+    for (int fd = 0; fd <= 2; fd++) {
+        if (fstat(fd, &st) == 0) continue;
+        int null = open("/dev/null", fd == 0 ? O_RDONLY : O_WRONLY);
+        if (null >= 0 && null != fd) {
+            dup2(null, fd);
+            close(null);
+        }
+        if (fd == STDOUT_FILENO) die("standard output is closed: the output would be lost");
+    }
 }
 
 /* ------------------------------------------------------------------------ */
@@ -373,9 +404,9 @@ static size_t space_len(const unsigned char *s, size_t n) {
     return 0;
 }
 
-/* Appends s with leading and trailing whitespace removed (Jinja's | trim). */
-static void sb_trimmed(sbuf *b, const char *s) {
-    const unsigned char *p = (const unsigned char *)s, *end = p + strlen(s);
+/* Appends s[0..n) with leading and trailing whitespace removed (Jinja's | trim). */
+static void sb_trimmed(sbuf *b, const char *s, size_t n) {
+    const unsigned char *p = (const unsigned char *)s, *end = p + n;
     size_t k;
     while (p < end && (k = space_len(p, (size_t)(end - p))) > 0) p += k;
     for (;;) {   /* drop whitespace characters at the end (1 to 3 bytes long) */
@@ -390,34 +421,101 @@ static void sb_trimmed(sbuf *b, const char *s) {
     sb_add(b, (const char *)p, (size_t)(end - p));
 }
 
-/* The text of one user turn and the assistant header after it; `first` adds
- * what the template puts before the first message (system). Llama 3's
- * templates trim the messages; ChatML's keep them as they are. */
-static void chat_turn(const chat *c, sbuf *b, int first, const char *system, const char *user) {
+/* A turn's ids, built piece by piece. The special tokens the template
+ * writes (turn headers, end of turn) go in by id; the text between them is
+ * encoded with special-token text as plain text when any of it came from
+ * the user (a message, the system prompt), so that what a user types can
+ * never become a control token; template-only text is encoded as the
+ * template's (special tokens parsed). */
+typedef struct turn {
+    run *r;
+    int32_t *ids;
+    size_t n, cap;
+    sbuf text;          /* pending text since the last special token */
+    int user_text;      /* some of it came from the user */
+} turn;
+
+static void turn_push(turn *t, int32_t id) {
+    if (t->n == t->cap) {
+        size_t cap = t->cap ? 2 * t->cap : 256;
+        int32_t *p = realloc(t->ids, cap * sizeof(int32_t));
+        if (!p) die("out of memory");
+        t->ids = p;
+        t->cap = cap;
+    }
+    t->ids[t->n++] = id;
+}
+
+static void turn_flush(turn *t) {
+    if (t->text.len) {
+        int32_t n = encode(t->r, t->text.s, t->text.len, !t->user_text, -1);
+        for (int32_t i = 0; i < n; i++) turn_push(t, t->r->ids[i]);
+    }
+    t->text.len = 0;
+    t->user_text = 0;
+}
+
+static void turn_special(turn *t, const char *token) {
+    turn_flush(t);
+    int32_t id = rq4_tokenizer_find(t->r->tok, token, (uint32_t)strlen(token));
+    if (id < 0) die("chat mode: the tokenizer lacks %s, which the chat template uses", token);
+    turn_push(t, id);
+}
+
+static void turn_text(turn *t, const char *s) { sb_str(&t->text, s); }
+
+static void turn_user(turn *t, const char *s, size_t n, int trim) {
+    if (trim) sb_trimmed(&t->text, s, n);
+    else sb_add(&t->text, s, n);
+    t->user_text = 1;
+}
+
+/* One user turn and the assistant header after it; `first` adds what the
+ * template puts before the first message (system). Llama 3's templates trim
+ * the messages; ChatML's keep them as they are. */
+static void chat_turn(const chat *c, turn *t, int first, const char *system, const char *user, size_t user_len) {
     if (c->family == CHAT_LLAMA3) {
         if (first && (system || c->llama32_dates)) {
-            sb_str(b, "<|start_header_id|>system<|end_header_id|>\n\n");
+            turn_special(t, "<|start_header_id|>");
+            turn_text(t, "system");
+            turn_special(t, "<|end_header_id|>");
+            turn_text(t, "\n\n");
             if (c->llama32_dates) {
-                sb_str(b, "Cutting Knowledge Date: December 2023\nToday Date: ");
-                sb_str(b, c->date);
-                sb_str(b, "\n\n");
+                turn_text(t, "Cutting Knowledge Date: December 2023\nToday Date: ");
+                turn_text(t, c->date);
+                turn_text(t, "\n\n");
             }
-            if (system) sb_trimmed(b, system);
-            sb_str(b, "<|eot_id|>");
+            if (system) turn_user(t, system, strlen(system), 1);
+            turn_special(t, "<|eot_id|>");
         }
-        sb_str(b, "<|start_header_id|>user<|end_header_id|>\n\n");
-        sb_trimmed(b, user);
-        sb_str(b, "<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n");
+        turn_special(t, "<|start_header_id|>");
+        turn_text(t, "user");
+        turn_special(t, "<|end_header_id|>");
+        turn_text(t, "\n\n");
+        turn_user(t, user, user_len, 1);
+        turn_special(t, "<|eot_id|>");
+        turn_special(t, "<|start_header_id|>");
+        turn_text(t, "assistant");
+        turn_special(t, "<|end_header_id|>");
+        turn_text(t, "\n\n");
     } else {
         if (first && (system || c->default_system)) {
-            sb_str(b, "<|im_start|>system\n");
-            sb_str(b, system ? system : c->default_system);
-            sb_str(b, "<|im_end|>\n");
+            turn_special(t, "<|im_start|>");
+            turn_text(t, "system\n");
+            if (system) turn_user(t, system, strlen(system), 0);
+            else turn_text(t, c->default_system);
+            turn_special(t, "<|im_end|>");
+            turn_text(t, "\n");
         }
-        sb_str(b, "<|im_start|>user\n");
-        sb_str(b, user);
-        sb_str(b, "<|im_end|>\n<|im_start|>assistant\n");
+        turn_special(t, "<|im_start|>");
+        turn_text(t, "user\n");
+        turn_user(t, user, user_len, 0);
+        turn_special(t, "<|im_end|>");
+        turn_text(t, "\n");
+        turn_special(t, "<|im_start|>");
+        turn_text(t, "assistant\n");
     }
+    turn_flush(t);
 }
 
 /* Reads one line of stdin (without its newline) into b; 0 at EOF. */
@@ -440,9 +538,12 @@ static void run_chat(run *r, const char *prompt, const char *system) {
     detect_chat(r, &c);
     int interactive = prompt == NULL, first = 1;
     int32_t pending = -1;
-    sbuf turn = {0}, line = {0};
+    turn t = {0};
+    t.r = r;
+    sbuf line = {0};
     for (;;) {
         const char *user = prompt;
+        size_t user_len = prompt ? strlen(prompt) : 0;
         if (interactive) {
             if (isatty(STDIN_FILENO)) {
                 fputs("> ", stderr);
@@ -453,29 +554,37 @@ static void run_chat(run *r, const char *prompt, const char *system) {
             for (size_t i = 0; i < line.len; i++)
                 if (line.s[i] != ' ' && line.s[i] != '\t') blank = 0;
             if (blank) continue;
-            user = line.s;
+            user = line.s;   /* a NUL byte is part of the line: line.len, not strlen */
+            user_len = line.len;
         }
-        turn.len = 0;
+        /* the turn's ids: the previous answer's unfed last token, BOS if the
+           template starts with it, then the turn */
+        t.n = 0;
+        if (pending >= 0) turn_push(&t, pending);
+        else if (first && c.bos_in_template && r->cfg->bos_id >= 0) turn_push(&t, r->cfg->bos_id);
         if (!first) {
             /* close the previous answer as the template does: end-of-turn
                (sampled but not fed yet, or cut by -n) then ChatML's newline */
-            if (c.family == CHAT_CHATML) sb_str(&turn, "<|im_end|>\n");
-            else sb_str(&turn, "<|eot_id|>");
+            if (c.family == CHAT_CHATML) {
+                turn_special(&t, "<|im_end|>");
+                turn_text(&t, "\n");
+            } else {
+                turn_special(&t, "<|eot_id|>");
+            }
         }
-        chat_turn(&c, &turn, first, system, user);
-        /* the turn's ids: the previous answer's unfed last token, BOS if the
-           template starts with it, then the text (special tokens parsed) */
-        int32_t lead = pending >= 0 ? pending : first && c.bos_in_template ? r->cfg->bos_id : -1;
-        int32_t n = encode(r, turn.s, turn.len, 1, lead);
-        if (r->verbose) print_ids("prompt", r->ids, n);
-        feed(r, r->ids, n);
+        chat_turn(&c, &t, first, system, user, user_len);
+        if (t.n > (size_t)INT32_MAX) die("the message is too long");
+        int32_t n = (int32_t)t.n;
+        if (r->verbose) print_ids("prompt", t.ids, n);
+        feed(r, t.ids, n);
         pending = generate(r);
         emit("\n", 1);
         first = 0;
         if (!interactive || g_stdout_closed) break;
         if (r->context_full) die("the conversation filled the context of %d tokens (use -c)", r->cfg->n_ctx);
     }
-    free(turn.s);
+    free(t.ids);
+    free(t.text.s);
     free(line.s);
     free(c.default_system);
 }
@@ -489,10 +598,12 @@ int main(int argc, char **argv) {
     int have_seed = 0, verbose = 0;
     long steps = DEFAULT_STEPS, threads = 0, ctx = 0;
 
+    signal(SIGPIPE, SIG_IGN);   /* a closed stdout ends the run quietly (emit) */
+    check_std_fds();
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         if (strcmp(a, "-h") == 0 || strcmp(a, "--help") == 0) {
-            fputs(USAGE, stdout);
+            emit(USAGE, strlen(USAGE));
             return 0;
         }
         if (strcmp(a, "-v") == 0) {
@@ -540,7 +651,6 @@ int main(int argc, char **argv) {
         long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
         threads = ncpu < 1 ? 1 : ncpu > 256 ? 256 : ncpu;
     }
-    signal(SIGPIPE, SIG_IGN);   /* a closed stdout ends the run quietly (emit) */
 
     rq4_options opts;
     rq4_error err;
@@ -562,6 +672,20 @@ int main(int argc, char **argv) {
     double load_s = now_s() - t_start;
     if (rq4_tokenizer_size(r.tok) > r.cfg->vocab_size)
         die("the tokenizer has %d ids but the model's vocab is %d", rq4_tokenizer_size(r.tok), r.cfg->vocab_size);
+    if (opts.max_memory) {
+        /* -M bounds the whole run: the engine's figure (file + KV cache +
+           buffers, checked by rq4_open) plus what this program allocates */
+        struct stat st;
+        uint64_t file = stat(path, &st) == 0 ? (uint64_t)st.st_size : 0;
+        uint64_t engine = file + rq4_memory_needed(r.model, r.cfg->n_ctx, opts.kv_type);
+        uint64_t tok = rq4_tokenizer_memory(r.tok);
+        uint64_t bufs = (uint64_t)r.cfg->vocab_size *
+                        (sizeof(float) + (temperature > 0.0f && top_p < 1.0f ? sizeof(rq4_prob_index) : 0));
+        if (engine + tok + bufs > opts.max_memory)
+            die("needs %llu bytes (engine %llu + tokenizer %llu + logits and sampler %llu), over -M %llu MiB",
+                (unsigned long long)(engine + tok + bufs), (unsigned long long)engine, (unsigned long long)tok,
+                (unsigned long long)bufs, (unsigned long long)max_mb);
+    }
     if (!have_seed) seed = (uint64_t)time(NULL) ^ ((uint64_t)getpid() << 32);
     if (rq4_sampler_init(&r.sampler, r.cfg->vocab_size, temperature, top_p, seed) != 0)
         die("out of memory for the sampler");
@@ -587,6 +711,8 @@ int main(int argc, char **argv) {
             (long long)r.gen_tokens, r.gen_s > 0 ? (double)r.gen_tokens / r.gen_s : 0.0,
             r.context_full ? " (context full)" : "", peak_rss_mb(), rq4_kernel_name(), threads, r.cfg->n_ctx, kv);
 
+    if (!g_stdout_closed && fclose(stdout) != 0 && errno != EPIPE)
+        die("writing the output: %s", strerror(errno));
     free(r.logits);
     free(r.ids);
     rq4_sampler_free(&r.sampler);

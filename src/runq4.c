@@ -466,11 +466,19 @@ static rq4_status map_tensor(rq4_model *m, const char *name, int want, int rows,
     return RQ4_OK;
 }
 
+/* A norm weight: F32 values, every one finite (a NaN or Inf weight makes
+ * every activation after it NaN). */
 static rq4_status map_norm(rq4_model *m, const char *name, const float **out, rq4_error *err) {
     tensor t;
     rq4_status s = map_tensor(m, name, WANT_NORM, 1, m->config.dim, &t, err);
+    if (s != RQ4_OK) return s;
+    for (int i = 0; i < m->config.dim; i++) {
+        float v = read_f32(t.q + 4 * (size_t)i);
+        if (!isfinite(v))
+            return fail(err, RQ4_ERR_FORMAT, "tensor %s: value %d is not finite (%g)", name, i, (double)v);
+    }
     *out = (const float *)t.q;
-    return s;
+    return RQ4_OK;
 }
 
 /* Finds every tensor the forward pass reads. */
@@ -539,7 +547,12 @@ static uint64_t max3(uint64_t a, uint64_t b, uint64_t c) { return a > b ? (a > c
 
 /* Positions the caches hold per head: n_ctx rounded up to a whole block of 16
  * keys (see key_at). */
-static inline int kv_len(int n_ctx) { return (n_ctx + 15) / 16 * 16; }
+static inline int64_t kv_len(int n_ctx) { return ((int64_t)n_ctx + 15) / 16 * 16; }
+
+/* Saturating arithmetic for the estimate: a context too large for the
+ * machine gives UINT64_MAX (refused), never a wrapped small number. */
+static uint64_t sat_add(uint64_t a, uint64_t b) { return a > UINT64_MAX - b ? UINT64_MAX : a + b; }
+static uint64_t sat_mul(uint64_t a, uint64_t b) { return a != 0 && b > UINT64_MAX / a ? UINT64_MAX : a * b; }
 
 static uint64_t memory_needed(const rq4_config *c, int n_entries, int n_ctx, int kv_type, int n_threads) {
     uint64_t B = RQ4_BATCH, dim = (uint64_t)c->dim, hidden = (uint64_t)c->hidden_dim;
@@ -552,10 +565,13 @@ static uint64_t memory_needed(const rq4_config *c, int n_entries, int n_ctx, int
     bytes += (uint64_t)(c->head_dim / 2) * sizeof(double);               /* inv_freq */
     bytes += 4 * B * (dim + max_in + dim + q_dim + 2 * kv_dim + 2 * hidden + (uint64_t)c->head_dim); /* x .. rope */
     bytes += B * (3 * max_cols + 4 * (max_cols / QK) * 4); /* acts: q, qp, qt; d, s, dt, st */
-    bytes += 4 * (uint64_t)n_threads * ((uint64_t)(c->n_heads / c->n_kv_heads) * (uint64_t)n_ctx +
-                                        4 * (uint64_t)c->head_dim + max_cols);  /* att, row */
-    bytes += 2 * kv_elem * (uint64_t)c->n_layers * (uint64_t)kv_len(n_ctx) * kv_dim; /* kv cache */
-    bytes += (uint64_t)n_threads * 256;                                  /* thread pool */
+    /* the terms that grow with n_ctx, saturating */
+    uint64_t per_thread = sat_add(sat_mul((uint64_t)(c->n_heads / c->n_kv_heads), (uint64_t)n_ctx),
+                                  4 * (uint64_t)c->head_dim + max_cols);
+    bytes = sat_add(bytes, sat_mul(4 * (uint64_t)n_threads, per_thread));                     /* att, row */
+    bytes = sat_add(bytes, sat_mul(sat_mul(2 * kv_elem * (uint64_t)c->n_layers, (uint64_t)kv_len(n_ctx)),
+                                   kv_dim));                                                    /* kv cache */
+    bytes = sat_add(bytes, (uint64_t)n_threads * 256);                                          /* thread pool */
     return bytes;
 }
 
@@ -1405,10 +1421,10 @@ static rq4_status open_model(rq4_model *m, const char *path, const rq4_options *
 
     /* the memory limit, before the big allocations */
     uint64_t need = memory_needed(c, m->n_entries, c->n_ctx, c->kv_type, c->n_threads);
-    if (o->max_memory && (uint64_t)m->map_size + need > o->max_memory)
+    if (o->max_memory && sat_add((uint64_t)m->map_size, need) > o->max_memory)
         return fail(err, RQ4_ERR_MEMORY_LIMIT,
                     "needs %llu bytes (file %zu + KV cache and buffers %llu for n_ctx %d), over max_memory %llu",
-                    (unsigned long long)(m->map_size + need), m->map_size, (unsigned long long)need, c->n_ctx,
+                    (unsigned long long)sat_add((uint64_t)m->map_size, need), m->map_size, (unsigned long long)need, c->n_ctx,
                     (unsigned long long)o->max_memory);
     if (need > SIZE_MAX / 2)
         return fail(err, RQ4_ERR_NOMEM, "needs %llu bytes for n_ctx %d, more than this machine can address",

@@ -123,7 +123,12 @@ static int32_t sample_top_p(const float *p, int32_t n, float top_p, rq4_prob_ind
 int32_t rq4_sample(rq4_sampler *s, float *logits) {
     int32_t n = s->vocab_size;
     if (s->temperature == 0.0f) return rq4_argmax(logits, n);
-    for (int32_t i = 0; i < n; i++) logits[i] /= s->temperature;
+    /* (x - max) / T, not x / T: the quotient is <= 0 (-inf at worst, exp 0)
+       however small T is, where x / T overflows to inf and inf - inf is NaN */
+    float mx = logits[0];
+    for (int32_t i = 1; i < n; i++)
+        if (logits[i] > mx) mx = logits[i];
+    for (int32_t i = 0; i < n; i++) logits[i] = (logits[i] - mx) / s->temperature;
     softmax(logits, n);
     float coin = random_f32(&s->rng_state);
     if (s->top_p >= 1.0f || !s->probindex) return sample_mult(logits, n, coin);

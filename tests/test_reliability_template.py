@@ -259,3 +259,40 @@ def test_python_cli_hostile_template(tmp_path):
     assert r.returncode == 1
     err = r.stderr.decode().strip().splitlines()
     assert len(err) == 1 and "chat template" in err[0], err
+
+
+def test_max_memory_counts_the_tokenizer_and_logits(binary, llama3_model):
+    """-M bounds the whole run: with the Llama 3 tokenizer (a few MB of
+    tables) and 128,256 logits, a limit that the engine's own figure (file +
+    KV cache + buffers) fits under but the run does not is refused, naming
+    the tokenizer."""
+    from pyrunq4._lib import ffi, lib
+    h = ffi.new("rq4_model **")
+    err = ffi.new("rq4_error *")
+    assert lib.rq4_open(llama3_model.encode(), ffi.NULL, h, err) == lib.RQ4_OK
+    tok = ffi.new("rq4_tokenizer **")
+    try:
+        assert lib.rq4_tokenizer_from_model(h[0], tok, err) == lib.RQ4_OK
+        tok_bytes = lib.rq4_tokenizer_memory(tok[0])
+        lib.rq4_tokenizer_free(tok[0])
+        size = os.path.getsize(llama3_model)
+        # a context whose engine figure is just under a whole MiB
+        best = None
+        for ctx in range(8, 257):
+            engine = size + lib.rq4_memory_needed(h[0], ctx, 0)
+            mib = -(-engine // 2**20)
+            if engine + tok_bytes + 128256 * 4 > mib * 2**20:
+                best = (ctx, mib)
+                break
+    finally:
+        lib.rq4_close(h[0])
+    assert best is not None and tok_bytes > 2**20
+    ctx, mib = best
+    args = [binary, llama3_model, "-i", "hi", "-n", "1", "-T", "1", "-c", str(ctx)]
+    r = subprocess.run(args + ["-M", str(mib)], capture_output=True, timeout=120)
+    assert r.returncode == 1, r.stderr
+    line = r.stderr.decode().strip()
+    assert "\n" not in line and "tokenizer" in line, line
+    need = int(line.split("needs ")[1].split(" ")[0])
+    r = subprocess.run(args + ["-M", str(-(-need // 2**20))], capture_output=True, timeout=120)
+    assert r.returncode == 0, r.stderr

@@ -57,8 +57,10 @@ def one_line(stderr, prefix=None):
 
 
 def py(module, *args, stdin=None, timeout=120, **kw):
-    return subprocess.run([sys.executable, "-m", module, *map(str, args)], capture_output=True, input=stdin,
-                          env=ENV, timeout=timeout, cwd=PKG_PARENT, **kw)
+    if "stdout" not in kw:
+        kw.update(stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    return subprocess.run([sys.executable, "-m", module, *map(str, args)], input=stdin, env=ENV, timeout=timeout,
+                          cwd=PKG_PARENT, **kw)
 
 
 # ---- third-party exceptions --------------------------------------------------------------------
