@@ -8,13 +8,15 @@ over RMS of w), as llama2.c's export.py does.
 import argparse
 import importlib
 import os
+import signal
 import sys
 import time
 
 from .format import validate_group_size
 from .quant import QuantizedTensor, quantize_rtn, rms_rel_error
 from .source import ExportError, open_source
-from .writer import Rq4Writer
+from .verify import binary_tokenizer_problem, check_blobs, input_identities, verify_file
+from .writer import OutputPathError, Rq4Writer, check_output_path
 
 PROG = "python -m pyrunq4.export"
 EMBEDDING_NAMES = ("tok_embeddings", "output")
@@ -96,8 +98,11 @@ def export(options, log=None):
     except ValueError as e:
         raise ExportError(f"--group-size: {e}") from None
     out = options.output
-    if os.path.isdir(out):
-        raise ExportError(f"{out}: is a directory")
+    protect = input_identities(options.source)
+    try:
+        check_output_path(out, protect)
+    except OutputPathError as e:
+        raise ExportError(str(e)) from None
     t0 = time.time()
     with open_source(options.source, options) as src:
         if getattr(src, "note", None):
@@ -105,9 +110,13 @@ def export(options, log=None):
         names = src.tensor_names()
         quantizer = make_quantizer(options.method, options, src)
         header = dict(src.header, group_size=options.group_size)
+        check_blobs(src.blobs, header)
         n = len(names)
         try:
-            writer = Rq4Writer(out, header, max_entries=n + len(src.blobs))
+            writer = Rq4Writer(out, header, max_entries=n + len(src.blobs), protect=protect,
+                               verify=verify_file)
+        except OutputPathError as e:
+            raise ExportError(str(e)) from None
         except OSError as e:
             raise ExportError(f"{out}: cannot write: {e.strerror or e}") from None
         with writer as w:
@@ -133,17 +142,57 @@ def export(options, log=None):
             for name, data in src.blobs.items():
                 w.add_blob(name, data)
                 log(f"blob {name}: {len(data)} bytes")
+        problem = binary_tokenizer_problem(src.blobs)
     log(f"wrote {out}: {os.path.getsize(out) / 1e6:.1f} MB in {time.time() - t0:.1f} s")
+    if problem:
+        print(f"{PROG}: note: pyrunq4 runs {out}, but the runq4 binary cannot tokenize it: {problem}",
+              file=sys.stderr, flush=True)
+
+
+class Terminated(BaseException):
+    """SIGTERM or SIGHUP arrived: unwinds like KeyboardInterrupt, so the writer
+    removes its temporary file."""
+
+    def __init__(self, signum):
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _terminate(signum, frame):
+    raise Terminated(signum)
+
+
+# What a malformed input (a config field of the wrong type, a damaged
+# safetensors header, GGUF metadata of another type) raises in code that
+# trusted its shape: reported as one line about the input, not a traceback.
+MALFORMED_INPUT = (KeyError, TypeError, IndexError, AttributeError, ZeroDivisionError, OverflowError,
+                   UnicodeError, RecursionError, LookupError, ArithmeticError)
 
 
 def main(argv=None):
     options = build_parser().parse_args(argv)
     log = (lambda s: None) if options.quiet else (lambda s: print(s, file=sys.stderr, flush=True))
+    handlers = {}
+    try:
+        for sig in (signal.SIGTERM, signal.SIGHUP):
+            handlers[sig] = signal.signal(sig, _terminate)
+    except ValueError:  # not the main thread: the caller owns the signals
+        pass
     try:
         export(options, log)
     except (ExportError, ValueError) as e:
         print(f"{PROG}: error: {e}", file=sys.stderr)
         return 1
+    except MALFORMED_INPUT as e:
+        if os.environ.get("PYRUNQ4_TRACEBACK"):
+            raise
+        msg = (str(e).strip().splitlines() or [""])[0][:300]
+        print(f"{PROG}: error: {options.source}: malformed input ({type(e).__name__}: {msg}); "
+              f"PYRUNQ4_TRACEBACK=1 shows where", file=sys.stderr)
+        return 1
+    except Terminated as e:
+        print(f"{PROG}: terminated by signal {e.signum}; nothing was written", file=sys.stderr)
+        return 128 + e.signum
     except OSError as e:
         what = f"{e.strerror}: {e.filename}" if e.strerror and e.filename else str(e)
         print(f"{PROG}: error: {what}", file=sys.stderr)
@@ -151,6 +200,9 @@ def main(argv=None):
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted", file=sys.stderr)
         return 130
+    finally:
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
     return 0
 
 
