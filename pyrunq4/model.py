@@ -138,7 +138,9 @@ class Model:
             raise ArgumentError(f"kv_type must be one of {sorted(_lib.KV_TYPES)}, got {kv_type!r}")
         try:
             os.stat(path)
-        except OSError as e:
+        except FileNotFoundError:
+            raise Runq4IOError(f"{path}: no such file", _lib.lib.RQ4_ERR_IO) from None
+        except OSError as e:  # a loop of symbolic links, no permission to search a folder...
             raise Runq4IOError(f"{path}: {e.strerror or 'cannot open'}", _lib.lib.RQ4_ERR_IO) from None
         if os.path.isdir(path):
             raise Runq4IOError(f"{path}: is a directory", _lib.lib.RQ4_ERR_IO)
