@@ -10,7 +10,8 @@ render may cost:
   and format widths, joins, replaces and nested lists are checked before they
   are built, so a template cannot make a multi-gigabyte string);
 - MAX_STEPS lines of template code executed and MAX_SECONDS of wall time (a
-  trace function counts them, so nested loops end);
+  trace function on the template's own code counts them, so nested loops
+  end);
 - recursion as deep as Python allows.
 
 Every failure, compiling or rendering, is a ChatTemplateError with one line.
@@ -34,7 +35,7 @@ __all__ = ["ChatTemplate", "ChatTemplateError", "MAX_CHARS", "MAX_STEPS", "MAX_S
            "split_at_template_specials"]
 
 MAX_CHARS = 1 << 22     # output characters; also the largest string or container a template may build
-MAX_STEPS = 2_000_000   # lines of template code one render may execute
+MAX_STEPS = 500_000     # lines of template code one render may execute
 MAX_SECONDS = 10.0      # wall time of one render
 
 # Unicode noncharacters: never in real text, so they can mark where message
@@ -278,7 +279,9 @@ class _Tracer:
         self.tripped = None
 
     def __call__(self, frame, event, arg):
-        return self.local
+        # only the template's own code: its loops are what must end; the
+        # checks and Jinja's runtime run a bounded amount of work per line
+        return self.local if frame.f_code.co_filename == "<template>" else None
 
     def local(self, frame, event, arg):
         if event == "line":
