@@ -296,7 +296,8 @@ def random_args(rng, flags):
 def check_cli(r, prog_prefix):
     """'ok' or 'refused' for exit 0 / exit 1 with one stderr line; else a finding text."""
     err = r.stderr.decode("utf-8", "replace").strip()
-    lines = err.splitlines()
+    # a note from an earlier chat turn ("(stopped: the context is full ...)") is not the error
+    lines = [x for x in err.splitlines() if not x.startswith("(stopped")]
     if r.returncode == 0:
         return "ok", ""
     if r.returncode == 1 and len(lines) == 1 and "Traceback" not in err and lines[0].startswith(prog_prefix):
