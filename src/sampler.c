@@ -124,11 +124,17 @@ int32_t rq4_sample(rq4_sampler *s, float *logits) {
     int32_t n = s->vocab_size;
     if (s->temperature == 0.0f) return rq4_argmax(logits, n);
     /* (x - max) / T, not x / T: the quotient is <= 0 (-inf at worst, exp 0)
-       however small T is, where x / T overflows to inf and inf - inf is NaN */
-    float mx = logits[0];
-    for (int32_t i = 1; i < n; i++)
+       however small T is, where x / T overflows to inf and inf - inf is NaN.
+       The maximum itself gives 0 (also when it is +inf: those logits share
+       the draw); a NaN logit is never drawn. */
+    float mx = -INFINITY;
+    for (int32_t i = 0; i < n; i++)
         if (logits[i] > mx) mx = logits[i];
-    for (int32_t i = 0; i < n; i++) logits[i] = (logits[i] - mx) / s->temperature;
+    if (mx == -INFINITY) return rq4_argmax(logits, n);   /* nothing to draw from */
+    for (int32_t i = 0; i < n; i++) {
+        float x = logits[i];
+        logits[i] = x == mx ? 0.0f : x == x ? (x - mx) / s->temperature : -INFINITY;
+    }
     softmax(logits, n);
     float coin = random_f32(&s->rng_state);
     if (s->top_p >= 1.0f || !s->probindex) return sample_mult(logits, n, coin);

@@ -142,6 +142,22 @@ def test_tiny_temperature_python():
         assert [s(logits) for _ in range(20)] == [1] * 20, t
     s = Sampler(temperature=np.float32(1e-30), top_p=0.5, top_k=3, seed=1)
     assert s(logits) == 1
+    # logits that overflowed (a model with huge weights): the +inf ones share the draw, NaN is never drawn
+    odd = np.array([np.nan, np.inf, 1.0, np.inf, -np.inf, np.nan], np.float32)
+    for t in (1e-30, 0.7, 1e30):
+        for top_p in (1.0, 0.5):
+            s = Sampler(temperature=t, top_p=top_p, seed=2)
+            assert {s(odd) for _ in range(40)} <= {1, 3}, (t, top_p)
+    assert Sampler(temperature=0.7, seed=1)(np.array([np.nan, -np.inf], np.float32)) in (0, 1)
+
+
+def test_overflowing_logits_binary(binary, tiny_tied, tmp_path):
+    """A finite but huge norm weight (1e38) overflows the logits to inf:
+    greedy and sampled runs still work, one token at a time."""
+    path = _poke_norm(tiny_tied, tmp_path / "huge.rq4", 1e38)
+    for args in ((), ("-t", "0.8", "-s", "3"), ("-t", "1e-30", "-p", "0.5")):
+        r = subprocess.run([binary, path, "-i", "the cat", "-n", "6", *args], capture_output=True, timeout=60)
+        assert r.returncode == 0, (args, r.stderr)
 
 
 def test_tiny_temperature_binary(binary, tiny_tied):

@@ -60,7 +60,8 @@ def _worker():
             m.generate(task.get("text", "hi"), max_new_tokens=2, temperature=task.get("t", 0.0), seed=1)
             if m.chat_template is not None:
                 m.chat([{"role": "user", "content": task.get("text", "hi")}], max_new_tokens=1)
-            assert np.isfinite(m.logits([m.config.bos_id if m.config.bos_id >= 0 else 0])).all(), "NaN logits"
+            # huge (finite) weights may overflow logits to inf; NaN would be a bug in the engine
+            assert not np.isnan(m.logits([m.config.bos_id if m.config.bos_id >= 0 else 0])).any(), "NaN logits"
 
     def template_case(task):
         ChatTemplate(task["source"]).render(task["messages"], True, bos_token="<s>", eos_token="</s>")
