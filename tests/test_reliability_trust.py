@@ -286,6 +286,11 @@ def test_symlink_loops_named(binary, tiny_tied, tmp_path):
     assert r.returncode == 1 and "symbolic link" in one_line(r.stderr)
     r = py("pyrunq4.eval", "perplexity", tiny_tied, "--text", a)
     assert r.returncode == 1 and "symbolic link" in one_line(r.stderr)
+    for src in (a, tmp_path / "loop.gguf"):
+        if src != a:
+            os.symlink(src, src)
+        r = py("pyrunq4.export", src, tmp_path / "out.rq4")
+        assert r.returncode == 1 and "symbolic link" in one_line(r.stderr)
 
 
 # ---- the exporter: what it writes -----------------------------------------------------------------
