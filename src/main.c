@@ -672,6 +672,9 @@ int main(int argc, char **argv) {
     double load_s = now_s() - t_start;
     if (rq4_tokenizer_size(r.tok) > r.cfg->vocab_size)
         die("the tokenizer has %d ids but the model's vocab is %d", rq4_tokenizer_size(r.tok), r.cfg->vocab_size);
+    if (!have_seed) seed = (uint64_t)time(NULL) ^ ((uint64_t)getpid() << 32);
+    if (rq4_sampler_init(&r.sampler, r.cfg->vocab_size, temperature, top_p, seed) != 0)
+        die("out of memory for the sampler");
     if (opts.max_memory) {
         /* -M bounds the whole run: the engine's figure (file + KV cache +
            buffers, checked by rq4_open) plus what this program allocates */
@@ -680,15 +683,12 @@ int main(int argc, char **argv) {
         uint64_t engine = file + rq4_memory_needed(r.model, r.cfg->n_ctx, opts.kv_type);
         uint64_t tok = rq4_tokenizer_memory(r.tok);
         uint64_t bufs = (uint64_t)r.cfg->vocab_size *
-                        (sizeof(float) + (temperature > 0.0f && top_p < 1.0f ? sizeof(rq4_prob_index) : 0));
+                        (sizeof(float) + (r.sampler.probindex ? sizeof(rq4_prob_index) : 0));
         if (engine + tok + bufs > opts.max_memory)
             die("needs %llu bytes (engine %llu + tokenizer %llu + logits and sampler %llu), over -M %llu MiB",
                 (unsigned long long)(engine + tok + bufs), (unsigned long long)engine, (unsigned long long)tok,
                 (unsigned long long)bufs, (unsigned long long)max_mb);
     }
-    if (!have_seed) seed = (uint64_t)time(NULL) ^ ((uint64_t)getpid() << 32);
-    if (rq4_sampler_init(&r.sampler, r.cfg->vocab_size, temperature, top_p, seed) != 0)
-        die("out of memory for the sampler");
     r.logits = malloc(sizeof(float) * (size_t)r.cfg->vocab_size);
     if (!r.logits) die("out of memory for the logits");
 
