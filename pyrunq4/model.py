@@ -525,6 +525,11 @@ class Model:
         """The conversation rendered with the file's Jinja chat template, with
         the variables transformers passes (messages, add_generation_prompt,
         bos_token, eos_token) plus **kwargs."""
+        self._check_messages(messages)
+        return self._chat_template().render(list(messages), add_generation_prompt,
+                                            **self._template_variables(kwargs))
+
+    def _check_messages(self, messages):
         self._handle()
         if self.chat_template is None:
             raise Runq4Error(f"{self.path}: the file has no chat_template blob")
@@ -534,8 +539,6 @@ class Model:
             if not isinstance(m, dict) or not isinstance(m.get("role"), str) \
                     or not isinstance(m.get("content"), str):
                 raise ArgumentError(f"bad message {m!r}: need {{'role': str, 'content': str}}")
-        return self._chat_template().render(list(messages), add_generation_prompt,
-                                            **self._template_variables(kwargs))
 
     def _chat_template(self) -> ChatTemplate:
         if self._template is None:
@@ -559,7 +562,7 @@ class Model:
         so a user cannot forge a turn, unless parse_special=True (what
         transformers does: everything parsed). Special-token text in a role
         or a template variable is an ArgumentError."""
-        self.apply_chat_template(messages, add_generation_prompt=True, **template_kwargs)  # checks
+        self._check_messages(messages)
         return chat_ids(self._chat_template(), list(messages),
                         lambda text, special: self.tokenize(text, add_bos=False, special=special),
                         self._special_texts(), add_generation_prompt=True, parse_special=parse_special,
