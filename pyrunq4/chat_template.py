@@ -349,11 +349,15 @@ class ChatTemplate:
         finally:
             self._budget.known.clear()
 
-    def render_spans(self, messages, add_generation_prompt=True, **variables):
+    def render_spans(self, messages, add_generation_prompt=True, check=None, **variables):
         """(text, spans): the rendering and the [start, end) ranges of it that
         are the messages' contents, or None when the template transforms the
-        contents beyond trimming (then where they are is not known)."""
+        contents beyond trimming (then where they are is not known).
+        check(text), if given, runs on the rendering before the extra renders
+        that find the spans."""
         text = self.render(messages, add_generation_prompt, **variables)
+        if check is not None:
+            check(text)
         seen = set(self.source) | set(text)
         for m in messages:
             for v in m.values():
@@ -447,18 +451,26 @@ def _strings(obj, depth=0):
 
 
 def chat_ids(template, messages, encode, specials, add_generation_prompt=True, parse_special=False,
-             **variables):
+             max_chars=None, **variables):
     """The token ids of a conversation: the template's own special-token text
     (e.g. <|eot_id|> between turns) as special tokens, and special-token text
     inside the messages' contents as plain text (parse_special=True: as
     special tokens too, as transformers does). Special-token text in any
     other string the caller passes (a role, a template variable) is an
     ArgumentError. encode(text, special) -> ids; specials: the special tokens'
-    texts."""
-    from ._lib import ArgumentError
+    texts. max_chars: a rendering longer than this cannot fit in the
+    context (ContextFullError, before it is tokenized)."""
+    from ._lib import ArgumentError, ContextFullError
+
+    def check(text):
+        if max_chars is not None and len(text) > max_chars:
+            raise ContextFullError(f"the rendered conversation ({len(text)} characters) cannot fit in the "
+                                   f"context (at most {max_chars} characters)")
 
     if parse_special:
-        return encode(template.render(messages, add_generation_prompt, **variables), True)
+        text = template.render(messages, add_generation_prompt, **variables)
+        check(text)
+        return encode(text, True)
     others = [s for m in messages for k, v in m.items() if k != "content" for s in _strings(v)]
     # bos_token and eos_token are the model's own special tokens
     others += [s for k, v in variables.items() if k not in ("bos_token", "eos_token") for s in _strings(v)]
@@ -467,7 +479,7 @@ def chat_ids(template, messages, encode, specials, add_generation_prompt=True, p
         if found:
             raise ArgumentError(f"special-token text {found[0][2]!r} in {s[:60]!r}: only message contents "
                                 f"may hold it (as plain text)")
-    text, spans = template.render_spans(messages, add_generation_prompt, **variables)
+    text, spans = template.render_spans(messages, add_generation_prompt, check, **variables)
     if spans is None:
         # the template changes the contents, so where they are is unknown:
         # refuse special-token text in them rather than parse it

@@ -174,6 +174,7 @@ class Model:
             self.close()
             raise FormatError(f"{path}: the chat_template blob is not UTF-8: {e}") from None
         self._template = None
+        self._longest_token = None
         self._tokens = []      # the ids in the KV cache, in order (== position)
         self._epoch = 0        # bumped by every change to the cache
         self.last_stats = None  # timings of the last generate/stream/chat
@@ -555,6 +556,14 @@ class Model:
     def _special_texts(self) -> list:
         return [t.content for t in self._tok().get_added_tokens_decoder().values() if t.special]
 
+    def _max_chars(self) -> int:
+        """The longest text that can fit in the context: n_ctx tokens of the
+        longest vocabulary entry (a token never covers more characters)."""
+        if self._longest_token is None:
+            self._longest_token = max((len(t) for t in self._tok().get_vocab(with_added_tokens=True)),
+                                      default=1)
+        return self.config.n_ctx * max(self._longest_token, 1)
+
     def chat_tokens(self, messages, parse_special=False, **template_kwargs) -> list:
         """The ids of the rendered conversation (no extra BOS). The special
         tokens the template writes (turn headers, end of turn) are special
@@ -566,7 +575,7 @@ class Model:
         return chat_ids(self._chat_template(), list(messages),
                         lambda text, special: self.tokenize(text, add_bos=False, special=special),
                         self._special_texts(), add_generation_prompt=True, parse_special=parse_special,
-                        **self._template_variables(template_kwargs))
+                        max_chars=self._max_chars(), **self._template_variables(template_kwargs))
 
     def chat_stream(self, messages, max_new_tokens=256, temperature=0.0, top_p=1.0, top_k=0,
                     seed=None, stop=None, parse_special=False) -> Iterator[str]:

@@ -297,8 +297,10 @@ def random_args(rng, flags):
 def check_cli(r, prog_prefix):
     """'ok' or 'refused' for exit 0 / exit 1 with one stderr line; else a finding text."""
     err = r.stderr.decode("utf-8", "replace").strip()
-    # a note from an earlier chat turn ("(stopped: the context is full ...)") is not the error
-    lines = [x for x in err.splitlines() if not x.startswith("(stopped")]
+    # a note from an earlier chat turn ("(stopped: the context is full ...)") and
+    # the ids -v prints are not the error
+    lines = [x for x in err.splitlines()
+             if not x.startswith(("(stopped", "runq4: prompt ids", "runq4: generated ids"))]
     if r.returncode == 0:
         return "ok", ""
     if r.returncode == 1 and len(lines) == 1 and "Traceback" not in err and lines[0].startswith(prog_prefix):
@@ -319,8 +321,8 @@ class Probe:
         self.worker = Worker()
         self.tmp = tempfile.mkdtemp(prefix="hostile-probe-")
         self.binary = args.binary
-        self.max_rss = 0
-        self.slowest = 0.0
+        self.max_rss, self.max_rss_case = 0, None
+        self.slowest, self.slowest_case = 0.0, None
 
     def record(self, family, status, detail, files=None):
         self.counts[family][status] += 1
@@ -341,8 +343,10 @@ class Probe:
 
     def py(self, family, task, files=None):
         res = self.worker.run(task)
-        self.max_rss = max(self.max_rss, res.get("rss_mb", 0))
-        self.slowest = max(self.slowest, res.get("seconds", 0.0))
+        if res.get("rss_mb", 0) > self.max_rss:
+            self.max_rss, self.max_rss_case = res["rss_mb"], (family, str(task)[:200])
+        if res.get("seconds", 0.0) > self.slowest:
+            self.slowest, self.slowest_case = res["seconds"], (family, str(task)[:200])
         self.record(family, res["status"], res.get("detail", ""), files)
 
     def run_binary(self, family, argv, files=None, stdin=b""):
@@ -419,7 +423,7 @@ class Probe:
                 rewrite_blob(bases[0], path, "chat_template", source.encode())
                 self.run_binary("template", [path, "-m", "chat", "-i", "hi", "-n", "1", "-T", "1"],
                                 {"template.jinja": source})
-                self.py("template", {"kind": "model", "path": path}, {"template.jinja": source})
+                self.py("template", {"kind": "model", "path": path, "about": source[:150]}, {"template.jinja": source})
             i += 1
 
     def family_args(self, bases, deadline):
@@ -502,6 +506,7 @@ class Probe:
         findings = sum(c["finding"] for c in self.counts.values())
         print(f"total {total} cases, {findings} findings; worker peak RSS {self.max_rss} MiB, "
               f"slowest Python case {self.slowest:.1f} s")
+        print(f"  peak RSS reached at: {self.max_rss_case}\n  slowest: {self.slowest_case}")
         return 1 if findings else 0
 
 
