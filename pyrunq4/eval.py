@@ -1,4 +1,4 @@
-"""Evaluation: python -m pyrunq4.eval perplexity MODEL.rq4 --text FILE [--window 512]
+"""Evaluation: pyrunq4-eval (python -m pyrunq4.eval) perplexity MODEL.rq4 --text FILE [--window 512]
                                     [--compare OTHER.rq4 ...]  (one table, same ids)
 
 The text is tokenized once (with BOS, as generate does) and cut into
@@ -17,9 +17,10 @@ import sys
 
 import numpy as np
 
-from ._cli import HelpFormatter, Parser, UsageError, positive_int, read_text_file, run_main
+from ._cli import HelpFormatter, Parser, UsageError, add_version, positive_int, read_text_file, run_main
+from .progress import progress_bar
 
-PROG = "python -m pyrunq4.eval"
+PROG = "pyrunq4-eval"
 
 
 def _log_softmax_at(logits: np.ndarray, targets: np.ndarray) -> np.ndarray:
@@ -30,35 +31,39 @@ def _log_softmax_at(logits: np.ndarray, targets: np.ndarray) -> np.ndarray:
     return x[np.arange(len(targets)), targets] - lse
 
 
-def negative_log_likelihoods(model, ids, window=512) -> np.ndarray:
-    """-log p(token | window prefix) of every scored token, in order."""
+def negative_log_likelihoods(model, ids, window=512, progress=False) -> np.ndarray:
+    """-log p(token | window prefix) of every scored token, in order.
+    progress: a bar per window on stderr (a terminal only)."""
     ids = np.asarray(ids, dtype=np.int64).reshape(-1)
     if window < 2:
         raise ValueError(f"window must be >= 2, got {window}")
     if window > model.config.n_ctx:
         raise ValueError(f"window {window} exceeds the context {model.config.n_ctx}")
     out = []
-    for start in range(0, len(ids), window):
-        chunk = ids[start:start + window]
-        if len(chunk) < 2:
-            break
-        logits = model.logits(chunk)
-        out.append(-_log_softmax_at(logits[:-1], chunk[1:]))
+    starts = range(0, len(ids), window)
+    with progress_bar(total=len(starts), desc="perplexity", unit="window", quiet=not progress) as bar:
+        for start in starts:
+            chunk = ids[start:start + window]
+            if len(chunk) < 2:
+                break
+            logits = model.logits(chunk)
+            out.append(-_log_softmax_at(logits[:-1], chunk[1:]))
+            bar.update(1)
     return np.concatenate(out) if out else np.zeros(0)
 
 
-def perplexity(model, ids, window=512):
+def perplexity(model, ids, window=512, progress=False):
     """(perplexity, number of scored tokens) of ids under model."""
-    nll = negative_log_likelihoods(model, ids, window)
+    nll = negative_log_likelihoods(model, ids, window, progress)
     if nll.size == 0:
         raise ValueError("no token to score: the text needs at least 2 tokens")
     return float(math.exp(nll.mean())), int(nll.size)
 
 
-
 def build_parser():
     p = Parser(prog=PROG, description="Evaluate .rq4 models.",
                 formatter_class=HelpFormatter)
+    add_version(p)
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     pp = sub.add_parser("perplexity", help="perplexity of a text file",
@@ -105,7 +110,7 @@ def _cmd_compare(args, text):
         with _open(path, args) as m:
             if m.config.vocab_size != vocab:
                 raise UsageError(f"{path}: vocabulary {m.config.vocab_size} differs from {vocab}")
-            ppl, n = perplexity(m, ids, args.window)
+            ppl, n = perplexity(m, ids, args.window, progress=True)
         print(f"{os.path.basename(path):{width}s}  {os.path.getsize(path) / 1e6:7.1f}  {ppl:10.4f}  "
               f"{n:6d}  {time.time() - t0:7.1f}", flush=True)
     return 0
@@ -119,7 +124,7 @@ def _cmd_perplexity(args):
         return _cmd_compare(args, text)
     with _open(args.model, args) as m:
         ids = m.tokenize(text, add_bos=True)
-        ppl, n = perplexity(m, ids, args.window)
+        ppl, n = perplexity(m, ids, args.window, progress=True)
     print(f"perplexity: {ppl:.4f} tokens: {n}")
     return 0
 

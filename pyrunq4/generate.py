@@ -1,84 +1,75 @@
-"""Command line generation: python -m pyrunq4.generate MODEL.rq4 [options]
+"""Command line generation: pyrunq4-generate (python -m pyrunq4.generate)
+MODEL.rq4 [options]
 
 Streams only the new text to stdout (flushed piece by piece), then prints the
 prompt and decode speeds to stderr. --chat renders the model's own chat
-template; with --chat and no -p it is an interactive multi-turn chat reading
-one user message per line from stdin until EOF (Ctrl-D). Known errors (a
-missing file, a file that is not .rq4, bad option values) print one line on
+template; with --chat and no --prompt it is an interactive multi-turn chat
+reading one user message per line from stdin until EOF (Ctrl-D). Known errors
+(a missing file, a file that is not .rq4, bad option values) print one line on
 stderr and exit with status 1; a closed pipe (| head -c 20) exits quietly.
+
+The long options are the runq4 binary's, with the same meanings and defaults
+(tests/test_cli.py runs one argument list through both).
 """
 
 from __future__ import annotations
 
-import argparse
-import math
 import sys
 
-from ._cli import HelpFormatter, Parser, UsageError, positive_int, run_main, write_output
+from ._cli import HelpFormatter, Parser, UsageError, add_version, run_main, write_output
+from .checks import check_max_new_tokens, check_sampling
 
-PROG = "python -m pyrunq4.generate"
-
-
-def _nonneg_int(text):
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-    if v < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {v}")
-    return v
-
-
-def _temperature(text):
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not math.isfinite(v) or v < 0:
-        raise argparse.ArgumentTypeError(f"must be finite and >= 0, got {text}")
-    return v
-
-
-def _top_p(text):
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not 0.0 < v <= 1.0:
-        raise argparse.ArgumentTypeError(f"must be in (0, 1], got {text}")
-    return v
+PROG = "pyrunq4-generate"
 
 
 def build_parser():
-    from ._lib import DEFAULT_CTX
+    from ._lib import DEFAULT_CTX, KV_TYPES
 
     p = Parser(prog=PROG, description="Generate text with an .rq4 model (int4 C engine).",
-                formatter_class=HelpFormatter)
+               formatter_class=HelpFormatter)
     p.add_argument("model", metavar="MODEL.rq4", help="the model file")
     p.add_argument("-p", "--prompt", default=None,
-                   help="the prompt (with --chat: the user message); without --chat the "
+                   help="the prompt (with --chat: the first user message); without --chat the "
                         "default is the empty prompt (just BOS)")
-    p.add_argument("-n", "--max-new-tokens", type=_nonneg_int, default=256,
-                   help="the most tokens to generate (per answer with --chat)")
-    p.add_argument("-t", "--temperature", type=_temperature, default=0.0,
+    p.add_argument("-n", "--max-new-tokens", type=int, default=256, metavar="N",
+                   help="tokens to generate (per answer with --chat); 0: none; -1: until the end "
+                        "of the turn or a full context")
+    p.add_argument("-t", "--temperature", type=float, default=0.0, metavar="F",
                    help="sampling temperature; 0 is greedy")
-    p.add_argument("--top-p", type=_top_p, default=1.0,
-                   help="nucleus sampling: keep the most likely tokens up to this mass; 1 keeps all")
-    p.add_argument("--top-k", type=_nonneg_int, default=0,
+    p.add_argument("--top-p", type=float, default=1.0, metavar="F",
+                   help="nucleus sampling: keep the most likely tokens up to this mass, in (0, 1]; "
+                        "1 keeps all")
+    p.add_argument("--top-k", type=int, default=0, metavar="N",
                    help="keep only the k most likely tokens; 0 keeps all")
-    p.add_argument("--seed", type=_nonneg_int, default=None,
-                   help="random seed, for reproducible sampling (default: fresh entropy)")
-    p.add_argument("--threads", type=positive_int, default=None,
-                   help="worker threads (default: the CPUs this process may use)")
-    p.add_argument("--ctx", type=positive_int, default=None,
+    p.add_argument("--seed", type=int, default=None, metavar="N",
+                   help="random seed in [0, 2^64), for reproducible sampling (default: random)")
+    p.add_argument("--threads", type=int, default=None, metavar="N",
+                   help="worker threads (default: the CPUs this process may use, at most "
+                        "RQ4_MAX_THREADS)")
+    p.add_argument("--ctx", type=int, default=None, metavar="N",
                    help=f"context length, the KV cache size (default: {DEFAULT_CTX}, or the "
                         "model's max_seq_len if that is smaller)")
+    p.add_argument("--kv-type", choices=sorted(KV_TYPES), default="f32",
+                   help="KV cache element type")
     p.add_argument("--chat", action="store_true",
-                   help="use the model's chat template; without -p, chat interactively "
+                   help="use the model's chat template; without --prompt, chat interactively "
                         "(one message per line on stdin, Ctrl-D ends)")
     p.add_argument("--system", default=None, metavar="TEXT",
                    help="a system message for --chat")
+    p.add_argument("--max-memory", type=int, default=None, metavar="MIB",
+                   help="refuse to open the model if weights + KV cache + buffers would need more "
+                        "than this many MiB (default: no limit)")
+    add_version(p)
     return p
+
+
+def _max_new_tokens(n):
+    """The command line's -n: -1 means no limit (None for Model)."""
+    if n == -1:
+        return None
+    if n < -1:
+        raise UsageError(f"--max-new-tokens must be >= -1, got {n}")
+    return check_max_new_tokens(n)
 
 
 def _write(text):
@@ -107,10 +98,15 @@ def _accumulate(totals, stats):
 def _run(args):
     from .model import Model
 
-    gen = dict(max_new_tokens=args.max_new_tokens, temperature=args.temperature,
-               top_p=args.top_p, top_k=args.top_k, seed=args.seed)
+    check_sampling(args.temperature, args.top_p, args.top_k, args.seed)
+    if args.max_memory is not None and args.max_memory < 1:
+        raise UsageError(f"--max-memory must be a number of MiB >= 1, got {args.max_memory}")
+    gen = dict(max_new_tokens=_max_new_tokens(args.max_new_tokens), temperature=args.temperature,
+               top_p=args.top_p, top_k=args.top_k, seed=args.seed, progress=True)
     totals = [0, 0.0, 0, 0.0]
-    with Model(args.model, n_ctx=args.ctx, n_threads=args.threads) as m:
+    max_memory = None if args.max_memory is None else args.max_memory << 20
+    with Model(args.model, n_ctx=args.ctx, n_threads=args.threads, kv_type=args.kv_type,
+               max_memory=max_memory) as m:
         if not args.chat:
             if args.system is not None:
                 raise UsageError("--system needs --chat")

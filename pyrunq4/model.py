@@ -27,18 +27,22 @@ from __future__ import annotations
 import dataclasses
 import os
 import threading
-import time
 from typing import Iterator, Sequence
 
 import numpy as np
 
 from . import _lib
-from ._lib import (ArgumentError, ClosedError, ContextFullError, FormatError,
-                   Runq4Error, Runq4IOError)
 from .chat_template import ChatTemplate, chat_ids
+from .checks import INT32_MAX, UINT64_MAX, check_int, check_max_new_tokens, check_threads
+from .errors import (ArgumentError, ClosedError, ContextFullError, FormatError, Runq4Error,
+                     Runq4IOError)
+from .progress import progress_bar
 from .sampling import Sampler
+from .streaming import StopStrings, TokenText, new_stats, timed
 
 __all__ = ["Config", "Model"]
+
+PROMPT_CHUNK = 256  # tokens per step of a prompt fed under a progress bar
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,23 +75,6 @@ class Config:
     kv_type: int
 
 
-def _check_int(name, value, lo, hi, allow_none=False):
-    if value is None and allow_none:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise ArgumentError(f"{name} must be an integer, got {value!r}")
-    if not lo <= value <= hi:
-        raise ArgumentError(f"{name} must be in [{lo}, {hi}], got {value}")
-    return int(value)
-
-
-def _default_threads() -> int:
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # not Linux
-        return max(1, os.cpu_count() or 1)
-
-
 def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
     """Length of the longest common prefix of two id sequences."""
     m = min(len(a), len(b))
@@ -116,7 +103,8 @@ class Model:
           float_activations=False)
 
     n_ctx: KV cache length (None: 4096, or the model's max_seq_len if smaller).
-    n_threads: worker threads (None: the CPUs this process may use).
+    n_threads: worker threads, 1 to RQ4_MAX_THREADS (None: the C default, the
+        CPUs this process may use, at most RQ4_MAX_THREADS).
     kv_type: "f32" or "f16" KV cache.
     max_memory: bytes; opening fails with MemoryLimitError, before allocating,
         if weights + KV cache + buffers would exceed it (None: no limit).
@@ -131,9 +119,9 @@ class Model:
         if not isinstance(path, (str, bytes, os.PathLike)):
             raise ArgumentError(f"path must be a str or os.PathLike, got {type(path).__name__}")
         path = os.fsdecode(os.fspath(path))
-        n_ctx = _check_int("n_ctx", n_ctx, 1, _lib.INT32_MAX, allow_none=True)
-        n_threads = _check_int("n_threads", n_threads, 1, 1024, allow_none=True)
-        max_memory = _check_int("max_memory", max_memory, 1, _lib.UINT64_MAX, allow_none=True)
+        n_ctx = check_int("n_ctx", n_ctx, 1, INT32_MAX, allow_none=True)
+        n_threads = check_threads(n_threads)
+        max_memory = check_int("max_memory", max_memory, 1, UINT64_MAX, allow_none=True)
         if kv_type not in _lib.KV_TYPES:
             raise ArgumentError(f"kv_type must be one of {sorted(_lib.KV_TYPES)}, got {kv_type!r}")
         try:
@@ -146,7 +134,7 @@ class Model:
             raise Runq4IOError(f"{path}: is a directory", _lib.lib.RQ4_ERR_IO)
         self.path = path
         self._h = _lib.open_model(path, n_ctx=n_ctx or 0,
-                                  n_threads=n_threads or _default_threads(),
+                                  n_threads=n_threads or 0,
                                   kv_type=_lib.KV_TYPES[kv_type],
                                   float_activations=bool(float_activations),
                                   max_memory=max_memory or 0)
@@ -168,7 +156,7 @@ class Model:
                 self.close()
                 raise FormatError(f"{path}: bad tokenizer.json blob: {e}") from None
         tmpl = _lib.blob(self._h, "chat_template")
-        try:  # a damaged blob is a FormatError, not a UnicodeDecodeError (issue 8)
+        try:
             self.chat_template = tmpl.decode("utf-8") if tmpl is not None else None
         except UnicodeDecodeError as e:
             self.close()
@@ -233,8 +221,8 @@ class Model:
         """Bytes rq4_open needs besides the mapped file for this context."""
         with self._lock:
             h = self._handle()
-            n_ctx = _check_int("n_ctx", self.config.n_ctx if n_ctx is None else n_ctx,
-                               1, _lib.INT32_MAX)
+            n_ctx = check_int("n_ctx", self.config.n_ctx if n_ctx is None else n_ctx,
+                               1, INT32_MAX)
             kv = self.config.kv_type if kv_type is None else _lib.KV_TYPES.get(kv_type)
             if kv is None:
                 raise ArgumentError(f"kv_type must be one of {sorted(_lib.KV_TYPES)}")
@@ -363,16 +351,18 @@ class Model:
         """Keeps the first n cached tokens and forgets the rest."""
         with self._lock:
             pos = _lib.position(self._handle())
-            n = _check_int("n", n, 0, pos)
+            n = check_int("n", n, 0, pos)
             self._rewind(n)
 
     def reset(self):
         """Empties the cache."""
         self.rewind(0)
 
-    def _sync(self, seq: list) -> np.ndarray:
+    def _sync(self, seq: list, progress: bool = False) -> np.ndarray:
         """Makes the cache hold exactly seq, reusing the longest common prefix
         with what is cached, and returns the last token's (vocab,) logits.
+        progress: feed a long remainder in chunks under a progress bar (a
+        terminal only; chunked and whole feeds give the same logits).
         Caller holds the lock."""
         self._handle()
         if len(seq) > self.config.n_ctx:
@@ -382,7 +372,14 @@ class Model:
         n = min(n, len(seq) - 1)  # refeed at least the last token, for its logits
         if n < len(self._tokens):
             self._rewind(n)
-        return self._forward(np.asarray(seq[n:], dtype=np.int32), False)
+        rest = np.asarray(seq[n:], dtype=np.int32)
+        if not progress or len(rest) <= PROMPT_CHUNK:
+            return self._forward(rest, False)
+        with progress_bar(total=len(rest), desc="prompt", unit="tok") as bar:
+            for i in range(0, len(rest), PROMPT_CHUNK):
+                logits = self._forward(rest[i:i + PROMPT_CHUNK], False)
+                bar.update(len(rest[i:i + PROMPT_CHUNK]))
+        return logits
 
     # ---- generation ------------------------------------------------------------------
 
@@ -396,35 +393,33 @@ class Model:
         return ids
 
     def stream(self, prompt, max_new_tokens=256, temperature=0.0, top_p=1.0, top_k=0,
-               seed=None, stop=None) -> Iterator[str]:
+               seed=None, stop=None, progress=False) -> Iterator[str]:
         """Yields the new text piece by piece as it is decoded.
 
         prompt: text (tokenized with BOS, special-token text kept as text) or
         a sequence of token ids. Generation ends at one of config.eos_ids (not
         part of the text), at the first `stop` string (str or list of str; the
-        text ends before it), after max_new_tokens tokens, or, cleanly, when
+        text ends before it), after max_new_tokens tokens (None: no limit), or, cleanly, when
         the context is full (a prompt that does not fit raises
         ContextFullError). The bytes of a UTF-8 character split across tokens
         are held until the character is complete. Arguments are checked when
-        stream() is called, not at the first next()."""
+        stream() is called, not at the first next(). progress: a progress bar
+        on stderr (a terminal only) while a long prompt is fed."""
         with self._lock:
             self._tok()
             ids = self._prompt_ids(prompt)
-            return self._start(ids, max_new_tokens, temperature, top_p, top_k, seed, stop)
+            return self._start(ids, max_new_tokens, temperature, top_p, top_k, seed, stop, progress)
 
     def generate(self, prompt, max_new_tokens=256, temperature=0.0, top_p=1.0, top_k=0,
-                 seed=None, stop=None) -> str:
+                 seed=None, stop=None, progress=False) -> str:
         """The new text (see stream(); generate is "".join(stream(...)))."""
         with self._lock:
             return "".join(self.stream(prompt, max_new_tokens, temperature, top_p, top_k,
-                                       seed, stop))
+                                       seed, stop, progress))
 
-    def _start(self, ids, max_new_tokens, temperature, top_p, top_k, seed, stop):
-        max_new_tokens = _check_int("max_new_tokens", max_new_tokens, 0, _lib.INT32_MAX)
-        try:
-            sampler = Sampler(temperature, top_p, top_k, seed)
-        except ValueError as e:
-            raise ArgumentError(str(e)) from None
+    def _start(self, ids, max_new_tokens, temperature, top_p, top_k, seed, stop, progress):
+        max_new_tokens = check_max_new_tokens(max_new_tokens)
+        sampler = Sampler(temperature, top_p, top_k, seed)
         if stop is None:
             stops = []
         elif isinstance(stop, str):
@@ -432,88 +427,62 @@ class Model:
         else:
             try:
                 stops = list(stop)
-            except TypeError:  # stop=5 raised TypeError (issue 8)
+            except TypeError:
                 raise ArgumentError(f"stop must be a str or a list of str, got {stop!r}") from None
         if not all(isinstance(s, str) and s for s in stops):
             raise ArgumentError("stop must be a non-empty str or a list of non-empty str")
         if len(ids) > self.config.n_ctx:
             raise ContextFullError(f"the prompt's {len(ids)} tokens do not fit in the "
                                    f"context of {self.config.n_ctx}")
-        return self._run(list(ids), max_new_tokens, sampler, stops)
+        return self._run(list(ids), max_new_tokens, sampler, stops, progress)
 
-    def _run(self, seq, max_new_tokens, sampler, stops) -> Iterator[str]:
-        from tokenizers.decoders import DecodeStream
-
-        tok = self.tokenizer
+    def _run(self, seq, max_new_tokens, sampler, stops, progress) -> Iterator[str]:
         eos = set(self.config.eos_ids)
         n_ctx = self.config.n_ctx
-        stats = {"prompt_tokens": len(seq), "prompt_fed": 0, "prompt_seconds": 0.0,
-                 "new_tokens": 0, "decode_seconds": 0.0, "stop_reason": "length"}
+        stats = new_stats(len(seq))
         self.last_stats = stats
         if max_new_tokens == 0:
             return
-        decoder = DecodeStream(skip_special_tokens=False)
-        hold = max((len(s) for s in stops), default=1) - 1
-        text, emitted = "", 0
+        text = TokenText(self.tokenizer)
+        cut = StopStrings(stops)
 
-        t0 = time.perf_counter()
-        with self._lock:
+        with timed(stats, "prompt_seconds"), self._lock:
             before = _common_prefix(self._tokens, seq)
-            logits = self._sync(seq)
+            logits = self._sync(seq, progress)
             stats["prompt_fed"] = len(seq) - min(before, len(seq) - 1)
             epoch = self._epoch
-        stats["prompt_seconds"] = time.perf_counter() - t0
 
-        decode_s = 0.0
-        try:
-            while True:
-                t = time.perf_counter()
+        while True:
+            with timed(stats, "decode_seconds"):
                 token = sampler(logits)
-                if token in eos:
-                    stats["stop_reason"] = "eos"
-                    break
-                seq.append(token)
-                stats["new_tokens"] += 1
-                piece = _tokenizer_call("decode", decoder.step, tok, token)
-                decode_s += time.perf_counter() - t
-                if piece:
-                    start = max(0, len(text) - hold)
-                    text += piece
-                    cut = min((i for i in (text.find(s, start) for s in stops) if i >= 0),
-                              default=-1)
-                    if cut >= 0:
-                        if cut > emitted:
-                            yield text[emitted:cut]
-                        emitted = len(text)
-                        stats["stop_reason"] = "stop"
-                        return
-                    # hold back a tail that could be the start of a stop string
-                    safe = len(text)
-                    for s in stops:
-                        for k in range(min(len(s) - 1, len(text)), 0, -1):
-                            if s.startswith(text[-k:]):
-                                safe = min(safe, len(text) - k)
-                                break
-                    if safe > emitted:
-                        yield text[emitted:safe]
-                        emitted = safe
-                if stats["new_tokens"] >= max_new_tokens:
-                    break
-                if len(seq) > n_ctx:  # the new token would not fit: stop cleanly
-                    stats["stop_reason"] = "context"
-                    break
-                t = time.perf_counter()
-                with self._lock:
-                    if self._epoch == epoch:  # nobody touched the cache since
-                        logits = self._forward(np.asarray(seq[-1:], dtype=np.int32), False)
-                    else:
-                        logits = self._sync(seq)
-                    epoch = self._epoch
-                decode_s += time.perf_counter() - t
-            if len(text) > emitted:
-                yield text[emitted:]
-        finally:
-            stats["decode_seconds"] = decode_s
+                if token not in eos:
+                    seq.append(token)
+                    stats["new_tokens"] += 1
+                    piece = _tokenizer_call("decode", text.step, token)
+            if token in eos:
+                stats["stop_reason"] = "eos"
+                break
+            if piece:
+                shown = cut.push(piece)
+                if shown:
+                    yield shown
+                if cut.stopped:
+                    stats["stop_reason"] = "stop"
+                    return
+            if max_new_tokens is not None and stats["new_tokens"] >= max_new_tokens:
+                break
+            if len(seq) > n_ctx:  # the new token would not fit: stop cleanly
+                stats["stop_reason"] = "context"
+                break
+            with timed(stats, "decode_seconds"), self._lock:
+                if self._epoch == epoch:  # nobody touched the cache since
+                    logits = self._forward(np.asarray(seq[-1:], dtype=np.int32), False)
+                else:
+                    logits = self._sync(seq)
+                epoch = self._epoch
+        rest = cut.flush()
+        if rest:
+            yield rest
 
     # ---- chat --------------------------------------------------------------------------
 
@@ -578,7 +547,7 @@ class Model:
                         max_chars=self._max_chars(), **self._template_variables(template_kwargs))
 
     def chat_stream(self, messages, max_new_tokens=256, temperature=0.0, top_p=1.0, top_k=0,
-                    seed=None, stop=None, parse_special=False) -> Iterator[str]:
+                    seed=None, stop=None, progress=False, parse_special=False) -> Iterator[str]:
         """Streams the assistant's reply to `messages` (a list of {"role",
         "content"} dicts; append the reply and the next user message for the
         next turn). The KV cache is kept across turns: the whole conversation
@@ -587,11 +556,11 @@ class Model:
         see chat_tokens()."""
         with self._lock:
             ids = self.chat_tokens(messages, parse_special=parse_special)
-            return self._start(ids, max_new_tokens, temperature, top_p, top_k, seed, stop)
+            return self._start(ids, max_new_tokens, temperature, top_p, top_k, seed, stop, progress)
 
     def chat(self, messages, max_new_tokens=256, temperature=0.0, top_p=1.0, top_k=0,
-             seed=None, stop=None, parse_special=False) -> str:
+             seed=None, stop=None, progress=False, parse_special=False) -> str:
         """The assistant's reply to `messages` (see chat_stream())."""
         with self._lock:
             return "".join(self.chat_stream(messages, max_new_tokens, temperature, top_p,
-                                            top_k, seed, stop, parse_special))
+                                            top_k, seed, stop, progress, parse_special))

@@ -33,7 +33,6 @@ __all__ = [
     "layer",
     "head",
     "forward",
-    "weights_from_rq4",
 ]
 
 # Value of the header field rope_scaling that selects the llama3 rule
@@ -182,28 +181,3 @@ def forward(weights, cfg, tokens) -> np.ndarray:
         h = layer(weights, cfg, i, h)
     return head(weights, cfg, h)
 
-
-def weights_from_rq4(path):
-    """(weights, cfg) from an .rq4 file read by export/reader.py (pure numpy,
-    not the engine): quantized tensors dequantized to float32, F32 tensors as
-    stored (norms flattened to 1-D), blobs left out; cfg is the header dict."""
-    try:  # installed layout: pyrunq4.export; development checkout: export/
-        from pyrunq4.export.reader import read_rq4
-        from pyrunq4.export.quant import dequantize
-    except ImportError:
-        from export.reader import read_rq4
-        from export.quant import dequantize
-
-    header, entries = read_rq4(path)
-    weights = {}
-    for name, e in entries.items():
-        if isinstance(e, (bytes, bytearray, memoryview)):
-            continue
-        if isinstance(e, np.ndarray):
-            arr = np.asarray(e, dtype=np.float32)
-            if name == "norm" or name.endswith("_norm"):
-                arr = arr.reshape(-1)
-            weights[name] = arr
-        else:
-            weights[name] = np.asarray(dequantize(e), dtype=np.float32)
-    return weights, dict(header)

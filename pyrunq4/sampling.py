@@ -11,39 +11,20 @@ top_k == 1 is greedy whatever the temperature.
 
 from __future__ import annotations
 
-import math
-import numbers
-
 import numpy as np
 
-__all__ = ["validate", "Sampler"]
+from .checks import check_sampling
 
-
-def validate(temperature, top_p, top_k):
-    """Raises ValueError with a clear message on bad sampling parameters."""
-    if isinstance(temperature, (bool, np.bool_)) or not isinstance(temperature, numbers.Real):
-        raise ValueError(f"temperature must be a number, got {temperature!r}")
-    if not math.isfinite(temperature) or temperature < 0:
-        raise ValueError(f"temperature must be finite and >= 0, got {temperature!r}")
-    if isinstance(top_p, (bool, np.bool_)) or not isinstance(top_p, numbers.Real):
-        raise ValueError(f"top_p must be a number, got {top_p!r}")
-    if not (0.0 < top_p <= 1.0):  # also rejects NaN
-        raise ValueError(f"top_p must be in (0, 1], got {top_p!r}")
-    if isinstance(top_k, (bool, np.bool_)) or not isinstance(top_k, (int, np.integer)):
-        raise ValueError(f"top_k must be an integer, got {top_k!r}")
-    if top_k < 0:
-        raise ValueError(f"top_k must be >= 0, got {top_k!r}")
+__all__ = ["Sampler"]
 
 
 class Sampler:
     """Sampler(temperature=0.0, top_p=1.0, top_k=0, seed=None); sampler(logits)
-    -> token id. seed None draws fresh OS entropy (not reproducible)."""
+    -> token id. seed None draws fresh OS entropy (not reproducible). Bad
+    parameters raise ArgumentError (a ValueError; checks.check_sampling)."""
 
     def __init__(self, temperature=0.0, top_p=1.0, top_k=0, seed=None):
-        validate(temperature, top_p, top_k)
-        if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer))
-                                 or seed < 0):
-            raise ValueError(f"seed must be a non-negative integer or None, got {seed!r}")
+        check_sampling(temperature, top_p, top_k, seed)
         self.temperature = float(temperature)
         self.top_p = float(top_p)
         self.top_k = int(top_k)

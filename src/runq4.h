@@ -17,6 +17,11 @@
 #include <stddef.h>
 #include <stdint.h>
 
+/* The version of the library and the package: the one place it is written
+ * (setup.py reads it from here). Outside the cdef, as cffi cannot read a
+ * string #define: Python asks rq4_version(). */
+#define RQ4_VERSION "0.1.0"
+
 #ifdef __cplusplus
 extern "C" {
 #endif
@@ -31,6 +36,9 @@ extern "C" {
 #define RQ4_ALIGN 64
 #define RQ4_MAX_EOS 4
 #define RQ4_MIN_GROUP 32
+
+/* The most threads a model runs on (rq4_options.n_threads). */
+#define RQ4_MAX_THREADS 256
 
 /* The KV cache length when the caller chooses none: not Llama 3.2's 131072
  * positions, whose f32 cache alone would take 8.6 GB. */
@@ -104,7 +112,8 @@ typedef struct rq4_config {
 
 typedef struct rq4_options {
     int32_t n_ctx;            /* 0: min(RQ4_DEFAULT_CTX, max_seq_len) */
-    int32_t n_threads;        /* 0: 1 thread */
+    int32_t n_threads;        /* 1..RQ4_MAX_THREADS; 0: min(the CPUs in this
+                                 process's affinity mask, RQ4_MAX_THREADS) */
     int32_t kv_type;          /* RQ4_KV_F32 (default) or RQ4_KV_F16 */
     int32_t float_activations;/* 1: reference mode, weights dequantized and
                                  activations kept float (slow; for tests) */
@@ -153,10 +162,13 @@ uint64_t rq4_memory_needed(const rq4_model *m, int32_t n_ctx, int32_t kv_type);
 /* The matmul kernel this process uses ("scalar", "avx2", "neon-dotprod", ...). */
 const char *rq4_kernel_name(void);
 
+/* The library's version, RQ4_VERSION (e.g. "0.1.0"). */
+const char *rq4_version(void);
+
 /* A static description of a status code. */
 const char *rq4_strerror(int32_t code);
 
-/* ---- Tokenizer (src/tokenizer.c) ----
+/* ---- Tokenizer (src/tokenizer/) ----
  * Byte-level BPE read from a Hugging Face tokenizer.json: the Llama 3
  * pre-tokenizer and GPT-2's (optionally after SmolLM2's single-digit split),
  * added tokens matched literally. Any other tokenizer is refused with

@@ -1,4 +1,4 @@
-"""A corpus of hostile model files, made from one valid .rq4 (issue 8).
+"""A corpus of hostile model files, made from one valid .rq4.
 
 bad_files(data) yields (name, bytes) for: the empty file, truncations (every
 1/64 of the file, every byte of the header and table, each also with the

@@ -33,9 +33,8 @@ def _select_pyrunq4():
     build: python setup.py build_ext --inplace, or pip install -e .); if that
     extension is older than src/ or _build.py it is rebuilt first, so the tests
     never run a stale engine. Without an in-tree build, an installed pyrunq4
-    (pip install '.[test]', as make test does) is tested and the checkout only
-    supplies export/ for the fixtures; with neither, the extension is built in
-    place."""
+    (pip install '.[test]') is tested; with neither, the extension is built
+    in place."""
     pkg = os.path.join(ROOT, "pyrunq4")
     exts = glob.glob(os.path.join(pkg, "_runq4*.so")) + glob.glob(os.path.join(pkg, "_runq4*.pyd"))
     others = [p for p in sys.path if os.path.abspath(p or ".") != ROOT]
@@ -49,8 +48,8 @@ def _select_pyrunq4():
         if spec is not None and spec.origin and not spec.origin.startswith(pkg + os.sep):
             sys.path[:] = others + [ROOT]  # the installed copy first
             return
-    sources = [f for f in glob.glob(os.path.join(ROOT, "src", "*.[ch]"))
-               if os.path.basename(f) != "main.c"] + [os.path.join(pkg, "_build.py")]
+    sources = (glob.glob(os.path.join(ROOT, "src", "**", "*.[ch]"), recursive=True)
+               + [os.path.join(pkg, "_build.py")])
     if not exts or min(map(os.path.getmtime, exts)) < max(map(os.path.getmtime, sources)):
         r = subprocess.run([sys.executable, "setup.py", "-q", "build_ext", "--inplace", "--force"], cwd=ROOT,
                            capture_output=True, text=True)
@@ -103,8 +102,8 @@ def make_tokenizer_json():
 
 
 def _export():
-    from fixtures import export_module
-    return export_module("writer"), export_module("quant")
+    from pyrunq4.export import quant, writer
+    return writer, quant
 
 
 def _rng_matrix(rng, rows, cols, scale):

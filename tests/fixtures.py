@@ -1,22 +1,4 @@
-"""Test helpers of the exporter: the export package, and tiny Hugging Face Llama models."""
-
-import importlib
-
-
-def import_export():
-    """The exporter package: pyrunq4.export when installed, else the in-tree export/."""
-    try:
-        return importlib.import_module("pyrunq4.export")
-    except Exception:
-        return importlib.import_module("export")
-
-
-def export_module(name):
-    """A submodule of the exporter, e.g. export_module("quant")."""
-    return importlib.import_module(import_export().__name__ + "." + name)
-
-
-# ---- tiny Hugging Face Llama checkpoints ----
+"""Test helpers of the exporter: tiny Hugging Face Llama models and their .rq4 exports."""
 
 import json
 import os
@@ -206,7 +188,7 @@ def make_rq4(path, hf_dir=None, *, group_size=64, embedding_bits=4, extra_args=(
     if hf_dir is None:
         hf_dir = path + ".hf"
         make_hf_llama(hf_dir, **hf_kwargs)
-    main = export_module("__main__").main
+    from pyrunq4.export.__main__ import main
     err = io.StringIO()
     with contextlib.redirect_stderr(err):
         rc = main([str(hf_dir), path, "--group-size", str(group_size), "--embedding-bits",

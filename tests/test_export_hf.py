@@ -1,6 +1,5 @@
 """python -m pyrunq4.export on tiny Hugging Face Llama checkpoints (tests/fixtures.py)."""
 
-import importlib
 import json
 import os
 import subprocess
@@ -9,12 +8,14 @@ import sys
 import numpy as np
 import pytest
 
-from fixtures import BOS_ID, CHAT_TEMPLATE, export_module, import_export, make_hf_llama
+from pyrunq4.export.reader import weights_from_rq4
 
-quant = export_module("quant")
-reader = export_module("reader")
-hf = export_module("hf")
-main = export_module("__main__").main
+from fixtures import BOS_ID, CHAT_TEMPLATE, make_hf_llama
+
+import pyrunq4
+from pyrunq4.export import quant, reader
+from pyrunq4.export.__main__ import main
+from pyrunq4.export.sources import hf
 
 HF_TO_RQ4 = {"input_layernorm.weight": "attention_norm", "self_attn.q_proj.weight": "wq",
              "self_attn.k_proj.weight": "wk", "self_attn.v_proj.weight": "wv", "self_attn.o_proj.weight": "wo",
@@ -43,7 +44,7 @@ def run(argv, capsys):
 def test_export_matches_the_checkpoint(tmp_path, capsys, dtype, sharded):
     m = make_hf_llama(tmp_path / "hf", dtype=dtype, sharded=sharded)
     out = tmp_path / "m.rq4"
-    rc, err = run([m.path, out, "--group-size", "64"], capsys)
+    rc, err = run([m.path, out, "--group-size", "64", "--verbose"], capsys)
     assert rc == 0, err
     assert "rms rel err" in err and "layers.1.w2" in err
     assert sorted(os.listdir(tmp_path)) == ["hf", "m.rq4"]
@@ -190,12 +191,10 @@ def test_refuses_unwritable_output(tmp_path, capsys):
 
 
 def test_cli_subprocess_one_line_error(tmp_path):
-    """The real `python -m ...export`: exit 1, one line on stderr, no traceback.
-    It runs the exporter this test process imported (cwd and PYTHONPATH set so
-    that a checkout's pyrunq4/ without export/ cannot shadow it)."""
-    mod = import_export().__name__
-    top = importlib.import_module(mod.split(".")[0])
-    env = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(os.path.abspath(top.__file__))))
+    """The real `python -m pyrunq4.export`: exit 1, one line on stderr, no traceback.
+    It runs the pyrunq4 this test process imported (cwd and PYTHONPATH set)."""
+    mod = "pyrunq4.export"
+    env = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(os.path.abspath(pyrunq4.__file__))))
     r = subprocess.run([sys.executable, "-m", mod, str(tmp_path / "missing"), str(tmp_path / "m.rq4")],
                        capture_output=True, text=True, cwd=tmp_path, env=env)
     assert r.returncode == 1 and len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr
@@ -213,7 +212,7 @@ def test_conftest_fixtures(tiny_hf, tiny_hf_rq4):
 def test_exported_model_runs_like_the_checkpoint(tmp_path):
     """End to end: the exported tiny checkpoint, run by the numpy reference on the
     dequantized .rq4 and by the C engine, against the reference on the checkpoint's
-    own float weights (Hugging Face names mapped here independently of export/hf.py).
+    own float weights (Hugging Face names mapped here independently of pyrunq4/export/sources/hf.py).
     64 tokens run past rope original_max_pos = 16. Measured: reference(rq4) vs
     reference(float) 0.20 relative RMS (4-bit weights, all argmaxes equal; swapping
     w1/w3 in the mapping gives 0.48), engine vs reference(rq4) 0.011 (int8 activations)."""
@@ -224,7 +223,7 @@ def test_exported_model_runs_like_the_checkpoint(tmp_path):
     from fixtures import make_rq4
     m = make_hf_llama(tmp_path / "hf")
     path = make_rq4(tmp_path / "m.rq4", m.path, group_size=32)
-    wq, cfg = R.weights_from_rq4(path)
+    wq, cfg = weights_from_rq4(path)
     wf = {rq4_name(k): v for k, v in m.weights.items()}
     toks = np.arange(64) % cfg["vocab_size"]
     ref_f, ref_q = R.forward(wf, cfg, toks), R.forward(wq, cfg, toks)

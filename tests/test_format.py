@@ -1,12 +1,11 @@
-"""The Python format constants (export/format.py) against the C library's."""
+"""The Python format constants (pyrunq4/export/format.py) against the C library's."""
 
 import struct
 
 import pytest
 
-from fixtures import export_module
 
-fmt = export_module("format")
+from pyrunq4.export import format as fmt
 
 
 def test_header_layout_matches_format_md():

@@ -20,7 +20,7 @@ import pytest
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 
-pytestmark = pytest.mark.smollm2
+pytestmark = [pytest.mark.smollm2, pytest.mark.slow]
 
 LICENSES = ("/usr/share/common-licenses/GPL-3", "/usr/share/common-licenses/Apache-2.0")
 WINDOW = 512
@@ -38,7 +38,7 @@ def license_text():
 
 
 def export_gguf(gguf_path, out, group_size=128, requantize=False, method="rtn", embedding_bits=4):
-    from export.__main__ import export
+    from pyrunq4.export.__main__ import export
     opts = SimpleNamespace(source=gguf_path, output=str(out), group_size=group_size, embedding_bits=embedding_bits,
                            method=method, quiet=True, requantize=requantize)
     export(opts)
@@ -108,7 +108,7 @@ def ids():
     if text is None:
         pytest.skip("no license texts in /usr/share/common-licenses")
     from tokenizers import Tokenizer
-    from export.gguf_source import GGUFSource
+    from pyrunq4.export.sources.gguf import GGUFSource
     from pyrunq4.data import smollm2_gguf
     src = GGUFSource(smollm2_gguf())
     tok = Tokenizer.from_str(src.tok.json)
@@ -118,9 +118,9 @@ def ids():
 def test_lossless_import_bit_exact(gguf_path, lossless):
     """Every tensor of the .rq4 dequantizes to exactly gguf's own dequantization (q/k rows unpermuted)."""
     import gguf
-    from export.gguf_source import GGUFSource, unpermute_rows
-    from export.quant import QuantizedTensor, dequantize
-    from export.reader import read_rq4
+    from pyrunq4.export.sources.gguf import GGUFSource, unpermute_rows
+    from pyrunq4.export.quant import QuantizedTensor, dequantize
+    from pyrunq4.export.reader import read_rq4
     header, entries = read_rq4(lossless)
     assert header["dim"] == 576 and header["n_layers"] == 30 and header["n_kv_heads"] == 3
     assert header["tied_embeddings"] == 1 and header["bos_id"] == -1 and list(header["eos_ids"]) == [2]
@@ -168,7 +168,7 @@ def test_requantized_is_worse(gguf_path, lossless, ids, tmp_path):
     perplexity on the same dequantized int4 weights is within 2 % of the numpy reference's, at g32 and
     at g128 (int8 activations in blocks of 32: +0.3 % and +0.5 % on the whole text, see
     docs/QUANT_IMPORT.md; float activations: 0.5 %)."""
-    from pyrunq4.reference import weights_from_rq4
+    from pyrunq4.export.reader import weights_from_rq4
     sub = ids[:TEST_TOKENS]
     base = engine_ppl(lossless, sub)
     res, paths = {}, {}
@@ -202,9 +202,9 @@ def main(argv=None):
     ap.add_argument("--no-reference", action="store_true", help="skip the (slow) numpy reference runs")
     args = ap.parse_args(argv)
     from pyrunq4.data import smollm2_gguf
-    from pyrunq4.reference import weights_from_rq4
+    from pyrunq4.export.reader import weights_from_rq4
     from tokenizers import Tokenizer
-    from export.gguf_source import GGUFSource
+    from pyrunq4.export.sources.gguf import GGUFSource
     os.makedirs(args.out, exist_ok=True)
     g = smollm2_gguf()
     src = GGUFSource(g)
@@ -226,7 +226,7 @@ def main(argv=None):
         row("llama.cpp on the Q4_1 GGUF", v, t0)
     if not args.no_reference:
         t0 = time.time()
-        from export.format import complete_header
+        from pyrunq4.export.format import complete_header
         cfg = complete_header(dict(src.header, group_size=32))
         row("numpy reference, GGUF weights dequantized (float)", reference_ppl(src.float_weights(), cfg, ids), t0)
     for key, label in (("lossless", "runq4 .rq4 imported exactly (q4a g32 + q8 emb)"),

@@ -1,4 +1,4 @@
-"""GGUF as an export source (export/gguf_source.py) on small GGUF files written here with gguf.GGUFWriter
+"""GGUF as an export source (pyrunq4/export/sources/gguf.py) on small GGUF files written here with gguf.GGUFWriter
 the way llama.cpp's converter writes them (q/k rows permuted, Hugging Face names mapped, metadata keys).
 
 - exact imports: Q4_0 -> q4s, Q4_1 -> q4a, Q8_0 -> q8 (g32) dequantize to exactly gguf.quants.dequantize;
@@ -16,9 +16,9 @@ import pytest
 gguf = pytest.importorskip("gguf")
 from gguf import GGMLQuantizationType as T  # noqa: E402
 
-from export.gguf_source import GGUFSource, unpermute_rows  # noqa: E402
-from export.quant import QuantizedTensor, dequantize  # noqa: E402
-from export.source import ExportError  # noqa: E402
+from pyrunq4.export.sources.gguf import GGUFSource, unpermute_rows  # noqa: E402
+from pyrunq4.export.quant import QuantizedTensor, dequantize  # noqa: E402
+from pyrunq4.errors import ExportError  # noqa: E402
 
 DIM, HIDDEN, N_HEADS, N_KV, HEAD_DIM, N_LAYERS = 256, 512, 4, 2, 64, 1
 CHATML = "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
@@ -239,9 +239,9 @@ def test_requantize_option(mixed):
 
 
 def test_export_cli(mixed, tmp_path, capsys):
-    from export.__main__ import main
-    from export.quant import quantize_rtn
-    from export.reader import read_rq4
+    from pyrunq4.export.__main__ import main
+    from pyrunq4.export.quant import quantize_rtn
+    from pyrunq4.export.reader import read_rq4
     path, expect = mixed
     out = tmp_path / "m.rq4"
     assert main([path, str(out), "--group-size", "64"]) == 0
@@ -295,7 +295,7 @@ def test_llama3_rope_from_rope_freqs(tmp_path, factor, low, high, orig):
     assert (h["rope_factor"], h["rope_low_freq_factor"], h["rope_high_freq_factor"], h["rope_original_max_pos"]) \
         == (factor, low, high, orig)
     # the header's rule gives llama.cpp's frequencies (base frequency / factor)
-    from export.format import complete_header
+    from pyrunq4.export.format import complete_header
     from pyrunq4.reference import rope_inv_freq
     base = 1.0 / theta ** (np.arange(0, HEAD_DIM, 2) / HEAD_DIM)
     np.testing.assert_allclose(rope_inv_freq(complete_header(dict(h, group_size=32))), base / f, rtol=1e-5)

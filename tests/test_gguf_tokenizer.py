@@ -14,8 +14,8 @@ import re
 
 import pytest
 
-from export.gguf_source import read_metadata
-from export.gguf_tokenizer import TOKEN_CONTROL, TOKEN_NORMAL, TOKEN_USER_DEFINED, TokenizerError, \
+from pyrunq4.export.sources.gguf import read_metadata
+from pyrunq4.export.sources.gguf_tokenizer import TOKEN_CONTROL, TOKEN_NORMAL, TOKEN_USER_DEFINED, TokenizerError, \
     build_tokenizer, to_tokenizers
 
 gguf = pytest.importorskip("gguf")
@@ -165,6 +165,7 @@ def llama3_pair(tmp_path_factory):
     return gt, to_tokenizers(gt), Tokenizer.from_file(src)
 
 
+@pytest.mark.slow
 def test_llama3_rebuilt_equals_original(llama3_pair):
     gt, mine, orig = llama3_pair
     assert gt.bos_id == 128000 and gt.eos_ids == [128009] and gt.chat_template == "{{ x }}"
@@ -176,6 +177,7 @@ def test_llama3_rebuilt_equals_original(llama3_pair):
         assert mine.decode(a, skip_special_tokens=False) == orig.decode(b, skip_special_tokens=False)
 
 
+@pytest.mark.slow
 def test_llama3_matches_transformers(llama3_pair, tmp_path):
     gt, mine, orig = llama3_pair
     # transformers' own GGUF conversion of the same metadata (llama-bpe is a name it knows)

@@ -60,6 +60,7 @@ def test_kernel_sets_bit_identical_to_scalar():
 @pytest.mark.skipif(shutil.which("make") is None or shutil.which("aarch64-linux-gnu-gcc") is None
                     or shutil.which("qemu-aarch64") is None,
                     reason="needs aarch64-linux-gnu-gcc and qemu-aarch64 (Debian: gcc-aarch64-linux-gnu qemu-user)")
+@pytest.mark.slow
 def test_kernel_sets_bit_identical_on_aarch64_under_qemu():
     rc, out = run_make("cross-aarch64-test-kernels", timeout=1800)
     assert rc == 0, out[-3000:]

@@ -10,6 +10,8 @@ import threading
 import numpy as np
 import pytest
 
+from pyrunq4.export.reader import weights_from_rq4
+
 import pyrunq4
 from pyrunq4 import (ArgumentError, ClosedError, ContextFullError, FormatError, MemoryLimitError,
                      Model, Runq4Error, Runq4IOError, Sampler)
@@ -473,7 +475,7 @@ def test_exported_hf_model_end_to_end(tmp_path):
     from fixtures import make_rq4
     from pyrunq4 import reference as R
     path = make_rq4(tmp_path / "hf.rq4")
-    weights, cfg = R.weights_from_rq4(path)
+    weights, cfg = weights_from_rq4(path)
     ids = np.random.default_rng(5).integers(0, cfg["vocab_size"], 64)
     ref = R.forward(weights, cfg, ids)
     with Model(path, float_activations=True, n_threads=2) as m:

@@ -1,10 +1,13 @@
-"""export/quantizers.py: mse and gptq against rtn on synthetic data (fast)."""
+"""pyrunq4/export/quantizers.py: mse and gptq against rtn on synthetic data (fast)."""
 
 import numpy as np
 import pytest
 
-from export import quantizers as Q
-from export.quant import dequantize, pack, quantize_rtn, unpack
+from pyrunq4.export.reader import weights_from_rq4
+
+from pyrunq4.export import methods
+from pyrunq4.export import quantizers as Q
+from pyrunq4.export.quant import dequantize, pack, quantize_rtn, unpack
 
 
 def _group_err(w, qt, imp=None):
@@ -125,7 +128,7 @@ def test_calibration_sequences():
     assert seqs[-1][-1] == 9999
     short = Q.calibration_sequences(np.arange(100), seq_len=512, n_tokens=2048)
     assert len(short) == 1 and len(short[0]) == 100
-    assert len(Q.default_calibration_text()) > 100000
+    assert len(methods.default_calibration_text()) > 100000
 
 
 def test_quantize_model_small(tmp_path):
@@ -174,11 +177,11 @@ def test_exporter_methods_end_to_end(tmp_path):
         path = make_rq4(tmp_path / f"{method}.rq4", hf.path, group_size=32,
                         extra_args=("--method", method, "--calib", str(calib), "--calib-tokens", "256",
                                     "--calib-seq-len", "64"))
-        w, cfg = R.weights_from_rq4(path)
+        w, cfg = weights_from_rq4(path)
         assert set(wf) <= set(w)
         if method == "rtn":  # score a sentence of the calibration text
             from tokenizers import Tokenizer
-            from export.reader import read_rq4
+            from pyrunq4.export.reader import read_rq4
             tok = Tokenizer.from_str(bytes(read_rq4(path)[1]["tokenizer.json"]).decode())
             ids = tok.encode(" ".join(SENTENCES[:4]), add_special_tokens=False).ids
         ref = R.forward(wf, cfg, ids)

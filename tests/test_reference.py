@@ -5,7 +5,8 @@ loop, pairwise rotations), and the C engine checked against it."""
 import math
 
 import numpy as np
-import pytest
+
+from pyrunq4.export.reader import weights_from_rq4
 
 from pyrunq4 import reference as R
 
@@ -107,7 +108,7 @@ def test_inv_freq_matches_meta_loop():
 
 
 def test_reference_vs_naive(tiny_model):
-    weights, cfg = R.weights_from_rq4(tiny_model)
+    weights, cfg = weights_from_rq4(tiny_model)
     tokens = np.random.default_rng(0).integers(0, cfg["vocab_size"], 40)
     ref = R.forward(weights, cfg, tokens)
     naive = naive_forward(weights, cfg, tokens)
@@ -115,7 +116,7 @@ def test_reference_vs_naive(tiny_model):
 
 
 def test_layer_pos0_and_capture(tiny_tied):
-    weights, cfg = R.weights_from_rq4(tiny_tied)
+    weights, cfg = weights_from_rq4(tiny_tied)
     tokens = np.arange(20) + 3
     seen = []
     h = R.embed(weights, tokens)
@@ -136,7 +137,7 @@ def test_engine_float_activations_vs_reference(tiny_model):
     agrees with the numpy float64 reference on the same dequantized weights,
     at every position of a 64-token sequence (beyond original_max_pos = 16)."""
     from pyrunq4 import Model
-    weights, cfg = R.weights_from_rq4(tiny_model)
+    weights, cfg = weights_from_rq4(tiny_model)
     tokens = np.random.default_rng(1).integers(0, cfg["vocab_size"], 64)
     ref = R.forward(weights, cfg, tokens)
     with Model(tiny_model, float_activations=True, n_threads=2) as m:
@@ -163,7 +164,7 @@ INT8_TOLERANCE = 0.05
 
 def test_engine_int8_vs_reference(tiny_model):
     from pyrunq4 import Model
-    weights, cfg = R.weights_from_rq4(tiny_model)
+    weights, cfg = weights_from_rq4(tiny_model)
     tokens = np.random.default_rng(1).integers(0, cfg["vocab_size"], 64)
     ref = R.forward(weights, cfg, tokens)
     with Model(tiny_model, n_threads=2) as m:
@@ -191,7 +192,7 @@ def test_engine_int8_vs_simulated_activation_quantization(tiny_model, monkeypatc
             xq[:, g0:g0 + gs] = np.where(d > 0, np.clip(np.rint(blk / safe), -127, 127) * d, 0)
         return plain(weights, name, xq, capture)
 
-    weights, cfg = R.weights_from_rq4(tiny_model)
+    weights, cfg = weights_from_rq4(tiny_model)
     tokens = np.random.default_rng(1).integers(0, cfg["vocab_size"], 64)
     ref = R.forward(weights, cfg, tokens)
     monkeypatch.setattr(R, "_linear", quantized_linear)

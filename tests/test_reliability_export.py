@@ -1,4 +1,4 @@
-"""The exporter under failure (issue 8): a full disk (simulated at any byte,
+"""The exporter under failure: a full disk (simulated at any byte,
 and a real 32 KB tmpfs when we may mount one), an interrupt mid-write, weights
 whose fp16 scales would overflow, damaged inputs (a safetensors file cut short
 as by an unfinished copy, a garbage header, JSON files of the wrong shape, a
@@ -18,10 +18,10 @@ import subprocess
 import numpy as np
 import pytest
 
-from fixtures import export_module, make_hf_llama
+from fixtures import make_hf_llama
 
-main = export_module("__main__").main
-writer_mod = export_module("writer")
+from pyrunq4.export import writer as writer_mod
+from pyrunq4.export.__main__ import main
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""Hostile model files (issue 8): the loader refuses every one with an error
+"""Hostile model files: the loader refuses every one with an error
 code and a one-line message, or (when the damage is harmless, e.g. a changed
 bos_id) opens it and runs a forward pass; nothing crashes, hangs or leaks.
 
@@ -13,8 +13,6 @@ half a minute.
 import os
 import stat
 import subprocess
-import sys
-import threading
 
 import pytest
 

@@ -1,4 +1,4 @@
-"""libFuzzer on the loader and the C tokenizer (issue 8, tests/fuzz/).
+"""libFuzzer on the loader and the C tokenizer (tests/fuzz/).
 
 - every input in tests/fuzz/regressions/ (crashes the fuzzers found, kept
   after the fix) is replayed: through pyrunq4 always (the loader input with
@@ -75,6 +75,7 @@ def test_loader_regressions_through_pyrunq4(tmp_path):
                 m.logits([0, m.config.vocab_size - 1])
 
 
+@pytest.mark.slow
 def test_regressions_under_sanitizers(fuzzers):
     env = dict(os.environ, RQ4_FUZZ_TOKENIZER=os.path.join(FUZZ, "tokenizer.json"))
     for exe, kind in zip(fuzzers, ("loader", "tokenizer")):
@@ -95,6 +96,7 @@ def _run(exe, corpus, seeds, seconds, env):
     return int(execs.group(1)) if execs else 0
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(SECONDS <= 0, reason="RQ4_FUZZ_SECONDS=0")
 def test_short_fuzz_run(fuzzers):
     env = dict(os.environ, RQ4_FUZZ_TOKENIZER=os.path.join(FUZZ, "tokenizer.json"))

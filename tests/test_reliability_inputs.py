@@ -1,4 +1,4 @@
-"""Hostile runtime inputs (issue 8), everywhere they can come in: the C API
+"""Hostile runtime inputs, everywhere they can come in: the C API
 (through cffi, bypassing the Python checks), the Python API, the Python CLI
 and the runq4 binary. Each is a clear error (ArgumentError / ContextFullError
 / one line and exit 1), never a crash, a traceback or a silent wrong answer.
@@ -16,7 +16,6 @@ Policies (documented in docs/RELIABILITY.md):
 
 import contextlib
 import io
-import math
 import os
 import subprocess
 import sys
@@ -25,7 +24,7 @@ import numpy as np
 import pytest
 
 import pyrunq4
-from pyrunq4 import ArgumentError, ContextFullError, Model, Runq4Error
+from pyrunq4 import ArgumentError, ContextFullError, Model
 from pyrunq4 import generate as pgen
 from pyrunq4._lib import ffi, lib
 

@@ -1,4 +1,4 @@
-"""Sanitizers and valgrind (issue 8).
+"""Sanitizers and valgrind.
 
 - `make sanitize`: test_engine, test_kernels -q and the runq4 binary built
   with AddressSanitizer + UndefinedBehaviorSanitizer (every UB check fatal,
@@ -21,6 +21,8 @@ import pytest
 
 import badfiles
 from test_reliability_files import MemFile, binary_sample, check_binary_result, run_binary
+
+pytestmark = pytest.mark.slow  # builds and runs C programs
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SAN = os.path.join(ROOT, "build-san")

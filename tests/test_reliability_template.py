@@ -94,8 +94,7 @@ def test_limits_leave_real_templates_alone():
 
 
 def _write_model(path, tok_json, template, bos_id, eos_ids, vocab, norm=None):
-    from fixtures import export_module
-    writer, quant = export_module("writer"), export_module("quant")
+    from pyrunq4.export import quant, writer
     rng = np.random.default_rng(0)
     dim, hidden = 64, 64
     header = dict(dim=dim, hidden_dim=hidden, n_layers=1, n_heads=2, n_kv_heads=2, head_dim=32,

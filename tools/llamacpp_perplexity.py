@@ -49,7 +49,6 @@ def main(argv=None):
     llm = llama_cpp.Llama(out, n_ctx=a.window, n_batch=a.window, n_ubatch=a.window, logits_all=True,
                           n_threads=a.threads, n_threads_batch=a.threads, verbose=False)
     if a.ids_from:
-        sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
         from pyrunq4.model import Model
         with Model(a.ids_from, n_ctx=a.window, n_threads=1) as m:
             ids = m.tokenize(text, add_bos=True)

@@ -13,7 +13,7 @@
  * (CLOCK_THREAD_CPUTIME_ID), so other load on a shared machine matters less.
  */
 #define _POSIX_C_SOURCE 200809L
-#include "kernels.h"
+#include "kernels/kernels.h"
 
 #include <pthread.h>
 #include <stdio.h>
@@ -144,15 +144,15 @@ int main(int argc, char **argv) {
     x.ntok = maxtok;
     for (int t = 0; t < maxtok; t++) {
         for (int i = 0; i < cols; i++) f[i] = (float)((int)(rnd() % 2001) - 1000) * 1e-3f;
-        quantize_act(&x, t, f);
+        rq4_quantize_act(&x, t, f);
     }
     x.qt = malloc((size_t)maxtok * cols);
     x.dt = malloc(sizeof(float) * (size_t)maxtok * nb);
     x.st = malloc(sizeof(int32_t) * (size_t)maxtok * nb);
-    interleave_act(&x);
+    rq4_interleave_act(&x);
     float *out = malloc(sizeof(float) * (size_t)rows * maxtok);
 
-    const kernel_set *const *sets = kernels_available();
+    const kernel_set *const *sets = rq4_kernels_available();
     int nsets = 0;
     while (sets[nsets]) nsets++;
 

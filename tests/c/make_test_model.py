@@ -1,4 +1,4 @@
-"""Writes a tiny random Llama model for tests/c/test_engine.c, with export/writer.py.
+"""Writes a tiny random Llama model for tests/c/test_engine.c, with pyrunq4/export/writer.py.
 
     python tests/c/make_test_model.py OUT.rq4
 
@@ -14,8 +14,8 @@ import sys
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
-from export.quant import quantize_rtn  # noqa: E402
-from export.writer import Rq4Writer  # noqa: E402
+from pyrunq4.export.quant import quantize_rtn  # noqa: E402
+from pyrunq4.export.writer import Rq4Writer  # noqa: E402
 
 DIM, HIDDEN, LAYERS, HEADS, KV_HEADS, HEAD_DIM, VOCAB = 64, 160, 2, 8, 4, 24, 97
 

@@ -1,4 +1,4 @@
-/* Compares every kernel set of kernels_available() with kernels_scalar, bit for
+/* Compares every kernel set of rq4_kernels_available() with rq4_kernels_scalar, bit for
  * bit (memcmp of the outputs), on random data of many shapes: row lengths 32 ..
  * 8192 (odd block and group counts, shorter last groups), group sizes 32 ..
  * 4096 and random multiples of 32 (gs / 32 = 3, 5, ... blocks per group),
@@ -7,7 +7,7 @@
  * every output inside it must be written), out_stride >= rows, padded weight
  * rows (row_bytes > the packed row), unaligned pointers, all-zero activation
  * blocks and weight groups, extreme values (int4 -8/7, int8 -128/127,
- * activations +-127), Q4A minimums, and activations made by quantize_act from
+ * activations +-127), Q4A minimums, and activations made by rq4_quantize_act from
  * random floats.
  *
  * Every buffer has its exact size (after a misaligning offset), so that a
@@ -16,12 +16,12 @@
  *
  *   test_kernels            run everything; exit 1 on any mismatch
  *   test_kernels -q         quick subset (for emulators)
- * RUNQ4_KERNEL (read by kernels_select) does not restrict this test: it
+ * RUNQ4_KERNEL (read by rq4_kernels_select) does not restrict this test: it
  * checks every set the CPU supports. When only the scalar reference is
  * available it is run against itself (the checks of untouched and written
  * outputs still apply).
  */
-#include "kernels.h"
+#include "kernels/kernels.h"
 
 #include <math.h>
 #include <stdio.h>
@@ -120,7 +120,7 @@ static void fill_case(buffers *b, const shape *s) {
             for (int i = 0; i < n; i++) f[i] = (rnd_unit() * 2.0f - 1.0f) * scale;
             for (int k = 0; k < nb; k++)
                 if (rnd() % 8 == 0) memset(f + k * QK, 0, sizeof(float) * QK); /* d = 0 blocks */
-            quantize_act(x, t, f);
+            rq4_quantize_act(x, t, f);
         }
         free(f);
     } else {
@@ -141,7 +141,7 @@ static void fill_case(buffers *b, const shape *s) {
                 if (mode == MODE_EXTREME) dk = rnd() % 2 ? 1e-3f : 65504.0f * (rnd_unit() + 0.5f);
                 x->d[(size_t)t * nb + k] = dk;
             }
-            permute_act(x, t);
+            rq4_permute_act(x, t);
         }
     }
 
@@ -150,7 +150,7 @@ static void fill_case(buffers *b, const shape *s) {
     x->qt = alloc_off(b, tiled * (size_t)n, 1);
     x->dt = alloc_off(b, sizeof(float) * tiled * (size_t)nb, sizeof(float));
     x->st = alloc_off(b, sizeof(int32_t) * tiled * (size_t)nb, sizeof(int32_t));
-    interleave_act(x);
+    rq4_interleave_act(x);
 
     /* weights: rows of Q4 (one byte = two values) and of Q8, padding bytes random */
     for (int r = 0; r < rows; r++) {
@@ -256,9 +256,9 @@ static void compare(const char *set_name, const char *kind, dot_fn ref, dot_fn f
 
 static void compare_all(const kernel_set *ks, buffers *b, const shape *s, tally *t) {
     fill_case(b, s);
-    compare(ks->name, "q4s", kernels_scalar.dot_q4s, ks->dot_q4s, b, &b->w4s, s, t);
-    compare(ks->name, "q4a", kernels_scalar.dot_q4a, ks->dot_q4a, b, &b->w4a, s, t);
-    compare(ks->name, "q8", kernels_scalar.dot_q8, ks->dot_q8, b, &b->w8, s, t);
+    compare(ks->name, "q4s", rq4_kernels_scalar.dot_q4s, ks->dot_q4s, b, &b->w4s, s, t);
+    compare(ks->name, "q4a", rq4_kernels_scalar.dot_q4a, ks->dot_q4a, b, &b->w4a, s, t);
+    compare(ks->name, "q8", rq4_kernels_scalar.dot_q8, ks->dot_q8, b, &b->w8, s, t);
 }
 
 /* a random call range inside `rows`: often all of them, often a strict part */
@@ -276,7 +276,7 @@ static void pick_range(shape *s) {
     }
 }
 
-/* quantize_act (vectors, compiled per CPU) against the plain per-value rule
+/* rq4_quantize_act (vectors, compiled per CPU) against the plain per-value rule
  * of kernels.h, bit for bit: d = amax / 127, q = round-half-even(x / d)
  * clamped to [-127, 127], NaN -> 0, s = sum of q, on random, huge, tiny,
  * subnormal, zero, infinite and NaN values. Returns the mismatches. */
@@ -302,7 +302,7 @@ static long check_quantize(void) {
             }
             x[i] = v;
         }
-        quantize_act(&a, 0, x);
+        rq4_quantize_act(&a, 0, x);
         for (int b = 0; b < NB; b++) {
             float amax = 0.0f;
             for (int i = 0; i < QK; i++) amax = fabsf(x[b * QK + i]) > amax ? fabsf(x[b * QK + i]) : amax;
@@ -333,17 +333,17 @@ int main(int argc, char **argv) {
     const int n_ns = sizeof ns / sizeof ns[0], n_gss = sizeof gss / sizeof gss[0];
     const int n_ntoks = sizeof ntoks / sizeof ntoks[0];
 
-    const kernel_set *const *sets = kernels_available();
+    const kernel_set *const *sets = rq4_kernels_available();
     int n_sets = 0;
     printf("kernel sets available:");
     for (int i = 0; sets[i]; i++, n_sets++) printf(" %s", sets[i]->name);
-    printf("  (selected: %s)\n", kernels_select()->name);
+    printf("  (selected: %s)\n", rq4_kernels_select()->name);
     if (n_sets <= 1) printf("only the scalar reference is available on this CPU: it is checked against itself\n");
 
     long total_mismatches = 0;
     for (int si = 0; sets[si]; si++) {
         const kernel_set *ks = sets[si];
-        if (ks == &kernels_scalar && n_sets > 1) continue;
+        if (ks == &rq4_kernels_scalar && n_sets > 1) continue;
         tally t = {0, 0};
         long shapes = 0;
         /* the table: every row length x group size x token count (the long

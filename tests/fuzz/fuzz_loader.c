@@ -1,4 +1,4 @@
-/* libFuzzer harness for the .rq4 loader (issue 8).
+/* libFuzzer harness for the .rq4 loader.
  *
  * Each input is a whole model file. It goes into a memfd (no disk writes),
  * gets its header's file_size set to the input's length (otherwise almost

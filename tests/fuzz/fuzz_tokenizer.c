@@ -1,4 +1,4 @@
-/* libFuzzer harness for the C tokenizer (issue 8), two targets in one:
+/* libFuzzer harness for the C tokenizer, two targets in one:
  *
  *  - first byte even: the rest is a tokenizer.json blob for rq4_tokenizer_new;
  *    if it is accepted, a fixed text (ASCII, digits, an added token, UTF-8)

@@ -1,4 +1,4 @@
-"""Seeds and test models for `make fuzz` / `make sanitize` (issue 8).
+"""Seeds and test models for `make fuzz` / `make sanitize`.
 
     python tests/fuzz/make_seeds.py OUTDIR
 

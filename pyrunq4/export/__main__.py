@@ -1,0 +1,177 @@
+"""pyrunq4-export (python -m pyrunq4.export) SOURCE OUTPUT.rq4: convert a
+checkpoint to an .rq4 file.
+
+Tensors are read, quantized and written one at a time. On a terminal a
+progress bar counts them; the last line on stderr names the largest
+quantization error (RMS of w - dequantized w over RMS of w). --verbose prints
+each tensor's shape, type and error as llama2.c's export.py does; -q prints
+nothing but errors.
+"""
+
+import argparse
+import os
+import signal
+import sys
+import time
+
+from .. import __version__
+from ..errors import ExportError, Runq4Error
+from ..progress import progress_bar
+from . import methods
+from .format import validate_group_size
+from .quant import QuantizedTensor, rms_rel_error
+from .sources import open_source
+from .verify import binary_tokenizer_problem, check_blobs, input_identities, verify_file
+from .writer import OutputPathError, Rq4Writer, check_output_path
+
+PROG = "pyrunq4-export"
+EMBEDDING_NAMES = ("tok_embeddings", "output")
+
+
+def build_parser():
+    p = argparse.ArgumentParser(
+        prog=PROG, formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        description="Convert a Hugging Face Llama checkpoint directory (or a supported other source) "
+                    "into an .rq4 file for runq4.")
+    p.add_argument("source", help="Hugging Face model directory (config.json, *.safetensors, tokenizer.json)")
+    p.add_argument("output", help="the .rq4 file to write (replaced atomically)")
+    p.add_argument("--group-size", type=int, default=128,
+                   help="values per quantization group (a multiple of 32, 32..4096)")
+    p.add_argument("--embedding-bits", type=int, choices=(4, 8), default=4,
+                   help="bits for tok_embeddings and output (8: q8, better logits, twice the size)")
+    p.add_argument("--method", choices=methods.METHODS, default="rtn",
+                   help="how float weights are quantized")
+    p.add_argument("-q", "--quiet", action="store_true", help="nothing on stderr but errors")
+    p.add_argument("-v", "--verbose", action="store_true",
+                   help="one line per tensor (shape, type, quantization error) instead of a progress bar")
+    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    methods.add_arguments(p)
+    return p
+
+
+def export(options, log=None, detail=None):
+    """Runs one export as the CLI does; raises ExportError/ValueError/OSError.
+    log(line): the note and the summary; detail(line): one line per tensor."""
+    log = log or (lambda s: None)
+    detail = detail or (lambda s: None)
+    try:
+        validate_group_size(options.group_size)
+    except ValueError as e:
+        raise ExportError(f"--group-size: {e}") from None
+    out = options.output
+    protect = input_identities(options.source)
+    try:
+        check_output_path(out, protect)
+    except OutputPathError as e:
+        raise ExportError(str(e)) from None
+    t0 = time.time()
+    with open_source(options.source, options) as src:
+        if getattr(src, "note", None):
+            log(f"note: {src.note}")
+        names = src.tensor_names()
+        quantizer = methods.make_quantizer(options.method)
+        header = dict(src.header, group_size=options.group_size)
+        check_blobs(src.blobs, header)
+        n = len(names)
+        try:
+            writer = Rq4Writer(out, header, max_entries=n + len(src.blobs), protect=protect,
+                               verify=verify_file)
+        except OutputPathError as e:
+            raise ExportError(str(e)) from None
+        except OSError as e:
+            raise ExportError(f"{out}: cannot write: {e.strerror or e}") from None
+        worst = (0.0, None)
+        bar = progress_bar(total=n, desc="export", unit="tensor",
+                           quiet=getattr(options, "quiet", False) or getattr(options, "verbose", False))
+        with writer as w, bar:
+            for i, (name, t) in enumerate(methods.make_stream(src, header, options)):
+                if isinstance(t, QuantizedTensor):
+                    w.add_quantized(name, t)
+                    what = f"{t.type} g{t.group_size}  " + (
+                        "as the source gives it" if options.method == "rtn" else f"by {options.method}")
+                    shape = t.q.shape
+                elif t.ndim == 1 or t.shape[0] == 1:
+                    w.add_f32(name, t)
+                    what, shape = "f32", t.shape
+                else:
+                    qtype = "q8" if (name in EMBEDDING_NAMES and options.embedding_bits == 8) else "q4s"
+                    qt = quantizer(name, t, options.group_size, qtype)
+                    err = rms_rel_error(t, qt)
+                    worst = max(worst, (err, name), key=lambda e: e[0])
+                    w.add_quantized(name, qt)
+                    what = f"{qt.type} g{qt.group_size}  rms rel err {err:.4f}"
+                    shape = t.shape
+                    del qt
+                detail(f"[{i + 1:{len(str(n))}d}/{n}] {name:24s} {'x'.join(map(str, shape)):>12s}  {what}")
+                bar.update(1)
+                del t
+            for name, data in src.blobs.items():
+                w.add_blob(name, data)
+                detail(f"blob {name}: {len(data)} bytes")
+        problem = binary_tokenizer_problem(src.blobs)
+    largest = f"; largest rms rel err {worst[0]:.4f} ({worst[1]})" if worst[1] else ""
+    log(f"wrote {out}: {os.path.getsize(out) / 1e6:.1f} MB in {time.time() - t0:.1f} s{largest}")
+    if problem:
+        print(f"{PROG}: note: pyrunq4 runs {out}, but the runq4 binary cannot tokenize it: {problem}",
+              file=sys.stderr, flush=True)
+
+
+class Terminated(BaseException):
+    """SIGTERM or SIGHUP arrived: unwinds like KeyboardInterrupt, so the writer
+    removes its temporary file."""
+
+    def __init__(self, signum):
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _terminate(signum, frame):
+    raise Terminated(signum)
+
+
+# What a malformed input (a config field of the wrong type, a damaged
+# safetensors header, GGUF metadata of another type) raises in code that
+# trusted its shape: reported as one line about the input, not a traceback.
+MALFORMED_INPUT = (KeyError, TypeError, IndexError, AttributeError, ZeroDivisionError, OverflowError,
+                   UnicodeError, RecursionError, LookupError, ArithmeticError)
+
+
+def main(argv=None):
+    options = build_parser().parse_args(argv)
+    log = (lambda s: None) if options.quiet else (lambda s: print(s, file=sys.stderr, flush=True))
+    handlers = {}
+    try:
+        for sig in (signal.SIGTERM, signal.SIGHUP):
+            handlers[sig] = signal.signal(sig, _terminate)
+    except ValueError:  # not the main thread: the caller owns the signals
+        pass
+    try:
+        export(options, log, log if options.verbose else None)
+    except (Runq4Error, ValueError) as e:
+        print(f"{PROG}: error: {e}", file=sys.stderr)
+        return 1
+    except MALFORMED_INPUT as e:
+        if os.environ.get("PYRUNQ4_TRACEBACK"):
+            raise
+        msg = (str(e).strip().splitlines() or [""])[0][:300]
+        print(f"{PROG}: error: {options.source}: malformed input ({type(e).__name__}: {msg}); "
+              f"PYRUNQ4_TRACEBACK=1 shows where", file=sys.stderr)
+        return 1
+    except Terminated as e:
+        print(f"{PROG}: terminated by signal {e.signum}; nothing was written", file=sys.stderr)
+        return 128 + e.signum
+    except OSError as e:
+        what = f"{e.strerror}: {e.filename}" if e.strerror and e.filename else str(e)
+        print(f"{PROG}: error: {what}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted", file=sys.stderr)
+        return 130
+    finally:
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,110 @@
+"""The exporter's --method choices: command-line options, the per-matrix
+quantizer and the whole-model stream, wired to the algorithms in
+quantizers.py.
+
+    rtn, mse   data-free: the source's own tensor stream; each float matrix
+               is quantized by make_quantizer() as it arrives
+    gptq       calibrated: quantizers.quantize_model() over source.read(),
+               which yields QuantizedTensors in file order
+"""
+
+import sys
+
+from .quant import quantize_rtn
+from .quantizers import METHODS, calibration_sequences, quantize_mse, quantize_model
+
+__all__ = ["METHODS", "DATA_FREE", "add_arguments", "make_quantizer", "make_stream",
+           "calibration_ids", "default_calibration_text"]
+
+DATA_FREE = ("rtn", "mse")
+
+
+def add_arguments(parser):
+    """The options of the calibrated methods, added to the exporter's CLI."""
+    g = parser.add_argument_group("gptq calibration")
+    g.add_argument("--calib", metavar="FILE",
+                   help="UTF-8 text to calibrate on (default: the Python help topics shipped with "
+                        "CPython, pydoc_data.topics)")
+    g.add_argument("--calib-tokens", type=int, default=4096, help="calibration tokens in total")
+    g.add_argument("--calib-seq-len", type=int, default=512, help="tokens per calibration sequence")
+    g.add_argument("--requantize", action="store_true",
+                   help="re-quantize every tensor of an already quantized source (GGUF) from its "
+                        "float values with --method instead of importing exact ones as is "
+                        "(gptq always does)")
+    g.add_argument("--act-order", action="store_true",
+                   help="gptq: quantize columns in order of decreasing Hessian diagonal "
+                        "(static group scales, so groups stay contiguous in the file)")
+
+
+def make_quantizer(method):
+    """callable(name, w, group_size, qtype) -> QuantizedTensor for the float
+    matrices of the stream (q8 tables are always RTN; gptq streams yield
+    their matrices quantized already, so what reaches here gets mse)."""
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; expected one of {METHODS}")
+
+    def quantize_one(name, w, group_size, qtype):
+        if qtype != "q4s" or method == "rtn":
+            return quantize_rtn(w, group_size, qtype)
+        return quantize_mse(w, group_size)
+    return quantize_one
+
+
+def default_calibration_text():
+    """The default calibration text: the Python language reference / library
+    help topics shipped with every CPython (pydoc_data.topics), English
+    technical prose unrelated to the evaluation texts."""
+    try:
+        from pydoc_data.topics import topics
+    except ImportError as e:  # stripped Python builds
+        raise RuntimeError("no default calibration text (pydoc_data missing): pass --calib FILE") from e
+    return "\n\n".join(topics[k] for k in sorted(topics))
+
+
+def calibration_ids(tokenizer_json, text, seq_len=512, n_tokens=4096, bos_id=-1):
+    """Token sequences for calibration from a tokenizer.json blob and a text."""
+    from tokenizers import Tokenizer
+    if not tokenizer_json:
+        raise ValueError("calibration needs the model's tokenizer.json")
+    if isinstance(tokenizer_json, (bytes, bytearray, memoryview)):
+        tokenizer_json = bytes(tokenizer_json).decode("utf-8")
+    tok = Tokenizer.from_str(tokenizer_json)
+    ids = tok.encode(text, add_special_tokens=False).ids
+    if len(ids) < 2:
+        raise ValueError("calibration text is empty")
+    return calibration_sequences(ids, seq_len, n_tokens, bos_id)
+
+
+def make_stream(source, header, options):
+    """(name, value) of the whole model: the source's own stream for data-free
+    methods (the exporter quantizes each float matrix with make_quantizer), or
+    quantize_model() over source.read() for gptq/awq."""
+    method = options.method
+    if method in DATA_FREE:
+        return source.tensors()
+    calib = getattr(options, "calib", None)
+    if calib:
+        with open(calib, encoding="utf-8", errors="replace") as f:
+            text = f.read()
+    else:
+        text = default_calibration_text()
+    seqs = calibration_ids((source.blobs or {}).get("tokenizer.json"), text,
+                           int(getattr(options, "calib_seq_len", 512)),
+                           int(getattr(options, "calib_tokens", 4096)),
+                           int(header.get("bos_id", -1)))
+    quiet = getattr(options, "quiet", False)
+    if not quiet:
+        n = sum(len(s) for s in seqs)
+        print(f"[quantize] {method}: {len(seqs)} calibration sequences, {n} tokens from "
+              f"{calib or 'pydoc_data.topics (default)'}", file=sys.stderr, flush=True)
+
+    def read(name):
+        try:
+            return source.read(name)
+        except NotImplementedError as e:  # a source without random access
+            raise ValueError(f"--method {method} needs to read the source's tensors in any order: {e}") from None
+
+    return quantize_model(read, header, method, options.group_size, seqs,
+                          act_order=bool(getattr(options, "act_order", False)),
+                          embed_qtype="q8" if getattr(options, "embedding_bits", 4) == 8 else "q4s",
+                          progress=not quiet)

@@ -1,0 +1,522 @@
+"""Better-than-RTN int4 quantizers for the Q4S format (docs/FORMAT.md).
+
+Every method returns a QuantizedTensor of type "q4s": q in [-8, 7], one fp16
+scale per group of `group_size` consecutive values of a row (the last group of
+a row shorter), w ~= d * q. Only how q and d are chosen changes, so the files
+are read by the same engine.
+
+    rtn   quant.quantize_rtn: d = max|w| / 7, q = round(w / d)  (baseline)
+    mse   per group, search d over clipping ratios of max|w| and over both
+          signs of d (so that the largest-magnitude value may map to -8, the
+          int4 code RTN never uses), minimising the group's squared error,
+          optionally weighted by a per-column importance (diag of the Hessian);
+          then one least-squares refinement of d. Data-free.
+    gptq  Frantar et al. 2022: inputs X of each linear collected by running
+          calibration tokens through the already-quantized earlier layers
+          (pyrunq4.reference), H = 2 X^T X (float64), dampening, Cholesky of
+          H^-1, column blocks of 128 with error compensation; group scales by
+          the mse search, taken when the group's first column is reached
+          (or, with act_order, up front from the original weights: "static
+          groups", so groups stay contiguous in the file's column order).
+    awq   (experimental, not a --method: it measured worse than mse on
+          SmolLM2-135M, docs/QUALITY.md) activation-aware scaling (Lin et al. 2023): per input channel
+          s = mean|x|^alpha, W * s quantized with mse, 1/s folded into the
+          preceding RMSNorm weight (wq/wk/wv, w1/w3) or the preceding linear's
+          rows (w3 rows for w2; wv rows for wo when n_kv_heads == n_heads);
+          alpha searched per block on the block output error.
+
+quantize_model() drives a whole model layer by layer (methods.py wires it into
+the exporter's command line); the per-matrix functions quantize_mse() and
+quantize_gptq() are usable alone.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from .. import reference as R
+from ..progress import progress_bar
+from .quant import QuantizedTensor, dequantize, quantize_rtn
+
+__all__ = [
+    "METHODS",
+    "EXPERIMENTAL",
+    "DEFAULT_RATIOS",
+    "quantize",
+    "quantize_mse",
+    "search_scales",
+    "quantize_with_scales",
+    "quantize_gptq",
+    "hessian_accumulator",
+    "quantize_model",
+    "calibration_sequences",
+]
+
+METHODS = ("rtn", "mse", "gptq")          # the exporter's --method choices
+EXPERIMENTAL = ("awq",)                    # quantize_model() only: measured worse than mse (docs/QUALITY.md)
+
+# Clipping ratios of max|w| tried by the mse search (for each sign of d).
+DEFAULT_RATIOS = tuple(np.round(np.linspace(0.70, 1.0, 13), 4))
+
+QMIN, QMAX = -8, 7
+_ROW_CHUNK_ELEMS = 1 << 22  # rows processed together by the mse search: ~16 MB of float32
+
+
+def _group_bounds(cols, group_size):
+    """[(c0, c1), ...] of the groups of a row: gs wide, the last one shorter."""
+    return [(c0, min(c0 + group_size, cols)) for c0 in range(0, cols, group_size)]
+
+
+def _check(w, group_size):
+    w = np.asarray(w, dtype=np.float32)
+    if w.ndim != 2:
+        raise ValueError(f"expected a 2-D weight matrix, got shape {w.shape}")
+    if group_size < 1:
+        raise ValueError(f"group_size must be positive, got {group_size}")
+    if not np.all(np.isfinite(w)):
+        raise ValueError("weight matrix contains NaN or Inf")
+    return w
+
+
+def _to_fp16_scale(d):
+    """Scales rounded to fp16 (what the file stores), as float32; overflow is an error."""
+    d16 = np.asarray(d, dtype=np.float32).astype(np.float16)
+    if not np.all(np.isfinite(d16)):
+        raise ValueError("a group scale overflows fp16 (|w| > ~4.6e5)")
+    return d16
+
+
+def _quantize_values(w, d):
+    """q = clip(round(w / d), -8, 7) for w (..., g) and d (...,) float32; q = 0 where d == 0."""
+    safe = np.where(d == 0, np.float32(1), d)[..., None]
+    q = np.clip(np.rint(w / safe), QMIN, QMAX)
+    q[d == 0] = 0
+    return q
+
+
+# ---------------------------------------------------------------------------
+# mse: per-group scale search
+# ---------------------------------------------------------------------------
+
+def _search_block(wg, imp, ratios, refine):
+    """Best fp16 scales for groups wg (rows, n, g) with importance imp (n, g) or None.
+    Returns d (rows, n) float16."""
+    amax = np.abs(wg).max(axis=-1)                                   # (rows, n)
+    idx = np.abs(wg).argmax(axis=-1)
+    sgn = np.sign(np.take_along_axis(wg, idx[..., None], axis=-1)[..., 0])
+    sgn[sgn == 0] = 1
+    best_d = np.zeros(amax.shape, np.float16)
+    best_e = np.full(amax.shape, np.inf, np.float32)
+
+    def consider(d16):
+        nonlocal best_d, best_e
+        d = d16.astype(np.float32)
+        r = wg - _quantize_values(wg, d) * d[..., None]
+        r *= r
+        if imp is not None:
+            r *= imp
+        e = r.sum(axis=-1)
+        better = e < best_e
+        best_e = np.where(better, e, best_e)
+        best_d = np.where(better, d16, best_d)
+
+    for ratio in ratios:
+        # extreme value -> +7 (RTN's side) or -> -8 (the code RTN never uses)
+        consider(_to_fp16_scale(sgn * amax * (ratio / 7.0)))
+        consider(_to_fp16_scale(-sgn * amax * (ratio / 8.0)))
+    for _ in range(refine):
+        # least-squares d for the chosen integers: d = sum(i w q) / sum(i q^2)
+        d = best_d.astype(np.float32)
+        q = _quantize_values(wg, d)
+        iq = q if imp is None else q * imp
+        den = (iq * q).sum(axis=-1)
+        num = (iq * wg).sum(axis=-1)
+        d_ls = np.where(den > 0, num / np.where(den > 0, den, 1), d)
+        consider(_to_fp16_scale(d_ls))
+    return best_d
+
+
+def search_scales(w, group_size, imp=None, ratios=DEFAULT_RATIOS, refine=1):
+    """fp16 scales (rows, ngroups) minimising each group's (importance-weighted)
+    squared error over clipping ratios of max|w| and both signs of d.
+    imp: optional (cols,) non-negative column importance (e.g. diag of H)."""
+    w = _check(w, group_size)
+    rows, cols = w.shape
+    if imp is not None:
+        imp = np.asarray(imp, dtype=np.float32).reshape(-1)
+        if imp.shape[0] != cols:
+            raise ValueError(f"importance has {imp.shape[0]} values for {cols} columns")
+    bounds = _group_bounds(cols, group_size)
+    d = np.zeros((rows, len(bounds)), np.float16)
+    nfull = cols // group_size
+    step = max(1, _ROW_CHUNK_ELEMS // max(cols, 1))
+    for r0 in range(0, rows, step):
+        r1 = min(r0 + step, rows)
+        if nfull:
+            wg = w[r0:r1, :nfull * group_size].reshape(r1 - r0, nfull, group_size)
+            ig = None if imp is None else imp[:nfull * group_size].reshape(nfull, group_size)
+            d[r0:r1, :nfull] = _search_block(wg, ig, ratios, refine)
+        if nfull < len(bounds):  # the shorter last group
+            c0 = nfull * group_size
+            ig = None if imp is None else imp[None, c0:]
+            d[r0:r1, nfull:] = _search_block(w[r0:r1, None, c0:], ig, ratios, refine)
+    return d
+
+
+def quantize_with_scales(w, d, group_size):
+    """q (rows, cols) int8 in [-8, 7] for given fp16 scales d (rows, ngroups)."""
+    w = _check(w, group_size)
+    q = np.empty(w.shape, np.int8)
+    d32 = np.asarray(d, dtype=np.float16).astype(np.float32)
+    for g, (c0, c1) in enumerate(_group_bounds(w.shape[1], group_size)):
+        q[:, c0:c1] = _quantize_values(w[:, c0:c1], d32[:, g])
+    return q
+
+
+def quantize_mse(w, group_size, imp=None, ratios=DEFAULT_RATIOS, refine=1) -> QuantizedTensor:
+    """Q4S with per-group searched scales (see search_scales)."""
+    d = search_scales(w, group_size, imp=imp, ratios=ratios, refine=refine)
+    return QuantizedTensor("q4s", group_size, quantize_with_scales(w, d, group_size), d, None)
+
+
+# ---------------------------------------------------------------------------
+# gptq
+# ---------------------------------------------------------------------------
+
+def _upper_cholesky_of_inverse(H, damp):
+    """Upper U with U^T U = (H + damp*mean(diag) I)^-1 (float64), retrying with more
+    dampening. H is overwritten (its diagonal)."""
+    n = H.shape[0]
+    idx = np.diag_indices(n)
+    diag0 = H[idx].copy()
+    mean_diag = float(np.mean(diag0))
+    for k in range(6):
+        H[idx] = diag0 + damp * (10 ** k) * mean_diag   # in place: H is the caller's scratch copy
+        try:
+            # 2n^3 flops, half of inverting the Cholesky factor and multiplying; a
+            # matrix that is not positive definite fails in the cholesky below
+            Hinv = np.linalg.inv(H)
+            Hinv += Hinv.T.copy()
+            Hinv *= 0.5
+            return np.linalg.cholesky(Hinv).T
+        except np.linalg.LinAlgError:
+            continue
+    raise np.linalg.LinAlgError("Hessian not positive definite even with heavy dampening")
+
+
+def quantize_gptq(w, H, group_size, act_order=False, block_size=128, damp=0.01,
+                  ratios=DEFAULT_RATIOS, static_groups=None) -> QuantizedTensor:
+    """GPTQ of w (rows, cols) with Hessian H (cols, cols) ~ 2 X^T X of its inputs.
+
+    Columns are quantized one at a time (in order of decreasing diag(H) with
+    act_order); each one's rounding error, divided by the diagonal of the upper
+    Cholesky factor U of H^-1, is spread over the not-yet-quantized columns
+    (lazily per block of block_size columns). Scales are one fp16 per group of
+    the file's column order: with static groups (the default with act_order)
+    they are searched up front on the original weights, else when a group's
+    first column is reached, on the error-updated weights."""
+    w = _check(w, group_size)
+    rows, cols = w.shape
+    H = np.array(H, dtype=np.float64, copy=True)
+    if H.shape != (cols, cols):
+        raise ValueError(f"Hessian shape {H.shape} does not match {cols} columns")
+    if static_groups is None:
+        static_groups = act_order
+    if act_order and not static_groups:
+        # a group's columns are scattered in act order: its scale must be known up front
+        raise ValueError("act_order needs static groups")
+    W = w.copy()
+    dead = np.diag(H) == 0                      # inputs that are always zero
+    H[dead, dead] = 1.0
+    W[:, dead] = 0.0
+    diag = np.diag(H).copy()
+    ngroups = len(_group_bounds(cols, group_size))
+    d = np.zeros((rows, ngroups), np.float16)
+    if static_groups:
+        d[:] = search_scales(W, group_size, imp=diag, ratios=ratios)
+    perm = np.argsort(-diag, kind="stable") if act_order else np.arange(cols)
+    W = W[:, perm]
+    if act_order:
+        H = H[np.ix_(perm, perm)]
+    U = _upper_cholesky_of_inverse(H, damp).astype(np.float32)
+    del H
+    diag_p = diag[perm]
+    Q = np.zeros((rows, cols), np.int8)
+    d32 = d.astype(np.float32)
+    for b0 in range(0, cols, block_size):
+        b1 = min(b0 + block_size, cols)
+        W1 = W[:, b0:b1].copy()
+        E1 = np.zeros_like(W1)
+        U1 = U[b0:b1, b0:b1]
+        for i in range(b1 - b0):
+            j = perm[b0 + i]                       # column in file order
+            g = j // group_size
+            if not static_groups and j % group_size == 0:
+                # scale of this group from the current (error-updated) weights;
+                # without act_order the group is columns b0+i .. b0+i+len-1
+                c1 = min(j + group_size, cols)
+                cur = np.concatenate([W1[:, i:], W[:, b1:]], axis=1)[:, :c1 - j]
+                d[:, g] = search_scales(cur, group_size, imp=diag_p[b0 + i:b0 + i + c1 - j],
+                                        ratios=ratios)[:, 0]
+                d32[:, g] = d[:, g].astype(np.float32)
+            x = W1[:, i]
+            dg = d32[:, g]
+            q = _quantize_values(x[:, None], dg)[:, 0]
+            Q[:, b0 + i] = q
+            err = (x - q * dg) / U1[i, i]
+            W1[:, i:] -= np.outer(err, U1[i, i:])
+            E1[:, i] = err
+        W[:, b1:] -= E1 @ U[b0:b1, b1:]
+    inv = np.empty_like(perm)
+    inv[perm] = np.arange(cols)
+    return QuantizedTensor("q4s", group_size, np.ascontiguousarray(Q[:, inv]), d, None)
+
+
+class hessian_accumulator:
+    """Accumulates H = 2/n * sum X^T X in float64 over calibration batches X (T, cols)."""
+
+    def __init__(self, cols):
+        self.H = np.zeros((cols, cols), np.float64)
+        self.n = 0
+        self.absmean = np.zeros(cols, np.float64)   # sum |x| per channel, for awq
+
+    def add(self, x):
+        x = np.asarray(x, dtype=np.float64).reshape(-1, self.H.shape[0])
+        self.H += x.T @ x
+        self.absmean += np.abs(x).sum(axis=0)
+        self.n += x.shape[0]
+
+    def hessian(self):
+        return self.H * (2.0 / max(self.n, 1))
+
+    def mean_abs(self):
+        return self.absmean / max(self.n, 1)
+
+
+# ---------------------------------------------------------------------------
+# whole model
+# ---------------------------------------------------------------------------
+
+def quantize(w, method, group_size, H=None, act_order=False):
+    """One matrix: rtn, mse (H's diagonal as importance if given) or gptq (needs H)."""
+    if method == "rtn":
+        return quantize_rtn(np.asarray(w, dtype=np.float32), group_size)
+    if method == "mse" or (method in ("gptq", "awq") and H is None):
+        return quantize_mse(w, group_size, imp=None if H is None else np.diag(H))
+    if method == "gptq":
+        return quantize_gptq(w, H, group_size, act_order=act_order)
+    raise ValueError(f"unknown method {method!r}; expected one of {METHODS}")
+
+
+def calibration_sequences(ids, seq_len=512, n_tokens=8192, bos_id=-1):
+    """Token ids -> list of int arrays of seq_len tokens (BOS first when bos_id >= 0),
+    n_tokens in total at most, taken evenly spread over the text."""
+    ids = np.asarray(ids, dtype=np.int64).reshape(-1)
+    body = seq_len - (1 if bos_id >= 0 else 0)
+    nseq = max(1, min(n_tokens // seq_len, len(ids) // body))
+    if len(ids) < body:
+        starts = [0]
+    else:
+        starts = np.linspace(0, len(ids) - body, nseq).astype(np.int64)
+    out = []
+    for s in starts:
+        seq = ids[s:s + body]
+        if bos_id >= 0:
+            seq = np.concatenate([[bos_id], seq])
+        out.append(seq)
+    return out
+
+
+_ATTN_IN = ("wq", "wk", "wv")
+_FFN_IN = ("w1", "w3")
+_LINEARS = ("wq", "wk", "wv", "wo", "w1", "w2", "w3")
+
+
+def quantize_model(get, cfg, method, group_size, calib_ids=None, act_order=False,
+                   embed_method=None, embed_qtype="q4s", awq_alphas=(0.0, 0.25, 0.5, 0.75),
+                   progress=True):
+    """Quantize a whole Llama model; yields (entry name, value): per layer
+    attention_norm wq wk wv wo ffn_norm w1 w2 w3, then norm, then the classifier
+    (output, untied) and tok_embeddings. value: QuantizedTensor, or a float32
+    ndarray (norms, 1-D). The exporter writes them in this order.
+
+    get(name) -> float32 array of the FORMAT.md entry `name` (matrices 2-D,
+    norms 1-D) from the source; a lazy source keeps about one layer in memory
+    (tok_embeddings is read twice by calibrated methods: first for the
+    calibration inputs, then to quantize it against the classifier Hessian).
+    cfg: header fields (dim, n_layers, n_heads, n_kv_heads, head_dim, ...).
+    calib_ids: list of token-id sequences (gptq/awq; see calibration_sequences).
+    progress: a progress bar per layer on stderr when it is a terminal.
+
+    The embedding table: embed_qtype "q8" (RTN int8) or "q4s" by embed_method:
+    rtn, mse, or gptq (default for gptq/awq): as the classifier it is a linear
+    of the final-norm outputs, so when tied it gets GPTQ with the Hessian of
+    those outputs (the untied `output` likewise; the untied lookup table mse)."""
+    if method not in METHODS + EXPERIMENTAL:
+        raise ValueError(f"unknown method {method!r}; expected one of {METHODS + EXPERIMENTAL}")
+    calibrated = method in ("gptq", "awq")
+    if embed_method is None:
+        embed_method = {"rtn": "rtn", "mse": "mse"}.get(method, "gptq")
+    if embed_method == "gptq" and not calibrated:
+        raise ValueError("embed_method gptq needs a calibrated method (gptq or awq)")
+    if calibrated and not calib_ids:
+        raise ValueError(f"method {method} needs calibration token sequences")
+    n_layers = int(cfg["n_layers"])
+    tied = bool(int(cfg.get("tied_embeddings", 0)))
+    bar = progress_bar(total=n_layers + 1, desc=f"quantize ({method})", unit="layer",
+                       quiet=not progress)
+    timing = {"forward": 0.0, "quantize": 0.0}   # seconds: calibration forward/capture, GPTQ
+
+    def quantize_table(w, H=None):
+        if embed_qtype == "q8":
+            return quantize_rtn(w, group_size, "q8")
+        if embed_method == "gptq" and H is not None:
+            return quantize_gptq(w, H, group_size, act_order=act_order)
+        return quantize(w, "rtn" if embed_method == "rtn" else "mse", group_size)
+
+    if calibrated:
+        # calibration inputs: the embedding as it will be looked up (quantized data-free)
+        emb = np.asarray(get("tok_embeddings"), dtype=np.float32)
+        qemb = dequantize(quantize(emb, "rtn" if embed_method == "rtn" else "mse", group_size)
+                          if embed_qtype == "q4s" else quantize_rtn(emb, group_size, "q8"))
+        del emb
+        hs = [R.embed({"tok_embeddings": qemb}, s) for s in calib_ids]
+        del qemb
+
+    for i in range(n_layers):
+        p = f"layers.{i}."
+        W = {p + k: np.asarray(get(p + k), dtype=np.float32) for k in _LINEARS}
+        W[p + "attention_norm"] = np.asarray(get(p + "attention_norm"), np.float32).reshape(-1)
+        W[p + "ffn_norm"] = np.asarray(get(p + "ffn_norm"), np.float32).reshape(-1)
+        if not calibrated:
+            out = {k: quantize(W[k], method, group_size) for k in W if not k.endswith("norm")}
+        else:
+            if method == "gptq":
+                out = _gptq_layer(W, cfg, i, hs, group_size, act_order, timing)
+            else:
+                out = _awq_layer(W, cfg, i, hs, group_size, awq_alphas)
+            # inputs of the next layer: this layer run with its quantized weights
+            t1 = time.time()
+            Wq = {k: (v if isinstance(v, np.ndarray) else dequantize(v)).astype(np.float64)
+                  for k, v in out.items()}
+            for k in ("attention_norm", "ffn_norm"):
+                Wq.setdefault(p + k, W[p + k].astype(np.float64))
+            hs = [R.layer(Wq, cfg, i, h) for h in hs]
+            del Wq
+            timing["forward"] += time.time() - t1
+        for k in ("attention_norm", "wq", "wk", "wv", "wo", "ffn_norm", "w1", "w2", "w3"):
+            yield p + k, out.get(p + k, W[p + k])
+        del W, out
+        if method == "gptq":
+            bar.set_postfix(forward=f"{timing['forward']:.0f}s", gptq=f"{timing['quantize']:.0f}s")
+        bar.update(1)
+
+    norm = np.asarray(get("norm"), dtype=np.float32).reshape(-1)
+    yield "norm", norm
+    H = None
+    if calibrated and embed_method == "gptq":
+        # Hessian of the classifier's inputs: the final-norm outputs
+        acc = hessian_accumulator(norm.shape[0])
+        for h in hs:
+            acc.add(R.rms_norm(h, norm, float(cfg["norm_eps"])))
+        H = acc.hessian()
+        del hs
+    if not tied:
+        yield "output", quantize_table(np.asarray(get("output"), dtype=np.float32), H)
+        H = None  # the untied lookup table is not a classifier
+    yield "tok_embeddings", quantize_table(np.asarray(get("tok_embeddings"), dtype=np.float32), H)
+    bar.update(1)
+    bar.close()
+
+
+def _capture_hessians(W64, cfg, i, hs, names):
+    """Run layer i over every calibration sequence; accumulate the Hessians of the
+    inputs of `names` (one accumulator per distinct input)."""
+    acc = {}
+
+    def capture(name, x):
+        k = name.rsplit(".", 1)[1]
+        if k in names:
+            if k not in acc:
+                acc[k] = hessian_accumulator(x.shape[1])
+            acc[k].add(x)
+
+    for h in hs:
+        R.layer(W64, cfg, i, h, capture=capture)
+    return acc
+
+
+def _gptq_layer(W, cfg, i, hs, group_size, act_order, timing=None):
+    """All seven matrices of layer i by GPTQ. Inputs captured with the float
+    weights of this layer (earlier layers already quantized in hs); wq/wk/wv
+    share one Hessian, w1/w3 another."""
+    timing = {"forward": 0.0, "quantize": 0.0} if timing is None else timing
+    t0 = time.time()
+    p = f"layers.{i}."
+    W64 = {k: v.astype(np.float64) for k, v in W.items()}
+    acc = _capture_hessians(W64, cfg, i, hs, ("wq", "wo", "w1", "w2"))
+    del W64
+    t1 = time.time()
+    timing["forward"] += t1 - t0
+    out = {}
+    for k in _LINEARS:
+        src = {"wk": "wq", "wv": "wq", "w3": "w1"}.get(k, k)
+        out[p + k] = quantize_gptq(W[p + k], acc[src].hessian(), group_size, act_order=act_order)
+    timing["quantize"] += time.time() - t1
+    return out
+
+
+def _awq_layer(W, cfg, i, hs, group_size, alphas):
+    """AWQ-style scaling + mse quantization for layer i (see module doc)."""
+    p = f"layers.{i}."
+    W64 = {k: v.astype(np.float64) for k, v in W.items()}
+    acc = _capture_hessians(W64, cfg, i, hs, ("wq", "wo", "w1", "w2"))
+    # a few calibration rows to measure the output error of each choice
+    xs = {}
+
+    def keep(name, x):
+        k = name.rsplit(".", 1)[1]
+        if k in ("wq", "wo", "w1", "w2"):
+            xs.setdefault(k, []).append(x[::4])
+    for h in hs[:4]:
+        R.layer(W64, cfg, i, h, capture=keep)
+    X = {k: np.concatenate(v).astype(np.float32) for k, v in xs.items()}
+    del W64
+    nh, nkv = int(cfg["n_heads"]), int(cfg["n_kv_heads"])
+    # blocks folding into a previous linear's rows go first, before that linear is quantized
+    groups = [("w2", ("w2",), p + "w3")]
+    if nkv == nh:
+        groups.append(("wo", ("wo",), p + "wv"))
+    groups += [("wq", ("wq", "wk", "wv"), p + "attention_norm"),
+               ("w1", ("w1", "w3"), p + "ffn_norm")]
+    out = {}
+    W = dict(W)
+    for src, mats, prev in groups:
+        x = X[src]
+        m = np.maximum(acc[src].mean_abs(), 1e-8)
+        ref = [x @ W[p + k].T for k in mats]
+        best = None
+        for a in alphas:
+            s = (m ** a).astype(np.float32)
+            s /= np.sqrt(s.max() * s.min())
+            qs = [quantize_mse(W[p + k] * s[None, :], group_size) for k in mats]
+            err = sum(float(np.sum((x @ (dequantize(q) / s[None, :]).T - r) ** 2))
+                      for q, r in zip(qs, ref))
+            if best is None or err < best[0]:
+                best = (err, a, s, qs)
+        _, a, s, qs = best
+        for k, q in zip(mats, qs):
+            out[p + k] = q
+        if a != 0.0:
+            # fold 1/s into what produces x: the norm weight, or the rows of the previous linear
+            if prev.endswith("norm"):
+                W[prev] = (W[prev] / s).astype(np.float32)
+                out[prev] = W[prev]
+            else:
+                W[prev] = (W[prev] / s[:, None]).astype(np.float32)
+    for k in _LINEARS:
+        if p + k not in out:
+            out[p + k] = quantize_mse(W[p + k], group_size)
+    return out

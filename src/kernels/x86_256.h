@@ -1,0 +1,282 @@
+/* The body of the 256-bit x86 kernel sets, included once by avx2.c and once
+ * by avxvnni.c (not a public header; not compiled on its own). Its functions
+ * are static with plain names: each including file is one kernel set.
+ *
+ * The includer defines:
+ *   TGT            __attribute__((target(...))) of every function here
+ *   ld_q8(p)       32 int8 at p as dot_8 wants them
+ *   dot_8(a, w, x)  a + sums of 4 products w*x per lane, w from ld_q8, x int8 at x
+ *   Q8_OFF         what ld_q8 adds to every weight (128 for vpdpbusd, else 0)
+ *   dot_u2(lo, xa, hi, xb): int32 lanes of lo . (32 int8 at xa)
+ *                  + hi . (32 int8 at xb), 4 + 4 products per lane, lo and hi
+ *                  unsigned nibbles; dot_u2_s the same on 128 bits
+ *
+ * Integer part: each block's exact int32 sum. Q4S nibbles are taken as q + 8
+ * (0..15) so the unsigned x signed byte products apply; isum = dot - 8 * xs
+ * (xs = the block's sum of activations, from qact). Q8 with vpdpbusd likewise
+ * uses w + 128 and subtracts 128 * xs. One weight step is unpacked once and
+ * dotted with every token of a tile; the per-lane partial sums of 8 (or 16)
+ * blocks are reduced together by one tree of blends and shuffles. Int4 reads
+ * the activations in nibble order (qact.qp): 128 values (AVX-512) or 64
+ * (256 bits) unpack with one mask and one shift, and the reduction is 4 to 1
+ * instead of 8 to 1. Q8 stays in value order (qact.q).
+ *
+ * Float part: exactly the contract of kernels.h, the 16 lanes of each token
+ * in registers, single-precision mul and add (no fma: see kernels.h), so
+ * results are bit-identical to rq4_kernels_scalar. Past the last block the
+ * terms are computed from zero sums and zero activation scales: +-0.0, which
+ * leaves any lane unchanged (a lane starts at +0.0 and, rounding to nearest,
+ * never becomes -0.0), so no lane needs masking.
+ */
+
+/* One Q8 integer step of 32 values at value e of the row, for token row xr
+ * (int4 goes through qact.qp, below). */
+ALWAYS TGT __m256i step8(const uint8_t *wq, const int8_t *xr, int e) {
+    return dot_8(_mm256_setzero_si256(), ld_q8((const int8_t *)wq + e), xr + e);
+}
+
+/* 8 accumulators -> one vector, lane i = the horizontal sum of v[i]: a tree of
+ * merges (two blends and one shuffle each); the tree leaves input j in lane
+ * bitreverse3(j), so inputs go in that order. */
+#define MERGE8(a, b, imm, SHUF) _mm256_add_epi32(_mm256_blend_epi32((a), (b), (imm)), SHUF(_mm256_blend_epi32((b), (a), (imm))))
+#define SWAP128_8(y) _mm256_permute2x128_si256((y), (y), 0x01)
+#define SWAP64_8(y) _mm256_shuffle_epi32((y), 0x4E)
+#define SWAP32_8(y) _mm256_shuffle_epi32((y), 0xB1)
+
+ALWAYS TGT __m256i reduce8(const __m256i *v) {
+    __m256i a0 = MERGE8(v[0], v[4], 0xF0, SWAP128_8), a1 = MERGE8(v[2], v[6], 0xF0, SWAP128_8);
+    __m256i a2 = MERGE8(v[1], v[5], 0xF0, SWAP128_8), a3 = MERGE8(v[3], v[7], 0xF0, SWAP128_8);
+    __m256i b0 = MERGE8(a0, a1, 0xCC, SWAP64_8), b1 = MERGE8(a2, a3, 0xCC, SWAP64_8);
+    return MERGE8(b0, b1, 0xAA, SWAP32_8);
+}
+
+/* The float terms of 8 blocks b0.. of one token: (d * dx) * isum [+ (m * dx) * xs],
+ * isum not yet corrected; d8, m8: the blocks' weight scales and minimums (scales8). */
+ALWAYS TGT __m256 terms8s(int kind, __m256 d8, __m256 m8, int b0, int cnt, __m256i isum, const float *xd,
+                               const int32_t *xs, int off) {
+    __m256i s = load8i(xs + b0, cnt);
+    __m256 dx = load8f(xd + b0, cnt);
+    if (off) isum = _mm256_sub_epi32(isum, _mm256_slli_epi32(s, off == 8 ? 3 : 7));
+    __m256 term = _mm256_mul_ps(_mm256_mul_ps(d8, dx), _mm256_cvtepi32_ps(isum));
+    if (kind == K_Q4A) term = _mm256_add_ps(term, _mm256_mul_ps(_mm256_mul_ps(m8, dx), _mm256_cvtepi32_ps(s)));
+    return term;
+}
+
+ALWAYS TGT __m256 terms8(int kind, const row_view *v, int b0, int cnt, __m256i isum, const float *xd,
+                              const int32_t *xs, int off) {
+    __m256 d8 = scales8(v, v->d, b0, cnt), m8 = kind == K_Q4A ? scales8(v, v->m, b0, cnt) : d8;
+    return terms8s(kind, d8, m8, b0, cnt, isum, xd, xs, off);
+}
+
+/* ---- int4 rows against qp (rq4_permute_act's order) ----
+ * 32 bytes of nibbles are 64 values: half a span of 128, or a whole span of
+ * 64. A mask gives their even values (the low nibbles), a shift and a mask
+ * their odd ones, each dotted with its part of the span in qp: int32 lane L
+ * then holds 8 values of block L / 4, so one such "pair vector" holds two
+ * blocks, the first in its low 128 bits and the second in its high ones, 4
+ * partial sums each. Pair vector j of a span of 128 at value e: weight bytes
+ * e/2 + 32j .., evens at qp[e + 32j ..], odds at qp[e + 64 + 32j ..]; of a
+ * span of 64: evens at qp[e ..], odds at qp[e + 32 ..]; a span of 32 (one
+ * block, 16 bytes) is the same on 128 bits with a zero high half. */
+
+/* the 64 (or 32) nibbles at p as unsigned bytes (Q4S: q + 8, from xor 8 on
+ * both nibbles before the split) */
+ALWAYS TGT void nib64(int kind, const uint8_t *p, __m256i *lo, __m256i *hi) {
+    __m256i w = _mm256_loadu_si256((const __m256i *)p), m = _mm256_set1_epi8(0x0F);
+    if (kind == K_Q4S) w = _mm256_xor_si256(w, _mm256_set1_epi8((char)0x88));
+    *lo = _mm256_and_si256(w, m);
+    *hi = _mm256_and_si256(_mm256_srli_epi16(w, 4), m);
+}
+
+ALWAYS TGT void nib32(int kind, const uint8_t *p, __m128i *lo, __m128i *hi) {
+    __m128i w = _mm_loadu_si128((const __m128i *)p), m = _mm_set1_epi8(0x0F);
+    if (kind == K_Q4S) w = _mm_xor_si128(w, _mm_set1_epi8((char)0x88));
+    *lo = _mm_and_si128(w, m);
+    *hi = _mm_and_si128(_mm_srli_epi16(w, 4), m);
+}
+
+/* T tokens (1..4) of a qact as the int4 kernels read them. */
+typedef struct token_rows {
+    int T;                /* tokens */
+    int nb;               /* blocks per token */
+    const int8_t *xp[4];  /* each token's values in nibble order (qact.qp) */
+    const float *xd[4];   /* each token's block scales */
+    const int32_t *xs[4]; /* each token's block sums */
+} token_rows;
+
+/* The pair vectors of blocks b, b+1 (b even, b < nb) of the row for the
+ * tokens, into p[t][j]; full: the pair known to lie in a span of 128
+ * (b < nb & ~3). */
+ALWAYS TGT void pair_q4(int kind, const token_rows *x, const uint8_t *wq, int b, int full, __m256i p[][4], int j) {
+    const int T = x->T, nb = x->nb;
+    const int8_t *const *xp = x->xp;
+    int e = b * QK;
+    __m256i lo, hi;
+    if (full || b < (nb & ~3)) {
+        int xa = e - (b & 2) * 16; /* the second half of a span: 32 values back */
+        nib64(kind, wq + e / 2, &lo, &hi);
+        for (int t = 0; t < T; t++) p[t][j] = dot_u2(lo, xp[t] + xa, hi, xp[t] + xa + 64);
+    } else if (nb - b >= 2) {
+        nib64(kind, wq + e / 2, &lo, &hi);
+        for (int t = 0; t < T; t++) p[t][j] = dot_u2(lo, xp[t] + e, hi, xp[t] + e + 32);
+    } else {
+        __m128i l, h;
+        nib32(kind, wq + e / 2, &l, &h);
+        for (int t = 0; t < T; t++) p[t][j] = _mm256_zextsi128_si256(dot_u2_s(l, xp[t] + e, h, xp[t] + e + 16));
+    }
+}
+
+/* 4 pair vectors (blocks 2j | 2j+1 in p[j]) -> lane i = the sum of block i:
+ * HALF4P merges p0, p1 (and p2, p3) by 64-bit pairs, reduce4p the two results
+ * by 32-bit lanes (blocks 0 4 2 6 | 1 5 3 7), then one permute. */
+#define HALF4P(p0, p1) MERGE8((p0), (p1), 0xCC, SWAP64_8) /* blocks 0 0 2 2 | 1 1 3 3 */
+ALWAYS TGT __m256i reduce4p(__m256i a, __m256i b) {
+    __m256i c = MERGE8(a, b, 0xAA, SWAP32_8);
+    return _mm256_permutevar8x32_epi32(c, _mm256_setr_epi32(0, 4, 2, 6, 1, 5, 3, 7));
+}
+
+/* T tokens (1..4) x 8 int4 blocks from b0 (cnt valid): each pair vector
+ * unpacked once for the T tokens, then per token one reduction and one float
+ * step added to lanes[t][half]. */
+ALWAYS TGT void tile8_q4(int kind, const token_rows *x, const row_view *v, int b0, int cnt, int full,
+                         __m256 lanes[][2], int half) {
+    const int T = x->T;
+    __m256i p[4][4], a[4];
+    for (int j = 0; j < 4; j++) {
+        if (2 * j < cnt) {
+            pair_q4(kind, x, v->q, b0 + 2 * j, full, p, j);
+        } else {
+            for (int t = 0; t < T; t++) p[t][j] = _mm256_setzero_si256();
+        }
+    }
+    for (int t = 0; t < T; t++) a[t] = HALF4P(p[t][0], p[t][1]);
+    __m256 d8 = scales8(v, v->d, b0, cnt), m8 = kind == K_Q4A ? scales8(v, v->m, b0, cnt) : d8;
+    int off = offset_of(kind, Q8_OFF);
+    for (int t = 0; t < T; t++) {
+        __m256i isum = reduce4p(a[t], HALF4P(p[t][2], p[t][3]));
+        lanes[t][half] = _mm256_add_ps(lanes[t][half], terms8s(kind, d8, m8, b0, cnt, isum, x->xd[t], x->xs[t], off));
+    }
+}
+
+/* int4, T tokens (1..4) of row r: 16 blocks per pass (lanes[t][0]: lanes
+ * 0-7, lanes[t][1]: 8-15). */
+ALWAYS TGT void tokens_q4(int kind, const int T, const qact *x, const row_view *v, int r, float *out,
+                               size_t out_stride, int t0) {
+    const int nb = x->nb;
+    token_rows tok;
+    tok.T = T;
+    tok.nb = nb;
+    for (int t = 0; t < T; t++) {
+        size_t row = (size_t)(t0 + t);
+        tok.xp[t] = x->qp + row * (size_t)x->n;
+        tok.xd[t] = x->d + row * (size_t)nb;
+        tok.xs[t] = x->s + row * (size_t)nb;
+    }
+    __m256 lanes[4][2];
+    for (int t = 0; t < T; t++) lanes[t][0] = lanes[t][1] = _mm256_setzero_ps();
+    int b0 = 0;
+    for (; b0 + 16 <= nb; b0 += 16) {
+        tile8_q4(kind, &tok, v, b0, 8, 1, lanes, 0);
+        tile8_q4(kind, &tok, v, b0 + 8, 8, 1, lanes, 1);
+    }
+    if (b0 < nb) {
+        int left = nb - b0;
+        tile8_q4(kind, &tok, v, b0, left < 8 ? left : 8, 0, lanes, 0);
+        if (left > 8) tile8_q4(kind, &tok, v, b0 + 8, left - 8, 0, lanes, 1);
+    }
+    for (int t = 0; t < T; t++) out[(size_t)(t0 + t) * out_stride + (size_t)r] = tree16(lanes[t][0], lanes[t][1]);
+}
+
+/* Q8, one token, 8 blocks per reduction; the 16 lanes as two registers. */
+ALWAYS TGT __m256 chunk8(int kind, const row_view *v, const int8_t *xr, const float *xd, const int32_t *xs,
+                              int b0, int cnt, __m256 lanes) {
+    __m256i p[8];
+    for (int k = 0; k < 8; k++) p[k] = k < cnt ? step8(v->q, xr, (b0 + k) * QK) : _mm256_setzero_si256();
+    __m256 term = terms8(kind, v, b0, cnt, reduce8(p), xd, xs, offset_of(kind, Q8_OFF));
+    return _mm256_add_ps(lanes, term);
+}
+
+ALWAYS TGT void one_token(int kind, const qact *x, const qmat *w, int r, float *out, size_t out_stride, int t) {
+    row_view v;
+    row_of(&v, w, r, kind);
+    if (kind != K_Q8) {
+        tokens_q4(kind, 1, x, &v, r, out, out_stride, t);
+        return;
+    }
+    const int nb = x->nb;
+    const int8_t *xr = x->q + (size_t)t * (size_t)x->n;
+    const float *xd = x->d + (size_t)t * (size_t)nb;
+    const int32_t *xs = x->s + (size_t)t * (size_t)nb;
+    __m256 lo = _mm256_setzero_ps(), hi = _mm256_setzero_ps(); /* lanes 0-7, 8-15 */
+    int b0 = 0;
+    for (; b0 + 16 <= nb; b0 += 16) {
+        lo = chunk8(kind, &v, xr, xd, xs, b0, 8, lo);
+        hi = chunk8(kind, &v, xr, xd, xs, b0 + 8, 8, hi);
+    }
+    if (b0 < nb) {
+        int left = nb - b0;
+        lo = chunk8(kind, &v, xr, xd, xs, b0, left < 8 ? left : 8, lo);
+        if (left > 8) hi = chunk8(kind, &v, xr, xd, xs, b0 + 8, left - 8, hi);
+    }
+    out[(size_t)t * out_stride + (size_t)r] = tree16(lo, hi);
+}
+
+/* Q8, two tokens A, B x 4 blocks from b0 (cnt valid): each block loaded once
+ * for both, one reduction (lanes 0-3 A's blocks, 4-7 B's), one float step. */
+ALWAYS TGT __m256 pair_chunk(int kind, const row_view *v, const int8_t *xra, const int8_t *xrb,
+                                  const float *xda, const float *xdb, const int32_t *xsa, const int32_t *xsb,
+                                  int b0, int cnt) {
+    __m256i p[8];
+    for (int k = 0; k < 4; k++) {
+        int e = (b0 + k) * QK;
+        p[k] = p[4 + k] = _mm256_setzero_si256();
+        if (k >= cnt) continue;
+        __m256i wv = ld_q8((const int8_t *)v->q + e);
+        p[k] = dot_8(_mm256_setzero_si256(), wv, xra + e);
+        p[4 + k] = dot_8(_mm256_setzero_si256(), wv, xrb + e);
+    }
+    __m256i isum = reduce8(p);
+    __m256i s = _mm256_set_m128i(load4i(xsb + b0, cnt), load4i(xsa + b0, cnt));
+    __m256 dx = _mm256_set_m128(load4f(xdb + b0, cnt), load4f(xda + b0, cnt));
+    int off = offset_of(kind, Q8_OFF);
+    if (off) isum = _mm256_sub_epi32(isum, _mm256_slli_epi32(s, off == 8 ? 3 : 7));
+    __m256 d4 = scales8(v, v->d, b0, cnt);
+    return _mm256_mul_ps(_mm256_mul_ps(_mm256_permute2f128_ps(d4, d4, 0), dx), _mm256_cvtepi32_ps(isum));
+}
+
+/* Tokens t0 .. t0+T-1 (T = 2..4) of row r: int4 all T at once (tokens_q4);
+ * Q8 two at a time (16 accumulators would not fit 16 registers): per pair, lanes 4q .. 4q+3 of its two tokens
+ * in acc[q] (the first token in the low half). */
+ALWAYS TGT void tile_tokens(int kind, const int T, const qact *x, const qmat *w, int r, float *out,
+                                 size_t out_stride, int t0) {
+    row_view v;
+    row_of(&v, w, r, kind);
+    if (kind != K_Q8) {
+        tokens_q4(kind, T, x, &v, r, out, out_stride, t0);
+        return;
+    }
+    const int nb = x->nb;
+    for (int a = 0; a < T; a += 2) {
+        int b = a + 1 < T ? a + 1 : a; /* an odd T: the lone token twice (its copy unused) */
+        const int8_t *xra = x->q + (size_t)(t0 + a) * (size_t)x->n, *xrb = x->q + (size_t)(t0 + b) * (size_t)x->n;
+        const float *xda = x->d + (size_t)(t0 + a) * (size_t)nb, *xdb = x->d + (size_t)(t0 + b) * (size_t)nb;
+        const int32_t *xsa = x->s + (size_t)(t0 + a) * (size_t)nb, *xsb = x->s + (size_t)(t0 + b) * (size_t)nb;
+        __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
+        int b0 = 0;
+        for (; b0 + 16 <= nb; b0 += 16)
+            for (int q = 0; q < 4; q++)
+                acc[q] = _mm256_add_ps(acc[q], pair_chunk(kind, &v, xra, xrb, xda, xdb, xsa, xsb, b0 + 4 * q, 4));
+        for (int q = 0; b0 + 4 * q < nb; q++) {
+            int left = nb - b0 - 4 * q;
+            acc[q] = _mm256_add_ps(acc[q], pair_chunk(kind, &v, xra, xrb, xda, xdb, xsa, xsb, b0 + 4 * q,
+                                                          left < 4 ? left : 4));
+        }
+        out[(size_t)(t0 + a) * out_stride + (size_t)r] =
+            tree16(_mm256_permute2f128_ps(acc[0], acc[1], 0x20), _mm256_permute2f128_ps(acc[2], acc[3], 0x20));
+        if (a + 1 < T)
+            out[(size_t)(t0 + a + 1) * out_stride + (size_t)r] =
+                tree16(_mm256_permute2f128_ps(acc[0], acc[1], 0x31), _mm256_permute2f128_ps(acc[2], acc[3], 0x31));
+    }
+}
+
+#include "simd_entry.h"
