@@ -548,6 +548,11 @@ def _malformed_cases():
         for value in CONFIG_VALUES:
             cases.append((f"config {key}={value!r}",
                           _edit_json("config.json", lambda c, k=key, v=value: dict(c, **{k: v}))))
+    # found by tools/hostile_probe.py: a value that does not fit its header field
+    cases.append(("config rope_scaling huge original_max_position_embeddings",
+                  _edit_json("config.json", lambda c: dict(c, rope_scaling={
+                      "rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                      "original_max_position_embeddings": 2**63}))))
     for name, fn in SAFETENSORS_CASES.items():
         cases.append((f"safetensors {name}", _safetensors_variant(fn)))
     for name, fn in TOKENIZER_CASES.items():

@@ -11,6 +11,7 @@ nothing but errors.
 import argparse
 import os
 import signal
+import struct
 import sys
 import time
 
@@ -133,7 +134,7 @@ def _terminate(signum, frame):
 # safetensors header, GGUF metadata of another type) raises in code that
 # trusted its shape: reported as one line about the input, not a traceback.
 MALFORMED_INPUT = (KeyError, TypeError, IndexError, AttributeError, ZeroDivisionError, OverflowError,
-                   UnicodeError, RecursionError, LookupError, ArithmeticError)
+                   UnicodeError, RecursionError, LookupError, ArithmeticError, struct.error)
 
 
 def main(argv=None):
