@@ -3,6 +3,7 @@
 
 #include "chat.h"
 
+#include <limits.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -114,9 +115,9 @@ static size_t space_len(const unsigned char *s, size_t n) {
     return 0;
 }
 
-/* Appends s with leading and trailing whitespace removed (Jinja's | trim). */
-static void sb_trimmed(sbuf *b, const char *s) {
-    const unsigned char *p = (const unsigned char *)s, *end = p + strlen(s);
+/* Appends s[0..n) with leading and trailing whitespace removed (Jinja's | trim). */
+static void sb_trimmed(sbuf *b, const char *s, size_t n) {
+    const unsigned char *p = (const unsigned char *)s, *end = p + n;
     size_t k;
     while (p < end && (k = space_len(p, (size_t)(end - p))) > 0) p += k;
     for (;;) {   /* drop whitespace characters at the end (1 to 3 bytes long) */
@@ -131,33 +132,103 @@ static void sb_trimmed(sbuf *b, const char *s) {
     sb_add(b, (const char *)p, (size_t)(end - p));
 }
 
-/* The text of one user turn and the assistant header after it; `first` adds
- * what the template puts before the first message (system). Llama 3's
- * templates trim the messages; ChatML's keep them as they are. */
-void chat_turn(const chat *c, sbuf *b, int first, const char *system, const char *user) {
-    if (c->family == CHAT_LLAMA3) {
-        if (first && (system || c->llama32_dates)) {
-            sb_str(b, "<|start_header_id|>system<|end_header_id|>\n\n");
-            if (c->llama32_dates) {
-                sb_str(b, "Cutting Knowledge Date: December 2023\nToday Date: ");
-                sb_str(b, c->date);
-                sb_str(b, "\n\n");
-            }
-            if (system) sb_trimmed(b, system);
-            sb_str(b, "<|eot_id|>");
-        }
-        sb_str(b, "<|start_header_id|>user<|end_header_id|>\n\n");
-        sb_trimmed(b, user);
-        sb_str(b, "<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n");
-    } else {
-        if (first && (system || c->default_system)) {
-            sb_str(b, "<|im_start|>system\n");
-            sb_str(b, system ? system : c->default_system);
-            sb_str(b, "<|im_end|>\n");
-        }
-        sb_str(b, "<|im_start|>user\n");
-        sb_str(b, user);
-        sb_str(b, "<|im_end|>\n<|im_start|>assistant\n");
+void chat_ids_push(chat_ids *t, int32_t id) {
+    if (t->n == t->cap) {
+        size_t cap = t->cap ? 2 * t->cap : 256;
+        int32_t *p = realloc(t->ids, cap * sizeof(int32_t));
+        if (!p) die("out of memory");
+        t->ids = p;
+        t->cap = cap;
     }
+    t->ids[t->n++] = id;
 }
 
+/* Encodes the pending text: special-token text in it is plain text when
+ * any of it came from the user, parsed (the template's own) otherwise. */
+static void chat_ids_flush(chat_ids *t) {
+    if (t->text.len) {
+        rq4_error err;
+        int32_t n = 0;
+        for (;;) {
+            size_t room = t->cap - t->n;
+            rq4_status s = rq4_tokenizer_encode(t->tok, t->text.s, t->text.len, !t->user_text, t->ids + t->n,
+                                                (int32_t)(room > INT32_MAX ? INT32_MAX : room), &n, &err);
+            if (s == RQ4_OK) break;
+            if ((size_t)n <= room) die("%s", err.message);   /* not a matter of room */
+            size_t cap = t->n + (size_t)n;
+            int32_t *p = realloc(t->ids, cap * sizeof(int32_t));
+            if (!p) die("out of memory encoding the message");
+            t->ids = p;
+            t->cap = cap;
+        }
+        t->n += (size_t)n;
+    }
+    t->text.len = 0;
+    t->user_text = 0;
+}
+
+void chat_ids_special(chat_ids *t, const char *token) {
+    chat_ids_flush(t);
+    int32_t id = rq4_tokenizer_find(t->tok, token, (uint32_t)strlen(token));
+    if (id < 0) die("chat mode: the tokenizer lacks %s, which the chat template uses", token);
+    chat_ids_push(t, id);
+}
+
+void chat_ids_text(chat_ids *t, const char *s) { sb_str(&t->text, s); }
+
+static void chat_ids_user(chat_ids *t, const char *s, size_t n, int trim) {
+    if (trim) sb_trimmed(&t->text, s, n);
+    else sb_add(&t->text, s, n);
+    t->user_text = 1;
+}
+
+void chat_ids_free(chat_ids *t) {
+    free(t->ids);
+    free(t->text.s);
+    memset(t, 0, sizeof *t);
+}
+
+void chat_turn(const chat *c, chat_ids *t, int first, const char *system, const char *user, size_t user_len) {
+    if (c->family == CHAT_LLAMA3) {
+        if (first && (system || c->llama32_dates)) {
+            chat_ids_special(t, "<|start_header_id|>");
+            chat_ids_text(t, "system");
+            chat_ids_special(t, "<|end_header_id|>");
+            chat_ids_text(t, "\n\n");
+            if (c->llama32_dates) {
+                chat_ids_text(t, "Cutting Knowledge Date: December 2023\nToday Date: ");
+                chat_ids_text(t, c->date);
+                chat_ids_text(t, "\n\n");
+            }
+            if (system) chat_ids_user(t, system, strlen(system), 1);
+            chat_ids_special(t, "<|eot_id|>");
+        }
+        chat_ids_special(t, "<|start_header_id|>");
+        chat_ids_text(t, "user");
+        chat_ids_special(t, "<|end_header_id|>");
+        chat_ids_text(t, "\n\n");
+        chat_ids_user(t, user, user_len, 1);
+        chat_ids_special(t, "<|eot_id|>");
+        chat_ids_special(t, "<|start_header_id|>");
+        chat_ids_text(t, "assistant");
+        chat_ids_special(t, "<|end_header_id|>");
+        chat_ids_text(t, "\n\n");
+    } else {
+        if (first && (system || c->default_system)) {
+            chat_ids_special(t, "<|im_start|>");
+            chat_ids_text(t, "system\n");
+            if (system) chat_ids_user(t, system, strlen(system), 0);
+            else chat_ids_text(t, c->default_system);
+            chat_ids_special(t, "<|im_end|>");
+            chat_ids_text(t, "\n");
+        }
+        chat_ids_special(t, "<|im_start|>");
+        chat_ids_text(t, "user\n");
+        chat_ids_user(t, user, user_len, 0);
+        chat_ids_special(t, "<|im_end|>");
+        chat_ids_text(t, "\n");
+        chat_ids_special(t, "<|im_start|>");
+        chat_ids_text(t, "assistant\n");
+    }
+    chat_ids_flush(t);
+}

@@ -40,8 +40,31 @@ void sb_str(sbuf *b, const char *s);
  * none or it is neither family. */
 void detect_chat(const rq4_model *model, const rq4_tokenizer *tok, chat *c);
 
-/* The text of one user turn and the assistant header after it; `first` adds
- * what the template puts before the first message (system). */
-void chat_turn(const chat *c, sbuf *b, int first, const char *system, const char *user);
+/* A turn's token ids, built piece by piece. The special tokens the
+ * template writes (turn headers, end of turn) go in by id; the text between
+ * them is encoded with special-token text as plain text when any of it came
+ * from the user (a message, the system prompt), so that what a user types
+ * can never become a control token; template-only text is encoded as the
+ * template's (special tokens parsed). */
+typedef struct chat_ids {
+    const rq4_tokenizer *tok;
+    int32_t *ids;
+    size_t n, cap;
+    sbuf text;          /* pending text since the last special token */
+    int user_text;      /* some of it came from the user */
+} chat_ids;
+
+void chat_ids_push(chat_ids *t, int32_t id);
+/* A special token of the template by its text (dies if the tokenizer lacks it). */
+void chat_ids_special(chat_ids *t, const char *token);
+/* Template text (pending until the next special token or the end of the turn). */
+void chat_ids_text(chat_ids *t, const char *s);
+void chat_ids_free(chat_ids *t);
+
+/* Appends one user turn and the assistant header after it to t; `first`
+ * adds what the template puts before the first message (system). The user
+ * text is user[0..user_len) (it may hold NUL bytes). Llama 3's templates
+ * trim the messages; ChatML's keep them as they are. */
+void chat_turn(const chat *c, chat_ids *t, int first, const char *system, const char *user, size_t user_len);
 
 #endif /* RUNQ4_CLI_CHAT_H */

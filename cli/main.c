@@ -22,6 +22,7 @@
 #define _DEFAULT_SOURCE   /* madvise */
 
 #include <errno.h>
+#include <fcntl.h>
 #include <limits.h>
 #include <math.h>
 #include <signal.h>
@@ -32,6 +33,7 @@
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/resource.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -73,12 +75,14 @@ static const char *USAGE =
 /* errors: one line on stderr, exit 1                                        */
 
 void die(const char *fmt, ...) {
+    char msg[1024];
     va_list ap;
-    fputs("runq4: error: ", stderr);
     va_start(ap, fmt);
-    vfprintf(stderr, fmt, ap);
+    vsnprintf(msg, sizeof msg, fmt, ap);
     va_end(ap);
-    fputc('\n', stderr);
+    for (char *c = msg; *c; c++)   /* one line, whatever the arguments quoted in it hold */
+        if ((unsigned char)*c < 0x20 || *c == 0x7f) *c = '?';
+    fprintf(stderr, "runq4: error: %s\n", msg);
     exit(1);
 }
 
@@ -95,14 +99,17 @@ static float parse_float(const char *flag, const char *s) {
     char *end;
     errno = 0;
     float v = strtof(s, &end);
-    if (end == s || *end != '\0' || errno == ERANGE || !isfinite(v)) die("%s expects a finite number, got '%s'", flag, s);
+    /* ERANGE below 1 is an underflow (1e-45 is a subnormal, 1e-50 becomes 0): the value stands */
+    if (end == s || *end != '\0' || !isfinite(v) || (errno == ERANGE && fabsf(v) >= 1.0f))
+        die("%s expects a finite number, got '%s'", flag, s);
     return v;
 }
 
 static uint64_t parse_u64(const char *flag, const char *s) {
     char *end;
     errno = 0;
-    if (*s == '-' || *s == '+' || *s == ' ') die("%s expects a non-negative integer, got '%s'", flag, s);
+    /* strtoull skips leading whitespace and takes a sign ("\t-1" would be 2^64 - 1): digits only */
+    if (!(*s >= '0' && *s <= '9')) die("%s expects a non-negative integer, got '%s'", flag, s);
     unsigned long long v = strtoull(s, &end, 10);
     if (end == s || *end != '\0' || errno == ERANGE) die("%s expects a non-negative integer, got '%s'", flag, s);
     return (uint64_t)v;
@@ -142,9 +149,33 @@ static void release_blob(const rq4_model *m, const char *name) {
 
 static int g_stdout_closed = 0;   /* the reader went away (| head -c 20) */
 
+/* Writes to stdout. A reader that went away (EPIPE) ends the run quietly;
+ * any other failure (a full disk, an I/O error) loses the output, which is
+ * an error, not success. */
 static void emit(const char *s, size_t n) {
     if (g_stdout_closed || n == 0) return;
-    if (fwrite(s, 1, n, stdout) != n || fflush(stdout) != 0) g_stdout_closed = 1;
+    errno = 0;
+    if (fwrite(s, 1, n, stdout) != n || fflush(stdout) != 0) {
+        if (errno != EPIPE) die("writing the output: %s", errno ? strerror(errno) : "failed");
+        g_stdout_closed = 1;
+    }
+}
+
+/* Descriptors 0 and 2 closed by the caller would be taken by the next
+ * open(), the model file, which chat mode would then read as the user's
+ * messages: /dev/null takes them instead. A closed stdout loses everything
+ * the run would print, so it is an error. */
+static void check_std_fds(void) {
+    struct stat st;
+    for (int fd = 0; fd <= 2; fd++) {
+        if (fstat(fd, &st) == 0) continue;
+        int null = open("/dev/null", fd == 0 ? O_RDONLY : O_WRONLY);
+        if (null >= 0 && null != fd) {
+            dup2(null, fd);
+            close(null);
+        }
+        if (fd == STDOUT_FILENO) die("standard output is closed: the output would be lost");
+    }
 }
 
 /* ------------------------------------------------------------------------ */
@@ -277,9 +308,12 @@ static void run_chat(run *r, const char *prompt, const char *system) {
     detect_chat(r->model, r->tok, &c);
     int interactive = prompt == NULL, first = 1;
     int32_t pending = -1;
-    sbuf turn = {0}, line = {0};
+    chat_ids t = {0};
+    t.tok = r->tok;
+    sbuf line = {0};
     for (;;) {
         const char *user = prompt;
+        size_t user_len = prompt ? strlen(prompt) : 0;
         if (interactive) {
             if (isatty(STDIN_FILENO)) {
                 fputs("> ", stderr);
@@ -290,29 +324,36 @@ static void run_chat(run *r, const char *prompt, const char *system) {
             for (size_t i = 0; i < line.len; i++)
                 if (line.s[i] != ' ' && line.s[i] != '\t') blank = 0;
             if (blank) continue;
-            user = line.s;
+            user = line.s;   /* a NUL byte is part of the line: line.len, not strlen */
+            user_len = line.len;
         }
-        turn.len = 0;
+        /* the turn's ids: the previous answer's unfed last token, BOS if the
+           template starts with it, then the turn */
+        t.n = 0;
+        if (pending >= 0) chat_ids_push(&t, pending);
+        else if (first && c.bos_in_template && r->cfg->bos_id >= 0) chat_ids_push(&t, r->cfg->bos_id);
         if (!first) {
             /* close the previous answer as the template does: end-of-turn
                (sampled but not fed yet, or cut by -n) then ChatML's newline */
-            if (c.family == CHAT_CHATML) sb_str(&turn, "<|im_end|>\n");
-            else sb_str(&turn, "<|eot_id|>");
+            if (c.family == CHAT_CHATML) {
+                chat_ids_special(&t, "<|im_end|>");
+                chat_ids_text(&t, "\n");
+            } else {
+                chat_ids_special(&t, "<|eot_id|>");
+            }
         }
-        chat_turn(&c, &turn, first, system, user);
-        /* the turn's ids: the previous answer's unfed last token, BOS if the
-           template starts with it, then the text (special tokens parsed) */
-        int32_t lead = pending >= 0 ? pending : first && c.bos_in_template ? r->cfg->bos_id : -1;
-        int32_t n = encode(r, turn.s, turn.len, 1, lead);
-        if (r->verbose) print_ids("prompt", r->ids, n);
-        feed(r, r->ids, n);
+        chat_turn(&c, &t, first, system, user, user_len);
+        if (t.n > (size_t)INT32_MAX) die("the message is too long");
+        int32_t n = (int32_t)t.n;
+        if (r->verbose) print_ids("prompt", t.ids, n);
+        feed(r, t.ids, n);
         pending = generate(r);
         emit("\n", 1);
         first = 0;
         if (!interactive || g_stdout_closed) break;
         if (r->context_full) die("the conversation filled the context of %d tokens (use -c)", r->cfg->n_ctx);
     }
-    free(turn.s);
+    chat_ids_free(&t);
     free(line.s);
     free(c.default_system);
 }
@@ -381,6 +422,8 @@ int main(int argc, char **argv) {
     int have_seed = 0, verbose = 0, chat_mode = 0;
     long max_new = DEFAULT_MAX_NEW_TOKENS, threads = 0, ctx = 0, top_k = 0;
 
+    signal(SIGPIPE, SIG_IGN);   /* a closed stdout ends the run quietly (emit) */
+    check_std_fds();
     for (int i = 1; i < argc; i++) {
         const char *v, *a;
         int k = parse_option(argc, argv, &i, &v, &a);
@@ -390,8 +433,13 @@ int main(int argc, char **argv) {
             continue;
         }
         switch (k) {
-        case OPT_HELP: fputs(USAGE, stdout); return 0;
-        case OPT_VERSION: printf("runq4 %s\n", rq4_version()); return 0;
+        case OPT_HELP: emit(USAGE, strlen(USAGE)); return 0;
+        case OPT_VERSION: {
+            char line[64];
+            snprintf(line, sizeof line, "runq4 %s\n", rq4_version());
+            emit(line, strlen(line));
+            return 0;
+        }
         case OPT_VERBOSE: verbose = 1; break;
         case OPT_TEMPERATURE:
             temperature = parse_float(a, v);
@@ -425,7 +473,6 @@ int main(int argc, char **argv) {
     }
     if (!path) die("no model file (usage: runq4 MODEL.rq4 [options]; runq4 -h for help)");
     if (system && !chat_mode) die("-y/--system (system prompt) needs --chat");
-    signal(SIGPIPE, SIG_IGN);   /* a closed stdout ends the run quietly (emit) */
 
     rq4_options opts;
     rq4_error err;
@@ -450,6 +497,20 @@ int main(int argc, char **argv) {
     if (!have_seed) seed = (uint64_t)time(NULL) ^ ((uint64_t)getpid() << 32);
     if (rq4_sampler_init(&r.sampler, r.cfg->vocab_size, temperature, top_p, (int32_t)top_k, seed) != 0)
         die("out of memory for the sampler");
+    if (opts.max_memory) {
+        /* -M bounds the whole run: the engine's figure (file + KV cache +
+           buffers, checked by rq4_open) plus what this program allocates */
+        struct stat st;
+        uint64_t file = stat(path, &st) == 0 ? (uint64_t)st.st_size : 0;
+        uint64_t engine = file + rq4_memory_needed(r.model, r.cfg->n_ctx, opts.kv_type);
+        uint64_t tok = rq4_tokenizer_memory(r.tok);
+        uint64_t bufs = (uint64_t)r.cfg->vocab_size *
+                        (sizeof(float) + (r.sampler.probindex ? sizeof(rq4_prob_index) : 0));
+        if (engine + tok + bufs > opts.max_memory)
+            die("needs %llu bytes (engine %llu + tokenizer %llu + logits and sampler %llu), over -M %llu MiB",
+                (unsigned long long)(engine + tok + bufs), (unsigned long long)engine, (unsigned long long)tok,
+                (unsigned long long)bufs, (unsigned long long)max_mb);
+    }
     r.logits = malloc(sizeof(float) * (size_t)r.cfg->vocab_size);
     if (!r.logits) die("out of memory for the logits");
 
@@ -473,6 +534,8 @@ int main(int argc, char **argv) {
             r.context_full ? " (context full)" : "", peak_rss_mb(), rq4_kernel_name(), r.cfg->n_threads, r.cfg->n_ctx,
             kv);
 
+    if (!g_stdout_closed && fclose(stdout) != 0 && errno != EPIPE)
+        die("writing the output: %s", strerror(errno));
     free(r.logits);
     free(r.ids);
     rq4_sampler_free(&r.sampler);

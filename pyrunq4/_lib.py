@@ -242,6 +242,11 @@ def tokenizer_is_special(t, token: int) -> bool:
     return bool(lib.rq4_tokenizer_is_special(t, token))
 
 
+def tokenizer_size(t) -> int:
+    """The number of ids the tokenizer knows."""
+    return int(lib.rq4_tokenizer_size(t))
+
+
 def blob_size(h: Handle, name: str):
     """The size of the named blob, or None when the file has none."""
     size = ffi.new("uint64_t *")

@@ -17,7 +17,7 @@ import sys
 
 import numpy as np
 
-from ._cli import HelpFormatter, Parser, UsageError, add_version, positive_int, run_main
+from ._cli import HelpFormatter, Parser, UsageError, add_version, positive_int, read_text_file, run_main
 from .progress import progress_bar
 
 PROG = "pyrunq4-eval"
@@ -119,8 +119,7 @@ def _cmd_compare(args, text):
 def _cmd_perplexity(args):
     if args.window < 2:
         raise UsageError(f"--window must be >= 2, got {args.window}")
-    with open(args.text, encoding="utf-8") as f:
-        text = f.read()
+    text = read_text_file(args.text)
     if args.compare:
         return _cmd_compare(args, text)
     with _open(args.model, args) as m:

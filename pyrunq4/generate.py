@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import sys
 
-from ._cli import HelpFormatter, Parser, UsageError, add_version, run_main
+from ._cli import HelpFormatter, Parser, UsageError, add_version, run_main, write_output
 from .checks import check_max_new_tokens, check_sampling
 
 PROG = "pyrunq4-generate"
@@ -73,8 +73,7 @@ def _max_new_tokens(n):
 
 
 def _write(text):
-    sys.stdout.write(text)
-    sys.stdout.flush()
+    write_output(text)
 
 
 def _report(model, totals):

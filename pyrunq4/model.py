@@ -32,7 +32,7 @@ from typing import Iterator, Sequence
 import numpy as np
 
 from . import _lib
-from .chat_template import compile_chat_template
+from .chat_template import ChatTemplate, chat_ids
 from .checks import INT32_MAX, UINT64_MAX, check_int, check_max_new_tokens, check_threads
 from .errors import (ArgumentError, ClosedError, ContextFullError, FormatError, Runq4Error,
                      Runq4IOError)
@@ -84,6 +84,18 @@ def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
     return int(diff[0]) if diff.size else m
 
 
+def _tokenizer_call(what, fn, *args, **kwargs):
+    """Calls the tokenizers library; a failure of the file's tokenizer, even a
+    Rust panic (PanicException, a BaseException), is a FormatError."""
+    try:
+        return fn(*args, **kwargs)
+    except (KeyboardInterrupt, SystemExit, GeneratorExit, MemoryError):
+        raise
+    except BaseException as e:  # noqa: B902 (PanicException)
+        msg = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
+        raise FormatError(f"the model's tokenizer failed to {what}: {msg}") from None
+
+
 class Model:
     """An .rq4 model opened with the C engine.
 
@@ -112,8 +124,12 @@ class Model:
         max_memory = check_int("max_memory", max_memory, 1, UINT64_MAX, allow_none=True)
         if kv_type not in _lib.KV_TYPES:
             raise ArgumentError(f"kv_type must be one of {sorted(_lib.KV_TYPES)}, got {kv_type!r}")
-        if not os.path.exists(path):
-            raise Runq4IOError(f"{path}: no such file", _lib.lib.RQ4_ERR_IO)
+        try:
+            os.stat(path)
+        except FileNotFoundError:
+            raise Runq4IOError(f"{path}: no such file", _lib.lib.RQ4_ERR_IO) from None
+        except OSError as e:  # a loop of symbolic links, no permission to search a folder...
+            raise Runq4IOError(f"{path}: {e.strerror or 'cannot open'}", _lib.lib.RQ4_ERR_IO) from None
         if os.path.isdir(path):
             raise Runq4IOError(f"{path}: is a directory", _lib.lib.RQ4_ERR_IO)
         self.path = path
@@ -142,6 +158,7 @@ class Model:
             self.close()
             raise FormatError(f"{path}: the chat_template blob is not UTF-8: {e}") from None
         self._template = None
+        self._vocab_cache = None
         self._tokens = []      # the ids in the KV cache, in order (== position)
         self._epoch = 0        # bumped by every change to the cache
         self.last_stats = None  # timings of the last generate/stream/chat
@@ -217,10 +234,16 @@ class Model:
             if text is not None:
                 from tokenizers import Tokenizer
                 try:
-                    self._hf_tokenizer = Tokenizer.from_str(text)
-                except Exception as e:  # tokenizers raises a bare Exception
+                    tok = _tokenizer_call("load", Tokenizer.from_str, text)
+                    # lengths are the engine's business: a file's truncation or
+                    # padding settings would cut or pad every prompt (or panic)
+                    tok.no_truncation()
+                    tok.no_padding()
+                    _tokenizer_call("encode", tok.encode, "Hi <|x|> 1", add_special_tokens=False)
+                except FormatError as e:
                     self.close()
                     raise FormatError(f"{self.path}: bad tokenizer.json blob: {e}") from None
+                self._hf_tokenizer = tok
         return self._hf_tokenizer
 
     @property
@@ -276,7 +299,7 @@ class Model:
                 saved = tok.encode_special_tokens
                 try:
                     tok.encode_special_tokens = not special
-                    ids = tok.encode(text, add_special_tokens=False).ids
+                    ids = _tokenizer_call("encode", tok.encode, text, add_special_tokens=False).ids
                 finally:
                     tok.encode_special_tokens = saved
         if add_bos and self.config.bos_id >= 0:
@@ -289,7 +312,7 @@ class Model:
         with self._lock:
             self._tok()
             if self._ctok is None:
-                return self._hf_tokenizer.decode(arr, skip_special_tokens=skip_special)
+                return _tokenizer_call("decode", self._hf_tokenizer.decode, arr, skip_special_tokens=skip_special)
             ctok = self._ctok
             if skip_special:
                 arr = [t for t in arr if not _lib.tokenizer_is_special(ctok, t)]
@@ -311,11 +334,16 @@ class Model:
             if allow_empty:
                 return arr.astype(np.int32)
             raise ArgumentError("token_ids is empty")
-        if arr.dtype.kind not in "iu":
-            if arr.dtype == object and all(isinstance(x, int) and not isinstance(x, bool)
-                                           for x in arr.tolist()):
-                bad = [x for x in arr.tolist() if not -2**31 <= x < 2**31]
+        if arr.dtype == object:  # Python ints (of any size) or junk
+            items = arr.tolist()
+            if not all(isinstance(x, (int, np.integer)) and not isinstance(x, (bool, np.bool_))
+                       for x in items):
+                raise ArgumentError("token_ids must be integers")
+            bad = [x for x in items if not -2**31 <= x < 2**31]
+            if bad:
                 raise ArgumentError(f"token id {bad[0]} is outside the int32 range")
+            arr = np.array(items, dtype=np.int64)
+        if arr.dtype.kind not in "iu":
             raise ArgumentError(f"token_ids must be integers, got dtype {arr.dtype}")
         lo, hi = int(arr.min()), int(arr.max())
         vocab = self.config.vocab_size
@@ -497,7 +525,7 @@ class Model:
                 if token not in eos:
                     seq.append(token)
                     stats["new_tokens"] += 1
-                    piece = text.step(token)
+                    piece = _tokenizer_call("decode", text.step, token)
             if token in eos:
                 stats["stop_reason"] = "eos"
                 break
@@ -538,6 +566,11 @@ class Model:
         """The conversation rendered with the file's Jinja chat template, with
         the variables transformers passes (messages, add_generation_prompt,
         bos_token, eos_token) plus **kwargs."""
+        self._check_messages(messages)
+        return self._chat_template().render(list(messages), add_generation_prompt,
+                                            **self._template_variables(kwargs))
+
+    def _check_messages(self, messages):
         self._handle()
         if self.chat_template is None:
             raise Runq4Error(f"{self.path}: the file has no chat_template blob")
@@ -547,38 +580,74 @@ class Model:
             if not isinstance(m, dict) or not isinstance(m.get("role"), str) \
                     or not isinstance(m.get("content"), str):
                 raise ArgumentError(f"bad message {m!r}: need {{'role': str, 'content': str}}")
+
+    def _chat_template(self) -> ChatTemplate:
         if self._template is None:
-            self._template = compile_chat_template(self.chat_template)
+            self._template = ChatTemplate(self.chat_template)
+        return self._template
+
+    def _template_variables(self, kwargs) -> dict:
         eos = self.config.eos_ids[0] if self.config.eos_ids else -1
         variables = dict(bos_token=self._token_text(self.config.bos_id),
                          eos_token=self._token_text(eos))
         variables.update(kwargs)
-        return self._template.render(messages=list(messages),
-                                     add_generation_prompt=add_generation_prompt, **variables)
+        return variables
 
-    def chat_tokens(self, messages, **template_kwargs) -> list:
-        """The ids of the rendered conversation (as transformers tokenizes a
-        chat: no extra BOS, special-token text parsed as special tokens)."""
-        text = self.apply_chat_template(messages, add_generation_prompt=True,
-                                        **template_kwargs)
-        return self.tokenize(text, add_bos=False, special=True)
+    def _vocab_facts(self):
+        """(the special tokens' texts, the longest token's length), from
+        whichever tokenizer the model uses; computed once."""
+        if self._vocab_cache is None:
+            self._tok()
+            if self._ctok is not None:
+                ctok = self._ctok
+                pieces = [(_lib.tokenizer_piece(ctok, i), _lib.tokenizer_is_special(ctok, i))
+                          for i in range(_lib.tokenizer_size(ctok))]
+                specials = [p.decode("utf-8", "replace") for p, special in pieces if special]
+                longest = max((len(p) for p, _ in pieces), default=1)  # bytes >= characters
+            else:
+                tok = self._hf_tokenizer
+                specials = [t.content for t in tok.get_added_tokens_decoder().values() if t.special]
+                longest = max((len(t) for t in tok.get_vocab(with_added_tokens=True)), default=1)
+            self._vocab_cache = (specials, max(longest, 1))
+        return self._vocab_cache
+
+    def _special_texts(self) -> list:
+        return self._vocab_facts()[0]
+
+    def _max_chars(self) -> int:
+        """The longest text that can fit in the context: n_ctx tokens of the
+        longest vocabulary entry (a token never covers more characters)."""
+        return self.config.n_ctx * self._vocab_facts()[1]
+
+    def chat_tokens(self, messages, parse_special=False, **template_kwargs) -> list:
+        """The ids of the rendered conversation (no extra BOS). The special
+        tokens the template writes (turn headers, end of turn) are special
+        tokens; special-token text inside a message's content is plain text,
+        so a user cannot forge a turn, unless parse_special=True (what
+        transformers does: everything parsed). Special-token text in a role
+        or a template variable is an ArgumentError."""
+        self._check_messages(messages)
+        return chat_ids(self._chat_template(), list(messages),
+                        lambda text, special: self.tokenize(text, add_bos=False, special=special),
+                        self._special_texts(), add_generation_prompt=True, parse_special=parse_special,
+                        max_chars=self._max_chars(), **self._template_variables(template_kwargs))
 
     def chat_stream(self, messages, max_new_tokens=256, temperature=0.0, top_p=1.0, top_k=0,
-                    seed=None, stop=None, progress=False, json_schema=None) -> Iterator[str]:
+                    seed=None, stop=None, progress=False, json_schema=None, parse_special=False) -> Iterator[str]:
         """Streams the assistant's reply to `messages` (a list of {"role",
         "content"} dicts; append the reply and the next user message for the
         next turn). The KV cache is kept across turns: the whole conversation
         is tokenized and only what differs from the cached tokens is fed. The
         reply ends at the end-of-turn token (config.eos_ids). json_schema: as
-        in stream()."""
+        in stream(). parse_special: see chat_tokens()."""
         with self._lock:
-            ids = self.chat_tokens(messages)
+            ids = self.chat_tokens(messages, parse_special=parse_special)
             return self._start(ids, max_new_tokens, temperature, top_p, top_k, seed, stop, progress,
                                json_schema)
 
     def chat(self, messages, max_new_tokens=256, temperature=0.0, top_p=1.0, top_k=0,
-             seed=None, stop=None, progress=False, json_schema=None) -> str:
+             seed=None, stop=None, progress=False, json_schema=None, parse_special=False) -> str:
         """The assistant's reply to `messages` (see chat_stream())."""
         with self._lock:
             return "".join(self.chat_stream(messages, max_new_tokens, temperature, top_p,
-                                            top_k, seed, stop, progress, json_schema))
+                                            top_k, seed, stop, progress, json_schema, parse_special))

@@ -38,7 +38,16 @@ class Sampler:
         logits = np.asarray(logits).reshape(-1)
         if self.greedy:
             return int(np.argmax(logits))
-        x = logits.astype(np.float64) / self.temperature
+        # the maximum subtracted before dividing: (x - max) / T is <= 0 and
+        # finite or -inf however small T is (x / T would overflow to inf and
+        # inf - inf is NaN); a T so small that every other logit underflows is greedy
+        x = logits.astype(np.float64)
+        x[np.isnan(x)] = -np.inf  # a NaN logit is never drawn
+        mx = x.max()
+        if mx == -np.inf:  # nothing to draw from
+            return int(np.argmax(logits))
+        with np.errstate(over="ignore", invalid="ignore"):  # -inf for the others is the intended result
+            x = np.where(x == mx, 0.0, (x - mx) / self.temperature)  # mx == +inf: the +inf logits share
         idx = np.arange(x.size)
         if 0 < self.top_k < x.size:
             idx = np.argpartition(-x, self.top_k - 1)[: self.top_k]

@@ -70,10 +70,10 @@ static rq4_status open_model(rq4_model *m, const char *path, const rq4_options *
 
     /* the memory limit, before the big allocations */
     uint64_t need = rq4_memory_for(c, m->n_entries, c->n_ctx, c->kv_type, c->n_threads);
-    if (o->max_memory && (uint64_t)m->map_size + need > o->max_memory)
+    if (o->max_memory && sat_add_u64((uint64_t)m->map_size, need) > o->max_memory)
         return rq4_fail(err, RQ4_ERR_MEMORY_LIMIT,
                         "needs %llu bytes (file %zu + KV cache and buffers %llu for n_ctx %d), over max_memory %llu",
-                        (unsigned long long)(m->map_size + need), m->map_size, (unsigned long long)need, c->n_ctx,
+                        (unsigned long long)sat_add_u64((uint64_t)m->map_size, need), m->map_size, (unsigned long long)need, c->n_ctx,
                         (unsigned long long)o->max_memory);
     if (need > SIZE_MAX / 2)
         return rq4_fail(err, RQ4_ERR_NOMEM, "needs %llu bytes for n_ctx %d, more than this machine can address",

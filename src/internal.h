@@ -121,7 +121,12 @@ rq4_status rq4_map_weights(rq4_model *m, rq4_error *err);
 
 /* Positions the caches hold per head: n_ctx rounded up to a whole block of 16
  * keys (see key_at in attention.c). */
-static inline int kv_len(int n_ctx) { return (n_ctx + 15) / 16 * 16; }
+static inline int64_t kv_len(int n_ctx) { return ((int64_t)n_ctx + 15) / 16 * 16; }
+
+/* Saturating arithmetic for the memory estimate: a context too large for
+ * the machine gives UINT64_MAX (refused), never a wrapped small number. */
+static inline uint64_t sat_add_u64(uint64_t a, uint64_t b) { return a > UINT64_MAX - b ? UINT64_MAX : a + b; }
+static inline uint64_t sat_mul_u64(uint64_t a, uint64_t b) { return a != 0 && b > UINT64_MAX / a ? UINT64_MAX : a * b; }
 
 /* Floats of attention scratch per thread: the scores of the kv_mul query
  * heads sharing a kv head, (kv_mul, n_ctx), then 4 value rows (4, head_dim). */

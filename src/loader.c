@@ -336,11 +336,19 @@ static rq4_status map_tensor(rq4_model *m, const char *name, int want, int rows,
     return RQ4_OK;
 }
 
+/* A norm weight: F32 values, every one finite (a NaN or Inf weight makes
+ * every activation after it NaN). */
 static rq4_status map_norm(rq4_model *m, const char *name, const float **out, rq4_error *err) {
     tensor t;
     rq4_status s = map_tensor(m, name, WANT_NORM, 1, m->config.dim, &t, err);
+    if (s != RQ4_OK) return s;
+    for (int i = 0; i < m->config.dim; i++) {
+        float v = read_f32(t.q + 4 * (size_t)i);
+        if (!isfinite(v))
+            return rq4_fail(err, RQ4_ERR_FORMAT, "tensor %s: value %d is not finite (%g)", name, i, (double)v);
+    }
     *out = (const float *)t.q;
-    return s;
+    return RQ4_OK;
 }
 
 rq4_status rq4_map_weights(rq4_model *m, rq4_error *err) {

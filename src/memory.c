@@ -70,13 +70,15 @@ static void buffer_dims(const rq4_config *c, int n_ctx, int kv_type, int n_threa
     dims[D_MAX_COLS] = max_cols;
     dims[D_MAX_BLOCKS] = max_cols / QK;
     dims[D_THREADS] = (uint64_t)n_threads;
-    dims[D_ATT_SCRATCH] = (uint64_t)attention_scratch(c, n_ctx);
-    dims[D_KV_CACHE] = (uint64_t)c->n_layers * (uint64_t)kv_len(n_ctx) * kv_dim;
+    /* attention_scratch and the KV cache grow with n_ctx: computed saturating */
+    dims[D_ATT_SCRATCH] = sat_add_u64(sat_mul_u64((uint64_t)(c->n_heads / c->n_kv_heads), (uint64_t)n_ctx),
+                                      4 * (uint64_t)c->head_dim);
+    dims[D_KV_CACHE] = sat_mul_u64(sat_mul_u64((uint64_t)c->n_layers, (uint64_t)kv_len(n_ctx)), kv_dim);
     dims[D_KV_ELEM] = kv_type == RQ4_KV_F16 ? 2 : 4;
 }
 
 static uint64_t buffer_bytes(const buffer *b, const uint64_t dims[N_DIMS]) {
-    return b->elem * dims[b->a] * dims[b->b] * dims[b->c];
+    return sat_mul_u64(sat_mul_u64(sat_mul_u64(b->elem, dims[b->a]), dims[b->b]), dims[b->c]);
 }
 
 static void **buffer_slot(rq4_model *m, const buffer *b) { return (void **)((char *)m + b->field); }
@@ -84,7 +86,7 @@ static void **buffer_slot(rq4_model *m, const buffer *b) { return (void **)((cha
 uint64_t rq4_memory_for(const rq4_config *c, int n_entries, int n_ctx, int kv_type, int n_threads) {
     uint64_t dims[N_DIMS], bytes = sizeof(rq4_model);
     buffer_dims(c, n_ctx, kv_type, n_threads, dims);
-    for (size_t i = 0; i < N_BUFFERS; i++) bytes += buffer_bytes(&BUFFERS[i], dims);
+    for (size_t i = 0; i < N_BUFFERS; i++) bytes = sat_add_u64(bytes, buffer_bytes(&BUFFERS[i], dims));
     bytes += (uint64_t)n_entries * sizeof(uint32_t);         /* by_name (loader.c) */
     bytes += (uint64_t)c->n_layers * sizeof(layer_weights); /* layers (loader.c) */
     bytes += (uint64_t)n_threads * 256;                     /* thread pool */

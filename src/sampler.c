@@ -159,14 +159,29 @@ static int32_t sample_top_k(const float *x, int32_t n, int32_t k, float top_p, r
     return pi[last].index;
 }
 
+/* logits -> (x - max) / T in place, not x / T: the quotient is <= 0 (-inf
+ * at worst, exp 0) however small T is, where x / T overflows to inf and
+ * inf - inf is NaN. The maximum itself gives 0 (also when it is +inf: those
+ * logits share the draw); a NaN logit is never drawn. Returns 0, leaving
+ * the logits as they were, when nothing can be drawn (all NaN or -inf). */
+static int scale_logits(float *logits, int32_t n, float temperature) {
+    float mx = -INFINITY;
+    for (int32_t i = 0; i < n; i++)
+        if (logits[i] > mx) mx = logits[i];
+    if (mx == -INFINITY) return 0;
+    for (int32_t i = 0; i < n; i++) {
+        float x = logits[i];
+        logits[i] = x == mx ? 0.0f : x == x ? (x - mx) / temperature : -INFINITY;
+    }
+    return 1;
+}
+
 int32_t rq4_sample(rq4_sampler *s, float *logits) {
     int32_t n = s->vocab_size;
     if (s->temperature == 0.0f || s->top_k == 1) return rq4_argmax(logits, n);
-    if (s->top_k > 1 && s->top_k < n && s->probindex) {
-        for (int32_t i = 0; i < n; i++) logits[i] /= s->temperature;
+    if (!scale_logits(logits, n, s->temperature)) return rq4_argmax(logits, n);
+    if (s->top_k > 1 && s->top_k < n && s->probindex)
         return sample_top_k(logits, n, s->top_k, s->top_p, s->probindex, random_f32(&s->rng_state));
-    }
-    for (int32_t i = 0; i < n; i++) logits[i] /= s->temperature;
     softmax(logits, n);
     float coin = random_f32(&s->rng_state);
     if (s->top_p >= 1.0f || !s->probindex) return sample_mult(logits, n, coin);

@@ -10,6 +10,8 @@ nothing but errors.
 
 import argparse
 import os
+import signal
+import struct
 import sys
 import time
 
@@ -20,7 +22,8 @@ from . import methods
 from .format import MAX_GROUP, MIN_GROUP, validate_group_size
 from .quant import QuantizedTensor, rms_rel_error
 from .sources import open_source
-from .writer import Rq4Writer
+from .verify import binary_tokenizer_problem, check_blobs, input_identities, verify_file
+from .writer import OutputPathError, Rq4Writer, check_output_path
 
 PROG = "pyrunq4-export"
 EMBEDDING_NAMES = ("tok_embeddings", "output")
@@ -57,8 +60,11 @@ def export(options, log=None, detail=None):
     except ValueError as e:
         raise ExportError(f"--group-size: {e}") from None
     out = options.output
-    if os.path.isdir(out):
-        raise ExportError(f"{out}: is a directory")
+    protect = input_identities(options.source)
+    try:
+        check_output_path(out, protect)
+    except OutputPathError as e:
+        raise ExportError(str(e)) from None
     t0 = time.time()
     with open_source(options.source, options) as src:
         if getattr(src, "note", None):
@@ -66,9 +72,13 @@ def export(options, log=None, detail=None):
         names = src.tensor_names()
         quantizer = methods.make_quantizer(options.method)
         header = dict(src.header, group_size=options.group_size)
+        check_blobs(src.blobs, header)
         n = len(names)
         try:
-            writer = Rq4Writer(out, header, max_entries=n + len(src.blobs))
+            writer = Rq4Writer(out, header, max_entries=n + len(src.blobs), protect=protect,
+                               verify=verify_file)
+        except OutputPathError as e:
+            raise ExportError(str(e)) from None
         except OSError as e:
             raise ExportError(f"{out}: cannot write: {e.strerror or e}") from None
         worst = (0.0, None)
@@ -99,18 +109,58 @@ def export(options, log=None, detail=None):
             for name, data in src.blobs.items():
                 w.add_blob(name, data)
                 detail(f"blob {name}: {len(data)} bytes")
+        problem = binary_tokenizer_problem(src.blobs)
     largest = f"; largest rms rel err {worst[0]:.4f} ({worst[1]})" if worst[1] else ""
     log(f"wrote {out}: {os.path.getsize(out) / 1e6:.1f} MB in {time.time() - t0:.1f} s{largest}")
+    if problem:
+        print(f"{PROG}: note: pyrunq4 runs {out}, but the runq4 binary cannot tokenize it: {problem}",
+              file=sys.stderr, flush=True)
+
+
+class Terminated(BaseException):
+    """SIGTERM or SIGHUP arrived: unwinds like KeyboardInterrupt, so the writer
+    removes its temporary file."""
+
+    def __init__(self, signum):
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _terminate(signum, frame):
+    raise Terminated(signum)
+
+
+# What a malformed input (a config field of the wrong type, a damaged
+# safetensors header, GGUF metadata of another type) raises in code that
+# trusted its shape: reported as one line about the input, not a traceback.
+MALFORMED_INPUT = (KeyError, TypeError, IndexError, AttributeError, ZeroDivisionError, OverflowError,
+                   UnicodeError, RecursionError, LookupError, ArithmeticError, struct.error)
 
 
 def main(argv=None):
     options = build_parser().parse_args(argv)
     log = (lambda s: None) if options.quiet else (lambda s: print(s, file=sys.stderr, flush=True))
+    handlers = {}
+    try:
+        for sig in (signal.SIGTERM, signal.SIGHUP):
+            handlers[sig] = signal.signal(sig, _terminate)
+    except ValueError:  # not the main thread: the caller owns the signals
+        pass
     try:
         export(options, log, log if options.verbose else None)
     except (Runq4Error, ValueError) as e:
         print(f"{PROG}: error: {e}", file=sys.stderr)
         return 1
+    except MALFORMED_INPUT as e:
+        if os.environ.get("PYRUNQ4_TRACEBACK"):
+            raise
+        msg = (str(e).strip().splitlines() or [""])[0][:300]
+        print(f"{PROG}: error: {options.source}: malformed input ({type(e).__name__}: {msg}); "
+              f"PYRUNQ4_TRACEBACK=1 shows where", file=sys.stderr)
+        return 1
+    except Terminated as e:
+        print(f"{PROG}: terminated by signal {e.signum}; nothing was written", file=sys.stderr)
+        return 128 + e.signum
     except OSError as e:
         what = f"{e.strerror}: {e.filename}" if e.strerror and e.filename else str(e)
         print(f"{PROG}: error: {what}", file=sys.stderr)
@@ -118,6 +168,9 @@ def main(argv=None):
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted", file=sys.stderr)
         return 130
+    finally:
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
     return 0
 
 

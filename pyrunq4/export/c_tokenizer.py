@@ -55,8 +55,10 @@ def c_tokenizer_problem(tokenizer_json):
     model = tok["model"]
     if model.get("type") != "BPE":
         return "model type %r is not supported by the C tokenizer (BPE only)" % model.get("type")
-    for key in ("dropout", "continuing_subword_prefix", "end_of_word_suffix"):
-        if model.get(key) is not None:
+    if model.get("dropout") is not None:
+        return "BPE dropout is not supported by the C tokenizer"
+    for key in ("continuing_subword_prefix", "end_of_word_suffix"):
+        if model.get(key) not in (None, ""):  # "" adds nothing: the same as none
             return "BPE %s is not supported by the C tokenizer" % key
     if tok.get("normalizer") is not None:
         return "a normalizer is not supported by the C tokenizer"

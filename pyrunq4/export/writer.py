@@ -12,14 +12,23 @@ final file_size and n_entries) are written over the reserved space, the file
 is fsync'ed and renamed over `path` (os.replace, same directory, so the rename
 is atomic). On any exception the temporary file is removed and `path` is left
 untouched: a reader never sees a partial file.
+
+The writer only ever replaces a regular file: a `path` that is a symbolic
+link, a device node, a FIFO, a socket or a directory is refused (checked when
+the writer starts and again just before the rename), as is a file in
+`protect` (the export's own inputs, by device and inode, so hard links count).
+`verify(tmp_path)`, if given, runs on the finished temporary file before the
+rename; if it raises, nothing is replaced.
 """
 
 import contextlib
 import os
+import stat
 import tempfile
 
 import numpy as np
 
+from ..errors import ExportError
 from .format import (ALIGN, ENTRY_STRUCT, HEADER_SIZE, MAX_ENTRIES, TYPE_BLOB, TYPE_F32, TYPE_IDS,
                      align, complete_header, encode_name, pack_header, validate_model_header)
 from .quant import _row_chunks, pack_parts
@@ -27,10 +36,47 @@ from .quant import _row_chunks, pack_parts
 _ZEROS = bytes(ALIGN)
 
 
+class OutputPathError(ExportError, ValueError):
+    """The output path is not something the writer may replace."""
+
+
+def file_identity(path):
+    """(st_dev, st_ino) of path, following symbolic links; None if it cannot be stat'ed."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
+
+
+def check_output_path(path, protect=()):
+    """Raises OutputPathError unless path is absent or a regular file (not a
+    symbolic link) outside `protect`, a set of file_identity() values."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return
+    except OSError as e:
+        raise OutputPathError(f"{path}: {e.strerror or e}") from None
+    if stat.S_ISLNK(st.st_mode):
+        raise OutputPathError(f"{path}: is a symbolic link; not replaced (give the path of a regular file)")
+    if stat.S_ISDIR(st.st_mode):
+        raise OutputPathError(f"{path}: is a directory")
+    if not stat.S_ISREG(st.st_mode):
+        raise OutputPathError(f"{path}: is not a regular file (a device, FIFO or socket); not replaced")
+    if (st.st_dev, st.st_ino) in set(protect):
+        raise OutputPathError(f"{path}: is one of the export's input files; not replaced")
+
+
 class Rq4Writer:
-    def __init__(self, path, header, max_entries):
+    def __init__(self, path, header, max_entries, protect=(), verify=None):
         """header: the model fields of FORMAT.md (dim, hidden_dim, ..., eos_ids as a list,
-        group_size); magic, version, sizes, n_entries and table_offset are filled in."""
+        group_size); magic, version, sizes, n_entries and table_offset are filled in.
+        protect: file identities never to replace; verify(tmp_path): a check of the
+        finished file before the rename."""
+        self.protect = set(protect)
+        self.verify = verify
+        check_output_path(path, self.protect)
         self.header = complete_header(header)
         validate_model_header(self.header)
         if not 1 <= max_entries <= MAX_ENTRIES:
@@ -112,6 +158,9 @@ class Rq4Writer:
             os.fsync(self._file.fileno())
             self._file.close()
             self._file = None
+            if self.verify is not None:
+                self.verify(self._tmp)
+            check_output_path(self.path, self.protect)  # again: it may have changed meanwhile
             os.replace(self._tmp, self.path)
             self._tmp = None
             _fsync_dir(os.path.dirname(os.path.abspath(self.path)))

@@ -559,7 +559,8 @@ static rq4_status build(builder *b, const uint8_t *json, size_t size) {
     else if (!rq4_jv_is_str(&mtype, "BPE"))
         st = rq4_fail(b->err, RQ4_ERR_UNSUPPORTED, "tokenizer.json: model type %.40s is not supported by the C tokenizer (BPE only)",
                   mtype.type == JV_STR ? mtype.str : "(missing)");
-    else if (drop.type != JV_NULL || pfx.type != JV_NULL || sfx.type != JV_NULL)
+    else if (drop.type != JV_NULL || !(pfx.type == JV_NULL || rq4_jv_is_str(&pfx, "")) ||
+             !(sfx.type == JV_NULL || rq4_jv_is_str(&sfx, "")))   /* "" adds nothing: the same as none */
         st = rq4_fail(b->err, RQ4_ERR_UNSUPPORTED,
                   "tokenizer.json: BPE dropout/continuing_subword_prefix/end_of_word_suffix are not supported by the C tokenizer");
     else if (norm.type != JV_NULL)

@@ -24,6 +24,12 @@ def open_source(path, options):
     Llama directory (HfSource). `options`: the CLI's argparse namespace
     (group_size, embedding_bits, method, ...)."""
     path = os.fspath(path)
+    try:
+        os.stat(path)
+    except FileNotFoundError:
+        pass  # said below, as the kind of source expected
+    except OSError as e:  # a loop of symbolic links, a folder that cannot be searched...
+        raise ExportError(f"{path}: {e.strerror or e}") from None
     if path.lower().endswith(".gguf"):
         if not os.path.isfile(path):
             raise ExportError(f"{path}: no such GGUF file")

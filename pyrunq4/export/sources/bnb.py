@@ -104,15 +104,27 @@ def _blockwise(values, scales, blocksize):
     return out
 
 
+def _state_int(state, key, lo):
+    """An integer field of a quant state, >= lo; BnbError otherwise."""
+    v = state.get(key)
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or v != int(v) or int(v) < lo:
+        raise BnbError("bitsandbytes quant state: %s = %r must be an integer >= %d" % (key, v, lo))
+    return int(v)
+
+
 def dequantize_4bit(packed, absmax, quant_map, state, nested_absmax=None, nested_quant_map=None):
     """float32 matrix state["shape"] from the serialized pieces of one bnb 4-bit weight (see module doc)."""
     qtype = state.get("quant_type")
     if qtype not in TABLES:
         raise BnbError("unsupported bitsandbytes quant_type %r (nf4 or fp4)" % qtype)
-    bs = int(state.get("blocksize", 0))
-    if bs not in BLOCKSIZES:
+    if not isinstance(state.get("blocksize"), int) or state["blocksize"] not in BLOCKSIZES:
         raise BnbError("invalid bitsandbytes blocksize %r" % state.get("blocksize"))
-    shape = tuple(int(s) for s in state["shape"])
+    bs = state["blocksize"]
+    shape = state.get("shape")
+    if not isinstance(shape, list) or not shape or \
+            not all(isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in shape):
+        raise BnbError("bitsandbytes quant state: shape %r must be a list of positive integers" % (shape,))
+    shape = tuple(shape)
     n = int(np.prod(shape))
     packed = np.asarray(packed).reshape(-1).view(np.uint8) if np.asarray(packed).dtype != np.uint8 \
         else np.asarray(packed).reshape(-1)
@@ -129,13 +141,16 @@ def dequantize_4bit(packed, absmax, quant_map, state, nested_absmax=None, nested
     if nested_absmax is not None:
         if nested_quant_map is None or "nested_blocksize" not in state or "nested_offset" not in state:
             raise BnbError("double quantization needs nested_quant_map, nested_blocksize and nested_offset")
-        nbs = int(state["nested_blocksize"])
+        nbs = _state_int(state, "nested_blocksize", 1)
+        offset = state["nested_offset"]
+        if isinstance(offset, bool) or not isinstance(offset, (int, float)):
+            raise BnbError("bitsandbytes quant state: nested_offset %r is not a number" % (offset,))
         ncode = np.asarray(nested_quant_map, np.float32).reshape(-1)
         if absmax.dtype != np.uint8 or ncode.size != 256:
             raise BnbError("double-quantized absmax must be uint8 with a 256-entry nested_quant_map")
         scales = _blockwise(ncode[absmax], np.asarray(nested_absmax, np.float32).reshape(-1), nbs)
         scales = round_to_dtype(scales, state.get("nested_dtype", "float32"))
-        scales = scales + np.float32(float(state["nested_offset"]))
+        scales = scales + np.float32(offset)
     else:
         scales = absmax.astype(np.float32)
     if scales.size != nblocks:

@@ -156,7 +156,11 @@ def chat_template(directory, tok_cfg):
     if isinstance(t, list):
         named = {x.get("name"): x.get("template") for x in t if isinstance(x, dict)}
         t = named.get("default") or next(iter(named.values()), None)
-    return t if isinstance(t, str) and t else None
+        if t is None:
+            raise ExportError("tokenizer_config.json: chat_template is a list without named templates")
+    if t is not None and not isinstance(t, str):
+        raise ExportError(f"tokenizer_config.json: chat_template is a {type(t).__name__}, not text")
+    return t or None
 
 
 class SafetensorsFile:
