@@ -1,0 +1,107 @@
+"""export/rotate.py: Hadamard matrices, and rotated float models computing the
+same logits as the originals (pyrunq4.reference, the numpy forward)."""
+
+import types
+
+import numpy as np
+import pytest
+
+from fixtures import export_module
+from pyrunq4 import reference as R
+
+rotate = export_module("rotate")
+
+
+@pytest.mark.parametrize("n", [1, 2, 4, 8, 12, 20, 24, 48, 72, 96, 576, 1536, 2048])
+def test_hadamard_is_orthonormal_with_equal_magnitudes(n):
+    h = rotate.hadamard(n)
+    assert h.shape == (n, n)
+    assert np.allclose(np.abs(h), 1 / np.sqrt(n))
+    assert np.abs(h @ h.T - np.eye(n)).max() < 1e-12
+
+
+@pytest.mark.parametrize("n", [3, 36, 100])
+def test_unknown_orders_fall_back_to_a_random_orthogonal_matrix(n):
+    assert rotate.hadamard(n) is None
+    q = rotate.random_rotation(n, seed=5)
+    assert np.abs(q @ q.T - np.eye(n)).max() < 1e-12
+    assert not np.allclose(q, rotate.random_rotation(n, seed=6))
+
+
+def test_random_signs_depend_on_the_seed():
+    a, b = rotate.random_rotation(64, 0), rotate.random_rotation(64, 1)
+    assert np.abs(a @ a.T - np.eye(64)).max() < 1e-12
+    assert not np.allclose(a, b)
+
+
+def _forward_pair(weights, cfg, q, tokens):
+    rw, rcfg = rotate.rotate_weights(weights, cfg, q)
+    return R.forward(weights, cfg, tokens), R.forward(rw, rcfg, tokens), rw, rcfg
+
+
+def _random_model(rng, dim, tied, hidden=160, n_layers=2, n_heads=4, n_kv=2, hd=24, vocab=300):
+    cfg = dict(dim=dim, hidden_dim=hidden, n_layers=n_layers, n_heads=n_heads, n_kv_heads=n_kv,
+               head_dim=hd, vocab_size=vocab, norm_eps=1e-5, rope_theta=10000.0, rope_scaling=0,
+               tied_embeddings=int(tied))
+    w = {"tok_embeddings": rng.standard_normal((vocab, dim)).astype(np.float32),
+         "norm": (0.2 + rng.random(dim) * 2).astype(np.float32)}
+    if not tied:
+        w["output"] = (rng.standard_normal((vocab, dim)) / np.sqrt(dim)).astype(np.float32)
+    shapes = dict(wq=(n_heads * hd, dim), wk=(n_kv * hd, dim), wv=(n_kv * hd, dim), wo=(dim, n_heads * hd),
+                  w1=(hidden, dim), w2=(dim, hidden), w3=(hidden, dim))
+    for i in range(n_layers):
+        for k, s in shapes.items():
+            w[f"layers.{i}.{k}"] = (rng.standard_normal(s) / np.sqrt(s[1])).astype(np.float32)
+        for k in ("attention_norm", "ffn_norm"):
+            w[f"layers.{i}.{k}"] = (0.2 + rng.random(dim) * 2).astype(np.float32)
+    return w, cfg
+
+
+@pytest.mark.parametrize("dim,tied", [(96, True), (96, False), (36, True)])
+def test_rotated_float_model_computes_the_same_logits(dim, tied):
+    rng = np.random.default_rng(dim + tied)
+    weights, cfg = _random_model(rng, dim, tied)
+    tokens = rng.integers(0, cfg["vocab_size"], 40)
+    a, b, rw, rcfg = _forward_pair(weights, cfg, rotate.random_rotation(dim, seed=3), tokens)
+    assert np.abs(a - b).max() < 1e-4 * np.abs(a).max()
+    assert rcfg["tied_embeddings"] == 0 and "output" in rw
+    for k in ("norm", "layers.0.attention_norm", "layers.1.ffn_norm"):
+        assert np.all(rw[k] == 1)
+    # the weights did change: a rotation that forgets a folded norm breaks the logits
+    assert np.abs(rw["layers.0.wq"] - weights["layers.0.wq"]).max() > 0.1
+    broken = dict(rw, **{"layers.1.ffn_norm": weights["layers.1.ffn_norm"]})
+    assert np.abs(R.forward(broken, rcfg, tokens) - a).max() > 1e-2 * np.abs(a).max()
+
+
+def test_rotation_spreads_an_outlier_channel():
+    """The point of rotating: one huge column of a matrix that reads the stream
+    is spread evenly over all columns."""
+    rng = np.random.default_rng(0)
+    weights, cfg = _random_model(rng, 96, True, n_layers=1)
+    weights["layers.0.attention_norm"][7] = 50.0
+    rw, _ = rotate.rotate_weights(weights, cfg, rotate.random_rotation(96, seed=1))
+    col = lambda w: np.abs(w).max(axis=0)
+    before = weights["layers.0.wq"] * weights["layers.0.attention_norm"][None, :]
+    assert col(before).max() / np.median(col(before)) > 20
+    assert col(rw["layers.0.wq"]).max() / np.median(col(rw["layers.0.wq"])) < 3
+
+
+def test_rotated_source_matches_the_float_model(tiny_hf):
+    """RotatedSource over a Hugging Face checkpoint (tied, GQA, llama3 RoPE): its
+    tensors are the rotated ones and the float logits do not change."""
+    src_mod = export_module("source")
+    options = types.SimpleNamespace(group_size=64, embedding_bits=4, method="rtn", requantize=False)
+    with src_mod.open_source(tiny_hf.path, options) as src:
+        names = src.tensor_names()
+        weights = {k: src.read(k) for k in names}
+        cfg = dict(src.header)
+        with rotate.RotatedSource(src, seed=2) as rs:
+            assert rs.header["tied_embeddings"] == 0 and cfg["tied_embeddings"] == 1
+            assert rs.tensor_names() == names + ["output"]
+            rotated = dict(rs.tensors())
+    tokens = np.arange(3, 60)
+    a = R.forward(weights, cfg, tokens)
+    b = R.forward(rotated, dict(cfg, tied_embeddings=0), tokens)
+    assert np.abs(a - b).max() < 1e-4 * np.abs(a).max()
+    q = rotate.random_rotation(cfg["dim"], seed=2)
+    assert np.allclose(rotated["tok_embeddings"], weights["tok_embeddings"] @ q, atol=1e-5)
