@@ -34,11 +34,6 @@ def test_random_signs_depend_on_the_seed():
     assert not np.allclose(a, b)
 
 
-def _forward_pair(weights, cfg, q, tokens):
-    rw, rcfg = rotate.rotate_weights(weights, cfg, q)
-    return R.forward(weights, cfg, tokens), R.forward(rw, rcfg, tokens), rw, rcfg
-
-
 def _random_model(rng, dim, tied, hidden=160, n_layers=2, n_heads=4, n_kv=2, hd=24, vocab=300):
     cfg = dict(dim=dim, hidden_dim=hidden, n_layers=n_layers, n_heads=n_heads, n_kv_heads=n_kv,
                head_dim=hd, vocab_size=vocab, norm_eps=1e-5, rope_theta=10000.0, rope_scaling=0,
@@ -57,16 +52,22 @@ def _random_model(rng, dim, tied, hidden=160, n_layers=2, n_heads=4, n_kv=2, hd=
     return w, cfg
 
 
-@pytest.mark.parametrize("dim,tied", [(96, True), (96, False), (36, True)])
-def test_rotated_float_model_computes_the_same_logits(dim, tied):
+@pytest.mark.parametrize("dim,tied,keep", [(96, True, ()), (96, False, ()), (36, True, ()),
+                                           (96, True, (5, 70)), (96, False, (0,))])
+def test_rotated_float_model_computes_the_same_logits(dim, tied, keep):
     rng = np.random.default_rng(dim + tied)
     weights, cfg = _random_model(rng, dim, tied)
     tokens = rng.integers(0, cfg["vocab_size"], 40)
-    a, b, rw, rcfg = _forward_pair(weights, cfg, rotate.random_rotation(dim, seed=3), tokens)
+    rw, rcfg = rotate.rotate_weights(weights, cfg, rotate.rotation(dim, keep, seed=3), keep)
+    a, b = R.forward(weights, cfg, tokens), R.forward(rw, rcfg, tokens)
     assert np.abs(a - b).max() < 1e-4 * np.abs(a).max()
     assert rcfg["tied_embeddings"] == 0 and "output" in rw
+    rest = np.setdiff1d(np.arange(dim), keep)
     for k in ("norm", "layers.0.attention_norm", "layers.1.ffn_norm"):
-        assert np.all(rw[k] == 1)
+        assert np.all(rw[k][rest] == 1)
+        if keep:  # the kept channels' columns have the scale of their neighbours
+            s = np.sqrt(np.mean(weights[k][rest].astype(np.float64) ** 2))
+            assert np.allclose(rw[k][list(keep)], weights[k][list(keep)] / s, rtol=1e-6)
     # the weights did change: a rotation that forgets a folded norm breaks the logits
     assert np.abs(rw["layers.0.wq"] - weights["layers.0.wq"]).max() > 0.1
     broken = dict(rw, **{"layers.1.ffn_norm": weights["layers.1.ffn_norm"]})
@@ -86,6 +87,18 @@ def test_rotation_spreads_an_outlier_channel():
     assert col(rw["layers.0.wq"]).max() / np.median(col(rw["layers.0.wq"])) < 3
 
 
+def test_outlier_channels_are_those_a_norm_switches_off():
+    rng = np.random.default_rng(3)
+    norms = [0.5 + rng.random(64) for _ in range(4)]
+    assert rotate.outlier_channels(norms).size == 0
+    norms[1][9] = 1e-4
+    norms[3][40] = -2e-3
+    assert list(rotate.outlier_channels(norms)) == [9, 40]
+    q = rotate.rotation(64, [9, 40], seed=0)
+    assert q[9, 9] == 1 and q[40, 40] == 1 and np.count_nonzero(q[9]) == 1
+    assert np.abs(q @ q.T - np.eye(64)).max() < 1e-12
+
+
 def test_rotated_source_matches_the_float_model(tiny_hf):
     """RotatedSource over a Hugging Face checkpoint (tied, GQA, llama3 RoPE): its
     tensors are the rotated ones and the float logits do not change."""
@@ -103,5 +116,5 @@ def test_rotated_source_matches_the_float_model(tiny_hf):
     a = R.forward(weights, cfg, tokens)
     b = R.forward(rotated, dict(cfg, tied_embeddings=0), tokens)
     assert np.abs(a - b).max() < 1e-4 * np.abs(a).max()
-    q = rotate.random_rotation(cfg["dim"], seed=2)
+    q = rotate.rotation(cfg["dim"], rs.keep, seed=2)
     assert np.allclose(rotated["tok_embeddings"], weights["tok_embeddings"] @ q, atol=1e-5)

@@ -11,6 +11,10 @@ matrices that read the norm's output:
     the embedding table (a token's row is the stream's start): E' = E Q
     every norm weight                                         g' = 1
 
+except on the few channels that some norm switches off (outlier_channels: a
+Llama model's massive activations live there): Q leaves them alone and the
+norms keep (most of) their weights on them.
+
 Nothing changes at run time and the float model computes the same logits
 (up to rounding); what changes is the quantization: a randomized Hadamard Q
 spreads the few very large channels of the stream over all channels, so the
@@ -35,7 +39,8 @@ import numpy as np
 
 from .sources.base import Source
 
-__all__ = ["hadamard", "random_rotation", "rotate_weights", "RotatedSource"]
+__all__ = ["hadamard", "random_rotation", "outlier_channels", "rotation", "rotate_weights",
+           "RotatedSource"]
 
 _ROW_CHUNK = 8192  # rows of a large matrix rotated at once (float64 temporaries)
 
@@ -97,6 +102,27 @@ def random_rotation(n, seed=0):
     return a * np.sign(np.diag(r))[None, :]
 
 
+def outlier_channels(norm_weights, ratio=0.01):
+    """Channels of the residual stream that some RMSNorm all but switches off:
+    |g_c| < ratio * median |g| in at least one of the norm weights given (1-D
+    arrays). These are where a Llama model keeps its massive activations
+    (values in the thousands on the first tokens): rotated, such a value would
+    reach every channel of the normalized stream, and the matrices that read it
+    would have to keep it cancelled to 4-bit precision; left out of the
+    rotation, the norm keeps switching it off."""
+    g = np.abs(np.stack([np.asarray(w, np.float64).reshape(-1) for w in norm_weights]))
+    med = np.median(g, axis=1, keepdims=True)
+    return np.flatnonzero((g < ratio * med).any(axis=0))
+
+
+def rotation(dim, keep=(), seed=0):
+    """dim x dim orthogonal: identity on the channels `keep`, random_rotation on the rest."""
+    q = np.eye(dim)
+    rest = np.setdiff1d(np.arange(dim), np.asarray(keep, dtype=np.int64))
+    q[np.ix_(rest, rest)] = random_rotation(len(rest), seed)
+    return q
+
+
 def _right(w, m):
     """w @ m in float64 row chunks, as float32."""
     w = np.asarray(w)
@@ -106,45 +132,66 @@ def _right(w, m):
     return out
 
 
-def _rotated(name, get, q, tied):
-    """Entry `name` of the rotated model from get(name) of the original one."""
+def _rotated(name, get, q, tied, keep):
+    """Entry `name` of the rotated model from get(name) of the original one.
+    Norm weights are folded into the matrices that read the norm, except on the
+    channels `keep` (which q leaves alone): there the matrices get the RMS of the
+    other channels' weights (so those columns keep the scale of their
+    neighbours in a quantization group) and the norm the rest of the weight."""
+    def split(norm):
+        """(weight folded into the matrices, weight left in the norm), float64."""
+        g = np.asarray(get(norm), np.float64).reshape(-1)
+        fold, stay = g.copy(), np.ones_like(g)
+        if keep.size:
+            rest = np.ones(g.size, bool)
+            rest[keep] = False
+            s = np.sqrt(np.mean(g[rest] ** 2)) if rest.any() else 1.0
+            fold[keep] = s
+            stay[keep] = g[keep] / s
+        return fold, stay
+
     if name == "norm" or name.endswith("_norm"):
-        return np.ones(np.asarray(get(name)).size, np.float32)
+        return split(name)[1].astype(np.float32)
     if name == "tok_embeddings":
         return _right(get("tok_embeddings"), q)
     if name == "output":
-        table = get("tok_embeddings" if tied else "output")
-        return _right(table, np.asarray(get("norm"), np.float64).reshape(-1)[:, None] * q)
+        return _right(get("tok_embeddings" if tied else "output"), split("norm")[0][:, None] * q)
     layer, _, kind = name.rpartition(".")
     if kind in ("wo", "w2"):
         return np.ascontiguousarray((q.T @ np.asarray(get(name), np.float64)).astype(np.float32))
     norm = {"wq": "attention_norm", "wk": "attention_norm", "wv": "attention_norm",
             "w1": "ffn_norm", "w3": "ffn_norm"}[kind]
-    g = np.asarray(get(f"{layer}.{norm}"), np.float64).reshape(-1)
-    return _right(get(name), g[:, None] * q)
+    return _right(get(name), split(f"{layer}.{norm}")[0][:, None] * q)
 
 
-def rotate_weights(weights, cfg, q):
+def rotate_weights(weights, cfg, q, keep=()):
     """(weights, cfg) of the rotated model from a dict of float arrays (FORMAT.md
-    names) and its header; q: dim x dim orthogonal. A tied model comes out untied."""
+    names) and its header; q: dim x dim orthogonal (rotation(dim, keep, seed)).
+    A tied model comes out untied."""
     tied = bool(int(cfg.get("tied_embeddings", 0)))
+    keep = np.asarray(keep, dtype=np.int64)
     names = list(weights) + (["output"] if tied else [])
-    out = {k: _rotated(k, weights.__getitem__, q, tied) for k in names}
+    out = {k: _rotated(k, weights.__getitem__, q, tied, keep) for k in names}
     return out, dict(cfg, tied_embeddings=0)
 
 
 class RotatedSource(Source):
-    """A source whose tensors are those of `src` rotated by random_rotation(dim, seed).
-    Needs src.read (random access: a matrix that reads a norm needs the norm first)."""
+    """A source whose tensors are those of `src` rotated by rotation(dim, keep, seed),
+    keep = outlier_channels of all its norms. Needs src.read (random access: a
+    matrix that reads a norm needs the norm first)."""
 
     def __init__(self, src, seed=0):
         self.src = src
         self.tied = bool(int(src.header.get("tied_embeddings", 0)))
         self.header = dict(src.header, tied_embeddings=0)
         self.blobs = src.blobs
-        self.note = getattr(src, "note", None)
-        self.q = random_rotation(int(src.header["dim"]), seed)
         self._cache = {}
+        self.keep = outlier_channels([self._get(k) for k in src.tensor_names()
+                                      if k == "norm" or k.endswith("_norm")])
+        self.q = rotation(int(src.header["dim"]), self.keep, seed)
+        note = getattr(src, "note", None)
+        self.note = ((note + "; ") if note else "") + (
+            f"rotated (seed {seed}), channels left out: {', '.join(map(str, self.keep)) or 'none'}")
 
     def tensor_names(self):
         names = list(self.src.tensor_names())
@@ -162,7 +209,7 @@ class RotatedSource(Source):
     def read(self, name):
         if name not in self.tensor_names():
             raise KeyError(name)
-        return _rotated(name, self._get, self.q, self.tied)
+        return _rotated(name, self._get, self.q, self.tied, self.keep)
 
     def tensors(self):
         for name in self.tensor_names():
