@@ -118,3 +118,26 @@ def test_rotated_source_matches_the_float_model(tiny_hf):
     assert np.abs(a - b).max() < 1e-4 * np.abs(a).max()
     q = rotate.rotation(cfg["dim"], rs.keep, seed=2)
     assert np.allclose(rotated["tok_embeddings"], weights["tok_embeddings"] @ q, atol=1e-5)
+
+
+def test_rotated_export_runs_in_the_engine(tmp_path):
+    """python -m pyrunq4.export --rotate: the engine runs the file, and its logits
+    are about as close to the float model's as the unrotated export's."""
+    from fixtures import SENTENCES, make_hf_llama, make_rq4
+    from pyrunq4.model import Model
+
+    hf = make_hf_llama(tmp_path / "hf", dtype="fp32")
+    options = types.SimpleNamespace(group_size=32, embedding_bits=8, method="rtn", requantize=False)
+    with export_module("source").open_source(hf.path, options) as src:
+        wf, cfg = {k: src.read(k) for k in src.tensor_names()}, dict(src.header)
+    errs = {}
+    for extra in ((), ("--rotate",)):
+        path = make_rq4(tmp_path / f"m{len(extra)}.rq4", hf.path, group_size=32, embedding_bits=8,
+                        extra_args=extra)
+        with Model(path, n_threads=1) as m:
+            ids = m.tokenize(" ".join(SENTENCES[:3]))
+            got = m.logits(ids)
+            assert m.config.tied_embeddings == (0 if extra else 1)
+        ref = R.forward(wf, cfg, ids)
+        errs[extra] = float(np.sqrt(np.mean((got - ref) ** 2)) / np.sqrt(np.mean(ref ** 2)))
+    assert errs[("--rotate",)] < 0.2 and errs[()] < 0.2, errs

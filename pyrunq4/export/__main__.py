@@ -61,6 +61,9 @@ def export(options, log=None, detail=None):
         raise ExportError(f"{out}: is a directory")
     t0 = time.time()
     with open_source(options.source, options) as src:
+        if getattr(options, "rotate", False):
+            from .rotate import RotatedSource
+            src = RotatedSource(src)
         if getattr(src, "note", None):
             log(f"note: {src.note}")
         names = src.tensor_names()
