@@ -54,6 +54,7 @@ def main(argv=None):
                 linewidth=1, label=fam)
         for mb, ppl, label in pts:
             ax.annotate(label, (mb, ppl), textcoords="offset points", xytext=(4, 4), fontsize=7)
+    ax.margins(x=0.1)
     ax.set_xlabel("file size (MB)")
     ax.set_ylabel("perplexity (lower is better)")
     ax.set_title(a.title, fontsize=9)
