@@ -89,9 +89,10 @@ class FloatReference:
 
     def __init__(self, path):
         from . import reference
+        from .export.reader import weights_from_rq4
 
         self._ref = reference
-        self.weights, self.header = reference.weights_from_rq4(path)
+        self.weights, self.header = weights_from_rq4(path)
         self.config = self._Config(self.header)
 
     def chunks(self, ids):

@@ -6,10 +6,9 @@ import types
 import numpy as np
 import pytest
 
-from fixtures import export_module
 from pyrunq4 import reference as R
-
-rotate = export_module("rotate")
+from pyrunq4.export import rotate
+from pyrunq4.export.sources import open_source
 
 
 @pytest.mark.parametrize("n", [1, 2, 4, 8, 12, 20, 24, 48, 72, 96, 576, 1536, 2048])
@@ -102,9 +101,8 @@ def test_outlier_channels_are_those_a_norm_switches_off():
 def test_rotated_source_matches_the_float_model(tiny_hf):
     """RotatedSource over a Hugging Face checkpoint (tied, GQA, llama3 RoPE): its
     tensors are the rotated ones and the float logits do not change."""
-    src_mod = export_module("source")
     options = types.SimpleNamespace(group_size=64, embedding_bits=4, method="rtn", requantize=False)
-    with src_mod.open_source(tiny_hf.path, options) as src:
+    with open_source(tiny_hf.path, options) as src:
         names = src.tensor_names()
         weights = {k: src.read(k) for k in names}
         cfg = dict(src.header)
@@ -128,7 +126,7 @@ def test_rotated_export_runs_in_the_engine(tmp_path):
 
     hf = make_hf_llama(tmp_path / "hf", dtype="fp32")
     options = types.SimpleNamespace(group_size=32, embedding_bits=8, method="rtn", requantize=False)
-    with export_module("source").open_source(hf.path, options) as src:
+    with open_source(hf.path, options) as src:
         wf, cfg = {k: src.read(k) for k in src.tensor_names()}, dict(src.header)
     errs = {}
     for extra in ((), ("--rotate",)):

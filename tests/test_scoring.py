@@ -55,11 +55,12 @@ def test_kl_against_the_float_reference(tiny_untied):
 def test_eval_cli_reference_and_float_export(tiny_hf, tmp_path):
     """export --float writes the float model; eval perplexity --reference prints the
     KL line and, with --compare, KL columns; the float model against itself is 0."""
-    from fixtures import SENTENCES, export_module, make_rq4
+    from fixtures import SENTENCES, make_rq4
+    from pyrunq4.export.reader import read_rq4
 
     flt = make_rq4(tmp_path / "float.rq4", tiny_hf.path, extra_args=("--float",))
     q = make_rq4(tmp_path / "q.rq4", tiny_hf.path, group_size=32)
-    _, entries = export_module("reader").read_rq4(flt)
+    _, entries = read_rq4(flt)
     assert isinstance(entries["layers.0.wq"], np.ndarray) and entries["layers.0.wq"].ndim == 2
     text = tmp_path / "t.txt"
     text.write_text(" ".join(SENTENCES * 6))
