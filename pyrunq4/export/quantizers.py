@@ -193,7 +193,7 @@ def quantize_gptq(w, H, group_size, act_order=False, block_size=128, damp=0.01,
     Columns are quantized one at a time (in order of decreasing diag(H) with
     act_order); each one's rounding error, divided by the diagonal of the upper
     Cholesky factor U of H^-1, is spread over the not-yet-quantized columns
-    (lazily per block of block_size columns; export/gptq.py). Scales are one
+    (lazily per block of block_size columns; gptq.py). Scales are one
     fp16 per group of the file's column order: with static groups (the default
     with act_order) they are searched up front on the original weights, else
     when a group's first column is reached, on the error-updated weights.
