@@ -1,5 +1,6 @@
 """Evaluation: pyrunq4-eval (python -m pyrunq4.eval) perplexity MODEL.rq4 --text FILE [--window 512]
                                     [--compare OTHER.rq4 ...]  (one table, same ids)
+                                    [--reference FLOAT.rq4]    (KL divergence per token)
 
 The text is tokenized once (with BOS, as generate does) and cut into
 non-overlapping windows of `window` tokens; each window is evaluated from an
@@ -7,7 +8,11 @@ empty cache and every token after its first is scored (the first token of a
 window is context only). The last line printed is exactly
     perplexity: <value> tokens: <count>
 perplexity(model, ids, window) is the reusable part (several models can be
-scored on the same ids, e.g. for a comparison table).
+scored on the same ids, e.g. for a comparison table). With --reference, the
+KL divergence of each scored token's next-token distribution from the
+reference's (its weights run by the numpy float forward, pyrunq4.reference;
+`python -m pyrunq4.export SOURCE float.rq4 --float` makes the float model)
+is printed too: its mean and 99th percentile, and how often the top tokens agree.
 """
 
 from __future__ import annotations
@@ -23,33 +28,15 @@ from .progress import progress_bar
 PROG = "pyrunq4-eval"
 
 
-def _log_softmax_at(logits: np.ndarray, targets: np.ndarray) -> np.ndarray:
-    """log p(target) per row of float32 logits (n, vocab), in float64."""
-    x = logits.astype(np.float64)
-    mx = x.max(axis=1, keepdims=True)
-    lse = mx[:, 0] + np.log(np.exp(x - mx).sum(axis=1))
-    return x[np.arange(len(targets)), targets] - lse
-
-
 def negative_log_likelihoods(model, ids, window=512, progress=False) -> np.ndarray:
-    """-log p(token | window prefix) of every scored token, in order.
-    progress: a bar per window on stderr (a terminal only)."""
+    """-log p(token | window prefix) of every scored token, in order
+    (pyrunq4.scoring: the window fed in chunks, float32 log-softmax).
+    progress: a bar on stderr (a terminal only)."""
+    from .scoring import score
+
     ids = np.asarray(ids, dtype=np.int64).reshape(-1)
-    if window < 2:
-        raise ValueError(f"window must be >= 2, got {window}")
-    if window > model.config.n_ctx:
-        raise ValueError(f"window {window} exceeds the context {model.config.n_ctx}")
-    out = []
-    starts = range(0, len(ids), window)
-    with progress_bar(total=len(starts), desc="perplexity", unit="window", quiet=not progress) as bar:
-        for start in starts:
-            chunk = ids[start:start + window]
-            if len(chunk) < 2:
-                break
-            logits = model.logits(chunk)
-            out.append(-_log_softmax_at(logits[:-1], chunk[1:]))
-            bar.update(1)
-    return np.concatenate(out) if out else np.zeros(0)
+    with progress_bar(total=len(ids), desc="perplexity", unit="token", quiet=not progress) as bar:
+        return score([model], ids, window, progress=lambda done, total: bar.update(done - bar.n))[0].nll
 
 
 def perplexity(model, ids, window=512, progress=False):
@@ -82,6 +69,9 @@ def build_parser():
     pp.add_argument("--compare", nargs="+", default=None, metavar="OTHER.rq4",
                     help="more models scored on the same token ids (tokenized by MODEL); "
                          "prints one table: file, size, perplexity, seconds")
+    pp.add_argument("--reference", metavar="FLOAT.rq4",
+                    help="also the KL divergence from this model's next-token distributions "
+                         "(numpy float forward of its weights; export --float makes one)")
     return p
 
 
@@ -94,38 +84,66 @@ def _open(path, args):
                  float_activations=args.float_activations)
 
 
-def _cmd_compare(args, text):
-    """One table for MODEL and every --compare file on the same ids."""
-    import os
-    import time
+def _reference(args):
+    if not args.reference:
+        return None
+    from .scoring import FloatReference
 
-    paths = [args.model] + list(args.compare)
-    with _open(paths[0], args) as m:
-        ids = m.tokenize(text, add_bos=True)
-        vocab = m.config.vocab_size
-    width = max(len(os.path.basename(x)) for x in paths)
-    print(f"{'model':{width}s}  {'MB':>7s}  {'perplexity':>10s}  {'tokens':>6s}  {'seconds':>7s}")
-    for path in paths:
-        t0 = time.time()
-        with _open(path, args) as m:
-            if m.config.vocab_size != vocab:
-                raise UsageError(f"{path}: vocabulary {m.config.vocab_size} differs from {vocab}")
-            ppl, n = perplexity(m, ids, args.window, progress=True)
-        print(f"{os.path.basename(path):{width}s}  {os.path.getsize(path) / 1e6:7.1f}  {ppl:10.4f}  "
-              f"{n:6d}  {time.time() - t0:7.1f}", flush=True)
-    return 0
+    try:
+        return FloatReference(args.reference)
+    except (OSError, ValueError) as e:
+        raise UsageError(f"{args.reference}: cannot read the reference: {e}") from None
+
+
+def _kl_columns(s):
+    return (f"  {s['kl_mean']:8.4f}  {s['kl_p99']:7.4f}  {s['same_top']:6.3f}"
+            if "kl_mean" in s else "")
 
 
 def _cmd_perplexity(args):
+    """One table for MODEL and every --compare file on the same ids (or the
+    single perplexity line), with KL columns when --reference is given."""
+    import os
+
+    from .scoring import score
+
     if args.window < 2:
         raise UsageError(f"--window must be >= 2, got {args.window}")
     text = read_text_file(args.text)
-    if args.compare:
-        return _cmd_compare(args, text)
-    with _open(args.model, args) as m:
-        ids = m.tokenize(text, add_bos=True)
-        ppl, n = perplexity(m, ids, args.window, progress=True)
-    print(f"perplexity: {ppl:.4f} tokens: {n}")
+    paths = [args.model] + list(args.compare or [])
+    ref = _reference(args)
+    models = []
+    try:
+        for path in paths:
+            models.append(_open(path, args))
+        ids = models[0].tokenize(text, add_bos=True)
+        vocab = models[0].config.vocab_size
+        for path, m in zip(paths, models):
+            if m.config.vocab_size != vocab:
+                raise UsageError(f"{path}: vocabulary {m.config.vocab_size} differs from {vocab}")
+        if ref is not None and ref.config.vocab_size != vocab:
+            raise UsageError(f"{args.reference}: vocabulary {ref.config.vocab_size} differs from {vocab}")
+        with progress_bar(total=len(ids), desc="perplexity", unit="token") as bar:
+            results = score(models, ids, args.window, ref,
+                            progress=lambda done, total: bar.update(done - bar.n))
+    finally:
+        for m in models:
+            m.close()
+    if results[0].nll.size == 0:
+        raise UsageError("no token to score: the text needs at least 2 tokens")
+    if not args.compare:
+        s = results[0].summary()
+        if ref is not None:
+            print(f"kl_mean: {s['kl_mean']:.5f} kl_p99: {s['kl_p99']:.5f} same_top: {s['same_top']:.4f}")
+        print(f"perplexity: {s['perplexity']:.4f} tokens: {s['tokens']}")
+        return 0
+    width = max(len(os.path.basename(x)) for x in paths)
+    kl_head = f"  {'KL mean':>8s}  {'KL p99':>7s}  {'top=':>6s}" if ref is not None else ""
+    print(f"{'model':{width}s}  {'MB':>7s}  {'perplexity':>10s}  {'tokens':>6s}{kl_head}  {'seconds':>7s}")
+    for path, r in zip(paths, results):
+        s = r.summary()
+        print(f"{os.path.basename(path):{width}s}  {os.path.getsize(path) / 1e6:7.1f}  {s['perplexity']:10.4f}  "
+              f"{s['tokens']:6d}{_kl_columns(s)}  {r.seconds:7.1f}", flush=True)
     return 0
 
 

@@ -16,7 +16,8 @@ Inputs:
   cfg:     dict of the .rq4 header fields (dim, n_heads, n_kv_heads, head_dim,
            norm_eps, rope_theta, rope_scaling, rope_factor, ...).
 
-Everything is computed in float64 and vectorised over the sequence (full causal
+Everything is computed in float64 (layer() can run in float32 for speed) and
+vectorised over the sequence (full causal
 attention), so SmolLM2-135M on 512 tokens takes a few seconds.
 """
 
@@ -41,9 +42,9 @@ __all__ = [
 _ROPE_LLAMA3 = 1
 
 
-def _w(weights, name):
-    """A weight as float64 (norms flattened to 1-D)."""
-    return np.asarray(weights[name], dtype=np.float64)
+def _w(weights, name, dtype=np.float64):
+    """A weight as dtype (norms flattened to 1-D)."""
+    return np.asarray(weights[name], dtype=dtype)
 
 
 def rope_inv_freq(cfg) -> np.ndarray:
@@ -90,11 +91,11 @@ def _apply_rope(x, cos, sin):
     return x * cos[:, None, :] + _rotate_half(x) * sin[:, None, :]
 
 
-def rms_norm(x, w, eps) -> np.ndarray:
-    """x: (T, dim) -> x / sqrt(mean(x^2) + eps) * w, in float64."""
-    x = np.asarray(x, dtype=np.float64)
-    w = np.asarray(w, dtype=np.float64).reshape(-1)
-    return x / np.sqrt(np.mean(x * x, axis=-1, keepdims=True) + float(eps)) * w
+def rms_norm(x, w, eps, dtype=np.float64) -> np.ndarray:
+    """x: (T, dim) -> x / sqrt(mean(x^2) + eps) * w, in dtype (float64 unless asked)."""
+    x = np.asarray(x, dtype=dtype)
+    w = np.asarray(w, dtype=dtype).reshape(-1)
+    return x / np.sqrt(np.mean(x * x, axis=-1, keepdims=True) + dtype(eps)) * w
 
 
 def _silu(x):
@@ -108,20 +109,22 @@ def embed(weights, tokens) -> np.ndarray:
 
 
 def _linear(weights, name, x, capture):
-    """y = x @ W.T for W (out, in); capture(name, x) sees the input first."""
+    """y = x @ W.T for W (out, in) in x's dtype; capture(name, x) sees the input first."""
     if capture is not None:
         capture(name, x)
-    return x @ _w(weights, name).T
+    return x @ _w(weights, name, x.dtype).T
 
 
-def layer(weights, cfg, i, h, pos0=0, capture=None) -> np.ndarray:
+def layer(weights, cfg, i, h, pos0=0, capture=None, dtype=np.float64) -> np.ndarray:
     """One transformer block over a fresh sequence h (T, dim) at positions
     pos0..pos0+T-1, with full causal attention inside h. Returns (T, dim).
+    Computed in dtype: float64, or float32 where speed matters more than the
+    last digits (GPTQ's calibration forward).
 
-    capture(name, x), if given, is called with the (T, cols) float64 input of
-    every linear layer layers.{i}.wq/wk/wv/wo/w1/w2/w3 (wq, wk, wv share one
-    input, as do w1 and w3)."""
-    h = np.asarray(h, dtype=np.float64)
+    capture(name, x), if given, is called with the (T, cols) input of every
+    linear layer layers.{i}.wq/wk/wv/wo/w1/w2/w3 (wq, wk, wv share one input,
+    as do w1 and w3)."""
+    h = np.asarray(h, dtype=dtype)
     T, dim = h.shape
     nh, nkv, hd = int(cfg["n_heads"]), int(cfg["n_kv_heads"]), int(cfg["head_dim"])
     eps = float(cfg["norm_eps"])
@@ -129,13 +132,13 @@ def layer(weights, cfg, i, h, pos0=0, capture=None) -> np.ndarray:
     n_rep = nh // nkv
 
     # attention: x = rms(h); q, k, v projections, (T, heads, head_dim)
-    x = rms_norm(h, weights[p + "attention_norm"], eps)
+    x = rms_norm(h, weights[p + "attention_norm"], eps, dtype)
     q = _linear(weights, p + "wq", x, capture).reshape(T, nh, hd)
     k = _linear(weights, p + "wk", x, capture).reshape(T, nkv, hd)
     v = _linear(weights, p + "wv", x, capture).reshape(T, nkv, hd)
 
     # rotate-half RoPE at absolute positions pos0..pos0+T-1
-    cos, sin = _rope_cos_sin(cfg, np.arange(pos0, pos0 + T))
+    cos, sin = (c.astype(dtype) for c in _rope_cos_sin(cfg, np.arange(pos0, pos0 + T)))
     q = _apply_rope(q, cos, sin)
     k = _apply_rope(k, cos, sin)
 
@@ -157,7 +160,7 @@ def layer(weights, cfg, i, h, pos0=0, capture=None) -> np.ndarray:
     h = h + _linear(weights, p + "wo", att, capture)
 
     # SwiGLU FFN: h + W2 (silu(W1 rms(h)) * W3 rms(h))
-    x = rms_norm(h, weights[p + "ffn_norm"], eps)
+    x = rms_norm(h, weights[p + "ffn_norm"], eps, dtype)
     gate = _linear(weights, p + "w1", x, capture)
     up = _linear(weights, p + "w3", x, capture)
     return h + _linear(weights, p + "w2", _silu(gate) * up, capture)

@@ -457,7 +457,7 @@ def test_perplexity_function_and_cli(tiny_untied, tmp_path):
                 - lg.max(1, keepdims=True)
             nll += [-lp[i, chunk[i + 1]] for i in range(len(chunk) - 1)]
     assert n == len(nll)
-    assert ppl == pytest.approx(np.exp(np.mean(nll)), rel=1e-9)
+    assert ppl == pytest.approx(np.exp(np.mean(nll)), rel=1e-5)  # float32 log-softmax
     f = tmp_path / "text.txt"
     f.write_text(text)
     r = run_cli("pyrunq4.eval", "perplexity", tiny_untied, "--text", str(f), "--window", "32")

@@ -21,7 +21,8 @@ import tempfile
 
 import numpy as np
 
-FTYPES = {"q4_0": 2, "q4_1": 3, "q8_0": 7}  # llama_ftype values (llama.h)
+FTYPES = {"q4_0": 2, "q4_1": 3, "q8_0": 7, "q4_k_s": 14, "q4_k_m": 15, "iq4_nl": 25,
+          "iq4_xs": 30}  # llama_ftype values (llama.h)
 
 
 def main(argv=None):

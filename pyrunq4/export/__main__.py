@@ -20,7 +20,7 @@ from ..errors import ExportError, Runq4Error
 from ..progress import progress_bar
 from . import methods
 from .format import MAX_GROUP, MIN_GROUP, validate_group_size
-from .quant import QuantizedTensor, rms_rel_error
+from .quant import QuantizedTensor, dequantize, rms_rel_error
 from .sources import open_source
 from .verify import binary_tokenizer_problem, check_blobs, input_identities, verify_file
 from .writer import OutputPathError, Rq4Writer, check_output_path
@@ -42,6 +42,9 @@ def build_parser():
                    help="bits for tok_embeddings and output (8: q8, better logits, twice the size)")
     p.add_argument("--method", choices=methods.METHODS, default="rtn",
                    help="how float weights are quantized")
+    p.add_argument("--float", action="store_true",
+                   help="store every matrix as F32, unquantized: the float model, the reference of "
+                        "pyrunq4-eval perplexity --reference (large; slow in the engine)")
     p.add_argument("-q", "--quiet", action="store_true", help="nothing on stderr but errors")
     p.add_argument("-v", "--verbose", action="store_true",
                    help="one line per tensor (shape, type, quantization error) instead of a progress bar")
@@ -67,6 +70,9 @@ def export(options, log=None, detail=None):
         raise ExportError(str(e)) from None
     t0 = time.time()
     with open_source(options.source, options) as src:
+        if getattr(options, "rotate", False):
+            from .rotate import RotatedSource
+            src = RotatedSource(src)
         if getattr(src, "note", None):
             log(f"note: {src.note}")
         names = src.tensor_names()
@@ -85,8 +91,14 @@ def export(options, log=None, detail=None):
         bar = progress_bar(total=n, desc="export", unit="tensor",
                            quiet=getattr(options, "quiet", False) or getattr(options, "verbose", False))
         with writer as w, bar:
-            for i, (name, t) in enumerate(methods.make_stream(src, header, options)):
-                if isinstance(t, QuantizedTensor):
+            stream = src.tensors() if options.float else methods.make_stream(src, header, options)
+            for i, (name, t) in enumerate(stream):
+                if options.float and isinstance(t, QuantizedTensor):
+                    t = dequantize(t)           # an exact import, as its float values
+                if options.float and t.ndim == 2 and t.shape[0] > 1:
+                    w.add_f32(name, t)
+                    what, shape = "f32 (--float)", t.shape
+                elif isinstance(t, QuantizedTensor):
                     w.add_quantized(name, t)
                     what = f"{t.type} g{t.group_size}  " + (
                         "as the source gives it" if options.method == "rtn" else f"by {options.method}")

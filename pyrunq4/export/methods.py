@@ -34,6 +34,10 @@ def add_arguments(parser):
     g.add_argument("--act-order", action="store_true",
                    help="gptq: quantize columns in order of decreasing Hessian diagonal "
                         "(static group scales, so groups stay contiguous in the file)")
+    parser.add_argument("--rotate", action="store_true",
+                        help="rotate the residual stream by a randomized Hadamard matrix folded into "
+                             "the weights before quantizing (rotate.py; exact in float; a tied "
+                             "embedding comes out untied, so the file is larger)")
 
 
 def make_quantizer(method):

@@ -13,7 +13,7 @@ are read by the same engine.
           then one least-squares refinement of d. Data-free.
     gptq  Frantar et al. 2022: inputs X of each linear collected by running
           calibration tokens through the already-quantized earlier layers
-          (pyrunq4.reference), H = 2 X^T X (float64), dampening, Cholesky of
+          (pyrunq4.reference, float32), H = 2 X^T X, dampening, Cholesky of
           H^-1, column blocks of 128 with error compensation; group scales by
           the mse search, taken when the group's first column is reached
           (or, with act_order, up front from the original weights: "static
@@ -38,6 +38,7 @@ import numpy as np
 
 from .. import reference as R
 from ..progress import progress_bar
+from . import gptq
 from .quant import QuantizedTensor, dequantize, quantize_rtn
 
 __all__ = [
@@ -185,27 +186,6 @@ def quantize_mse(w, group_size, imp=None, ratios=DEFAULT_RATIOS, refine=1) -> Qu
 # gptq
 # ---------------------------------------------------------------------------
 
-def _upper_cholesky_of_inverse(H, damp):
-    """Upper U with U^T U = (H + damp*mean(diag) I)^-1 (float64), retrying with more
-    dampening. H is overwritten (its diagonal)."""
-    n = H.shape[0]
-    idx = np.diag_indices(n)
-    diag0 = H[idx].copy()
-    mean_diag = float(np.mean(diag0))
-    for k in range(6):
-        H[idx] = diag0 + damp * (10 ** k) * mean_diag   # in place: H is the caller's scratch copy
-        try:
-            # 2n^3 flops, half of inverting the Cholesky factor and multiplying; a
-            # matrix that is not positive definite fails in the cholesky below
-            Hinv = np.linalg.inv(H)
-            Hinv += Hinv.T.copy()
-            Hinv *= 0.5
-            return np.linalg.cholesky(Hinv).T
-        except np.linalg.LinAlgError:
-            continue
-    raise np.linalg.LinAlgError("Hessian not positive definite even with heavy dampening")
-
-
 def quantize_gptq(w, H, group_size, act_order=False, block_size=128, damp=0.01,
                   ratios=DEFAULT_RATIOS, static_groups=None) -> QuantizedTensor:
     """GPTQ of w (rows, cols) with Hessian H (cols, cols) ~ 2 X^T X of its inputs.
@@ -213,13 +193,14 @@ def quantize_gptq(w, H, group_size, act_order=False, block_size=128, damp=0.01,
     Columns are quantized one at a time (in order of decreasing diag(H) with
     act_order); each one's rounding error, divided by the diagonal of the upper
     Cholesky factor U of H^-1, is spread over the not-yet-quantized columns
-    (lazily per block of block_size columns). Scales are one fp16 per group of
-    the file's column order: with static groups (the default with act_order)
-    they are searched up front on the original weights, else when a group's
-    first column is reached, on the error-updated weights."""
+    (lazily per block of block_size columns; gptq.py). Scales are one
+    fp16 per group of the file's column order: with static groups (the default
+    with act_order) they are searched up front on the original weights, else
+    when a group's first column is reached, on the error-updated weights.
+    Rows are done in chunks of gptq.ROW_CHUNK (each row depends only on H)."""
     w = _check(w, group_size)
     rows, cols = w.shape
-    H = np.array(H, dtype=np.float64, copy=True)
+    H = np.asarray(H)
     if H.shape != (cols, cols):
         raise ValueError(f"Hessian shape {H.shape} does not match {cols} columns")
     if static_groups is None:
@@ -227,55 +208,46 @@ def quantize_gptq(w, H, group_size, act_order=False, block_size=128, damp=0.01,
     if act_order and not static_groups:
         # a group's columns are scattered in act order: its scale must be known up front
         raise ValueError("act_order needs static groups")
-    W = w.copy()
-    dead = np.diag(H) == 0                      # inputs that are always zero
-    H[dead, dead] = 1.0
-    W[:, dead] = 0.0
-    diag = np.diag(H).copy()
+    diag = np.diag(H).astype(np.float64)
+    dead = diag == 0                            # inputs that are always zero
+    diag[dead] = 1.0
+    perm = np.argsort(-diag, kind="stable") if act_order else np.arange(cols)
+    U = gptq.inverse_cholesky_upper(H, damp, perm)
+    inv = np.empty_like(perm)
+    inv[perm] = np.arange(cols)
+    diag_p = diag[perm]
     ngroups = len(_group_bounds(cols, group_size))
     d = np.zeros((rows, ngroups), np.float16)
-    if static_groups:
-        d[:] = search_scales(W, group_size, imp=diag, ratios=ratios)
-    perm = np.argsort(-diag, kind="stable") if act_order else np.arange(cols)
-    W = W[:, perm]
-    if act_order:
-        H = H[np.ix_(perm, perm)]
-    U = _upper_cholesky_of_inverse(H, damp).astype(np.float32)
-    del H
-    diag_p = diag[perm]
-    Q = np.zeros((rows, cols), np.int8)
-    d32 = d.astype(np.float32)
-    for b0 in range(0, cols, block_size):
-        b1 = min(b0 + block_size, cols)
-        W1 = W[:, b0:b1].copy()
-        E1 = np.zeros_like(W1)
-        U1 = U[b0:b1, b0:b1]
-        for i in range(b1 - b0):
-            j = perm[b0 + i]                       # column in file order
+    Q = np.empty((rows, cols), np.int8)
+    for r0 in range(0, rows, gptq.ROW_CHUNK):
+        r1 = min(r0 + gptq.ROW_CHUNK, rows)
+        Wc = np.array(w[r0:r1], dtype=np.float32)
+        Wc[:, dead] = 0.0
+        if static_groups:
+            d[r0:r1] = search_scales(Wc, group_size, imp=diag, ratios=ratios)
+        dc = d[r0:r1]                           # a view: the dynamic search fills it
+        d32 = dc.astype(np.float32)
+
+        def quantize_column(i, x, block_rest, rest):
+            j = perm[i]                         # column in file order
             g = j // group_size
             if not static_groups and j % group_size == 0:
                 # scale of this group from the current (error-updated) weights;
-                # without act_order the group is columns b0+i .. b0+i+len-1
+                # without act_order the group is columns i .. i+len-1
                 c1 = min(j + group_size, cols)
-                cur = np.concatenate([W1[:, i:], W[:, b1:]], axis=1)[:, :c1 - j]
-                d[:, g] = search_scales(cur, group_size, imp=diag_p[b0 + i:b0 + i + c1 - j],
-                                        ratios=ratios)[:, 0]
-                d32[:, g] = d[:, g].astype(np.float32)
-            x = W1[:, i]
-            dg = d32[:, g]
-            q = _quantize_values(x[:, None], dg)[:, 0]
-            Q[:, b0 + i] = q
-            err = (x - q * dg) / U1[i, i]
-            W1[:, i:] -= np.outer(err, U1[i, i:])
-            E1[:, i] = err
-        W[:, b1:] -= E1 @ U[b0:b1, b1:]
-    inv = np.empty_like(perm)
-    inv[perm] = np.arange(cols)
-    return QuantizedTensor("q4s", group_size, np.ascontiguousarray(Q[:, inv]), d, None)
+                cur = np.concatenate([block_rest, rest], axis=1)[:, :c1 - j]
+                dc[:, g] = search_scales(cur, group_size, imp=diag_p[i:i + c1 - j], ratios=ratios)[:, 0]
+                d32[:, g] = dc[:, g].astype(np.float32)
+            q = _quantize_values(x[:, None], d32[:, g])[:, 0]
+            return q, q * d32[:, g]
+
+        Qc = gptq.gptq_rows(np.ascontiguousarray(Wc[:, perm]), U, perm, quantize_column, block_size)
+        Q[r0:r1] = Qc[:, inv]
+    return QuantizedTensor("q4s", group_size, Q, d, None)
 
 
 class hessian_accumulator:
-    """Accumulates H = 2/n * sum X^T X in float64 over calibration batches X (T, cols)."""
+    """Accumulates H = 2/n * sum X^T X over calibration batches X (T, cols)."""
 
     def __init__(self, cols):
         self.H = np.zeros((cols, cols), np.float64)
@@ -283,13 +255,15 @@ class hessian_accumulator:
         self.absmean = np.zeros(cols, np.float64)   # sum |x| per channel, for awq
 
     def add(self, x):
-        x = np.asarray(x, dtype=np.float64).reshape(-1, self.H.shape[0])
+        # one float32 product per batch (BLAS sgemm), summed over batches in float64
+        x = np.asarray(x, dtype=np.float32).reshape(-1, self.H.shape[0])
         self.H += x.T @ x
-        self.absmean += np.abs(x).sum(axis=0)
+        self.absmean += np.abs(x).sum(axis=0, dtype=np.float64)
         self.n += x.shape[0]
 
     def hessian(self):
-        return self.H * (2.0 / max(self.n, 1))
+        """2/n * X^T X as float32 (what GPTQ factorizes)."""
+        return (self.H * (2.0 / max(self.n, 1))).astype(np.float32)
 
     def mean_abs(self):
         return self.absmean / max(self.n, 1)
@@ -377,13 +351,16 @@ def quantize_model(get, cfg, method, group_size, calib_ids=None, act_order=False
         return quantize(w, "rtn" if embed_method == "rtn" else "mse", group_size)
 
     if calibrated:
-        # calibration inputs: the embedding as it will be looked up (quantized data-free)
-        emb = np.asarray(get("tok_embeddings"), dtype=np.float32)
-        qemb = dequantize(quantize(emb, "rtn" if embed_method == "rtn" else "mse", group_size)
-                          if embed_qtype == "q4s" else quantize_rtn(emb, group_size, "q8"))
-        del emb
-        hs = [R.embed({"tok_embeddings": qemb}, s) for s in calib_ids]
-        del qemb
+        # calibration inputs: the embedding rows of the calibration tokens as they will
+        # be looked up (quantized data-free; rows are quantized independently)
+        used, where = np.unique(np.concatenate(calib_ids), return_inverse=True)
+        rows = np.asarray(get("tok_embeddings"), dtype=np.float32)[used]
+        qrows = dequantize(quantize(rows, "rtn" if embed_method == "rtn" else "mse", group_size)
+                           if embed_qtype == "q4s" else quantize_rtn(rows, group_size, "q8"))
+        del rows
+        ends = np.cumsum([len(s) for s in calib_ids])[:-1]
+        hs = [qrows[w] for w in np.split(where, ends)]
+        del qrows
 
     for i in range(n_layers):
         p = f"layers.{i}."
@@ -399,11 +376,10 @@ def quantize_model(get, cfg, method, group_size, calib_ids=None, act_order=False
                 out = _awq_layer(W, cfg, i, hs, group_size, awq_alphas)
             # inputs of the next layer: this layer run with its quantized weights
             t1 = time.time()
-            Wq = {k: (v if isinstance(v, np.ndarray) else dequantize(v)).astype(np.float64)
-                  for k, v in out.items()}
+            Wq = {k: (v if isinstance(v, np.ndarray) else dequantize(v)) for k, v in out.items()}
             for k in ("attention_norm", "ffn_norm"):
-                Wq.setdefault(p + k, W[p + k].astype(np.float64))
-            hs = [R.layer(Wq, cfg, i, h) for h in hs]
+                Wq.setdefault(p + k, W[p + k])
+            hs = [R.layer(Wq, cfg, i, h, dtype=np.float32) for h in hs]
             del Wq
             timing["forward"] += time.time() - t1
         for k in ("attention_norm", "wq", "wk", "wv", "wo", "ffn_norm", "w1", "w2", "w3"):
@@ -420,7 +396,7 @@ def quantize_model(get, cfg, method, group_size, calib_ids=None, act_order=False
         # Hessian of the classifier's inputs: the final-norm outputs
         acc = hessian_accumulator(norm.shape[0])
         for h in hs:
-            acc.add(R.rms_norm(h, norm, float(cfg["norm_eps"])))
+            acc.add(R.rms_norm(h, norm, float(cfg["norm_eps"]), np.float32))
         H = acc.hessian()
         del hs
     if not tied:
@@ -431,7 +407,7 @@ def quantize_model(get, cfg, method, group_size, calib_ids=None, act_order=False
     bar.close()
 
 
-def _capture_hessians(W64, cfg, i, hs, names):
+def _capture_hessians(W32, cfg, i, hs, names):
     """Run layer i over every calibration sequence; accumulate the Hessians of the
     inputs of `names` (one accumulator per distinct input)."""
     acc = {}
@@ -444,7 +420,7 @@ def _capture_hessians(W64, cfg, i, hs, names):
             acc[k].add(x)
 
     for h in hs:
-        R.layer(W64, cfg, i, h, capture=capture)
+        R.layer(W32, cfg, i, h, capture=capture, dtype=np.float32)
     return acc
 
 
@@ -455,9 +431,7 @@ def _gptq_layer(W, cfg, i, hs, group_size, act_order, timing=None):
     timing = {"forward": 0.0, "quantize": 0.0} if timing is None else timing
     t0 = time.time()
     p = f"layers.{i}."
-    W64 = {k: v.astype(np.float64) for k, v in W.items()}
-    acc = _capture_hessians(W64, cfg, i, hs, ("wq", "wo", "w1", "w2"))
-    del W64
+    acc = _capture_hessians(W, cfg, i, hs, ("wq", "wo", "w1", "w2"))
     t1 = time.time()
     timing["forward"] += t1 - t0
     out = {}
@@ -471,8 +445,7 @@ def _gptq_layer(W, cfg, i, hs, group_size, act_order, timing=None):
 def _awq_layer(W, cfg, i, hs, group_size, alphas):
     """AWQ-style scaling + mse quantization for layer i (see module doc)."""
     p = f"layers.{i}."
-    W64 = {k: v.astype(np.float64) for k, v in W.items()}
-    acc = _capture_hessians(W64, cfg, i, hs, ("wq", "wo", "w1", "w2"))
+    acc = _capture_hessians(W, cfg, i, hs, ("wq", "wo", "w1", "w2"))
     # a few calibration rows to measure the output error of each choice
     xs = {}
 
@@ -481,9 +454,8 @@ def _awq_layer(W, cfg, i, hs, group_size, alphas):
         if k in ("wq", "wo", "w1", "w2"):
             xs.setdefault(k, []).append(x[::4])
     for h in hs[:4]:
-        R.layer(W64, cfg, i, h, capture=keep)
+        R.layer(W, cfg, i, h, capture=keep, dtype=np.float32)
     X = {k: np.concatenate(v).astype(np.float32) for k, v in xs.items()}
-    del W64
     nh, nkv = int(cfg["n_heads"]), int(cfg["n_kv_heads"])
     # blocks folding into a previous linear's rows go first, before that linear is quantized
     groups = [("w2", ("w2",), p + "w3")]

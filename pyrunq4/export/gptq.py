@@ -1,0 +1,94 @@
+"""The GPTQ core (Frantar et al. 2022) in float32, for matrices of any height.
+
+quantize_gptq(w, H, ...) quantizes the columns of w one at a time against the
+Hessian H of its inputs, spreading each column's rounding error over the
+columns not yet quantized through U, the upper Cholesky factor of H^-1.
+
+Costs that matter at Llama-3.2-1B size (8192-wide Hessians, a 128256-row
+embedding):
+  - U without inverting H: with J the order-reversing permutation,
+    J H J = L L^T (lower Cholesky) gives U = J L^-1 J, so U costs one
+    Cholesky and one triangular inverse (2n^3/3 flops) instead of an inverse
+    and a Cholesky (7n^3/3), all in float32 (the dampening keeps H well
+    conditioned; a failure retries with more dampening, then in float64).
+  - Rows are independent given U and the group scales, so a matrix is done in
+    chunks of rows: a 128256 x 2048 embedding never has a full-size float
+    copy beside its input.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+__all__ = ["inverse_cholesky_upper", "gptq_rows", "ROW_CHUNK"]
+
+ROW_CHUNK = 8192            # rows quantized together (float32 working copy of the chunk)
+_TRI_LEAF = 256             # triangular blocks inverted directly below this size
+
+
+def _tri_inv_lower(L):
+    """Inverse of a lower-triangular matrix by halves (matrix products only)."""
+    n = L.shape[0]
+    if n <= _TRI_LEAF:
+        return np.linalg.inv(L)
+    k = n // 2
+    ai = _tri_inv_lower(L[:k, :k])
+    ci = _tri_inv_lower(L[k:, k:])
+    out = np.zeros_like(L)
+    out[:k, :k] = ai
+    out[k:, k:] = ci
+    out[k:, :k] = -(ci @ (L[k:, :k] @ ai))
+    return out
+
+
+def inverse_cholesky_upper(H, damp=0.01, order=None):
+    """Upper U (float32, n x n) with U^T U = (H_o + damp * mean(diag H_o) * I)^-1, where
+    H_o = H[order][:, order] (order: a permutation, default none) and a zero on the
+    diagonal (an input that is always zero) counts as 1. H is not modified. More
+    dampening (x10 up to 5 times) if H is not positive definite, in float64 if
+    float32 still fails."""
+    n = H.shape[0]
+    idx = (np.arange(n) if order is None else np.asarray(order))[::-1]
+    for dtype in (np.float32, np.float64):
+        for k in range(6):
+            Hr = np.asarray(H, dtype=dtype)[np.ix_(idx, idx)]
+            diag = Hr[np.diag_indices(n)]
+            diag[diag == 0] = 1
+            Hr[np.diag_indices(n)] = diag + dtype(damp * (10 ** k) * float(np.mean(diag)))
+            try:
+                L = np.linalg.cholesky(Hr)
+            except np.linalg.LinAlgError:
+                continue
+            del Hr
+            U = _tri_inv_lower(L)
+            del L
+            if np.all(np.isfinite(U)):
+                return np.ascontiguousarray(U[::-1, ::-1], dtype=np.float32)
+    raise np.linalg.LinAlgError("Hessian not positive definite even with heavy dampening")
+
+
+def gptq_rows(W, U, perm, quantize_column, block_size=128):
+    """GPTQ of the rows W (rows, cols) float32, columns visited in order perm
+    (W and U already permuted: column i of W is column perm[i] of the file).
+    quantize_column(i, x, block_rest, rest) -> (q, dequantized x) for permuted
+    column i (x: its current values; block_rest, rest: the not yet quantized
+    columns of its block from i on, and those after the block, for a scale
+    searched on the error-updated weights). Returns q (rows, cols) int8 in
+    permuted order. W is overwritten."""
+    rows, cols = W.shape
+    Q = np.zeros((rows, cols), np.int8)
+    for b0 in range(0, cols, block_size):
+        b1 = min(b0 + block_size, cols)
+        W1 = W[:, b0:b1]
+        E1 = np.zeros((rows, b1 - b0), np.float32)
+        U1 = U[b0:b1, b0:b1]
+        for i in range(b1 - b0):
+            x = W1[:, i]
+            q, xq = quantize_column(b0 + i, x, W1[:, i:], W[:, b1:])
+            Q[:, b0 + i] = q
+            err = (x - xq) / U1[i, i]
+            W1[:, i:] -= np.outer(err, U1[i, i:])
+            E1[:, i] = err
+        if b1 < cols:
+            W[:, b1:] -= E1 @ U[b0:b1, b1:]
+    return Q
