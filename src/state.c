@@ -74,6 +74,17 @@ static uint64_t payload_size(const rq4_config *c, int n) {
                                  (uint64_t)(key_elems(c, n) + value_elems(c, n)) * elem_size(c);
 }
 
+/* The checksum of a payload in one buffer, chained over the pieces in the
+ * order rq4_save_state writes them. */
+static uint64_t hash_payload(const rq4_config *c, int n, const uint8_t *p) {
+    uint64_t sum = hash_bytes(HASH_SEED, p, (size_t)n * 4);
+    p += (size_t)n * 4;
+    size_t kb = key_elems(c, n) * elem_size(c), vb = value_elems(c, n) * elem_size(c);
+    for (int i = 0; i < c->n_layers * c->n_kv_heads; i++, p += kb + vb)
+        sum = hash_bytes(hash_bytes(sum, p, kb), p + kb, vb);
+    return sum;
+}
+
 static void fill_header(const rq4_model *m, int n, uint64_t checksum, uint8_t *h) {
     const rq4_config *c = &m->config;
     memset(h, 0, STATE_HEADER_SIZE);
@@ -223,7 +234,7 @@ static rq4_status read_state(const rq4_model *m, int fd, const char *path, int32
         free(p);
         return rq4_fail(err, RQ4_ERR_IO, "cannot read %s", path);
     }
-    if (hash_bytes(HASH_SEED, p, (size_t)size) != get_u64(h + S_CHECKSUM)) {
+    if (hash_payload(c, count, p) != get_u64(h + S_CHECKSUM)) {
         free(p);
         return rq4_fail(err, RQ4_ERR_FORMAT, "%s is corrupt (checksum mismatch)", path);
     }
