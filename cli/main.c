@@ -6,7 +6,7 @@
  *   runq4 MODEL.rq4 [-t temperature] [-p top_p] [--top-k k] [-s seed]
  *         [-n max_new_tokens] [-i prompt] [--chat | -m generate|chat]
  *         [-y system_prompt] [-T threads] [-c context] [-k f32|f16]
- *         [-M max_memory_MiB] [-v] [--version] [-h]
+ *         [-M max_memory_MiB] [--prompt-cache FILE] [-v] [--version] [-h]
  *
  * Generated text goes to stdout only (streamed, flushed per token); the
  * statistics (prompt and decode tokens/s, peak resident memory) go to
@@ -66,6 +66,10 @@ static const char *USAGE =
     "  -y, --system TEXT         system prompt (chat mode)\n"
     "  -M, --max-memory MIB      refuse to start if weights + KV cache + buffers\n"
     "                            would exceed this many MiB (default: no limit)\n"
+    "      --prompt-cache FILE   reuse the KV cache of the prompt saved in FILE for the\n"
+    "                            prompt's common prefix (chat: of the first turn), and\n"
+    "                            save the prompt's there when it differs; FILE is tied\n"
+    "                            to this model file, -c and -k\n"
     "  -v                        also print the prompt and generated token ids on stderr\n"
     "      --version             the version\n"
     "  -h, --help                this help\n"
@@ -191,6 +195,7 @@ typedef struct run {
     size_t ids_cap;
     int32_t max_new;        /* most new tokens per generation, -1: no limit */
     int verbose;            /* -v: token ids on stderr */
+    const char *prompt_cache; /* --prompt-cache FILE, or NULL */
     /* statistics */
     int64_t prompt_tokens, gen_tokens;
     double prompt_s, gen_s;
@@ -237,6 +242,30 @@ static void feed(run *r, const int32_t *ids, int32_t n) {
     if (rq4_forward(r->model, ids, n, r->logits, 0, &err) != RQ4_OK) die("%s", err.message);
     r->prompt_s += now_s() - t0;
     r->prompt_tokens += n;
+}
+
+/* Feeds a prompt through --prompt-cache: the saved state's common prefix
+ * with ids is kept (all but the last id at most: its logits are needed) and
+ * only the rest is fed; the prompt's state is saved when it differs from the
+ * file's. A missing file is silently made; one that does not fit (another
+ * model, -c or -k, corrupt) is reported on stderr and rewritten. */
+static void feed_prompt(run *r, const int32_t *ids, int32_t n) {
+    rq4_error err;
+    int32_t *saved = malloc(sizeof(int32_t) * (size_t)r->cfg->n_ctx), n_saved = 0, keep = 0;
+    if (!saved) die("out of memory for the prompt cache");
+    double t0 = now_s();
+    if (rq4_load_state(r->model, r->prompt_cache, saved, r->cfg->n_ctx, &n_saved, &err) == RQ4_OK) {
+        while (keep < n_saved && keep < n - 1 && saved[keep] == ids[keep]) keep++;
+        if (rq4_rewind(r->model, keep, &err) != RQ4_OK) die("%s", err.message);
+    } else if (!(err.code == RQ4_ERR_IO && access(r->prompt_cache, F_OK) != 0)) {
+        fprintf(stderr, "runq4: prompt cache not used: %s\n", err.message);
+    }
+    r->prompt_s += now_s() - t0;
+    fprintf(stderr, "runq4: prompt cache %s: %d of %d prompt tokens reused\n", r->prompt_cache, keep, n);
+    feed(r, ids + keep, n - keep);
+    int same = n_saved == n && memcmp(saved, ids, sizeof(int32_t) * (size_t)n) == 0;
+    if (!same && rq4_save_state(r->model, r->prompt_cache, ids, n, &err) != RQ4_OK) die("%s", err.message);
+    free(saved);
 }
 
 static void print_ids(const char *what, const int32_t *ids, int64_t n) {
@@ -346,7 +375,8 @@ static void run_chat(run *r, const char *prompt, const char *system) {
         if (t.n > (size_t)INT32_MAX) die("the message is too long");
         int32_t n = (int32_t)t.n;
         if (r->verbose) print_ids("prompt", t.ids, n);
-        feed(r, t.ids, n);
+        if (first && r->prompt_cache) feed_prompt(r, t.ids, n);
+        else feed(r, t.ids, n);
         pending = generate(r);
         emit("\n", 1);
         first = 0;
@@ -370,7 +400,7 @@ typedef struct option {
 
 enum {
     OPT_PROMPT, OPT_MAX_NEW, OPT_TEMPERATURE, OPT_TOP_P, OPT_TOP_K, OPT_SEED, OPT_THREADS, OPT_CTX, OPT_KV_TYPE,
-    OPT_CHAT, OPT_MODE, OPT_SYSTEM, OPT_MAX_MEMORY, OPT_VERBOSE, OPT_VERSION, OPT_HELP, N_OPTIONS
+    OPT_CHAT, OPT_MODE, OPT_SYSTEM, OPT_MAX_MEMORY, OPT_PROMPT_CACHE, OPT_VERBOSE, OPT_VERSION, OPT_HELP, N_OPTIONS
 };
 
 static const option OPTIONS[N_OPTIONS] = {
@@ -380,7 +410,8 @@ static const option OPTIONS[N_OPTIONS] = {
     [OPT_THREADS] = {"threads", 'T', 1},     [OPT_CTX] = {"ctx", 'c', 1},
     [OPT_KV_TYPE] = {"kv-type", 'k', 1},     [OPT_CHAT] = {"chat", 0, 0},
     [OPT_MODE] = {NULL, 'm', 1},             [OPT_SYSTEM] = {"system", 'y', 1},
-    [OPT_MAX_MEMORY] = {"max-memory", 'M', 1}, [OPT_VERBOSE] = {NULL, 'v', 0},
+    [OPT_MAX_MEMORY] = {"max-memory", 'M', 1}, [OPT_PROMPT_CACHE] = {"prompt-cache", 0, 1},
+    [OPT_VERBOSE] = {NULL, 'v', 0},
     [OPT_VERSION] = {"version", 0, 0},       [OPT_HELP] = {"help", 'h', 0},
 };
 
@@ -416,7 +447,7 @@ static int parse_option(int argc, char **argv, int *i, const char **value, const
 }
 
 int main(int argc, char **argv) {
-    const char *path = NULL, *prompt = NULL, *system = NULL, *kv = "f32";
+    const char *path = NULL, *prompt = NULL, *system = NULL, *kv = "f32", *prompt_cache = NULL;
     float temperature = 0.0f, top_p = 1.0f;
     uint64_t seed = 0, max_mb = 0;
     int have_seed = 0, verbose = 0, chat_mode = 0;
@@ -459,6 +490,10 @@ int main(int argc, char **argv) {
             chat_mode = strcmp(v, "chat") == 0;
             break;
         case OPT_SYSTEM: system = v; break;
+        case OPT_PROMPT_CACHE:
+            if (!*v) die("%s needs a file name", a);
+            prompt_cache = v;
+            break;
         case OPT_THREADS: threads = parse_long(a, v, 1, RQ4_MAX_THREADS); break;
         case OPT_CTX: ctx = parse_long(a, v, 1, INT32_MAX); break;
         case OPT_KV_TYPE:
@@ -487,6 +522,7 @@ int main(int argc, char **argv) {
     double t_start = now_s();
     r.max_new = (int32_t)max_new;
     r.verbose = verbose;
+    r.prompt_cache = prompt_cache;
     if (rq4_open(path, &opts, &r.model, &err) != RQ4_OK) die("%s", err.message);
     r.cfg = rq4_get_config(r.model);
     if (rq4_tokenizer_from_model(r.model, &r.tok, &err) != RQ4_OK) die("%s", err.message);
@@ -521,7 +557,8 @@ int main(int argc, char **argv) {
         int32_t n = encode(&r, text, strlen(text), 0, r.cfg->bos_id);
         if (n == 0) die("the prompt is empty (and the model has no BOS token)");
         if (r.verbose) print_ids("prompt", r.ids, n);
-        feed(&r, r.ids, n);
+        if (r.prompt_cache) feed_prompt(&r, r.ids, n);
+        else feed(&r, r.ids, n);
         generate(&r);
         emit("\n", 1);
     }

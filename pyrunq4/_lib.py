@@ -58,8 +58,8 @@ TYPE_BLOB = lib.RQ4_TYPE_BLOB
 
 from .errors import (ArgumentError, BnbError, ClosedError, ContextFullError,  # noqa: E402,F401
                      DataError, ExportError, FormatError, MemoryLimitError, OutOfMemoryError,
-                     Runq4Error, Runq4IOError, ThreadError, TokenizerError, UnsupportedError,
-                     UsageError, VersionError)
+                     Runq4Error, Runq4IOError, StateMismatchError, ThreadError, TokenizerError,
+                     UnsupportedError, UsageError, VersionError)
 
 _ERRORS = {
     lib.RQ4_ERR_IO: Runq4IOError,
@@ -71,6 +71,7 @@ _ERRORS = {
     lib.RQ4_ERR_CONTEXT_FULL: ContextFullError,
     lib.RQ4_ERR_MEMORY_LIMIT: MemoryLimitError,
     lib.RQ4_ERR_THREAD: ThreadError,
+    lib.RQ4_ERR_MISMATCH: StateMismatchError,
 }
 
 
@@ -193,6 +194,22 @@ def position(h: Handle) -> int:
 def rewind(h: Handle, pos: int):
     err = ffi.new("rq4_error *")
     _check(lib.rq4_rewind(h.ptr, pos, err), err)
+
+
+def save_state(h: Handle, path, tokens: list):
+    """Writes the cache and its ids (len(tokens) == position) to path."""
+    err = ffi.new("rq4_error *")
+    ids = ffi.new("int32_t[]", tokens) if tokens else ffi.NULL
+    _check(lib.rq4_save_state(h.ptr, os.fsencode(path), ids, len(tokens), err), err)
+
+
+def load_state(h: Handle, path, cap: int) -> list:
+    """Reads a saved state into the cache; returns its ids."""
+    err = ffi.new("rq4_error *")
+    ids = ffi.new("int32_t[]", max(cap, 1))
+    n = ffi.new("int32_t *")
+    _check(lib.rq4_load_state(h.ptr, os.fsencode(path), ids, cap, n, err), err)
+    return list(ffi.unpack(ids, n[0]))
 
 
 def blob(h: Handle, name: str):

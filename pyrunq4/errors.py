@@ -9,7 +9,7 @@ classes below and re-exports them; `except pyrunq4.Runq4Error` catches all.
 __all__ = [
     "Runq4Error", "Runq4IOError", "FormatError", "VersionError", "UnsupportedError",
     "OutOfMemoryError", "ArgumentError", "ContextFullError", "MemoryLimitError",
-    "ThreadError", "ClosedError", "UsageError", "ExportError", "BnbError",
+    "ThreadError", "StateMismatchError", "ClosedError", "UsageError", "ExportError", "BnbError",
     "TokenizerError", "DataError",
 ]
 
@@ -60,6 +60,11 @@ class MemoryLimitError(Runq4Error, MemoryError):
 
 class ThreadError(Runq4Error, RuntimeError):
     """A worker thread could not be started (RQ4_ERR_THREAD)."""
+
+
+class StateMismatchError(Runq4Error, ValueError):
+    """A saved state of another model file or other settings (n_ctx, kv_type)
+    (RQ4_ERR_MISMATCH)."""
 
 
 class ClosedError(Runq4Error):

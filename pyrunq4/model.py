@@ -412,6 +412,23 @@ class Model:
         """Empties the cache."""
         self.rewind(0)
 
+    def save_state(self, path):
+        """Writes the KV cache up to the position and its ids to path
+        (atomically: path is the old file or the whole new one). The file
+        only loads into this model file with the same n_ctx and kv_type."""
+        with self._lock:
+            _lib.save_state(self._handle(), path, self._tokens)
+
+    def load_state(self, path):
+        """Restores a cache save_state wrote: position and tokens come back,
+        so stream/generate reuse the common prefix of the next prompt. A
+        missing, corrupt or foreign file raises a Runq4Error (StateMismatchError
+        for another model or settings) and leaves the cache as it was."""
+        with self._lock:
+            tokens = _lib.load_state(self._handle(), path, self.config.n_ctx)
+            self._tokens = tokens
+            self._epoch += 1
+
     def _sync(self, seq: list, progress: bool = False) -> np.ndarray:
         """Makes the cache hold exactly seq, reusing the longest common prefix
         with what is cached, and returns the last token's (vocab,) logits.

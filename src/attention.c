@@ -140,16 +140,6 @@ static inline __attribute__((always_inline)) void weighted_values(const float *a
     for (int h = 0; h < NH; h++) memcpy(out + (size_t)h * hd, acc[h], (size_t)hd * sizeof(float));
 }
 
-/* Element offset of (layer, kv head, position) in the value cache: head-major,
- * so attention streams each head's rows from one contiguous block (a row-major
- * (position, kv_dim) cache made it read head_dim of every kv_dim values, and
- * decoding spent more time there than in the matmuls). */
-static inline size_t kv_at(const rq4_model *m, int layer, int kv_head, int pos) {
-    const rq4_config *c = &m->config;
-    return (((size_t)layer * (size_t)c->n_kv_heads + (size_t)kv_head) * (size_t)kv_len(c->n_ctx) + (size_t)pos) *
-           (size_t)c->head_dim;
-}
-
 /* The key cache holds each head's keys transposed in blocks of 16 positions:
  * value i of position p at key_at(p) + 16 * i, so one vector holds value i of
  * 16 consecutive keys and the scores of 16 positions are 16 lanes. */

@@ -40,6 +40,7 @@ const char *rq4_strerror(int32_t code) {
     case RQ4_ERR_CONTEXT_FULL: return "the tokens do not fit in the remaining context";
     case RQ4_ERR_MEMORY_LIMIT: return "the model and context exceed the memory limit";
     case RQ4_ERR_THREAD: return "a worker thread could not be started";
+    case RQ4_ERR_MISMATCH: return "a saved state of another model or settings";
     default: return "unknown error";
     }
 }

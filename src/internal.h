@@ -128,6 +128,17 @@ static inline int64_t kv_len(int n_ctx) { return ((int64_t)n_ctx + 15) / 16 * 16
 static inline uint64_t sat_add_u64(uint64_t a, uint64_t b) { return a > UINT64_MAX - b ? UINT64_MAX : a + b; }
 static inline uint64_t sat_mul_u64(uint64_t a, uint64_t b) { return a != 0 && b > UINT64_MAX / a ? UINT64_MAX : a * b; }
 
+/* Element offset of (layer, kv head, position) in the value cache (and of
+ * position pos / 16 * 16's block in the key cache, see key_at in attention.c): head-major,
+ * so attention streams each head's rows from one contiguous block (a row-major
+ * (position, kv_dim) cache made it read head_dim of every kv_dim values, and
+ * decoding spent more time there than in the matmuls). */
+static inline size_t kv_at(const rq4_model *m, int layer, int kv_head, int pos) {
+    const rq4_config *c = &m->config;
+    return (((size_t)layer * (size_t)c->n_kv_heads + (size_t)kv_head) * (size_t)kv_len(c->n_ctx) + (size_t)pos) *
+           (size_t)c->head_dim;
+}
+
 /* Floats of attention scratch per thread: the scores of the kv_mul query
  * heads sharing a kv head, (kv_mul, n_ctx), then 4 value rows (4, head_dim). */
 static inline size_t attention_scratch(const rq4_config *c, int n_ctx) {

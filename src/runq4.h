@@ -86,7 +86,8 @@ typedef enum rq4_status {
     RQ4_ERR_ARG = 6,          /* bad argument (token id, thread count, NULL ...) */
     RQ4_ERR_CONTEXT_FULL = 7, /* the tokens do not fit in the remaining context */
     RQ4_ERR_MEMORY_LIMIT = 8, /* the requested context exceeds options.max_memory */
-    RQ4_ERR_THREAD = 9        /* a worker thread could not be started */
+    RQ4_ERR_THREAD = 9,       /* a worker thread could not be started */
+    RQ4_ERR_MISMATCH = 10     /* a saved state of another model or settings */
 } rq4_status;
 
 typedef struct rq4_error {
@@ -162,6 +163,26 @@ int32_t rq4_position(const rq4_model *m);
 
 /* Keeps the first `pos` cached tokens and forgets the rest (0 resets). */
 rq4_status rq4_rewind(rq4_model *m, int32_t pos, rq4_error *err);
+
+/* ---- Saved state (state.c) ----
+ * The KV cache up to the position and the ids that filled it, in a file tied
+ * to this model file (its size and a hash of its header and table) and to
+ * n_ctx, kv_type, n_layers, n_kv_heads and head_dim. Format: docs/FORMAT.md. */
+#define RQ4_STATE_VERSION 1
+
+/* Writes the n == rq4_position(m) ids `tokens` and the cache they filled to
+ * `path`, through a temporary file in the same directory renamed over it:
+ * `path` is either the old file or the whole new one. */
+rq4_status rq4_save_state(const rq4_model *m, const char *path, const int32_t *tokens, int32_t n,
+                          rq4_error *err);
+
+/* Reads a file rq4_save_state wrote: the cache and the position are restored
+ * and the ids go to tokens_out (cap >= n_ctx always suffices), *n their
+ * count. A missing, truncated or corrupt file, one of another version, or one
+ * of another model or settings (RQ4_ERR_MISMATCH) is refused and the model
+ * is left as it was. */
+rq4_status rq4_load_state(rq4_model *m, const char *path, int32_t *tokens_out, int32_t cap, int32_t *n,
+                          rq4_error *err);
 
 /* A blob of the file by name ("tokenizer.json", "chat_template", ...): a
  * pointer into the mapping, valid until rq4_close, and its size; NULL when the
