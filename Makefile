@@ -20,7 +20,7 @@ CLI_SRCS = $(sort $(wildcard cli/*.c))
 CLI_HEADERS = $(wildcard cli/*.h)
 
 .PHONY: sanitize valgrind fuzz fuzz-build all lib clean help venv demo test test-c test-kernels test-kernels-asan \
-        bench-kernels cross-aarch64-test-kernels cross-aarch64 cross-armv7 check
+        bench-kernels cross-aarch64-test-kernels cross-aarch64 cross-armv7 check armperf
 
 # all: the library
 all: lib
@@ -113,6 +113,13 @@ runq4: $(CLI_SRCS) $(CLI_HEADERS) $(BUILD)/librunq4.a $(HEADERS)
 runq4-asan: $(CLI_SRCS) $(CLI_HEADERS) $(LIB_SRCS) $(HEADERS)
 	$(CC) -O1 -g -fsanitize=address,undefined -fno-omit-frame-pointer $(BASE_CFLAGS) -Isrc \
 		$(CLI_SRCS) $(LIB_SRCS) -o $@ $(LDLIBS)
+
+# armperf: predicted throughput of the aarch64 kernels, no board needed: the
+#   kernels built as above, traced under qemu and run through llvm-mca-22's
+#   core models (tools/armperf.py; --help for its options).
+#   Debian: gcc-aarch64-linux-gnu qemu-user llvm-22
+armperf:
+	python3 tools/armperf.py
 
 # cross-aarch64: runq4-aarch64, the binary for a 64-bit ARM board: static (copy it
 #   and the .rq4 file, nothing else), portable -march=armv8-a (the NEON dot-product

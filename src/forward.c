@@ -80,7 +80,8 @@ static const qact *quantized_input(rq4_model *m, const float *x, int n, int ntok
     a->ntok = ntok;
     quantize_job j = {a, x};
     rq4_run_parallel(m, quantize_tokens, &j, ntok);
-    rq4_interleave_act(a);
+    if (rq4_kernels_read_tiles(m->kernels)) rq4_interleave_act(a);
+    else a->ntile = 0; /* no kernel of this set reads them */
     return a;
 }
 

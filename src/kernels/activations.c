@@ -34,22 +34,31 @@ typedef int8_t i8x16 __attribute__((vector_size(16)));
 #define HIGH_EIGHTH(v) __builtin_shufflevector(v, v, 2, 3, 2, 3, 2, 3, 2, 3, 2, 3, 2, 3, 2, 3, 2, 3)
 
 /* One block of QK values: returns its scale d, writes q and *sum. Written
- * with 16-lane vectors (GCC left the plain loops half scalar): the largest |x|
- * (a maximum is exact in any order, and NaN loses every comparison), then q,
- * then its sum. */
+ * with 16-lane vectors (GCC left the plain loops half scalar): the largest |x|,
+ * then q, then its sum. The largest |x| is taken on the bits as integers (for
+ * floats >= 0 their order), NaN counting as 0, so NaN loses to every value
+ * as in a float comparison; a float maximum would let clang use fmaxnm,
+ * which returns NaN for a signalling NaN. */
 static inline __attribute__((always_inline)) float quantize_block(const float *restrict x, int8_t *restrict q,
                                                                   int32_t *sum) {
-    f32x16 v[QK / 16], top = {0};
+    f32x16 v[QK / 16];
+    i32x16 top = {0};
     memcpy(v, x, sizeof v);
     for (int h = 0; h < QK / 16; h++) {
-        f32x16 a = (f32x16)((i32x16)v[h] & 0x7fffffff);
-        top = SELECT16(a > top, a, top);
+        i32x16 a = (i32x16)v[h] & 0x7fffffff;
+        a &= ~(a > 0x7f800000); /* NaN: 0 */
+        i32x16 more = a > top;
+        top = (more & a) | (~more & top);
     }
     /* halvings, as vectors (lanes of the upper half onto the lower) */
-    top = SELECT16(HIGH_HALF(top) > top, HIGH_HALF(top), top);
-    top = SELECT16(HIGH_QUARTER(top) > top, HIGH_QUARTER(top), top);
-    top = SELECT16(HIGH_EIGHTH(top) > top, HIGH_EIGHTH(top), top);
-    float amax = top[1] > top[0] ? top[1] : top[0];
+    i32x16 more = HIGH_HALF(top) > top;
+    top = (more & HIGH_HALF(top)) | (~more & top);
+    more = HIGH_QUARTER(top) > top;
+    top = (more & HIGH_QUARTER(top)) | (~more & top);
+    more = HIGH_EIGHTH(top) > top;
+    top = (more & HIGH_EIGHTH(top)) | (~more & top);
+    union { int32_t i; float f; } amax_bits = {top[1] > top[0] ? top[1] : top[0]};
+    float amax = amax_bits.f;
     float dg = amax / 127.0f;
     i32x16 s = {0};
     for (int h = 0; h < QK / 16; h++) {
@@ -58,9 +67,11 @@ static inline __attribute__((always_inline)) float quantize_block(const float *r
             /* round half to even: adding and subtracting 1.5 * 2^23 leaves no
              * fraction bits (|r| <= 127 here); same as nearbyintf */
             f32x16 r = (v[h] / dg + 12582912.0f) - 12582912.0f;
+            /* NaN to 0 before the clamps: clang may turn a clamp into
+             * fminnm/fmaxnm, which map a NaN to the bound */
+            r = SELECT16(r == r, r, (f32x16){0});
             r = SELECT16(r > 127.0f, (f32x16){0} + 127.0f, r);
             r = SELECT16(r < -127.0f, (f32x16){0} - 127.0f, r);
-            r = SELECT16(r == r, r, (f32x16){0}); /* NaN: 0 */
             qi = __builtin_convertvector(r, i32x16);
         }
         i8x16 q8 = __builtin_convertvector(qi, i8x16);

@@ -1,71 +1,80 @@
-/* The body of the aarch64 kernel sets, included once by neon.c and once by
- * neon_dotprod.c (not a public header; not compiled on its own). Its
- * functions are static with plain names: each including file is one kernel
- * set.
+/* The loops shared by the two aarch64 kernel sets (included by neon.c and
+ * neon_dotprod.c, each a translation unit of its own, so the static names
+ * below are defined once here and exist once per set; not compiled alone).
  *
- * The includer defines TGT (target attribute or nothing) and DOT(acc, w, x):
- * acc (int32x4_t) + the products of 16 int8 pairs; and optionally
- * DOT32_Q4(acc, w, x) for 32 values of int4 weights (|w| <= 15).
+ * The includer defines, for blocks in nibble order (qact.qp) or Q8:
+ *   wquad unpack_quad(kind, wq, cnt)   blocks 0 .. cnt-1 (cnt 1..4) of the
+ *       16-byte (Q4) or 32-byte (Q8) blocks at wq, as two int8x16 per block
+ *   int32x4_t block_dot(kind, w, k, xlo, xhi)   partial sums of block k of w
+ *       against the activations xlo (for w->lo[k]) and xhi (for w->hi[k])
+ *   float32x4_t isum_f32(kind, s)   the exact float of the int32 sums s as
+ *       block_dot scales them (dotprod Q4S: 16 times the sum; scvtf #4 then
+ *       divides exactly, |16 * isum| < 2^24)
  *
- * Per row, the tokens go in tiles of up to 4. Each 32-value block of the row
- * is unpacked once (16 bytes of nibbles into two int8x16 in value order: vzip
- * of the low and high nibbles; Q4S sign-extended with shifts, Q4A as 0..15)
- * and dotted with every token of the tile, into one int32x4 per (token,
- * block); products are signed x signed, so no offset correction is needed.
- * Four consecutive blocks b0..b0+3 (b0 % 4 == 0) of a token reduce with
- * vpaddq to their 4 integer sums in block order, and the float part of
- * kernels.h's contract runs on them as one float32x4:
- *     term = (d4 * dx) * isum  [+ (m4 * dx) * xs  for Q4A]
- * added to the token's lane vector (b0 / 4) % 4 of four (lanes 0-3, 4-7,
- * 8-11, 12-15), that is lane b % 16. A last partial quad (nb % 4 blocks)
- * adds to its valid lanes only. The final tree: v0+v2, v1+v3, their sum,
- * then lane 0+2 and 1+3, then those two: sum_lanes' order. No fma (see the
- * pragmas in kernels.h). Nothing is read past a row, a token or a scale array. The
- * entry points (rows r0..r1, tiles of 4 tokens, the dot_* per weight type)
- * are simd_entry.h, shared with the x86 files.
+ * Every kernel here computes kernels.h's contract: the integer sum of each
+ * block, then per block (d * dx) * isum [+ (m * dx) * xs], added into the
+ * float lane b % 16 of its row and token, four lanes per float32x4. Rows go in
+ * steps of R and tokens in tiles of T, both compile-time constants at each call
+ * (so the accumulators stay in registers): each block's unpacked weights serve
+ * T tokens and each activation load R rows. The row is walked 16 blocks at a
+ * time (one quad into each lane vector), the scales of those 16 blocks
+ * converted at once (fcvtl) in the layouts of groups of 1, 2 and 4 blocks
+ * (g32, g64, g128); any other group size, and the blocks past the last 16,
+ * take a per-quad path whose group index is a running count (no division).
+ * Past the last block of a partial quad the terms are (0 * 0) * 0 = +0.0,
+ * which leaves every lane unchanged (lanes start at +0.0 and, rounding to
+ * nearest, never become -0.0), so nothing is masked.
  */
-#include <arm_neon.h>
 
+#include <string.h>
 
 enum { K_Q4S, K_Q4A, K_Q8 };
 #define ALWAYS static inline __attribute__((always_inline))
-#define TILE 4 /* tokens per tile */
+/* Loops over rows, tokens and blocks of a step run a constant, small number
+ * of times: fully unrolled, their accumulators stay in registers. */
+#ifdef __clang__
+#define UNROLL _Pragma("unroll")
+#else
+#define UNROLL _Pragma("GCC unroll 16")
+#endif
+#define MAX_R 4 /* rows per step, at most */
+#define MAX_T 4 /* tokens per tile, at most */
 
-/* the 32 values of block b of a weight row, in value order */
-ALWAYS int8x16x2_t load_block(int kind, const uint8_t *wq, int b) {
-    int8x16x2_t w;
+/* 4 blocks of one row, as 8 int8x16: lo[k] and hi[k] for block k */
+typedef struct wquad {
+    int8x16_t lo[4], hi[4];
+} wquad;
+
+/* the includer's three primitives (defined after this header) */
+ALWAYS wquad unpack_quad(int kind, const uint8_t *wq, int cnt);
+ALWAYS int32x4_t block_dot(int kind, const wquad *w, int k, int8x16_t xlo, int8x16_t xhi);
+ALWAYS float32x4_t isum_f32(int kind, int32x4_t s);
+
+/* The int32 sums of the 4 blocks of w (lane k = block k) against the
+ * activations of one token from x: a span of 128 values in nibble order
+ * (block k's even values at 16k, its odd ones at 64 + 16k) for int4, plain
+ * values (block k at 32k) for Q8. */
+ALWAYS int32x4_t quad_sums(int kind, const wquad *w, const int8_t *x) {
+    int8x16x4_t a, b;
+    UNROLL
+    for (int k = 0; k < 4; k++) {
+        a.val[k] = vld1q_s8(x + 16 * k);
+        b.val[k] = vld1q_s8(x + 64 + 16 * k);
+    }
+    int32x4_t s[4];
     if (kind == K_Q8) {
-        w.val[0] = vld1q_s8((const int8_t *)wq + b * QK);
-        w.val[1] = vld1q_s8((const int8_t *)wq + b * QK + 16);
-        return w;
-    }
-    uint8x16_t v = vld1q_u8(wq + b * (QK / 2));
-    int8x16_t lo, hi;
-    if (kind == K_Q4S) { /* arithmetic shifts sign-extend the nibbles */
-        lo = vshrq_n_s8(vshlq_n_s8(vreinterpretq_s8_u8(v), 4), 4);
-        hi = vshrq_n_s8(vreinterpretq_s8_u8(v), 4);
+        s[0] = block_dot(kind, w, 0, a.val[0], a.val[1]);
+        s[1] = block_dot(kind, w, 1, a.val[2], a.val[3]);
+        s[2] = block_dot(kind, w, 2, b.val[0], b.val[1]);
+        s[3] = block_dot(kind, w, 3, b.val[2], b.val[3]);
     } else {
-        lo = vreinterpretq_s8_u8(vandq_u8(v, vdupq_n_u8(0x0F)));
-        hi = vreinterpretq_s8_u8(vshrq_n_u8(v, 4));
+        UNROLL
+        for (int k = 0; k < 4; k++) s[k] = block_dot(kind, w, k, a.val[k], b.val[k]);
     }
-    w.val[0] = vzip1q_s8(lo, hi); /* values 0..15 */
-    w.val[1] = vzip2q_s8(lo, hi); /* values 16..31 */
-    return w;
+    return vpaddq_s32(vpaddq_s32(s[0], s[1]), vpaddq_s32(s[2], s[3]));
 }
 
-/* The fp16 scales (or minimums) of blocks b0 .. b0+cnt-1 of a row (cnt 1..4,
- * bpg blocks per group) as floats, 0 in the lanes past cnt. A full quad
- * inside one group (bpg a multiple of 4) is one broadcast, one group per
- * block (bpg 1) one 4-half load; other sizes convert block by block. */
-ALWAYS float32x4_t load_scales(const uint16_t *wd, int b0, int cnt, int bpg) {
-    if (cnt == 4 && bpg == 1) return vcvt_f32_f16(vreinterpret_f16_u16(vld1_u16(wd + b0)));
-    if (cnt == 4 && bpg % 4 == 0) return vdupq_n_f32(fp16_to_f32(wd[b0 / bpg]));
-    float v[4] = {0.0f, 0.0f, 0.0f, 0.0f};
-    for (int k = 0; k < cnt; k++) v[k] = fp16_to_f32(wd[(b0 + k) / bpg]);
-    return vld1q_f32(v);
-}
-
-/* p[0 .. cnt) (cnt 1..4), zeros after: never reads past p[cnt - 1] */
+/* p[0 .. cnt), zeros after, never reading past p[cnt - 1] */
 ALWAYS float32x4_t load_f32(const float *p, int cnt) {
     if (cnt == 4) return vld1q_f32(p);
     float v[4] = {0.0f, 0.0f, 0.0f, 0.0f};
@@ -80,129 +89,238 @@ ALWAYS int32x4_t load_s32(const int32_t *p, int cnt) {
     return vld1q_s32(v);
 }
 
-/* kernels.h's final tree over lanes 0-3 (v0), 4-7 (v1), 8-11 (v2), 12-15 (v3):
- * w = 8: v0+v2, v1+v3; w = 4: their sum; w = 2: lanes 0+2, 1+3; w = 1 */
+ALWAYS float32x4_t f16x4(const uint16_t *h) { return vcvt_f32_f16(vreinterpret_f16_u16(vld1_u16(h))); }
+
+/* A row's group cursor: block `b` is in group g, the in-th block of it. */
+typedef struct cursor {
+    int g, in;
+} cursor;
+
+/* The scales h[group] of the next cnt blocks (0 past cnt), advancing the
+ * cursor by 4 blocks. */
+ALWAYS float32x4_t cursor_scales(cursor *c, const uint16_t *h, int bpg, int cnt) {
+    uint16_t v[4] = {0, 0, 0, 0};
+    int g = c->g, in = c->in;
+    for (int k = 0; k < cnt; k++) {
+        v[k] = h[g];
+        if (++in == bpg) {
+            in = 0;
+            g++;
+        }
+    }
+    c->g = g;
+    c->in = in;
+    return f16x4(v);
+}
+
+/* kernels.h's final tree over lanes 0-3 (v0), 4-7 (v1), 8-11 (v2), 12-15 (v3) */
 ALWAYS float sum16(float32x4_t v0, float32x4_t v1, float32x4_t v2, float32x4_t v3) {
     float32x4_t s = vaddq_f32(vaddq_f32(v0, v2), vaddq_f32(v1, v3));
     float32x2_t h = vadd_f32(vget_low_f32(s), vget_high_f32(s));
     return vget_lane_f32(h, 0) + vget_lane_f32(h, 1);
 }
 
+/* One step's rows and tokens: R rows from r, T tokens from t. */
+typedef struct step {
+    const uint8_t *wq[MAX_R];
+    const uint16_t *wd[MAX_R], *wm[MAX_R];
+    const int8_t *xq[MAX_T]; /* qp (int4) or q (Q8) */
+    const float *xd[MAX_T];
+    const int32_t *xs[MAX_T];
+} step;
 
-/* the int32x4 partial sums of one block: w . x[0..32) */
-ALWAYS TGT int32x4_t block_dot(int kind, int8x16x2_t w, const int8_t *x) {
-    int32x4_t a = vdupq_n_s32(0);
-#ifdef DOT32_Q4 /* a cheaper form for the small int4 values */
-    if (kind != K_Q8) return DOT32_Q4(a, w, x);
-#else
-    (void)kind;
-#endif
-    a = DOT(a, w.val[0], vld1q_s8(x));
-    return DOT(a, w.val[1], vld1q_s8(x + 16));
-}
+typedef float32x4_t lanes[MAX_R][MAX_T][4]; /* [row][token][lanes 4j .. 4j+3] */
 
-/* The terms of blocks b0 .. b0+cnt-1 (b0 % 4 == 0, cnt 1..4) of one row for
- * the T tokens of a tile: term[t] lane k for block b0 + k (0 past cnt). */
-ALWAYS TGT void quad(int kind, const int T, const int8_t *const xq[TILE], const float *const xd[TILE],
-                         const int32_t *const xs[TILE], const uint8_t *wq, const uint16_t *wd,
-                         const uint16_t *wm, int bpg, int b0, int cnt, float32x4_t term[TILE]) {
-    /* integer sums: blocks in pairs (one vpaddq per pair halves the live
-     * accumulators), then the two pairs: lane k = the sum of block b0 + k */
-    int32x4_t pair[2][TILE];
-    for (int h = 0; h < 2; h++) {
-        int k0 = 2 * h, k1 = k0 + 1; /* blocks b0 + k0, b0 + k1 */
-        if (k0 >= cnt) {
-            for (int t = 0; t < T; t++) pair[h][t] = vdupq_n_s32(0);
-            continue;
-        }
-        int8x16x2_t w0 = load_block(kind, wq, b0 + k0), w1 = w0;
-        if (k1 < cnt) w1 = load_block(kind, wq, b0 + k1);
+/* The terms of one quad of blocks (4 blocks from b0) for every row and token:
+ * weights wq[i], activations xq[t], scales d4[i], m4[i], dx[t], xs[t]. */
+ALWAYS void quad_terms(int kind, const int R, const int T, const uint8_t *const *wq, const int8_t *const *xq,
+                       const float32x4_t *d4, const float32x4_t *m4, const float32x4_t *dx,
+                       const float32x4_t *xs, float32x4_t term[MAX_R][MAX_T]) {
+    for (int i = 0; i < R; i++) {
+        wquad w = unpack_quad(kind, wq[i], 4);
         for (int t = 0; t < T; t++) {
-            int32x4_t a0 = block_dot(kind, w0, xq[t] + (size_t)(b0 + k0) * QK), a1 = vdupq_n_s32(0);
-            if (k1 < cnt) a1 = block_dot(kind, w1, xq[t] + (size_t)(b0 + k1) * QK);
-            pair[h][t] = vpaddq_s32(a0, a1);
+            float32x4_t isum = isum_f32(kind, quad_sums(kind, &w, xq[t]));
+            term[i][t] = vmulq_f32(vmulq_f32(d4[i], dx[t]), isum);
+            if (kind == K_Q4A) term[i][t] = vaddq_f32(term[i][t], vmulq_f32(vmulq_f32(m4[i], dx[t]), xs[t]));
         }
-    }
-    /* the float part: (d4 * dx) * isum [+ (m4 * dx) * xs] */
-    float32x4_t d4 = load_scales(wd, b0, cnt, bpg), m4 = vdupq_n_f32(0.0f);
-    if (kind == K_Q4A) m4 = load_scales(wm, b0, cnt, bpg);
-    for (int t = 0; t < T; t++) {
-        float32x4_t isum = vcvtq_f32_s32(vpaddq_s32(pair[0][t], pair[1][t]));
-        float32x4_t dx = load_f32(xd[t] + b0, cnt);
-        term[t] = vmulq_f32(vmulq_f32(d4, dx), isum);
-        if (kind == K_Q4A)
-            term[t] = vaddq_f32(term[t], vmulq_f32(vmulq_f32(m4, dx), vcvtq_f32_s32(load_s32(xs[t] + b0, cnt))));
     }
 }
 
-/* A full quad of blocks from b0 into lane vector j of every token */
-#define ADD_QUAD(j, b0)                                                                          \
-    do {                                                                                         \
-        float32x4_t term_[TILE];                                                                 \
-        quad(kind, T, xq, xd, xs, wq, wd, wm, bpg, (b0), 4, term_);                          \
-        for (int t_ = 0; t_ < T; t_++) acc[t_][j] = vaddq_f32(acc[t_][j], term_[t_]);             \
-    } while (0)
-
-/* Row r times tokens t0 .. t0+T-1 (T = 1..4): out[t * out_stride] for the
- * tile's token t (out points at token t0's output of row r). */
-ALWAYS TGT void tile(int kind, const int T, const qact *x, const qmat *w, int r, float *out,
-                         size_t out_stride, int t0) {
-    const int n = x->n, nb = x->nb, bpg = w->gs / QK;
-    const uint8_t *wq = w->q + (size_t)r * w->row_bytes;
-    const uint16_t *wd = w->d + (size_t)r * (size_t)w->ngroups;
-    const uint16_t *wm = kind == K_Q4A ? w->m + (size_t)r * (size_t)w->ngroups : NULL;
-    const int8_t *xq[TILE] = {0};
-    const float *xd[TILE] = {0};
-    const int32_t *xs[TILE] = {0};
-    float32x4_t acc[TILE][4]; /* [token][lanes 0-3, 4-7, 8-11, 12-15] */
+/* Lane vector j of acc += the quad of blocks from b0 (whole, in 128-spans) */
+ALWAYS void add_quad(int kind, const int R, const int T, const step *s, int b0, const float32x4_t *d4,
+                     const float32x4_t *m4, lanes acc, const int j) {
+    const size_t wstep = kind == K_Q8 ? QK : QK / 2;
+    const uint8_t *wq[MAX_R];
+    const int8_t *xq[MAX_T];
+    float32x4_t dx[MAX_T], xs[MAX_T], term[MAX_R][MAX_T];
+    for (int i = 0; i < R; i++) wq[i] = s->wq[i] + (size_t)b0 * wstep;
     for (int t = 0; t < T; t++) {
-        size_t row = (size_t)(t0 + t);
-        xq[t] = x->q + row * (size_t)n;
-        xd[t] = x->d + row * (size_t)nb;
-        xs[t] = x->s + row * (size_t)nb;
-        for (int j = 0; j < 4; j++) acc[t][j] = vdupq_n_f32(0.0f);
+        xq[t] = s->xq[t] + (size_t)b0 * QK;
+        dx[t] = vld1q_f32(s->xd[t] + b0);
+        xs[t] = kind == K_Q4A ? vcvtq_f32_s32(vld1q_s32(s->xs[t] + b0)) : dx[t];
     }
+    quad_terms(kind, R, T, wq, xq, d4, m4, dx, xs, term);
+    for (int i = 0; i < R; i++)
+        for (int t = 0; t < T; t++) acc[i][t][j] = vaddq_f32(acc[i][t][j], term[i][t]);
+}
+
+/* Quad j of the 16 blocks from b, with their scales d4[row][j] */
+ALWAYS void add_quad_j(int kind, const int R, const int T, const step *s, int b, float32x4_t d4[MAX_R][4],
+                       float32x4_t m4[MAX_R][4], lanes acc, const int j) {
+    float32x4_t dj[MAX_R], mj[MAX_R];
+    for (int i = 0; i < R; i++) {
+        dj[i] = d4[i][j];
+        mj[i] = m4[i][j];
+    }
+    add_quad(kind, R, T, s, b + 4 * j, dj, mj, acc, j);
+}
+
+/* The blocks from b (a multiple of 16) to the row's end, fewer than 16 (any
+ * group size; R, T not constants: once per row). The last partial quad is
+ * copied into zeroed buffers laid out as a whole quad (its activations from
+ * their spans of 64 and 32 values). */
+static __attribute__((noinline)) void add_tail(int kind, int R, int T, const step *s, int b, int nb, int bpg,
+                                               lanes acc) {
+    const size_t wstep = kind == K_Q8 ? QK : QK / 2;
+    cursor cur[MAX_R], curm[MAX_R];
+    for (int i = 0; i < R; i++) cur[i] = curm[i] = (cursor){b / bpg, b % bpg};
+    for (int j = 0; b < nb; j++, b += 4) {
+        int cnt = nb - b < 4 ? nb - b : 4;
+        uint8_t wbuf[MAX_R][4 * QK] = {{0}};
+        int8_t xbuf[MAX_T][4 * QK] = {{0}};
+        const uint8_t *wq[MAX_R];
+        const int8_t *xq[MAX_T];
+        float32x4_t d4[MAX_R], m4[MAX_R], dx[MAX_T], xs[MAX_T], term[MAX_R][MAX_T];
+        for (int i = 0; i < R; i++) {
+            wq[i] = s->wq[i] + (size_t)b * wstep;
+            if (cnt < 4) {
+                memcpy(wbuf[i], wq[i], (size_t)cnt * wstep);
+                wq[i] = wbuf[i];
+            }
+            d4[i] = cursor_scales(&cur[i], s->wd[i], bpg, cnt);
+            m4[i] = kind == K_Q4A ? cursor_scales(&curm[i], s->wm[i], bpg, cnt) : d4[i];
+        }
+        for (int t = 0; t < T; t++) {
+            xq[t] = s->xq[t] + (size_t)b * QK;
+            if (cnt < 4) {
+                if (kind == K_Q8) {
+                    memcpy(xbuf[t], xq[t], (size_t)cnt * QK);
+                } else { /* blocks 0, 1 in a span of 64 (when cnt >= 2), then one of 32 */
+                    for (int k = 0; k < cnt; k++) {
+                        int first = k < 2 && cnt >= 2 ? 0 : 32 * k, half = k < 2 && cnt >= 2 ? 32 : 16;
+                        int in = k - first / 32;
+                        memcpy(xbuf[t] + 16 * k, xq[t] + first + 16 * in, 16);
+                        memcpy(xbuf[t] + 64 + 16 * k, xq[t] + first + half + 16 * in, 16);
+                    }
+                }
+                xq[t] = xbuf[t];
+            }
+            dx[t] = load_f32(s->xd[t] + b, cnt);
+            xs[t] = vcvtq_f32_s32(load_s32(s->xs[t] + b, cnt));
+        }
+        quad_terms(kind, R, T, wq, xq, d4, m4, dx, xs, term);
+        for (int i = 0; i < R; i++)
+            for (int t = 0; t < T; t++) acc[i][t][j] = vaddq_f32(acc[i][t][j], term[i][t]);
+    }
+}
+
+/* The scales of the 16 blocks from b (a multiple of 16, all inside the row)
+ * of one row, as the 4 quads' float32x4, for groups of 1, 2 or 4 blocks. */
+ALWAYS void scales16(const uint16_t *h, int b, int bpg, float32x4_t q[4]) {
+    if (bpg == 1) {
+        float16x8_t a = vreinterpretq_f16_u16(vld1q_u16(h + b)), c = vreinterpretq_f16_u16(vld1q_u16(h + b + 8));
+        q[0] = vcvt_f32_f16(vget_low_f16(a));
+        q[1] = vcvt_high_f32_f16(a);
+        q[2] = vcvt_f32_f16(vget_low_f16(c));
+        q[3] = vcvt_high_f32_f16(c);
+    } else if (bpg == 2) {
+        float16x8_t a = vreinterpretq_f16_u16(vld1q_u16(h + b / 2));
+        float32x4_t f0 = vcvt_f32_f16(vget_low_f16(a)), f1 = vcvt_high_f32_f16(a);
+        q[0] = vzip1q_f32(f0, f0);
+        q[1] = vzip2q_f32(f0, f0);
+        q[2] = vzip1q_f32(f1, f1);
+        q[3] = vzip2q_f32(f1, f1);
+    } else { /* bpg == 4: one group per quad */
+        float32x4_t f = f16x4(h + b / 4);
+        q[0] = vdupq_laneq_f32(f, 0);
+        q[1] = vdupq_laneq_f32(f, 1);
+        q[2] = vdupq_laneq_f32(f, 2);
+        q[3] = vdupq_laneq_f32(f, 3);
+    }
+}
+
+/* R rows from r times T tokens from t */
+ALWAYS void dot_step(int kind, const int R, const int T, const qact *x, const qmat *w, int r, int t, float *out,
+                     size_t out_stride) {
+    const int nb = x->nb, bpg = w->gs / QK, fast = bpg == 1 || bpg == 2 || bpg == 4;
+    const size_t n = (size_t)x->n;
+    step s;
+    lanes acc;
+    for (int i = 0; i < R; i++) {
+        s.wq[i] = w->q + (size_t)(r + i) * w->row_bytes;
+        s.wd[i] = w->d + (size_t)(r + i) * (size_t)w->ngroups;
+        s.wm[i] = kind == K_Q4A ? w->m + (size_t)(r + i) * (size_t)w->ngroups : NULL;
+        for (int k = 0; k < T; k++)
+            for (int j = 0; j < 4; j++) acc[i][k][j] = vdupq_n_f32(0.0f);
+    }
+    for (int k = 0; k < T; k++) {
+        size_t tok = (size_t)(t + k);
+        s.xq[k] = (kind == K_Q8 ? x->q : x->qp) + tok * n;
+        s.xd[k] = x->d + tok * (size_t)nb;
+        s.xs[k] = x->s + tok * (size_t)nb;
+    }
+    cursor cur[MAX_R] = {{0, 0}}, curm[MAX_R] = {{0, 0}};
     int b = 0;
-    for (; b + 16 <= nb; b += 16) { /* 16 blocks: a quad into each lane vector */
-        ADD_QUAD(0, b);
-        ADD_QUAD(1, b + 4);
-        ADD_QUAD(2, b + 8);
-        ADD_QUAD(3, b + 12);
-    }
-    int rest = nb - b; /* 0 .. 15 blocks: up to 3 full quads, then a partial one */
-    if (rest >= 4) ADD_QUAD(0, b);
-    if (rest >= 8) ADD_QUAD(1, b + 4);
-    if (rest >= 12) ADD_QUAD(2, b + 8);
-    if (rest % 4) {
-        int j = rest / 4, cnt = rest % 4;
-        float32x4_t term[TILE];
-        quad(kind, T, xq, xd, xs, wq, wd, wm, bpg, b + 4 * j, cnt, term);
-        /* the missing lanes get nothing (not even +0.0) */
-        static const uint32_t lane_index[4] = {0, 1, 2, 3};
-        uint32x4_t valid = vcltq_u32(vld1q_u32(lane_index), vdupq_n_u32((uint32_t)cnt));
-        for (int t = 0; t < T; t++) {
-            switch (j) { /* constant indexes keep acc in registers */
-            case 0: acc[t][0] = vbslq_f32(valid, vaddq_f32(acc[t][0], term[t]), acc[t][0]); break;
-            case 1: acc[t][1] = vbslq_f32(valid, vaddq_f32(acc[t][1], term[t]), acc[t][1]); break;
-            case 2: acc[t][2] = vbslq_f32(valid, vaddq_f32(acc[t][2], term[t]), acc[t][2]); break;
-            default: acc[t][3] = vbslq_f32(valid, vaddq_f32(acc[t][3], term[t]), acc[t][3]); break;
+    for (; b + 16 <= nb; b += 16) {
+        float32x4_t d4[MAX_R][4], m4[MAX_R][4];
+        for (int i = 0; i < R; i++) {
+            for (int j = 0; j < 4; j++) {
+                if (fast) {
+                    if (j == 0) {
+                        scales16(s.wd[i], b, bpg, d4[i]);
+                        if (kind == K_Q4A) scales16(s.wm[i], b, bpg, m4[i]);
+                    }
+                } else {
+                    d4[i][j] = cursor_scales(&cur[i], s.wd[i], bpg, 4);
+                    if (kind == K_Q4A) m4[i][j] = cursor_scales(&curm[i], s.wm[i], bpg, 4);
+                }
+                if (kind != K_Q4A) m4[i][j] = d4[i][j];
             }
         }
+        add_quad_j(kind, R, T, &s, b, d4, m4, acc, 0);
+        add_quad_j(kind, R, T, &s, b, d4, m4, acc, 1);
+        add_quad_j(kind, R, T, &s, b, d4, m4, acc, 2);
+        add_quad_j(kind, R, T, &s, b, d4, m4, acc, 3);
     }
-    for (int t = 0; t < T; t++) out[(size_t)t * out_stride] = sum16(acc[t][0], acc[t][1], acc[t][2], acc[t][3]);
+    if (b < nb) {
+        lanes tail;
+        memcpy(tail, acc, sizeof tail);
+        add_tail(kind, R, T, &s, b, nb, bpg, tail);
+        memcpy(acc, tail, sizeof tail);
+    }
+    for (int i = 0; i < R; i++)
+        for (int k = 0; k < T; k++)
+            out[(size_t)(t + k) * out_stride + (size_t)(r + i)] =
+                sum16(acc[i][k][0], acc[i][k][1], acc[i][k][2], acc[i][k][3]);
 }
 
-#undef ADD_QUAD
-
-/* The hooks of simd_entry.h (row r; out is the dot_fn's out): */
-ALWAYS TGT void tile_tokens(int kind, const int T, const qact *x, const qmat *w, int r, float *out,
-                                size_t out_stride, int t0) {
-    tile(kind, T, x, w, r, out + (size_t)t0 * out_stride + (size_t)r, out_stride, t0);
+/* Rows r0..r1, tokens t0..t1 of x: one token in steps of DECODE_ROWS rows;
+ * several in tiles of 4 (then 2, 1) per row. */
+ALWAYS void dot_rows(int kind, const qact *x, const qmat *w, int r0, int r1, int t0, int t1, float *out,
+                     size_t out_stride) {
+    if (t1 - t0 == 1) {
+        int r = r0;
+        for (; r + DECODE_ROWS <= r1; r += DECODE_ROWS) dot_step(kind, DECODE_ROWS, 1, x, w, r, t0, out, out_stride);
+        for (; r < r1; r++) dot_step(kind, 1, 1, x, w, r, t0, out, out_stride);
+        return;
+    }
+    for (int r = r0; r < r1; r++) {
+        int t = t0;
+        for (; t + 4 <= t1; t += 4) dot_step(kind, 1, 4, x, w, r, t, out, out_stride);
+        if (t1 - t >= 2) {
+            dot_step(kind, 1, 2, x, w, r, t, out, out_stride);
+            t += 2;
+        }
+        if (t < t1) dot_step(kind, 1, 1, x, w, r, t, out, out_stride);
+    }
 }
-
-ALWAYS TGT void one_token(int kind, const qact *x, const qmat *w, int r, float *out, size_t out_stride,
-                              int t) {
-    tile(kind, 1, x, w, r, out + (size_t)t * out_stride + (size_t)r, out_stride, t);
-}
-
-#include "simd_entry.h"

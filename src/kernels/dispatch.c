@@ -11,22 +11,23 @@
 typedef struct candidate {
     const kernel_set *set;
     int (*supported)(void); /* NULL: always */
+    int reads_tiles;        /* its kernels read qact's 16-token tiles (qt, dt, st) */
 } candidate;
 
 /* The ladder: the sets best first (add a line per set), the scalar reference last. */
 static const candidate candidates[] = {
 #ifdef RQ4_X86
-    {&rq4_kernels_avx512vnni, rq4_kernels_avx512vnni_supported},
+    {&rq4_kernels_avx512vnni, rq4_kernels_avx512vnni_supported, 1},
 #ifdef RQ4_X86_AVXVNNI_COMPILED
-    {&rq4_kernels_avxvnni, rq4_kernels_avxvnni_supported},
+    {&rq4_kernels_avxvnni, rq4_kernels_avxvnni_supported, 0},
 #endif
-    {&rq4_kernels_avx2, rq4_kernels_avx2_supported},
+    {&rq4_kernels_avx2, rq4_kernels_avx2_supported, 0},
 #endif
 #ifdef RQ4_ARM
-    {&rq4_kernels_neon_dotprod, rq4_kernels_neon_dotprod_supported},
-    {&rq4_kernels_neon, rq4_kernels_neon_supported},
+    {&rq4_kernels_neon_dotprod, rq4_kernels_neon_dotprod_supported, 1},
+    {&rq4_kernels_neon, rq4_kernels_neon_supported, 0},
 #endif
-    {&rq4_kernels_scalar, 0},
+    {&rq4_kernels_scalar, 0, 0},
 };
 
 #define N_CANDIDATES (sizeof candidates / sizeof candidates[0])
@@ -40,6 +41,12 @@ static void find_available(void) {
     for (size_t i = 0; i < N_CANDIDATES; i++)
         if (!candidates[i].supported || candidates[i].supported()) available[n++] = candidates[i].set;
     available[n] = 0;
+}
+
+int rq4_kernels_read_tiles(const kernel_set *ks) {
+    for (size_t i = 0; i < N_CANDIDATES; i++)
+        if (candidates[i].set == ks) return candidates[i].reads_tiles;
+    return 0;
 }
 
 const kernel_set *const *rq4_kernels_available(void) {

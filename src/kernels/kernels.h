@@ -123,6 +123,11 @@ const kernel_set *rq4_kernels_select(void);
  * (for the tests that compare each of them with the scalar reference). */
 const kernel_set *const *rq4_kernels_available(void);
 
+/* Whether the kernels of set ks read the 16-token tiles (qt, dt, st): only
+ * then are they worth filling (rq4_interleave_act); a set that does not
+ * read them runs the same with ntile = 0. */
+int rq4_kernels_read_tiles(const kernel_set *ks);
+
 /* Quantizes one token's activations x[0..a->n) into row t of `a` (q, d, s
  * and qp). */
 void rq4_quantize_act(qact *a, int t, const float *x);

@@ -1,37 +1,83 @@
-/* The NEON kernel set, for every aarch64 core (e.g. the Cortex-A53/A72 of
- * older boards): vmull_s8 + vmlal_high_s8 (two products per int16 lane, at
- * most 2 * 128 * 127, no overflow; four for int4 weights) + vpadalq_s16 into
- * int32. The method is arm_body.h's, shared with neon_dotprod.c. */
+/* aarch64 kernel set neon: every aarch64 core (Cortex-A53/A72 of older
+ * boards have no dotprod). Products by vmull_s8 / vmlal_high_s8 into int16
+ * lanes, then one pairwise add into int32: int4 values (|w| <= 15) times
+ * |x| <= 127 leave room for four products per int16 lane, Q8 for two.
+ *
+ * Int4 blocks are read in nibble order (qact.qp): the low nibbles of a
+ * block's 16 bytes are its even values, the high ones its odd values, so no
+ * zip puts them back in order. Results are bit-identical to rq4_kernels_scalar
+ * (kernels.h); no a*b+c may become an fma (kernels.h's pragmas).
+ */
 #include "kernels.h"
 
-#if defined(__aarch64__) && defined(__GNUC__)
+#if defined(__aarch64__) && (defined(__GNUC__) || defined(__clang__))
 
 #include <arm_neon.h>
 
+#if defined(__GNUC__) && !defined(__clang__)
+/* GCC's scheduling before register allocation hoists the loads of a whole
+ * 16-block step and then reloads the activations for each row */
+#pragma GCC optimize("no-schedule-insns")
+#endif
+
 int rq4_kernels_neon_supported(void) { return 1; } /* NEON is part of aarch64 */
 
-static inline __attribute__((always_inline)) int32x4_t neon_dot(int32x4_t a, int8x16_t w, int8x16_t x) {
-    int16x8_t p = vmull_s8(vget_low_s8(w), vget_low_s8(x));
-    p = vmlal_high_s8(p, w, x);
-    return vpadalq_s16(a, p);
-}
-
-/* int4 weights: |w * x| <= 15 * 127, so four products fit an int16 lane and
- * 32 values take 4 multiplies and one pairwise accumulate instead of 6 ops */
-static inline __attribute__((always_inline)) int32x4_t neon_dot32_q4(int32x4_t a, int8x16x2_t w, const int8_t *x) {
-    int8x16_t x0 = vld1q_s8(x), x1 = vld1q_s8(x + 16);
-    int16x8_t p = vmull_s8(vget_low_s8(w.val[0]), vget_low_s8(x0));
-    p = vmlal_high_s8(p, w.val[0], x0);
-    p = vmlal_s8(p, vget_low_s8(w.val[1]), vget_low_s8(x1));
-    p = vmlal_high_s8(p, w.val[1], x1);
-    return vpadalq_s16(a, p);
-}
-
-#define TGT
-#define DOT(a, w, x) neon_dot((a), (w), (x))
-#define DOT32_Q4(a, w, x) neon_dot32_q4((a), (w), (x))
+#define DECODE_ROWS 2 /* rows per step for one token */
 #include "arm_body.h"
 
-const kernel_set rq4_kernels_neon = {"neon", dot_q4s, dot_q4a, dot_q8};
+ALWAYS wquad unpack_quad(int kind, const uint8_t *wq, int cnt) {
+    wquad w;
+    for (int k = 0; k < 4; k++) {
+        if (k >= cnt) {
+            w.lo[k] = w.hi[k] = vdupq_n_s8(0);
+        } else if (kind == K_Q8) {
+            w.lo[k] = vld1q_s8((const int8_t *)wq + 32 * k);
+            w.hi[k] = vld1q_s8((const int8_t *)wq + 32 * k + 16);
+        } else {
+            uint8x16_t v = vld1q_u8(wq + 16 * k);
+            if (kind == K_Q4S) { /* arithmetic shifts sign-extend the nibbles */
+                w.lo[k] = vshrq_n_s8(vshlq_n_s8(vreinterpretq_s8_u8(v), 4), 4);
+                w.hi[k] = vshrq_n_s8(vreinterpretq_s8_u8(v), 4);
+            } else {
+                w.lo[k] = vreinterpretq_s8_u8(vandq_u8(v, vdupq_n_u8(0x0F)));
+                w.hi[k] = vreinterpretq_s8_u8(vshrq_n_u8(v, 4));
+            }
+        }
+    }
+    return w;
+}
+
+ALWAYS int32x4_t block_dot(int kind, const wquad *w, int k, int8x16_t xlo, int8x16_t xhi) {
+    int8x16_t a = xlo, b = xhi;
+    int16x8_t p = vmull_s8(vget_low_s8(w->lo[k]), vget_low_s8(a));
+    p = vmlal_high_s8(p, w->lo[k], a);
+    if (kind == K_Q8) { /* two products per int16 lane at most */
+        int16x8_t q = vmull_s8(vget_low_s8(w->hi[k]), vget_low_s8(b));
+        q = vmlal_high_s8(q, w->hi[k], b);
+        return vpadalq_s16(vpaddlq_s16(p), q);
+    }
+    p = vmlal_s8(p, vget_low_s8(w->hi[k]), vget_low_s8(b));
+    p = vmlal_high_s8(p, w->hi[k], b);
+    return vpaddlq_s16(p);
+}
+
+ALWAYS float32x4_t isum_f32(int kind, int32x4_t s) {
+    (void)kind;
+    return vcvtq_f32_s32(s);
+}
+
+static void dot_q4s_neon(const qact *x, const qmat *w, int r0, int r1, float *out, size_t out_stride) {
+    dot_rows(K_Q4S, x, w, r0, r1, 0, x->ntok, out, out_stride);
+}
+
+static void dot_q4a_neon(const qact *x, const qmat *w, int r0, int r1, float *out, size_t out_stride) {
+    dot_rows(K_Q4A, x, w, r0, r1, 0, x->ntok, out, out_stride);
+}
+
+static void dot_q8_neon(const qact *x, const qmat *w, int r0, int r1, float *out, size_t out_stride) {
+    dot_rows(K_Q8, x, w, r0, r1, 0, x->ntok, out, out_stride);
+}
+
+const kernel_set rq4_kernels_neon = {"neon", dot_q4s_neon, dot_q4a_neon, dot_q8_neon};
 
 #endif /* __aarch64__ */

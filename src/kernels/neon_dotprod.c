@@ -1,14 +1,30 @@
-/* The NEON dot-product kernel set: sdot (vdotq_s32), 4 int8 products summed
- * into each int32 lane (Cortex-A55/A76 and later, Apple M1, Neoverse). The
- * functions carry a target attribute, so the file builds with portable flags
- * (-march=armv8-a) and the set is used only when the CPU says so
- * (getauxval(AT_HWCAP) & HWCAP_ASIMDDP on Linux). The method is arm_body.h's,
- * shared with neon.c. */
+/* aarch64 kernel set neon_dotprod: sdot (vdotq_s32), 4 int8 products summed
+ * into each int32 lane (Cortex-A55, A76 and later, Neoverse, Apple M1).
+ *
+ * The file builds with portable flags (-march=armv8-a): every function after
+ * the target pragma below carries dotprod, and the set is used only when the
+ * CPU says so (getauxval(AT_HWCAP) & HWCAP_ASIMDDP on Linux). Results are
+ * bit-identical to rq4_kernels_scalar (kernels.h); no a*b+c may become an fma
+ * (kernels.h's pragmas).
+ *
+ * Int4 blocks are read in nibble order (qact.qp): the low nibbles of a
+ * block's 16 bytes are its even values, the high ones its odd values. Q4S
+ * takes them as 16 * value, exactly: a shift left by 4 (low nibble) and a mask
+ * 0xF0 (high nibble), so each block sums to 16 * isum and scvtf #4 converts
+ * that to the float of isum exactly. Q4A nibbles are unsigned (0..15): a mask
+ * and a shift right.
+ */
 #include "kernels.h"
 
-#if defined(__aarch64__) && defined(__GNUC__)
+#if defined(__aarch64__) && (defined(__GNUC__) || defined(__clang__))
 
 #include <arm_neon.h>
+
+#if defined(__GNUC__) && !defined(__clang__)
+/* GCC's scheduling before register allocation hoists the loads of a whole
+ * 16-block step and then reloads the activations for each row */
+#pragma GCC optimize("no-schedule-insns")
+#endif
 
 #if defined(__linux__)
 #include <sys/auxv.h>
@@ -17,6 +33,7 @@
 #endif
 #endif
 
+/* compiled for any aarch64 CPU (before the target pragma) */
 int rq4_kernels_neon_dotprod_supported(void) {
 #if defined(__ARM_FEATURE_DOTPROD)
     return 1; /* the whole build targets a dotprod CPU */
@@ -30,23 +47,240 @@ int rq4_kernels_neon_dotprod_supported(void) {
 }
 
 #ifdef __clang__
-#define TGT __attribute__((target("dotprod")))
+#pragma clang attribute push(__attribute__((target("dotprod"))), apply_to = function)
 #else
-#define TGT __attribute__((target("arch=armv8.2-a+dotprod")))
+#pragma GCC push_options
+#pragma GCC target("arch=armv8.2-a+dotprod")
 #endif
+
+#define DECODE_ROWS 2 /* rows per step for one token */
+#include "arm_body.h"
 
 #if defined(__clang__) && __clang_major__ < 16 && !defined(__ARM_FEATURE_DOTPROD)
 /* older clang declares vdotq_s32 only when the whole build targets dotprod */
-static inline __attribute__((always_inline)) int32x4_t sdot_asm(int32x4_t a, int8x16_t w, int8x16_t x) {
+ALWAYS int32x4_t sdot(int32x4_t a, int8x16_t w, int8x16_t x) {
     __asm__("sdot %0.4s, %1.16b, %2.16b" : "+w"(a) : "w"(w), "w"(x));
     return a;
 }
-#define DOT(a, w, x) sdot_asm((a), (w), (x))
 #else
-#define DOT(a, w, x) vdotq_s32((a), (w), (x))
+ALWAYS int32x4_t sdot(int32x4_t a, int8x16_t w, int8x16_t x) { return vdotq_s32(a, w, x); }
 #endif
-#include "arm_body.h"
 
-const kernel_set rq4_kernels_neon_dotprod = {"neon_dotprod", dot_q4s, dot_q4a, dot_q8};
+ALWAYS wquad unpack_quad(int kind, const uint8_t *wq, int cnt) {
+    wquad w;
+    for (int k = 0; k < 4; k++) {
+        if (k >= cnt) {
+            w.lo[k] = w.hi[k] = vdupq_n_s8(0);
+        } else if (kind == K_Q8) {
+            w.lo[k] = vld1q_s8((const int8_t *)wq + 32 * k);
+            w.hi[k] = vld1q_s8((const int8_t *)wq + 32 * k + 16);
+        } else {
+            uint8x16_t v = vld1q_u8(wq + 16 * k);
+            if (kind == K_Q4S) { /* 16 * value: the nibble in the top half of the byte */
+                w.lo[k] = vreinterpretq_s8_u8(vshlq_n_u8(v, 4));
+                w.hi[k] = vreinterpretq_s8_u8(vandq_u8(v, vdupq_n_u8(0xF0)));
+            } else {
+                w.lo[k] = vreinterpretq_s8_u8(vandq_u8(v, vdupq_n_u8(0x0F)));
+                w.hi[k] = vreinterpretq_s8_u8(vshrq_n_u8(v, 4));
+            }
+        }
+    }
+    return w;
+}
+
+ALWAYS int32x4_t block_dot(int kind, const wquad *w, int k, int8x16_t xlo, int8x16_t xhi) {
+    (void)kind;
+    return sdot(sdot(vdupq_n_s32(0), w->lo[k], xlo), w->hi[k], xhi);
+}
+
+ALWAYS float32x4_t isum_f32(int kind, int32x4_t s) {
+    return kind == K_Q4S ? vcvtq_n_f32_s32(s, 4) : vcvtq_f32_s32(s);
+}
+
+
+/* ---- prompts: the 16-token tiles (qact.qt), tokens in lanes ----
+ *
+ * Vector c of a tile's block b holds values 4c..4c+3 of each of its 16
+ * tokens (rq4_interleave_act), so sdot by element (vdotq_laneq_s32) of 4 tokens'
+ * vector with weights 4c..4c+3 of a row adds 4 products to each token's lane:
+ * 8 of them give 4 tokens' exact block sums, no horizontal reduction. A step
+ * is TILE_ROWS rows x 8 tokens (half a tile), each block unpacked once per
+ * step in value order (zips after the shift and mask). Blocks are walked lane
+ * by lane of the contract (b = j, j + 16, ... for lane j), so one float32x4
+ * per (row, 4 tokens) accumulates a whole lane, in block order, before it is
+ * stored; the final tree then adds whole vectors (lane t = token t). */
+#define TILE_ROWS 4
+#define TILE_MAX_BLOCKS 1024 /* rows up to 32768 values; longer ones take dot_rows */
+#define SCALE_LANE(v, s, i) \
+    ((i) == 0 ? vmulq_laneq_f32((v), (s), 0) : (i) == 1 ? vmulq_laneq_f32((v), (s), 1) \
+     : (i) == 2 ? vmulq_laneq_f32((v), (s), 2) : vmulq_laneq_f32((v), (s), 3))
+
+/* 32 values of block b of a weight row in value order, Q4S as 16 * value */
+ALWAYS void unpack_values(int kind, const uint8_t *wq, int b, int8x16_t *w0, int8x16_t *w1) {
+    if (kind == K_Q8) {
+        *w0 = vld1q_s8((const int8_t *)wq + (size_t)b * QK);
+        *w1 = vld1q_s8((const int8_t *)wq + (size_t)b * QK + 16);
+        return;
+    }
+    uint8x16_t v = vld1q_u8(wq + (size_t)b * (QK / 2));
+    int8x16_t lo, hi;
+    if (kind == K_Q4S) {
+        lo = vreinterpretq_s8_u8(vshlq_n_u8(v, 4));
+        hi = vreinterpretq_s8_u8(vandq_u8(v, vdupq_n_u8(0xF0)));
+    } else {
+        lo = vreinterpretq_s8_u8(vandq_u8(v, vdupq_n_u8(0x0F)));
+        hi = vreinterpretq_s8_u8(vshrq_n_u8(v, 4));
+    }
+    *w0 = vzip1q_s8(lo, hi);
+    *w1 = vzip2q_s8(lo, hi);
+}
+
+/* acc += 4 products per lane: the tokens' bytes in a, weights 4c..4c+3 of w */
+#if defined(__clang__) && __clang_major__ < 16 && !defined(__ARM_FEATURE_DOTPROD)
+ALWAYS int32x4_t sdot_lane(int32x4_t acc, int8x16_t a, int8x16_t w, const int c) {
+    switch (c) {
+    case 0: __asm__("sdot %0.4s, %1.16b, %2.4b[0]" : "+w"(acc) : "w"(a), "w"(w)); break;
+    case 1: __asm__("sdot %0.4s, %1.16b, %2.4b[1]" : "+w"(acc) : "w"(a), "w"(w)); break;
+    case 2: __asm__("sdot %0.4s, %1.16b, %2.4b[2]" : "+w"(acc) : "w"(a), "w"(w)); break;
+    default: __asm__("sdot %0.4s, %1.16b, %2.4b[3]" : "+w"(acc) : "w"(a), "w"(w)); break;
+    }
+    return acc;
+}
+#define SDOT_LANE(acc, a, w, c) sdot_lane((acc), (a), (w), (c))
+#else
+#define SDOT_LANE(acc, a, w, c)                                                                           \
+    ((c) == 0 ? vdotq_laneq_s32((acc), (a), (w), 0) : (c) == 1 ? vdotq_laneq_s32((acc), (a), (w), 1) \
+     : (c) == 2 ? vdotq_laneq_s32((acc), (a), (w), 2) : vdotq_laneq_s32((acc), (a), (w), 3))
+#endif
+
+/* R rows from r, tokens 16k + 8h .. +7 of tile k; dr[b * TILE_ROWS + i] is
+ * row r+i's scale (dm its minimum) for block b */
+ALWAYS void tile_step(int kind, const int R, const qact *x, const qmat *w, int r, int k, int h,
+                      const float *dr, const float *dm, float *out, size_t out_stride) {
+    const int nb = x->nb;
+    const uint8_t *wq[TILE_ROWS];
+    UNROLL
+    for (int i = 0; i < R; i++) wq[i] = w->q + (size_t)(r + i) * w->row_bytes;
+    float32x4_t L[16][TILE_ROWS][2]; /* lane j of row i, tokens 4g..4g+3 of the half tile */
+    for (int j = 0; j < 16; j++) {
+        float32x4_t f[TILE_ROWS][2];
+        UNROLL
+        for (int i = 0; i < R; i++) f[i][0] = f[i][1] = vdupq_n_f32(0.0f);
+        for (int b = j; b < nb; b += 16) {
+            const int8_t *xt = x->qt + ((size_t)k * (size_t)nb + (size_t)b) * 512 + 32 * h;
+            const size_t at = ((size_t)k * (size_t)nb + (size_t)b) * 16 + 8 * (size_t)h;
+            int8x16_t w0[TILE_ROWS], w1[TILE_ROWS];
+            int32x4_t a[TILE_ROWS][2];
+            UNROLL
+            for (int i = 0; i < R; i++) {
+                unpack_values(kind, wq[i], b, &w0[i], &w1[i]);
+                a[i][0] = a[i][1] = vdupq_n_s32(0);
+            }
+            UNROLL
+            for (int c = 0; c < 8; c++) {
+                int8x16_t x0 = vld1q_s8(xt + 64 * c), x1 = vld1q_s8(xt + 64 * c + 16);
+                UNROLL
+                for (int i = 0; i < R; i++) {
+                    int8x16_t wv = c < 4 ? w0[i] : w1[i];
+                    a[i][0] = SDOT_LANE(a[i][0], x0, wv, c % 4);
+                    a[i][1] = SDOT_LANE(a[i][1], x1, wv, c % 4);
+                }
+            }
+            float32x4_t dx0 = vld1q_f32(x->dt + at), dx1 = vld1q_f32(x->dt + at + 4);
+            float32x4_t d4 = vld1q_f32(dr + (size_t)b * TILE_ROWS), m4 = d4, s0 = dx0, s1 = dx1;
+            if (kind == K_Q4A) {
+                m4 = vld1q_f32(dm + (size_t)b * TILE_ROWS);
+                s0 = vcvtq_f32_s32(vld1q_s32(x->st + at));
+                s1 = vcvtq_f32_s32(vld1q_s32(x->st + at + 4));
+            }
+            UNROLL
+            for (int i = 0; i < R; i++) {
+                float32x4_t t0 = vmulq_f32(SCALE_LANE(dx0, d4, i), isum_f32(kind, a[i][0]));
+                float32x4_t t1 = vmulq_f32(SCALE_LANE(dx1, d4, i), isum_f32(kind, a[i][1]));
+                if (kind == K_Q4A) {
+                    t0 = vaddq_f32(t0, vmulq_f32(SCALE_LANE(dx0, m4, i), s0));
+                    t1 = vaddq_f32(t1, vmulq_f32(SCALE_LANE(dx1, m4, i), s1));
+                }
+                f[i][0] = vaddq_f32(f[i][0], t0);
+                f[i][1] = vaddq_f32(f[i][1], t1);
+            }
+        }
+        UNROLL
+        for (int i = 0; i < R; i++) {
+            L[j][i][0] = f[i][0];
+            L[j][i][1] = f[i][1];
+        }
+    }
+    for (int i = 0; i < R; i++)
+        for (int g = 0; g < 2; g++) {
+            for (int wd = 8; wd > 0; wd /= 2) /* the contract's tree, vertically */
+                for (int j = 0; j < wd; j++) L[j][i][g] = vaddq_f32(L[j][i][g], L[j + wd][i][g]);
+            float v[4];
+            vst1q_f32(v, L[0][i][g]);
+            for (int t = 0; t < 4; t++) {
+                int tok = 16 * k + 8 * h + 4 * g + t;
+                if (tok < x->ntok) out[(size_t)tok * out_stride + (size_t)(r + i)] = v[t];
+            }
+        }
+}
+
+/* the rows' scales (and minimums) per block, interleaved by row: no division
+ * and no fp16 conversion in the tile loops */
+static void tile_scales(const qmat *w, int r, int R, int nb, const uint16_t *h0, float *dst) {
+    const int bpg = w->gs / QK;
+    for (int i = 0; i < R; i++) {
+        const __fp16 *h = (const __fp16 *)(h0 + (size_t)(r + i) * (size_t)w->ngroups);
+        for (int b = 0, g = 0, in = 0; b < nb; b++) {
+            dst[(size_t)b * TILE_ROWS + (size_t)i] = (float)h[g];
+            if (++in == bpg) {
+                in = 0;
+                g++;
+            }
+        }
+    }
+}
+
+ALWAYS void dot_tiles(int kind, const qact *x, const qmat *w, int r0, int r1, float *out, size_t out_stride) {
+    const int nb = x->nb;
+    if (x->ntile == 0 || nb > TILE_MAX_BLOCKS) {
+        dot_rows(kind, x, w, r0, r1, 0, x->ntok, out, out_stride);
+        return;
+    }
+    float dr[TILE_MAX_BLOCKS * TILE_ROWS], dm[TILE_MAX_BLOCKS * TILE_ROWS];
+    for (int r = r0; r < r1;) {
+        int R = r1 - r >= TILE_ROWS ? TILE_ROWS : 1;
+        tile_scales(w, r, R, nb, w->d, dr);
+        if (kind == K_Q4A) tile_scales(w, r, R, nb, w->m, dm);
+        for (int k = 0; k < x->ntile; k++)
+            for (int h = 0; h < 2 && 16 * k + 8 * h < x->ntok; h++) {
+                if (R == TILE_ROWS) tile_step(kind, TILE_ROWS, x, w, r, k, h, dr, dm, out, out_stride);
+                else tile_step(kind, 1, x, w, r, k, h, dr, dm, out, out_stride);
+            }
+        r += R;
+    }
+    int done = 16 * x->ntile; /* padding past ntok included */
+    if (done < x->ntok) dot_rows(kind, x, w, r0, r1, done, x->ntok, out, out_stride);
+}
+
+static void dot_q4s_neon_dotprod(const qact *x, const qmat *w, int r0, int r1, float *out, size_t out_stride) {
+    dot_tiles(K_Q4S, x, w, r0, r1, out, out_stride);
+}
+
+static void dot_q4a_neon_dotprod(const qact *x, const qmat *w, int r0, int r1, float *out, size_t out_stride) {
+    dot_tiles(K_Q4A, x, w, r0, r1, out, out_stride);
+}
+
+static void dot_q8_neon_dotprod(const qact *x, const qmat *w, int r0, int r1, float *out, size_t out_stride) {
+    dot_tiles(K_Q8, x, w, r0, r1, out, out_stride);
+}
+
+#ifdef __clang__
+#pragma clang attribute pop
+#else
+#pragma GCC pop_options
+#endif
+
+const kernel_set rq4_kernels_neon_dotprod = {"neon_dotprod", dot_q4s_neon_dotprod, dot_q4a_neon_dotprod,
+                                         dot_q8_neon_dotprod};
 
 #endif /* __aarch64__ */

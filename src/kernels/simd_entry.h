@@ -1,5 +1,5 @@
 /* The entry points of one SIMD kernel set, included once by each SIMD file
- * (src/kernels/avx2.c, avxvnni.c, avx512vnni.c, neon.c, neon_dotprod.c) after
+ * (src/kernels/avx2.c, avxvnni.c, avx512vnni.c) after
  * its body, with its TGT and ALWAYS macros. The includer defines, for one
  * weight row r:
  *   tile_tokens(kind, T, x, w, r, out, out_stride, t0)   tokens t0 .. t0+T-1, T = 2..4

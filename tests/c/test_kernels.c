@@ -304,8 +304,17 @@ static long check_quantize(void) {
         }
         rq4_quantize_act(&a, 0, x);
         for (int b = 0; b < NB; b++) {
-            float amax = 0.0f;
-            for (int i = 0; i < QK; i++) amax = fabsf(x[b * QK + i]) > amax ? fabsf(x[b * QK + i]) : amax;
+            /* the largest |x|, NaN skipped; on the bits, so that no compiler
+             * makes it an fmaxnm (which returns NaN for a signalling NaN) */
+            uint32_t top = 0;
+            for (int i = 0; i < QK; i++) {
+                uint32_t u;
+                memcpy(&u, &x[b * QK + i], sizeof u);
+                u &= 0x7fffffffu;
+                if (u <= 0x7f800000u && u > top) top = u;
+            }
+            float amax;
+            memcpy(&amax, &top, sizeof amax);
             float dr = amax / 127.0f;
             int32_t sr = 0;
             for (int i = 0; i < QK; i++) {
