@@ -14,6 +14,7 @@ The long options are the runq4 binary's, with the same meanings and defaults
 
 from __future__ import annotations
 
+import os
 import sys
 
 from ._cli import HelpFormatter, Parser, UsageError, add_version, run_main, write_output
@@ -59,6 +60,9 @@ def build_parser():
     p.add_argument("--max-memory", type=int, default=None, metavar="MIB",
                    help="refuse to open the model if weights + KV cache + buffers would need more "
                         "than this many MiB (default: no limit)")
+    p.add_argument("--prompt-cache", default=None, metavar="FILE",
+                   help="reuse the KV cache of the prompt saved in FILE (the first chat turn in --chat), "
+                        "then save this prompt's; a missing or unfitting file is (re)written")
     add_version(p)
     return p
 
@@ -95,6 +99,38 @@ def _accumulate(totals, stats):
         totals[3] += stats["decode_seconds"]
 
 
+class _PromptCache:
+    """--prompt-cache: the saved state is loaded before the first prompt, so
+    the model reuses its common prefix with the prompt; after that prompt's
+    answer the cache is cut back to the prompt and saved, unless the file
+    already holds exactly that prompt."""
+
+    def __init__(self, model, path):
+        self.model, self.path, self.saved = model, path, None
+        if path is None:
+            return
+        from .errors import Runq4Error
+
+        try:
+            self.model.load_state(path)
+            self.saved = self.model.tokens
+        except Runq4Error as e:
+            if os.path.lexists(path):
+                print(f"{PROG}: prompt cache not used: {e}", file=sys.stderr)
+
+    def after_first(self, prompt_ids):
+        """Called once the first prompt's answer is done."""
+        if self.path is None:
+            return
+        n = len(prompt_ids)
+        reused = n - self.model.last_stats["prompt_fed"]
+        print(f"{PROG}: prompt cache {self.path}: {reused} of {n} prompt tokens reused", file=sys.stderr)
+        if self.saved != tuple(prompt_ids) and self.model.tokens[:n] == tuple(prompt_ids):
+            self.model.rewind(n)  # the answer is fed again by a later turn, if any
+            self.model.save_state(self.path)
+        self.path = None
+
+
 def _run(args):
     from .model import Model
 
@@ -107,13 +143,16 @@ def _run(args):
     max_memory = None if args.max_memory is None else args.max_memory << 20
     with Model(args.model, n_ctx=args.ctx, n_threads=args.threads, kv_type=args.kv_type,
                max_memory=max_memory) as m:
+        cache = _PromptCache(m, args.prompt_cache)
         if not args.chat:
             if args.system is not None:
                 raise UsageError("--system needs --chat")
-            for piece in m.stream(args.prompt or "", **gen):
+            ids = m.tokenize(args.prompt or "", add_bos=True)
+            for piece in m.stream(ids, **gen):
                 _write(piece)
             _write("\n")
             _accumulate(totals, m.last_stats)
+            cache.after_first(ids)
         else:
             messages = []
             if args.system is not None:
@@ -133,12 +172,14 @@ def _run(args):
                 else:
                     user = args.prompt
                 messages.append({"role": "user", "content": user})
+                ids = m.chat_tokens(messages)
                 reply = []
-                for piece in m.chat_stream(messages, **gen):
+                for piece in m.stream(ids, **gen):
                     reply.append(piece)
                     _write(piece)
                 _write("\n")
                 _accumulate(totals, m.last_stats)
+                cache.after_first(ids)
                 messages.append({"role": "assistant", "content": "".join(reply)})
                 if not interactive:
                     break

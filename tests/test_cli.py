@@ -45,6 +45,25 @@ def test_same_long_options_same_output(binary, tiny_tied, args):  # noqa: F811
     assert c.stdout == py.stdout, (c.stdout, py.stdout)
 
 
+@pytest.mark.parametrize("mode", [[], ["--chat", "--system", "You are terse and helpful."]])
+def test_prompt_cache_both_clis(binary, tiny_tied, tmp_path, mode):  # noqa: F811
+    """--prompt-cache: the same output as without it in both tools, on the run
+    that writes the file and on those that reuse it, and one tool reuses the
+    cache the other wrote (the same C state file)."""
+    args = [*mode, "--prompt", "The quick brown fox jumps over", "--max-new-tokens", "8",
+            "--ctx", "96", "--threads", "1"]
+    want = run(binary, tiny_tied, *args, input=b"").stdout
+    cache = str(tmp_path / "prompt.cache")
+    for tool in ("python", "c", "python", "c"):
+        withc = [*args, "--prompt-cache", cache]
+        r = python_generate(tiny_tied, *withc, stdin=b"") if tool == "python" else \
+            run(binary, tiny_tied, *withc, input=b"")
+        assert r.returncode == 0, r.stderr
+        assert r.stdout == want, (tool, r.stdout, want)
+        assert b"prompt cache" in r.stderr and b"not used" not in r.stderr
+    assert b" 0 of " not in r.stderr  # the last run reused the file
+
+
 @pytest.mark.parametrize("bad", [["--threads", str(MAX_THREADS + 1)], ["--top-p", "0"], ["--kv-type", "f8"],
                                  ["--max-new-tokens", "-2"], ["--max-memory", "0"]])
 def test_same_long_options_same_refusals(binary, tiny_tied, bad):  # noqa: F811
