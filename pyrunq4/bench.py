@@ -189,6 +189,29 @@ def measure_bandwidth(threads, mb=512, repeats=5):
     return best
 
 
+# the instruction-set flags that decide which kernels run (x86 and ARM names in /proc/cpuinfo)
+SIMD_FLAGS = ("avx2", "fma", "f16c", "avx_vnni", "avx512f", "avx512bw", "avx512vl", "avx512_vnni",
+              "asimd", "asimddp", "i8mm", "sve")
+
+
+def cpu_description():
+    """The CPU's model name and its SIMD flags, from /proc/cpuinfo ("unknown CPU" elsewhere)."""
+    model, flags = None, set()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                key = key.strip()
+                if key in ("model name", "Hardware", "CPU part") and model is None:
+                    model = value.strip()
+                elif key in ("flags", "Features"):
+                    flags.update(value.split())
+    except OSError:
+        pass
+    simd = [f for f in SIMD_FLAGS if f in flags]
+    return f"{model or 'unknown CPU'}, {os.cpu_count()} CPUs, flags: {' '.join(simd) or 'none of ' + ' '.join(SIMD_FLAGS)}"
+
+
 def summarize(runs, n_prompt, n_decode):
     med = lambda key: statistics.median(r[key] for r in runs)  # noqa: E731
     return {
@@ -246,6 +269,7 @@ def main(argv=None):
             print(f"bench: warning: generated token counts differ {counts}", file=sys.stderr)
     stats = {e: summarize(runs[e], args.prompt, args.decode) for e in engines}
 
+    print(f"cpu: {cpu_description()}")
     print(f"model {args.model}, threads {args.threads}, prompt {args.prompt} tokens, "
           f"decode {args.decode} tokens, median of {args.runs} runs")
     print(f"{'':24}{'prompt tok/s':>14}{'decode tok/s':>14}{'TTFT ms':>10}{'peak RSS MB':>13}  kernel")

@@ -185,7 +185,14 @@ VECTOR_CLONES static void attend(const rq4_model *m, void *arg, int thread, int 
         /* scores of each query head against every key up to this position, 16
          * keys at a time: lane k of a vector is key p0 + k (see key_at), and each
          * score is its products added in order of i */
-        for (int p0 = 0; p0 <= pos; p0 += 16) {
+        const size_t elem = f16 ? sizeof(uint16_t) : sizeof(float);
+        if (m->attention_avx2) {
+            for (int h = 0; h < nh; h += 4)
+                rq4_attention_scores_avx2(q + (size_t)h * hd, nh - h < 4 ? nh - h : 4, hd,
+                                          (const char *)m->key_cache + head_off * elem, f16, scale,
+                                          att + (size_t)h * c->n_ctx, c->n_ctx, pos + 1);
+        }
+        for (int p0 = 0; p0 <= pos && !m->attention_avx2; p0 += 16) {
             int nk = pos + 1 - p0 < 16 ? pos + 1 - p0 : 16;
             const void *kb = f16 ? (const void *)((const uint16_t *)m->key_cache + head_off + (size_t)p0 * row)
                                  : (const void *)((const float *)m->key_cache + head_off + (size_t)p0 * row);
@@ -200,9 +207,16 @@ VECTOR_CLONES static void attend(const rq4_model *m, void *arg, int thread, int 
                 }
             }
         }
-        for (int h = 0; h < nh; h++) softmax(att + (size_t)h * c->n_ctx, pos + 1);
+        for (int h = 0; h < nh; h++) {
+            if (m->attention_avx2) rq4_attention_softmax_avx2(att + (size_t)h * c->n_ctx, pos + 1);
+            else softmax(att + (size_t)h * c->n_ctx, pos + 1);
+        }
         /* weighted sums of the values, four positions per pass */
         const void *vc = m->value_cache;
+        if (m->attention_avx2 && hd % 8 == 0) {
+            rq4_attention_values_avx2(att, c->n_ctx, nh, hd, pos + 1, (const char *)vc + head_off * elem, f16, out);
+            continue;
+        }
         if (hd == 64) { /* the Llama 3.2 and SmolLM2 heads: sums in registers */
             switch (nh) {
             case 1: weighted_values(att, c->n_ctx, 1, 4, pos + 1, vc, f16, head_off, tmp, out); continue;

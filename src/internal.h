@@ -10,6 +10,7 @@
 #include <stdint.h>
 #include <string.h>
 
+#include "kernels/attention.h"
 #include "kernels/kernels.h"
 #include "runq4.h"
 
@@ -70,6 +71,7 @@ struct rq4_model {
     layer_weights *layers;  /* (n_layers) */
 
     const kernel_set *kernels;
+    int attention_avx2;     /* attend() through kernels/attention.h */
     int float_activations;
     int q_dim, kv_dim;      /* n_heads*head_dim, n_kv_heads*head_dim */
     int max_cols;           /* the longest matmul input: max(dim, q_dim, hidden_dim) */
@@ -210,20 +212,17 @@ typedef int32_t i32x16 __attribute__((vector_size(64)));
 #define VECTOR_CLONES
 #endif
 
-/* e^x for x <= 0, to about 1 ulp, without a libm call so the softmax loop
- * vectorizes: x = n ln2 + r (Cody-Waite), Cephes' expf polynomial for e^r,
- * and 2^n put into the exponent bits. Below -87 (e^x < 2^-125) it saturates
- * near FLT_MIN, negligible next to the softmax's largest term, 1. */
+/* e^x for x <= 0: the method and its constants in kernels/attention.h. */
 static inline float exp_nonpositive(float x) {
-    x = x >= -87.0f ? x : -87.0f; /* also NaN -> -87: (int32_t)n of a NaN is UB (a fuzzer found it) */
-    float n = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f; /* round(x / ln 2) */
-    float r = (x - n * 0.693359375f) - n * -2.12194440e-4f;
-    float p = 1.9875691500e-4f;
-    p = p * r + 1.3981999507e-3f;
-    p = p * r + 8.3334519073e-3f;
-    p = p * r + 4.1665795894e-2f;
-    p = p * r + 1.6666665459e-1f;
-    p = p * r + 5.0000001201e-1f;
+    x = x >= EXP_FLOOR ? x : EXP_FLOOR; /* also NaN -> the floor: (int32_t)n of a NaN is UB (a fuzzer found it) */
+    float n = (x * EXP_LOG2E + EXP_ROUND) - EXP_ROUND; /* round(x / ln 2) */
+    float r = (x - n * EXP_LN2_HI) - n * EXP_LN2_LO;
+    float p = EXP_P0;
+    p = p * r + EXP_P1;
+    p = p * r + EXP_P2;
+    p = p * r + EXP_P3;
+    p = p * r + EXP_P4;
+    p = p * r + EXP_P5;
     float y = p * r * r + r + 1.0f;
     int32_t bits = ((int32_t)n + 127) * (1 << 23); /* 2^n, n in [-126, 0] */
     float scale;

@@ -41,17 +41,6 @@ int rq4_kernels_avx512vnni_supported(void) {
     return f.avx2 && f.f16c && f.avx512;
 }
 
-/* 16 bytes of packed nibbles -> 32 bytes, value i in byte i (for the 16-token
- * prompt kernel's row unpacking): as 16-bit words,
- * (b | b << 4) & 0x0F0F puts the low nibble in the low byte and the high
- * nibble in the high byte. sgn: xor 8 turns the int4 q into q + 8 (0..15). */
-static inline __attribute__((always_inline)) TGT256 __m256i unpack32_256(const uint8_t *p, int sgn) {
-    __m256i w = _mm256_cvtepu8_epi16(_mm_loadu_si128((const __m128i *)p));
-    w = _mm256_and_si256(_mm256_or_si256(w, _mm256_slli_epi16(w, 4)), _mm256_set1_epi16(0x0F0F));
-    if (sgn) w = _mm256_xor_si256(w, _mm256_set1_epi8(8));
-    return w;
-}
-
 #define TGT512 __attribute__((target("avx2,f16c,avx512f,avx512bw,avx512vl,avx512vnni")))
 
 static inline __attribute__((always_inline)) TGT512 __m512i v512_dot(__m512i a, __m512i w, const int8_t *x) {

@@ -21,7 +21,7 @@ static const candidate candidates[] = {
 #ifdef RQ4_X86_AVXVNNI_COMPILED
     {&rq4_kernels_avxvnni, rq4_kernels_avxvnni_supported, 0},
 #endif
-    {&rq4_kernels_avx2, rq4_kernels_avx2_supported, 0},
+    {&rq4_kernels_avx2, rq4_kernels_avx2_supported, 1},
 #endif
 #ifdef RQ4_ARM
     {&rq4_kernels_neon_dotprod, rq4_kernels_neon_dotprod_supported, 1},

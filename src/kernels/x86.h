@@ -121,6 +121,17 @@ ALWAYS __attribute__((target("avx2,f16c"))) __m256 scales8(const row_view *v, co
     return spread8(v, _mm_loadu_si128((const __m128i *)(h + base)), b0, base);
 }
 
+/* 16 bytes of packed nibbles -> 32 bytes, value i in byte i (for the prompt
+ * kernels' row unpacking: tok16 in avx512vnni.c, tok8 in avx2.c): as 16-bit words,
+ * (b | b << 4) & 0x0F0F puts the low nibble in the low byte and the high
+ * nibble in the high byte. sgn: xor 8 turns the int4 q into q + 8 (0..15). */
+ALWAYS TGT256 __m256i unpack32_256(const uint8_t *p, int sgn) {
+    __m256i w = _mm256_cvtepu8_epi16(_mm_loadu_si128((const __m128i *)p));
+    w = _mm256_and_si256(_mm256_or_si256(w, _mm256_slli_epi16(w, 4)), _mm256_set1_epi16(0x0F0F));
+    if (sgn) w = _mm256_xor_si256(w, _mm256_set1_epi8(8));
+    return w;
+}
+
 /* The final tree of kernels.h over 16 lanes held as two halves. */
 ALWAYS __attribute__((target("avx2"))) float tree16(__m256 lo, __m256 hi) {
     __m256 a = _mm256_add_ps(lo, hi);                                             /* i + (i+8) */
