@@ -220,13 +220,7 @@ static inline __attribute__((always_inline)) TGT256 void tok8_dot(int kind, dot_
     }
     tok8_rows(kind, x, w, (real + 7) / 8, r0, r1, out, out_stride);
     if (tiled < x->ntok) {
-        qact left = *x;
-        left.q += (size_t)tiled * (size_t)x->n;
-        left.qp += (size_t)tiled * (size_t)x->n;
-        left.d += (size_t)tiled * (size_t)x->nb;
-        left.s += (size_t)tiled * (size_t)x->nb;
-        left.ntok -= tiled;
-        left.ntile = 0;
+        qact left = rq4_qact_tail(x, tiled);
         rest(&left, w, r0, r1, out + (size_t)tiled * out_stride, out_stride);
     }
 }

@@ -473,13 +473,7 @@ static inline __attribute__((always_inline)) TGT512 void tok16_dot(int kind, dot
     tok16_rows(kind, x, w, tiles, r0, r1, out, out_stride);
     int done = 16 * tiles; /* padding past ntok included */
     if (done < x->ntok) {
-        qact left = *x;
-        left.q += (size_t)done * (size_t)x->n;
-        left.qp += (size_t)done * (size_t)x->n;
-        left.d += (size_t)done * (size_t)x->nb;
-        left.s += (size_t)done * (size_t)x->nb;
-        left.ntok -= done;
-        left.ntile = 0;
+        qact left = rq4_qact_tail(x, done);
         rest(&left, w, r0, r1, out + (size_t)done * out_stride, out_stride);
     }
 }

@@ -153,6 +153,19 @@ static inline int tiled_tokens(int ntok) {
  * ntile: tiled_tokens(ntok) / 16 when qt is not NULL, else 0. */
 void rq4_interleave_act(qact *a);
 
+/* The tokens of x from `first` on, as a qact without tiles: what a prompt
+ * kernel hands to the per-token kernels after its tiles. */
+static inline qact rq4_qact_tail(const qact *x, int first) {
+    qact t = *x;
+    t.q += (size_t)first * (size_t)x->n;
+    t.qp += (size_t)first * (size_t)x->n;
+    t.d += (size_t)first * (size_t)x->nb;
+    t.s += (size_t)first * (size_t)x->nb;
+    t.ntok -= first;
+    t.ntile = 0;
+    return t;
+}
+
 /* The contract's final tree over the 16 lanes (overwrites them). */
 static inline float sum_lanes(float lane[LANES]) {
     for (int w = LANES / 2; w > 0; w /= 2)
