@@ -90,12 +90,13 @@ def export(options, log=None, detail=None):
         worst = (0.0, None)
         bar = progress_bar(total=n, desc="export", unit="tensor",
                            quiet=getattr(options, "quiet", False) or getattr(options, "verbose", False))
+        as_float = getattr(options, "float", False)
         with writer as w, bar:
-            stream = src.tensors() if options.float else methods.make_stream(src, header, options)
+            stream = src.tensors() if as_float else methods.make_stream(src, header, options)
             for i, (name, t) in enumerate(stream):
-                if options.float and isinstance(t, QuantizedTensor):
+                if as_float and isinstance(t, QuantizedTensor):
                     t = dequantize(t)           # an exact import, as its float values
-                if options.float and t.ndim == 2 and t.shape[0] > 1:
+                if as_float and t.ndim == 2 and t.shape[0] > 1:
                     w.add_f32(name, t)
                     what, shape = "f32 (--float)", t.shape
                 elif isinstance(t, QuantizedTensor):
