@@ -3,7 +3,8 @@
  * (USAGE) are those of python -m pyrunq4.generate, with the same meanings and
  * defaults:
  *
- *   runq4 MODEL.rq4 [-t temperature] [-p top_p] [--top-k k] [-s seed]
+ *   runq4 MODEL.rq4 [-t temperature] [-p top_p] [--top-k k] [--min-p F]
+ *         [--repeat-penalty F] [--repeat-last-n N] [-s seed]
  *         [-n max_new_tokens] [-i prompt] [--chat | -m generate|chat]
  *         [-y system_prompt] [-T threads] [-c context] [-k f32|f16]
  *         [-M max_memory_MiB] [--prompt-cache FILE] [-v] [--version] [-h]
@@ -39,7 +40,6 @@
 
 #include "chat.h"
 #include "runq4.h"
-#include "sampler.h"
 #include "tokenizer/tokenizer.h"
 
 #define DEFAULT_MAX_NEW_TOKENS 256
@@ -55,6 +55,12 @@ static const char *USAGE =
     "  -t, --temperature F       temperature in [0,inf), default 0 (greedy)\n"
     "  -p, --top-p F             top-p (nucleus) in (0,1], default 1 (no cut)\n"
     "      --top-k N             keep the N most likely tokens, default 0 (off)\n"
+    "      --min-p F             keep the tokens at least F times as likely as the\n"
+    "                            most likely one, F in [0,1], default 0 (off)\n"
+    "      --repeat-penalty F    divide the positive logits of the ids among the last\n"
+    "                            --repeat-last-n (multiply the negative ones) by F > 0,\n"
+    "                            default 1 (off)\n"
+    "      --repeat-last-n N     the ids the penalty looks back over, default 64\n"
     "  -s, --seed N              random seed in [0, 2^64), default: random\n"
     "  -T, --threads N           threads in [1, RQ4_MAX_THREADS], default: the CPUs\n"
     "                            this process may use\n"
@@ -189,7 +195,7 @@ typedef struct run {
     rq4_model *model;
     const rq4_config *cfg;
     rq4_tokenizer *tok;
-    rq4_sampler sampler;
+    rq4_sampler *sampler;
     float *logits;          /* (vocab_size) */
     int32_t *ids;           /* scratch for encoding */
     size_t ids_cap;
@@ -201,12 +207,6 @@ typedef struct run {
     double prompt_s, gen_s;
     int context_full;
 } run;
-
-static int is_eos(const run *r, int32_t id) {
-    for (int i = 0; i < r->cfg->n_eos && i < RQ4_MAX_EOS; i++)
-        if (r->cfg->eos_ids[i] == id) return 1;
-    return 0;
-}
 
 /* Encodes text (special: parse special-token text) after an optional BOS into
  * r->ids; returns the count. */
@@ -275,9 +275,10 @@ static void print_ids(const char *what, const int32_t *ids, int64_t n) {
 }
 
 /* Samples and streams tokens until an end token, the step limit or a full
- * context. Returns the last generated token when it is not in the KV cache
- * yet (stopped by the step limit or a full context), else -1 (stopped on an
- * end token, which is not fed either). */
+ * context, one rq4_decode step per token (each piece is shown as it comes).
+ * Returns the last generated token when it is not in the KV cache yet
+ * (stopped by the step limit or a full context), else -1 (stopped on an end
+ * token, which is not fed either). */
 static int32_t generate(run *r) {
     int32_t count = 0, pending = -1;
     if (r->max_new == 0) return -1;
@@ -285,8 +286,15 @@ static int32_t generate(run *r) {
     int32_t *gen = NULL;
     size_t gen_cap = 0;
     for (;;) {
-        int32_t next = rq4_sample(&r->sampler, r->logits);
-        if (is_eos(r, next)) break;
+        int32_t next, n, stop;
+        rq4_error err;
+        if (rq4_decode(r->model, r->sampler, r->logits, pending, 1, &next, &n, &stop, &err) != RQ4_OK)
+            die("%s", err.message);
+        if (n == 0) {
+            if (stop == RQ4_STOP_EOS) pending = -1;
+            else r->context_full = 1;   /* pending does not fit */
+            break;
+        }
         pending = next;
         if (r->verbose) {
             if ((size_t)count >= gen_cap) {
@@ -303,13 +311,6 @@ static int32_t generate(run *r) {
         count++;
         r->gen_tokens++;
         if ((r->max_new >= 0 && count >= r->max_new) || g_stdout_closed) break;
-        if (rq4_position(r->model) >= r->cfg->n_ctx) {   /* the new token would not fit */
-            r->context_full = 1;
-            break;
-        }
-        rq4_error err;
-        if (rq4_forward(r->model, &next, 1, r->logits, 0, &err) != RQ4_OK) die("%s", err.message);
-        pending = -1;
     }
     r->gen_s += now_s() - t0;
     if (r->verbose) print_ids("generated", gen, count);
@@ -375,6 +376,8 @@ static void run_chat(run *r, const char *prompt, const char *system) {
         if (t.n > (size_t)INT32_MAX) die("the message is too long");
         int32_t n = (int32_t)t.n;
         if (r->verbose) print_ids("prompt", t.ids, n);
+        /* the penalty's history is the context's ids: pending joined it when drawn */
+        rq4_sampler_accept(r->sampler, t.ids + (pending >= 0), n - (pending >= 0));
         if (first && r->prompt_cache) feed_prompt(r, t.ids, n);
         else feed(r, t.ids, n);
         pending = generate(r);
@@ -399,7 +402,8 @@ typedef struct option {
 } option;
 
 enum {
-    OPT_PROMPT, OPT_MAX_NEW, OPT_TEMPERATURE, OPT_TOP_P, OPT_TOP_K, OPT_SEED, OPT_THREADS, OPT_CTX, OPT_KV_TYPE,
+    OPT_PROMPT, OPT_MAX_NEW, OPT_TEMPERATURE, OPT_TOP_P, OPT_TOP_K, OPT_MIN_P, OPT_REPEAT_PENALTY,
+    OPT_REPEAT_LAST_N, OPT_SEED, OPT_THREADS, OPT_CTX, OPT_KV_TYPE,
     OPT_CHAT, OPT_MODE, OPT_SYSTEM, OPT_MAX_MEMORY, OPT_PROMPT_CACHE, OPT_VERBOSE, OPT_VERSION, OPT_HELP, N_OPTIONS
 };
 
@@ -407,6 +411,8 @@ static const option OPTIONS[N_OPTIONS] = {
     [OPT_PROMPT] = {"prompt", 'i', 1},       [OPT_MAX_NEW] = {"max-new-tokens", 'n', 1},
     [OPT_TEMPERATURE] = {"temperature", 't', 1}, [OPT_TOP_P] = {"top-p", 'p', 1},
     [OPT_TOP_K] = {"top-k", 0, 1},           [OPT_SEED] = {"seed", 's', 1},
+    [OPT_MIN_P] = {"min-p", 0, 1},           [OPT_REPEAT_PENALTY] = {"repeat-penalty", 0, 1},
+    [OPT_REPEAT_LAST_N] = {"repeat-last-n", 0, 1},
     [OPT_THREADS] = {"threads", 'T', 1},     [OPT_CTX] = {"ctx", 'c', 1},
     [OPT_KV_TYPE] = {"kv-type", 'k', 1},     [OPT_CHAT] = {"chat", 0, 0},
     [OPT_MODE] = {NULL, 'm', 1},             [OPT_SYSTEM] = {"system", 'y', 1},
@@ -448,10 +454,11 @@ static int parse_option(int argc, char **argv, int *i, const char **value, const
 
 int main(int argc, char **argv) {
     const char *path = NULL, *prompt = NULL, *system = NULL, *kv = "f32", *prompt_cache = NULL;
-    float temperature = 0.0f, top_p = 1.0f;
-    uint64_t seed = 0, max_mb = 0;
+    rq4_sampling sp;
+    rq4_default_sampling(&sp);
+    uint64_t max_mb = 0;
     int have_seed = 0, verbose = 0, chat_mode = 0;
-    long max_new = DEFAULT_MAX_NEW_TOKENS, threads = 0, ctx = 0, top_k = 0;
+    long max_new = DEFAULT_MAX_NEW_TOKENS, threads = 0, ctx = 0;
 
     signal(SIGPIPE, SIG_IGN);   /* a closed stdout ends the run quietly (emit) */
     check_std_fds();
@@ -473,15 +480,24 @@ int main(int argc, char **argv) {
         }
         case OPT_VERBOSE: verbose = 1; break;
         case OPT_TEMPERATURE:
-            temperature = parse_float(a, v);
-            if (temperature < 0.0f) die("%s (temperature) must be >= 0, got '%s'", a, v);
+            sp.temperature = parse_float(a, v);
+            if (sp.temperature < 0.0f) die("%s (temperature) must be >= 0, got '%s'", a, v);
             break;
         case OPT_TOP_P:
-            top_p = parse_float(a, v);
-            if (!(top_p > 0.0f && top_p <= 1.0f)) die("%s (top-p) must be in (0, 1], got '%s'", a, v);
+            sp.top_p = parse_float(a, v);
+            if (!(sp.top_p > 0.0f && sp.top_p <= 1.0f)) die("%s (top-p) must be in (0, 1], got '%s'", a, v);
             break;
-        case OPT_TOP_K: top_k = parse_long(a, v, 0, INT32_MAX); break;
-        case OPT_SEED: seed = parse_u64(a, v); have_seed = 1; break;
+        case OPT_TOP_K: sp.top_k = (int32_t)parse_long(a, v, 0, INT32_MAX); break;
+        case OPT_MIN_P:
+            sp.min_p = parse_float(a, v);
+            if (!(sp.min_p >= 0.0f && sp.min_p <= 1.0f)) die("%s (min-p) must be in [0, 1], got '%s'", a, v);
+            break;
+        case OPT_REPEAT_PENALTY:
+            sp.repeat_penalty = parse_float(a, v);
+            if (!(sp.repeat_penalty > 0.0f)) die("%s (repeat penalty) must be > 0, got '%s'", a, v);
+            break;
+        case OPT_REPEAT_LAST_N: sp.repeat_last_n = (int32_t)parse_long(a, v, 0, RQ4_MAX_REPEAT_LAST_N); break;
+        case OPT_SEED: sp.seed = parse_u64(a, v); have_seed = 1; break;
         case OPT_MAX_NEW: max_new = parse_long(a, v, -1, INT32_MAX); break;
         case OPT_PROMPT: prompt = v; break;
         case OPT_CHAT: chat_mode = 1; break;
@@ -530,9 +546,8 @@ int main(int argc, char **argv) {
     double load_s = now_s() - t_start;
     if (rq4_tokenizer_size(r.tok) > r.cfg->vocab_size)
         die("the tokenizer has %d ids but the model's vocab is %d", rq4_tokenizer_size(r.tok), r.cfg->vocab_size);
-    if (!have_seed) seed = (uint64_t)time(NULL) ^ ((uint64_t)getpid() << 32);
-    if (rq4_sampler_init(&r.sampler, r.cfg->vocab_size, temperature, top_p, (int32_t)top_k, seed) != 0)
-        die("out of memory for the sampler");
+    if (!have_seed) sp.seed = (uint64_t)time(NULL) ^ ((uint64_t)getpid() << 32);
+    if (rq4_sampler_new(r.cfg->vocab_size, &sp, &r.sampler, &err) != RQ4_OK) die("%s", err.message);
     if (opts.max_memory) {
         /* -M bounds the whole run: the engine's figure (file + KV cache +
            buffers, checked by rq4_open) plus what this program allocates */
@@ -540,8 +555,7 @@ int main(int argc, char **argv) {
         uint64_t file = stat(path, &st) == 0 ? (uint64_t)st.st_size : 0;
         uint64_t engine = file + rq4_memory_needed(r.model, r.cfg->n_ctx, opts.kv_type);
         uint64_t tok = rq4_tokenizer_memory(r.tok);
-        uint64_t bufs = (uint64_t)r.cfg->vocab_size *
-                        (sizeof(float) + (r.sampler.probindex ? sizeof(rq4_prob_index) : 0));
+        uint64_t bufs = (uint64_t)r.cfg->vocab_size * sizeof(float) + rq4_sampler_memory(r.sampler);
         if (engine + tok + bufs > opts.max_memory)
             die("needs %llu bytes (engine %llu + tokenizer %llu + logits and sampler %llu), over -M %llu MiB",
                 (unsigned long long)(engine + tok + bufs), (unsigned long long)engine, (unsigned long long)tok,
@@ -557,6 +571,7 @@ int main(int argc, char **argv) {
         int32_t n = encode(&r, text, strlen(text), 0, r.cfg->bos_id);
         if (n == 0) die("the prompt is empty (and the model has no BOS token)");
         if (r.verbose) print_ids("prompt", r.ids, n);
+        rq4_sampler_accept(r.sampler, r.ids, n);
         if (r.prompt_cache) feed_prompt(&r, r.ids, n);
         else feed(&r, r.ids, n);
         generate(&r);
@@ -575,7 +590,7 @@ int main(int argc, char **argv) {
         die("writing the output: %s", strerror(errno));
     free(r.logits);
     free(r.ids);
-    rq4_sampler_free(&r.sampler);
+    rq4_sampler_free(r.sampler);
     rq4_tokenizer_free(r.tok);
     rq4_close(r.model);
     return 0;

@@ -44,6 +44,12 @@ MAX_VOCAB = lib.RQ4_MAX_VOCAB
 MAX_SEQ_LEN = lib.RQ4_MAX_SEQ_LEN
 MAX_THREADS = lib.RQ4_MAX_THREADS
 
+DEFAULT_REPEAT_LAST_N = lib.RQ4_DEFAULT_REPEAT_LAST_N
+MAX_REPEAT_LAST_N = lib.RQ4_MAX_REPEAT_LAST_N
+STOP_COUNT = lib.RQ4_STOP_COUNT
+STOP_EOS = lib.RQ4_STOP_EOS
+STOP_CONTEXT = lib.RQ4_STOP_CONTEXT
+
 KV_TYPES = {"f32": lib.RQ4_KV_F32, "f16": lib.RQ4_KV_F16}
 ROPE_NONE = lib.RQ4_ROPE_NONE
 ROPE_LLAMA3 = lib.RQ4_ROPE_LLAMA3
@@ -219,6 +225,58 @@ def blob(h: Handle, name: str):
     if p == ffi.NULL:
         return None
     return bytes(ffi.buffer(p, size[0]))
+
+
+# ---- sampling and decoding ---------------------------------------------------
+
+def sampler_new(vocab_size: int, temperature: float, top_p: float, top_k: int, min_p: float,
+                repeat_penalty: float, repeat_last_n: int, seed: int):
+    """An owned rq4_sampler* (freed by the GC); a parameter C refuses (a
+    temperature beyond float's range, say) raises ArgumentError."""
+    p = ffi.new("rq4_sampling *")
+    lib.rq4_default_sampling(p)
+    p.temperature, p.top_p, p.top_k, p.min_p = temperature, top_p, top_k, min_p
+    p.repeat_penalty, p.repeat_last_n, p.seed = repeat_penalty, repeat_last_n, seed
+    out = ffi.new("rq4_sampler **")
+    err = ffi.new("rq4_error *")
+    _check(lib.rq4_sampler_new(vocab_size, p, out, err), err)
+    return ffi.gc(out[0], lib.rq4_sampler_free, size=lib.rq4_sampler_memory(out[0]))
+
+
+def sampler_accept(s, ids):
+    """Appends ids (a sequence of ints) to the sampler's penalty history."""
+    if len(ids):
+        lib.rq4_sampler_accept(s, ffi.new("int32_t[]", list(ids)), len(ids))
+
+
+def sample(s, logits: np.ndarray) -> int:
+    """rq4_sample on a C-contiguous float32 array (used as scratch)."""
+    assert logits.dtype == np.float32 and logits.flags.c_contiguous
+    return int(lib.rq4_sample(s, ffi.from_buffer("float[]", logits, require_writable=True)))
+
+
+class Decoder:
+    """rq4_decode calls of one generation: the logits buffer (vocab floats,
+    allocated once here) and the output arrays are reused by every call."""
+
+    __slots__ = ("_h", "_s", "logits", "_buf", "_ids", "_cap", "_out", "_err")
+
+    def __init__(self, h: Handle, sampler, vocab_size: int, cap: int):
+        self._h, self._s, self._cap = h, sampler, cap
+        self.logits = np.empty(vocab_size, dtype=np.float32)
+        self._buf = ffi.from_buffer("float[]", self.logits, require_writable=True)
+        self._ids = ffi.new("int32_t[]", cap)
+        self._out = ffi.new("int32_t[2]")  # n_ids, stop
+        self._err = ffi.new("rq4_error *")
+
+    def step(self, pending: int, max_ids: int):
+        """(the ids drawn, the rq4_stop); pending: an id to feed first, or -1
+        when self.logits holds the last cached token's."""
+        out = self._out
+        status = lib.rq4_decode(self._h.ptr, self._s, self._buf, pending, min(max_ids, self._cap),
+                                self._ids, out, out + 1, self._err)
+        _check(status, self._err)
+        return ffi.unpack(self._ids, out[0]), out[1]
 
 
 # ---- the C tokenizer ---------------------------------------------------------

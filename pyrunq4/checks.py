@@ -45,9 +45,27 @@ def check_max_new_tokens(max_new_tokens):
     return check_int("max_new_tokens", max_new_tokens, 0, INT32_MAX, allow_none=True)
 
 
-def check_sampling(temperature=0.0, top_p=1.0, top_k=0, seed=None):
+def _check_number(name, value):
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise ArgumentError(f"{name} must be a number, got {value!r}")
+
+
+def check_sampling(temperature=0.0, top_p=1.0, top_k=0, seed=None, min_p=0.0, repeat_penalty=1.0,
+                   repeat_last_n=64):
     """The sampling parameters: temperature finite and >= 0 (0: greedy),
-    top_p in (0, 1], top_k >= 0 (0: off), seed None or in [0, 2^64)."""
+    top_p in (0, 1], top_k >= 0 (0: off), seed None or in [0, 2^64), min_p in
+    [0, 1] (0: off), repeat_penalty finite and > 0 (1: off), repeat_last_n in
+    [0, RQ4_MAX_REPEAT_LAST_N]. (The C sampler checks its ranges again, in
+    float: a temperature beyond float's range is refused there.)"""
+    from ._lib import MAX_REPEAT_LAST_N
+
+    _check_number("min_p", min_p)
+    if not (0.0 <= min_p <= 1.0):
+        raise ArgumentError(f"min_p must be in [0, 1], got {min_p!r}")
+    _check_number("repeat_penalty", repeat_penalty)
+    if not (math.isfinite(repeat_penalty) and repeat_penalty > 0):
+        raise ArgumentError(f"repeat_penalty must be finite and > 0, got {repeat_penalty!r}")
+    check_int("repeat_last_n", repeat_last_n, 0, MAX_REPEAT_LAST_N)
     if isinstance(temperature, bool) or not isinstance(temperature, (int, float, np.floating)):
         raise ArgumentError(f"temperature must be a number, got {temperature!r}")
     if not math.isfinite(temperature) or temperature < 0:

@@ -24,7 +24,7 @@ PROG = "pyrunq4-generate"
 
 
 def build_parser():
-    from ._lib import DEFAULT_CTX, KV_TYPES
+    from ._lib import DEFAULT_CTX, DEFAULT_REPEAT_LAST_N, KV_TYPES
 
     p = Parser(prog=PROG, description="Generate text with an .rq4 model (int4 C engine).",
                formatter_class=HelpFormatter)
@@ -42,6 +42,14 @@ def build_parser():
                         "1 keeps all")
     p.add_argument("--top-k", type=int, default=0, metavar="N",
                    help="keep only the k most likely tokens; 0 keeps all")
+    p.add_argument("--min-p", type=float, default=0.0, metavar="F",
+                   help="keep the tokens at least F times as likely as the most likely one, "
+                        "F in [0, 1]; 0 keeps all")
+    p.add_argument("--repeat-penalty", type=float, default=1.0, metavar="F",
+                   help="divide the positive logits of the ids among the last --repeat-last-n "
+                        "(multiply the negative ones) by F > 0; 1 is off")
+    p.add_argument("--repeat-last-n", type=int, default=DEFAULT_REPEAT_LAST_N, metavar="N",
+                   help="the ids the repetition penalty looks back over")
     p.add_argument("--seed", type=int, default=None, metavar="N",
                    help="random seed in [0, 2^64), for reproducible sampling (default: random)")
     p.add_argument("--threads", type=int, default=None, metavar="N",
@@ -134,11 +142,13 @@ class _PromptCache:
 def _run(args):
     from .model import Model
 
-    check_sampling(args.temperature, args.top_p, args.top_k, args.seed)
+    check_sampling(args.temperature, args.top_p, args.top_k, args.seed, args.min_p,
+                   args.repeat_penalty, args.repeat_last_n)
     if args.max_memory is not None and args.max_memory < 1:
         raise UsageError(f"--max-memory must be a number of MiB >= 1, got {args.max_memory}")
     gen = dict(max_new_tokens=_max_new_tokens(args.max_new_tokens), temperature=args.temperature,
-               top_p=args.top_p, top_k=args.top_k, seed=args.seed, progress=True)
+               top_p=args.top_p, top_k=args.top_k, seed=args.seed, min_p=args.min_p,
+               repeat_penalty=args.repeat_penalty, repeat_last_n=args.repeat_last_n, progress=True)
     totals = [0, 0.0, 0, 0.0]
     max_memory = None if args.max_memory is None else args.max_memory << 20
     with Model(args.model, n_ctx=args.ctx, n_threads=args.threads, kv_type=args.kv_type,

@@ -27,6 +27,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import threading
+import time
 from typing import Iterator, Sequence
 
 import numpy as np
@@ -43,6 +44,11 @@ from .streaming import PieceText, StopStrings, TokenText, new_stats, timed
 __all__ = ["Config", "Model"]
 
 PROMPT_CHUNK = 256  # tokens per step of a prompt fed under a progress bar
+# ids per rq4_decode call: stream() shows each token as it comes (one per
+# call, as the binary); generate() and chat(), which show nothing before the
+# end, take several per call
+STREAM_CHUNK = 1
+GENERATE_CHUNK = 16
 
 
 @dataclasses.dataclass(frozen=True)
@@ -354,8 +360,9 @@ class Model:
 
     # ---- evaluation ----------------------------------------------------------------
 
-    def _forward(self, ids: np.ndarray, all_logits: bool, want_logits: bool = True):
-        """Runs ids from the current position; keeps self._tokens in step."""
+    def _forward(self, ids: np.ndarray, all_logits: bool, want_logits: bool = True, out=None):
+        """Runs ids from the current position; keeps self._tokens in step.
+        out: a (vocab,) float32 array for the last token's logits (else a new one)."""
         h = self._handle()
         n = len(ids)
         if len(self._tokens) + n > self.config.n_ctx:
@@ -363,8 +370,7 @@ class Model:
                 f"{n} tokens do not fit in the context: {len(self._tokens)} of "
                 f"{self.config.n_ctx} positions are used")
         vocab = self.config.vocab_size
-        out = None
-        if want_logits:
+        if want_logits and out is None:
             out = np.empty((n, vocab) if all_logits else (vocab,), dtype=np.float32)
         self._epoch += 1
         try:
@@ -429,12 +435,12 @@ class Model:
             self._tokens = tokens
             self._epoch += 1
 
-    def _sync(self, seq: list, progress: bool = False) -> np.ndarray:
+    def _sync(self, seq: list, progress: bool = False, out=None) -> np.ndarray:
         """Makes the cache hold exactly seq, reusing the longest common prefix
         with what is cached, and returns the last token's (vocab,) logits.
         progress: feed a long remainder in chunks under a progress bar (a
-        terminal only; chunked and whole feeds give the same logits).
-        Caller holds the lock."""
+        terminal only; chunked and whole feeds give the same logits). out: as
+        in _forward. Caller holds the lock."""
         self._handle()
         if len(seq) > self.config.n_ctx:
             raise ContextFullError(f"{len(seq)} tokens do not fit in the context "
@@ -445,10 +451,10 @@ class Model:
             self._rewind(n)
         rest = np.asarray(seq[n:], dtype=np.int32)
         if not progress or len(rest) <= PROMPT_CHUNK:
-            return self._forward(rest, False)
+            return self._forward(rest, False, out=out)
         with progress_bar(total=len(rest), desc="prompt", unit="tok") as bar:
             for i in range(0, len(rest), PROMPT_CHUNK):
-                logits = self._forward(rest[i:i + PROMPT_CHUNK], False)
+                logits = self._forward(rest[i:i + PROMPT_CHUNK], False, out=out)
                 bar.update(len(rest[i:i + PROMPT_CHUNK]))
         return logits
 
@@ -464,7 +470,8 @@ class Model:
         return ids
 
     def stream(self, prompt, max_new_tokens=256, temperature=0.0, top_p=1.0, top_k=0,
-               seed=None, stop=None, progress=False, json_schema=None) -> Iterator[str]:
+               seed=None, stop=None, progress=False, json_schema=None, *, min_p=0.0,
+               repeat_penalty=1.0, repeat_last_n=64) -> Iterator[str]:
         """Yields the new text piece by piece as it is decoded.
 
         prompt: text (tokenized with BOS, special-token text kept as text) or
@@ -477,33 +484,45 @@ class Model:
         stream() is called, not at the first next(). progress: a progress bar
         on stderr (a terminal only) while a long prompt is fed.
 
+        Sampling (pyrunq4.sampling, the binary's C sampler): temperature,
+        top_p, top_k, min_p, a repetition penalty over the last repeat_last_n
+        ids of the context, seed. The loop runs in C (rq4_decode); Python
+        handles the text of each token.
+
         json_schema: a JSON schema (dict); the text is then a JSON document
         valid against it, constrained token by token (pyrunq4.structured,
-        needs llguidance); it ends when the document is complete."""
+        needs llguidance; the mask is applied in Python before each draw); it
+        ends when the document is complete."""
         with self._lock:
             self._tok()
             ids = self._prompt_ids(prompt)
-            return self._start(ids, max_new_tokens, temperature, top_p, top_k, seed, stop, progress,
-                               json_schema)
+            return self._start(ids, max_new_tokens, dict(
+                temperature=temperature, top_p=top_p, top_k=top_k, seed=seed, min_p=min_p,
+                repeat_penalty=repeat_penalty, repeat_last_n=repeat_last_n),
+                stop, progress, json_schema, STREAM_CHUNK)
 
     def generate(self, prompt, max_new_tokens=256, temperature=0.0, top_p=1.0, top_k=0,
-                 seed=None, stop=None, progress=False, json_schema=None) -> str:
-        """The new text (see stream(); generate is "".join(stream(...)))."""
+                 seed=None, stop=None, progress=False, json_schema=None, *, min_p=0.0,
+                 repeat_penalty=1.0, repeat_last_n=64) -> str:
+        """The new text (see stream(); generate is "".join(stream(...)), run
+        several tokens per C call)."""
         with self._lock:
-            return "".join(self.stream(prompt, max_new_tokens, temperature, top_p, top_k,
-                                       seed, stop, progress, json_schema))
+            self._tok()
+            ids = self._prompt_ids(prompt)
+            return "".join(self._start(ids, max_new_tokens, dict(
+                temperature=temperature, top_p=top_p, top_k=top_k, seed=seed, min_p=min_p,
+                repeat_penalty=repeat_penalty, repeat_last_n=repeat_last_n),
+                stop, progress, json_schema, GENERATE_CHUNK))
 
-    def _start(self, ids, max_new_tokens, temperature, top_p, top_k, seed, stop, progress,
-               json_schema=None):
+    def _start(self, ids, max_new_tokens, sampling, stop, progress, json_schema, chunk):
         max_new_tokens = check_max_new_tokens(max_new_tokens)
         if json_schema is not None:
             if stop is not None:
                 raise ArgumentError("stop strings do not apply with json_schema "
                                     "(the document's end is the grammar's)")
             from .structured import json_stream
-            return json_stream(self, ids, json_schema, max_new_tokens, temperature, top_p,
-                               top_k, seed)
-        sampler = Sampler(temperature, top_p, top_k, seed)
+            return json_stream(self, ids, json_schema, max_new_tokens, **sampling)
+        sampler = Sampler(**sampling, vocab_size=self.config.vocab_size)
         if stop is None:
             stops = []
         elif isinstance(stop, str):
@@ -518,52 +537,71 @@ class Model:
         if len(ids) > self.config.n_ctx:
             raise ContextFullError(f"the prompt's {len(ids)} tokens do not fit in the "
                                    f"context of {self.config.n_ctx}")
-        return self._run(list(ids), max_new_tokens, sampler, stops, progress)
+        return self._run(list(ids), max_new_tokens, sampler, stops, progress, chunk)
 
-    def _run(self, seq, max_new_tokens, sampler, stops, progress) -> Iterator[str]:
-        eos = set(self.config.eos_ids)
-        n_ctx = self.config.n_ctx
+    def _run(self, seq, max_new_tokens, sampler, stops, progress, chunk) -> Iterator[str]:
         stats = new_stats(len(seq))
         self.last_stats = stats
         if max_new_tokens == 0:
             return
         text = self._text_stream()
         cut = StopStrings(stops)
+        sampler.accept(seq)
 
         with timed(stats, "prompt_seconds"), self._lock:
             before = _common_prefix(self._tokens, seq)
-            logits = self._sync(seq, progress)
+            decoder = _lib.Decoder(self._handle(), sampler.ptr, self.config.vocab_size, chunk)
+            self._sync(seq, progress, out=decoder.logits)
             stats["prompt_fed"] = len(seq) - min(before, len(seq) - 1)
             epoch = self._epoch
 
-        while True:
-            with timed(stats, "decode_seconds"):
-                token = sampler(logits)
-                if token not in eos:
+        pending = -1   # the last drawn id, not fed yet
+        in_cache = 1   # seq[-in_cache:] is not in the cache when generation ends
+        clock = time.perf_counter
+        try:
+            while True:
+                t = clock()
+                want = chunk if max_new_tokens is None else min(chunk, max_new_tokens - stats["new_tokens"])
+                with self._lock:
+                    if self._epoch != epoch:  # another call used the cache: bring seq back
+                        self._sync(seq, out=decoder.logits)
+                        pending = -1
+                    ids, stop = decoder.step(pending, want)
+                    fed = ([pending] if pending >= 0 else []) + ids
+                    self._tokens = (self._tokens + fed)[:_lib.position(self._handle())]
+                    self._epoch += 1
+                    epoch = self._epoch
+                for token in ids:
                     seq.append(token)
                     stats["new_tokens"] += 1
                     piece = _tokenizer_call("decode", text.step, token)
-            if token in eos:
-                stats["stop_reason"] = "eos"
-                break
-            if piece:
-                shown = cut.push(piece)
-                if shown:
-                    yield shown
-                if cut.stopped:
-                    stats["stop_reason"] = "stop"
-                    return
-            if max_new_tokens is not None and stats["new_tokens"] >= max_new_tokens:
-                break
-            if len(seq) > n_ctx:  # the new token would not fit: stop cleanly
-                stats["stop_reason"] = "context"
-                break
-            with timed(stats, "decode_seconds"), self._lock:
-                if self._epoch == epoch:  # nobody touched the cache since
-                    logits = self._forward(np.asarray(seq[-1:], dtype=np.int32), False)
-                else:
-                    logits = self._sync(seq)
-                epoch = self._epoch
+                    shown = cut.push(piece) if piece else ""
+                    if shown:
+                        stats["decode_seconds"] += clock() - t
+                        yield shown
+                        t = clock()
+                    if cut.stopped:
+                        stats["stop_reason"] = "stop"
+                        return
+                stats["decode_seconds"] += clock() - t
+                if stop == _lib.STOP_EOS:
+                    stats["stop_reason"] = "eos"
+                    in_cache = 0
+                    break
+                if max_new_tokens is not None and stats["new_tokens"] >= max_new_tokens:
+                    break
+                if stop == _lib.STOP_CONTEXT:
+                    stats["stop_reason"] = "context"
+                    break
+                pending = ids[-1]
+        finally:
+            # the cache ends as a token-by-token loop leaves it: every id up
+            # to the last handled, that one only after an end token (ids
+            # drawn past a stop string or a closed stream are forgotten)
+            with self._lock:
+                keep = len(seq) - in_cache
+                if self._epoch == epoch and not self.closed and len(self._tokens) > keep:
+                    self._rewind(keep)
         rest = cut.flush()
         if rest:
             yield rest
@@ -650,21 +688,32 @@ class Model:
                         max_chars=self._max_chars(), **self._template_variables(template_kwargs))
 
     def chat_stream(self, messages, max_new_tokens=256, temperature=0.0, top_p=1.0, top_k=0,
-                    seed=None, stop=None, progress=False, json_schema=None, parse_special=False) -> Iterator[str]:
+                    seed=None, stop=None, progress=False, json_schema=None, parse_special=False, *,
+                    min_p=0.0, repeat_penalty=1.0, repeat_last_n=64) -> Iterator[str]:
         """Streams the assistant's reply to `messages` (a list of {"role",
         "content"} dicts; append the reply and the next user message for the
         next turn). The KV cache is kept across turns: the whole conversation
         is tokenized and only what differs from the cached tokens is fed. The
-        reply ends at the end-of-turn token (config.eos_ids). json_schema: as
-        in stream(). parse_special: see chat_tokens()."""
-        with self._lock:
-            ids = self.chat_tokens(messages, parse_special=parse_special)
-            return self._start(ids, max_new_tokens, temperature, top_p, top_k, seed, stop, progress,
-                               json_schema)
+        reply ends at the end-of-turn token (config.eos_ids). Sampling and
+        json_schema: as in stream(). parse_special: see chat_tokens()."""
+        return self._chat(messages, max_new_tokens, stop, progress, json_schema, parse_special,
+                          dict(temperature=temperature, top_p=top_p, top_k=top_k, seed=seed,
+                               min_p=min_p, repeat_penalty=repeat_penalty,
+                               repeat_last_n=repeat_last_n), STREAM_CHUNK)
 
     def chat(self, messages, max_new_tokens=256, temperature=0.0, top_p=1.0, top_k=0,
-             seed=None, stop=None, progress=False, json_schema=None, parse_special=False) -> str:
+             seed=None, stop=None, progress=False, json_schema=None, parse_special=False, *,
+             min_p=0.0, repeat_penalty=1.0, repeat_last_n=64) -> str:
         """The assistant's reply to `messages` (see chat_stream())."""
         with self._lock:
-            return "".join(self.chat_stream(messages, max_new_tokens, temperature, top_p,
-                                            top_k, seed, stop, progress, json_schema, parse_special))
+            return "".join(self._chat(messages, max_new_tokens, stop, progress, json_schema,
+                                      parse_special,
+                                      dict(temperature=temperature, top_p=top_p, top_k=top_k,
+                                           seed=seed, min_p=min_p, repeat_penalty=repeat_penalty,
+                                           repeat_last_n=repeat_last_n), GENERATE_CHUNK))
+
+    def _chat(self, messages, max_new_tokens, stop, progress, json_schema, parse_special, sampling,
+              chunk):
+        with self._lock:
+            ids = self.chat_tokens(messages, parse_special=parse_special)
+            return self._start(ids, max_new_tokens, sampling, stop, progress, json_schema, chunk)

@@ -118,18 +118,20 @@ class JsonConstraint:
 
 
 def json_stream(model, ids, schema, max_new_tokens=256, temperature=0.0, top_p=1.0, top_k=0,
-                seed=None) -> Iterator[str]:
+                seed=None, min_p=0.0, repeat_penalty=1.0, repeat_last_n=64) -> Iterator[str]:
     """Yields the text of a JSON document valid against `schema`, generated
     after the prompt ids (a list of token ids; the cache is reused up to the
     longest common prefix, as in Model.stream). model.last_stats gets the
     same keys as Model.stream's, stop_reason "stop" when the document is
     complete. The schema is compiled and the arguments are checked before the
-    first next()."""
+    first next(). The loop stays in Python, a token at a time: the mask
+    comes from llguidance before each draw (the C sampler's)."""
     if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) \
             or max_new_tokens < 0:
         raise ArgumentError(f"max_new_tokens must be an integer >= 0, got {max_new_tokens!r}")
     try:
-        sampler = Sampler(temperature, top_p, top_k, seed)
+        sampler = Sampler(temperature, top_p, top_k, seed, min_p, repeat_penalty, repeat_last_n,
+                          vocab_size=model.config.vocab_size)
     except ValueError as e:
         raise ArgumentError(str(e)) from None
     ids = [int(t) for t in ids]
@@ -154,6 +156,7 @@ def _run(model, seq, constraint, sampler, max_new_tokens):
     if max_new_tokens == 0:
         return
     text = model._text_stream()
+    sampler.accept(seq)
     t0 = time.perf_counter()
     cached = model.tokens
     keep = 0
@@ -172,6 +175,7 @@ def _run(model, seq, constraint, sampler, max_new_tokens):
                 stats["stop_reason"] = "stop"
                 break
             constraint.accept(token)
+            sampler.accept([token])
             seq.append(token)
             stats["new_tokens"] += 1
             piece = text.step(token)

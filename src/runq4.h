@@ -184,6 +184,78 @@ rq4_status rq4_save_state(const rq4_model *m, const char *path, const int32_t *t
 rq4_status rq4_load_state(rq4_model *m, const char *path, int32_t *tokens_out, int32_t cap, int32_t *n,
                           rq4_error *err);
 
+/* ---- Sampling (sampler.c) ----
+ * The next token from logits, in this order: the repetition penalty over the
+ * last repeat_last_n accepted ids (each distinct id once: a positive logit
+ * divided by repeat_penalty, a negative one multiplied, as llama.cpp and the
+ * CTRL paper); greedy (temperature 0 or top_k 1: the first maximum); else
+ * (logit - max) / temperature, the top_k largest (0: all), their softmax, and
+ * a draw among the most likely tokens cut twice: the shortest prefix whose
+ * mass reaches top_p, and the tokens of probability >= min_p times the
+ * largest. The draw uses a xorshift64* stream seeded by `seed`, so the same
+ * parameters, history and logits give the same ids wherever they run. */
+#define RQ4_DEFAULT_REPEAT_LAST_N 64
+#define RQ4_MAX_REPEAT_LAST_N 1048576
+
+typedef struct rq4_sampling {
+    float temperature;      /* finite, >= 0; 0: greedy */
+    float top_p;            /* (0, 1]; 1: no cut */
+    int32_t top_k;          /* >= 0; 0: no cut; 1: greedy */
+    float min_p;            /* [0, 1]; 0: no cut */
+    float repeat_penalty;   /* finite, > 0; 1: none */
+    int32_t repeat_last_n;  /* [0, RQ4_MAX_REPEAT_LAST_N] ids the penalty looks back over */
+    uint64_t seed;
+} rq4_sampling;
+
+typedef struct rq4_sampler rq4_sampler;
+
+/* Fills `p` with the defaults: greedy, no cuts, no penalty,
+ * RQ4_DEFAULT_REPEAT_LAST_N, seed 0. */
+void rq4_default_sampling(rq4_sampling *p);
+
+/* A sampler for logits of `vocab_size` floats (free it with
+ * rq4_sampler_free); a parameter outside its range is RQ4_ERR_ARG. */
+rq4_status rq4_sampler_new(int32_t vocab_size, const rq4_sampling *p, rq4_sampler **out, rq4_error *err);
+
+/* NULL is allowed. */
+void rq4_sampler_free(rq4_sampler *s);
+
+/* Bytes the sampler holds allocated. */
+uint64_t rq4_sampler_memory(const rq4_sampler *s);
+
+/* Appends ids (the prompt, a fed turn) to the history the penalty reads. */
+void rq4_sampler_accept(rq4_sampler *s, const int32_t *ids, int32_t n);
+
+/* The next id for `logits` (vocab_size floats, used as scratch). It does not
+ * join the history: accept it when it goes into the context. */
+int32_t rq4_sample(rq4_sampler *s, float *logits);
+
+/* Index of the largest value, the lowest index on ties, as numpy's argmax
+ * (which also treats NaN as the largest: the first NaN wins). n >= 1. */
+int32_t rq4_argmax(const float *x, int32_t n);
+
+/* ---- Decoding (decode.c) ----
+ * Several tokens per call: sample, feed, sample ... with no allocation.
+ * logits (vocab_size floats) is the caller's reused buffer: on entry the
+ * logits of the last token in the cache, unless `pending` >= 0, an id drawn
+ * by the previous call and not fed yet, which is fed first. Each step draws
+ * an id with `s`; an end-of-sequence id (eos_ids) ends the call with
+ * *stop = RQ4_STOP_EOS and is neither stored nor fed; any other id is stored
+ * in ids[*n_ids], joins the sampler's history, and then the call ends with
+ * RQ4_STOP_COUNT once `max_ids` ids are stored, or with RQ4_STOP_CONTEXT
+ * when the context has no room for it; else it is fed and the next step
+ * runs. So the last stored id is not in the cache unless the stop is
+ * RQ4_STOP_EOS: pass it as `pending` to go on (a pending id the context has
+ * no room for ends the call at once with RQ4_STOP_CONTEXT). max_ids >= 1. */
+enum rq4_stop {
+    RQ4_STOP_COUNT = 0,
+    RQ4_STOP_EOS = 1,
+    RQ4_STOP_CONTEXT = 2
+};
+
+rq4_status rq4_decode(rq4_model *m, rq4_sampler *s, float *logits, int32_t pending, int32_t max_ids,
+                      int32_t *ids, int32_t *n_ids, int32_t *stop, rq4_error *err);
+
 /* A blob of the file by name ("tokenizer.json", "chat_template", ...): a
  * pointer into the mapping, valid until rq4_close, and its size; NULL when the
  * file has no such blob. */

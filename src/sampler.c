@@ -1,17 +1,37 @@
-/* Greedy, temperature, top-k and top-p sampling, as llama2.c's run.c does
- * it: softmax of logits/temperature, then either a draw from the whole
- * distribution or from the nucleus (the most likely tokens whose mass first
- * reaches top_p; tokens below (1 - top_p) / (n - 1) cannot be in it, so they
- * are dropped before sorting). With top_k, the rule of pyrunq4's numpy
- * sampler (pyrunq4/sampling.py): the top_k largest logits/temperature, their
- * softmax, then the top_p prefix of those, renormalised; top_k 1 is greedy
- * whatever the temperature. The kept sets are the ones pyrunq4 keeps (stable
- * order, mass >= top_p); the random draws differ (its RNG is numpy's), so
- * only greedy runs are comparable across the two. */
-#include "sampler.h"
+/* Choosing the next token from logits (runq4.h, "Sampling"): the repetition
+ * penalty, greedy, temperature, top-k, top-p (nucleus) and min-p, with a
+ * seeded xorshift RNG so that a seed reproduces a run in the binary and in
+ * Python alike (both call this file).
+ *
+ * Without a cut the draw is over the softmax of the whole vocabulary, as
+ * llama2.c's run.c does it. With a cut the candidates are sorted, most likely
+ * first (ties in index order), and both cuts are prefixes of that order: the
+ * nucleus (the shortest prefix whose mass reaches top_p; tokens below
+ * (1 - top_p) / (n - 1) cannot be in it, so they are dropped before sorting)
+ * and the min-p set (probability >= min_p times the first's), and the draw is
+ * over the shorter one, renormalised. With top_k the candidates are the top_k
+ * largest logits, found with a heap, and their softmax is in double. */
+#include "internal.h"
 
 #include <math.h>
 #include <stdlib.h>
+
+typedef struct prob_index {
+    float prob;
+    int32_t index;
+} prob_index;
+
+struct rq4_sampler {
+    int32_t vocab_size;
+    rq4_sampling p;
+    uint64_t rng_state;     /* xorshift64*, never 0 */
+    prob_index *probindex;  /* (n_candidates) scratch for the cuts; NULL without one */
+    int32_t n_candidates;   /* top_k when it cuts, else vocab_size */
+    int32_t *history;       /* (repeat_last_n) ring of the last accepted ids; NULL without a penalty */
+    int32_t *window;        /* (repeat_last_n) scratch: the ring sorted */
+    int32_t n_history;      /* ids in the ring, <= repeat_last_n */
+    int32_t next;           /* where the next accepted id goes */
+};
 
 static uint32_t random_u32(uint64_t *state) {
     /* xorshift64* (Marsaglia; Vigna's multiplier), as llama2.c */
@@ -39,33 +59,110 @@ int32_t rq4_argmax(const float *x, int32_t n) {
     return best;
 }
 
-int rq4_sampler_init(rq4_sampler *s, int32_t vocab_size, float temperature, float top_p, int32_t top_k,
-                     uint64_t seed) {
-    s->probindex = NULL;
-    if (vocab_size < 1 || !isfinite(temperature) || temperature < 0.0f || !(top_p > 0.0f && top_p <= 1.0f) ||
-        top_k < 0)
-        return -1;
+void rq4_default_sampling(rq4_sampling *p) {
+    if (!p) return;
+    p->temperature = 0.0f;
+    p->top_p = 1.0f;
+    p->top_k = 0;
+    p->min_p = 0.0f;
+    p->repeat_penalty = 1.0f;
+    p->repeat_last_n = RQ4_DEFAULT_REPEAT_LAST_N;
+    p->seed = 0;
+}
+
+static int is_greedy(const rq4_sampling *p) { return p->temperature == 0.0f || p->top_k == 1; }
+
+static int has_penalty(const rq4_sampling *p) { return p->repeat_penalty != 1.0f && p->repeat_last_n > 0; }
+
+rq4_status rq4_sampler_new(int32_t vocab_size, const rq4_sampling *p, rq4_sampler **out, rq4_error *err) {
+    if (out) *out = NULL;
+    if (!p || !out) return rq4_fail(err, RQ4_ERR_ARG, "rq4_sampler_new: parameters and out must not be NULL");
+    if (vocab_size < 1) return rq4_fail(err, RQ4_ERR_ARG, "vocab_size = %d, need at least 1", vocab_size);
+    if (!isfinite(p->temperature) || p->temperature < 0.0f)
+        return rq4_fail(err, RQ4_ERR_ARG, "temperature = %g must be finite and >= 0", (double)p->temperature);
+    if (!(p->top_p > 0.0f && p->top_p <= 1.0f))
+        return rq4_fail(err, RQ4_ERR_ARG, "top_p = %g is outside (0, 1]", (double)p->top_p);
+    if (p->top_k < 0) return rq4_fail(err, RQ4_ERR_ARG, "top_k = %d is negative", p->top_k);
+    if (!(p->min_p >= 0.0f && p->min_p <= 1.0f))
+        return rq4_fail(err, RQ4_ERR_ARG, "min_p = %g is outside [0, 1]", (double)p->min_p);
+    if (!isfinite(p->repeat_penalty) || !(p->repeat_penalty > 0.0f))
+        return rq4_fail(err, RQ4_ERR_ARG, "repeat_penalty = %g must be finite and > 0", (double)p->repeat_penalty);
+    if (p->repeat_last_n < 0 || p->repeat_last_n > RQ4_MAX_REPEAT_LAST_N)
+        return rq4_fail(err, RQ4_ERR_ARG, "repeat_last_n = %d is outside [0, %d]", p->repeat_last_n,
+                        RQ4_MAX_REPEAT_LAST_N);
+    rq4_sampler *s = calloc(1, sizeof *s);
+    if (!s) return rq4_fail(err, RQ4_ERR_NOMEM, "out of memory for the sampler");
     s->vocab_size = vocab_size;
-    s->temperature = temperature;
-    s->top_p = top_p;
-    s->top_k = top_k;
+    s->p = *p;
     /* mix the seed so that small seeds give unrelated streams; never 0 */
-    uint64_t z = seed + 0x9E3779B97F4A7C15ULL;
+    uint64_t z = p->seed + 0x9E3779B97F4A7C15ULL;
     z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ULL;
     z = (z ^ (z >> 27)) * 0x94D049BB133111EBULL;
     z ^= z >> 31;
     s->rng_state = z ? z : 0x9E3779B97F4A7C15ULL;
-    if (temperature > 0.0f && (top_p < 1.0f || (top_k > 1 && top_k < vocab_size))) {
-        s->probindex = malloc(sizeof(rq4_prob_index) * (size_t)vocab_size);
-        if (!s->probindex) return -1;
+    int top_k_cuts = p->top_k > 1 && p->top_k < vocab_size;
+    s->n_candidates = top_k_cuts ? p->top_k : vocab_size;
+    if (!is_greedy(p) && (p->top_p < 1.0f || p->min_p > 0.0f || top_k_cuts)) {
+        s->probindex = malloc(sizeof(prob_index) * (size_t)s->n_candidates);
+        if (!s->probindex) goto nomem;
     }
-    return 0;
+    if (has_penalty(p)) {
+        s->history = malloc(sizeof(int32_t) * (size_t)p->repeat_last_n);
+        s->window = malloc(sizeof(int32_t) * (size_t)p->repeat_last_n);
+        if (!s->history || !s->window) goto nomem;
+    }
+    *out = s;
+    return rq4_succeed(err);
+nomem:
+    rq4_sampler_free(s);
+    return rq4_fail(err, RQ4_ERR_NOMEM, "out of memory for the sampler's scratch");
 }
 
 void rq4_sampler_free(rq4_sampler *s) {
     if (!s) return;
     free(s->probindex);
-    s->probindex = NULL;
+    free(s->history);
+    free(s->window);
+    free(s);
+}
+
+uint64_t rq4_sampler_memory(const rq4_sampler *s) {
+    if (!s) return 0;
+    uint64_t bytes = sizeof *s;
+    if (s->probindex) bytes += sizeof(prob_index) * (uint64_t)s->n_candidates;
+    if (s->history) bytes += 2 * sizeof(int32_t) * (uint64_t)s->p.repeat_last_n;
+    return bytes;
+}
+
+void rq4_sampler_accept(rq4_sampler *s, const int32_t *ids, int32_t n) {
+    if (!s || !s->history || !ids) return;
+    const int32_t cap = s->p.repeat_last_n;
+    for (int32_t i = n > cap ? n - cap : 0; i < n; i++) {   /* only the last cap can stay */
+        s->history[s->next] = ids[i];
+        s->next = s->next + 1 == cap ? 0 : s->next + 1;
+        if (s->n_history < cap) s->n_history++;
+    }
+}
+
+static int compare_id(const void *a, const void *b) {
+    int32_t x = *(const int32_t *)a, y = *(const int32_t *)b;
+    return (x > y) - (x < y);
+}
+
+/* Each distinct id of the history once: logit / penalty when positive, else
+ * logit * penalty (so a penalty > 1 always makes the id less likely). */
+static void apply_penalty(rq4_sampler *s, float *logits) {
+    int32_t n = s->n_history;
+    if (n == 0) return;
+    for (int32_t i = 0; i < n; i++) s->window[i] = s->history[i];
+    qsort(s->window, (size_t)n, sizeof(int32_t), compare_id);
+    const float penalty = s->p.repeat_penalty;
+    for (int32_t i = 0; i < n; i++) {
+        int32_t id = s->window[i];
+        if ((i > 0 && id == s->window[i - 1]) || id < 0 || id >= s->vocab_size) continue;
+        float x = logits[id];
+        logits[id] = x > 0.0f ? x / penalty : x * penalty;
+    }
 }
 
 /* softmax in place, in double for the sum */
@@ -92,64 +189,35 @@ static int32_t sample_mult(const float *p, int32_t n, float coin) {
 
 /* descending probability, ascending index on ties (a stable order) */
 static int compare_desc(const void *a, const void *b) {
-    const rq4_prob_index *x = a, *y = b;
+    const prob_index *x = a, *y = b;
     if (x->prob > y->prob) return -1;
     if (x->prob < y->prob) return 1;
     return (x->index > y->index) - (x->index < y->index);
 }
 
-static int32_t sample_top_p(const float *p, int32_t n, float top_p, rq4_prob_index *pi, float coin) {
-    int32_t m = 0;
-    const float cutoff = n > 1 ? (1.0f - top_p) / (float)(n - 1) : 0.0f;
-    for (int32_t i = 0; i < n; i++)
-        if (p[i] >= cutoff) {
-            pi[m].prob = p[i];
-            pi[m].index = i;
-            m++;
-        }
-    if (m == 0) return rq4_argmax(p, n);
-    qsort(pi, (size_t)m, sizeof(rq4_prob_index), compare_desc);
-    /* the shortest prefix whose mass reaches top_p */
-    float cum = 0.0f;
+/* The draw among pi[0..m) (sorted by compare_desc, m >= 1): the shorter of
+ * the min-p set and the top-p prefix, renormalised. */
+static int32_t draw_sorted(const prob_index *pi, int32_t m, float top_p, float min_p, float coin) {
     int32_t last = m - 1;
-    for (int32_t i = 0; i < m; i++) {
-        cum += pi[i].prob;
-        if (cum >= top_p) {
-            last = i;
-            break;
+    if (min_p > 0.0f) {
+        const float floor = min_p * pi[0].prob;
+        for (int32_t i = 1; i <= last; i++)
+            if (pi[i].prob < floor) {
+                last = i - 1;
+                break;
+            }
+    }
+    if (top_p < 1.0f) {
+        float cum = 0.0f;
+        for (int32_t i = 0; i <= last; i++) {
+            cum += pi[i].prob;
+            if (cum >= top_p) {
+                last = i;
+                break;
+            }
         }
     }
-    float r = coin * cum, cdf = 0.0f;
-    for (int32_t i = 0; i <= last; i++) {
-        cdf += pi[i].prob;
-        if (r < cdf) return pi[i].index;
-    }
-    return pi[last].index;
-}
-
-/* The top_k largest of x[0..n) (k < n) with their indices, most likely
- * first, ties in index order, then the draw of sample_top_p over their
- * softmax (in double, as numpy). */
-static int32_t sample_top_k(const float *x, int32_t n, int32_t k, float top_p, rq4_prob_index *pi, float coin) {
-    for (int32_t i = 0; i < n; i++) {
-        pi[i].prob = x[i];
-        pi[i].index = i;
-    }
-    qsort(pi, (size_t)n, sizeof(rq4_prob_index), compare_desc);
-    double sum = 0.0, top = pi[0].prob;
-    for (int32_t i = 0; i < k; i++) sum += exp((double)pi[i].prob - top);
-    for (int32_t i = 0; i < k; i++) pi[i].prob = (float)(exp((double)pi[i].prob - top) / sum);
-    /* the shortest prefix whose mass reaches top_p (all k when top_p is 1) */
     float cum = 0.0f;
-    int32_t last = k - 1;
-    for (int32_t i = 0; i < k && top_p < 1.0f; i++) {
-        cum += pi[i].prob;
-        if (cum >= top_p) {
-            last = i;
-            break;
-        }
-    }
-    cum = 0.0f;
     for (int32_t i = 0; i <= last; i++) cum += pi[i].prob;
     float r = coin * cum, cdf = 0.0f;
     for (int32_t i = 0; i <= last; i++) {
@@ -157,6 +225,72 @@ static int32_t sample_top_k(const float *x, int32_t n, int32_t k, float top_p, r
         if (r < cdf) return pi[i].index;
     }
     return pi[last].index;
+}
+
+/* The whole softmax (in place), its candidates above both cuts' floors, and
+ * the draw among them. */
+static int32_t sample_cut(rq4_sampler *s, float *p, int32_t n, float coin) {
+    softmax(p, n);
+    float cutoff = s->p.top_p < 1.0f && n > 1 ? (1.0f - s->p.top_p) / (float)(n - 1) : 0.0f;
+    if (s->p.min_p > 0.0f) {
+        float mx = p[0];
+        for (int32_t i = 1; i < n; i++)
+            if (p[i] > mx) mx = p[i];
+        if (s->p.min_p * mx > cutoff) cutoff = s->p.min_p * mx;
+    }
+    prob_index *pi = s->probindex;
+    int32_t m = 0;
+    for (int32_t i = 0; i < n; i++)
+        if (p[i] >= cutoff) {
+            pi[m].prob = p[i];
+            pi[m].index = i;
+            m++;
+        }
+    if (m == 0) return rq4_argmax(p, n);
+    qsort(pi, (size_t)m, sizeof(prob_index), compare_desc);
+    return draw_sorted(pi, m, s->p.top_p, s->p.min_p, coin);
+}
+
+/* a ranks below b: a smaller value, or the same value at a larger index */
+static int ranks_below(const prob_index *a, const prob_index *b) {
+    return a->prob < b->prob || (a->prob == b->prob && a->index > b->index);
+}
+
+/* restores the heap property (the lowest ranked at the root) below i */
+static void sift_down(prob_index *h, int32_t k, int32_t i) {
+    for (;;) {
+        int32_t low = i, l = 2 * i + 1, r = l + 1;
+        if (l < k && ranks_below(&h[l], &h[low])) low = l;
+        if (r < k && ranks_below(&h[r], &h[low])) low = r;
+        if (low == i) return;
+        prob_index t = h[i];
+        h[i] = h[low];
+        h[low] = t;
+        i = low;
+    }
+}
+
+/* The top_k largest of x[0..n) (k < n), found with a heap of k, sorted most
+ * likely first, their softmax in double, and the draw among them. */
+static int32_t sample_top_k(rq4_sampler *s, const float *x, int32_t n, float coin) {
+    const int32_t k = s->p.top_k;
+    prob_index *pi = s->probindex;
+    for (int32_t i = 0; i < k; i++) {
+        pi[i].prob = x[i];
+        pi[i].index = i;
+    }
+    for (int32_t i = k / 2 - 1; i >= 0; i--) sift_down(pi, k, i);
+    for (int32_t i = k; i < n; i++)
+        if (x[i] > pi[0].prob) {   /* a later index never wins a tie */
+            pi[0].prob = x[i];
+            pi[0].index = i;
+            sift_down(pi, k, 0);
+        }
+    qsort(pi, (size_t)k, sizeof(prob_index), compare_desc);
+    double sum = 0.0, top = pi[0].prob;
+    for (int32_t i = 0; i < k; i++) sum += exp((double)pi[i].prob - top);
+    for (int32_t i = 0; i < k; i++) pi[i].prob = (float)(exp((double)pi[i].prob - top) / sum);
+    return draw_sorted(pi, k, s->p.top_p, s->p.min_p, coin);
 }
 
 /* logits -> (x - max) / T in place, not x / T: the quotient is <= 0 (-inf
@@ -177,13 +311,13 @@ static int scale_logits(float *logits, int32_t n, float temperature) {
 }
 
 int32_t rq4_sample(rq4_sampler *s, float *logits) {
-    int32_t n = s->vocab_size;
-    if (s->temperature == 0.0f || s->top_k == 1) return rq4_argmax(logits, n);
-    if (!scale_logits(logits, n, s->temperature)) return rq4_argmax(logits, n);
-    if (s->top_k > 1 && s->top_k < n && s->probindex)
-        return sample_top_k(logits, n, s->top_k, s->top_p, s->probindex, random_f32(&s->rng_state));
-    softmax(logits, n);
+    const int32_t n = s->vocab_size;
+    if (s->history) apply_penalty(s, logits);
+    if (is_greedy(&s->p)) return rq4_argmax(logits, n);
+    if (!scale_logits(logits, n, s->p.temperature)) return rq4_argmax(logits, n);
     float coin = random_f32(&s->rng_state);
-    if (s->top_p >= 1.0f || !s->probindex) return sample_mult(logits, n, coin);
-    return sample_top_p(logits, n, s->top_p, s->probindex, coin);
+    if (s->probindex && s->n_candidates < n) return sample_top_k(s, logits, n, coin);
+    if (s->probindex) return sample_cut(s, logits, n, coin);
+    softmax(logits, n);
+    return sample_mult(logits, n, coin);
 }
