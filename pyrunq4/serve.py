@@ -31,6 +31,8 @@ import threading
 import time
 import uuid
 
+import numpy as np
+
 from ._cli import HelpFormatter, Parser, UsageError, positive_int, run_main
 
 PROG = "python -m pyrunq4.serve"
@@ -40,6 +42,7 @@ MAX_STOP = 4               # stop strings per request, as OpenAI allows
 DEFAULT_QUEUE = 8          # requests that may wait behind the running one
 COMPLETION_MAX_TOKENS = 16  # /v1/completions' max_tokens default, as OpenAI's
 SHUTDOWN_GRACE_S = 3       # open streams get this long to end on shutdown
+MAX_REPETITION_PENALTY = float(np.finfo(np.float32).max)  # the C sampler's parameters are floats
 
 
 class ApiError(Exception):
@@ -141,6 +144,9 @@ class Job:
     temperature: float = 1.0
     top_p: float = 1.0
     top_k: int = 0
+    min_p: float = 0.0
+    repetition_penalty: float = 1.0
+    repeat_last_n: int = 64
     seed: int = None
     stop: list = dataclasses.field(default_factory=list)
     stream: bool = False
@@ -148,7 +154,8 @@ class Job:
     schema: object = None     # response_format: a JSON schema (dict, or True: any JSON), None
 
 
-_COMMON = {"model", "max_tokens", "temperature", "top_p", "top_k", "seed", "stop", "stream",
+_COMMON = {"model", "max_tokens", "temperature", "top_p", "top_k", "min_p", "repetition_penalty",
+           "repeat_last_n", "seed", "stop", "stream",
            "stream_options", "n", "user", "presence_penalty", "frequency_penalty", "logprobs"}
 CHAT_FIELDS = _COMMON | {"messages", "max_completion_tokens", "response_format"}
 COMPLETION_FIELDS = _COMMON | {"prompt", "echo", "best_of", "suffix"}
@@ -164,6 +171,13 @@ def _common(body: dict, job: Job, max_tokens_default):
     job.temperature = _get_number(body, "temperature", 0.0, 2.0, 1.0)
     job.top_p = _get_number(body, "top_p", 0.0, 1.0, 1.0, lo_open=True)
     job.top_k = _get_int(body, "top_k", 0, 2**31 - 1, 0)
+    # vLLM's and llama.cpp's server's extensions (the same rules as the C sampler's)
+    job.min_p = _get_number(body, "min_p", 0.0, 1.0, 0.0)
+    job.repetition_penalty = _get_number(body, "repetition_penalty", 0.0, MAX_REPETITION_PENALTY, 1.0,
+                                         lo_open=True)
+    from ._lib import DEFAULT_REPEAT_LAST_N, MAX_REPEAT_LAST_N
+
+    job.repeat_last_n = _get_int(body, "repeat_last_n", 0, MAX_REPEAT_LAST_N, DEFAULT_REPEAT_LAST_N)
     seed = _get_int(body, "seed", -2**63, 2**64 - 1, None)
     job.seed = None if seed is None else seed % 2**64
     job.stop = _get_stop(body)
@@ -447,7 +461,8 @@ class Engine:
         max_new = room if job.max_tokens is None else job.max_tokens
         try:
             it = m.stream(ids, max_new, job.temperature, job.top_p, job.top_k, job.seed,
-                          job.stop or None, json_schema=job.schema)
+                          job.stop or None, json_schema=job.schema, min_p=job.min_p,
+                          repeat_penalty=job.repetition_penalty, repeat_last_n=job.repeat_last_n)
         except (ArgumentError, ContextFullError) as e:
             raise _bad(None if job.schema is None else "response_format", str(e))
         return ids, it

@@ -1,6 +1,6 @@
 """The command lines as one family: the runq4 binary and pyrunq4-generate take
 the same long options with the same meanings and defaults (one argument list
-run through both gives the same greedy text), and every command answers
+run through both gives the same text, greedy or seeded), and every command answers
 --version with the one version number (RQ4_VERSION in src/runq4.h)."""
 
 import os
@@ -25,6 +25,11 @@ LONG_OPTIONS = [
      "--kv-type", "f16", "--max-memory", "1024"],
     ["--prompt", "hello", "--max-new-tokens", "-1", "--ctx", "24", "--threads", "1"],
     ["--prompt", "hi", "--max-new-tokens", "0"],
+    # seeded sampling: one C sampler behind both, so the same ids
+    ["--prompt", "The quick brown fox", "--max-new-tokens", "16", "--temperature", "0.9", "--seed", "11",
+     "--top-k", "30", "--top-p", "0.95", "--min-p", "0.02", "--repeat-penalty", "1.3", "--repeat-last-n", "8"],
+    ["--chat", "--prompt", "Count to five.", "--max-new-tokens", "12", "--repeat-penalty", "1.5",
+     "--ctx", "96", "--temperature", "0.7", "--seed", "3"],
     ["--chat", "--system", "You are terse.", "--prompt", "What is 2+2?", "--max-new-tokens", "10",
      "--ctx", "96", "--kv-type", "f32"],
 ]
@@ -65,7 +70,8 @@ def test_prompt_cache_both_clis(binary, tiny_tied, tmp_path, mode):  # noqa: F81
 
 
 @pytest.mark.parametrize("bad", [["--threads", str(MAX_THREADS + 1)], ["--top-p", "0"], ["--kv-type", "f8"],
-                                 ["--max-new-tokens", "-2"], ["--max-memory", "0"]])
+                                 ["--max-new-tokens", "-2"], ["--max-memory", "0"], ["--min-p", "1.5"],
+                                 ["--repeat-penalty", "0"], ["--repeat-last-n", "-1"]])
 def test_same_long_options_same_refusals(binary, tiny_tied, bad):  # noqa: F811
     c = run(binary, tiny_tied, "--prompt", "hi", *bad)
     py = python_generate(tiny_tied, "--prompt", "hi", *bad)

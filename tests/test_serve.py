@@ -163,6 +163,14 @@ def test_seed_and_sampling_equal_model(tiny_server, tiny):
     a = client.chat.completions.create(**kw).choices[0].message.content
     b = client.chat.completions.create(**kw).choices[0].message.content
     assert a == b == tiny.chat(HELLO, max_new_tokens=20, temperature=0.9, top_p=0.8, seed=1234)
+    extra = dict(min_p=0.05, repetition_penalty=1.3, repeat_last_n=16)
+    c = client.chat.completions.create(**kw, extra_body=extra).choices[0].message.content
+    assert c == tiny.chat(HELLO, max_new_tokens=20, temperature=0.9, top_p=0.8, seed=1234, min_p=0.05,
+                          repeat_penalty=1.3, repeat_last_n=16)
+    for bad in (dict(min_p=1.5), dict(repetition_penalty=0), dict(repetition_penalty="x"),
+                dict(repeat_last_n=-1)):
+        with pytest.raises(openai.BadRequestError):
+            client.chat.completions.create(**kw, extra_body=bad)
 
 
 def test_stop_strings(tiny_server, tiny):
