@@ -4,9 +4,11 @@
         [--vs-llamacpp MODEL.gguf]
 
 "ours" is the engine through Model.feed with argmax; with --vs-binary the
-whole Python door (Model.generate: sampling, the text of each token, stop
-handling) runs next to the runq4 binary on the same prompt, both counting
-decode speed as the binary does (generated tokens / time of the decode loop).
+whole Python door (Model.generate, several ids per C call, and Model.stream,
+one id per call: sampling, the text of each token, stop handling) runs next
+to the runq4 binary on the same prompt, all three counting decode speed as
+the binary does (generated tokens / time of the decode loop), with a ratio
+line for each.
 
 Each run is a fresh worker process (so peak resident memory is the engine's
 own, read from the kernel when the worker exits); with --vs-llamacpp the runs
@@ -88,11 +90,15 @@ def run_llamacpp(args, ids):
     return {"prompt_s": t1 - t0, "ttft_s": t2 - t0, "decode_s": t3 - t1, "kernel": "llama.cpp"}
 
 
-def run_generate(args, ids):
+def run_generate(args, ids, streaming=False):
     from .model import Model
 
     with Model(args.model, n_ctx=len(ids) + args.decode + 1, n_threads=args.threads) as m:
-        m.generate(ids, max_new_tokens=args.decode)
+        if streaming:
+            for _ in m.stream(ids, max_new_tokens=args.decode):
+                pass
+        else:
+            m.generate(ids, max_new_tokens=args.decode)
         s = m.last_stats
         kernel = m.kernel
     return {"prompt_s": s["prompt_seconds"], "ttft_s": s["prompt_seconds"],
@@ -100,7 +106,11 @@ def run_generate(args, ids):
             "decode_tps": s["new_tokens"] / s["decode_seconds"], "kernel": kernel}
 
 
-WORKERS = {"ours": run_ours, "generate": run_generate, "llamacpp": run_llamacpp}
+def run_stream(args, ids):
+    return run_generate(args, ids, streaming=True)
+
+
+WORKERS = {"ours": run_ours, "generate": run_generate, "stream": run_stream, "llamacpp": run_llamacpp}
 
 
 def run_worker(args):
@@ -253,7 +263,7 @@ def main(argv=None):
             ap.error("--vs-llamacpp needs llama-cpp-python (pip install 'pyrunq4[llamacpp]')")
 
     ids = prompt_ids(args.model, args.prompt)
-    engines = (["ours"] + (["generate", "runq4"] if args.vs_binary else [])
+    engines = (["ours"] + (["generate", "stream", "runq4"] if args.vs_binary else [])
                + (["llamacpp"] if args.vs_llamacpp else []))
     text = binary_prompt(args.model, ids) if args.vs_binary else None
     runs = {e: [] for e in engines}
@@ -264,7 +274,7 @@ def main(argv=None):
             tps = r.get("decode_tps") or (args.decode - 1) / r["decode_s"]
             print(f"run {i + 1}/{args.runs} {e}: decode {tps:.1f} tok/s", file=sys.stderr)
     if args.vs_binary:
-        counts = {e: runs[e][0]["new_tokens"] for e in ("generate", "runq4")}
+        counts = {e: runs[e][0]["new_tokens"] for e in ("generate", "stream", "runq4")}
         if len(set(counts.values())) != 1:
             print(f"bench: warning: generated token counts differ {counts}", file=sys.stderr)
     stats = {e: summarize(runs[e], args.prompt, args.decode) for e in engines}
@@ -278,10 +288,12 @@ def main(argv=None):
         print(f"{e:24}{s['prompt_tps']:14.1f}{s['decode_tps']:14.1f}{s['ttft_ms']:10.1f}"
               f"{s['peak_rss_mb']:13.1f}  {s['kernel']}")
     if args.vs_binary:
-        g, b = stats["generate"], stats["runq4"]
-        print(f"{'ratio generate/runq4':24}{g['prompt_tps'] / b['prompt_tps']:14.2f}"
-              f"{g['decode_tps'] / b['decode_tps']:14.2f}{g['ttft_ms'] / b['ttft_ms']:10.2f}"
-              f"{g['peak_rss_mb'] / b['peak_rss_mb']:13.2f}")
+        b = stats["runq4"]
+        for e in ("generate", "stream"):
+            g = stats[e]
+            print(f"{'ratio ' + e + '/runq4':24}{g['prompt_tps'] / b['prompt_tps']:14.2f}"
+                  f"{g['decode_tps'] / b['decode_tps']:14.2f}{g['ttft_ms'] / b['ttft_ms']:10.2f}"
+                  f"{g['peak_rss_mb'] / b['peak_rss_mb']:13.2f}")
     if args.vs_llamacpp:
         o, l = stats["ours"], stats["llamacpp"]
         print(f"{'ratio ours/llama.cpp':24}{o['prompt_tps'] / l['prompt_tps']:14.2f}"

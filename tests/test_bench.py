@@ -1,6 +1,13 @@
 """pyrunq4.bench's CPU line: the model name and the SIMD flags the kernels depend on."""
 
+import os
+import subprocess
+import sys
+
+import pytest
+
 from pyrunq4 import bench
+from test_binary import ROOT, binary  # noqa: F401  (binary is a fixture)
 
 
 def test_cpu_description_names_model_and_flags(tmp_path, monkeypatch):
@@ -20,3 +27,17 @@ def test_cpu_description_without_cpuinfo(monkeypatch):
         raise OSError("no such file")
     monkeypatch.setattr("builtins.open", missing)
     assert bench.cpu_description().startswith("unknown CPU, ")
+
+
+@pytest.mark.slow
+def test_vs_binary_prints_generate_stream_and_runq4(binary, tiny_tied):  # noqa: F811
+    """--vs-binary: Model.generate, Model.stream and the binary, each on its
+    own line, and their ratios."""
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [ROOT, os.environ.get("PYTHONPATH")])))
+    r = subprocess.run([sys.executable, "-m", "pyrunq4.bench", tiny_tied, "--vs-binary", binary, "--runs", "1",
+                        "--prompt", "8", "--decode", "4"], capture_output=True, text=True, env=env, timeout=300)
+    assert r.returncode == 0, r.stderr
+    rows = {line.split("  ")[0].strip(): line for line in r.stdout.splitlines()}
+    for name in ("ours", "generate", "stream", "runq4", "ratio generate/runq4", "ratio stream/runq4"):
+        assert name in rows, r.stdout
+    assert "token counts differ" not in r.stderr
