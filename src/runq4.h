@@ -166,9 +166,10 @@ rq4_status rq4_rewind(rq4_model *m, int32_t pos, rq4_error *err);
 
 /* ---- Saved state (state.c) ----
  * The KV cache up to the position and the ids that filled it, in a file tied
- * to this model file (its size and a hash of its header and table) and to
- * n_ctx, kv_type, n_layers, n_kv_heads and head_dim. Format: docs/FORMAT.md. */
-#define RQ4_STATE_VERSION 1
+ * to this model file (its size and a hash of its header, its table and
+ * windows of its weights) and to n_ctx, kv_type, n_layers, n_kv_heads and
+ * head_dim. Format: docs/FORMAT.md. */
+#define RQ4_STATE_VERSION 2
 
 /* Writes the n == rq4_position(m) ids `tokens` and the cache they filled to
  * `path`, through a temporary file in the same directory renamed over it:

@@ -4,8 +4,9 @@
  * Only the filled positions go to the file: per layer and kv head, the key
  * blocks of 16 positions that hold them (see key_at in attention.c) and the
  * value rows. The file is tied to the model file (its size and a hash of its
- * header and table: a cheap stand-in for the weights, which may be gigabytes)
- * and to the settings that shape the cache. Loading checks everything before
+ * header, its table and windows spread over the rest: the weights may be
+ * gigabytes, and another file of the same shape differs in nearly every
+ * window) and to the settings that shape the cache. Loading checks everything before
  * it touches the model, so a refused file leaves it as it was.
  */
 #define _POSIX_C_SOURCE 200809L
@@ -28,7 +29,7 @@ enum {
     S_VERSION = 8,      /* u32 RQ4_STATE_VERSION */
     S_KV_TYPE = 12,     /* u32 an rq4_kv_type */
     S_MODEL_SIZE = 16,  /* u64 bytes of the .rq4 file */
-    S_MODEL_HASH = 24,  /* u64 hash_bytes of its header and table */
+    S_MODEL_HASH = 24,  /* u64 model_hash */
     S_N_CTX = 32,       /* i32 */
     S_N_LAYERS = 36,    /* i32 */
     S_N_KV_HEADS = 40,  /* i32 */
@@ -59,8 +60,21 @@ static void put_u64(uint8_t *p, uint64_t v) { memcpy(p, &v, 8); }
 static uint32_t get_u32(const uint8_t *p) { uint32_t v; memcpy(&v, p, 4); return v; }
 static uint64_t get_u64(const uint8_t *p) { uint64_t v; memcpy(&v, p, 8); return v; }
 
+/* The data after the table enters the model hash as WEIGHT_WINDOWS windows
+ * of WINDOW_BYTES, evenly spaced from its start to its end (all of it when it
+ * is shorter): 256 KiB read, whatever the size of the file. */
+#define WEIGHT_WINDOWS 1024
+#define WINDOW_BYTES 256
+
 static uint64_t model_hash(const rq4_model *m) {
-    return hash_bytes(HASH_SEED, m->map, RQ4_HEADER_SIZE + (size_t)m->n_entries * RQ4_ENTRY_SIZE);
+    const size_t table = RQ4_HEADER_SIZE + (size_t)m->n_entries * RQ4_ENTRY_SIZE;
+    uint64_t h = hash_bytes(HASH_SEED, m->map, table);
+    const uint8_t *data = m->map + table;
+    const size_t rest = m->map_size - table;
+    if (rest <= (size_t)WEIGHT_WINDOWS * WINDOW_BYTES) return hash_bytes(h, data, rest);
+    const size_t stride = (rest - WINDOW_BYTES) / (WEIGHT_WINDOWS - 1);
+    for (size_t i = 0; i < WEIGHT_WINDOWS; i++) h = hash_bytes(h, data + i * stride, WINDOW_BYTES);
+    return h;
 }
 
 /* The file's part of one (layer, kv head): key blocks covering n positions,

@@ -105,6 +105,26 @@ def test_other_settings_refused(tiny_tied, tmp_path):
     assert "kv_type" in _check_refused(tiny_tied, f, StateMismatchError, kv_type="f16")
 
 
+@pytest.mark.parametrize("dim", [64, 256])  # the weights hashed whole, and in windows (> 256 KiB)
+def test_other_weights_same_shape_refused(tmp_path, dim):
+    """Two files of one shape (the same header and table) with other weights:
+    the state of one does not load into the other."""
+    from conftest import write_random_model
+    shape = dict(dim=dim, hidden_dim=2 * dim, n_layers=2, n_heads=4, n_kv_heads=2, head_dim=dim // 4,
+                 tied=True, rope=True)
+    a = str(write_random_model(tmp_path / "a.rq4", seed=1, **shape))
+    b = str(write_random_model(tmp_path / "b.rq4", seed=2, **shape))
+    assert os.path.getsize(a) == os.path.getsize(b)
+    assert (os.path.getsize(a) > 256 << 10) == (dim == 256)
+    with open(a, "rb") as fa, open(b, "rb") as fb:
+        assert fa.read(256) == fb.read(256)  # the same header
+    f, _ = _saved(a, tmp_path)
+    _check_refused(b, f, StateMismatchError)
+    with Model(a, n_ctx=64, n_threads=1) as m:
+        m.load_state(f)
+        assert m.tokens == tuple(PROMPT)
+
+
 def test_bad_files_refused(tiny_tied, tmp_path):
     f, _ = _saved(tiny_tied, tmp_path)
     data = f.read_bytes()
