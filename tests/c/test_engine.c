@@ -11,7 +11,10 @@
  *  - all_logits = 0 gives the last row; logits = NULL only fills the cache;
  *  - rewind then re-forward reproduces the same logits;
  *  - argument and context errors leave the position untouched;
- *  - open errors leave *out NULL.
+ *  - open errors leave *out NULL;
+ *  - rq4_decode, whatever the ids per call, draws the ids of a loop of
+ *    rq4_sample and rq4_forward with the same seeded sampler, and stops on a
+ *    full context with the last id stored and not fed.
  * Exit status 0 when everything passed. Under valgrind:
  *   valgrind --leak-check=full --error-exitcode=1 build/test_engine MODEL.rq4 -q
  */
@@ -69,6 +72,90 @@ static int same_bits(const float *a, const float *b, size_t n, const char *what)
             return 0;
         }
     return 1;
+}
+
+/* A seeded sampler with every cut and the penalty. */
+static rq4_sampler *new_sampler(int vocab) {
+    rq4_sampling p;
+    rq4_default_sampling(&p);
+    p.temperature = 0.9f;
+    p.top_k = 20;
+    p.min_p = 0.02f;
+    p.repeat_penalty = 1.3f;
+    p.repeat_last_n = 8;
+    p.seed = 77;
+    rq4_sampler *s = NULL;
+    rq4_error err;
+    CHECK(rq4_sampler_new(vocab, &p, &s, &err) == RQ4_OK, "sampler: %s", err.message);
+    return s;
+}
+
+static void test_decode(const char *path) {
+    enum { PROMPT = 5, STEPS = 12, CTX = 16 };
+    const int32_t prompt[PROMPT] = {1, 2, 3, 4, 5};
+    rq4_model *m = open_or_die(path, 1, RQ4_KV_F32, 0);
+    const int vocab = rq4_get_config(m)->vocab_size;
+    float *logits = malloc(sizeof(float) * (size_t)vocab);
+    int32_t want[STEPS], got[STEPS];
+    int n_want = 0;
+    rq4_error err;
+    /* the reference loop */
+    rq4_sampler *s = new_sampler(vocab);
+    rq4_sampler_accept(s, prompt, PROMPT);
+    CHECK(rq4_forward(m, prompt, PROMPT, logits, 0, &err) == RQ4_OK, "%s", err.message);
+    const rq4_config *c = rq4_get_config(m);
+    for (; n_want < STEPS; n_want++) {
+        int32_t id = rq4_sample(s, logits);
+        int eos = 0;
+        for (int e = 0; e < c->n_eos; e++) eos |= c->eos_ids[e] == id;
+        if (eos) break;
+        want[n_want] = id;
+        rq4_sampler_accept(s, &id, 1);
+        if (n_want + 1 < STEPS) CHECK(rq4_forward(m, &id, 1, logits, 0, &err) == RQ4_OK, "%s", err.message);
+    }
+    rq4_sampler_free(s);
+    for (int per_call = 1; per_call <= 5; per_call += 2) {
+        CHECK(rq4_rewind(m, 0, &err) == RQ4_OK, "%s", err.message);
+        s = new_sampler(vocab);
+        rq4_sampler_accept(s, prompt, PROMPT);
+        CHECK(rq4_forward(m, prompt, PROMPT, logits, 0, &err) == RQ4_OK, "%s", err.message);
+        int n_got = 0, pending = -1, n = 0, stop = RQ4_STOP_COUNT;
+        while (n_got < STEPS) {
+            int want_n = STEPS - n_got < per_call ? STEPS - n_got : per_call;
+            CHECK(rq4_decode(m, s, logits, pending, want_n, got + n_got, &n, &stop, &err) == RQ4_OK, "%s",
+                  err.message);
+            n_got += n;
+            if (stop != RQ4_STOP_COUNT || n == 0) break;
+            pending = got[n_got - 1];
+        }
+        CHECK(n_got == n_want && memcmp(got, want, sizeof(int32_t) * (size_t)n_want) == 0,
+              "decode %d per call: %d ids, want %d", per_call, n_got, n_want);
+        if (stop != RQ4_STOP_EOS)
+            CHECK(rq4_position(m) == PROMPT + n_got - 1, "decode %d per call: position %d", per_call,
+                  rq4_position(m));
+        rq4_sampler_free(s);
+    }
+    rq4_close(m);
+    /* a full context: the last id is stored, not fed */
+    rq4_options o;
+    rq4_default_options(&o);
+    o.n_ctx = CTX;
+    o.n_threads = 1;
+    CHECK(rq4_open(path, &o, &m, &err) == RQ4_OK, "%s", err.message);
+    s = new_sampler(vocab);
+    CHECK(rq4_forward(m, prompt, PROMPT, logits, 0, &err) == RQ4_OK, "%s", err.message);
+    int n = 0, stop = RQ4_STOP_COUNT;
+    CHECK(rq4_decode(m, s, logits, -1, 100, got, &n, &stop, &err) == RQ4_OK, "%s", err.message);
+    CHECK(stop == RQ4_STOP_CONTEXT && n == CTX - PROMPT + 1 && rq4_position(m) == CTX,
+          "context: stop %d, %d ids, position %d", stop, n, rq4_position(m));
+    if (n > 0)
+        CHECK(rq4_decode(m, s, logits, got[n - 1], 100, got, &n, &stop, &err) == RQ4_OK && n == 0 &&
+                  stop == RQ4_STOP_CONTEXT, "a pending id with no room");
+    CHECK(rq4_decode(m, s, logits, -1, 0, got, &n, &stop, &err) == RQ4_ERR_ARG, "max_ids 0");
+    CHECK(rq4_decode(m, NULL, logits, -1, 1, got, &n, &stop, &err) == RQ4_ERR_ARG, "no sampler");
+    rq4_sampler_free(s);
+    rq4_close(m);
+    free(logits);
 }
 
 int main(int argc, char **argv) {
@@ -171,6 +258,7 @@ int main(int argc, char **argv) {
     CHECK(rq4_open(path, &o, &none, &err) == RQ4_ERR_MEMORY_LIMIT && none == NULL, "max_memory");
     rq4_close(NULL);
     for (int code = 0; code <= 9; code++) CHECK(rq4_strerror(code)[0] != '\0', "strerror %d", code);
+    test_decode(path);
 
     free(one_thread);
     free(tokens);
