@@ -51,7 +51,7 @@ def _check_number(name, value):
 
 
 def check_sampling(temperature=0.0, top_p=1.0, top_k=0, seed=None, min_p=0.0, repeat_penalty=1.0,
-                   repeat_last_n=64):
+                   repeat_last_n=0):
     """The sampling parameters: temperature finite and >= 0 (0: greedy),
     top_p in (0, 1], top_k >= 0 (0: off), seed None or in [0, 2^64), min_p in
     [0, 1] (0: off), repeat_penalty finite and > 0 (1: off), repeat_last_n in

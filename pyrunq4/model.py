@@ -471,7 +471,7 @@ class Model:
 
     def stream(self, prompt, max_new_tokens=256, temperature=0.0, top_p=1.0, top_k=0,
                seed=None, stop=None, progress=False, json_schema=None, *, min_p=0.0,
-               repeat_penalty=1.0, repeat_last_n=64) -> Iterator[str]:
+               repeat_penalty=1.0, repeat_last_n=_lib.DEFAULT_REPEAT_LAST_N) -> Iterator[str]:
         """Yields the new text piece by piece as it is decoded.
 
         prompt: text (tokenized with BOS, special-token text kept as text) or
@@ -503,7 +503,7 @@ class Model:
 
     def generate(self, prompt, max_new_tokens=256, temperature=0.0, top_p=1.0, top_k=0,
                  seed=None, stop=None, progress=False, json_schema=None, *, min_p=0.0,
-                 repeat_penalty=1.0, repeat_last_n=64) -> str:
+                 repeat_penalty=1.0, repeat_last_n=_lib.DEFAULT_REPEAT_LAST_N) -> str:
         """The new text (see stream(); generate is "".join(stream(...)), run
         several tokens per C call)."""
         with self._lock:
@@ -556,7 +556,7 @@ class Model:
             epoch = self._epoch
 
         pending = -1   # the last drawn id, not fed yet
-        in_cache = 1   # seq[-in_cache:] is not in the cache when generation ends
+        unfed = 1      # ids at the end of seq a token-by-token loop leaves unfed
         clock = time.perf_counter
         try:
             while True:
@@ -582,11 +582,12 @@ class Model:
                         t = clock()
                     if cut.stopped:
                         stats["stop_reason"] = "stop"
+                        stats["decode_seconds"] += clock() - t
                         return
                 stats["decode_seconds"] += clock() - t
                 if stop == _lib.STOP_EOS:
                     stats["stop_reason"] = "eos"
-                    in_cache = 0
+                    unfed = 0
                     break
                 if max_new_tokens is not None and stats["new_tokens"] >= max_new_tokens:
                     break
@@ -599,7 +600,7 @@ class Model:
             # to the last handled, that one only after an end token (ids
             # drawn past a stop string or a closed stream are forgotten)
             with self._lock:
-                keep = len(seq) - in_cache
+                keep = len(seq) - unfed
                 if self._epoch == epoch and not self.closed and len(self._tokens) > keep:
                     self._rewind(keep)
         rest = cut.flush()
@@ -689,7 +690,7 @@ class Model:
 
     def chat_stream(self, messages, max_new_tokens=256, temperature=0.0, top_p=1.0, top_k=0,
                     seed=None, stop=None, progress=False, json_schema=None, parse_special=False, *,
-                    min_p=0.0, repeat_penalty=1.0, repeat_last_n=64) -> Iterator[str]:
+                    min_p=0.0, repeat_penalty=1.0, repeat_last_n=_lib.DEFAULT_REPEAT_LAST_N) -> Iterator[str]:
         """Streams the assistant's reply to `messages` (a list of {"role",
         "content"} dicts; append the reply and the next user message for the
         next turn). The KV cache is kept across turns: the whole conversation
@@ -703,7 +704,7 @@ class Model:
 
     def chat(self, messages, max_new_tokens=256, temperature=0.0, top_p=1.0, top_k=0,
              seed=None, stop=None, progress=False, json_schema=None, parse_special=False, *,
-             min_p=0.0, repeat_penalty=1.0, repeat_last_n=64) -> str:
+             min_p=0.0, repeat_penalty=1.0, repeat_last_n=_lib.DEFAULT_REPEAT_LAST_N) -> str:
         """The assistant's reply to `messages` (see chat_stream())."""
         with self._lock:
             return "".join(self._chat(messages, max_new_tokens, stop, progress, json_schema,

@@ -23,7 +23,7 @@ __all__ = ["Sampler"]
 
 class Sampler:
     """Sampler(temperature=0.0, top_p=1.0, top_k=0, seed=None, min_p=0.0,
-    repeat_penalty=1.0, repeat_last_n=64, vocab_size=None); sampler(logits)
+    repeat_penalty=1.0, repeat_last_n=RQ4_DEFAULT_REPEAT_LAST_N, vocab_size=None); sampler(logits)
     -> token id. seed None draws fresh OS entropy (not reproducible). Bad
     parameters raise ArgumentError (a ValueError; checks.check_sampling).
     accept(ids) adds ids to the history the repetition penalty reads (a drawn

@@ -146,7 +146,7 @@ class Job:
     top_k: int = 0
     min_p: float = 0.0
     repetition_penalty: float = 1.0
-    repeat_last_n: int = 64
+    repeat_last_n: int = None  # _common sets it (the C default when absent)
     seed: int = None
     stop: list = dataclasses.field(default_factory=list)
     stream: bool = False

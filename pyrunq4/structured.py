@@ -23,6 +23,7 @@ from typing import Iterator
 
 import numpy as np
 
+from . import _lib
 from .errors import ArgumentError, ContextFullError
 from .sampling import Sampler
 
@@ -118,7 +119,7 @@ class JsonConstraint:
 
 
 def json_stream(model, ids, schema, max_new_tokens=256, temperature=0.0, top_p=1.0, top_k=0,
-                seed=None, min_p=0.0, repeat_penalty=1.0, repeat_last_n=64) -> Iterator[str]:
+                seed=None, min_p=0.0, repeat_penalty=1.0, repeat_last_n=None) -> Iterator[str]:
     """Yields the text of a JSON document valid against `schema`, generated
     after the prompt ids (a list of token ids; the cache is reused up to the
     longest common prefix, as in Model.stream). model.last_stats gets the
@@ -130,7 +131,8 @@ def json_stream(model, ids, schema, max_new_tokens=256, temperature=0.0, top_p=1
             or max_new_tokens < 0:
         raise ArgumentError(f"max_new_tokens must be an integer >= 0, got {max_new_tokens!r}")
     try:
-        sampler = Sampler(temperature, top_p, top_k, seed, min_p, repeat_penalty, repeat_last_n,
+        sampler = Sampler(temperature, top_p, top_k, seed, min_p, repeat_penalty,
+                          _lib.DEFAULT_REPEAT_LAST_N if repeat_last_n is None else repeat_last_n,
                           vocab_size=model.config.vocab_size)
     except ValueError as e:
         raise ArgumentError(str(e)) from None
