@@ -394,13 +394,20 @@ class Model:
             self._rewind(0)
             return self._forward(ids, True)
 
-    def feed(self, token_ids, all_logits: bool = False) -> np.ndarray:
+    def feed(self, token_ids, all_logits: bool = False, out=None) -> np.ndarray:
         """Appends token_ids to the cache (continuing from the current
         position) and returns float32 logits: (vocab,) for the last token, or
-        (len, vocab) with all_logits."""
+        (len, vocab) with all_logits. out: a writable C-contiguous float32
+        array of exactly that shape to fill and return instead of a new one
+        (a buffer reused across calls)."""
         with self._lock:
             ids = self._ids(token_ids)
-            return self._forward(ids, bool(all_logits))
+            if out is not None:
+                shape = (len(ids), self.config.vocab_size) if all_logits else (self.config.vocab_size,)
+                if not (isinstance(out, np.ndarray) and out.dtype == np.float32 and out.shape == shape
+                        and out.flags.c_contiguous and out.flags.writeable):
+                    raise ArgumentError(f"out must be a writable C-contiguous float32 array of shape {shape}")
+            return self._forward(ids, bool(all_logits), out=out)
 
     def _rewind(self, n):
         _lib.rewind(self._handle(), n)

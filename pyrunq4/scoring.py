@@ -7,7 +7,9 @@ evaluated from an empty cache; every token after a window's first is scored
 (the first is context only). A window is fed in chunks of CHUNK tokens that
 continue the cache, so the logits held at once are CHUNK x vocab float32 (what
 processing the window as a prompt computes anyway, not a window's worth), and
-every log-softmax is taken in float32 on those rows.
+every log-softmax is taken in float32 on those rows, in place (the
+exponentials of EXP_ROWS rows at a time), and one buffer per model takes the
+chunks' logits.
 
     KL(P_ref || P) = sum_v P_ref(v) (log P_ref(v) - log P(v))   per scored token
 """
@@ -24,13 +26,18 @@ __all__ = ["CHUNK", "log_softmax", "target_log_probs", "kl_divergence", "Scores"
 # Tokens fed per call while scoring: the engine's own prompt chunk (RQ4_BATCH),
 # so feeding in chunks computes exactly what one call for the window would.
 CHUNK = 64
+# Rows whose exponentials exist at once in log_softmax (a row at a time would
+# cost a numpy call per row; all at once a second copy of the logits).
+EXP_ROWS = 8
 
 
 def log_softmax(logits):
     """float32 log-softmax of each row of (n, vocab) logits, in place; returns it."""
     x = np.asarray(logits, dtype=np.float32)
     x -= x.max(axis=1, keepdims=True)
-    lse = np.log(np.exp(x).sum(axis=1, keepdims=True))
+    lse = np.empty((len(x), 1), dtype=np.float32)
+    for i in range(0, len(x), EXP_ROWS):
+        lse[i:i + EXP_ROWS] = np.log(np.exp(x[i:i + EXP_ROWS]).sum(axis=1, keepdims=True))
     x -= lse
     return x
 
@@ -107,14 +114,16 @@ class FloatReference:
 
 
 def _chunks(model, ids):
-    """(logits of ids[a:b] continuing the cache, a, b) for the chunks of one window."""
+    """(logits of ids[a:b] continuing the cache, a, b) for the chunks of one window,
+    all in one buffer (the caller is done with a chunk when it asks for the next)."""
     if hasattr(model, "chunks"):
         yield from model.chunks(ids)
         return
     model.rewind(0)
+    buf = np.empty((CHUNK, model.config.vocab_size), dtype=np.float32)
     for a in range(0, len(ids), CHUNK):
         b = min(a + CHUNK, len(ids))
-        yield model.feed(ids[a:b], all_logits=True), a, b
+        yield model.feed(ids[a:b], all_logits=True, out=buf[:b - a]), a, b
 
 
 def score(models, ids, window=512, reference=None, progress=None):

@@ -78,3 +78,21 @@ def test_eval_cli_reference_and_float_export(tiny_hf, tmp_path):
     assert float(rows[0][4]) < 1e-4 and float(rows[1][4]) > float(rows[0][4])
     r = run(q, "--compare", str(tmp_path / "missing.rq4"))
     assert r.returncode == 1 and "Traceback" not in r.stderr
+
+
+def test_feed_into_a_buffer(tiny_tied):
+    """Model.feed(out=): the same logits, in the caller's array; a wrong one refused."""
+    from pyrunq4 import ArgumentError, Model
+    with Model(tiny_tied, n_ctx=32, n_threads=1) as m:
+        want = m.feed([1, 2, 3], all_logits=True)
+        m.reset()
+        buf = np.full((3, m.config.vocab_size), np.nan, dtype=np.float32)
+        got = m.feed([1, 2, 3], all_logits=True, out=buf)
+        assert got is buf
+        np.testing.assert_array_equal(got, want)
+        for bad in (buf[:2], buf.astype(np.float64), np.asfortranarray(buf), buf[0]):
+            with pytest.raises(ArgumentError):
+                m.feed([1, 2, 3], all_logits=True, out=bad)
+        assert m.position == 3  # the refusals fed nothing
+        last = np.empty(m.config.vocab_size, dtype=np.float32)
+        assert m.feed([4], out=last) is last
