@@ -20,7 +20,6 @@
  * mode: chat.c.
  */
 #define _POSIX_C_SOURCE 200809L
-#define _DEFAULT_SOURCE   /* madvise */
 
 #include <errno.h>
 #include <fcntl.h>
@@ -32,7 +31,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/mman.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
 #include <time.h>
@@ -138,20 +136,6 @@ static double peak_rss_mb(void) {
     struct rusage ru;
     if (getrusage(RUSAGE_SELF, &ru) != 0) return 0.0;
     return (double)ru.ru_maxrss / 1024.0;   /* Linux: KiB -> MiB */
-}
-
-/* The tokenizer copies what it needs out of the tokenizer.json blob (9 MB for
- * Llama 3): give the blob's pages of the read-only file mapping back to the
- * page cache, so they stop counting in the resident set (a later read would
- * fault them in again from the file). */
-static void release_blob(const rq4_model *m, const char *name) {
-    uint64_t size = 0;
-    const char *p = rq4_blob(m, name, &size);
-    long page = sysconf(_SC_PAGESIZE);
-    if (!p || page <= 0) return;
-    uintptr_t a = ((uintptr_t)p + (uintptr_t)page - 1) & ~((uintptr_t)page - 1);
-    uintptr_t b = ((uintptr_t)p + (uintptr_t)size) & ~((uintptr_t)page - 1);
-    if (b > a) madvise((void *)a, (size_t)(b - a), MADV_DONTNEED);
 }
 
 /* ------------------------------------------------------------------------ */
@@ -542,7 +526,7 @@ int main(int argc, char **argv) {
     if (rq4_open(path, &opts, &r.model, &err) != RQ4_OK) die("%s", err.message);
     r.cfg = rq4_get_config(r.model);
     if (rq4_tokenizer_from_model(r.model, &r.tok, &err) != RQ4_OK) die("%s", err.message);
-    release_blob(r.model, "tokenizer.json");
+    rq4_release_blob(r.model, "tokenizer.json");   /* copied by the tokenizer (9 MB for Llama 3) */
     double load_s = now_s() - t_start;
     if (rq4_tokenizer_size(r.tok) > r.cfg->vocab_size)
         die("the tokenizer has %d ids but the model's vocab is %d", rq4_tokenizer_size(r.tok), r.cfg->vocab_size);

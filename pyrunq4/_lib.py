@@ -322,6 +322,11 @@ def tokenizer_size(t) -> int:
     return int(lib.rq4_tokenizer_size(t))
 
 
+def release_blob(h: Handle, name: str):
+    """rq4_release_blob: the named blob's pages leave the resident set until read again."""
+    lib.rq4_release_blob(h.ptr, name.encode("utf-8"))
+
+
 def blob_size(h: Handle, name: str):
     """The size of the named blob, or None when the file has none."""
     size = ffi.new("uint64_t *")

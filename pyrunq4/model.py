@@ -155,6 +155,7 @@ class Model:
         self._hf_tokenizer = None
         try:
             self._ctok = _lib.tokenizer_from_model(self._h)
+            _lib.release_blob(self._h, "tokenizer.json")  # the tokenizer holds its own copy
         except Runq4Error:
             self._load_hf_tokenizer()
         tmpl = _lib.blob(self._h, "chat_template")

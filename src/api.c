@@ -10,6 +10,7 @@
  * kernels/ and tokenizer/.
  */
 #define _POSIX_C_SOURCE 200809L
+#define _DEFAULT_SOURCE      /* madvise: glibc's posix_madvise ignores POSIX_MADV_DONTNEED */
 #define _FILE_OFFSET_BITS 64 /* files over 2 GB on 32-bit boards */
 #include "internal.h"
 
@@ -140,6 +141,17 @@ rq4_status rq4_rewind(rq4_model *m, int32_t pos, rq4_error *err) {
         return rq4_fail(err, RQ4_ERR_ARG, "rq4_rewind: position %d is outside [0, %d]", pos, m->pos);
     m->pos = pos; /* the cache beyond pos is simply overwritten later */
     return rq4_succeed(err);
+}
+
+void rq4_release_blob(const rq4_model *m, const char *name) {
+    uint64_t size = 0;
+    const char *p = m && name ? rq4_blob(m, name, &size) : NULL;
+    long page = sysconf(_SC_PAGESIZE);
+    if (!p || page <= 0) return;
+    /* the whole pages inside the blob: its neighbours' pages stay */
+    uintptr_t a = ((uintptr_t)p + (uintptr_t)page - 1) & ~((uintptr_t)page - 1);
+    uintptr_t b = ((uintptr_t)p + (uintptr_t)size) & ~((uintptr_t)page - 1);
+    if (b > a) madvise((void *)a, (size_t)(b - a), MADV_DONTNEED);
 }
 
 uint64_t rq4_memory_needed(const rq4_model *m, int32_t n_ctx, int32_t kv_type) {

@@ -262,6 +262,12 @@ rq4_status rq4_decode(rq4_model *m, rq4_sampler *s, float *logits, int32_t pendi
  * file has no such blob. */
 const void *rq4_blob(const rq4_model *m, const char *name, uint64_t *size);
 
+/* Gives the pages of the named blob back to the page cache, so they stop
+ * counting in the process's resident memory until the blob is read again
+ * (the mapping is read-only: the bytes come back from the file unchanged).
+ * For a blob read once, as tokenizer.json by rq4_tokenizer_from_model. */
+void rq4_release_blob(const rq4_model *m, const char *name);
+
 /* Bytes rq4_open would need, besides the mapped file, for this context. */
 uint64_t rq4_memory_needed(const rq4_model *m, int32_t n_ctx, int32_t kv_type);
 
