@@ -262,6 +262,49 @@ ALWAYS void dot_tiles(int kind, const qact *x, const qmat *w, int r0, int r1, fl
     if (done < x->ntok) dot_rows(kind, x, w, r0, r1, done, x->ntok, out, out_stride);
 }
 
+/* ---- the interleaved types (arm_r4.h): sdot by element, one chunk vector
+ * (4 bytes of each of 4 rows) against lane k of the block's activations ---- */
+#include "arm_r4.h"
+
+ALWAYS r4block r4_unpack(int kind, const uint8_t *p) {
+    r4block w;
+    UNROLL
+    for (int k = 0; k < 4; k++) {
+        uint8x16_t v = vld1q_u8(p + 16 * k);
+        if (kind == K_Q4S) { /* 16 * value, as unpack_quad */
+            w.lo[k] = vreinterpretq_s8_u8(vshlq_n_u8(v, 4));
+            w.hi[k] = vreinterpretq_s8_u8(vandq_u8(v, vdupq_n_u8(0xF0)));
+        } else {
+            w.lo[k] = vreinterpretq_s8_u8(vandq_u8(v, vdupq_n_u8(0x0F)));
+            w.hi[k] = vreinterpretq_s8_u8(vshrq_n_u8(v, 4));
+        }
+    }
+    return w;
+}
+
+/* two chains of 4 (even and odd values), added */
+ALWAYS int32x4_t r4_dot(int kind, const r4block *w, int8x16_t xe, int8x16_t xo) {
+    (void)kind;
+    int32x4_t a = vdupq_n_s32(0), b = vdupq_n_s32(0);
+    a = SDOT_LANE(a, w->lo[0], xe, 0);
+    b = SDOT_LANE(b, w->hi[0], xo, 0);
+    a = SDOT_LANE(a, w->lo[1], xe, 1);
+    b = SDOT_LANE(b, w->hi[1], xo, 1);
+    a = SDOT_LANE(a, w->lo[2], xe, 2);
+    b = SDOT_LANE(b, w->hi[2], xo, 2);
+    a = SDOT_LANE(a, w->lo[3], xe, 3);
+    b = SDOT_LANE(b, w->hi[3], xo, 3);
+    return vaddq_s32(a, b);
+}
+
+static void dot_q4s_r4_neon_dotprod(const qact *x, const qmat *w, int r0, int r1, float *out, size_t out_stride) {
+    dot_r4(K_Q4S, x, w, r0, r1, out, out_stride);
+}
+
+static void dot_q4a_r4_neon_dotprod(const qact *x, const qmat *w, int r0, int r1, float *out, size_t out_stride) {
+    dot_r4(K_Q4A, x, w, r0, r1, out, out_stride);
+}
+
 static void dot_q4s_neon_dotprod(const qact *x, const qmat *w, int r0, int r1, float *out, size_t out_stride) {
     dot_tiles(K_Q4S, x, w, r0, r1, out, out_stride);
 }
@@ -280,7 +323,8 @@ static void dot_q8_neon_dotprod(const qact *x, const qmat *w, int r0, int r1, fl
 #pragma GCC pop_options
 #endif
 
-const kernel_set rq4_kernels_neon_dotprod = {"neon_dotprod", dot_q4s_neon_dotprod, dot_q4a_neon_dotprod,
-                                         dot_q8_neon_dotprod};
+const kernel_set rq4_kernels_neon_dotprod = {"neon_dotprod",          dot_q4s_neon_dotprod,
+                                             dot_q4a_neon_dotprod,    dot_q8_neon_dotprod,
+                                             dot_q4s_r4_neon_dotprod, dot_q4a_r4_neon_dotprod};
 
 #endif /* __aarch64__ */
