@@ -12,9 +12,10 @@
  *       in nibble order: chunk k pairs with lane k (4 bytes) of each
  *
  * Decoding walks the blocks in order, the 16 lane vectors of one row group in
- * registers. Prompts walk them lane by lane (b = j, j + 16, ...: one float
- * vector per token accumulates a whole lane, in block order), R4_TOKENS
- * tokens per step, so each unpacked block serves them all.
+ * registers, 16 blocks per call of r4_step16_at when the group size allows.
+ * Prompts walk them lane by lane (b = j, j + 16, ...: one float vector per
+ * token accumulates a whole lane, in block order), R4_TOKENS tokens per step,
+ * so each unpacked block serves them all.
  */
 
 typedef struct r4block {
@@ -24,7 +25,7 @@ typedef struct r4block {
 ALWAYS r4block r4_unpack(int kind, const uint8_t *p);
 ALWAYS int32x4_t r4_dot(int kind, const r4block *w, int8x16_t xe, int8x16_t xo);
 
-#define R4_TOKENS 4 /* tokens per prompt step */
+#define R4_TOKENS 8 /* tokens per prompt step: 8 independent sdot chains per block */
 
 /* Offset of block b's even values in a token's qp (its odd ones follow at
  * + half): spans of 128 values, then 64 and 32 (rq4_permute_act). */
@@ -77,32 +78,77 @@ ALWAYS void r4_store(float32x4_t v, int G, int r0, int r1, float *out) {
         if (4 * G + i >= r0 && 4 * G + i < r1) out[4 * G + i] = f[i];
 }
 
+/* v times lane i (a constant) of s */
+#define R4_MUL_LANE(v, s, i)                                                                  \
+    ((i) == 0 ? vmulq_laneq_f32((v), (s), 0) : (i) == 1 ? vmulq_laneq_f32((v), (s), 1)     \
+     : (i) == 2 ? vmulq_laneq_f32((v), (s), 2) : vmulq_laneq_f32((v), (s), 3))
+
+/* Decoding, 16 blocks from b (a multiple of 16, all in whole spans of 128
+ * of qp) of row group G for token t into lanes L; groups of BPG blocks, a
+ * constant dividing 16, so each scale is loaded once, at a fixed place. */
+ALWAYS void r4_step16(int kind, const int BPG, const uint8_t *q, const uint16_t *dg, const uint16_t *mg,
+                      const int8_t *xp, const float *xd, const int32_t *xs, float32x4_t *L) {
+    float32x4_t d4 = vdupq_n_f32(0.0f), m4 = d4, dx = d4, sx = d4;
+    UNROLL
+    for (int j = 0; j < 16; j++) {
+        if (j % BPG == 0) {
+            d4 = f16x4(dg + (j / BPG) * R4);
+            if (kind == K_Q4A) m4 = f16x4(mg + (j / BPG) * R4);
+        }
+        if (j % 4 == 0) {
+            dx = vld1q_f32(xd + j);
+            if (kind == K_Q4A) sx = vcvtq_f32_s32(vld1q_s32(xs + j));
+        }
+        r4block wb = r4_unpack(kind, q + 64 * j);
+        const int8_t *xe = xp + (j / 4) * 128 + 16 * (j % 4);
+        float32x4_t isum = isum_f32(kind, r4_dot(kind, &wb, vld1q_s8(xe), vld1q_s8(xe + 64)));
+        float32x4_t term = vmulq_f32(R4_MUL_LANE(d4, dx, j % 4), isum);
+        if (kind == K_Q4A) term = vaddq_f32(term, R4_MUL_LANE(R4_MUL_LANE(m4, dx, j % 4), sx, j % 4));
+        L[j] = vaddq_f32(L[j], term);
+    }
+}
+
+/* r4_step16 for the 16 blocks from b of row group G, token t: a call of
+ * its own, so that each step's addresses are offsets from its arguments
+ * (inlined in the loop over b, GCC keeps one pointer per block and spills
+ * them) */
+static __attribute__((noinline)) void r4_step16_at(int kind, int bpg, const qact *x, const qmat *w, int G, int b,
+                                                   int t, float32x4_t *L) {
+    const int nb = x->nb;
+    const uint8_t *q = w->q + (size_t)G * w->row_bytes + 64 * (size_t)b;
+    const size_t sg = (size_t)G * (size_t)w->ngroups * R4 + (size_t)(b / bpg) * R4;
+    const uint16_t *dg = w->d + sg, *mg = kind == K_Q4A ? w->m + sg : NULL;
+    const int8_t *xp = x->qp + (size_t)t * (size_t)x->n + (size_t)b * QK;
+    const float *xd = x->d + (size_t)t * (size_t)nb + b;
+    const int32_t *xs = x->s + (size_t)t * (size_t)nb + b;
+    if (kind == K_Q4S) {
+        if (bpg == 1) r4_step16(K_Q4S, 1, q, dg, mg, xp, xd, xs, L);
+        else if (bpg == 2) r4_step16(K_Q4S, 2, q, dg, mg, xp, xd, xs, L);
+        else r4_step16(K_Q4S, 4, q, dg, mg, xp, xd, xs, L);
+    } else {
+        if (bpg == 1) r4_step16(K_Q4A, 1, q, dg, mg, xp, xd, xs, L);
+        else if (bpg == 2) r4_step16(K_Q4A, 2, q, dg, mg, xp, xd, xs, L);
+        else r4_step16(K_Q4A, 4, q, dg, mg, xp, xd, xs, L);
+    }
+}
+
 /* One token, row group G: blocks in order, lane b % 16 */
 ALWAYS void r4_decode(int kind, const qact *x, const qmat *w, int G, int t, int r0, int r1, float *out,
                       size_t out_stride) {
     const int nb = x->nb, bpg = w->gs / QK;
-    const uint8_t *q = w->q + (size_t)G * w->row_bytes;
     float32x4_t L[16];
     for (int j = 0; j < 16; j++) L[j] = vdupq_n_f32(0.0f);
-    int g = 0, in = 0; /* block b's weight group, and its place in it */
-    float32x4_t d4 = r4_scales(w->d, w, G, 0), m4 = kind == K_Q4A ? r4_scales(w->m, w, G, 0) : d4;
     int b = 0;
-    for (; b + 16 <= nb; b += 16) {
-        UNROLL
-        for (int j = 0; j < 16; j++) {
-            r4block wb = r4_unpack(kind, q + 64 * (size_t)(b + j));
-            L[j] = vaddq_f32(L[j], r4_term(kind, x, &wb, b + j, t, d4, m4));
-            if (++in == bpg && b + j + 1 < nb) {
-                in = 0;
-                g++;
-                d4 = r4_scales(w->d, w, G, g);
-                if (kind == K_Q4A) m4 = r4_scales(w->m, w, G, g);
-            }
-        }
+    if (bpg == 1 || bpg == 2 || bpg == 4) {
+        for (; b + 16 <= nb; b += 16) r4_step16_at(kind, bpg, x, w, G, b, t, L);
     }
-    for (int j = 0; b < nb; b++, j++) {
+    /* any other group size, and the last blocks: one block at a time */
+    const uint8_t *q = w->q + (size_t)G * w->row_bytes;
+    int g = b / bpg, in = b % bpg; /* block b's weight group, and its place in it */
+    float32x4_t d4 = r4_scales(w->d, w, G, g), m4 = kind == K_Q4A ? r4_scales(w->m, w, G, g) : d4;
+    for (; b < nb; b++) {
         r4block wb = r4_unpack(kind, q + 64 * (size_t)b);
-        L[j] = vaddq_f32(L[j], r4_term(kind, x, &wb, b, t, d4, m4));
+        L[b % 16] = vaddq_f32(L[b % 16], r4_term(kind, x, &wb, b, t, d4, m4));
         if (++in == bpg && b + 1 < nb) {
             in = 0;
             g++;
@@ -113,22 +159,38 @@ ALWAYS void r4_decode(int kind, const qact *x, const qmat *w, int G, int t, int 
     r4_store(r4_tree(L), G, r0, r1, out + (size_t)t * out_stride);
 }
 
-/* T tokens from t, row group G: lane by lane */
+/* T tokens from t, row group G: lane by lane; blocks in whole spans of 128
+ * of qp (b < nb & ~3) take their activations at a fixed place */
 ALWAYS void r4_prompt(int kind, const int T, const qact *x, const qmat *w, int G, int t, int r0, int r1,
                       float *out, size_t out_stride) {
-    const int nb = x->nb, bpg = w->gs / QK;
+    const int nb = x->nb, bpg = w->gs / QK, whole = nb & ~3;
     const uint8_t *q = w->q + (size_t)G * w->row_bytes;
     float32x4_t L[R4_TOKENS][16];
     for (int j = 0; j < 16 && j < nb; j++) {
         float32x4_t f[R4_TOKENS];
         UNROLL
         for (int k = 0; k < T; k++) f[k] = vdupq_n_f32(0.0f);
-        for (int b = j; b < nb; b += 16) {
+        for (int b = j, g = j / bpg, in = j % bpg; b < nb; b += 16) { /* block b in group g, the in-th block */
             r4block wb = r4_unpack(kind, q + 64 * (size_t)b);
-            int g = b / bpg;
             float32x4_t d4 = r4_scales(w->d, w, G, g), m4 = kind == K_Q4A ? r4_scales(w->m, w, G, g) : d4;
-            UNROLL
-            for (int k = 0; k < T; k++) f[k] = vaddq_f32(f[k], r4_term(kind, x, &wb, b, t + k, d4, m4));
+            if (b < whole) {
+                const size_t at = (size_t)(b >> 2) * 128 + 16 * (size_t)(b & 3);
+                UNROLL
+                for (int k = 0; k < T; k++) {
+                    const size_t tok = (size_t)(t + k);
+                    const int8_t *xe = x->qp + tok * (size_t)x->n + at;
+                    float xd = x->d[tok * (size_t)nb + (size_t)b];
+                    float32x4_t term = vmulq_f32(vmulq_n_f32(d4, xd),
+                                                 isum_f32(kind, r4_dot(kind, &wb, vld1q_s8(xe), vld1q_s8(xe + 64))));
+                    if (kind == K_Q4A)
+                        term = vaddq_f32(term, vmulq_n_f32(vmulq_n_f32(m4, xd), (float)x->s[tok * (size_t)nb + (size_t)b]));
+                    f[k] = vaddq_f32(f[k], term);
+                }
+            } else {
+                UNROLL
+                for (int k = 0; k < T; k++) f[k] = vaddq_f32(f[k], r4_term(kind, x, &wb, b, t + k, d4, m4));
+            }
+            for (in += 16; in >= bpg; in -= bpg) g++; /* to block b + 16, no division */
         }
         UNROLL
         for (int k = 0; k < T; k++) L[k][j] = f[k];
@@ -145,6 +207,10 @@ ALWAYS void dot_r4(int kind, const qact *x, const qmat *w, int r0, int r1, float
         int t = 0;
         for (; t + R4_TOKENS <= x->ntok; t += R4_TOKENS)
             r4_prompt(kind, R4_TOKENS, x, w, G, t, r0, r1, out, out_stride);
+        if (x->ntok - t >= 4) {
+            r4_prompt(kind, 4, x, w, G, t, r0, r1, out, out_stride);
+            t += 4;
+        }
         if (x->ntok - t >= 2) {
             r4_prompt(kind, 2, x, w, G, t, r0, r1, out, out_stride);
             t += 2;

@@ -282,27 +282,62 @@ ALWAYS r4block r4_unpack(int kind, const uint8_t *p) {
     return w;
 }
 
-/* two chains of 4 (even and odd values), added */
+/* one chain of 8: the blocks of a step, or the tokens of a prompt, give the
+ * out-of-order core independent chains to overlap */
 ALWAYS int32x4_t r4_dot(int kind, const r4block *w, int8x16_t xe, int8x16_t xo) {
     (void)kind;
-    int32x4_t a = vdupq_n_s32(0), b = vdupq_n_s32(0);
+    int32x4_t a = vdupq_n_s32(0);
     a = SDOT_LANE(a, w->lo[0], xe, 0);
-    b = SDOT_LANE(b, w->hi[0], xo, 0);
+    a = SDOT_LANE(a, w->hi[0], xo, 0);
     a = SDOT_LANE(a, w->lo[1], xe, 1);
-    b = SDOT_LANE(b, w->hi[1], xo, 1);
+    a = SDOT_LANE(a, w->hi[1], xo, 1);
     a = SDOT_LANE(a, w->lo[2], xe, 2);
-    b = SDOT_LANE(b, w->hi[2], xo, 2);
+    a = SDOT_LANE(a, w->hi[2], xo, 2);
     a = SDOT_LANE(a, w->lo[3], xe, 3);
-    b = SDOT_LANE(b, w->hi[3], xo, 3);
-    return vaddq_s32(a, b);
+    a = SDOT_LANE(a, w->hi[3], xo, 3);
+    return a;
+}
+
+/* Prompts with tiles go through the row-major tile kernel (dot_tiles, below),
+ * which the core models give more MAC per cycle than arm_r4.h's lanes, on
+ * each row group de-interleaved into a row-major copy (vld4q_u32 splits a
+ * block's 16 chunks into its 4 rows); rows up to R4_COPY_COLS values. */
+#define R4_COPY_COLS 8192
+
+ALWAYS void dot_tiles(int kind, const qact *x, const qmat *w, int r0, int r1, float *out, size_t out_stride);
+
+ALWAYS void dot_r4_tiles(int kind, const qact *x, const qmat *w, int r0, int r1, float *out, size_t out_stride) {
+    if (x->ntile == 0 || w->cols > R4_COPY_COLS || r0 >= r1) {
+        dot_r4(kind, x, w, r0, r1, out, out_stride);
+        return;
+    }
+    uint8_t q[R4][R4_COPY_COLS / 2];
+    uint16_t d[R4 * (R4_COPY_COLS / QK)], m[R4 * (R4_COPY_COLS / QK)];
+    const int nb = w->cols / QK, ng = w->ngroups;
+    for (int G = r0 / R4; G * R4 < r1; G++) {
+        const uint8_t *src = w->q + (size_t)G * w->row_bytes;
+        for (int b = 0; b < nb; b++) {
+            uint32x4x4_t c = vld4q_u32((const uint32_t *)(src + 64 * (size_t)b));
+            for (int i = 0; i < R4; i++) vst1q_u32((uint32_t *)(q[i] + 16 * (size_t)b), c.val[i]);
+        }
+        const size_t at = (size_t)G * (size_t)ng * R4;
+        for (int g = 0; g < ng; g++)
+            for (int i = 0; i < R4; i++) {
+                d[i * ng + g] = w->d[at + (size_t)g * R4 + (size_t)i];
+                if (w->m) m[i * ng + g] = w->m[at + (size_t)g * R4 + (size_t)i];
+            }
+        qmat rm = {q[0], d, w->m ? m : NULL, R4_COPY_COLS / 2, w->cols, w->gs, ng, R4};
+        int lo = R4 * G > r0 ? R4 * G : r0, hi = R4 * G + R4 < r1 ? R4 * G + R4 : r1;
+        dot_tiles(kind, x, &rm, lo - R4 * G, hi - R4 * G, out + (size_t)R4 * (size_t)G, out_stride);
+    }
 }
 
 static void dot_q4s_r4_neon_dotprod(const qact *x, const qmat *w, int r0, int r1, float *out, size_t out_stride) {
-    dot_r4(K_Q4S, x, w, r0, r1, out, out_stride);
+    dot_r4_tiles(K_Q4S, x, w, r0, r1, out, out_stride);
 }
 
 static void dot_q4a_r4_neon_dotprod(const qact *x, const qmat *w, int r0, int r1, float *out, size_t out_stride) {
-    dot_r4(K_Q4A, x, w, r0, r1, out, out_stride);
+    dot_r4_tiles(K_Q4A, x, w, r0, r1, out, out_stride);
 }
 
 static void dot_q4s_neon_dotprod(const qact *x, const qmat *w, int r0, int r1, float *out, size_t out_stride) {
