@@ -94,7 +94,7 @@ static const qact *quantized_input(rq4_model *m, const float *x, int n, int ntok
     quantize_job j = {a, x};
     rq4_run_parallel(m, quantize_tokens, &j, ntok);
     if (rq4_kernels_read_tiles(m->kernels)) rq4_interleave_act(a);
-    else a->ntile = 0; /* no kernel of this set reads them */
+    else a->ntile = 0; /* no kernel of this set reads them, nor are they allocated (memory.c) */
     return a;
 }
 
