@@ -10,9 +10,12 @@
  *   int32x4_t r4_dot(kind, w, xe, xo)   the 4 rows' block sums (as isum_f32
  *       scales them) against the block's even (xe) and odd (xo) activations
  *       in nibble order: chunk k pairs with lane k (4 bytes) of each
+ *   int32x4_t r4_dot_bytes(kind, p, xe, xo)   the same from the packed bytes,
+ *       each chunk unpacked just before its products (few live registers:
+ *       decoding keeps 16 lane vectors live besides)
  *
  * Decoding walks the blocks in order, the 16 lane vectors of one row group in
- * registers, 16 blocks per call of r4_step16_at when the group size allows.
+ * registers, 16 blocks per step of r4_steps when the group size allows.
  * Prompts walk them lane by lane (b = j, j + 16, ...: one float vector per
  * token accumulates a whole lane, in block order), R4_TOKENS tokens per step,
  * so each unpacked block serves them all.
@@ -24,6 +27,7 @@ typedef struct r4block {
 
 ALWAYS r4block r4_unpack(int kind, const uint8_t *p);
 ALWAYS int32x4_t r4_dot(int kind, const r4block *w, int8x16_t xe, int8x16_t xo);
+ALWAYS int32x4_t r4_dot_bytes(int kind, const uint8_t *p, int8x16_t xe, int8x16_t xo);
 
 #define R4_TOKENS 8 /* tokens per prompt step: 8 independent sdot chains per block */
 
@@ -99,36 +103,63 @@ ALWAYS void r4_step16(int kind, const int BPG, const uint8_t *q, const uint16_t 
             dx = vld1q_f32(xd + j);
             if (kind == K_Q4A) sx = vcvtq_f32_s32(vld1q_s32(xs + j));
         }
-        r4block wb = r4_unpack(kind, q + 64 * j);
         const int8_t *xe = xp + (j / 4) * 128 + 16 * (j % 4);
-        float32x4_t isum = isum_f32(kind, r4_dot(kind, &wb, vld1q_s8(xe), vld1q_s8(xe + 64)));
+        float32x4_t isum = isum_f32(kind, r4_dot_bytes(kind, q + 64 * j, vld1q_s8(xe), vld1q_s8(xe + 64)));
         float32x4_t term = vmulq_f32(R4_MUL_LANE(d4, dx, j % 4), isum);
         if (kind == K_Q4A) term = vaddq_f32(term, R4_MUL_LANE(R4_MUL_LANE(m4, dx, j % 4), sx, j % 4));
         L[j] = vaddq_f32(L[j], term);
     }
 }
 
-/* r4_step16 for the 16 blocks from b of row group G, token t: a call of
- * its own, so that each step's addresses are offsets from its arguments
- * (inlined in the loop over b, GCC keeps one pointer per block and spills
- * them) */
-static __attribute__((noinline)) void r4_step16_at(int kind, int bpg, const qact *x, const qmat *w, int G, int b,
-                                                   int t, float32x4_t *L) {
+/* r4_step16 over the first `steps` x 16 blocks of row group G, token t,
+ * lanes L: a call of its own, its pointers opaque to the compiler at each
+ * step, so that the lanes stay in registers and every address is an offset
+ * from them (left to itself, GCC keeps one pointer per block and spills) */
+#define R4_OPAQUE(p) __asm__("" : "+r"(p))
+
+ALWAYS void r4_steps(int kind, const int BPG, const uint8_t *q, const uint16_t *dg, const uint16_t *mg,
+                     const int8_t *xp, const float *xd, const int32_t *xs, int steps, float32x4_t *L) {
+    float32x4_t acc[16];
+    for (int j = 0; j < 16; j++) acc[j] = L[j];
+    for (int i = 0; i < steps; i++) {
+        R4_OPAQUE(q);
+        R4_OPAQUE(dg);
+        R4_OPAQUE(xp);
+        R4_OPAQUE(xd);
+        if (kind == K_Q4A) {
+            R4_OPAQUE(mg);
+            R4_OPAQUE(xs);
+        }
+        r4_step16(kind, BPG, q, dg, mg, xp, xd, xs, acc);
+        q += 16 * 64;
+        dg += 16 / BPG * R4;
+        if (kind == K_Q4A) {
+            mg += 16 / BPG * R4;
+            xs += 16;
+        }
+        xp += 16 * QK;
+        xd += 16;
+    }
+    for (int j = 0; j < 16; j++) L[j] = acc[j];
+}
+
+static __attribute__((noinline)) void r4_steps_at(int kind, int bpg, const qact *x, const qmat *w, int G, int steps,
+                                                  int t, float32x4_t *L) {
     const int nb = x->nb;
-    const uint8_t *q = w->q + (size_t)G * w->row_bytes + 64 * (size_t)b;
-    const size_t sg = (size_t)G * (size_t)w->ngroups * R4 + (size_t)(b / bpg) * R4;
+    const uint8_t *q = w->q + (size_t)G * w->row_bytes;
+    const size_t sg = (size_t)G * (size_t)w->ngroups * R4;
     const uint16_t *dg = w->d + sg, *mg = kind == K_Q4A ? w->m + sg : NULL;
-    const int8_t *xp = x->qp + (size_t)t * (size_t)x->n + (size_t)b * QK;
-    const float *xd = x->d + (size_t)t * (size_t)nb + b;
-    const int32_t *xs = x->s + (size_t)t * (size_t)nb + b;
+    const int8_t *xp = x->qp + (size_t)t * (size_t)x->n;
+    const float *xd = x->d + (size_t)t * (size_t)nb;
+    const int32_t *xs = x->s + (size_t)t * (size_t)nb;
     if (kind == K_Q4S) {
-        if (bpg == 1) r4_step16(K_Q4S, 1, q, dg, mg, xp, xd, xs, L);
-        else if (bpg == 2) r4_step16(K_Q4S, 2, q, dg, mg, xp, xd, xs, L);
-        else r4_step16(K_Q4S, 4, q, dg, mg, xp, xd, xs, L);
+        if (bpg == 1) r4_steps(K_Q4S, 1, q, dg, mg, xp, xd, xs, steps, L);
+        else if (bpg == 2) r4_steps(K_Q4S, 2, q, dg, mg, xp, xd, xs, steps, L);
+        else r4_steps(K_Q4S, 4, q, dg, mg, xp, xd, xs, steps, L);
     } else {
-        if (bpg == 1) r4_step16(K_Q4A, 1, q, dg, mg, xp, xd, xs, L);
-        else if (bpg == 2) r4_step16(K_Q4A, 2, q, dg, mg, xp, xd, xs, L);
-        else r4_step16(K_Q4A, 4, q, dg, mg, xp, xd, xs, L);
+        if (bpg == 1) r4_steps(K_Q4A, 1, q, dg, mg, xp, xd, xs, steps, L);
+        else if (bpg == 2) r4_steps(K_Q4A, 2, q, dg, mg, xp, xd, xs, steps, L);
+        else r4_steps(K_Q4A, 4, q, dg, mg, xp, xd, xs, steps, L);
     }
 }
 
@@ -140,7 +171,8 @@ ALWAYS void r4_decode(int kind, const qact *x, const qmat *w, int G, int t, int 
     for (int j = 0; j < 16; j++) L[j] = vdupq_n_f32(0.0f);
     int b = 0;
     if (bpg == 1 || bpg == 2 || bpg == 4) {
-        for (; b + 16 <= nb; b += 16) r4_step16_at(kind, bpg, x, w, G, b, t, L);
+        r4_steps_at(kind, bpg, x, w, G, nb / 16, t, L);
+        b = nb / 16 * 16;
     }
     /* any other group size, and the last blocks: one block at a time */
     const uint8_t *q = w->q + (size_t)G * w->row_bytes;

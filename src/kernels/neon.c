@@ -113,6 +113,11 @@ ALWAYS int32x4_t r4_dot(int kind, const r4block *w, int8x16_t xe, int8x16_t xo) 
     return vpaddq_s32(vpaddlq_s16(a), vpaddlq_s16(b)); /* rows 0, 1 | rows 2, 3 */
 }
 
+ALWAYS int32x4_t r4_dot_bytes(int kind, const uint8_t *p, int8x16_t xe, int8x16_t xo) {
+    r4block w = r4_unpack(kind, p);
+    return r4_dot(kind, &w, xe, xo);
+}
+
 static void dot_q4s_r4_neon(const qact *x, const qmat *w, int r0, int r1, float *out, size_t out_stride) {
     dot_r4(K_Q4S, x, w, r0, r1, out, out_stride);
 }

@@ -332,6 +332,25 @@ ALWAYS void dot_r4_tiles(int kind, const qact *x, const qmat *w, int r0, int r1,
     }
 }
 
+ALWAYS int32x4_t r4_dot_bytes(int kind, const uint8_t *p, int8x16_t xe, int8x16_t xo) {
+    int32x4_t a = vdupq_n_s32(0);
+    UNROLL
+    for (int k = 0; k < 4; k++) {
+        uint8x16_t v = vld1q_u8(p + 16 * k);
+        int8x16_t lo, hi;
+        if (kind == K_Q4S) {
+            lo = vreinterpretq_s8_u8(vshlq_n_u8(v, 4));
+            hi = vreinterpretq_s8_u8(vandq_u8(v, vdupq_n_u8(0xF0)));
+        } else {
+            lo = vreinterpretq_s8_u8(vandq_u8(v, vdupq_n_u8(0x0F)));
+            hi = vreinterpretq_s8_u8(vshrq_n_u8(v, 4));
+        }
+        a = SDOT_LANE(a, lo, xe, k);
+        a = SDOT_LANE(a, hi, xo, k);
+    }
+    return a;
+}
+
 static void dot_q4s_r4_neon_dotprod(const qact *x, const qmat *w, int r0, int r1, float *out, size_t out_stride) {
     dot_r4_tiles(K_Q4S, x, w, r0, r1, out, out_stride);
 }
