@@ -58,6 +58,9 @@ TYPE_Q4S = lib.RQ4_TYPE_Q4S
 TYPE_Q4A = lib.RQ4_TYPE_Q4A
 TYPE_Q8 = lib.RQ4_TYPE_Q8
 TYPE_BLOB = lib.RQ4_TYPE_BLOB
+TYPE_Q4S_R4 = lib.RQ4_TYPE_Q4S_R4
+TYPE_Q4A_R4 = lib.RQ4_TYPE_Q4A_R4
+INTERLEAVE = lib.RQ4_INTERLEAVE
 
 
 # ---- exceptions (defined in errors.py, which loads nothing; re-exported here) --

@@ -43,15 +43,28 @@ static void dequantize_row(const tensor *w, int r, float *out) {
         memcpy(out, q, (size_t)w->cols * sizeof(float));
         return;
     }
+    int interleaved = w->type == RQ4_TYPE_Q4S_R4 || w->type == RQ4_TYPE_Q4A_R4;
+    int is_signed = w->type == RQ4_TYPE_Q4S || w->type == RQ4_TYPE_Q4S_R4;
     const uint16_t *d = w->d + (size_t)r * (size_t)w->ngroups;
     const uint16_t *mn = w->m ? w->m + (size_t)r * (size_t)w->ngroups : NULL;
+    size_t step = 1; /* between a row's scales */
+    if (interleaved) { /* kernels.h: groups of R4 rows, blocks in 4-byte chunks */
+        size_t at = (size_t)(r / R4) * (size_t)w->ngroups * R4 + (size_t)(r % R4);
+        q = w->q + (size_t)(r / R4) * w->row_bytes;
+        d = w->d + at;
+        mn = w->m ? w->m + at : NULL;
+        step = R4;
+    }
     for (int i = 0; i < w->cols; i++) {
         int g = i / w->gs, v;
+        size_t byte = (size_t)i / 2;
+        if (interleaved) /* byte j of block b: chunk j / 4, byte j % 4 of it */
+            byte = (size_t)(i / QK) * 64 + (size_t)((byte % 16) / 4 * R4 + (size_t)(r % R4)) * 4 + byte % 4;
         if (w->type == RQ4_TYPE_Q8) v = (int8_t)q[i];
-        else if (w->type == RQ4_TYPE_Q4S) v = (int)(((q[i / 2] >> (4 * (i & 1))) & 0x0F) ^ 8) - 8;
-        else v = (q[i / 2] >> (4 * (i & 1))) & 0x0F;
-        out[i] = fp16_to_f32(d[g]) * (float)v;
-        if (mn) out[i] += fp16_to_f32(mn[g]);
+        else if (is_signed) v = (int)(((q[byte] >> (4 * (i & 1))) & 0x0F) ^ 8) - 8;
+        else v = (q[byte] >> (4 * (i & 1))) & 0x0F;
+        out[i] = fp16_to_f32(d[(size_t)g * step]) * (float)v;
+        if (mn) out[i] += fp16_to_f32(mn[(size_t)g * step]);
     }
 }
 
@@ -81,7 +94,7 @@ static const qact *quantized_input(rq4_model *m, const float *x, int n, int ntok
     quantize_job j = {a, x};
     rq4_run_parallel(m, quantize_tokens, &j, ntok);
     if (rq4_kernels_read_tiles(m->kernels)) rq4_interleave_act(a);
-    else a->ntile = 0; /* no kernel of this set reads them */
+    else a->ntile = 0; /* no kernel of this set reads them, nor are they allocated (memory.c) */
     return a;
 }
 
@@ -106,8 +119,10 @@ static void matmul_part(const rq4_model *m, const matmul_job *j, int part, int t
     float *out = j->out[part];
     size_t stride = (size_t)w->rows;
     if (w->type != RQ4_TYPE_F32 && j->xq) {
-        dot_fn dot = w->type == RQ4_TYPE_Q4S ? m->kernels->dot_q4s
-                   : w->type == RQ4_TYPE_Q4A ? m->kernels->dot_q4a : m->kernels->dot_q8;
+        const kernel_set *k = m->kernels;
+        dot_fn dot = w->type == RQ4_TYPE_Q4S ? k->dot_q4s : w->type == RQ4_TYPE_Q4A ? k->dot_q4a
+                   : w->type == RQ4_TYPE_Q4S_R4 ? k->dot_q4s_r4 : w->type == RQ4_TYPE_Q4A_R4 ? k->dot_q4a_r4
+                   : k->dot_q8;
         qmat mat = {w->q, w->d, w->m, w->row_bytes, w->cols, w->gs, w->ngroups, w->rows};
         dot(j->xq, &mat, start, end, out, stride);
         return;

@@ -29,10 +29,10 @@ typedef struct tensor {
     int gs;               /* group size (quantized) */
     int rows, cols;
     int ngroups;          /* ceil(cols / gs) */
-    size_t row_bytes;     /* bytes of one row of values */
-    const uint8_t *q;     /* (rows, row_bytes) packed values; F32: the floats */
-    const uint16_t *d;    /* (rows, ngroups) fp16 scales */
-    const uint16_t *m;    /* (rows, ngroups) fp16 minimums, Q4A only */
+    size_t row_bytes;     /* bytes of one row of values (Q4S_R4, Q4A_R4: of one group of RQ4_INTERLEAVE rows) */
+    const uint8_t *q;     /* (rows, row_bytes) packed values; F32: the floats; interleaved: (row groups, row_bytes) */
+    const uint16_t *d;    /* (rows, ngroups) fp16 scales; interleaved: (row groups, ngroups, RQ4_INTERLEAVE) */
+    const uint16_t *m;    /* minimums as d, Q4A and Q4A_R4 only */
 } tensor;
 
 typedef struct layer_weights {

@@ -69,18 +69,27 @@ static int mul_add_u64(uint64_t a, uint64_t b, uint64_t c, uint64_t *out) {
     return 1;
 }
 
+static int is_interleaved(int type) { return type == RQ4_TYPE_Q4S_R4 || type == RQ4_TYPE_Q4A_R4; }
+
+/* The rows a quantized tensor stores: the interleaved types pad the last
+ * group of RQ4_INTERLEAVE rows with whole rows (docs/FORMAT.md). */
+static uint64_t stored_rows(int type, uint64_t rows) {
+    return is_interleaved(type) ? (rows + RQ4_INTERLEAVE - 1) / RQ4_INTERLEAVE * RQ4_INTERLEAVE : rows;
+}
+
 /* Bytes of a quantized tensor's values, and the offsets of its scales and
  * minimums; 0 on overflow. */
 static int quantized_layout(int type, uint64_t rows, uint64_t cols, uint64_t gs, uint64_t *values,
                             uint64_t *scales_at, uint64_t *mins_at, uint64_t *size) {
     uint64_t ngroups = (cols + gs - 1) / gs, row_bytes = type == RQ4_TYPE_Q8 ? cols : cols / 2;
     uint64_t scale_bytes;
+    rows = stored_rows(type, rows);
     if (!mul_add_u64(rows, row_bytes, 0, values) || *values > UINT64_MAX - 64) return 0;
     *scales_at = align64(*values);
     if (!mul_add_u64(rows, ngroups * 2, *scales_at, size)) return 0;
     scale_bytes = *size - *scales_at;
     *mins_at = 0;
-    if (type == RQ4_TYPE_Q4A) {
+    if (type == RQ4_TYPE_Q4A || type == RQ4_TYPE_Q4A_R4) {
         if (*size > UINT64_MAX - 64) return 0;
         *mins_at = align64(*size);
         if (*mins_at > UINT64_MAX - scale_bytes) return 0;
@@ -89,11 +98,13 @@ static int quantized_layout(int type, uint64_t rows, uint64_t cols, uint64_t gs,
     return 1;
 }
 
-static int is_quantized(int type) { return type == RQ4_TYPE_Q4S || type == RQ4_TYPE_Q4A || type == RQ4_TYPE_Q8; }
+static int is_quantized(int type) {
+    return type == RQ4_TYPE_Q4S || type == RQ4_TYPE_Q4A || type == RQ4_TYPE_Q8 || is_interleaved(type);
+}
 
 static const char *type_name(int type) {
-    static const char *names[] = {"F32", "Q4S", "Q4A", "Q8", "BLOB"};
-    return type >= 0 && type <= 4 ? names[type] : "?";
+    static const char *names[] = {"F32", "Q4S", "Q4A", "Q8", "BLOB", "Q4S_R4", "Q4A_R4"};
+    return type >= 0 && type <= RQ4_TYPE_Q4A_R4 ? names[type] : "?";
 }
 
 static rq4_status read_field(const uint8_t *h, int off, const char *name, uint32_t lo, uint32_t hi, int32_t *dst,
@@ -218,7 +229,7 @@ static rq4_status check_entry(const rq4_model *m, uint32_t i, rq4_error *err) {
     uint32_t type = read_u32(e + E_TYPE), gs = read_u32(e + E_GROUP_SIZE);
     uint32_t rows = read_u32(e + E_ROWS), cols = read_u32(e + E_COLS);
     uint64_t offset = read_u64(e + E_OFFSET), size = read_u64(e + E_SIZE), expected = 0;
-    if (type > RQ4_TYPE_BLOB) return rq4_fail(err, RQ4_ERR_FORMAT, "entry %s: unknown type %u", name, type);
+    if (type > RQ4_TYPE_Q4A_R4) return rq4_fail(err, RQ4_ERR_FORMAT, "entry %s: unknown type %u", name, type);
     if (is_quantized((int)type)) {
         if (gs < RQ4_MIN_GROUP || gs > RQ4_MAX_GROUP || gs % 32 != 0)
             return rq4_fail(err, RQ4_ERR_FORMAT, "entry %s: group_size %u is not a multiple of 32 in [%d, %d]", name, gs,
@@ -324,15 +335,23 @@ static rq4_status map_tensor(rq4_model *m, const char *name, int want, int rows,
     t->gs = (int)read_u32(e + E_GROUP_SIZE);
     t->ngroups = (cols + t->gs - 1) / t->gs;
     t->row_bytes = type == RQ4_TYPE_Q8 ? (size_t)cols : (size_t)cols / 2;
+    if (is_interleaved(type)) t->row_bytes *= RQ4_INTERLEAVE; /* a group of rows */
     quantized_layout(type, (uint64_t)rows, (uint64_t)cols, (uint64_t)t->gs, &values, &scales_at, &mins_at, &size);
     t->d = (const uint16_t *)(base + scales_at);
-    t->m = type == RQ4_TYPE_Q4A ? (const uint16_t *)(base + mins_at) : NULL;
-    /* every scale must be finite: one linear pass over the scales only */
-    size_t n = (size_t)rows * (size_t)t->ngroups;
+    t->m = mins_at ? (const uint16_t *)(base + mins_at) : NULL;
+    /* every stored scale must be finite (the padding rows' too: the kernels
+     * compute them): one linear pass over the scales only */
+    size_t n = (size_t)stored_rows(type, (uint64_t)rows) * (size_t)t->ngroups;
     for (size_t j = 0; j < n; j++)
-        if (!fp16_finite(t->d[j]) || (t->m && !fp16_finite(t->m[j])))
-            return rq4_fail(err, RQ4_ERR_FORMAT, "tensor %s: row %zu, group %zu has a non-finite %s", name,
-                        j / (size_t)t->ngroups, j % (size_t)t->ngroups, fp16_finite(t->d[j]) ? "minimum" : "scale");
+        if (!fp16_finite(t->d[j]) || (t->m && !fp16_finite(t->m[j]))) {
+            size_t row = j / (size_t)t->ngroups, group = j % (size_t)t->ngroups;
+            if (is_interleaved(type)) { /* (row groups, ngroups, RQ4_INTERLEAVE) */
+                row = j / ((size_t)t->ngroups * RQ4_INTERLEAVE) * RQ4_INTERLEAVE + j % RQ4_INTERLEAVE;
+                group = j / RQ4_INTERLEAVE % (size_t)t->ngroups;
+            }
+            return rq4_fail(err, RQ4_ERR_FORMAT, "tensor %s: row %zu, group %zu has a non-finite %s", name, row,
+                            group, fp16_finite(t->d[j]) ? "minimum" : "scale");
+        }
     return RQ4_OK;
 }
 

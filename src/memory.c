@@ -8,7 +8,7 @@
 
 /* The sizes a buffer's length is a product of. */
 enum {
-    D_ONE, D_BATCH, D_DIM, D_MAX_IN, D_Q_DIM, D_KV_DIM, D_HIDDEN, D_HEAD_DIM, D_HALF_HEAD, D_MAX_COLS,
+    D_ONE, D_BATCH, D_TILED, D_DIM, D_MAX_IN, D_Q_DIM, D_KV_DIM, D_HIDDEN, D_HEAD_DIM, D_HALF_HEAD, D_MAX_COLS,
     D_MAX_BLOCKS, D_THREADS, D_ATT_SCRATCH, D_KV_CACHE, D_KV_ELEM, N_DIMS
 };
 
@@ -36,11 +36,11 @@ static const buffer BUFFERS[] = {
     /* the int8 copy of a matmul input: q, qp, qt; d, s, dt, st */
     BUF(acts.a.q, 1, D_BATCH, D_MAX_COLS, D_ONE),
     BUF(acts.a.qp, 1, D_BATCH, D_MAX_COLS, D_ONE),
-    BUF(acts.a.qt, 1, D_BATCH, D_MAX_COLS, D_ONE),
+    BUF(acts.a.qt, 1, D_TILED, D_MAX_COLS, D_ONE),
     BUF(acts.a.d, 4, D_BATCH, D_MAX_BLOCKS, D_ONE),
     BUF(acts.a.s, 4, D_BATCH, D_MAX_BLOCKS, D_ONE),
-    BUF(acts.a.dt, 4, D_BATCH, D_MAX_BLOCKS, D_ONE),
-    BUF(acts.a.st, 4, D_BATCH, D_MAX_BLOCKS, D_ONE),
+    BUF(acts.a.dt, 4, D_TILED, D_MAX_BLOCKS, D_ONE),
+    BUF(acts.a.st, 4, D_TILED, D_MAX_BLOCKS, D_ONE),
     /* per thread: attention scratch, a dequantized weight row */
     BUF(att, 4, D_THREADS, D_ATT_SCRATCH, D_ONE),
     BUF(row, 4, D_THREADS, D_MAX_COLS, D_ONE),
@@ -60,6 +60,9 @@ static void buffer_dims(const rq4_config *c, int n_ctx, int kv_type, int n_threa
     uint64_t max_in = dim > q_dim ? dim : q_dim, max_cols = max_in > hidden ? max_in : hidden;
     dims[D_ONE] = 1;
     dims[D_BATCH] = RQ4_BATCH;
+    /* the 16-token tiles, only where the kernel set this process runs reads
+     * them (rq4_open picks the same set) */
+    dims[D_TILED] = rq4_kernels_read_tiles(rq4_kernels_select()) ? RQ4_BATCH : 0;
     dims[D_DIM] = dim;
     dims[D_MAX_IN] = max_in;
     dims[D_Q_DIM] = q_dim;

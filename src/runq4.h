@@ -62,8 +62,14 @@ enum rq4_type {
     RQ4_TYPE_Q4S = 1,  /* symmetric int4: w = d * q, q in [-8, 7], fp16 d per group */
     RQ4_TYPE_Q4A = 2,  /* asymmetric int4: w = d * q + m, q in [0, 15], fp16 d and m per group */
     RQ4_TYPE_Q8 = 3,   /* int8: w = d * q, q in [-128, 127], fp16 d per group */
-    RQ4_TYPE_BLOB = 4  /* raw bytes (tokenizer, chat template, ...) */
+    RQ4_TYPE_BLOB = 4, /* raw bytes (tokenizer, chat template, ...) */
+    RQ4_TYPE_Q4S_R4 = 5, /* Q4S with rows interleaved in groups of RQ4_INTERLEAVE (docs/FORMAT.md) */
+    RQ4_TYPE_Q4A_R4 = 6  /* Q4A with rows interleaved in groups of RQ4_INTERLEAVE */
 };
+
+/* Rows per group of the interleaved types (Q4S_R4, Q4A_R4): a group's blocks
+ * hold its rows side by side, so one vector instruction serves all of them. */
+#define RQ4_INTERLEAVE 4
 
 enum rq4_rope_scaling {
     RQ4_ROPE_NONE = 0,

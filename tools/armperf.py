@@ -3,8 +3,9 @@
 
     python3 tools/armperf.py [--quick] [--tokens N] [--json FILE]     (or: make armperf)
 
-For each NEON kernel set, weight kind Q4S, decode (1 token) and prompt (--tokens per
-call), Llama-3.2-1B row widths 2048 and 8192, group sizes 32, 64 and 128:
+For each NEON kernel set, weight kinds --kinds (Q4S row-major and Q4S_R4, its rows
+interleaved by 4), decode (1 token) and prompt (--tokens per call), Llama-3.2-1B row
+widths 2048 and 8192, group sizes 32, 64 and 128:
   1. build tools/armperf_driver.c with the kernel sources, statically for aarch64;
   2. run it under `qemu-aarch64 -cpu max -d in_asm,exec,nochain` and rebuild the stream
      of instructions executed between the markers armperf_begin() and armperf_end();
@@ -198,13 +199,14 @@ def mca(text, n_insns, cpu):
     return cycles, bound
 
 
-def measure(exe, syms, dis, workdir, kset, ntok, cols, gs):
+def measure(exe, syms, dis, workdir, kset, kind, ntok, cols, gs):
     """one shape: -> {core label: figures}"""
-    insns = executed(exe, [kset, 'q4s', ntok, ROWS, cols, gs], syms, workdir)
+    insns = executed(exe, [kset, kind, ntok, ROWS, cols, gs], syms, workdir)
     unit, rows = unit_of(insns, ROWS)
     text = assembly(unit, dis)
     ng = (cols + gs - 1) // gs
-    wbytes, macs = rows * (cols // 2 + 2 * ng), rows * cols * ntok
+    per_row = cols // 2 + 2 * ng * (2 if kind.startswith('q4a') else 1)
+    wbytes, macs = rows * per_row, rows * cols * ntok
     res = {}
     for cpu, label, in_order in CORES[kset]:
         cyc, bound = mca(text, len(unit), cpu)
@@ -223,33 +225,34 @@ def fmt(f, key):
 def table(results, mode, key, title):
     shapes = [(c, g) for c in WIDTHS for g in GROUPS]
     print(f'\n{title}\n')
-    print('| core | set | ' + ' | '.join(f'{c} g{g}' for c, g in shapes) + ' |')
-    print('|---|---|' + '---|' * len(shapes))
+    print('| core | set | kind | ' + ' | '.join(f'{c} g{g}' for c, g in shapes) + ' |')
+    print('|---|---|---|' + '---|' * len(shapes))
     for kset, cores in CORES.items():
         for _, label, _ in cores:
-            cells = [fmt(results[kset][mode][f'{c}/{g}'][label], key) for c, g in shapes]
-            print(f'| {label} | {kset} | ' + ' | '.join(cells) + ' |')
+            for kind, by_mode in results[kset].items():
+                cells = [fmt(by_mode[mode][f'{c}/{g}'][label], key) for c, g in shapes]
+                print(f'| {label} | {kset} | {kind} | ' + ' | '.join(cells) + ' |')
 
 
-def per_core(results, mode, label, key):
+def per_core(results, mode, label, key, kind):
     """the g128 figure of core `label` by row width (the simulated one; the bound too
     for in-order cores)"""
     for kset, cores in CORES.items():
         for _, lab, in_order in cores:
             if lab == label:
-                r = {c: results[kset][mode][f'{c}/128'][label] for c in WIDTHS}
+                r = {c: results[kset][kind][mode][f'{c}/128'][label] for c in WIDTHS}
                 sim = {c: r[c][key] for c in WIDTHS}
                 return sim, ({c: r[c][key + '_bound'] for c in WIDTHS} if in_order else sim)
     raise KeyError(label)
 
 
-def boards(results):
-    """Llama-3.2-1B (Q4S g128) tokens/s bounds per board, kernels only"""
+def boards(results, kind):
+    """Llama-3.2-1B (`kind` g128) tokens/s bounds per board, kernels only"""
     bpw = (128 // 2 + 2) / 128                       # weight bytes per weight at g128
     macs_tok = {c: LAYERS * LAYER_MACS.get(c, 0) + CLASSIFIER_MACS.get(c, 0) for c in WIDTHS}
     bytes_tok = sum(macs_tok.values()) * bpw
     macs_prompt = {c: PROMPT * LAYERS * LAYER_MACS.get(c, 0) + CLASSIFIER_MACS.get(c, 0) for c in WIDTHS}
-    print(f'\nLlama-3.2-1B, Q4S g128: {sum(macs_tok.values()) / 1e9:.3f} G MAC and '
+    print(f'\nLlama-3.2-1B, {kind.upper()} g128: {sum(macs_tok.values()) / 1e9:.3f} G MAC and '
           f'{bytes_tok / 1e6:.1f} MB of weights per token. Predictions from the kernel figures '
           'above (all cores, perfect scaling, matmuls only); in-order cores as simulated-bound.\n')
     print('| board | decode: memory bound | decode: compute bound, all cores (1 core) | decode predicted | '
@@ -263,8 +266,8 @@ def boards(results):
         for which in (0, 1):                       # simulated, bound
             dec = pre = one = 0.0
             for label, cores, ghz in groups:
-                b = per_core(results, 'decode', label, 'bytes_per_cycle')[which]
-                m = per_core(results, 'prompt', label, 'mac_per_cycle')[which]
+                b = per_core(results, 'decode', label, 'bytes_per_cycle', kind)[which]
+                m = per_core(results, 'prompt', label, 'mac_per_cycle', kind)[which]
                 cyc_tok = sum(macs_tok[c] * bpw / b[c] for c in WIDTHS)
                 cyc_prompt = sum(macs_prompt[c] / m[c] for c in WIDTHS)
                 dec += cores * ghz * 1e9 / cyc_tok
@@ -277,7 +280,7 @@ def boards(results):
         print(f'| {name} | {mem:.1f} | {rng(d0, d1)} ({rng(o0, o1)}) | {pred(d0, d1, mem)}, '
               f'{"memory" if min(d0, d1) >= mem else "compute"} | {rng(p0, p1)} | {pmem:.0f} | '
               f'{pred(p0, p1, pmem)} |')
-        out.append({'board': name, 'decode_memory': mem, 'decode_compute': [d0, d1], 'decode_one_core': [o0, o1],
+        out.append({'board': name, 'kind': kind, 'decode_memory': mem, 'decode_compute': [d0, d1], 'decode_one_core': [o0, o1],
                     'prompt_compute': [p0, p1], 'prompt_memory': pmem})
     return out
 
@@ -288,6 +291,8 @@ def main(argv=None):
                                  formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     ap.add_argument('--tokens', type=int, default=16, help='tokens per call for the prompt figures')
     ap.add_argument('--quick', action='store_true', help='only rows of 2048 at g128 (no board table)')
+    ap.add_argument('--kinds', default='q4s,q4s_r4',
+                    help='weight kinds, comma-separated: q4s, q4a, q4s_r4, q4a_r4 (the driver\'s)')
     ap.add_argument('--json', help='also write every figure to this file')
     ap.add_argument('--src', action='append', metavar='FILE.c',
                     help='kernel sources to build instead of the checkout\'s (repeat; for trying a change)')
@@ -296,6 +301,9 @@ def main(argv=None):
         ap.error('--tokens must be at least 2')
     if args.quick:
         WIDTHS, GROUPS = (2048,), (128,)
+    kinds = [k for k in args.kinds.split(',') if k]
+    if not kinds or any(k not in ('q4s', 'q4a', 'q4s_r4', 'q4a_r4') for k in kinds):
+        ap.error('--kinds: a comma-separated list of q4s, q4a, q4s_r4, q4a_r4')
     tty = sys.stderr.isatty()
     try:
         cc, flags, srcs, libs = make_vars()
@@ -306,24 +314,26 @@ def main(argv=None):
             exe, how = build(tmp, args.src or srcs, cc, flags, libs)
             syms, dis = symbols(exe), disassembly(exe)
             results = {}
-            todo = [(k, m, c, g) for k in CORES for m in ('decode', 'prompt') for c in WIDTHS for g in GROUPS]
-            for i, (kset, mode, cols, gs) in enumerate(todo):
+            todo = [(k, q, m, c, g) for k in CORES for q in kinds for m in ('decode', 'prompt')
+                    for c in WIDTHS for g in GROUPS]
+            for i, (kset, kind, mode, cols, gs) in enumerate(todo):
                 if tty:
-                    print(f'\r[{i + 1}/{len(todo)}] {kset} {mode} {cols} g{gs}   ', end='', file=sys.stderr, flush=True)
+                    print(f'\r[{i + 1}/{len(todo)}] {kset} {kind} {mode} {cols} g{gs}   ', end='',
+                          file=sys.stderr, flush=True)
                 ntok = 1 if mode == 'decode' else args.tokens
-                results.setdefault(kset, {}).setdefault(mode, {})[f'{cols}/{gs}'] = \
-                    measure(exe, syms, dis, tmp, kset, ntok, cols, gs)
+                results.setdefault(kset, {}).setdefault(kind, {}).setdefault(mode, {})[f'{cols}/{gs}'] = \
+                    measure(exe, syms, dis, tmp, kset, kind, ntok, cols, gs)
             if tty:
                 print('\r' + ' ' * 60 + '\r', end='', file=sys.stderr)
     except ToolError as e:
         sys.exit(f'armperf: {e}')
     rev = subprocess.run(['git', '-C', ROOT, 'log', '-1', '--format=%h'], capture_output=True, text=True).stdout.strip()
-    print(f'armperf at {rev or "this checkout"}: {how}; Q4S, llvm-mca '
+    print(f'armperf at {rev or "this checkout"}: {how}; {", ".join(kinds)}, llvm-mca '
           f'({os.path.basename(MCA)}); in-order cores: simulated (resource bound)')
     table(results, 'decode', 'bytes_per_cycle', 'Decode (1 token), weight bytes/cycle')
     table(results, 'decode', 'mac_per_cycle', 'Decode (1 token), MAC/cycle')
     table(results, 'prompt', 'mac_per_cycle', f'Prompt ({args.tokens} tokens per call), MAC/cycle')
-    boards_out = None if args.quick else boards(results)
+    boards_out = None if args.quick else [b for k in kinds for b in boards(results, k)]
     if args.json:
         with open(args.json, 'w') as f:
             json.dump({'rev': rev, 'build': how, 'tokens': args.tokens, 'results': results, 'boards': boards_out},

@@ -5,7 +5,8 @@
  *   armperf_driver SET KIND NTOK ROWS COLS GS
  *
  * SET is a kernel set name from rq4_kernels_available() (under qemu -cpu max
- * every aarch64 set is available), KIND q4s, q4a or q8, NTOK the tokens (1 =
+ * every aarch64 set is available), KIND q4s, q4a, q8, q4s_r4 or q4a_r4 (the
+ * interleaved layout of kernels.h, made from the same rows), NTOK the tokens (1 =
  * decode), ROWS the weight rows of the call, COLS their length, GS the group
  * size. The activations are quantized as the engine does (rq4_quantize_act, and
  * the 16-token tiles), outside the markers. Built statically for aarch64 with
@@ -47,8 +48,11 @@ int main(int argc, char **argv) {
     const kernel_set *ks = NULL;
     for (const kernel_set *const *s = rq4_kernels_available(); *s; s++)
         if (strcmp((*s)->name, argv[1]) == 0) ks = *s;
+    int r4 = !strcmp(kind, "q4s_r4") || !strcmp(kind, "q4a_r4"), asym = !strcmp(kind, "q4a") || !strcmp(kind, "q4a_r4");
     dot_fn fn = !ks ? NULL : !strcmp(kind, "q4s") ? ks->dot_q4s : !strcmp(kind, "q4a") ? ks->dot_q4a
-                             : !strcmp(kind, "q8") ? ks->dot_q8 : NULL;
+                             : !strcmp(kind, "q8") ? ks->dot_q8 : !strcmp(kind, "q4s_r4") ? ks->dot_q4s_r4
+                             : !strcmp(kind, "q4a_r4") ? ks->dot_q4a_r4 : NULL;
+    if (r4 && rows % R4) fn = NULL;
     if (!fn || ntok < 1 || rows < 1 || cols < QK || cols % QK || gs < QK || gs % QK) {
         fprintf(stderr, "armperf_driver: unknown or unsupported kernel set or kind, or bad shape\n");
         return 2;
@@ -64,7 +68,24 @@ int main(int argc, char **argv) {
         wd[i] = (uint16_t)(0x2000 + rnd() % 0x400);
         wm[i] = (uint16_t)(0xa000 + rnd() % 0x400);
     }
-    qmat w = {wq, wd, !strcmp(kind, "q4a") ? wm : NULL, rb, cols, gs, ng, rows};
+    qmat w = {wq, wd, asym ? wm : NULL, rb, cols, gs, ng, rows};
+    if (r4) { /* the same rows interleaved (kernels.h) */
+        uint8_t *iq = xmalloc(rb * (size_t)rows);
+        uint16_t *id = xmalloc(sizeof(uint16_t) * (size_t)rows * (size_t)ng);
+        uint16_t *im = xmalloc(sizeof(uint16_t) * (size_t)rows * (size_t)ng);
+        for (int r = 0; r < rows; r++) {
+            for (int b = 0; b < cols / QK; b++)
+                for (int k = 0; k < 4; k++)
+                    memcpy(iq + (size_t)(r / R4) * R4 * rb + 64 * (size_t)b + (size_t)(4 * k + r % R4) * 4,
+                           wq + (size_t)r * rb + 16 * (size_t)b + 4 * (size_t)k, 4);
+            for (int g = 0; g < ng; g++) {
+                size_t at = ((size_t)(r / R4) * (size_t)ng + (size_t)g) * R4 + (size_t)(r % R4);
+                id[at] = wd[(size_t)r * (size_t)ng + (size_t)g];
+                im[at] = wm[(size_t)r * (size_t)ng + (size_t)g];
+            }
+        }
+        w = (qmat){iq, id, asym ? im : NULL, R4 * rb, cols, gs, ng, rows};
+    }
     /* activations: random values in [-1, 1], quantized as the engine does */
     qact a;
     memset(&a, 0, sizeof a);

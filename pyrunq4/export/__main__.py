@@ -19,7 +19,7 @@ from .. import __version__
 from ..errors import ExportError, Runq4Error
 from ..progress import progress_bar
 from . import methods
-from .format import MAX_GROUP, MIN_GROUP, validate_group_size
+from .format import LAYOUTS, MAX_GROUP, MIN_GROUP, validate_group_size
 from .quant import QuantizedTensor, dequantize, rms_rel_error
 from .sources import open_source
 from .verify import binary_tokenizer_problem, check_blobs, input_identities, verify_file
@@ -42,6 +42,9 @@ def build_parser():
                    help="bits for tok_embeddings and output (8: q8, better logits, twice the size)")
     p.add_argument("--method", choices=methods.METHODS, default="rtn",
                    help="how float weights are quantized")
+    p.add_argument("--layout", choices=LAYOUTS, default="rows",
+                   help="how int4 matrices are stored: rows (row-major) or r4 (rows interleaved by 4, "
+                        "docs/FORMAT.md; the layout the ARM kernels run fastest); same results either way")
     p.add_argument("--float", action="store_true",
                    help="store every matrix as F32, unquantized: the float model, the reference of "
                         "pyrunq4-eval perplexity --reference (large; slow in the engine)")
@@ -91,6 +94,7 @@ def export(options, log=None, detail=None):
         bar = progress_bar(total=n, desc="export", unit="tensor",
                            quiet=getattr(options, "quiet", False) or getattr(options, "verbose", False))
         as_float = getattr(options, "float", False)
+        layout = getattr(options, "layout", "rows")
         with writer as w, bar:
             stream = src.tensors() if as_float else methods.make_stream(src, header, options)
             for i, (name, t) in enumerate(stream):
@@ -100,8 +104,8 @@ def export(options, log=None, detail=None):
                     w.add_f32(name, t)
                     what, shape = "f32 (--float)", t.shape
                 elif isinstance(t, QuantizedTensor):
-                    w.add_quantized(name, t)
-                    what = f"{t.type} g{t.group_size}  " + (
+                    w.add_quantized(name, laid_out(t, layout))
+                    what = f"{t.file_type} g{t.group_size}  " + (
                         "as the source gives it" if options.method == "rtn" else f"by {options.method}")
                     shape = t.q.shape
                 elif t.ndim == 1 or t.shape[0] == 1:
@@ -112,8 +116,8 @@ def export(options, log=None, detail=None):
                     qt = quantizer(name, t, options.group_size, qtype)
                     err = rms_rel_error(t, qt)
                     worst = max(worst, (err, name), key=lambda e: e[0])
-                    w.add_quantized(name, qt)
-                    what = f"{qt.type} g{qt.group_size}  rms rel err {err:.4f}"
+                    w.add_quantized(name, laid_out(qt, layout))
+                    what = f"{qt.file_type} g{qt.group_size}  rms rel err {err:.4f}"
                     shape = t.shape
                     del qt
                 detail(f"[{i + 1:{len(str(n))}d}/{n}] {name:24s} {'x'.join(map(str, shape)):>12s}  {what}")
@@ -128,6 +132,14 @@ def export(options, log=None, detail=None):
     if problem:
         print(f"{PROG}: note: pyrunq4 runs {out}, but the runq4 binary cannot tokenize it: {problem}",
               file=sys.stderr, flush=True)
+
+
+def laid_out(qt, layout):
+    """qt to be written in `layout` (--layout): int4 types only; q8 stays row-major.
+    The values are the same (a lossless repack), so are the engine's outputs."""
+    if qt.type in ("q4s", "q4a"):
+        qt.layout = layout
+    return qt
 
 
 class Terminated(BaseException):

@@ -15,12 +15,18 @@ import struct
 from .._lib import (ALIGN, ENTRY_SIZE, FORMAT_VERSION, HEADER_SIZE, MAX_DIM, MAX_ENTRIES,  # noqa: F401
                     MAX_EOS, MAX_GROUP, MAX_HEAD_DIM, MAX_HEADS, MAX_HIDDEN_DIM, MAX_LAYERS, MAX_SEQ_LEN,
                     MAX_VOCAB, MIN_GROUP, NAME_MAX, ROPE_LLAMA3, ROPE_NONE, TYPE_BLOB, TYPE_F32, TYPE_Q4A,
-                    TYPE_Q4S, TYPE_Q8)
+                    TYPE_Q4S, TYPE_Q8, TYPE_Q4S_R4, TYPE_Q4A_R4, INTERLEAVE)
 
 MAGIC = b"RUNQ4\0\0\0"
 
-TYPE_NAMES = {TYPE_F32: "f32", TYPE_Q4S: "q4s", TYPE_Q4A: "q4a", TYPE_Q8: "q8", TYPE_BLOB: "blob"}
+TYPE_NAMES = {TYPE_F32: "f32", TYPE_Q4S: "q4s", TYPE_Q4A: "q4a", TYPE_Q8: "q8", TYPE_BLOB: "blob",
+              TYPE_Q4S_R4: "q4s_r4", TYPE_Q4A_R4: "q4a_r4"}
 TYPE_IDS = {v: k for k, v in TYPE_NAMES.items()}
+# The interleaved types (rows in groups of INTERLEAVE, FORMAT.md) and the
+# row-major type each holds the values of.
+INTERLEAVED = {TYPE_Q4S_R4: TYPE_Q4S, TYPE_Q4A_R4: TYPE_Q4A}
+# The weight layouts the exporter writes (--layout): the int4 type per layout.
+LAYOUTS = ("rows", "r4")
 
 # ---- header: 256 bytes, little-endian; field names are those of FORMAT.md ----
 HEADER_STRUCT = struct.Struct(
@@ -64,13 +70,19 @@ def n_groups(cols, group_size):
     return -(-cols // group_size)
 
 
+def stored_rows(type_id, rows):
+    """The rows a tensor stores: the interleaved types pad to a multiple of INTERLEAVE."""
+    return -(-rows // INTERLEAVE) * INTERLEAVE if type_id in INTERLEAVED else rows
+
+
 def quantized_layout(type_id, rows, cols, group_size):
     """(values_offset, scales_offset, mins_offset or None, size) of a quantized tensor,
     relative to the tensor's start (FORMAT.md "Tensor data")."""
+    rows = stored_rows(type_id, rows)
     values = rows * cols if type_id == TYPE_Q8 else rows * cols // 2
     scales_off = align(values)
     scales = rows * n_groups(cols, group_size) * 2
-    if type_id == TYPE_Q4A:
+    if type_id in (TYPE_Q4A, TYPE_Q4A_R4):
         mins_off = align(scales_off + scales)
         return 0, scales_off, mins_off, mins_off + scales
     return 0, scales_off, None, scales_off + scales

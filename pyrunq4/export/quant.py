@@ -25,8 +25,8 @@ from typing import Optional
 
 import numpy as np
 
-from .format import (TYPE_IDS, TYPE_Q4A, TYPE_Q8, n_groups, quantized_layout,
-                     validate_group_size)
+from .format import (INTERLEAVE, INTERLEAVED, LAYOUTS, TYPE_IDS, TYPE_NAMES, TYPE_Q4A, TYPE_Q8, n_groups,
+                     quantized_layout, stored_rows, validate_group_size)  # noqa: F401
 
 CHUNK_VALUES = 1 << 22  # values per row chunk (16 MB of float32)
 
@@ -41,10 +41,16 @@ class QuantizedTensor:
     q: np.ndarray                  # (rows, cols) integer levels (int8; uint8 for q4a)
     d: np.ndarray                  # (rows, ngroups) float16 scales
     m: Optional[np.ndarray] = None  # (rows, ngroups) float16 minimums, q4a only
+    layout: str = "rows"           # how the file stores it: 'rows' or 'r4' (int4 only, FORMAT.md)
 
     @property
     def shape(self):
         return self.q.shape
+
+    @property
+    def file_type(self):
+        """The entry type name it is written as: q4s_r4 / q4a_r4 for the r4 layout."""
+        return self.type + "_r4" if self.layout == "r4" else self.type
 
     @property
     def ngroups(self):
@@ -54,6 +60,8 @@ class QuantizedTensor:
         """Raises ValueError unless this tensor can be written as FORMAT.md says."""
         if self.type not in LEVELS:
             raise ValueError(f"unknown quantized type {self.type!r} (q4s, q4a or q8)")
+        if self.layout not in LAYOUTS or (self.layout == "r4" and self.type == "q8"):
+            raise ValueError(f"layout {self.layout!r}: must be one of {', '.join(LAYOUTS)} (r4: int4 types only)")
         validate_group_size(self.group_size)
         if self.q.ndim != 2:
             raise ValueError(f"levels must be 2-D, got shape {self.q.shape}")
@@ -256,12 +264,46 @@ def q8_from_levels(q, d, group_size):
 
 # ---- packing (docs/FORMAT.md "Tensor data") ----
 
+def _interleave_values(values):
+    """Row-major packed values (rows, cols/2) in the r4 layout (FORMAT.md): rows
+    padded with zeros to a multiple of INTERLEAVE; per group of rows and block, the
+    rows' 16 bytes in 4-byte chunks (chunk k of row i at (4k + i) * 4)."""
+    rows, half = values.shape
+    prows = -(-rows // INTERLEAVE) * INTERLEAVE
+    v = np.zeros((prows, half), np.uint8)
+    v[:rows] = values
+    # (groups, rows, blocks, chunks, bytes) -> (groups, blocks, chunks, rows, bytes)
+    v = v.reshape(prows // INTERLEAVE, INTERLEAVE, half // 16, 4, 4).transpose(0, 2, 3, 1, 4)
+    return np.ascontiguousarray(v).reshape(-1)
+
+
+def _interleave_scales(scales):
+    """Per-group scales or minimums (rows, ngroups) in the r4 layout: the rows of a
+    group side by side, (row groups, ngroups, INTERLEAVE), padding rows 0."""
+    rows, ng = scales.shape
+    prows = -(-rows // INTERLEAVE) * INTERLEAVE
+    sc = np.zeros((prows, ng), scales.dtype)
+    sc[:rows] = scales
+    return np.ascontiguousarray(sc.reshape(prows // INTERLEAVE, INTERLEAVE, ng).transpose(0, 2, 1)).reshape(-1)
+
+
+def _deinterleave_values(flat, rows, cols):
+    prows = -(-rows // INTERLEAVE) * INTERLEAVE
+    v = flat.reshape(prows // INTERLEAVE, cols // 32, 4, INTERLEAVE, 4).transpose(0, 3, 1, 2, 4)
+    return v.reshape(prows, cols // 2)[:rows]
+
+
+def _deinterleave_scales(flat, rows, ng):
+    prows = -(-rows // INTERLEAVE) * INTERLEAVE
+    return flat.reshape(prows // INTERLEAVE, ng, INTERLEAVE).transpose(0, 2, 1).reshape(prows, ng)[:rows]
+
+
 def pack_parts(qt):
     """The entry bytes of qt as (total size, [(offset from the tensor start, array)]);
     the gaps are zero padding. The writer streams the parts; pack() joins them."""
     qt.validate()
     rows, cols = qt.q.shape
-    type_id = TYPE_IDS[qt.type]
+    type_id = TYPE_IDS[qt.file_type]
     _, scales_off, mins_off, size = quantized_layout(type_id, rows, cols, qt.group_size)
     if type_id == TYPE_Q8:
         values = np.ascontiguousarray(qt.q, np.int8).view(np.uint8)
@@ -271,9 +313,14 @@ def pack_parts(qt):
             u = qt.q[r0:r1].astype(np.uint8)  # int4 two's complement: the low nibble is the level
             # byte j = (value 2j & 0x0F) | (value 2j+1 << 4)
             values[r0:r1] = (u[:, 0::2] & 0x0F) | (u[:, 1::2] << 4)
-    parts = [(0, values), (scales_off, np.ascontiguousarray(qt.d, "<f2"))]
-    if type_id == TYPE_Q4A:
-        parts.append((mins_off, np.ascontiguousarray(qt.m, "<f2")))
+    d = np.ascontiguousarray(qt.d, "<f2")
+    m = np.ascontiguousarray(qt.m, "<f2") if qt.m is not None else None
+    if type_id in INTERLEAVED:
+        values, d = _interleave_values(values), _interleave_scales(d)
+        m = None if m is None else _interleave_scales(m)
+    parts = [(0, values), (scales_off, d)]
+    if m is not None:
+        parts.append((mins_off, m))
     return size, parts
 
 
@@ -293,17 +340,27 @@ def unpack(type_name, rows, cols, group_size, buf):
     _, scales_off, mins_off, size = quantized_layout(type_id, rows, cols, group_size)
     raw = np.frombuffer(buf, np.uint8, count=size)
     ng = n_groups(cols, group_size)
+    srows = stored_rows(type_id, rows)
+    d = raw[scales_off:scales_off + srows * ng * 2].view("<f2").astype(np.float16)
+    m = None
+    if mins_off is not None:
+        m = raw[mins_off:mins_off + srows * ng * 2].view("<f2").astype(np.float16)
     if type_id == TYPE_Q8:
         q = raw[:rows * cols].view(np.int8).reshape(rows, cols).copy()
-    else:
-        b = raw[:rows * cols // 2].reshape(rows, cols // 2)
-        q = np.empty((rows, cols), np.uint8)
-        q[:, 0::2] = b & 0x0F
-        q[:, 1::2] = b >> 4
-        if type_name == "q4s":  # sign-extend the nibble
-            q = ((q ^ 8).astype(np.int8) - 8).astype(np.int8)
-    d = raw[scales_off:scales_off + rows * ng * 2].view("<f2").reshape(rows, ng).astype(np.float16)
-    m = None
-    if type_id == TYPE_Q4A:
-        m = raw[mins_off:mins_off + rows * ng * 2].view("<f2").reshape(rows, ng).astype(np.float16)
-    return QuantizedTensor(type_name, group_size, q, d, m)
+        return QuantizedTensor(type_name, group_size, q, d.reshape(rows, ng), None)
+    b = raw[:srows * cols // 2]
+    layout = "rows"
+    if type_id in INTERLEAVED:
+        layout = "r4"
+        type_name = TYPE_NAMES[INTERLEAVED[type_id]]
+        b, d = _deinterleave_values(b, rows, cols), _deinterleave_scales(d, rows, ng)
+        m = None if m is None else _deinterleave_scales(m, rows, ng)
+    b = b.reshape(rows, cols // 2)
+    q = np.empty((rows, cols), np.uint8)
+    q[:, 0::2] = b & 0x0F
+    q[:, 1::2] = b >> 4
+    if type_name == "q4s":  # sign-extend the nibble
+        q = ((q ^ 8).astype(np.int8) - 8).astype(np.int8)
+    d = np.ascontiguousarray(d.reshape(rows, ng))
+    m = None if m is None else np.ascontiguousarray(m.reshape(rows, ng))
+    return QuantizedTensor(type_name, group_size, q, d, m, layout)

@@ -131,7 +131,7 @@ class Rq4Writer:
         """A QuantizedTensor (quant.py), packed as FORMAT.md says."""
         size, parts = pack_parts(qt)  # validates qt
         rows, cols = qt.q.shape
-        with self._entry(name, TYPE_IDS[qt.type], qt.group_size, rows, cols, size) as off:
+        with self._entry(name, TYPE_IDS[qt.file_type], qt.group_size, rows, cols, size) as off:
             for rel, a in parts:
                 self._write_at(off + rel, a)
 

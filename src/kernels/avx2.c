@@ -233,6 +233,8 @@ static TGT256 void dot_q4a_tok8(const qact *x, const qmat *w, int r0, int r1, fl
     tok8_dot(K_Q4A, dot_q4a, x, w, r0, r1, out, out_stride);
 }
 
-const kernel_set rq4_kernels_avx2 = {"avx2", dot_q4s_tok8, dot_q4a_tok8, dot_q8};
+#include "avx2_r4.h"
+
+const kernel_set rq4_kernels_avx2 = {"avx2", dot_q4s_tok8, dot_q4a_tok8, dot_q8, dot_q4s_r4_avx2, dot_q4a_r4_avx2};
 
 #endif /* x86 */

@@ -490,6 +490,7 @@ static TGT512 void dot_q8_tiles(const qact *x, const qmat *w, int r0, int r1, fl
     tok16_dot(K_Q8, dot_q8, x, w, r0, r1, out, out_stride);
 }
 
-const kernel_set rq4_kernels_avx512vnni = {"avx512vnni", dot_q4s_tiles, dot_q4a_tiles, dot_q8_tiles};
+/* no interleaved kernels of its own: dispatch.c gives it the next set's (avx2) */
+const kernel_set rq4_kernels_avx512vnni = {"avx512vnni", dot_q4s_tiles, dot_q4a_tiles, dot_q8_tiles, NULL, NULL};
 
 #endif /* x86 */

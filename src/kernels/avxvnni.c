@@ -40,6 +40,7 @@ static inline __attribute__((always_inline)) TGTVNNI __m128i vnni_dot2_s(__m128i
 #define Q8_OFF 128
 #include "x86_256.h"
 
-const kernel_set rq4_kernels_avxvnni = {"avxvnni", dot_q4s, dot_q4a, dot_q8};
+/* no interleaved kernels of its own: dispatch.c gives it the next set's (avx2) */
+const kernel_set rq4_kernels_avxvnni = {"avxvnni", dot_q4s, dot_q4a, dot_q8, NULL, NULL};
 
 #endif /* x86 with AVX-VNNI */

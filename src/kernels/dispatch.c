@@ -1,6 +1,12 @@
 /* Kernel dispatch: the best kernel set this CPU supports, picked at run time.
  * Each SIMD file of src/kernels/ defines one set (declared in kernels.h) and
- * its runtime CPU check, guarded by architecture. */
+ * its runtime CPU check, guarded by architecture.
+ *
+ * A set may leave a kernel NULL (a weight type it has no code of its own
+ * for, e.g. avxvnni and avx512vnni for the interleaved types): it then runs
+ * the kernel of the next available set down the ladder that has one, which
+ * the CPU supports too, the scalar reference at the latest. The sets handed
+ * out are copies with those gaps filled. */
 #define _POSIX_C_SOURCE 200809L
 #include "kernels.h"
 
@@ -32,20 +38,40 @@ static const candidate candidates[] = {
 
 #define N_CANDIDATES (sizeof candidates / sizeof candidates[0])
 
-/* Filled once (pthread_once), read-only afterwards. */
+/* Filled once (pthread_once), read-only afterwards: the available sets,
+ * gaps filled, and the candidate each came from. */
+static kernel_set filled[N_CANDIDATES];
+static const candidate *filled_from[N_CANDIDATES];
 static const kernel_set *available[N_CANDIDATES + 1];
 static pthread_once_t available_once = PTHREAD_ONCE_INIT;
+
+/* dst's NULL kernels from src */
+static void fill_gaps(kernel_set *dst, const kernel_set *src) {
+    if (!dst->dot_q4s) dst->dot_q4s = src->dot_q4s;
+    if (!dst->dot_q4a) dst->dot_q4a = src->dot_q4a;
+    if (!dst->dot_q8) dst->dot_q8 = src->dot_q8;
+    if (!dst->dot_q4s_r4) dst->dot_q4s_r4 = src->dot_q4s_r4;
+    if (!dst->dot_q4a_r4) dst->dot_q4a_r4 = src->dot_q4a_r4;
+}
 
 static void find_available(void) {
     size_t n = 0;
     for (size_t i = 0; i < N_CANDIDATES; i++)
-        if (!candidates[i].supported || candidates[i].supported()) available[n++] = candidates[i].set;
+        if (!candidates[i].supported || candidates[i].supported()) {
+            filled[n] = *candidates[i].set;
+            filled_from[n] = &candidates[i];
+            n++;
+        }
+    /* bottom up: each set takes its gaps from the one below, already whole */
+    for (size_t i = n - 1; i-- > 0;) fill_gaps(&filled[i], &filled[i + 1]);
+    for (size_t i = 0; i < n; i++) available[i] = &filled[i];
     available[n] = 0;
 }
 
 int rq4_kernels_read_tiles(const kernel_set *ks) {
-    for (size_t i = 0; i < N_CANDIDATES; i++)
-        if (candidates[i].set == ks) return candidates[i].reads_tiles;
+    rq4_kernels_available();
+    for (size_t i = 0; available[i]; i++)
+        if (available[i] == ks) return filled_from[i]->reads_tiles;
     return 0;
 }
 

@@ -29,6 +29,8 @@
 #include <stdint.h>
 #include <string.h>
 
+#include "../runq4.h"
+
 /* Keep the compiler from fusing a*b+c into one fma in every file that
  * includes this one: that changes rounding and would break bit-identity
  * between kernel sets and between machines. GCC does not contract in ISO C
@@ -63,16 +65,34 @@ typedef struct qact {
 } qact;
 
 /* A quantized weight matrix (row r at q + r * row_bytes, scales at
- * d + r * ngroups). */
+ * d + r * ngroups).
+ *
+ * The interleaved types (Q4S_R4, Q4A_R4 of docs/FORMAT.md; the dot_q4s_r4 and
+ * dot_q4a_r4 kernels) hold rows in groups of R4 = 4: group G (rows 4G ..
+ * 4G+3) at q + G * row_bytes (row_bytes = 4 * cols / 2), its block b at
+ * + 64 * b, where the 16 bytes of row 4G+i's block (the row-major layout's,
+ * same nibble order) are cut in 4-byte chunks, chunk k at (4k + i) * 4; the
+ * scales of group G and weight group g at d + (G * ngroups + g) * 4, row i at
+ * + i (minimums the same in m). Chunk k's low nibbles are values 8k, 8k+2,
+ * 8k+4, 8k+6 of the block: lane k of the block's even values in nibble order
+ * (qact.qp), its high nibbles lane k of the odd ones, so one sdot by element
+ * of a chunk vector serves the 4 rows. The matrix is stored with its rows
+ * padded to a multiple of 4: the kernels may read every row of a group whose
+ * first row is < rows, and compute rows past r1 of it (never writing them).
+ * The contract is the one above, row by row: a Q4S_R4 matrix gives exactly
+ * the outputs of the same values as Q4S, so the engine's results do not
+ * depend on the layout. */
+#define R4 RQ4_INTERLEAVE /* the kernels' short name */
+_Static_assert(R4 == 4, "the interleaved kernels are written for groups of 4 rows in 4-byte chunks");
 typedef struct qmat {
-    const uint8_t *q;    /* (rows, row_bytes) packed values */
-    const uint16_t *d;   /* (rows, ngroups) fp16 scales */
-    const uint16_t *m;   /* (rows, ngroups) fp16 minimums, Q4A only (else NULL) */
+    const uint8_t *q;    /* (rows, row_bytes) packed values; interleaved: (rows / R4, row_bytes) */
+    const uint16_t *d;   /* (rows, ngroups) fp16 scales; interleaved: (rows / R4, ngroups, R4) */
+    const uint16_t *m;   /* minimums as d, Q4A only (else NULL) */
     size_t row_bytes;
     int cols;            /* = the activations' n */
     int gs;              /* group size, a multiple of QK */
     int ngroups;         /* ceil(cols / gs) */
-    int rows;            /* the kernels may read the scales of any row < rows */
+    int rows;            /* the kernels may read the scales of any row < rows (interleaved: of its group) */
 } qmat;
 
 /* out[t * out_stride + r] = row r of w . token t of x, for r0 <= r < r1 and
@@ -84,6 +104,8 @@ typedef struct kernel_set {
     dot_fn dot_q4s;
     dot_fn dot_q4a;
     dot_fn dot_q8;
+    dot_fn dot_q4s_r4; /* NULL: the next set down dispatch.c's ladder that has one */
+    dot_fn dot_q4a_r4;
 } kernel_set;
 
 /* The kernel sets. Adding one: a file src/kernels/<name>.c defining
@@ -120,7 +142,8 @@ int rq4_kernels_neon_dotprod_supported(void);
 const kernel_set *rq4_kernels_select(void);
 
 /* Every kernel set compiled in and supported by this CPU, NULL-terminated
- * (for the tests that compare each of them with the scalar reference). */
+ * (for the tests that compare each of them with the scalar reference), each
+ * with its missing kernels filled in from the sets below it (dispatch.c). */
 const kernel_set *const *rq4_kernels_available(void);
 
 /* Whether the kernels of set ks read the 16-token tiles (qt, dt, st): only

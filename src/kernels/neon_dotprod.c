@@ -262,6 +262,103 @@ ALWAYS void dot_tiles(int kind, const qact *x, const qmat *w, int r0, int r1, fl
     if (done < x->ntok) dot_rows(kind, x, w, r0, r1, done, x->ntok, out, out_stride);
 }
 
+/* ---- the interleaved types (arm_r4.h): sdot by element, one chunk vector
+ * (4 bytes of each of 4 rows) against lane k of the block's activations ---- */
+#include "arm_r4.h"
+
+ALWAYS r4block r4_unpack(int kind, const uint8_t *p) {
+    r4block w;
+    UNROLL
+    for (int k = 0; k < 4; k++) {
+        uint8x16_t v = vld1q_u8(p + 16 * k);
+        if (kind == K_Q4S) { /* 16 * value, as unpack_quad */
+            w.lo[k] = vreinterpretq_s8_u8(vshlq_n_u8(v, 4));
+            w.hi[k] = vreinterpretq_s8_u8(vandq_u8(v, vdupq_n_u8(0xF0)));
+        } else {
+            w.lo[k] = vreinterpretq_s8_u8(vandq_u8(v, vdupq_n_u8(0x0F)));
+            w.hi[k] = vreinterpretq_s8_u8(vshrq_n_u8(v, 4));
+        }
+    }
+    return w;
+}
+
+/* one chain of 8: the blocks of a step, or the tokens of a prompt, give the
+ * out-of-order core independent chains to overlap */
+ALWAYS int32x4_t r4_dot(int kind, const r4block *w, int8x16_t xe, int8x16_t xo) {
+    (void)kind;
+    int32x4_t a = vdupq_n_s32(0);
+    a = SDOT_LANE(a, w->lo[0], xe, 0);
+    a = SDOT_LANE(a, w->hi[0], xo, 0);
+    a = SDOT_LANE(a, w->lo[1], xe, 1);
+    a = SDOT_LANE(a, w->hi[1], xo, 1);
+    a = SDOT_LANE(a, w->lo[2], xe, 2);
+    a = SDOT_LANE(a, w->hi[2], xo, 2);
+    a = SDOT_LANE(a, w->lo[3], xe, 3);
+    a = SDOT_LANE(a, w->hi[3], xo, 3);
+    return a;
+}
+
+/* Prompts with tiles go through the row-major tile kernel (dot_tiles, below),
+ * which the core models give more MAC per cycle than arm_r4.h's lanes, on
+ * each row group de-interleaved into a row-major copy (vld4q_u32 splits a
+ * block's 16 chunks into its 4 rows); rows up to R4_COPY_COLS values. */
+#define R4_COPY_COLS 8192
+
+ALWAYS void dot_tiles(int kind, const qact *x, const qmat *w, int r0, int r1, float *out, size_t out_stride);
+
+ALWAYS void dot_r4_tiles(int kind, const qact *x, const qmat *w, int r0, int r1, float *out, size_t out_stride) {
+    if (x->ntile == 0 || w->cols > R4_COPY_COLS || r0 >= r1) {
+        dot_r4(kind, x, w, r0, r1, out, out_stride);
+        return;
+    }
+    uint8_t q[R4][R4_COPY_COLS / 2];
+    uint16_t d[R4 * (R4_COPY_COLS / QK)], m[R4 * (R4_COPY_COLS / QK)];
+    const int nb = w->cols / QK, ng = w->ngroups;
+    for (int G = r0 / R4; G * R4 < r1; G++) {
+        const uint8_t *src = w->q + (size_t)G * w->row_bytes;
+        for (int b = 0; b < nb; b++) {
+            uint32x4x4_t c = vld4q_u32((const uint32_t *)(src + 64 * (size_t)b));
+            for (int i = 0; i < R4; i++) vst1q_u32((uint32_t *)(q[i] + 16 * (size_t)b), c.val[i]);
+        }
+        const size_t at = (size_t)G * (size_t)ng * R4;
+        for (int g = 0; g < ng; g++)
+            for (int i = 0; i < R4; i++) {
+                d[i * ng + g] = w->d[at + (size_t)g * R4 + (size_t)i];
+                if (w->m) m[i * ng + g] = w->m[at + (size_t)g * R4 + (size_t)i];
+            }
+        qmat rm = {q[0], d, w->m ? m : NULL, R4_COPY_COLS / 2, w->cols, w->gs, ng, R4};
+        int lo = R4 * G > r0 ? R4 * G : r0, hi = R4 * G + R4 < r1 ? R4 * G + R4 : r1;
+        dot_tiles(kind, x, &rm, lo - R4 * G, hi - R4 * G, out + (size_t)R4 * (size_t)G, out_stride);
+    }
+}
+
+ALWAYS int32x4_t r4_dot_bytes(int kind, const uint8_t *p, int8x16_t xe, int8x16_t xo) {
+    int32x4_t a = vdupq_n_s32(0);
+    UNROLL
+    for (int k = 0; k < 4; k++) {
+        uint8x16_t v = vld1q_u8(p + 16 * k);
+        int8x16_t lo, hi;
+        if (kind == K_Q4S) {
+            lo = vreinterpretq_s8_u8(vshlq_n_u8(v, 4));
+            hi = vreinterpretq_s8_u8(vandq_u8(v, vdupq_n_u8(0xF0)));
+        } else {
+            lo = vreinterpretq_s8_u8(vandq_u8(v, vdupq_n_u8(0x0F)));
+            hi = vreinterpretq_s8_u8(vshrq_n_u8(v, 4));
+        }
+        a = SDOT_LANE(a, lo, xe, k);
+        a = SDOT_LANE(a, hi, xo, k);
+    }
+    return a;
+}
+
+static void dot_q4s_r4_neon_dotprod(const qact *x, const qmat *w, int r0, int r1, float *out, size_t out_stride) {
+    dot_r4_tiles(K_Q4S, x, w, r0, r1, out, out_stride);
+}
+
+static void dot_q4a_r4_neon_dotprod(const qact *x, const qmat *w, int r0, int r1, float *out, size_t out_stride) {
+    dot_r4_tiles(K_Q4A, x, w, r0, r1, out, out_stride);
+}
+
 static void dot_q4s_neon_dotprod(const qact *x, const qmat *w, int r0, int r1, float *out, size_t out_stride) {
     dot_tiles(K_Q4S, x, w, r0, r1, out, out_stride);
 }
@@ -280,7 +377,8 @@ static void dot_q8_neon_dotprod(const qact *x, const qmat *w, int r0, int r1, fl
 #pragma GCC pop_options
 #endif
 
-const kernel_set rq4_kernels_neon_dotprod = {"neon_dotprod", dot_q4s_neon_dotprod, dot_q4a_neon_dotprod,
-                                         dot_q8_neon_dotprod};
+const kernel_set rq4_kernels_neon_dotprod = {"neon_dotprod",          dot_q4s_neon_dotprod,
+                                             dot_q4a_neon_dotprod,    dot_q8_neon_dotprod,
+                                             dot_q4s_r4_neon_dotprod, dot_q4a_r4_neon_dotprod};
 
 #endif /* __aarch64__ */

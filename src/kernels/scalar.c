@@ -36,25 +36,62 @@ static inline int32_t dot_block(const int8_t *a, const int8_t *b) {
 
 enum { KIND_Q4S, KIND_Q4A, KIND_Q8 };
 
-/* The one scalar kernel body; `kind` is a compile-time constant at each call
- * site below, so the branches on it disappear after inlining. */
-static inline void dot_ref(int kind, const qact *x, const qmat *w, int r0, int r1, float *out, size_t out_stride) {
+/* Where block b of row r is and what scales it takes: the layouts of
+ * kernels.h. Interleaved rows have their block's 16 bytes gathered from its
+ * 4-byte chunks into buf. */
+typedef struct row_view {
+    const uint8_t *q;     /* row-major: the row's values */
+    const uint8_t *group; /* interleaved: the row's group of R4 rows */
+    const uint16_t *d, *m; /* scale g at d[g * step], minimum at m[g * step] */
+    size_t step;
+    int lane;             /* interleaved: the row's place in its group */
+} row_view;
+
+static row_view view_row(const qmat *w, int r, int interleaved, int with_mins) {
+    row_view v = {0};
+    if (interleaved) {
+        size_t at = (size_t)(r / R4) * (size_t)w->ngroups * R4 + (size_t)(r % R4);
+        v.group = w->q + (size_t)(r / R4) * w->row_bytes;
+        v.d = w->d + at;
+        v.m = with_mins ? w->m + at : NULL;
+        v.step = R4;
+        v.lane = r % R4;
+    } else {
+        v.q = w->q + (size_t)r * w->row_bytes;
+        v.d = w->d + (size_t)r * (size_t)w->ngroups;
+        v.m = with_mins ? w->m + (size_t)r * (size_t)w->ngroups : NULL;
+        v.step = 1;
+    }
+    return v;
+}
+
+/* The 16 packed bytes of int4 block b of the row (buf: room for them). */
+static const uint8_t *block_bytes(const row_view *v, int b, uint8_t *buf) {
+    if (!v->group) return v->q + (size_t)b * (QK / 2);
+    for (int k = 0; k < 4; k++) memcpy(buf + 4 * k, v->group + 64 * (size_t)b + (size_t)(4 * k + v->lane) * 4, 4);
+    return buf;
+}
+
+/* The one scalar kernel body; `kind` and `interleaved` are compile-time
+ * constants at each call site below, so the branches on them disappear after
+ * inlining. */
+static inline void dot_ref(int kind, int interleaved, const qact *x, const qmat *w, int r0, int r1, float *out,
+                           size_t out_stride) {
     const int nb = x->nb, bpg = w->gs / QK;
     for (int r = r0; r < r1; r++) {
-        const uint8_t *wq = w->q + (size_t)r * w->row_bytes;
-        const uint16_t *wd = w->d + (size_t)r * (size_t)w->ngroups;
-        const uint16_t *wm = kind == KIND_Q4A ? w->m + (size_t)r * (size_t)w->ngroups : NULL;
+        row_view v = view_row(w, r, interleaved, kind == KIND_Q4A);
         for (int t0 = 0; t0 < x->ntok; t0 += TOKEN_TILE) {
             int nt = min_int(TOKEN_TILE, x->ntok - t0);
             float lane[TOKEN_TILE][LANES] = {{0}};
             for (int b = 0; b < nb; b++) {
                 int8_t unpacked[QK];
+                uint8_t gathered[QK / 2];
                 const int8_t *wb = unpacked;
-                if (kind == KIND_Q8) wb = (const int8_t *)wq + b * QK;
-                else unpack_block(wq + b * (QK / 2), kind == KIND_Q4S, unpacked);
-                int g = b / bpg;
-                float d = fp16_to_f32(wd[g]);
-                float mn = kind == KIND_Q4A ? fp16_to_f32(wm[g]) : 0.0f;
+                if (kind == KIND_Q8) wb = (const int8_t *)v.q + b * QK;
+                else unpack_block(block_bytes(&v, b, gathered), kind == KIND_Q4S, unpacked);
+                size_t g = (size_t)(b / bpg) * v.step;
+                float d = fp16_to_f32(v.d[g]);
+                float mn = kind == KIND_Q4A ? fp16_to_f32(v.m[g]) : 0.0f;
                 for (int t = 0; t < nt; t++) {
                     size_t row = (size_t)(t0 + t);
                     int32_t isum = dot_block(wb, x->q + row * (size_t)x->n + (size_t)b * QK);
@@ -70,17 +107,25 @@ static inline void dot_ref(int kind, const qact *x, const qmat *w, int r0, int r
 }
 
 static void dot_q4s_scalar(const qact *x, const qmat *w, int r0, int r1, float *out, size_t out_stride) {
-    dot_ref(KIND_Q4S, x, w, r0, r1, out, out_stride);
+    dot_ref(KIND_Q4S, 0, x, w, r0, r1, out, out_stride);
 }
 
 static void dot_q4a_scalar(const qact *x, const qmat *w, int r0, int r1, float *out, size_t out_stride) {
-    dot_ref(KIND_Q4A, x, w, r0, r1, out, out_stride);
+    dot_ref(KIND_Q4A, 0, x, w, r0, r1, out, out_stride);
 }
 
 static void dot_q8_scalar(const qact *x, const qmat *w, int r0, int r1, float *out, size_t out_stride) {
-    dot_ref(KIND_Q8, x, w, r0, r1, out, out_stride);
+    dot_ref(KIND_Q8, 0, x, w, r0, r1, out, out_stride);
+}
+
+static void dot_q4s_r4_scalar(const qact *x, const qmat *w, int r0, int r1, float *out, size_t out_stride) {
+    dot_ref(KIND_Q4S, 1, x, w, r0, r1, out, out_stride);
+}
+
+static void dot_q4a_r4_scalar(const qact *x, const qmat *w, int r0, int r1, float *out, size_t out_stride) {
+    dot_ref(KIND_Q4A, 1, x, w, r0, r1, out, out_stride);
 }
 
 const kernel_set rq4_kernels_scalar = {
-    "scalar", dot_q4s_scalar, dot_q4a_scalar, dot_q8_scalar,
+    "scalar", dot_q4s_scalar, dot_q4a_scalar, dot_q8_scalar, dot_q4s_r4_scalar, dot_q4a_r4_scalar,
 };
