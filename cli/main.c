@@ -64,7 +64,7 @@ static const char *USAGE =
     "                            this process may use\n"
     "  -c, --ctx N               context length (KV cache), default min(4096, the\n"
     "                            model's)\n"
-    "  -k, --kv-type f32|f16     KV cache element type, default f32\n"
+    "  -k, --kv-type f16|f32     KV cache element type, default f16\n"
     "      --chat                chat mode with the model's template (also -m chat;\n"
     "                            -m generate: plain completion, the default)\n"
     "  -y, --system TEXT         system prompt (chat mode)\n"
@@ -437,7 +437,7 @@ static int parse_option(int argc, char **argv, int *i, const char **value, const
 }
 
 int main(int argc, char **argv) {
-    const char *path = NULL, *prompt = NULL, *system = NULL, *kv = "f32", *prompt_cache = NULL;
+    const char *path = NULL, *prompt = NULL, *system = NULL, *kv = NULL, *prompt_cache = NULL;
     rq4_sampling sp;
     rq4_default_sampling(&sp);
     uint64_t max_mb = 0;
@@ -512,7 +512,7 @@ int main(int argc, char **argv) {
     rq4_options opts;
     rq4_error err;
     rq4_default_options(&opts);
-    opts.kv_type = strcmp(kv, "f16") == 0 ? RQ4_KV_F16 : RQ4_KV_F32;
+    if (kv) opts.kv_type = strcmp(kv, "f16") == 0 ? RQ4_KV_F16 : RQ4_KV_F32;
     opts.n_threads = (int32_t)threads; /* 0: the library's default */
     opts.max_memory = max_mb << 20;
     opts.n_ctx = (int32_t)ctx; /* 0: min(RQ4_DEFAULT_CTX, the model's) */
@@ -568,7 +568,7 @@ int main(int argc, char **argv) {
             load_s, (long long)r.prompt_tokens, r.prompt_s > 0 ? (double)r.prompt_tokens / r.prompt_s : 0.0,
             (long long)r.gen_tokens, r.gen_s > 0 ? (double)r.gen_tokens / r.gen_s : 0.0,
             r.context_full ? " (context full)" : "", peak_rss_mb(), rq4_kernel_name(), r.cfg->n_threads, r.cfg->n_ctx,
-            kv);
+            r.cfg->kv_type == RQ4_KV_F16 ? "f16" : "f32");
 
     if (!g_stdout_closed && fclose(stdout) != 0 && errno != EPIPE)
         die("writing the output: %s", strerror(errno));

@@ -137,6 +137,10 @@ def default_options() -> dict:
     return {name: getattr(opts, name) for name, _ in ffi.typeof("rq4_options").fields}
 
 
+# the KV cache type rq4_default_options picks, by its name in KV_TYPES
+DEFAULT_KV_TYPE = next(name for name, v in KV_TYPES.items() if v == default_options()["kv_type"])
+
+
 def open_model(path, n_ctx=0, n_threads=0, kv_type=None, float_activations=False,
                max_memory=0) -> Handle:
     """rq4_open with the given options (already validated by the caller;
@@ -145,7 +149,8 @@ def open_model(path, n_ctx=0, n_threads=0, kv_type=None, float_activations=False
     lib.rq4_default_options(opts)
     opts.n_ctx = n_ctx
     opts.n_threads = n_threads
-    opts.kv_type = lib.RQ4_KV_F32 if kv_type is None else kv_type
+    if kv_type is not None:
+        opts.kv_type = kv_type
     opts.float_activations = 1 if float_activations else 0
     opts.max_memory = max_memory
     out = ffi.new("rq4_model **")

@@ -48,6 +48,8 @@ def perplexity(model, ids, window=512, progress=False):
 
 
 def build_parser():
+    from ._lib import DEFAULT_KV_TYPE, KV_TYPES
+
     p = Parser(prog=PROG, description="Evaluate .rq4 models.",
                 formatter_class=HelpFormatter)
     add_version(p)
@@ -62,7 +64,8 @@ def build_parser():
                     help="tokens per window (each from an empty cache)")
     pp.add_argument("--threads", type=positive_int, default=None,
                     help="worker threads (default: the CPUs this process may use)")
-    pp.add_argument("--kv", choices=("f32", "f16"), default="f32", help="KV cache element type")
+    pp.add_argument("--kv", choices=sorted(KV_TYPES), default=DEFAULT_KV_TYPE,
+                    help="KV cache element type")
     pp.add_argument("--float-activations", action="store_true",
                     help="reference mode: dequantized weights, float activations (slow); "
                          "isolates the weight quantization from the int8 activations")

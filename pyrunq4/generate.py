@@ -24,7 +24,7 @@ PROG = "pyrunq4-generate"
 
 
 def build_parser():
-    from ._lib import DEFAULT_CTX, DEFAULT_REPEAT_LAST_N, KV_TYPES
+    from ._lib import DEFAULT_CTX, DEFAULT_KV_TYPE, DEFAULT_REPEAT_LAST_N, KV_TYPES
 
     p = Parser(prog=PROG, description="Generate text with an .rq4 model (int4 C engine).",
                formatter_class=HelpFormatter)
@@ -58,7 +58,7 @@ def build_parser():
     p.add_argument("--ctx", type=int, default=None, metavar="N",
                    help=f"context length, the KV cache size (default: {DEFAULT_CTX}, or the "
                         "model's max_seq_len if that is smaller)")
-    p.add_argument("--kv-type", choices=sorted(KV_TYPES), default="f32",
+    p.add_argument("--kv-type", choices=sorted(KV_TYPES), default=DEFAULT_KV_TYPE,
                    help="KV cache element type")
     p.add_argument("--chat", action="store_true",
                    help="use the model's chat template; without --prompt, chat interactively "

@@ -105,20 +105,20 @@ def _tokenizer_call(what, fn, *args, **kwargs):
 class Model:
     """An .rq4 model opened with the C engine.
 
-    Model(path, n_ctx=None, n_threads=None, kv_type="f32", max_memory=None,
+    Model(path, n_ctx=None, n_threads=None, kv_type="f16", max_memory=None,
           float_activations=False)
 
     n_ctx: KV cache length (None: 4096, or the model's max_seq_len if smaller).
     n_threads: worker threads, 1 to RQ4_MAX_THREADS (None: the C default, the
         CPUs this process may use, at most RQ4_MAX_THREADS).
-    kv_type: "f32" or "f16" KV cache.
+    kv_type: "f16" or "f32" KV cache (the default: the library's, f16).
     max_memory: bytes; opening fails with MemoryLimitError, before allocating,
         if weights + KV cache + buffers would exceed it (None: no limit).
     float_activations: reference mode (weights dequantized, activations kept
         float; slow, for tests) instead of int8 activations.
     """
 
-    def __init__(self, path, n_ctx=None, n_threads=None, kv_type="f32", max_memory=None,
+    def __init__(self, path, n_ctx=None, n_threads=None, kv_type=_lib.DEFAULT_KV_TYPE, max_memory=None,
                  float_activations=False):
         self._h = None
         self._lock = threading.RLock()

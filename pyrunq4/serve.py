@@ -680,6 +680,8 @@ def build_app(engine: Engine):
 # ---- command line ------------------------------------------------------------------------
 
 def build_parser():
+    from ._lib import DEFAULT_KV_TYPE, KV_TYPES
+
     p = Parser(prog=PROG, formatter_class=HelpFormatter,
                description="Serve an .rq4 model over an OpenAI-compatible HTTP API.")
     p.add_argument("model", metavar="MODEL.rq4", help="the model file")
@@ -691,7 +693,8 @@ def build_parser():
                    help="context length (default: 4096, or the model's maximum if smaller)")
     p.add_argument("--threads", type=positive_int, default=None,
                    help="worker threads (default: the CPUs this process may use)")
-    p.add_argument("--kv-type", choices=("f32", "f16"), default="f32", help="KV cache element type")
+    p.add_argument("--kv-type", choices=sorted(KV_TYPES), default=DEFAULT_KV_TYPE,
+                   help="KV cache element type")
     p.add_argument("--queue", type=int, default=DEFAULT_QUEUE,
                    help="requests that may wait behind the running one; more get 429")
     p.add_argument("--log-level", default="warning",

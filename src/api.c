@@ -22,7 +22,7 @@
 void rq4_default_options(rq4_options *opts) {
     if (!opts) return;
     memset(opts, 0, sizeof *opts);
-    opts->kv_type = RQ4_KV_F32;
+    opts->kv_type = RQ4_KV_F16;
 }
 
 void rq4_close(rq4_model *m) {

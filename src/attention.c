@@ -161,84 +161,113 @@ static void cache_put(void *cache, int kv_type, size_t at, size_t stride, const 
 typedef struct attention_job {
     int layer;
     int pos0;            /* position of the chunk's first token */
+    int ntok;            /* tokens in the chunk */
     int heads_per_item;  /* kv_mul (a whole GQA group), or 1 when that leaves threads idle */
+    int tile;            /* tokens per item (attention_tile) */
 } attention_job;
 
-/* Items [start, end) of (token, group of heads_per_item query heads): causal
- * attention over the cached positions 0..pos, into xb. A group lies within the
- * query heads sharing one kv head (GQA), so each key and value row is read
- * (and converted from f16) once for the group; each query head's arithmetic is
- * the same whatever the grouping. */
+/* The AVX2 path of one item: the rows (token, query head) of tokens t0 ..
+ * t0 + nt - 1 and query heads h0 .. h0 + nh - 1, ATT_ROWS at a time over the
+ * keys and then over the values, each row with its own causal length. Every
+ * row's arithmetic is the portable loops' (attention.h). */
+static void attend_rows_avx2(const rq4_model *m, const attention_job *j, float *att, int t0, int nt, int h0, int nh) {
+    const rq4_config *c = &m->config;
+    int hd = c->head_dim, kv_mul = c->n_heads / c->n_kv_heads, f16 = c->kv_type == RQ4_KV_F16;
+    const size_t elem = f16 ? sizeof(uint16_t) : sizeof(float);
+    size_t head_off = kv_at(m, j->layer, h0 / kv_mul, 0) * elem; /* bytes to this kv head's position 0 */
+    const char *keys = (const char *)m->key_cache + head_off, *values = (const char *)m->value_cache + head_off;
+    float scale = (float)(1.0 / sqrt((double)hd));
+    int rows = nt * nh;
+    for (int r0 = 0; r0 < rows; r0 += ATT_ROWS) {
+        int nr = rows - r0 < ATT_ROWS ? rows - r0 : ATT_ROWS, n[ATT_ROWS], most = 0;
+        const float *q[ATT_ROWS];
+        float *a[ATT_ROWS], *out[ATT_ROWS];
+        for (int i = 0; i < nr; i++) {
+            int r = r0 + i, t = t0 + r / nh, h = h0 + r % nh;
+            q[i] = m->q + (size_t)t * (size_t)m->q_dim + (size_t)h * (size_t)hd;
+            out[i] = m->xb + (size_t)t * (size_t)m->q_dim + (size_t)h * (size_t)hd;
+            a[i] = att + (size_t)r * (size_t)c->n_ctx;
+            n[i] = j->pos0 + t + 1;
+            most = n[i] > most ? n[i] : most;
+        }
+        /* scores up to the last row's position for every row: the earlier
+         * tokens' extra ones are past their n, never read */
+        rq4_attention_scores_avx2(q, nr, hd, keys, f16, scale, a, most);
+        for (int i = 0; i < nr; i++) rq4_attention_softmax_avx2(a[i], n[i]);
+        rq4_attention_values_avx2((const float *const *)a, n, nr, hd, values, f16, out);
+    }
+}
+
+/* Items [start, end) of (tile of j->tile tokens, group of heads_per_item
+ * query heads): causal attention over the cached positions 0..pos, into xb.
+ * A group lies within the query heads sharing one kv head (GQA), so each key
+ * and value row is read (and converted from f16) once for the group and the
+ * tile's tokens; each query head's arithmetic is the same whatever the
+ * grouping. */
 VECTOR_CLONES static void attend(const rq4_model *m, void *arg, int thread, int start, int end) {
     const attention_job *j = arg;
     const rq4_config *c = &m->config;
     int hd = c->head_dim, kv_mul = c->n_heads / c->n_kv_heads, f16 = c->kv_type == RQ4_KV_F16;
-    int nh = j->heads_per_item, items_per_token = c->n_heads / nh;
-    float *att = m->att + (size_t)thread * attention_scratch(c, c->n_ctx); /* (kv_mul, n_ctx) scores */
-    float *tmp = att + (size_t)kv_mul * (size_t)c->n_ctx;         /* (4, head_dim) f16 rows as floats */
+    int nh = j->heads_per_item, items_per_tile = c->n_heads / nh;
+    float *att = m->att + (size_t)thread * attention_scratch(c, c->n_ctx); /* (rows, n_ctx) scores */
+    float *tmp = att + attention_rows(c) * (size_t)c->n_ctx;       /* (4, head_dim) f16 rows as floats */
     float scale = (float)(1.0 / sqrt((double)hd));
     for (int item = start; item < end; item++) {
-        int t = item / items_per_token, h0 = item % items_per_token * nh, pos = j->pos0 + t;
-        const float *q = m->q + (size_t)t * (size_t)m->q_dim + (size_t)h0 * (size_t)hd;
-        float *out = m->xb + (size_t)t * (size_t)m->q_dim + (size_t)h0 * (size_t)hd;
-        size_t head_off = kv_at(m, j->layer, h0 / kv_mul, 0), row = (size_t)hd; /* position p at head_off + p*row */
-        /* scores of each query head against every key up to this position, 16
-         * keys at a time: lane k of a vector is key p0 + k (see key_at), and each
-         * score is its products added in order of i */
-        const size_t elem = f16 ? sizeof(uint16_t) : sizeof(float);
-        if (m->attention_avx2) {
-            for (int h = 0; h < nh; h += 4)
-                rq4_attention_scores_avx2(q + (size_t)h * hd, nh - h < 4 ? nh - h : 4, hd,
-                                          (const char *)m->key_cache + head_off * elem, f16, scale,
-                                          att + (size_t)h * c->n_ctx, c->n_ctx, pos + 1);
-        }
-        for (int p0 = 0; p0 <= pos && !m->attention_avx2; p0 += 16) {
-            int nk = pos + 1 - p0 < 16 ? pos + 1 - p0 : 16;
-            const void *kb = f16 ? (const void *)((const uint16_t *)m->key_cache + head_off + (size_t)p0 * row)
-                                 : (const void *)((const float *)m->key_cache + head_off + (size_t)p0 * row);
-            for (int h = 0; h < nh; h += 4) {
-                const float *qh = q + (size_t)h * hd;
-                float *ah = att + (size_t)h * c->n_ctx + p0;
-                switch (nh - h) { /* a constant head count: no test per head and dimension */
-                case 1: scores16(qh, 1, hd, kb, f16, scale, ah, c->n_ctx, nk); break;
-                case 2: scores16(qh, 2, hd, kb, f16, scale, ah, c->n_ctx, nk); break;
-                case 3: scores16(qh, 3, hd, kb, f16, scale, ah, c->n_ctx, nk); break;
-                default: scores16(qh, 4, hd, kb, f16, scale, ah, c->n_ctx, nk); break;
-                }
-            }
-        }
-        for (int h = 0; h < nh; h++) {
-            if (m->attention_avx2) rq4_attention_softmax_avx2(att + (size_t)h * c->n_ctx, pos + 1);
-            else softmax(att + (size_t)h * c->n_ctx, pos + 1);
-        }
-        /* weighted sums of the values, four positions per pass */
-        const void *vc = m->value_cache;
+        int t0 = item / items_per_tile * j->tile, h0 = item % items_per_tile * nh;
+        int nt = j->ntok - t0 < j->tile ? j->ntok - t0 : j->tile;
         if (m->attention_avx2 && hd % 8 == 0) {
-            rq4_attention_values_avx2(att, c->n_ctx, nh, hd, pos + 1, (const char *)vc + head_off * elem, f16, out);
+            attend_rows_avx2(m, j, att, t0, nt, h0, nh);
             continue;
         }
-        if (hd == 64) { /* the Llama 3.2 and SmolLM2 heads: sums in registers */
-            switch (nh) {
-            case 1: weighted_values(att, c->n_ctx, 1, 4, pos + 1, vc, f16, head_off, tmp, out); continue;
-            case 2: weighted_values(att, c->n_ctx, 2, 4, pos + 1, vc, f16, head_off, tmp, out); continue;
-            case 3: weighted_values(att, c->n_ctx, 3, 4, pos + 1, vc, f16, head_off, tmp, out); continue;
-            case 4: weighted_values(att, c->n_ctx, 4, 4, pos + 1, vc, f16, head_off, tmp, out); continue;
+        for (int t = t0; t < t0 + nt; t++) {
+            int pos = j->pos0 + t;
+            const float *q = m->q + (size_t)t * (size_t)m->q_dim + (size_t)h0 * (size_t)hd;
+            float *out = m->xb + (size_t)t * (size_t)m->q_dim + (size_t)h0 * (size_t)hd;
+            size_t head_off = kv_at(m, j->layer, h0 / kv_mul, 0), row = (size_t)hd; /* position p at head_off + p*row */
+            /* scores of each query head against every key up to this position, 16
+             * keys at a time: lane k of a vector is key p0 + k (see key_at), and each
+             * score is its products added in order of i */
+            for (int p0 = 0; p0 <= pos; p0 += 16) {
+                int nk = pos + 1 - p0 < 16 ? pos + 1 - p0 : 16;
+                const void *kb = f16 ? (const void *)((const uint16_t *)m->key_cache + head_off + (size_t)p0 * row)
+                                     : (const void *)((const float *)m->key_cache + head_off + (size_t)p0 * row);
+                for (int h = 0; h < nh; h += 4) {
+                    const float *qh = q + (size_t)h * hd;
+                    float *ah = att + (size_t)h * c->n_ctx + p0;
+                    switch (nh - h) { /* a constant head count: no test per head and dimension */
+                    case 1: scores16(qh, 1, hd, kb, f16, scale, ah, c->n_ctx, nk); break;
+                    case 2: scores16(qh, 2, hd, kb, f16, scale, ah, c->n_ctx, nk); break;
+                    case 3: scores16(qh, 3, hd, kb, f16, scale, ah, c->n_ctx, nk); break;
+                    default: scores16(qh, 4, hd, kb, f16, scale, ah, c->n_ctx, nk); break;
+                    }
+                }
             }
-        }
-        memset(out, 0, (size_t)nh * (size_t)hd * sizeof(float));
-        int p = 0;
-        for (; p + 4 <= pos + 1; p += 4) {
-            size_t v = head_off + (size_t)p * row;
-            const float *v0 = cache_row(m->value_cache, f16, v, hd, tmp);
-            const float *v1 = cache_row(m->value_cache, f16, v + row, hd, tmp + hd);
-            const float *v2 = cache_row(m->value_cache, f16, v + 2 * row, hd, tmp + 2 * hd);
-            const float *v3 = cache_row(m->value_cache, f16, v + 3 * row, hd, tmp + 3 * hd);
-            for (int h = 0; h < nh; h++)
-                add_scaled4(out + (size_t)h * hd, att + (size_t)h * c->n_ctx + p, v0, v1, v2, v3, hd);
-        }
-        for (; p <= pos; p++) {
-            const float *v = cache_row(m->value_cache, f16, head_off + (size_t)p * row, hd, tmp);
-            for (int h = 0; h < nh; h++) add_scaled(out + (size_t)h * hd, att[(size_t)h * c->n_ctx + p], v, hd);
+            for (int h = 0; h < nh; h++) softmax(att + (size_t)h * c->n_ctx, pos + 1);
+            /* weighted sums of the values, four positions per pass */
+            const void *vc = m->value_cache;
+            if (hd == 64) { /* the Llama 3.2 and SmolLM2 heads: sums in registers */
+                switch (nh) {
+                case 1: weighted_values(att, c->n_ctx, 1, 4, pos + 1, vc, f16, head_off, tmp, out); continue;
+                case 2: weighted_values(att, c->n_ctx, 2, 4, pos + 1, vc, f16, head_off, tmp, out); continue;
+                case 3: weighted_values(att, c->n_ctx, 3, 4, pos + 1, vc, f16, head_off, tmp, out); continue;
+                case 4: weighted_values(att, c->n_ctx, 4, 4, pos + 1, vc, f16, head_off, tmp, out); continue;
+                }
+            }
+            memset(out, 0, (size_t)nh * (size_t)hd * sizeof(float));
+            int p = 0;
+            for (; p + 4 <= pos + 1; p += 4) {
+                size_t v = head_off + (size_t)p * row;
+                const float *v0 = cache_row(m->value_cache, f16, v, hd, tmp);
+                const float *v1 = cache_row(m->value_cache, f16, v + row, hd, tmp + hd);
+                const float *v2 = cache_row(m->value_cache, f16, v + 2 * row, hd, tmp + 2 * hd);
+                const float *v3 = cache_row(m->value_cache, f16, v + 3 * row, hd, tmp + 3 * hd);
+                for (int h = 0; h < nh; h++)
+                    add_scaled4(out + (size_t)h * hd, att + (size_t)h * c->n_ctx + p, v0, v1, v2, v3, hd);
+            }
+            for (; p <= pos; p++) {
+                const float *v = cache_row(m->value_cache, f16, head_off + (size_t)p * row, hd, tmp);
+                for (int h = 0; h < nh; h++) add_scaled(out + (size_t)h * hd, att[(size_t)h * c->n_ctx + p], v, hd);
+            }
         }
     }
 }
@@ -255,7 +284,9 @@ void rq4_store_kv(rq4_model *m, int layer, int pos, const float *k, const float 
 
 void rq4_attention(rq4_model *m, int layer, int pos0, int ntok) {
     const rq4_config *c = &m->config;
-    attention_job aj = {layer, pos0, c->n_heads / c->n_kv_heads};
+    attention_job aj = {layer, pos0, ntok, c->n_heads / c->n_kv_heads, 1};
     if (ntok * c->n_kv_heads < 2 * c->n_threads) aj.heads_per_item = 1; /* decoding: one head per item */
-    rq4_run_parallel(m, attend, &aj, ntok * (c->n_heads / aj.heads_per_item));
+    if (m->attention_avx2 && c->head_dim % 8 == 0) aj.tile = attention_tile(aj.heads_per_item);
+    int tiles = (ntok + aj.tile - 1) / aj.tile;
+    rq4_run_parallel(m, attend, &aj, tiles * (c->n_heads / aj.heads_per_item));
 }

@@ -88,7 +88,7 @@ struct rq4_model {
     float *hb2;     /* (B, hidden_dim) up */
     float *rope;    /* (B, head_dim) cos (first half) and sin (second half) per token */
     act_cache acts; /* int8 copy of the current matmul input */
-    float *att;     /* (n_threads, attention_scratch) per thread: scores (kv_mul, n_ctx), 4 rows (4, head_dim) */
+    float *att;     /* (n_threads, attention_scratch) per thread: scores (attention_rows, n_ctx), 4 rows (4, head_dim) */
     float *row;     /* (n_threads, max cols) a dequantized weight row (float mode) */
 
     /* kv cache, f32 or f16 */
@@ -141,10 +141,22 @@ static inline size_t kv_at(const rq4_model *m, int layer, int kv_head, int pos) 
            (size_t)c->head_dim;
 }
 
-/* Floats of attention scratch per thread: the scores of the kv_mul query
- * heads sharing a kv head, (kv_mul, n_ctx), then 4 value rows (4, head_dim). */
+/* Tokens per attention item when items take nh query heads each and the
+ * AVX2 loops run: enough for ATT_ROWS rows (kernels/attention.h), so every
+ * pass over a kv head's keys and values serves that many. */
+static inline int attention_tile(int nh) { return (ATT_ROWS + nh - 1) / nh; }
+
+/* Rows of scores a thread holds at once: a tile of a whole GQA group (at
+ * least the ATT_ROWS of a tile of one head). */
+static inline size_t attention_rows(const rq4_config *c) {
+    int kv_mul = c->n_heads / c->n_kv_heads;
+    return (size_t)kv_mul * (size_t)attention_tile(kv_mul);
+}
+
+/* Floats of attention scratch per thread: the scores, (attention_rows,
+ * n_ctx), then 4 value rows (4, head_dim). */
 static inline size_t attention_scratch(const rq4_config *c, int n_ctx) {
-    return (size_t)(c->n_heads / c->n_kv_heads) * (size_t)n_ctx + 4 * (size_t)c->head_dim;
+    return attention_rows(c) * (size_t)n_ctx + 4 * (size_t)c->head_dim;
 }
 
 /* Bytes rq4_open allocates besides the mapping, for this context length, KV

@@ -74,7 +74,7 @@ static void buffer_dims(const rq4_config *c, int n_ctx, int kv_type, int n_threa
     dims[D_MAX_BLOCKS] = max_cols / QK;
     dims[D_THREADS] = (uint64_t)n_threads;
     /* attention_scratch and the KV cache grow with n_ctx: computed saturating */
-    dims[D_ATT_SCRATCH] = sat_add_u64(sat_mul_u64((uint64_t)(c->n_heads / c->n_kv_heads), (uint64_t)n_ctx),
+    dims[D_ATT_SCRATCH] = sat_add_u64(sat_mul_u64((uint64_t)attention_rows(c), (uint64_t)n_ctx),
                                       4 * (uint64_t)c->head_dim);
     dims[D_KV_CACHE] = sat_mul_u64(sat_mul_u64((uint64_t)c->n_layers, (uint64_t)kv_len(n_ctx)), kv_dim);
     dims[D_KV_ELEM] = kv_type == RQ4_KV_F16 ? 2 : 4;

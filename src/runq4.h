@@ -133,7 +133,7 @@ typedef struct rq4_options {
     int32_t n_ctx;            /* 0: min(RQ4_DEFAULT_CTX, max_seq_len) */
     int32_t n_threads;        /* 1..RQ4_MAX_THREADS; 0: min(the CPUs in this
                                  process's affinity mask, RQ4_MAX_THREADS) */
-    int32_t kv_type;          /* RQ4_KV_F32 (default) or RQ4_KV_F16 */
+    int32_t kv_type;          /* RQ4_KV_F16 (default) or RQ4_KV_F32 */
     int32_t float_activations;/* 1: reference mode, weights dequantized and
                                  activations kept float (slow; for tests) */
     uint64_t max_memory;      /* bytes; 0: no limit. rq4_open refuses, before

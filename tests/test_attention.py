@@ -4,7 +4,10 @@ against the portable ones (used with the scalar set), bit for bit, end to end:
 every query-head grouping (1 to 4 heads per kv head, and the one-head items
 of decoding with 2 threads), head sizes that are and are not a multiple of 8
 and 16, f32 and f16 caches, prompts longer than several 16-key blocks with a
-partial last one."""
+partial last one. The 70-token prompts also run the AVX2 loops' query tiles
+(several tokens' rows per pass, so rows of different causal lengths share a
+pass, and tiles split over two passes with 4 heads per kv head) and more
+than one 64-position chunk of the weighted sums."""
 
 import numpy as np
 import pytest

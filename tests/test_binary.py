@@ -91,7 +91,9 @@ def fresh_extension():
 def py_side(fresh_extension, **req):
     req.setdefault("ctx", 64)
     req.setdefault("threads", 1)
-    req.setdefault("kv", "f32")
+    if "kv" not in req:  # the binary's without -k: the library's default
+        from pyrunq4._lib import DEFAULT_KV_TYPE
+        req["kv"] = DEFAULT_KV_TYPE
     r = subprocess.run([sys.executable, "-c", _PY_SIDE, ROOT], input=json.dumps(req), capture_output=True,
                        text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-2000:]

@@ -278,7 +278,7 @@ def test_export_bnb_logits_vs_reference(tmp_path, capsys):
     weights, cfg = weights_from_rq4(out)
     tokens = np.random.default_rng(2).integers(0, cfg["vocab_size"], 48)
     ref = R.forward(weights, cfg, tokens)
-    with Model(out, float_activations=True, n_threads=2) as m:
+    with Model(out, float_activations=True, n_threads=2, kv_type="f32") as m:  # the float path
         assert rel_err(m.logits(tokens), ref) < 1e-4
     with Model(out, n_threads=2) as m:
         assert rel_err(m.logits(tokens), ref) < INT8_TOLERANCE

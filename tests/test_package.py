@@ -211,7 +211,7 @@ def test_f16_kv_cache_close_to_f32(tiny_tied):
     from test_reference import INT8_TOLERANCE
     ids = list(range(3, 60))
     for fa, tol in ((True, 1e-3), (False, INT8_TOLERANCE)):
-        with Model(tiny_tied, n_threads=2, float_activations=fa) as a, \
+        with Model(tiny_tied, n_threads=2, kv_type="f32", float_activations=fa) as a, \
                 Model(tiny_tied, n_threads=2, kv_type="f16", float_activations=fa) as b:
             assert b.config.kv_type != a.config.kv_type
             la, lb = a.logits(ids), b.logits(ids)
@@ -478,7 +478,7 @@ def test_exported_hf_model_end_to_end(tmp_path):
     weights, cfg = weights_from_rq4(path)
     ids = np.random.default_rng(5).integers(0, cfg["vocab_size"], 64)
     ref = R.forward(weights, cfg, ids)
-    with Model(path, float_activations=True, n_threads=2) as m:
+    with Model(path, float_activations=True, n_threads=2, kv_type="f32") as m:
         got = m.logits(ids)
         rel = np.max(np.linalg.norm(got - ref, axis=1) / np.linalg.norm(ref, axis=1))
         assert rel < 1e-4

@@ -133,14 +133,15 @@ def test_layer_pos0_and_capture(tiny_tied):
 
 
 def test_engine_float_activations_vs_reference(tiny_model):
-    """The C engine in reference mode (weights dequantized, activations float)
-    agrees with the numpy float64 reference on the same dequantized weights,
-    at every position of a 64-token sequence (beyond original_max_pos = 16)."""
+    """The C engine in reference mode (weights dequantized, activations float,
+    f32 KV cache) agrees with the numpy float64 reference on the same
+    dequantized weights, at every position of a 64-token sequence (beyond
+    original_max_pos = 16)."""
     from pyrunq4 import Model
     weights, cfg = weights_from_rq4(tiny_model)
     tokens = np.random.default_rng(1).integers(0, cfg["vocab_size"], 64)
     ref = R.forward(weights, cfg, tokens)
-    with Model(tiny_model, float_activations=True, n_threads=2) as m:
+    with Model(tiny_model, float_activations=True, n_threads=2, kv_type="f32") as m:
         got = m.logits(tokens)
     assert got.shape == ref.shape and got.dtype == np.float32
     assert rel_err(got, ref) < 1e-4
@@ -197,7 +198,7 @@ def test_engine_int8_vs_simulated_activation_quantization(tiny_model, monkeypatc
     ref = R.forward(weights, cfg, tokens)
     monkeypatch.setattr(R, "_linear", quantized_linear)
     sim = R.forward(weights, cfg, tokens)
-    with Model(tiny_model, n_threads=2) as m:
+    with Model(tiny_model, n_threads=2, kv_type="f32") as m:  # the reference keeps float keys and values
         got = m.logits(tokens)
     err_sim, err_ref = rel_err(got, sim), rel_err(got, ref)
     print(f"int8 engine vs simulated int8 reference: {err_sim:.3g}; vs float reference: {err_ref:.3g}")

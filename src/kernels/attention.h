@@ -37,16 +37,22 @@
 /* 1 when this build has the kernels and the CPU runs AVX2 and F16C. */
 int rq4_attention_avx2_supported(void);
 
-/* Scores of nq (1..4) query heads (q: nq rows of hd) against keys 0 .. n-1:
- * out[h * stride + p] = (sum over i, in order, of q[h][i] * key p [i]) * scale,
- * each sum starting from +0.0f. */
-void rq4_attention_scores_avx2(const float *q, int nq, int hd, const void *keys, int f16, float scale, float *out,
-                               int stride, int n);
+/* Query rows (a head of a token) the scores and the weighted sums take per
+ * pass over the keys and values: each key or value vector loaded and
+ * converted serves that many rows (12 accumulators of the 16 registers). */
+#define ATT_ROWS 6
 
-/* out (nh rows of hd, nh 1..4, hd a multiple of 8) = for each head h, starting
- * from +0.0f, out += att[h][p] * value row p for p = 0, 1, .. n-1 in order. */
-void rq4_attention_values_avx2(const float *att, int att_stride, int nh, int hd, int n, const void *values, int f16,
-                               float *out);
+/* Scores of nq (1..ATT_ROWS) query rows q[r] (hd values each) against keys
+ * 0 .. n-1: out[r][p] = (sum over i, in order, of q[r][i] * key p [i]) *
+ * scale, each sum starting from +0.0f. */
+void rq4_attention_scores_avx2(const float *const *q, int nq, int hd, const void *keys, int f16, float scale,
+                               float *const *out, int n);
+
+/* out[r] (hd values, hd a multiple of 8) for the nr (1..ATT_ROWS) rows: for
+ * each r, starting from +0.0f, out[r] += att[r][p] * value row p for p = 0,
+ * 1, .. n[r]-1 in order. */
+void rq4_attention_values_avx2(const float *const *att, const int *n, int nr, int hd, const void *values, int f16,
+                               float *const *out);
 
 /* x[0..n) = softmax(x), exactly as the engine's portable softmax: the
  * maximum (16 lanes, then lane by lane, then the last n % 16), e^(x - max)

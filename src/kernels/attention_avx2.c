@@ -34,24 +34,24 @@ ALWAYS_ATT TGT_ATT __m256 load8_cache(const void *cache, int f16, size_t at) {
     return _mm256_loadu_ps((const float *)cache + at);
 }
 
-/* NQ query heads x the 16 keys of one block: the sums of lane k (key k) in
- * acc[h][k / 8], each product added in order of i. */
-ALWAYS_ATT TGT_ATT void scores_block(const float *q, const int NQ, int hd, const void *keys, int f16, size_t at,
-                                     float scale, float *out, int stride, int nk) {
-    __m256 acc[4][2];
-    for (int h = 0; h < NQ; h++) acc[h][0] = acc[h][1] = _mm256_setzero_ps();
+/* NQ query rows x the 16 keys of one block: the sums of lane k (key k) in
+ * acc[r][k / 8], each product added in order of i. */
+ALWAYS_ATT TGT_ATT void scores_block(const float *const *q, const int NQ, int hd, const void *keys, int f16,
+                                     size_t at, float scale, float *const *out, int p0, int nk) {
+    __m256 acc[ATT_ROWS][2];
+    for (int r = 0; r < NQ; r++) acc[r][0] = acc[r][1] = _mm256_setzero_ps();
     for (int i = 0; i < hd; i++) {
         __m256 k0 = load8_cache(keys, f16, at + 16 * (size_t)i), k1 = load8_cache(keys, f16, at + 16 * (size_t)i + 8);
-        for (int h = 0; h < NQ; h++) {
-            __m256 qv = _mm256_broadcast_ss(q + (size_t)h * (size_t)hd + (size_t)i);
-            acc[h][0] = _mm256_add_ps(acc[h][0], _mm256_mul_ps(qv, k0));
-            acc[h][1] = _mm256_add_ps(acc[h][1], _mm256_mul_ps(qv, k1));
+        for (int r = 0; r < NQ; r++) {
+            __m256 qv = _mm256_broadcast_ss(q[r] + i);
+            acc[r][0] = _mm256_add_ps(acc[r][0], _mm256_mul_ps(qv, k0));
+            acc[r][1] = _mm256_add_ps(acc[r][1], _mm256_mul_ps(qv, k1));
         }
     }
     __m256 sc = _mm256_set1_ps(scale);
-    for (int h = 0; h < NQ; h++) {
-        float *o = out + (size_t)h * (size_t)stride;
-        __m256 lo = _mm256_mul_ps(acc[h][0], sc), hi = _mm256_mul_ps(acc[h][1], sc);
+    for (int r = 0; r < NQ; r++) {
+        float *o = out[r] + p0;
+        __m256 lo = _mm256_mul_ps(acc[r][0], sc), hi = _mm256_mul_ps(acc[r][1], sc);
         if (nk == 16) {
             _mm256_storeu_ps(o, lo);
             _mm256_storeu_ps(o + 8, hi);
@@ -64,58 +64,96 @@ ALWAYS_ATT TGT_ATT void scores_block(const float *q, const int NQ, int hd, const
     }
 }
 
-ALWAYS_ATT TGT_ATT void scores_heads(const float *q, const int NQ, int hd, const void *keys, int f16, float scale,
-                                     float *out, int stride, int n) {
+ALWAYS_ATT TGT_ATT void scores_rows(const float *const *q, const int NQ, int hd, const void *keys, int f16,
+                                    float scale, float *const *out, int n) {
     for (int p0 = 0; p0 < n; p0 += 16)
-        scores_block(q, NQ, hd, keys, f16, (size_t)p0 * (size_t)hd, scale, out + p0, stride, n - p0 < 16 ? n - p0 : 16);
+        scores_block(q, NQ, hd, keys, f16, (size_t)p0 * (size_t)hd, scale, out, p0, n - p0 < 16 ? n - p0 : 16);
 }
 
-TGT_ATT void rq4_attention_scores_avx2(const float *q, int nq, int hd, const void *keys, int f16, float scale,
-                                       float *out, int stride, int n) {
-    switch (nq) { /* a constant head count: the accumulators stay in registers */
-    case 1: scores_heads(q, 1, hd, keys, f16, scale, out, stride, n); break;
-    case 2: scores_heads(q, 2, hd, keys, f16, scale, out, stride, n); break;
-    case 3: scores_heads(q, 3, hd, keys, f16, scale, out, stride, n); break;
-    default: scores_heads(q, 4, hd, keys, f16, scale, out, stride, n); break;
+TGT_ATT void rq4_attention_scores_avx2(const float *const *q, int nq, int hd, const void *keys, int f16, float scale,
+                                       float *const *out, int n) {
+    switch (nq) { /* a constant row count: the accumulators stay in registers */
+    case 1: scores_rows(q, 1, hd, keys, f16, scale, out, n); break;
+    case 2: scores_rows(q, 2, hd, keys, f16, scale, out, n); break;
+    case 3: scores_rows(q, 3, hd, keys, f16, scale, out, n); break;
+    case 4: scores_rows(q, 4, hd, keys, f16, scale, out, n); break;
+    case 5: scores_rows(q, 5, hd, keys, f16, scale, out, n); break;
+    default: scores_rows(q, 6, hd, keys, f16, scale, out, n); break;
     }
 }
 
-/* Columns c0 .. c0 + 8 * CW - 1 of NH heads' weighted sums: the accumulators
- * (NH * CW <= 8 vectors, with NH broadcasts) stay in registers over all n positions; each value
- * vector is loaded (and converted) once and serves every head. */
-ALWAYS_ATT TGT_ATT void values_columns(const float *att, int att_stride, const int NH, const int CW, int hd, int n,
-                                       const void *values, int f16, int c0, float *out) {
-    __m256 acc[4][8];
-    for (int h = 0; h < NH; h++)
-        for (int c = 0; c < CW; c++) acc[h][c] = _mm256_setzero_ps();
-    for (int p = 0; p < n; p++) {
+/* Positions per chunk of the weighted sums: every column pass over a chunk
+ * after the first finds its value rows in L1 (64 rows of 64 halves: 8 KiB),
+ * where passes over all positions would read each row from memory or L2
+ * again per pass. */
+#define VALUES_CHUNK 64
+
+/* Columns c0 .. c0 + 8 * CW - 1 of NR rows' weighted sums over positions
+ * [p0, p1): the accumulators (NR * CW <= 12 vectors, from out or +0.0f when
+ * p0 is 0) stay in registers; each value vector is loaded (and converted)
+ * once and serves every row. Row r takes positions below n[r] only; all
+ * take those below `common`. */
+ALWAYS_ATT TGT_ATT void values_columns(const float *const *att, const int *n, const int NR, const int CW, int hd,
+                                       int p0, int common, int p1, const void *values, int f16, int c0,
+                                       float *const *out) {
+    __m256 acc[ATT_ROWS][8];
+    for (int r = 0; r < NR; r++)
+        for (int c = 0; c < CW; c++)
+            acc[r][c] = p0 == 0 ? _mm256_setzero_ps() : _mm256_loadu_ps(out[r] + c0 + 8 * c);
+    int p = p0;
+    for (; p < common; p++) {
         size_t at = (size_t)p * (size_t)hd + (size_t)c0;
-        __m256 a[4];
-        for (int h = 0; h < NH; h++) a[h] = _mm256_broadcast_ss(att + (size_t)h * (size_t)att_stride + p);
-        for (int c = 0; c < CW; c++) {
-            __m256 x = load8_cache(values, f16, at + 8 * (size_t)c);
-            for (int h = 0; h < NH; h++) acc[h][c] = _mm256_add_ps(acc[h][c], _mm256_mul_ps(a[h], x));
+        __m256 x[8];
+        for (int c = 0; c < CW; c++) x[c] = load8_cache(values, f16, at + 8 * (size_t)c);
+        for (int r = 0; r < NR; r++) {
+            __m256 a = _mm256_broadcast_ss(att[r] + p);
+            for (int c = 0; c < CW; c++) acc[r][c] = _mm256_add_ps(acc[r][c], _mm256_mul_ps(a, x[c]));
         }
     }
-    for (int h = 0; h < NH; h++)
-        for (int c = 0; c < CW; c++) _mm256_storeu_ps(out + (size_t)h * (size_t)hd + (size_t)c0 + 8 * (size_t)c, acc[h][c]);
+    for (; p < p1; p++) { /* positions some rows do not see (a tile's later tokens') */
+        size_t at = (size_t)p * (size_t)hd + (size_t)c0;
+        for (int r = 0; r < NR; r++) {
+            if (p >= n[r]) continue;
+            __m256 a = _mm256_broadcast_ss(att[r] + p);
+            for (int c = 0; c < CW; c++)
+                acc[r][c] = _mm256_add_ps(acc[r][c], _mm256_mul_ps(a, load8_cache(values, f16, at + 8 * (size_t)c)));
+        }
+    }
+    for (int r = 0; r < NR; r++)
+        for (int c = 0; c < CW; c++) _mm256_storeu_ps(out[r] + c0 + 8 * c, acc[r][c]);
 }
 
-/* Every column of NH heads, CW vectors of 8 per pass (then single ones). */
-ALWAYS_ATT TGT_ATT void values_heads(const float *att, int att_stride, const int NH, const int CW, int hd, int n,
-                                     const void *values, int f16, float *out) {
-    int c0 = 0;
-    for (; c0 + 8 * CW <= hd; c0 += 8 * CW) values_columns(att, att_stride, NH, CW, hd, n, values, f16, c0, out);
-    for (; c0 < hd; c0 += 8) values_columns(att, att_stride, NH, 1, hd, n, values, f16, c0, out);
+/* Every column of NR rows, chunk by chunk of positions, CW vectors of 8 per
+ * pass (then single ones). */
+ALWAYS_ATT TGT_ATT void values_rows(const float *const *att, const int *n, const int NR, const int CW, int hd,
+                                    const void *values, int f16, float *const *out) {
+    int lo = n[0], hi = n[0];
+    for (int r = 1; r < NR; r++) {
+        lo = n[r] < lo ? n[r] : lo;
+        hi = n[r] > hi ? n[r] : hi;
+    }
+    if (hi <= 0) { /* no position: the sums are +0.0f */
+        for (int r = 0; r < NR; r++) memset(out[r], 0, sizeof(float) * (size_t)hd);
+        return;
+    }
+    for (int p0 = 0; p0 < hi; p0 += VALUES_CHUNK) {
+        int p1 = hi - p0 < VALUES_CHUNK ? hi : p0 + VALUES_CHUNK, common = lo < p1 ? (lo > p0 ? lo : p0) : p1;
+        int c0 = 0;
+        for (; c0 + 8 * CW <= hd; c0 += 8 * CW)
+            values_columns(att, n, NR, CW, hd, p0, common, p1, values, f16, c0, out);
+        for (; c0 < hd; c0 += 8) values_columns(att, n, NR, 1, hd, p0, common, p1, values, f16, c0, out);
+    }
 }
 
-TGT_ATT void rq4_attention_values_avx2(const float *att, int att_stride, int nh, int hd, int n, const void *values,
-                                       int f16, float *out) {
-    switch (nh) { /* NH * CW accumulators, at most 8 of the 16 registers */
-    case 1: values_heads(att, att_stride, 1, 8, hd, n, values, f16, out); break;
-    case 2: values_heads(att, att_stride, 2, 4, hd, n, values, f16, out); break;
-    case 3: values_heads(att, att_stride, 3, 2, hd, n, values, f16, out); break;
-    default: values_heads(att, att_stride, 4, 2, hd, n, values, f16, out); break;
+TGT_ATT void rq4_attention_values_avx2(const float *const *att, const int *n, int nr, int hd, const void *values,
+                                       int f16, float *const *out) {
+    switch (nr) { /* NR * CW accumulators, at most 12 of the 16 registers */
+    case 1: values_rows(att, n, 1, 8, hd, values, f16, out); break;
+    case 2: values_rows(att, n, 2, 4, hd, values, f16, out); break;
+    case 3: values_rows(att, n, 3, 2, hd, values, f16, out); break;
+    case 4: values_rows(att, n, 4, 2, hd, values, f16, out); break;
+    case 5: values_rows(att, n, 5, 2, hd, values, f16, out); break;
+    default: values_rows(att, n, 6, 2, hd, values, f16, out); break;
     }
 }
 
@@ -185,14 +223,14 @@ int rq4_attention_avx2_supported(void) { return 0; }
 
 void rq4_attention_softmax_avx2(float *x, int n) { (void)x, (void)n; }
 
-void rq4_attention_scores_avx2(const float *q, int nq, int hd, const void *keys, int f16, float scale, float *out,
-                               int stride, int n) {
-    (void)q, (void)nq, (void)hd, (void)keys, (void)f16, (void)scale, (void)out, (void)stride, (void)n;
+void rq4_attention_scores_avx2(const float *const *q, int nq, int hd, const void *keys, int f16, float scale,
+                               float *const *out, int n) {
+    (void)q, (void)nq, (void)hd, (void)keys, (void)f16, (void)scale, (void)out, (void)n;
 }
 
-void rq4_attention_values_avx2(const float *att, int att_stride, int nh, int hd, int n, const void *values, int f16,
-                               float *out) {
-    (void)att, (void)att_stride, (void)nh, (void)hd, (void)n, (void)values, (void)f16, (void)out;
+void rq4_attention_values_avx2(const float *const *att, const int *n, int nr, int hd, const void *values, int f16,
+                               float *const *out) {
+    (void)att, (void)n, (void)nr, (void)hd, (void)values, (void)f16, (void)out;
 }
 
 #endif
