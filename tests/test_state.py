@@ -120,7 +120,7 @@ def test_other_weights_same_shape_refused(tmp_path, dim):
         assert fa.read(256) == fb.read(256)  # the same header
     f, _ = _saved(a, tmp_path)
     _check_refused(b, f, StateMismatchError)
-    with Model(a, n_ctx=64, n_threads=1) as m:
+    with Model(a, n_ctx=64, n_threads=1, kv_type="f32") as m:
         m.load_state(f)
         assert m.tokens == tuple(PROMPT)
 
