@@ -42,6 +42,9 @@ def build_parser():
                    help="bits for tok_embeddings and output (8: q8, better logits, twice the size)")
     p.add_argument("--method", choices=methods.METHODS, default="rtn",
                    help="how float weights are quantized")
+    p.add_argument("--weight-type", choices=methods.WEIGHT_TYPES, default=methods.WEIGHT_TYPES[0],
+                   help="int4 type of the quantized matrices: q4s (w = d*q, q in -8..7) or q4a "
+                        "(w = d*q + m, q in 0..15: one fp16 min more per group)")
     p.add_argument("--float", action="store_true",
                    help="store every matrix as F32, unquantized: the float model, the reference of "
                         "pyrunq4-eval perplexity --reference (large; slow in the engine)")
@@ -108,7 +111,8 @@ def export(options, log=None, detail=None):
                     w.add_f32(name, t)
                     what, shape = "f32", t.shape
                 else:
-                    qtype = "q8" if (name in EMBEDDING_NAMES and options.embedding_bits == 8) else "q4s"
+                    qtype = ("q8" if (name in EMBEDDING_NAMES and options.embedding_bits == 8)
+                             else methods.weight_type(options))
                     qt = quantizer(name, t, options.group_size, qtype)
                     err = rms_rel_error(t, qt)
                     worst = max(worst, (err, name), key=lambda e: e[0])
