@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 
+from pyrunq4 import reference as R
 from pyrunq4.export.reader import weights_from_rq4
 
 from pyrunq4.export import methods
@@ -306,3 +307,31 @@ def test_exporter_weight_type_q4a_end_to_end(tmp_path):
         errs[method, weight_type] = float(np.mean((mine - ref) ** 2))
     base = errs["rtn", "q4s"]
     assert all(e < base for k, e in errs.items() if k != ("rtn", "q4s")), errs
+
+
+@pytest.mark.parametrize("method", ["mse", "gptq"])
+def test_exporter_embedding_group_size(tmp_path, method):
+    """--embedding-group-size: the embedding's groups differ from the matrices'; the engine
+    runs the file; a group size the format refuses is one line and exit 1."""
+    from fixtures import SENTENCES, make_hf_llama, make_rq4
+    from pyrunq4 import Model
+    from pyrunq4.export.__main__ import main
+    from pyrunq4.export.reader import read_rq4
+
+    hf = make_hf_llama(tmp_path / "hf", dtype="fp32")
+    calib = tmp_path / "calib.txt"
+    calib.write_text(" ".join(SENTENCES * 20))
+    path = make_rq4(tmp_path / "m.rq4", hf.path, group_size=64,
+                    extra_args=("--method", method, "--weight-type", "q4a", "--embedding-group-size", "32",
+                                "--calib", str(calib), "--calib-tokens", "256", "--calib-seq-len", "64"))
+    header, entries = read_rq4(path)
+    assert header["group_size"] == 64 and entries["tok_embeddings"].group_size == 32
+    assert {e.group_size for n, e in entries.items() if n.startswith("layers.") and hasattr(e, "q")} == {64}
+    w, cfg = weights_from_rq4(path)
+    with Model(path) as m:
+        ids = m.tokenize(SENTENCES[0])[:32]
+        got = m.logits(ids)
+    want = R.forward(w, cfg, ids)
+    assert np.mean((got - want) ** 2) < 0.05 * np.mean((want - want.mean()) ** 2)
+    assert main([hf.path, str(tmp_path / "bad.rq4"), "--embedding-group-size", "48", "-q"]) == 1
+    assert not (tmp_path / "bad.rq4").exists()

@@ -117,4 +117,5 @@ def make_stream(source, header, options):
     return quantize_model(read, header, method, options.group_size, seqs,
                           act_order=bool(getattr(options, "act_order", False)),
                           embed_qtype="q8" if getattr(options, "embedding_bits", 4) == 8 else None,
-                          progress=not quiet, weight_type=weight_type(options))
+                          progress=not quiet, weight_type=weight_type(options),
+                          embed_group_size=getattr(options, "embedding_group_size", None))

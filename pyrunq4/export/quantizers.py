@@ -431,7 +431,7 @@ _LINEARS = ("wq", "wk", "wv", "wo", "w1", "w2", "w3")
 
 def quantize_model(get, cfg, method, group_size, calib_ids=None, act_order=False,
                    embed_method=None, embed_qtype=None, awq_alphas=(0.0, 0.25, 0.5, 0.75),
-                   progress=True, weight_type="q4s"):
+                   progress=True, weight_type="q4s", embed_group_size=None):
     """Quantize a whole Llama model; yields (entry name, value): per layer
     attention_norm wq wk wv wo ffn_norm w1 w2 w3, then norm, then the classifier
     (output, untied) and tok_embeddings. value: QuantizedTensor, or a float32
@@ -446,6 +446,8 @@ def quantize_model(get, cfg, method, group_size, calib_ids=None, act_order=False
     progress: a progress bar per layer on stderr when it is a terminal.
 
     weight_type: the int4 type of every matrix, q4s or q4a (awq: q4s only).
+    embed_group_size: group size of the embedding table (and untied classifier);
+    default group_size.
     The embedding table: embed_qtype "q8" (RTN int8) or weight_type (the default) by embed_method:
     rtn, mse, or gptq (default for gptq/awq): as the classifier it is a linear
     of the final-norm outputs, so when tied it gets GPTQ with the Hessian of
@@ -456,6 +458,7 @@ def quantize_model(get, cfg, method, group_size, calib_ids=None, act_order=False
     if weight_type not in WEIGHT_TYPES or (method == "awq" and weight_type != "q4s"):
         raise ValueError(f"weight type {weight_type!r} is not available for method {method}")
     embed_qtype = embed_qtype or weight_type
+    embed_gs = embed_group_size or group_size
     if embed_method is None:
         embed_method = {"rtn": "rtn", "mse": "mse"}.get(method, "gptq")
     if embed_method == "gptq" and not calibrated:
@@ -470,19 +473,19 @@ def quantize_model(get, cfg, method, group_size, calib_ids=None, act_order=False
 
     def quantize_table(w, H=None):
         if embed_qtype == "q8":
-            return quantize_rtn(w, group_size, "q8")
+            return quantize_rtn(w, embed_gs, "q8")
         if embed_method == "gptq" and H is not None:
-            return quantize_gptq(w, H, group_size, act_order=act_order, weight_type=embed_qtype)
-        return quantize(w, "rtn" if embed_method == "rtn" else "mse", group_size, weight_type=embed_qtype)
+            return quantize_gptq(w, H, embed_gs, act_order=act_order, weight_type=embed_qtype)
+        return quantize(w, "rtn" if embed_method == "rtn" else "mse", embed_gs, weight_type=embed_qtype)
 
     if calibrated:
         # calibration inputs: the embedding rows of the calibration tokens as they will
         # be looked up (quantized data-free; rows are quantized independently)
         used, where = np.unique(np.concatenate(calib_ids), return_inverse=True)
         rows = np.asarray(get("tok_embeddings"), dtype=np.float32)[used]
-        qrows = dequantize(quantize(rows, "rtn" if embed_method == "rtn" else "mse", group_size,
+        qrows = dequantize(quantize(rows, "rtn" if embed_method == "rtn" else "mse", embed_gs,
                                     weight_type=embed_qtype)
-                           if embed_qtype != "q8" else quantize_rtn(rows, group_size, "q8"))
+                           if embed_qtype != "q8" else quantize_rtn(rows, embed_gs, "q8"))
         del rows
         ends = np.cumsum([len(s) for s in calib_ids])[:-1]
         hs = [qrows[w] for w in np.split(where, ends)]
