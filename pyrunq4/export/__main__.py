@@ -43,7 +43,7 @@ def build_parser():
     p.add_argument("--embedding-group-size", type=int, metavar="N",
                    help="group size of tok_embeddings and output (default: --group-size); a smaller "
                         "group protects the tied classifier for a few more bytes")
-    p.add_argument("--method", choices=methods.METHODS, default="rtn",
+    p.add_argument("--method", choices=methods.METHODS, default=methods.DEFAULT_METHOD,
                    help="how float weights are quantized")
     p.add_argument("--weight-type", choices=methods.WEIGHT_TYPES, default=methods.WEIGHT_TYPES[0],
                    help="int4 type of the quantized matrices: q4s (w = d*q, q in -8..7) or q4a "

@@ -13,10 +13,13 @@ import sys
 from .quant import quantize_rtn
 from .quantizers import METHODS, WEIGHT_TYPES, calibration_sequences, quantize_mse, quantize_model
 
-__all__ = ["METHODS", "WEIGHT_TYPES", "DATA_FREE", "add_arguments", "make_quantizer", "make_stream",
-           "calibration_ids", "default_calibration_text"]
+__all__ = ["METHODS", "WEIGHT_TYPES", "DATA_FREE", "DEFAULT_METHOD", "add_arguments", "make_quantizer",
+           "make_stream", "weight_type", "calibration_ids", "default_calibration_text"]
 
 DATA_FREE = ("rtn", "mse")
+# The exporter's default: the best data-free method (docs/QUALITY.md); GGUF
+# Q4_0/Q4_1/Q8_0 tensors are imported exactly whatever the method, unless --requantize.
+DEFAULT_METHOD = "mse"
 
 
 def add_arguments(parser):
