@@ -47,7 +47,8 @@ def build_parser():
                    help="how float weights are quantized")
     p.add_argument("--weight-type", choices=methods.WEIGHT_TYPES, default=methods.WEIGHT_TYPES[0],
                    help="int4 type of the quantized matrices: q4s (w = d*q, q in -8..7) or q4a "
-                        "(w = d*q + m, q in 0..15: one fp16 min more per group)")
+                        "(w = d*q + m, q in 0..15: one fp16 min more per group; with q4a, --method rtn "
+                        "measured better than mse, docs/QUALITY.md)")
     p.add_argument("--float", action="store_true",
                    help="store every matrix as F32, unquantized: the float model, the reference of "
                         "pyrunq4-eval perplexity --reference (large; slow in the engine)")
