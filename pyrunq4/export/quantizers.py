@@ -90,7 +90,8 @@ def _check(w, group_size):
 
 def _to_fp16_scale(d):
     """Scales rounded to fp16 (what the file stores), as float32; overflow is an error."""
-    d16 = np.asarray(d, dtype=np.float32).astype(np.float16)
+    with np.errstate(over="ignore"):  # overflow is reported below, as an error
+        d16 = np.asarray(d, dtype=np.float32).astype(np.float16)
     if not np.all(np.isfinite(d16)):
         raise ValueError("a group scale overflows fp16 (|w| > ~4.6e5)")
     return d16
