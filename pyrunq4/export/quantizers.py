@@ -1,9 +1,11 @@
-"""Better-than-RTN int4 quantizers for the Q4S format (docs/FORMAT.md).
+"""Better-than-RTN int4 quantizers for the Q4S and Q4A formats (docs/FORMAT.md).
 
-Every method returns a QuantizedTensor of type "q4s": q in [-8, 7], one fp16
-scale per group of `group_size` consecutive values of a row (the last group of
-a row shorter), w ~= d * q. Only how q and d are chosen changes, so the files
-are read by the same engine.
+Every method returns a QuantizedTensor of weight_type "q4s": q in [-8, 7], one
+fp16 scale per group of `group_size` consecutive values of a row (the last
+group of a row shorter), w ~= d * q; or "q4a": q in [0, 15], an fp16 scale and
+an fp16 minimum per group, w ~= d * q + m (mse: search_affine; gptq: the same
+search for its groups, each column rounded to d * q + m). Only how q, d (and
+m) are chosen changes, so the files are read by the same engine.
 
     rtn   quant.quantize_rtn: d = max|w| / 7, q = round(w / d)  (baseline)
     mse   per group, search d over clipping ratios of max|w| and over both
