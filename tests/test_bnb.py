@@ -233,7 +233,7 @@ def test_export_bnb_checkpoint(tmp_path, capsys, qt, dq):
     from test_export_hf import rq4_name
     folder, expect = make_bnb_llama(tmp_path / "hf", qt, dq)
     out = tmp_path / "m.rq4"
-    rc = main([folder, str(out), "--group-size", "64"])
+    rc = main([folder, str(out), "--group-size", "64", "--method", "rtn", "--weight-type", "q4s"])
     err = capsys.readouterr().err
     assert rc == 0, err
     assert "bitsandbytes %s: 14 weights dequantized" % qt in err

@@ -44,7 +44,8 @@ def run(argv, capsys):
 def test_export_matches_the_checkpoint(tmp_path, capsys, dtype, sharded):
     m = make_hf_llama(tmp_path / "hf", dtype=dtype, sharded=sharded)
     out = tmp_path / "m.rq4"
-    rc, err = run([m.path, out, "--group-size", "64", "--verbose"], capsys)
+    rc, err = run([m.path, out, "--group-size", "64", "--verbose", "--method", "rtn", "--weight-type", "q4s"],
+                  capsys)
     assert rc == 0, err
     assert "rms rel err" in err and "layers.1.w2" in err
     assert sorted(os.listdir(tmp_path)) == ["hf", "m.rq4"]

@@ -244,7 +244,7 @@ def test_export_cli(mixed, tmp_path, capsys):
     from pyrunq4.export.reader import read_rq4
     path, expect = mixed
     out = tmp_path / "m.rq4"
-    assert main([path, str(out), "--group-size", "64"]) == 0
+    assert main([path, str(out), "--group-size", "64", "--method", "rtn", "--weight-type", "q4s"]) == 0
     err = capsys.readouterr().err
     assert "Q4_0/Q4_1/Q8_0 imported exactly" in err
     header, entries = read_rq4(str(out))
@@ -259,6 +259,11 @@ def test_export_cli(mixed, tmp_path, capsys):
         else:
             assert np.array_equal(np.asarray(e).reshape(-1), want)
     assert entries["tokenizer.json"] and entries["chat_template"].decode() == CHATML
+    # the default method (data-free search) leaves the exact imports exact
+    assert main([path, str(out), "--group-size", "64", "-q"]) == 0
+    _, entries = read_rq4(str(out))
+    for name in ("layers.0.wq", "layers.0.wk", "layers.0.wv", "output"):
+        assert entries[name].group_size == 32 and np.array_equal(dequantize(entries[name]), expect[name])
     # --embedding-bits 8 and --requantize: everything from float, embeddings q8
     assert main([path, str(out), "--group-size", "64", "--embedding-bits", "8", "--requantize", "-q"]) == 0
     header, entries = read_rq4(str(out))

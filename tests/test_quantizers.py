@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 
+from pyrunq4 import reference as R
 from pyrunq4.export.reader import weights_from_rq4
 
 from pyrunq4.export import methods
@@ -19,13 +20,17 @@ def _group_err(w, qt, imp=None):
     return np.stack([r[:, c0:c0 + gs].sum(axis=1) for c0 in range(0, w.shape[1], gs)], axis=1)
 
 
-def _check_format(qt, shape, gs):
+def _check_format(qt, shape, gs, weight_type="q4s"):
     rows, cols = shape
-    assert qt.type == "q4s" and qt.group_size == gs
-    assert qt.q.shape == shape and qt.q.dtype == np.int8
-    assert qt.q.min() >= -8 and qt.q.max() <= 7
-    assert qt.d.dtype == np.float16 and qt.d.shape == (rows, -(-cols // gs))
-    assert np.isfinite(qt.d).all()
+    assert qt.type == weight_type and qt.group_size == gs
+    lo, hi, dtype = (-8, 7, np.int8) if weight_type == "q4s" else (0, 15, np.uint8)
+    assert qt.q.shape == shape and qt.q.dtype == dtype
+    assert qt.q.min() >= lo and qt.q.max() <= hi
+    for a in (qt.d,) if weight_type == "q4s" else (qt.d, qt.m):
+        assert a.dtype == np.float16 and a.shape == (rows, -(-cols // gs))
+        assert np.isfinite(a).all()
+    if weight_type == "q4s":
+        assert qt.m is None
     qt.validate()
 
 
@@ -60,6 +65,49 @@ def test_mse_uses_minus_eight():
     assert _group_err(w, qt).sum() <= _group_err(w, quantize_rtn(w, 32)).sum()
 
 
+def _skewed_weights(rng, rows, cols):
+    """Rows of mixed scale, a zero row, a constant row, an outlier, one-signed and shifted rows."""
+    w = (rng.standard_normal((rows, cols)) * rng.uniform(0.01, 2, (rows, 1))).astype(np.float32)
+    w[3] = 0.0
+    w[4] = 0.75
+    w[5, 7] = 25.0
+    w[6, :] = np.abs(w[6, :])
+    w[7, :] += 3.0
+    return w
+
+
+@pytest.mark.parametrize("gs,cols", [(32, 96), (64, 160), (128, 576)])
+def test_q4a_mse_never_worse_than_rtn_per_group(gs, cols):
+    rng = np.random.default_rng(6)
+    w = _skewed_weights(rng, 40, cols)
+    qr, qm = quantize_rtn(w, gs, "q4a"), Q.quantize_mse(w, gs, weight_type="q4a")
+    _check_format(qm, w.shape, gs, "q4a")
+    er, em = _group_err(w, qr), _group_err(w, qm)
+    assert np.all(em <= er * (1 + 1e-6) + 1e-12)
+    assert em.sum() < 0.9 * er.sum()
+    assert np.all(dequantize(qm)[3] == 0) and np.all(dequantize(qm)[4] == np.float16(0.75))
+    # the asymmetric grid beats the symmetric one on the same data, searched the same way
+    assert em.sum() < 0.9 * _group_err(w, Q.quantize_mse(w, gs)).sum()
+
+
+def test_q4a_mse_weighted_by_importance():
+    rng = np.random.default_rng(7)
+    w = _skewed_weights(rng, 32, 128)
+    imp = rng.uniform(0, 10, 128).astype(np.float32) ** 2
+    imp[:5] = 0.0                                          # dead columns weigh nothing
+    qi = Q.quantize_mse(w, 32, imp=imp, weight_type="q4a")
+    qu = Q.quantize_mse(w, 32, weight_type="q4a")
+    _check_format(qi, w.shape, 32, "q4a")
+    assert _group_err(w, qi, imp).sum() <= _group_err(w, qu, imp).sum() + 1e-9
+    assert np.all(_group_err(w, qi, imp) <= _group_err(w, quantize_rtn(w, 32, "q4a"), imp) * (1 + 1e-6) + 1e-12)
+
+
+def test_weight_type_refused():
+    w = np.ones((4, 32), np.float32)
+    with pytest.raises(ValueError, match="weight type"):
+        Q.quantize(w, "mse", 32, weight_type="q8")
+
+
 def _correlated_inputs(rng, n, cols):
     """X (n, cols) with strongly correlated channels and a few large ones, like LLM activations."""
     base = rng.standard_normal((n, cols // 4))
@@ -89,6 +137,29 @@ def test_gptq_reduces_output_error(gs, act_order):
     assert e_gptq < e_mse
 
 
+@pytest.mark.parametrize("act_order", [False, True])
+@pytest.mark.parametrize("gs", [32, 64])
+def test_gptq_q4a_reduces_output_error(gs, act_order):
+    rng = np.random.default_rng(8)
+    rows, cols = 48, 160
+    w = rng.standard_normal((rows, cols)).astype(np.float32)
+    w[:8] += 1.5                                           # rows off centre: the min matters
+    x = _correlated_inputs(rng, 512, cols)
+    acc = Q.hessian_accumulator(cols)
+    acc.add(x)
+    qa = Q.quantize_gptq(w, acc.hessian(), gs, act_order=act_order, weight_type="q4a")
+    _check_format(qa, w.shape, gs, "q4a")
+
+    def out_err(qt):
+        return float(np.sum((x @ w.T - x @ dequantize(qt).T) ** 2))
+    e_rtn = out_err(quantize_rtn(w, gs, "q4a"))
+    e_mse = out_err(Q.quantize_mse(w, gs, weight_type="q4a"))
+    e_q4s = out_err(Q.quantize_gptq(w, acc.hessian(), gs, act_order=act_order))
+    assert out_err(qa) < 0.8 * e_rtn
+    assert out_err(qa) < e_mse
+    assert out_err(qa) < e_q4s
+
+
 def test_gptq_act_order_groups_match_the_format():
     """With act order the columns are visited permuted, yet each group's fp16 scale is
     the one of the file's contiguous group: pack -> unpack -> dequantize gives exactly
@@ -106,6 +177,15 @@ def test_gptq_act_order_groups_match_the_format():
     assert np.array_equal(engine, dequantize(qt))
     # static groups: the scales are those searched on the original weights
     assert np.array_equal(qt.d, Q.search_scales(w, gs, imp=np.diag(acc.hessian())))
+    # q4a likewise: w = d * q + m with the file's contiguous groups' d and m
+    qa = Q.quantize_gptq(w, acc.hessian(), gs, act_order=True, weight_type="q4a")
+    back = unpack("q4a", rows, cols, gs, pack(qa))
+    assert np.array_equal(back.q, qa.q) and np.array_equal(back.m.view(np.uint16), qa.m.view(np.uint16))
+    engine = (back.q.astype(np.float32) * np.repeat(back.d.astype(np.float32), gs, axis=1)
+              + np.repeat(back.m.astype(np.float32), gs, axis=1))
+    assert np.array_equal(engine, dequantize(qa))
+    d, m = Q.search_affine(w, gs, imp=np.diag(acc.hessian()))
+    assert np.array_equal(qa.d, d) and np.array_equal(qa.m, m)
 
 
 def test_gptq_dead_columns_and_zero_rows():
@@ -145,14 +225,17 @@ def test_quantize_model_small(tmp_path):
         W[f"layers.{i}.attention_norm"] = np.ones(64, np.float32)
         W[f"layers.{i}.ffn_norm"] = np.ones(64, np.float32)
     calib = [rng.integers(0, 50, 24) for _ in range(3)]
-    for method in Q.METHODS + Q.EXPERIMENTAL:
-        got = dict(Q.quantize_model(W.get, cfg, method, 32, calib, progress=None))
+    runs = [(m, "q4s") for m in Q.METHODS + Q.EXPERIMENTAL] + [(m, "q4a") for m in Q.METHODS]
+    for method, weight_type in runs:
+        got = dict(Q.quantize_model(W.get, cfg, method, 32, calib, progress=None, weight_type=weight_type))
         assert set(got) == set(W)
         for name, v in got.items():
             if name.endswith("norm"):
                 assert v.dtype == np.float32 and v.shape == (64,)
             else:
-                _check_format(v, W[name].shape, 32)
+                _check_format(v, W[name].shape, 32, weight_type)
+    with pytest.raises(ValueError, match="weight type"):
+        dict(Q.quantize_model(W.get, cfg, "awq", 32, calib, progress=None, weight_type="q4a"))
 
 
 def test_exporter_methods_end_to_end(tmp_path):
@@ -188,3 +271,67 @@ def test_exporter_methods_end_to_end(tmp_path):
         errs[method] = float(np.mean((R.forward(w, cfg, ids) - ref) ** 2))
     assert errs["gptq"] < errs["rtn"], errs
     assert errs["mse"] < errs["rtn"], errs
+
+
+def test_exporter_weight_type_q4a_end_to_end(tmp_path):
+    """--weight-type q4a for every method: every matrix of the file is q4a, the engine
+    loads and runs it, its logits agree with the numpy forward of the file's weights,
+    and each method is closer to the float model than RTN with q4s."""
+    from fixtures import SENTENCES, make_hf_llama, make_rq4
+    from pyrunq4 import Model
+    from pyrunq4 import reference as R
+    from pyrunq4.export.reader import read_rq4
+
+    hf = make_hf_llama(tmp_path / "hf", dtype="fp32")
+    calib = tmp_path / "calib.txt"
+    calib.write_text(" ".join(SENTENCES * 20))
+    args = ("--calib", str(calib), "--calib-tokens", "256", "--calib-seq-len", "64")
+    ref_path = make_rq4(tmp_path / "float.rq4", hf.path, group_size=32, extra_args=("--float",))
+    wf, cfg = weights_from_rq4(ref_path)
+    with Model(ref_path) as m:
+        ids = m.tokenize(" ".join(SENTENCES[:4]))[:96]
+    ref = R.forward(wf, cfg, ids)
+    errs = {}
+    for method, weight_type in (("rtn", "q4s"), ("rtn", "q4a"), ("mse", "q4a"), ("gptq", "q4a")):
+        path = make_rq4(tmp_path / f"{method}-{weight_type}.rq4", hf.path, group_size=32,
+                        extra_args=("--method", method, "--weight-type", weight_type, *args))
+        _, entries = read_rq4(path)
+        types = {e.type for e in entries.values() if hasattr(e, "type")}
+        assert types == {weight_type}, (method, types)
+        w, _ = weights_from_rq4(path)
+        mine = R.forward(w, cfg, ids)
+        with Model(path) as m:
+            engine = m.logits(ids)
+        # the engine's int8 activations against the float forward of the same weights
+        assert np.mean((engine - mine) ** 2) < 0.05 * np.mean((mine - mine.mean()) ** 2), method
+        errs[method, weight_type] = float(np.mean((mine - ref) ** 2))
+    base = errs["rtn", "q4s"]
+    assert all(e < base for k, e in errs.items() if k != ("rtn", "q4s")), errs
+
+
+@pytest.mark.parametrize("method", ["mse", "gptq"])
+def test_exporter_embedding_group_size(tmp_path, method):
+    """--embedding-group-size: the embedding's groups differ from the matrices'; the engine
+    runs the file; a group size the format refuses is one line and exit 1."""
+    from fixtures import SENTENCES, make_hf_llama, make_rq4
+    from pyrunq4 import Model
+    from pyrunq4.export.__main__ import main
+    from pyrunq4.export.reader import read_rq4
+
+    hf = make_hf_llama(tmp_path / "hf", dtype="fp32")
+    calib = tmp_path / "calib.txt"
+    calib.write_text(" ".join(SENTENCES * 20))
+    path = make_rq4(tmp_path / "m.rq4", hf.path, group_size=64,
+                    extra_args=("--method", method, "--weight-type", "q4a", "--embedding-group-size", "32",
+                                "--calib", str(calib), "--calib-tokens", "256", "--calib-seq-len", "64"))
+    header, entries = read_rq4(path)
+    assert header["group_size"] == 64 and entries["tok_embeddings"].group_size == 32
+    assert {e.group_size for n, e in entries.items() if n.startswith("layers.") and hasattr(e, "q")} == {64}
+    w, cfg = weights_from_rq4(path)
+    with Model(path) as m:
+        ids = m.tokenize(SENTENCES[0])[:32]
+        got = m.logits(ids)
+    want = R.forward(w, cfg, ids)
+    assert np.mean((got - want) ** 2) < 0.05 * np.mean((want - want.mean()) ** 2)
+    assert main([hf.path, str(tmp_path / "bad.rq4"), "--embedding-group-size", "48", "-q"]) == 1
+    assert not (tmp_path / "bad.rq4").exists()

@@ -40,11 +40,18 @@ def build_parser():
                    help=f"values per quantization group (a multiple of 32, {MIN_GROUP}..{MAX_GROUP})")
     p.add_argument("--embedding-bits", type=int, choices=(4, 8), default=4,
                    help="bits for tok_embeddings and output (8: q8, better logits, twice the size)")
-    p.add_argument("--method", choices=methods.METHODS, default="rtn",
+    p.add_argument("--embedding-group-size", type=int, metavar="N",
+                   help="group size of tok_embeddings and output (default: --group-size); a smaller "
+                        "group protects the tied classifier for a few more bytes")
+    p.add_argument("--method", choices=methods.METHODS, default=methods.DEFAULT_METHOD,
                    help="how float weights are quantized")
     p.add_argument("--layout", choices=LAYOUTS, default="rows",
                    help="how int4 matrices are stored: rows (row-major) or r4 (rows interleaved by 4, "
                         "docs/FORMAT.md; the layout the ARM kernels run fastest); same results either way")
+    p.add_argument("--weight-type", choices=methods.WEIGHT_TYPES, default=methods.WEIGHT_TYPES[0],
+                   help="int4 type of the quantized matrices: q4s (w = d*q, q in -8..7) or q4a "
+                        "(w = d*q + m, q in 0..15: one fp16 min more per group; with q4a, --method rtn "
+                        "measured better than mse, docs/QUALITY.md)")
     p.add_argument("--float", action="store_true",
                    help="store every matrix as F32, unquantized: the float model, the reference of "
                         "pyrunq4-eval perplexity --reference (large; slow in the engine)")
@@ -61,10 +68,13 @@ def export(options, log=None, detail=None):
     log(line): the note and the summary; detail(line): one line per tensor."""
     log = log or (lambda s: None)
     detail = detail or (lambda s: None)
-    try:
-        validate_group_size(options.group_size)
-    except ValueError as e:
-        raise ExportError(f"--group-size: {e}") from None
+    for flag, gs in (("--group-size", options.group_size),
+                     ("--embedding-group-size", getattr(options, "embedding_group_size", None))):
+        try:
+            if gs is not None:
+                validate_group_size(gs)
+        except ValueError as e:
+            raise ExportError(f"{flag}: {e}") from None
     out = options.output
     protect = input_identities(options.source)
     try:
@@ -106,14 +116,16 @@ def export(options, log=None, detail=None):
                 elif isinstance(t, QuantizedTensor):
                     w.add_quantized(name, laid_out(t, layout))
                     what = f"{t.file_type} g{t.group_size}  " + (
-                        "as the source gives it" if options.method == "rtn" else f"by {options.method}")
+                        "as the source gives it" if options.method in methods.DATA_FREE else f"by {options.method}")
                     shape = t.q.shape
                 elif t.ndim == 1 or t.shape[0] == 1:
                     w.add_f32(name, t)
                     what, shape = "f32", t.shape
                 else:
-                    qtype = "q8" if (name in EMBEDDING_NAMES and options.embedding_bits == 8) else "q4s"
-                    qt = quantizer(name, t, options.group_size, qtype)
+                    qtype = ("q8" if (name in EMBEDDING_NAMES and options.embedding_bits == 8)
+                             else methods.weight_type(options))
+                    gs = getattr(options, "embedding_group_size", None) if name in EMBEDDING_NAMES else None
+                    qt = quantizer(name, t, gs or options.group_size, qtype)
                     err = rms_rel_error(t, qt)
                     worst = max(worst, (err, name), key=lambda e: e[0])
                     w.add_quantized(name, laid_out(qt, layout))

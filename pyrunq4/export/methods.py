@@ -11,12 +11,15 @@ quantizers.py.
 import sys
 
 from .quant import quantize_rtn
-from .quantizers import METHODS, calibration_sequences, quantize_mse, quantize_model
+from .quantizers import METHODS, WEIGHT_TYPES, calibration_sequences, quantize_mse, quantize_model
 
-__all__ = ["METHODS", "DATA_FREE", "add_arguments", "make_quantizer", "make_stream",
-           "calibration_ids", "default_calibration_text"]
+__all__ = ["METHODS", "WEIGHT_TYPES", "DATA_FREE", "DEFAULT_METHOD", "add_arguments", "make_quantizer",
+           "make_stream", "weight_type", "calibration_ids", "default_calibration_text"]
 
 DATA_FREE = ("rtn", "mse")
+# The exporter's default: the best data-free method (docs/QUALITY.md); GGUF
+# Q4_0/Q4_1/Q8_0 tensors are imported exactly whatever the method, unless --requantize.
+DEFAULT_METHOD = "mse"
 
 
 def add_arguments(parser):
@@ -42,16 +45,22 @@ def add_arguments(parser):
 
 def make_quantizer(method):
     """callable(name, w, group_size, qtype) -> QuantizedTensor for the float
-    matrices of the stream (q8 tables are always RTN; gptq streams yield
-    their matrices quantized already, so what reaches here gets mse)."""
+    matrices of the stream, qtype one of WEIGHT_TYPES or q8 (q8 tables are
+    always RTN; gptq streams yield their matrices quantized already, so what
+    reaches here gets mse)."""
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; expected one of {METHODS}")
 
     def quantize_one(name, w, group_size, qtype):
-        if qtype != "q4s" or method == "rtn":
+        if qtype not in WEIGHT_TYPES or method == "rtn":
             return quantize_rtn(w, group_size, qtype)
-        return quantize_mse(w, group_size)
+        return quantize_mse(w, group_size, weight_type=qtype)
     return quantize_one
+
+
+def weight_type(options):
+    """The int4 type the quantizers write (--weight-type; q4s for callers without it)."""
+    return getattr(options, "weight_type", None) or WEIGHT_TYPES[0]
 
 
 def default_calibration_text():
@@ -110,5 +119,6 @@ def make_stream(source, header, options):
 
     return quantize_model(read, header, method, options.group_size, seqs,
                           act_order=bool(getattr(options, "act_order", False)),
-                          embed_qtype="q8" if getattr(options, "embedding_bits", 4) == 8 else "q4s",
-                          progress=not quiet)
+                          embed_qtype="q8" if getattr(options, "embedding_bits", 4) == 8 else None,
+                          progress=not quiet, weight_type=weight_type(options),
+                          embed_group_size=getattr(options, "embedding_group_size", None))

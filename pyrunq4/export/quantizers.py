@@ -1,9 +1,11 @@
-"""Better-than-RTN int4 quantizers for the Q4S format (docs/FORMAT.md).
+"""Better-than-RTN int4 quantizers for the Q4S and Q4A formats (docs/FORMAT.md).
 
-Every method returns a QuantizedTensor of type "q4s": q in [-8, 7], one fp16
-scale per group of `group_size` consecutive values of a row (the last group of
-a row shorter), w ~= d * q. Only how q and d are chosen changes, so the files
-are read by the same engine.
+Every method returns a QuantizedTensor of weight_type "q4s": q in [-8, 7], one
+fp16 scale per group of `group_size` consecutive values of a row (the last
+group of a row shorter), w ~= d * q; or "q4a": q in [0, 15], an fp16 scale and
+an fp16 minimum per group, w ~= d * q + m (mse: search_affine; gptq: the same
+search for its groups, each column rounded to d * q + m). Only how q, d (and
+m) are chosen changes, so the files are read by the same engine.
 
     rtn   quant.quantize_rtn: d = max|w| / 7, q = round(w / d)  (baseline)
     mse   per group, search d over clipping ratios of max|w| and over both
@@ -47,7 +49,10 @@ __all__ = [
     "DEFAULT_RATIOS",
     "quantize",
     "quantize_mse",
+    "WEIGHT_TYPES",
     "search_scales",
+    "search_affine",
+    "search_params",
     "quantize_with_scales",
     "quantize_gptq",
     "hessian_accumulator",
@@ -62,6 +67,10 @@ EXPERIMENTAL = ("awq",)                    # quantize_model() only: measured wor
 DEFAULT_RATIOS = tuple(np.round(np.linspace(0.70, 1.0, 13), 4))
 
 QMIN, QMAX = -8, 7
+QA_MAX = 15                                # q4a levels: 0 .. QA_MAX
+WEIGHT_TYPES = ("q4s", "q4a")              # the int4 types the quantizers write (--weight-type)
+# Steps of the q4a search: scales (15 + step) / (max - min), as llama.cpp's make_qkx2_quants.
+AFFINE_STEPS = tuple(np.round(np.linspace(-1.0, 1.0, 11), 4))
 _ROW_CHUNK_ELEMS = 1 << 22  # rows processed together by the mse search: ~16 MB of float32
 
 
@@ -83,16 +92,21 @@ def _check(w, group_size):
 
 def _to_fp16_scale(d):
     """Scales rounded to fp16 (what the file stores), as float32; overflow is an error."""
-    d16 = np.asarray(d, dtype=np.float32).astype(np.float16)
+    with np.errstate(over="ignore"):  # overflow is reported below, as an error
+        d16 = np.asarray(d, dtype=np.float32).astype(np.float16)
     if not np.all(np.isfinite(d16)):
         raise ValueError("a group scale overflows fp16 (|w| > ~4.6e5)")
     return d16
 
 
-def _quantize_values(w, d):
-    """q = clip(round(w / d), -8, 7) for w (..., g) and d (...,) float32; q = 0 where d == 0."""
+def _quantize_values(w, d, m=None):
+    """Levels for w (..., g) and float32 d (...,): q = clip(round(w / d), -8, 7), or with
+    mins m (q4a) q = clip(round((w - m) / d), 0, 15); q = 0 where d == 0."""
     safe = np.where(d == 0, np.float32(1), d)[..., None]
-    q = np.clip(np.rint(w / safe), QMIN, QMAX)
+    if m is None:
+        q = np.clip(np.rint(w / safe), QMIN, QMAX)
+    else:
+        q = np.clip(np.rint((w - m[..., None]) / safe), 0, QA_MAX)
     q[d == 0] = 0
     return q
 
@@ -139,10 +153,9 @@ def _search_block(wg, imp, ratios, refine):
     return best_d
 
 
-def search_scales(w, group_size, imp=None, ratios=DEFAULT_RATIOS, refine=1):
-    """fp16 scales (rows, ngroups) minimising each group's (importance-weighted)
-    squared error over clipping ratios of max|w| and both signs of d.
-    imp: optional (cols,) non-negative column importance (e.g. diag of H)."""
+def _search_groups(w, group_size, imp, search_block, nout):
+    """search_block(wg (rows, n, g), imp (n, g) or None) -> nout arrays (rows, n) float16,
+    applied to every group of w in row chunks; returns the nout arrays (rows, ngroups)."""
     w = _check(w, group_size)
     rows, cols = w.shape
     if imp is not None:
@@ -150,36 +163,133 @@ def search_scales(w, group_size, imp=None, ratios=DEFAULT_RATIOS, refine=1):
         if imp.shape[0] != cols:
             raise ValueError(f"importance has {imp.shape[0]} values for {cols} columns")
     bounds = _group_bounds(cols, group_size)
-    d = np.zeros((rows, len(bounds)), np.float16)
+    out = [np.zeros((rows, len(bounds)), np.float16) for _ in range(nout)]
     nfull = cols // group_size
     step = max(1, _ROW_CHUNK_ELEMS // max(cols, 1))
     for r0 in range(0, rows, step):
         r1 = min(r0 + step, rows)
+        parts = []
         if nfull:
             wg = w[r0:r1, :nfull * group_size].reshape(r1 - r0, nfull, group_size)
             ig = None if imp is None else imp[:nfull * group_size].reshape(nfull, group_size)
-            d[r0:r1, :nfull] = _search_block(wg, ig, ratios, refine)
+            parts.append((slice(0, nfull), search_block(wg, ig)))
         if nfull < len(bounds):  # the shorter last group
             c0 = nfull * group_size
             ig = None if imp is None else imp[None, c0:]
-            d[r0:r1, nfull:] = _search_block(w[r0:r1, None, c0:], ig, ratios, refine)
-    return d
+            parts.append((slice(nfull, None), search_block(w[r0:r1, None, c0:], ig)))
+        for sl, got in parts:
+            for o, a in zip(out, got):
+                o[r0:r1, sl] = a
+    return out
 
 
-def quantize_with_scales(w, d, group_size):
-    """q (rows, cols) int8 in [-8, 7] for given fp16 scales d (rows, ngroups)."""
+def search_scales(w, group_size, imp=None, ratios=DEFAULT_RATIOS, refine=1):
+    """fp16 scales (rows, ngroups) minimising each group's (importance-weighted)
+    squared error over clipping ratios of max|w| and both signs of d.
+    imp: optional (cols,) non-negative column importance (e.g. diag of H)."""
+    return _search_groups(w, group_size, imp,
+                          lambda wg, ig: (_search_block(wg, ig, ratios, refine),), 1)[0]
+
+
+def _fit_affine(wg, imp):
+    """fit(q, d_old, m_old) -> least-squares (d, m) of sum imp * (d q + m - w)^2 for the
+    levels q of the groups wg (rows, n, g), per group (float32 products summed in
+    float64); where the 2x2 system is singular (fewer than two distinct levels with
+    weight) the old values are kept. The sums that do not depend on q are made once."""
+    wx = wg if imp is None else wg * imp
+    s0 = np.float64(wg.shape[-1]) if imp is None else imp.sum(-1, dtype=np.float64)
+    t0 = wx.sum(-1, dtype=np.float64)
+
+    def fit(q, d_old, m_old):
+        wq = q if imp is None else q * imp
+        s1 = wq.sum(-1, dtype=np.float64)
+        s2 = (wq * q).sum(-1, dtype=np.float64)
+        t1 = (wx * q).sum(-1, dtype=np.float64)
+        det = s0 * s2 - s1 * s1
+        ok = det > 1e-9 * np.maximum(s0 * s2, 1e-300)
+        det = np.where(ok, det, 1.0)
+        return np.where(ok, (s0 * t1 - s1 * t0) / det, d_old), np.where(ok, (s2 * t0 - s1 * t1) / det, m_old)
+    return fit
+
+
+def _search_block_affine(wg, imp, steps, refine):
+    """Best fp16 (d, m) of q4a groups wg (rows, n, g), importance imp (n, g) or None:
+    RTN's d = (max - min) / 15, m = min, then candidate level assignments from the
+    scales (15 + step) / (max - min) anchored at the group's min and at its max, each
+    followed by a least-squares refit of d and m; the best refit is refined `refine`
+    more times (requantize, refit). Error measured with the fp16 values stored."""
+    lo, hi = wg.min(axis=-1), wg.max(axis=-1)
+    span = hi - lo
+    best_d = _to_fp16_scale(span / QA_MAX)
+    best_m = _to_fp16_scale(lo)
+    best_e = np.full(lo.shape, np.inf, np.float32)
+
+    def consider(d, m):
+        nonlocal best_d, best_m, best_e
+        with np.errstate(over="ignore", invalid="ignore"):
+            d16, m16 = np.asarray(d, np.float32).astype(np.float16), np.asarray(m, np.float32).astype(np.float16)
+        valid = np.isfinite(d16) & np.isfinite(m16) & (d16 >= 0)
+        d16 = np.where(valid, d16, best_d)
+        m16 = np.where(valid, m16, best_m)
+        d32, m32 = d16.astype(np.float32), m16.astype(np.float32)
+        r = wg - (_quantize_values(wg, d32, m32) * d32[..., None] + m32[..., None])
+        r *= r
+        if imp is not None:
+            r *= imp
+        e = r.sum(axis=-1)
+        better = valid & (e < best_e)
+        best_e = np.where(better, e, best_e)
+        best_d = np.where(better, d16, best_d)
+        best_m = np.where(better, m16, best_m)
+
+    consider(best_d, best_m)
+    fit = _fit_affine(wg, imp)
+    safe = np.where(span > 0, span, np.float32(1))[..., None]
+    for step in steps:
+        iscale = np.float32(QA_MAX + step) / safe
+        for q in (np.clip(np.rint((wg - lo[..., None]) * iscale), 0, QA_MAX),
+                  np.clip(QA_MAX - np.rint((hi[..., None] - wg) * iscale), 0, QA_MAX)):
+            consider(*fit(q, best_d.astype(np.float32), best_m.astype(np.float32)))
+    for _ in range(refine):
+        d32, m32 = best_d.astype(np.float32), best_m.astype(np.float32)
+        consider(*fit(_quantize_values(wg, d32, m32), d32, m32))
+    return best_d, best_m
+
+
+def search_affine(w, group_size, imp=None, steps=AFFINE_STEPS, refine=2):
+    """fp16 (d, m), each (rows, ngroups), of q4a groups w ~ d * q + m, q in [0, 15],
+    minimising each group's (importance-weighted) squared error (see
+    _search_block_affine). imp: optional (cols,) non-negative column importance."""
+    return tuple(_search_groups(w, group_size, imp,
+                                lambda wg, ig: _search_block_affine(wg, ig, steps, refine), 2))
+
+
+def search_params(w, group_size, weight_type="q4s", imp=None):
+    """(d, m) of the mse search for weight_type: q4s -> (search_scales, None),
+    q4a -> search_affine."""
+    if weight_type == "q4a":
+        return search_affine(w, group_size, imp=imp)
+    if weight_type == "q4s":
+        return search_scales(w, group_size, imp=imp), None
+    raise ValueError(f"unknown weight type {weight_type!r}; expected one of {WEIGHT_TYPES}")
+
+
+def quantize_with_scales(w, d, group_size, m=None):
+    """Levels (rows, cols) for given fp16 scales d (rows, ngroups): int8 in [-8, 7],
+    or with mins m (q4a) uint8 in [0, 15]."""
     w = _check(w, group_size)
-    q = np.empty(w.shape, np.int8)
+    q = np.empty(w.shape, np.int8 if m is None else np.uint8)
     d32 = np.asarray(d, dtype=np.float16).astype(np.float32)
+    m32 = None if m is None else np.asarray(m, dtype=np.float16).astype(np.float32)
     for g, (c0, c1) in enumerate(_group_bounds(w.shape[1], group_size)):
-        q[:, c0:c1] = _quantize_values(w[:, c0:c1], d32[:, g])
+        q[:, c0:c1] = _quantize_values(w[:, c0:c1], d32[:, g], None if m32 is None else m32[:, g])
     return q
 
 
-def quantize_mse(w, group_size, imp=None, ratios=DEFAULT_RATIOS, refine=1) -> QuantizedTensor:
-    """Q4S with per-group searched scales (see search_scales)."""
-    d = search_scales(w, group_size, imp=imp, ratios=ratios, refine=refine)
-    return QuantizedTensor("q4s", group_size, quantize_with_scales(w, d, group_size), d, None)
+def quantize_mse(w, group_size, imp=None, weight_type="q4s") -> QuantizedTensor:
+    """weight_type (q4s, q4a) with per-group searched parameters (search_params)."""
+    d, m = search_params(w, group_size, weight_type, imp=imp)
+    return QuantizedTensor(weight_type, group_size, quantize_with_scales(w, d, group_size, m), d, m)
 
 
 # ---------------------------------------------------------------------------
@@ -187,16 +297,17 @@ def quantize_mse(w, group_size, imp=None, ratios=DEFAULT_RATIOS, refine=1) -> Qu
 # ---------------------------------------------------------------------------
 
 def quantize_gptq(w, H, group_size, act_order=False, block_size=128, damp=0.01,
-                  ratios=DEFAULT_RATIOS, static_groups=None) -> QuantizedTensor:
+                  static_groups=None, weight_type="q4s") -> QuantizedTensor:
     """GPTQ of w (rows, cols) with Hessian H (cols, cols) ~ 2 X^T X of its inputs.
 
     Columns are quantized one at a time (in order of decreasing diag(H) with
     act_order); each one's rounding error, divided by the diagonal of the upper
     Cholesky factor U of H^-1, is spread over the not-yet-quantized columns
     (lazily per block of block_size columns; gptq.py). Scales are one
-    fp16 per group of the file's column order: with static groups (the default
-    with act_order) they are searched up front on the original weights, else
-    when a group's first column is reached, on the error-updated weights.
+    fp16 per group of the file's column order (with a min per group for q4a):
+    with static groups (the default with act_order) they are searched up front
+    on the original weights, else when a group's first column is reached, on
+    the error-updated weights (search_params, weighted by diag(H)).
     Rows are done in chunks of gptq.ROW_CHUNK (each row depends only on H)."""
     w = _check(w, group_size)
     rows, cols = w.shape
@@ -218,15 +329,20 @@ def quantize_gptq(w, H, group_size, act_order=False, block_size=128, damp=0.01,
     diag_p = diag[perm]
     ngroups = len(_group_bounds(cols, group_size))
     d = np.zeros((rows, ngroups), np.float16)
-    Q = np.empty((rows, cols), np.int8)
+    m = np.zeros((rows, ngroups), np.float16) if weight_type == "q4a" else None
+    Q = np.empty((rows, cols), np.int8 if m is None else np.uint8)
     for r0 in range(0, rows, gptq.ROW_CHUNK):
         r1 = min(r0 + gptq.ROW_CHUNK, rows)
         Wc = np.array(w[r0:r1], dtype=np.float32)
         Wc[:, dead] = 0.0
         if static_groups:
-            d[r0:r1] = search_scales(Wc, group_size, imp=diag, ratios=ratios)
-        dc = d[r0:r1]                           # a view: the dynamic search fills it
+            d[r0:r1], mc = search_params(Wc, group_size, weight_type, imp=diag)
+            if m is not None:
+                m[r0:r1] = mc
+        dc = d[r0:r1]                           # views: the dynamic search fills them
+        mc = None if m is None else m[r0:r1]
         d32 = dc.astype(np.float32)
+        m32 = None if m is None else mc.astype(np.float32)
 
         def quantize_column(i, x, block_rest, rest):
             j = perm[i]                         # column in file order
@@ -236,14 +352,19 @@ def quantize_gptq(w, H, group_size, act_order=False, block_size=128, damp=0.01,
                 # without act_order the group is columns i .. i+len-1
                 c1 = min(j + group_size, cols)
                 cur = np.concatenate([block_rest, rest], axis=1)[:, :c1 - j]
-                dc[:, g] = search_scales(cur, group_size, imp=diag_p[i:i + c1 - j], ratios=ratios)[:, 0]
-                d32[:, g] = dc[:, g].astype(np.float32)
-            q = _quantize_values(x[:, None], d32[:, g])[:, 0]
-            return q, q * d32[:, g]
+                dg, mg = search_params(cur, group_size, weight_type, imp=diag_p[i:i + c1 - j])
+                dc[:, g], d32[:, g] = dg[:, 0], dg[:, 0].astype(np.float32)
+                if m is not None:
+                    mc[:, g], m32[:, g] = mg[:, 0], mg[:, 0].astype(np.float32)
+            if m32 is None:
+                q = _quantize_values(x[:, None], d32[:, g])[:, 0]
+                return q, q * d32[:, g]
+            q = _quantize_values(x[:, None], d32[:, g], m32[:, g])[:, 0]
+            return q, q * d32[:, g] + m32[:, g]
 
         Qc = gptq.gptq_rows(np.ascontiguousarray(Wc[:, perm]), U, perm, quantize_column, block_size)
         Q[r0:r1] = Qc[:, inv]
-    return QuantizedTensor("q4s", group_size, Q, d, None)
+    return QuantizedTensor(weight_type, group_size, Q, d, m)
 
 
 class hessian_accumulator:
@@ -273,14 +394,17 @@ class hessian_accumulator:
 # whole model
 # ---------------------------------------------------------------------------
 
-def quantize(w, method, group_size, H=None, act_order=False):
-    """One matrix: rtn, mse (H's diagonal as importance if given) or gptq (needs H)."""
+def quantize(w, method, group_size, H=None, act_order=False, weight_type="q4s"):
+    """One matrix of weight_type (q4s, q4a): rtn, mse (H's diagonal as importance if
+    given) or gptq (needs H)."""
+    if weight_type not in WEIGHT_TYPES:
+        raise ValueError(f"unknown weight type {weight_type!r}; expected one of {WEIGHT_TYPES}")
     if method == "rtn":
-        return quantize_rtn(np.asarray(w, dtype=np.float32), group_size)
+        return quantize_rtn(np.asarray(w, dtype=np.float32), group_size, weight_type)
     if method == "mse" or (method in ("gptq", "awq") and H is None):
-        return quantize_mse(w, group_size, imp=None if H is None else np.diag(H))
+        return quantize_mse(w, group_size, imp=None if H is None else np.diag(H), weight_type=weight_type)
     if method == "gptq":
-        return quantize_gptq(w, H, group_size, act_order=act_order)
+        return quantize_gptq(w, H, group_size, act_order=act_order, weight_type=weight_type)
     raise ValueError(f"unknown method {method!r}; expected one of {METHODS}")
 
 
@@ -309,8 +433,8 @@ _LINEARS = ("wq", "wk", "wv", "wo", "w1", "w2", "w3")
 
 
 def quantize_model(get, cfg, method, group_size, calib_ids=None, act_order=False,
-                   embed_method=None, embed_qtype="q4s", awq_alphas=(0.0, 0.25, 0.5, 0.75),
-                   progress=True):
+                   embed_method=None, embed_qtype=None, awq_alphas=(0.0, 0.25, 0.5, 0.75),
+                   progress=True, weight_type="q4s", embed_group_size=None):
     """Quantize a whole Llama model; yields (entry name, value): per layer
     attention_norm wq wk wv wo ffn_norm w1 w2 w3, then norm, then the classifier
     (output, untied) and tok_embeddings. value: QuantizedTensor, or a float32
@@ -324,13 +448,20 @@ def quantize_model(get, cfg, method, group_size, calib_ids=None, act_order=False
     calib_ids: list of token-id sequences (gptq/awq; see calibration_sequences).
     progress: a progress bar per layer on stderr when it is a terminal.
 
-    The embedding table: embed_qtype "q8" (RTN int8) or "q4s" by embed_method:
+    weight_type: the int4 type of every matrix, q4s or q4a (awq: q4s only).
+    embed_group_size: group size of the embedding table (and untied classifier);
+    default group_size.
+    The embedding table: embed_qtype "q8" (RTN int8) or weight_type (the default) by embed_method:
     rtn, mse, or gptq (default for gptq/awq): as the classifier it is a linear
     of the final-norm outputs, so when tied it gets GPTQ with the Hessian of
     those outputs (the untied `output` likewise; the untied lookup table mse)."""
     if method not in METHODS + EXPERIMENTAL:
         raise ValueError(f"unknown method {method!r}; expected one of {METHODS + EXPERIMENTAL}")
     calibrated = method in ("gptq", "awq")
+    if weight_type not in WEIGHT_TYPES or (method == "awq" and weight_type != "q4s"):
+        raise ValueError(f"weight type {weight_type!r} is not available for method {method}")
+    embed_qtype = embed_qtype or weight_type
+    embed_gs = embed_group_size or group_size
     if embed_method is None:
         embed_method = {"rtn": "rtn", "mse": "mse"}.get(method, "gptq")
     if embed_method == "gptq" and not calibrated:
@@ -345,18 +476,19 @@ def quantize_model(get, cfg, method, group_size, calib_ids=None, act_order=False
 
     def quantize_table(w, H=None):
         if embed_qtype == "q8":
-            return quantize_rtn(w, group_size, "q8")
+            return quantize_rtn(w, embed_gs, "q8")
         if embed_method == "gptq" and H is not None:
-            return quantize_gptq(w, H, group_size, act_order=act_order)
-        return quantize(w, "rtn" if embed_method == "rtn" else "mse", group_size)
+            return quantize_gptq(w, H, embed_gs, act_order=act_order, weight_type=embed_qtype)
+        return quantize(w, "rtn" if embed_method == "rtn" else "mse", embed_gs, weight_type=embed_qtype)
 
     if calibrated:
         # calibration inputs: the embedding rows of the calibration tokens as they will
         # be looked up (quantized data-free; rows are quantized independently)
         used, where = np.unique(np.concatenate(calib_ids), return_inverse=True)
         rows = np.asarray(get("tok_embeddings"), dtype=np.float32)[used]
-        qrows = dequantize(quantize(rows, "rtn" if embed_method == "rtn" else "mse", group_size)
-                           if embed_qtype == "q4s" else quantize_rtn(rows, group_size, "q8"))
+        qrows = dequantize(quantize(rows, "rtn" if embed_method == "rtn" else "mse", embed_gs,
+                                    weight_type=embed_qtype)
+                           if embed_qtype != "q8" else quantize_rtn(rows, embed_gs, "q8"))
         del rows
         ends = np.cumsum([len(s) for s in calib_ids])[:-1]
         hs = [qrows[w] for w in np.split(where, ends)]
@@ -368,10 +500,11 @@ def quantize_model(get, cfg, method, group_size, calib_ids=None, act_order=False
         W[p + "attention_norm"] = np.asarray(get(p + "attention_norm"), np.float32).reshape(-1)
         W[p + "ffn_norm"] = np.asarray(get(p + "ffn_norm"), np.float32).reshape(-1)
         if not calibrated:
-            out = {k: quantize(W[k], method, group_size) for k in W if not k.endswith("norm")}
+            out = {k: quantize(W[k], method, group_size, weight_type=weight_type)
+                   for k in W if not k.endswith("norm")}
         else:
             if method == "gptq":
-                out = _gptq_layer(W, cfg, i, hs, group_size, act_order, timing)
+                out = _gptq_layer(W, cfg, i, hs, group_size, act_order, timing, weight_type)
             else:
                 out = _awq_layer(W, cfg, i, hs, group_size, awq_alphas)
             # inputs of the next layer: this layer run with its quantized weights
@@ -424,7 +557,7 @@ def _capture_hessians(W32, cfg, i, hs, names):
     return acc
 
 
-def _gptq_layer(W, cfg, i, hs, group_size, act_order, timing=None):
+def _gptq_layer(W, cfg, i, hs, group_size, act_order, timing=None, weight_type="q4s"):
     """All seven matrices of layer i by GPTQ. Inputs captured with the float
     weights of this layer (earlier layers already quantized in hs); wq/wk/wv
     share one Hessian, w1/w3 another."""
@@ -437,7 +570,8 @@ def _gptq_layer(W, cfg, i, hs, group_size, act_order, timing=None):
     out = {}
     for k in _LINEARS:
         src = {"wk": "wq", "wv": "wq", "w3": "w1"}.get(k, k)
-        out[p + k] = quantize_gptq(W[p + k], acc[src].hessian(), group_size, act_order=act_order)
+        out[p + k] = quantize_gptq(W[p + k], acc[src].hessian(), group_size, act_order=act_order,
+                                   weight_type=weight_type)
     timing["quantize"] += time.time() - t1
     return out
 
