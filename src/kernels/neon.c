@@ -25,6 +25,18 @@ int rq4_kernels_neon_supported(void) { return 1; } /* NEON is part of aarch64 */
 #define DECODE_ROWS 2 /* rows per step for one token */
 #include "arm_body.h"
 
+/* The low and high nibbles of 16 packed bytes as int8 vectors (Q4S:
+ * arithmetic shifts sign-extend the nibbles; Q4A: the unsigned values). */
+ALWAYS void unpack_nibbles(int kind, uint8x16_t v, int8x16_t *lo, int8x16_t *hi) {
+    if (kind == K_Q4S) {
+        *lo = vshrq_n_s8(vshlq_n_s8(vreinterpretq_s8_u8(v), 4), 4);
+        *hi = vshrq_n_s8(vreinterpretq_s8_u8(v), 4);
+    } else {
+        *lo = vreinterpretq_s8_u8(vandq_u8(v, vdupq_n_u8(0x0F)));
+        *hi = vreinterpretq_s8_u8(vshrq_n_u8(v, 4));
+    }
+}
+
 ALWAYS wquad unpack_quad(int kind, const uint8_t *wq, int cnt) {
     wquad w;
     for (int k = 0; k < 4; k++) {
@@ -34,14 +46,7 @@ ALWAYS wquad unpack_quad(int kind, const uint8_t *wq, int cnt) {
             w.lo[k] = vld1q_s8((const int8_t *)wq + 32 * k);
             w.hi[k] = vld1q_s8((const int8_t *)wq + 32 * k + 16);
         } else {
-            uint8x16_t v = vld1q_u8(wq + 16 * k);
-            if (kind == K_Q4S) { /* arithmetic shifts sign-extend the nibbles */
-                w.lo[k] = vshrq_n_s8(vshlq_n_s8(vreinterpretq_s8_u8(v), 4), 4);
-                w.hi[k] = vshrq_n_s8(vreinterpretq_s8_u8(v), 4);
-            } else {
-                w.lo[k] = vreinterpretq_s8_u8(vandq_u8(v, vdupq_n_u8(0x0F)));
-                w.hi[k] = vreinterpretq_s8_u8(vshrq_n_u8(v, 4));
-            }
+            unpack_nibbles(kind, vld1q_u8(wq + 16 * k), &w.lo[k], &w.hi[k]);
         }
     }
     return w;
@@ -76,14 +81,7 @@ ALWAYS r4block r4_unpack(int kind, const uint8_t *p) {
     r4block w;
     UNROLL
     for (int k = 0; k < 4; k++) {
-        uint8x16_t v = vld1q_u8(p + 16 * k);
-        if (kind == K_Q4S) { /* arithmetic shifts sign-extend the nibbles */
-            w.lo[k] = vshrq_n_s8(vshlq_n_s8(vreinterpretq_s8_u8(v), 4), 4);
-            w.hi[k] = vshrq_n_s8(vreinterpretq_s8_u8(v), 4);
-        } else {
-            w.lo[k] = vreinterpretq_s8_u8(vandq_u8(v, vdupq_n_u8(0x0F)));
-            w.hi[k] = vreinterpretq_s8_u8(vshrq_n_u8(v, 4));
-        }
+        unpack_nibbles(kind, vld1q_u8(p + 16 * k), &w.lo[k], &w.hi[k]);
     }
     return w;
 }

@@ -66,6 +66,18 @@ ALWAYS int32x4_t sdot(int32x4_t a, int8x16_t w, int8x16_t x) {
 ALWAYS int32x4_t sdot(int32x4_t a, int8x16_t w, int8x16_t x) { return vdotq_s32(a, w, x); }
 #endif
 
+/* The low and high nibbles of 16 packed bytes as int8 vectors (Q4S: 16 *
+ * value, the nibble in the top half of the byte; Q4A: the unsigned values). */
+ALWAYS void unpack_nibbles(int kind, uint8x16_t v, int8x16_t *lo, int8x16_t *hi) {
+    if (kind == K_Q4S) {
+        *lo = vreinterpretq_s8_u8(vshlq_n_u8(v, 4));
+        *hi = vreinterpretq_s8_u8(vandq_u8(v, vdupq_n_u8(0xF0)));
+    } else {
+        *lo = vreinterpretq_s8_u8(vandq_u8(v, vdupq_n_u8(0x0F)));
+        *hi = vreinterpretq_s8_u8(vshrq_n_u8(v, 4));
+    }
+}
+
 ALWAYS wquad unpack_quad(int kind, const uint8_t *wq, int cnt) {
     wquad w;
     for (int k = 0; k < 4; k++) {
@@ -75,14 +87,7 @@ ALWAYS wquad unpack_quad(int kind, const uint8_t *wq, int cnt) {
             w.lo[k] = vld1q_s8((const int8_t *)wq + 32 * k);
             w.hi[k] = vld1q_s8((const int8_t *)wq + 32 * k + 16);
         } else {
-            uint8x16_t v = vld1q_u8(wq + 16 * k);
-            if (kind == K_Q4S) { /* 16 * value: the nibble in the top half of the byte */
-                w.lo[k] = vreinterpretq_s8_u8(vshlq_n_u8(v, 4));
-                w.hi[k] = vreinterpretq_s8_u8(vandq_u8(v, vdupq_n_u8(0xF0)));
-            } else {
-                w.lo[k] = vreinterpretq_s8_u8(vandq_u8(v, vdupq_n_u8(0x0F)));
-                w.hi[k] = vreinterpretq_s8_u8(vshrq_n_u8(v, 4));
-            }
+            unpack_nibbles(kind, vld1q_u8(wq + 16 * k), &w.lo[k], &w.hi[k]);
         }
     }
     return w;
@@ -270,14 +275,7 @@ ALWAYS r4block r4_unpack(int kind, const uint8_t *p) {
     r4block w;
     UNROLL
     for (int k = 0; k < 4; k++) {
-        uint8x16_t v = vld1q_u8(p + 16 * k);
-        if (kind == K_Q4S) { /* 16 * value, as unpack_quad */
-            w.lo[k] = vreinterpretq_s8_u8(vshlq_n_u8(v, 4));
-            w.hi[k] = vreinterpretq_s8_u8(vandq_u8(v, vdupq_n_u8(0xF0)));
-        } else {
-            w.lo[k] = vreinterpretq_s8_u8(vandq_u8(v, vdupq_n_u8(0x0F)));
-            w.hi[k] = vreinterpretq_s8_u8(vshrq_n_u8(v, 4));
-        }
+        unpack_nibbles(kind, vld1q_u8(p + 16 * k), &w.lo[k], &w.hi[k]);
     }
     return w;
 }
