@@ -12,33 +12,70 @@ embedding):
     and a Cholesky (7n^3/3), all in float32 (the dampening keeps H well
     conditioned; a failure retries with more dampening, then in float64).
   - Rows are independent given U and the group scales, so a matrix is done in
-    chunks of rows: a 128256 x 2048 embedding never has a full-size float
+    chunks of rows, one chunk per thread at a time (parallel_map): every
+    core works, and a 128256 x 2048 embedding never has a full-size float
     copy beside its input.
+  - Lazy updates in blocks of BLOCK columns: inside a block every column
+    updates the rest of the block (element-wise work, rows x BLOCK/2 per
+    column), the block's errors update the later columns at once (a matrix
+    product). Narrow blocks move most of the work into the matrix product.
 """
 
 from __future__ import annotations
 
+import os
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
+from threadpoolctl import threadpool_limits
 
-__all__ = ["inverse_cholesky_upper", "gptq_rows", "ROW_CHUNK"]
+__all__ = ["inverse_cholesky_upper", "gptq_rows", "row_chunks", "parallel_map", "workers",
+           "ROW_CHUNK", "BLOCK"]
 
-ROW_CHUNK = 8192            # rows quantized together (float32 working copy of the chunk)
+ROW_CHUNK = 1024            # rows quantized together by one thread (their working set stays in cache)
+BLOCK = 32                  # columns per lazy-update block
 _TRI_LEAF = 256             # triangular blocks inverted directly below this size
 
 
+def workers():
+    """Threads to use: the cores this process may run on."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def parallel_map(fn, items):
+    """[fn(x) for x in items], on workers() threads with BLAS single-threaded
+    meanwhile: numpy releases the GIL in BLAS calls and in ufuncs over large
+    arrays, and a multi-threaded BLAS under several threads would
+    oversubscribe the cores. Results in the order of items."""
+    items = list(items)
+    n = min(workers(), len(items))
+    if n <= 1:
+        return [fn(x) for x in items]
+    with threadpool_limits(limits=1, user_api="blas"), ThreadPoolExecutor(n) as ex:
+        return list(ex.map(fn, items))
+
+
+def row_chunks(rows):
+    """(r0, r1) chunks of at most ROW_CHUNK rows, at least one per worker thread."""
+    step = max(1, min(ROW_CHUNK, -(-rows // workers())))
+    return [(r0, min(r0 + step, rows)) for r0 in range(0, rows, step)]
+
+
 def _tri_inv_lower(L):
-    """Inverse of a lower-triangular matrix by halves (matrix products only)."""
+    """Inverts a lower-triangular matrix in place, by halves (matrix products
+    only; in place, so an 8192-wide factor needs no second full-size array)."""
     n = L.shape[0]
     if n <= _TRI_LEAF:
-        return np.linalg.inv(L)
+        L[...] = np.linalg.inv(L)
+        return
     k = n // 2
-    ai = _tri_inv_lower(L[:k, :k])
-    ci = _tri_inv_lower(L[k:, k:])
-    out = np.zeros_like(L)
-    out[:k, :k] = ai
-    out[k:, k:] = ci
-    out[k:, :k] = -(ci @ (L[k:, :k] @ ai))
-    return out
+    _tri_inv_lower(L[:k, :k])
+    _tri_inv_lower(L[k:, k:])
+    # [[A, 0], [B, C]]^-1 = [[A^-1, 0], [-C^-1 B A^-1, C^-1]]
+    L[k:, :k] = -(L[k:, k:] @ (L[k:, :k] @ L[:k, :k]))
 
 
 def inverse_cholesky_upper(H, damp=0.01, order=None):
@@ -60,14 +97,13 @@ def inverse_cholesky_upper(H, damp=0.01, order=None):
             except np.linalg.LinAlgError:
                 continue
             del Hr
-            U = _tri_inv_lower(L)
-            del L
-            if np.all(np.isfinite(U)):
-                return np.ascontiguousarray(U[::-1, ::-1], dtype=np.float32)
+            _tri_inv_lower(L)
+            if np.all(np.isfinite(L)):
+                return np.ascontiguousarray(L[::-1, ::-1], dtype=np.float32)
     raise np.linalg.LinAlgError("Hessian not positive definite even with heavy dampening")
 
 
-def gptq_rows(W, U, perm, quantize_column, block_size=128):
+def gptq_rows(W, U, perm, quantize_column, block_size=BLOCK):
     """GPTQ of the rows W (rows, cols) float32, columns visited in order perm
     (W and U already permuted: column i of W is column perm[i] of the file).
     quantize_column(i, x, block_rest, rest) -> (q, dequantized x) for permuted

@@ -186,7 +186,7 @@ def quantize_mse(w, group_size, imp=None, ratios=DEFAULT_RATIOS, refine=1) -> Qu
 # gptq
 # ---------------------------------------------------------------------------
 
-def quantize_gptq(w, H, group_size, act_order=False, block_size=128, damp=0.01,
+def quantize_gptq(w, H, group_size, act_order=False, block_size=gptq.BLOCK, damp=0.01,
                   ratios=DEFAULT_RATIOS, static_groups=None) -> QuantizedTensor:
     """GPTQ of w (rows, cols) with Hessian H (cols, cols) ~ 2 X^T X of its inputs.
 
@@ -197,7 +197,8 @@ def quantize_gptq(w, H, group_size, act_order=False, block_size=128, damp=0.01,
     fp16 per group of the file's column order: with static groups (the default
     with act_order) they are searched up front on the original weights, else
     when a group's first column is reached, on the error-updated weights.
-    Rows are done in chunks of gptq.ROW_CHUNK (each row depends only on H)."""
+    Rows are done in chunks (gptq.row_chunks: each row depends only on H and
+    its own scales), on every core (gptq.parallel_map)."""
     w = _check(w, group_size)
     rows, cols = w.shape
     H = np.asarray(H)
@@ -219,8 +220,9 @@ def quantize_gptq(w, H, group_size, act_order=False, block_size=128, damp=0.01,
     ngroups = len(_group_bounds(cols, group_size))
     d = np.zeros((rows, ngroups), np.float16)
     Q = np.empty((rows, cols), np.int8)
-    for r0 in range(0, rows, gptq.ROW_CHUNK):
-        r1 = min(r0 + gptq.ROW_CHUNK, rows)
+
+    def quantize_rows(chunk):
+        r0, r1 = chunk
         Wc = np.array(w[r0:r1], dtype=np.float32)
         Wc[:, dead] = 0.0
         if static_groups:
@@ -243,27 +245,40 @@ def quantize_gptq(w, H, group_size, act_order=False, block_size=128, damp=0.01,
 
         Qc = gptq.gptq_rows(np.ascontiguousarray(Wc[:, perm]), U, perm, quantize_column, block_size)
         Q[r0:r1] = Qc[:, inv]
+
+    gptq.parallel_map(quantize_rows, gptq.row_chunks(rows))
     return QuantizedTensor("q4s", group_size, Q, d, None)
 
 
 class hessian_accumulator:
-    """Accumulates H = 2/n * sum X^T X over calibration batches X (T, cols)."""
+    """H = 2/n * sum X^T X over calibration batches X (T, cols), in float32.
+    Batches are kept until hessian() (a few MB each): one product over all of
+    them is one large BLAS call on every core, and its sum does not depend on
+    the order threads added the batches in (add() is called in order)."""
 
     def __init__(self, cols):
-        self.H = np.zeros((cols, cols), np.float64)
+        self.cols = cols
+        self.xtx = None                             # sum X^T X of the batches folded so far
+        self.pending = []
         self.n = 0
         self.absmean = np.zeros(cols, np.float64)   # sum |x| per channel, for awq
 
     def add(self, x):
-        # one float32 product per batch (BLAS sgemm), summed over batches in float64
-        x = np.asarray(x, dtype=np.float32).reshape(-1, self.H.shape[0])
-        self.H += x.T @ x
+        x = np.array(x, dtype=np.float32).reshape(-1, self.cols)   # a copy: callers reuse buffers
+        self.pending.append(x)
         self.absmean += np.abs(x).sum(axis=0, dtype=np.float64)
         self.n += x.shape[0]
 
     def hessian(self):
         """2/n * X^T X as float32 (what GPTQ factorizes)."""
-        return (self.H * (2.0 / max(self.n, 1))).astype(np.float32)
+        if self.pending:
+            X = np.concatenate(self.pending) if len(self.pending) > 1 else self.pending[0]
+            self.pending = []
+            xtx = X.T @ X
+            self.xtx = xtx if self.xtx is None else self.xtx + xtx
+        if self.xtx is None:
+            return np.zeros((self.cols, self.cols), np.float32)
+        return self.xtx * np.float32(2.0 / max(self.n, 1))
 
     def mean_abs(self):
         return self.absmean / max(self.n, 1)
@@ -379,7 +394,7 @@ def quantize_model(get, cfg, method, group_size, calib_ids=None, act_order=False
             Wq = {k: (v if isinstance(v, np.ndarray) else dequantize(v)) for k, v in out.items()}
             for k in ("attention_norm", "ffn_norm"):
                 Wq.setdefault(p + k, W[p + k])
-            hs = [R.layer(Wq, cfg, i, h, dtype=np.float32) for h in hs]
+            hs = gptq.parallel_map(lambda h: R.layer(Wq, cfg, i, h, dtype=np.float32), hs)
             del Wq
             timing["forward"] += time.time() - t1
         for k in ("attention_norm", "wq", "wk", "wv", "wo", "ffn_norm", "w1", "w2", "w3"):
@@ -408,19 +423,25 @@ def quantize_model(get, cfg, method, group_size, calib_ids=None, act_order=False
 
 
 def _capture_hessians(W32, cfg, i, hs, names):
-    """Run layer i over every calibration sequence; accumulate the Hessians of the
-    inputs of `names` (one accumulator per distinct input)."""
-    acc = {}
+    """Run layer i over every calibration sequence (sequences in parallel);
+    accumulate the Hessians of the inputs of `names` (one accumulator per
+    distinct input), batches added in sequence order."""
+    def inputs(h):
+        seen = {}
 
-    def capture(name, x):
-        k = name.rsplit(".", 1)[1]
-        if k in names:
+        def capture(name, x):
+            k = name.rsplit(".", 1)[1]
+            if k in names:
+                seen[k] = np.asarray(x, dtype=np.float32)
+        R.layer(W32, cfg, i, h, capture=capture, dtype=np.float32, inputs_only=True)
+        return seen
+
+    acc = {}
+    for seen in gptq.parallel_map(inputs, hs):
+        for k, x in seen.items():
             if k not in acc:
                 acc[k] = hessian_accumulator(x.shape[1])
             acc[k].add(x)
-
-    for h in hs:
-        R.layer(W32, cfg, i, h, capture=capture, dtype=np.float32)
     return acc
 
 
