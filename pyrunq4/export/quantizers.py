@@ -363,7 +363,9 @@ def quantize_model(get, cfg, method, group_size, calib_ids=None, act_order=False
             return quantize_rtn(w, group_size, "q8")
         if embed_method == "gptq" and H is not None:
             return quantize_gptq(w, H, group_size, act_order=act_order)
-        return quantize(w, "rtn" if embed_method == "rtn" else "mse", group_size)
+        if embed_method == "rtn":
+            return quantize(w, "rtn", group_size)
+        return _by_row_chunks(lambda rows: quantize(rows, "mse", group_size), w)
 
     if calibrated:
         # calibration inputs: the embedding rows of the calibration tokens as they will
@@ -420,6 +422,19 @@ def quantize_model(get, cfg, method, group_size, calib_ids=None, act_order=False
     yield "tok_embeddings", quantize_table(np.asarray(get("tok_embeddings"), dtype=np.float32), H)
     bar.update(1)
     bar.close()
+
+
+def _by_row_chunks(quantize_rows, w):
+    """quantize_rows over chunks of rows of w on every core (a data-free
+    quantizer treats rows independently), joined into one QuantizedTensor."""
+    step = max(1, _ROW_CHUNK_ELEMS // max(w.shape[1], 1))
+    parts = gptq.parallel_map(lambda r0: quantize_rows(w[r0:r0 + step]), range(0, w.shape[0], step))
+    if len(parts) == 1:
+        return parts[0]
+    p = parts[0]
+    return QuantizedTensor(p.type, p.group_size, np.concatenate([t.q for t in parts]),
+                           np.concatenate([t.d for t in parts]),
+                           None if p.m is None else np.concatenate([t.m for t in parts]))
 
 
 def _capture_hessians(W32, cfg, i, hs, names):
