@@ -15,10 +15,11 @@ embedding):
     chunks of rows, one chunk per thread at a time (parallel_map): every
     core works, and a 128256 x 2048 embedding never has a full-size float
     copy beside its input.
-  - Lazy updates in blocks of BLOCK columns: inside a block every column
-    updates the rest of the block (element-wise work, rows x BLOCK/2 per
-    column), the block's errors update the later columns at once (a matrix
-    product). Narrow blocks move most of the work into the matrix product.
+  - Lazy updates on two levels: a column updates the rest of its
+    SUB_BLOCK columns element-wise, a sub-block's errors update the rest of
+    its BLOCK by one matrix product, a block's errors the later columns by
+    another. Narrow sub-blocks keep the element-wise work small, wide
+    blocks keep the passes over the later columns few.
 """
 
 from __future__ import annotations
@@ -33,7 +34,8 @@ __all__ = ["inverse_cholesky_upper", "gptq_rows", "row_chunks", "parallel_map", 
            "ROW_CHUNK", "BLOCK"]
 
 ROW_CHUNK = 1024            # rows quantized together by one thread (their working set stays in cache)
-BLOCK = 32                  # columns per lazy-update block
+BLOCK = 128                 # columns per lazy-update block
+SUB_BLOCK = 32              # columns updated element-wise inside a block
 _TRI_LEAF = 256             # triangular blocks inverted directly below this size
 
 
@@ -109,22 +111,25 @@ def gptq_rows(W, U, perm, quantize_column, block_size=BLOCK):
     quantize_column(i, x, block_rest, rest) -> (q, dequantized x) for permuted
     column i (x: its current values; block_rest, rest: the not yet quantized
     columns of its block from i on, and those after the block, for a scale
-    searched on the error-updated weights). Returns q (rows, cols) int8 in
+    searched on the error-updated weights: block_rest is up to date at the
+    start of every SUB_BLOCK columns). Returns q (rows, cols) int8 in
     permuted order. W is overwritten."""
     rows, cols = W.shape
     Q = np.zeros((rows, cols), np.int8)
     for b0 in range(0, cols, block_size):
         b1 = min(b0 + block_size, cols)
-        W1 = W[:, b0:b1]
         E1 = np.zeros((rows, b1 - b0), np.float32)
-        U1 = U[b0:b1, b0:b1]
-        for i in range(b1 - b0):
-            x = W1[:, i]
-            q, xq = quantize_column(b0 + i, x, W1[:, i:], W[:, b1:])
-            Q[:, b0 + i] = q
-            err = (x - xq) / U1[i, i]
-            W1[:, i:] -= np.outer(err, U1[i, i:])
-            E1[:, i] = err
+        for s0 in range(b0, b1, SUB_BLOCK):
+            s1 = min(s0 + SUB_BLOCK, b1)
+            for i in range(s0, s1):
+                x = W[:, i]
+                q, xq = quantize_column(i, x, W[:, i:b1], W[:, b1:])
+                Q[:, i] = q
+                err = (x - xq) / U[i, i]
+                W[:, i:s1] -= np.outer(err, U[i, i:s1])
+                E1[:, i - b0] = err
+            if s1 < b1:
+                W[:, s1:b1] -= E1[:, s0 - b0:s1 - b0] @ U[s0:s1, s1:b1]
         if b1 < cols:
             W[:, b1:] -= E1 @ U[b0:b1, b1:]
     return Q
