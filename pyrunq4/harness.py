@@ -44,7 +44,7 @@ class Rq4LM(LM):
                            n_threads=None if threads is None else int(threads))
         self.path = path
         self.max_gen_toks = int(max_gen_toks)
-        self.progress = bool(progress)
+        self.progress = str(progress).lower() not in ("false", "0", "no")   # model_args give strings
         cfg = self.model.config
         self.n_ctx = cfg.n_ctx
         self.prefix_id = cfg.bos_id if cfg.bos_id >= 0 else (cfg.eos_ids[0] if cfg.eos_ids else None)

@@ -14,10 +14,10 @@ import pytest
 
 pytest.importorskip("lm_eval")
 
-from pyrunq4 import harness  # noqa: E402
-from pyrunq4.eval import main  # noqa: E402
-from pyrunq4.model import Model  # noqa: E402
-from pyrunq4.scoring import log_softmax  # noqa: E402
+from pyrunq4 import harness
+from pyrunq4.eval import main
+from pyrunq4.model import Model
+from pyrunq4.scoring import log_softmax
 
 LICENSE = "/usr/share/common-licenses/GPL-3"
 
