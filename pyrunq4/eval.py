@@ -1,6 +1,8 @@
 """Evaluation: pyrunq4-eval (python -m pyrunq4.eval) perplexity MODEL.rq4 --text FILE [--window 512]
                                     [--compare OTHER.rq4 ...]  (one table, same ids)
                                     [--reference FLOAT.rq4]    (KL divergence per token)
+         pyrunq4-eval tasks MODEL.rq4 --tasks hellaswag,arc_easy [--include DIR]
+                                    (task accuracy through lm-evaluation-harness: pyrunq4.harness)
 
 The text is tokenized once (with BOS, as generate does) and cut into
 non-overlapping windows of `window` tokens; each window is evaluated from an
@@ -75,6 +77,23 @@ def build_parser():
     pp.add_argument("--reference", metavar="FLOAT.rq4",
                     help="also the KL divergence from this model's next-token distributions "
                          "(numpy float forward of its weights; export --float makes one)")
+    tp = sub.add_parser("tasks", help="task accuracy through lm-evaluation-harness (needs lm-eval)",
+                        formatter_class=HelpFormatter)
+    tp.error = p.error
+    tp.add_argument("model", metavar="MODEL.rq4", help="the model file")
+    tp.add_argument("--tasks", required=True,
+                    help="comma-separated lm_eval task names (hellaswag, arc_easy, ...: their "
+                         "datasets download from the Hugging Face hub; or tasks of --include)")
+    tp.add_argument("--include", metavar="DIR",
+                    help="a folder of task YAML files (e.g. datasets read from local JSON files)")
+    tp.add_argument("--num-fewshot", type=int, default=None, help="examples in each prompt (task default)")
+    tp.add_argument("--limit", type=positive_int, default=None, help="at most this many documents per task")
+    tp.add_argument("--n-ctx", type=positive_int, default=None,
+                    help="context in tokens (default: the model's, at most 4096)")
+    tp.add_argument("--threads", type=positive_int, default=None,
+                    help="worker threads (default: the CPUs this process may use)")
+    tp.add_argument("--chat", action="store_true", help="prompts through the model's chat template")
+    tp.add_argument("--output", metavar="FILE.json", help="also write lm_eval's results as JSON")
     return p
 
 
@@ -150,9 +169,36 @@ def _cmd_perplexity(args):
     return 0
 
 
+def _cmd_tasks(args):
+    """lm_eval's table of each task's metrics (pyrunq4.harness)."""
+    import json
+
+    try:
+        from . import harness
+    except ImportError as e:
+        raise UsageError(f"the tasks command needs lm-eval ({e}): pip install 'pyrunq4[lmeval]'") from None
+    tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
+    if not tasks:
+        raise UsageError("--tasks names no task")
+    out = harness.evaluate(args.model, tasks, include_path=args.include, num_fewshot=args.num_fewshot,
+                           limit=args.limit, n_ctx=args.n_ctx, threads=args.threads,
+                           apply_chat_template=args.chat)
+    if out is None or not out.get("results"):
+        raise UsageError(f"no results for {', '.join(tasks)}")
+    from lm_eval.utils import make_table
+    print(make_table(out), flush=True)
+    if args.output:
+        with open(args.output, "w", encoding="utf-8") as f:
+            json.dump({k: out[k] for k in ("results", "versions", "n-shot", "config") if k in out},
+                      f, indent=2, default=str)
+    return 0
+
+
 def _run(args):
     if args.command == "perplexity":
         return _cmd_perplexity(args)
+    if args.command == "tasks":
+        return _cmd_tasks(args)
     raise UsageError(f"unknown command {args.command!r}")
 
 

@@ -115,7 +115,7 @@ def _linear(weights, name, x, capture):
     return x @ _w(weights, name, x.dtype).T
 
 
-def layer(weights, cfg, i, h, pos0=0, capture=None, dtype=np.float64) -> np.ndarray:
+def layer(weights, cfg, i, h, pos0=0, capture=None, dtype=np.float64, inputs_only=False):
     """One transformer block over a fresh sequence h (T, dim) at positions
     pos0..pos0+T-1, with full causal attention inside h. Returns (T, dim).
     Computed in dtype: float64, or float32 where speed matters more than the
@@ -123,7 +123,8 @@ def layer(weights, cfg, i, h, pos0=0, capture=None, dtype=np.float64) -> np.ndar
 
     capture(name, x), if given, is called with the (T, cols) input of every
     linear layer layers.{i}.wq/wk/wv/wo/w1/w2/w3 (wq, wk, wv share one input,
-    as do w1 and w3)."""
+    as do w1 and w3). inputs_only: stop once capture has seen w2's input and
+    return None (a caller collecting the inputs skips the last product)."""
     h = np.asarray(h, dtype=dtype)
     T, dim = h.shape
     nh, nkv, hd = int(cfg["n_heads"]), int(cfg["n_kv_heads"]), int(cfg["head_dim"])
@@ -163,7 +164,11 @@ def layer(weights, cfg, i, h, pos0=0, capture=None, dtype=np.float64) -> np.ndar
     x = rms_norm(h, weights[p + "ffn_norm"], eps, dtype)
     gate = _linear(weights, p + "w1", x, capture)
     up = _linear(weights, p + "w3", x, capture)
-    return h + _linear(weights, p + "w2", _silu(gate) * up, capture)
+    x = _silu(gate) * up
+    if inputs_only:
+        capture(p + "w2", x)
+        return None
+    return h + _linear(weights, p + "w2", x, capture)
 
 
 def head(weights, cfg, h, capture=None) -> np.ndarray:

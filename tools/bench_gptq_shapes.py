@@ -1,6 +1,7 @@
-"""CPU time of one Llama-3.2-1B-shaped layer (random weights) through the gptq pipeline, for docs/QUALITY.md.
+"""CPU time of one Llama-3.2-1B-shaped layer (random weights) through the gptq pipeline, for docs/QUALITY.md
+(process_time: the CPU seconds of every thread together).
 
-    OPENBLAS_NUM_THREADS=1 python tools/bench_gptq_shapes.py
+    python tools/bench_gptq_shapes.py
 
 Prints the float32 calibration forward of one layer on 512 tokens (with the Hessian capture),
 GPTQ (act order, g128) of each matrix shape and of 16,384 rows of the 128256 x 2048 embedding,

@@ -12,33 +12,72 @@ embedding):
     and a Cholesky (7n^3/3), all in float32 (the dampening keeps H well
     conditioned; a failure retries with more dampening, then in float64).
   - Rows are independent given U and the group scales, so a matrix is done in
-    chunks of rows: a 128256 x 2048 embedding never has a full-size float
+    chunks of rows, one chunk per thread at a time (parallel_map): every
+    core works, and a 128256 x 2048 embedding never has a full-size float
     copy beside its input.
+  - Lazy updates on two levels: a column updates the rest of its
+    SUB_BLOCK columns element-wise, a sub-block's errors update the rest of
+    its BLOCK by one matrix product, a block's errors the later columns by
+    another. Narrow sub-blocks keep the element-wise work small, wide
+    blocks keep the passes over the later columns few.
 """
 
 from __future__ import annotations
 
+import os
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
+from threadpoolctl import threadpool_limits
 
-__all__ = ["inverse_cholesky_upper", "gptq_rows", "ROW_CHUNK"]
+__all__ = ["inverse_cholesky_upper", "gptq_rows", "row_chunks", "parallel_map", "workers",
+           "ROW_CHUNK", "BLOCK"]
 
-ROW_CHUNK = 8192            # rows quantized together (float32 working copy of the chunk)
+ROW_CHUNK = 1024            # rows quantized together by one thread (their working set stays in cache)
+BLOCK = 128                 # columns per lazy-update block
+SUB_BLOCK = 32              # columns updated element-wise inside a block
 _TRI_LEAF = 256             # triangular blocks inverted directly below this size
 
 
+def workers():
+    """Threads to use: the cores this process may run on."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def parallel_map(fn, items):
+    """[fn(x) for x in items], on workers() threads with BLAS single-threaded
+    meanwhile: numpy releases the GIL in BLAS calls and in ufuncs over large
+    arrays, and a multi-threaded BLAS under several threads would
+    oversubscribe the cores. Results in the order of items."""
+    items = list(items)
+    n = min(workers(), len(items))
+    if n <= 1:
+        return [fn(x) for x in items]
+    with threadpool_limits(limits=1, user_api="blas"), ThreadPoolExecutor(n) as ex:
+        return list(ex.map(fn, items))
+
+
+def row_chunks(rows):
+    """(r0, r1) chunks of at most ROW_CHUNK rows, at least one per worker thread."""
+    step = max(1, min(ROW_CHUNK, -(-rows // workers())))
+    return [(r0, min(r0 + step, rows)) for r0 in range(0, rows, step)]
+
+
 def _tri_inv_lower(L):
-    """Inverse of a lower-triangular matrix by halves (matrix products only)."""
+    """Inverts a lower-triangular matrix in place, by halves (matrix products
+    only; in place, so an 8192-wide factor needs no second full-size array)."""
     n = L.shape[0]
     if n <= _TRI_LEAF:
-        return np.linalg.inv(L)
+        L[...] = np.linalg.inv(L)
+        return
     k = n // 2
-    ai = _tri_inv_lower(L[:k, :k])
-    ci = _tri_inv_lower(L[k:, k:])
-    out = np.zeros_like(L)
-    out[:k, :k] = ai
-    out[k:, k:] = ci
-    out[k:, :k] = -(ci @ (L[k:, :k] @ ai))
-    return out
+    _tri_inv_lower(L[:k, :k])
+    _tri_inv_lower(L[k:, k:])
+    # [[A, 0], [B, C]]^-1 = [[A^-1, 0], [-C^-1 B A^-1, C^-1]]
+    L[k:, :k] = -(L[k:, k:] @ (L[k:, :k] @ L[:k, :k]))
 
 
 def inverse_cholesky_upper(H, damp=0.01, order=None):
@@ -60,35 +99,37 @@ def inverse_cholesky_upper(H, damp=0.01, order=None):
             except np.linalg.LinAlgError:
                 continue
             del Hr
-            U = _tri_inv_lower(L)
-            del L
-            if np.all(np.isfinite(U)):
-                return np.ascontiguousarray(U[::-1, ::-1], dtype=np.float32)
+            _tri_inv_lower(L)
+            if np.all(np.isfinite(L)):
+                return np.ascontiguousarray(L[::-1, ::-1], dtype=np.float32)
     raise np.linalg.LinAlgError("Hessian not positive definite even with heavy dampening")
 
 
-def gptq_rows(W, U, perm, quantize_column, block_size=128):
+def gptq_rows(W, U, perm, quantize_column, block_size=BLOCK):
     """GPTQ of the rows W (rows, cols) float32, columns visited in order perm
     (W and U already permuted: column i of W is column perm[i] of the file).
     quantize_column(i, x, block_rest, rest) -> (q, dequantized x) for permuted
     column i (x: its current values; block_rest, rest: the not yet quantized
     columns of its block from i on, and those after the block, for a scale
-    searched on the error-updated weights). Returns q (rows, cols) int8 in
+    searched on the error-updated weights: block_rest is up to date at the
+    start of every SUB_BLOCK columns). Returns q (rows, cols) int8 in
     permuted order. W is overwritten."""
     rows, cols = W.shape
     Q = np.zeros((rows, cols), np.int8)
     for b0 in range(0, cols, block_size):
         b1 = min(b0 + block_size, cols)
-        W1 = W[:, b0:b1]
         E1 = np.zeros((rows, b1 - b0), np.float32)
-        U1 = U[b0:b1, b0:b1]
-        for i in range(b1 - b0):
-            x = W1[:, i]
-            q, xq = quantize_column(b0 + i, x, W1[:, i:], W[:, b1:])
-            Q[:, b0 + i] = q
-            err = (x - xq) / U1[i, i]
-            W1[:, i:] -= np.outer(err, U1[i, i:])
-            E1[:, i] = err
+        for s0 in range(b0, b1, SUB_BLOCK):
+            s1 = min(s0 + SUB_BLOCK, b1)
+            for i in range(s0, s1):
+                x = W[:, i]
+                q, xq = quantize_column(i, x, W[:, i:b1], W[:, b1:])
+                Q[:, i] = q
+                err = (x - xq) / U[i, i]
+                W[:, i:s1] -= np.outer(err, U[i, i:s1])
+                E1[:, i - b0] = err
+            if s1 < b1:
+                W[:, s1:b1] -= E1[:, s0 - b0:s1 - b0] @ U[s0:s1, s1:b1]
         if b1 < cols:
             W[:, b1:] -= E1 @ U[b0:b1, b1:]
     return Q

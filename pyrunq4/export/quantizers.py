@@ -296,7 +296,7 @@ def quantize_mse(w, group_size, imp=None, weight_type="q4s") -> QuantizedTensor:
 # gptq
 # ---------------------------------------------------------------------------
 
-def quantize_gptq(w, H, group_size, act_order=False, block_size=128, damp=0.01,
+def quantize_gptq(w, H, group_size, act_order=False, block_size=gptq.BLOCK, damp=0.01,
                   static_groups=None, weight_type="q4s") -> QuantizedTensor:
     """GPTQ of w (rows, cols) with Hessian H (cols, cols) ~ 2 X^T X of its inputs.
 
@@ -308,7 +308,8 @@ def quantize_gptq(w, H, group_size, act_order=False, block_size=128, damp=0.01,
     with static groups (the default with act_order) they are searched up front
     on the original weights, else when a group's first column is reached, on
     the error-updated weights (search_params, weighted by diag(H)).
-    Rows are done in chunks of gptq.ROW_CHUNK (each row depends only on H)."""
+    Rows are done in chunks (gptq.row_chunks: each row depends only on H and
+    its own scales), on every core (gptq.parallel_map)."""
     w = _check(w, group_size)
     rows, cols = w.shape
     H = np.asarray(H)
@@ -331,8 +332,9 @@ def quantize_gptq(w, H, group_size, act_order=False, block_size=128, damp=0.01,
     d = np.zeros((rows, ngroups), np.float16)
     m = np.zeros((rows, ngroups), np.float16) if weight_type == "q4a" else None
     Q = np.empty((rows, cols), np.int8 if m is None else np.uint8)
-    for r0 in range(0, rows, gptq.ROW_CHUNK):
-        r1 = min(r0 + gptq.ROW_CHUNK, rows)
+
+    def quantize_rows(chunk):
+        r0, r1 = chunk
         Wc = np.array(w[r0:r1], dtype=np.float32)
         Wc[:, dead] = 0.0
         if static_groups:
@@ -364,27 +366,40 @@ def quantize_gptq(w, H, group_size, act_order=False, block_size=128, damp=0.01,
 
         Qc = gptq.gptq_rows(np.ascontiguousarray(Wc[:, perm]), U, perm, quantize_column, block_size)
         Q[r0:r1] = Qc[:, inv]
+
+    gptq.parallel_map(quantize_rows, gptq.row_chunks(rows))
     return QuantizedTensor(weight_type, group_size, Q, d, m)
 
 
 class hessian_accumulator:
-    """Accumulates H = 2/n * sum X^T X over calibration batches X (T, cols)."""
+    """H = 2/n * sum X^T X over calibration batches X (T, cols), in float32.
+    Batches are kept until hessian() (a few MB each): one product over all of
+    them is one large BLAS call on every core, and its sum does not depend on
+    the order threads added the batches in (add() is called in order)."""
 
     def __init__(self, cols):
-        self.H = np.zeros((cols, cols), np.float64)
+        self.cols = cols
+        self.xtx = None                             # sum X^T X of the batches folded so far
+        self.pending = []
         self.n = 0
         self.absmean = np.zeros(cols, np.float64)   # sum |x| per channel, for awq
 
     def add(self, x):
-        # one float32 product per batch (BLAS sgemm), summed over batches in float64
-        x = np.asarray(x, dtype=np.float32).reshape(-1, self.H.shape[0])
-        self.H += x.T @ x
+        x = np.array(x, dtype=np.float32).reshape(-1, self.cols)   # a copy: callers reuse buffers
+        self.pending.append(x)
         self.absmean += np.abs(x).sum(axis=0, dtype=np.float64)
         self.n += x.shape[0]
 
     def hessian(self):
         """2/n * X^T X as float32 (what GPTQ factorizes)."""
-        return (self.H * (2.0 / max(self.n, 1))).astype(np.float32)
+        if self.pending:
+            X = np.concatenate(self.pending) if len(self.pending) > 1 else self.pending[0]
+            self.pending = []
+            xtx = X.T @ X
+            self.xtx = xtx if self.xtx is None else self.xtx + xtx
+        if self.xtx is None:
+            return np.zeros((self.cols, self.cols), np.float32)
+        return self.xtx * np.float32(2.0 / max(self.n, 1))
 
     def mean_abs(self):
         return self.absmean / max(self.n, 1)
@@ -479,7 +494,9 @@ def quantize_model(get, cfg, method, group_size, calib_ids=None, act_order=False
             return quantize_rtn(w, embed_gs, "q8")
         if embed_method == "gptq" and H is not None:
             return quantize_gptq(w, H, embed_gs, act_order=act_order, weight_type=embed_qtype)
-        return quantize(w, "rtn" if embed_method == "rtn" else "mse", embed_gs, weight_type=embed_qtype)
+        if embed_method == "rtn":
+            return quantize(w, "rtn", embed_gs, weight_type=embed_qtype)
+        return _by_row_chunks(lambda rows: quantize(rows, "mse", embed_gs, weight_type=embed_qtype), w)
 
     if calibrated:
         # calibration inputs: the embedding rows of the calibration tokens as they will
@@ -512,7 +529,7 @@ def quantize_model(get, cfg, method, group_size, calib_ids=None, act_order=False
             Wq = {k: (v if isinstance(v, np.ndarray) else dequantize(v)) for k, v in out.items()}
             for k in ("attention_norm", "ffn_norm"):
                 Wq.setdefault(p + k, W[p + k])
-            hs = [R.layer(Wq, cfg, i, h, dtype=np.float32) for h in hs]
+            hs = gptq.parallel_map(lambda h: R.layer(Wq, cfg, i, h, dtype=np.float32), hs)
             del Wq
             timing["forward"] += time.time() - t1
         for k in ("attention_norm", "wq", "wk", "wv", "wo", "ffn_norm", "w1", "w2", "w3"):
@@ -540,20 +557,39 @@ def quantize_model(get, cfg, method, group_size, calib_ids=None, act_order=False
     bar.close()
 
 
-def _capture_hessians(W32, cfg, i, hs, names):
-    """Run layer i over every calibration sequence; accumulate the Hessians of the
-    inputs of `names` (one accumulator per distinct input)."""
-    acc = {}
+def _by_row_chunks(quantize_rows, w):
+    """quantize_rows over chunks of rows of w on every core (a data-free
+    quantizer treats rows independently), joined into one QuantizedTensor."""
+    step = max(1, _ROW_CHUNK_ELEMS // max(w.shape[1], 1))
+    parts = gptq.parallel_map(lambda r0: quantize_rows(w[r0:r0 + step]), range(0, w.shape[0], step))
+    if len(parts) == 1:
+        return parts[0]
+    p = parts[0]
+    return QuantizedTensor(p.type, p.group_size, np.concatenate([t.q for t in parts]),
+                           np.concatenate([t.d for t in parts]),
+                           None if p.m is None else np.concatenate([t.m for t in parts]))
 
-    def capture(name, x):
-        k = name.rsplit(".", 1)[1]
-        if k in names:
+
+def _capture_hessians(W32, cfg, i, hs, names):
+    """Run layer i over every calibration sequence (sequences in parallel);
+    accumulate the Hessians of the inputs of `names` (one accumulator per
+    distinct input), batches added in sequence order."""
+    def inputs(h):
+        seen = {}
+
+        def capture(name, x):
+            k = name.rsplit(".", 1)[1]
+            if k in names:
+                seen[k] = np.asarray(x, dtype=np.float32)
+        R.layer(W32, cfg, i, h, capture=capture, dtype=np.float32, inputs_only=True)
+        return seen
+
+    acc = {}
+    for seen in gptq.parallel_map(inputs, hs):
+        for k, x in seen.items():
             if k not in acc:
                 acc[k] = hessian_accumulator(x.shape[1])
             acc[k].add(x)
-
-    for h in hs:
-        R.layer(W32, cfg, i, h, capture=capture, dtype=np.float32)
     return acc
 
 
