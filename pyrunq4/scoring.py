@@ -4,12 +4,12 @@ divergence of the next-token distributions and whether their top tokens agree.
 
 The sequence is cut into non-overlapping windows of `window` tokens, each
 evaluated from an empty cache; every token after a window's first is scored
-(the first is context only). A window is fed in chunks of CHUNK tokens that
-continue the cache, so the logits held at once are CHUNK x vocab float32 (what
-processing the window as a prompt computes anyway, not a window's worth), and
-every log-softmax is taken in float32 on those rows, in place (the
-exponentials of EXP_ROWS rows at a time), and one buffer per model takes the
-chunks' logits.
+(the first is context only). A window is fed in chunks of chunk_rows(vocab)
+tokens (CHUNK, fewer for a large vocabulary) that continue the cache, so the
+logits held at once are one chunk's float32 rows (what processing the window
+as a prompt computes anyway, not a window's worth), every log-softmax is taken
+in float32 on those rows, in place (the exponentials of EXP_ROWS rows at a
+time), and one buffer per model takes the chunks' logits.
 
     KL(P_ref || P) = sum_v P_ref(v) (log P_ref(v) - log P(v))   per scored token
 """
@@ -20,12 +20,23 @@ import time
 
 import numpy as np
 
-__all__ = ["CHUNK", "log_softmax", "target_log_probs", "kl_divergence", "Scores", "score",
+__all__ = ["CHUNK", "chunk_rows", "log_softmax", "target_log_probs", "kl_divergence", "Scores", "score",
            "FloatReference"]
 
-# Tokens fed per call while scoring: the engine's own prompt chunk (RQ4_BATCH),
-# so feeding in chunks computes exactly what one call for the window would.
+# Tokens fed per call while scoring: at most the engine's own prompt chunk
+# (RQ4_BATCH); the engine computes each token the same whatever the chunks, so
+# feeding in chunks scores what one call for the window would.
 CHUNK = 64
+# The logits of one chunk held at once, in bytes: a large vocabulary gets
+# fewer rows per chunk (never under MIN_CHUNK), so scoring stays within the
+# model's own footprint plus a constant.
+LOGITS_BUDGET = 16 << 20
+MIN_CHUNK = 16
+
+
+def chunk_rows(vocab_size):
+    """Tokens per scoring chunk for a vocabulary of vocab_size."""
+    return max(MIN_CHUNK, min(CHUNK, LOGITS_BUDGET // (4 * max(int(vocab_size), 1))))
 # Rows whose exponentials exist at once in log_softmax (a row at a time would
 # cost a numpy call per row; all at once a second copy of the logits).
 EXP_ROWS = 8
@@ -102,27 +113,28 @@ class FloatReference:
         self.weights, self.header = weights_from_rq4(path)
         self.config = self._Config(self.header)
 
-    def chunks(self, ids):
-        """(float32 logits of ids[a:b], a, b) for the chunks of one window."""
+    def chunks(self, ids, rows):
+        """(float32 logits of ids[a:b], a, b) for the chunks of `rows` tokens of one window."""
         R = self._ref
         h = R.embed(self.weights, ids)
         for i in range(int(self.header["n_layers"])):
             h = R.layer(self.weights, self.header, i, h)
-        for a in range(0, len(ids), CHUNK):
-            b = min(a + CHUNK, len(ids))
+        for a in range(0, len(ids), rows):
+            b = min(a + rows, len(ids))
             yield R.head(self.weights, self.header, h[a:b]).astype(np.float32), a, b
 
 
-def _chunks(model, ids):
-    """(logits of ids[a:b] continuing the cache, a, b) for the chunks of one window,
-    all in one buffer (the caller is done with a chunk when it asks for the next)."""
+def _chunks(model, ids, rows):
+    """(logits of ids[a:b] continuing the cache, a, b) for the chunks of `rows`
+    tokens of one window, all in one buffer (the caller is done with a chunk
+    when it asks for the next)."""
     if hasattr(model, "chunks"):
-        yield from model.chunks(ids)
+        yield from model.chunks(ids, rows)
         return
     model.rewind(0)
-    buf = np.empty((CHUNK, model.config.vocab_size), dtype=np.float32)
-    for a in range(0, len(ids), CHUNK):
-        b = min(a + CHUNK, len(ids))
+    buf = np.empty((rows, model.config.vocab_size), dtype=np.float32)
+    for a in range(0, len(ids), rows):
+        b = min(a + rows, len(ids))
         yield model.feed(ids[a:b], all_logits=True, out=buf[:b - a]), a, b
 
 
@@ -137,11 +149,13 @@ def score(models, ids, window=512, reference=None, progress=None):
         if window > m.config.n_ctx:
             raise ValueError(f"window {window} exceeds the context {m.config.n_ctx}")
     out = [Scores() for _ in models]
+    # one chunk size for every model, so their chunks stay in lockstep
+    rows = chunk_rows(max(m.config.vocab_size for m in list(models) + ([reference] if reference is not None else [])))
     starts = [s for s in range(0, len(ids), window) if len(ids[s:s + window]) >= 2]
     for s in starts:
         win = ids[s:s + window]
-        ref_iter = _chunks(reference, win) if reference is not None else None
-        iters = [_chunks(m, win) for m in models]
+        ref_iter = _chunks(reference, win, rows) if reference is not None else None
+        iters = [_chunks(m, win, rows) for m in models]
         while True:
             ref_lp = None
             if ref_iter is not None:

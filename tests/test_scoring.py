@@ -24,10 +24,15 @@ def test_log_softmax_and_kl_match_float64():
     assert np.all(kl_divergence(got, got) == 0)
 
 
-def test_chunked_scores_equal_whole_windows(tiny_untied):
-    """Windows fed in chunks of 64 continuing the cache score what one call per
-    window scores (the engine's prompt chunk is 64 as well)."""
+@pytest.mark.parametrize("rows", [64, 16, 40])
+def test_chunked_scores_equal_whole_windows(tiny_untied, monkeypatch, rows):
+    """Windows fed in chunks continuing the cache score what one call per
+    window scores: in chunks of 64 (the engine's prompt chunk), and of fewer
+    rows, as a large vocabulary gets (chunk_rows)."""
+    import pyrunq4.scoring
     with Model(tiny_untied, n_threads=2) as m:
+        monkeypatch.setattr(pyrunq4.scoring, "LOGITS_BUDGET", 4 * m.config.vocab_size * rows)
+        assert pyrunq4.scoring.chunk_rows(m.config.vocab_size) == rows
         ids = np.random.default_rng(1).integers(3, m.config.vocab_size, 300)
         s = score([m], ids, window=128)[0]
         want = []
