@@ -26,7 +26,7 @@ from lm_eval.api.registry import register_model
 from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
 
 from .progress import progress_bar
-from .scoring import CHUNK, log_softmax
+from .scoring import chunk_rows, log_softmax
 
 __all__ = ["Rq4LM", "evaluate"]
 
@@ -110,8 +110,9 @@ class Rq4LM(LM):
         if first > keep:
             m.feed(ids[keep:first])
         total, greedy = 0.0, True
-        for a in range(first, len(ids) - 1, CHUNK):
-            b = min(a + CHUNK, len(ids) - 1)
+        step = chunk_rows(m.config.vocab_size)
+        for a in range(first, len(ids) - 1, step):
+            b = min(a + step, len(ids) - 1)
             lp = log_softmax(m.feed(ids[a:b], all_logits=True))
             target = np.asarray(ids[a + 1:b + 1])
             rows = np.arange(b - a)
