@@ -129,13 +129,7 @@ ALWAYS void unpack_values(int kind, const uint8_t *wq, int b, int8x16_t *w0, int
     }
     uint8x16_t v = vld1q_u8(wq + (size_t)b * (QK / 2));
     int8x16_t lo, hi;
-    if (kind == K_Q4S) {
-        lo = vreinterpretq_s8_u8(vshlq_n_u8(v, 4));
-        hi = vreinterpretq_s8_u8(vandq_u8(v, vdupq_n_u8(0xF0)));
-    } else {
-        lo = vreinterpretq_s8_u8(vandq_u8(v, vdupq_n_u8(0x0F)));
-        hi = vreinterpretq_s8_u8(vshrq_n_u8(v, 4));
-    }
+    unpack_nibbles(kind, v, &lo, &hi);
     *w0 = vzip1q_s8(lo, hi);
     *w1 = vzip2q_s8(lo, hi);
 }
@@ -336,13 +330,7 @@ ALWAYS int32x4_t r4_dot_bytes(int kind, const uint8_t *p, int8x16_t xe, int8x16_
     for (int k = 0; k < 4; k++) {
         uint8x16_t v = vld1q_u8(p + 16 * k);
         int8x16_t lo, hi;
-        if (kind == K_Q4S) {
-            lo = vreinterpretq_s8_u8(vshlq_n_u8(v, 4));
-            hi = vreinterpretq_s8_u8(vandq_u8(v, vdupq_n_u8(0xF0)));
-        } else {
-            lo = vreinterpretq_s8_u8(vandq_u8(v, vdupq_n_u8(0x0F)));
-            hi = vreinterpretq_s8_u8(vshrq_n_u8(v, 4));
-        }
+        unpack_nibbles(kind, v, &lo, &hi);
         a = SDOT_LANE(a, lo, xe, k);
         a = SDOT_LANE(a, hi, xo, k);
     }
