@@ -18,6 +18,7 @@ import numpy as np
 
 from ...errors import ExportError
 from ..format import MAX_EOS, ROPE_LLAMA3, ROPE_NONE, complete_header, validate_model_header
+from ..quant import CHUNK_VALUES
 from .base import Source, read_json
 
 # safetensors dtype -> numpy storage dtype (BF16 is read as its uint16 bits)
@@ -36,8 +37,6 @@ LAYER_MAP = {
     "w2": "mlp.down_proj.weight",
     "w3": "mlp.up_proj.weight",
 }
-
-CHUNK_VALUES = 1 << 22
 
 
 def header_from_config(cfg, where="config.json"):
