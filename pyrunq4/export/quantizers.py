@@ -71,7 +71,7 @@ QA_MAX = 15                                # q4a levels: 0 .. QA_MAX
 WEIGHT_TYPES = ("q4s", "q4a")              # the int4 types the quantizers write (--weight-type)
 # Steps of the q4a search: scales (15 + step) / (max - min), as llama.cpp's make_qkx2_quants.
 AFFINE_STEPS = tuple(np.round(np.linspace(-1.0, 1.0, 11), 4))
-_ROW_CHUNK_ELEMS = 1 << 22  # rows processed together by the mse search: ~16 MB of float32
+_ROW_CHUNK_ELEMS = 1 << 18  # rows processed together by the mse search: ~1 MB of float32, its passes stay in cache
 
 
 def _group_bounds(cols, group_size):
@@ -124,14 +124,21 @@ def _search_block(wg, imp, ratios, refine):
     sgn[sgn == 0] = 1
     best_d = np.zeros(amax.shape, np.float16)
     best_e = np.full(amax.shape, np.inf, np.float32)
+    r = np.empty_like(wg)
 
     def consider(d16):
         nonlocal best_d, best_e
-        d = d16.astype(np.float32)
-        r = wg - _quantize_values(wg, d) * d[..., None]
-        r *= r
+        # the residual of _quantize_values' levels, in one buffer (no temporaries);
+        # where d == 0 it is w whatever the levels, so they are not zeroed
+        d = d16.astype(np.float32)[..., None]
+        np.divide(wg, np.where(d == 0, np.float32(1), d), out=r)
+        np.rint(r, out=r)
+        np.clip(r, QMIN, QMAX, out=r)
+        np.multiply(r, d, out=r)
+        np.subtract(wg, r, out=r)
+        np.multiply(r, r, out=r)
         if imp is not None:
-            r *= imp
+            np.multiply(r, imp, out=r)
         e = r.sum(axis=-1)
         better = e < best_e
         best_e = np.where(better, e, best_e)
