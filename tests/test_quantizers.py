@@ -201,6 +201,72 @@ def test_gptq_dead_columns_and_zero_rows():
     assert np.all(qt.q[2] == 0) and np.all(qt.q[:, 5] == 0)
 
 
+def _textbook_gptq(w, H, gs, act_order, damp=0.01):
+    """GPTQ as the paper writes it, in float64: U = the upper Cholesky factor of
+    the dampened H^-1, every column's error applied to all later columns at once;
+    static group scales with act order, else searched when a group starts."""
+    cols = w.shape[1]
+    diag = np.diag(H).astype(np.float64)
+    perm = np.argsort(-diag, kind="stable") if act_order else np.arange(cols)
+    Hp = H.astype(np.float64)[np.ix_(perm, perm)]
+    Hp[np.diag_indices(cols)] += damp * np.mean(np.diag(Hp))
+    U = np.linalg.cholesky(np.linalg.inv(Hp)).T
+    d = Q.search_scales(w, gs, imp=diag).astype(np.float64) if act_order else np.zeros((w.shape[0], -(-cols // gs)))
+    W = w.astype(np.float64)[:, perm]
+    q = np.zeros(w.shape)
+    for i in range(cols):
+        j = perm[i]
+        g = j // gs
+        if not act_order and j % gs == 0:
+            cur = W[:, i:min(i + gs, cols)].astype(np.float32)
+            d[:, g] = Q.search_scales(cur, gs, imp=diag[i:i + cur.shape[1]])[:, 0]
+        safe = np.where(d[:, g] == 0, 1, d[:, g])
+        q[:, j] = np.clip(np.rint(W[:, i] / safe), -8, 7)
+        err = (W[:, i] - q[:, j] * d[:, g]) / U[i, i]
+        W[:, i:] -= np.outer(err, U[i, i:])
+    return q
+
+
+@pytest.mark.parametrize("act_order", [False, True])
+def test_gptq_matches_the_textbook_algorithm(act_order):
+    """The blocked, left-looking, float32 GPTQ (several blocks, sub-blocks and a
+    shorter last one) against the paper's column loop in float64: the same levels
+    but for float rounding, the same output error."""
+    rng = np.random.default_rng(9)
+    rows, cols, gs = 40, 416, 32
+    w = rng.standard_normal((rows, cols)).astype(np.float32)
+    x = _correlated_inputs(rng, 900, cols)
+    acc = Q.hessian_accumulator(cols)
+    acc.add(x)
+    H = acc.hessian()
+    qt = Q.quantize_gptq(w, H, gs, act_order=act_order)
+    ref = _textbook_gptq(w, H, gs, act_order)
+    assert np.mean(qt.q == ref) > 0.99
+
+    def out_err(wq):
+        return float(np.sum((x @ w.T - x @ wq.T) ** 2))
+    d = np.repeat(qt.d.astype(np.float64), gs, axis=1)[:, :cols]
+    assert out_err(dequantize(qt)) == pytest.approx(out_err(ref * d), rel=0.02)
+
+
+def test_gptq_cholesky_factor():
+    """gptq.cholesky_upper (panels of 256 columns, the last one shorter): V upper,
+    V V^T = the permuted, dampened H; a matrix no dampening helps is refused."""
+    from pyrunq4.export import gptq
+    rng = np.random.default_rng(10)
+    n = 600
+    x = _correlated_inputs(rng, 400, n)                    # rank-deficient: the dampening matters
+    H = (x.T @ x / 400).astype(np.float32)
+    order = rng.permutation(n)
+    V = gptq.cholesky_upper(H, 0.01, order).astype(np.float64)
+    assert np.all(np.tril(V, -1) == 0)
+    Ho = H.astype(np.float64)[np.ix_(order, order)]
+    Ho[np.diag_indices(n)] += 0.01 * np.mean(np.diag(Ho))
+    assert np.abs(V @ V.T - Ho).max() < 1e-5 * np.abs(Ho).max()
+    with pytest.raises(np.linalg.LinAlgError):
+        gptq.cholesky_upper(-np.eye(n, dtype=np.float32))
+
+
 def test_calibration_sequences():
     ids = np.arange(10000)
     seqs = Q.calibration_sequences(ids, seq_len=512, n_tokens=2048, bos_id=7)
