@@ -1,5 +1,7 @@
 """pyrunq4/export/quantizers.py: mse and gptq against rtn on synthetic data (fast)."""
 
+import os
+
 import numpy as np
 import pytest
 
@@ -265,6 +267,30 @@ def test_gptq_cholesky_factor():
     assert np.abs(V @ V.T - Ho).max() < 1e-5 * np.abs(Ho).max()
     with pytest.raises(np.linalg.LinAlgError):
         gptq.cholesky_upper(-np.eye(n, dtype=np.float32))
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity") or len(os.sched_getaffinity(0)) < 2,
+                    reason="needs two cores to compare against one")
+@pytest.mark.parametrize("act_order,weight_type", [(True, "q4s"), (False, "q4a")])
+def test_gptq_same_levels_on_one_core_and_on_all(act_order, weight_type):
+    """The row chunks and the products' rounding do not depend on the core count:
+    GPTQ on one core and on all of them gives the same bytes."""
+    rng = np.random.default_rng(5)
+    rows, cols = 3000, 1024                                # several chunks; flips seen at this size
+    w = (rng.standard_normal((rows, cols)) * 0.02).astype(np.float32)
+    x = _correlated_inputs(rng, 2048, cols)
+    acc = Q.hessian_accumulator(cols)
+    acc.add(x)
+    cores = os.sched_getaffinity(0)
+    out = []
+    try:
+        for use in ({min(cores)}, cores):
+            os.sched_setaffinity(0, use)
+            qt = Q.quantize_gptq(w, acc.hessian(), 128, act_order=act_order, weight_type=weight_type)
+            out.append(qt.q.tobytes() + qt.d.tobytes() + (b"" if qt.m is None else qt.m.tobytes()))
+    finally:
+        os.sched_setaffinity(0, cores)
+    assert out[0] == out[1]
 
 
 def test_calibration_sequences():

@@ -37,6 +37,7 @@ __all__ = ["cholesky_upper", "block_inverses", "gptq_rows", "row_chunks", "paral
            "ROW_CHUNK", "BLOCK"]
 
 ROW_CHUNK = 1024            # rows quantized together by one thread (their working set stays in cache)
+MIN_CHUNKS = 2              # chunks of a matrix at least: both cores of a small machine busy
 BLOCK = 128                 # columns per block (one product with the earlier residuals each)
 SUB_BLOCK = 32              # columns updated element-wise inside a block
 _CHOL_PANEL = 256           # columns per panel of the blocked Cholesky factorization
@@ -54,18 +55,22 @@ def parallel_map(fn, items):
     """[fn(x) for x in items], on workers() threads with BLAS single-threaded
     meanwhile: numpy releases the GIL in BLAS calls and in ufuncs over large
     arrays, and a multi-threaded BLAS under several threads would
-    oversubscribe the cores. Results in the order of items."""
+    oversubscribe the cores. Single-threaded also with one worker, so that a
+    product's rounding does not depend on the core count. Results in the
+    order of items."""
     items = list(items)
     n = min(workers(), len(items))
-    if n <= 1:
-        return [fn(x) for x in items]
-    with threadpool_limits(limits=1, user_api="blas"), ThreadPoolExecutor(n) as ex:
-        return list(ex.map(fn, items))
+    with threadpool_limits(limits=1, user_api="blas"):
+        if n <= 1:
+            return [fn(x) for x in items]
+        with ThreadPoolExecutor(n) as ex:
+            return list(ex.map(fn, items))
 
 
 def row_chunks(rows):
-    """(r0, r1) chunks of at most ROW_CHUNK rows, at least one per worker thread."""
-    step = max(1, min(ROW_CHUNK, -(-rows // workers())))
+    """(r0, r1) chunks of at most ROW_CHUNK rows, at least MIN_CHUNKS of them: a
+    function of rows alone, so that the file does not depend on the core count."""
+    step = max(1, min(ROW_CHUNK, -(-rows // MIN_CHUNKS)))
     return [(r0, min(r0 + step, rows)) for r0 in range(0, rows, step)]
 
 
