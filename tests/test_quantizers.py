@@ -1,5 +1,7 @@
 """pyrunq4/export/quantizers.py: mse and gptq against rtn on synthetic data (fast)."""
 
+import os
+
 import numpy as np
 import pytest
 
@@ -199,6 +201,96 @@ def test_gptq_dead_columns_and_zero_rows():
     qt = Q.quantize_gptq(w, acc.hessian(), 32)
     _check_format(qt, w.shape, 32)
     assert np.all(qt.q[2] == 0) and np.all(qt.q[:, 5] == 0)
+
+
+def _textbook_gptq(w, H, gs, act_order, damp=0.01):
+    """GPTQ as the paper writes it, in float64: U = the upper Cholesky factor of
+    the dampened H^-1, every column's error applied to all later columns at once;
+    static group scales with act order, else searched when a group starts."""
+    cols = w.shape[1]
+    diag = np.diag(H).astype(np.float64)
+    perm = np.argsort(-diag, kind="stable") if act_order else np.arange(cols)
+    Hp = H.astype(np.float64)[np.ix_(perm, perm)]
+    Hp[np.diag_indices(cols)] += damp * np.mean(np.diag(Hp))
+    U = np.linalg.cholesky(np.linalg.inv(Hp)).T
+    d = Q.search_scales(w, gs, imp=diag).astype(np.float64) if act_order else np.zeros((w.shape[0], -(-cols // gs)))
+    W = w.astype(np.float64)[:, perm]
+    q = np.zeros(w.shape)
+    for i in range(cols):
+        j = perm[i]
+        g = j // gs
+        if not act_order and j % gs == 0:
+            cur = W[:, i:min(i + gs, cols)].astype(np.float32)
+            d[:, g] = Q.search_scales(cur, gs, imp=diag[i:i + cur.shape[1]])[:, 0]
+        safe = np.where(d[:, g] == 0, 1, d[:, g])
+        q[:, j] = np.clip(np.rint(W[:, i] / safe), -8, 7)
+        err = (W[:, i] - q[:, j] * d[:, g]) / U[i, i]
+        W[:, i:] -= np.outer(err, U[i, i:])
+    return q
+
+
+@pytest.mark.parametrize("act_order", [False, True])
+def test_gptq_matches_the_textbook_algorithm(act_order):
+    """The blocked, left-looking, float32 GPTQ (several blocks, sub-blocks and a
+    shorter last one) against the paper's column loop in float64: the same levels
+    but for float rounding, the same output error."""
+    rng = np.random.default_rng(9)
+    rows, cols, gs = 40, 416, 32
+    w = rng.standard_normal((rows, cols)).astype(np.float32)
+    x = _correlated_inputs(rng, 900, cols)
+    acc = Q.hessian_accumulator(cols)
+    acc.add(x)
+    H = acc.hessian()
+    qt = Q.quantize_gptq(w, H, gs, act_order=act_order)
+    ref = _textbook_gptq(w, H, gs, act_order)
+    assert np.mean(qt.q == ref) > 0.99
+
+    def out_err(wq):
+        return float(np.sum((x @ w.T - x @ wq.T) ** 2))
+    d = np.repeat(qt.d.astype(np.float64), gs, axis=1)[:, :cols]
+    assert out_err(dequantize(qt)) == pytest.approx(out_err(ref * d), rel=0.02)
+
+
+def test_gptq_cholesky_factor():
+    """gptq.cholesky_upper (panels of 256 columns, the last one shorter): V upper,
+    V V^T = the permuted, dampened H; a matrix no dampening helps is refused."""
+    from pyrunq4.export import gptq
+    rng = np.random.default_rng(10)
+    n = 600
+    x = _correlated_inputs(rng, 400, n)                    # rank-deficient: the dampening matters
+    H = (x.T @ x / 400).astype(np.float32)
+    order = rng.permutation(n)
+    V = gptq.cholesky_upper(H, 0.01, order).astype(np.float64)
+    assert np.all(np.tril(V, -1) == 0)
+    Ho = H.astype(np.float64)[np.ix_(order, order)]
+    Ho[np.diag_indices(n)] += 0.01 * np.mean(np.diag(Ho))
+    assert np.abs(V @ V.T - Ho).max() < 1e-5 * np.abs(Ho).max()
+    with pytest.raises(np.linalg.LinAlgError):
+        gptq.cholesky_upper(-np.eye(n, dtype=np.float32))
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity") or len(os.sched_getaffinity(0)) < 2,
+                    reason="needs two cores to compare against one")
+@pytest.mark.parametrize("act_order,weight_type", [(True, "q4s"), (False, "q4a")])
+def test_gptq_same_levels_on_one_core_and_on_all(act_order, weight_type):
+    """The row chunks and the products' rounding do not depend on the core count:
+    GPTQ on one core and on all of them gives the same bytes."""
+    rng = np.random.default_rng(5)
+    rows, cols = 3000, 1024                                # several chunks; flips seen at this size
+    w = (rng.standard_normal((rows, cols)) * 0.02).astype(np.float32)
+    x = _correlated_inputs(rng, 2048, cols)
+    acc = Q.hessian_accumulator(cols)
+    acc.add(x)
+    cores = os.sched_getaffinity(0)
+    out = []
+    try:
+        for use in ({min(cores)}, cores):
+            os.sched_setaffinity(0, use)
+            qt = Q.quantize_gptq(w, acc.hessian(), 128, act_order=act_order, weight_type=weight_type)
+            out.append(qt.q.tobytes() + qt.d.tobytes() + (b"" if qt.m is None else qt.m.tobytes()))
+    finally:
+        os.sched_setaffinity(0, cores)
+    assert out[0] == out[1]
 
 
 def test_calibration_sequences():

@@ -6,20 +6,23 @@ columns not yet quantized through U, the upper Cholesky factor of H^-1.
 
 Costs that matter at Llama-3.2-1B size (8192-wide Hessians, a 128256-row
 embedding):
-  - U without inverting H: with J the order-reversing permutation,
-    J H J = L L^T (lower Cholesky) gives U = J L^-1 J, so U costs one
-    Cholesky and one triangular inverse (2n^3/3 flops) instead of an inverse
-    and a Cholesky (7n^3/3), all in float32 (the dampening keeps H well
-    conditioned; a failure retries with more dampening, then in float64).
-  - Rows are independent given U and the group scales, so a matrix is done in
-    chunks of rows, one chunk per thread at a time (parallel_map): every
+  - No inverse at all: with J the order-reversing permutation,
+    J H J = L L^T (lower Cholesky) gives H = V V^T with V = J L J upper,
+    and U = V^-1. GPTQ's updates only say W - Q = E U (E: the scaled
+    errors), so E = (W - Q) V, and the columns of a block B start from
+    W[:, B] + (W - Q)[:, <B] V[<B, B] U[B, B] ("left-looking": one product
+    per block with the residuals of the columns before it). Only the
+    diagonal blocks of U are inverted (128 x 128 each), so H costs one
+    Cholesky (n^3/3 flops) where an inverse and a Cholesky cost 7n^3/3.
+  - Rows are independent given V and the group scales, so a matrix is done
+    in chunks of rows, one chunk per thread at a time (parallel_map): every
     core works, and a 128256 x 2048 embedding never has a full-size float
     copy beside its input.
-  - Lazy updates on two levels: a column updates the rest of its
-    SUB_BLOCK columns element-wise, a sub-block's errors update the rest of
-    its BLOCK by one matrix product, a block's errors the later columns by
-    another. Narrow sub-blocks keep the element-wise work small, wide
-    blocks keep the passes over the later columns few.
+  - A chunk is worked on transposed (columns x rows): the column being
+    quantized, and each row of an update, is contiguous in memory.
+  - Inside a block, a column updates the rest of its SUB_BLOCK columns
+    element-wise, a sub-block's errors the rest of the block by one matrix
+    product.
 """
 
 from __future__ import annotations
@@ -30,13 +33,14 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 from threadpoolctl import threadpool_limits
 
-__all__ = ["inverse_cholesky_upper", "gptq_rows", "row_chunks", "parallel_map", "workers",
+__all__ = ["cholesky_upper", "block_inverses", "gptq_rows", "row_chunks", "parallel_map", "workers",
            "ROW_CHUNK", "BLOCK"]
 
 ROW_CHUNK = 1024            # rows quantized together by one thread (their working set stays in cache)
-BLOCK = 128                 # columns per lazy-update block
+MIN_CHUNKS = 2              # chunks of a matrix at least: both cores of a small machine busy
+BLOCK = 128                 # columns per block (one product with the earlier residuals each)
 SUB_BLOCK = 32              # columns updated element-wise inside a block
-_TRI_LEAF = 256             # triangular blocks inverted directly below this size
+_CHOL_PANEL = 256           # columns per panel of the blocked Cholesky factorization
 
 
 def workers():
@@ -51,41 +55,54 @@ def parallel_map(fn, items):
     """[fn(x) for x in items], on workers() threads with BLAS single-threaded
     meanwhile: numpy releases the GIL in BLAS calls and in ufuncs over large
     arrays, and a multi-threaded BLAS under several threads would
-    oversubscribe the cores. Results in the order of items."""
+    oversubscribe the cores. Single-threaded also with one worker, so that a
+    product's rounding does not depend on the core count. Results in the
+    order of items."""
     items = list(items)
     n = min(workers(), len(items))
-    if n <= 1:
-        return [fn(x) for x in items]
-    with threadpool_limits(limits=1, user_api="blas"), ThreadPoolExecutor(n) as ex:
-        return list(ex.map(fn, items))
+    with threadpool_limits(limits=1, user_api="blas"):
+        if n <= 1:
+            return [fn(x) for x in items]
+        with ThreadPoolExecutor(n) as ex:
+            return list(ex.map(fn, items))
 
 
 def row_chunks(rows):
-    """(r0, r1) chunks of at most ROW_CHUNK rows, at least one per worker thread."""
-    step = max(1, min(ROW_CHUNK, -(-rows // workers())))
+    """(r0, r1) chunks of at most ROW_CHUNK rows, at least MIN_CHUNKS of them: a
+    function of rows alone, so that the file does not depend on the core count."""
+    step = max(1, min(ROW_CHUNK, -(-rows // MIN_CHUNKS)))
     return [(r0, min(r0 + step, rows)) for r0 in range(0, rows, step)]
 
 
-def _tri_inv_lower(L):
-    """Inverts a lower-triangular matrix in place, by halves (matrix products
-    only; in place, so an 8192-wide factor needs no second full-size array)."""
-    n = L.shape[0]
-    if n <= _TRI_LEAF:
-        L[...] = np.linalg.inv(L)
-        return
-    k = n // 2
-    _tri_inv_lower(L[:k, :k])
-    _tri_inv_lower(L[k:, k:])
-    # [[A, 0], [B, C]]^-1 = [[A^-1, 0], [-C^-1 B A^-1, C^-1]]
-    L[k:, :k] = -(L[k:, k:] @ (L[k:, :k] @ L[:k, :k]))
+def _cholesky_lower(A):
+    """Lower Cholesky factor of the symmetric positive definite A, in place (the
+    upper triangle is zeroed); raises np.linalg.LinAlgError as np.linalg.cholesky.
+    Left-looking by panels of _CHOL_PANEL columns: nearly all the flops are one
+    large matrix product per panel (multi-threaded BLAS), which runs several
+    times faster here than LAPACK's potrf as numpy calls it; the small diagonal
+    factors and inverses run single-threaded (threads only cost at that size)."""
+    n = A.shape[0]
+    for j0 in range(0, n, _CHOL_PANEL):
+        j1 = min(j0 + _CHOL_PANEL, n)
+        if j0:
+            A[j0:, j0:j1] -= A[j0:, :j0] @ A[j0:j1, :j0].T
+        with threadpool_limits(limits=1, user_api="blas"):
+            L = np.linalg.cholesky(A[j0:j1, j0:j1])
+            Linv = np.linalg.inv(L)
+        A[j0:j1, j0:j1] = L
+        A[j0:j1, j1:] = 0
+        if j1 < n:
+            # panel below the diagonal block: A L^-T
+            A[j1:, j0:j1] = A[j1:, j0:j1] @ Linv.T
+    return A
 
 
-def inverse_cholesky_upper(H, damp=0.01, order=None):
-    """Upper U (float32, n x n) with U^T U = (H_o + damp * mean(diag H_o) * I)^-1, where
+def cholesky_upper(H, damp=0.01, order=None):
+    """Upper V (float32, n x n) with V V^T = H_o + damp * mean(diag H_o) * I, where
     H_o = H[order][:, order] (order: a permutation, default none) and a zero on the
-    diagonal (an input that is always zero) counts as 1. H is not modified. More
-    dampening (x10 up to 5 times) if H is not positive definite, in float64 if
-    float32 still fails."""
+    diagonal (an input that is always zero) counts as 1; GPTQ's U is V^-1. H is not
+    modified. More dampening (x10 up to 5 times) if H is not positive definite, in
+    float64 if float32 still fails."""
     n = H.shape[0]
     idx = (np.arange(n) if order is None else np.asarray(order))[::-1]
     for dtype in (np.float32, np.float64):
@@ -95,41 +112,57 @@ def inverse_cholesky_upper(H, damp=0.01, order=None):
             diag[diag == 0] = 1
             Hr[np.diag_indices(n)] = diag + dtype(damp * (10 ** k) * float(np.mean(diag)))
             try:
-                L = np.linalg.cholesky(Hr)
+                L = _cholesky_lower(Hr)
             except np.linalg.LinAlgError:
                 continue
-            del Hr
-            _tri_inv_lower(L)
             if np.all(np.isfinite(L)):
                 return np.ascontiguousarray(L[::-1, ::-1], dtype=np.float32)
     raise np.linalg.LinAlgError("Hessian not positive definite even with heavy dampening")
 
 
-def gptq_rows(W, U, perm, quantize_column, block_size=BLOCK):
-    """GPTQ of the rows W (rows, cols) float32, columns visited in order perm
-    (W and U already permuted: column i of W is column perm[i] of the file).
-    quantize_column(i, x, block_rest, rest) -> (q, dequantized x) for permuted
-    column i (x: its current values; block_rest, rest: the not yet quantized
-    columns of its block from i on, and those after the block, for a scale
-    searched on the error-updated weights: block_rest is up to date at the
-    start of every SUB_BLOCK columns). Returns q (rows, cols) int8 in
-    permuted order. W is overwritten."""
+def block_inverses(V, block_size=BLOCK):
+    """U[B, B] = V[B, B]^-1 (float32) of every block B of block_size columns: the
+    only parts of U = V^-1 that gptq_rows uses (inverted in float64)."""
+    n = V.shape[0]
+    with threadpool_limits(limits=1, user_api="blas"):
+        return [np.linalg.inv(V[b0:b0 + block_size, b0:b0 + block_size].astype(np.float64)).astype(np.float32)
+                for b0 in range(0, n, block_size)]
+
+
+def gptq_rows(W, V, Ub, quantize_column, qdtype, block_size=BLOCK):
+    """GPTQ of the rows W (rows, cols) float32, columns in the order of V (W
+    already permuted to it). V: cholesky_upper of the Hessian; Ub:
+    block_inverses(V, block_size). quantize_column(i, x, block_rest) ->
+    (q, dequantized x) for permuted column i (x: its current values, one per
+    row; block_rest (n, rows): the not yet quantized columns of its block from
+    i on, transposed, for a scale searched on the error-updated weights:
+    up to date at the start of every SUB_BLOCK columns). Returns q (rows,
+    cols) of qdtype, in permuted order."""
     rows, cols = W.shape
-    Q = np.zeros((rows, cols), np.int8)
-    for b0 in range(0, cols, block_size):
+    R = np.ascontiguousarray(W.T)      # (cols, rows): weights, then W - Q once a block is done
+    Q = np.empty((cols, rows), qdtype)
+    for b, b0 in enumerate(range(0, cols, block_size)):
         b1 = min(b0 + block_size, cols)
-        E1 = np.zeros((rows, b1 - b0), np.float32)
-        for s0 in range(b0, b1, SUB_BLOCK):
-            s1 = min(s0 + SUB_BLOCK, b1)
+        n = b1 - b0
+        U = Ub[b]
+        X = R[b0:b1]                    # this block's columns, updated in place
+        orig = X.copy()
+        if b0:
+            # the errors of all earlier columns, in one product: E[:, <B] U[<B, B]
+            # = -(W - Q)[:, <B] V[<B, B] U[B, B]
+            X += U.T @ (V[:b0, b0:b1].T @ R[:b0])
+        E = np.empty((n, rows), np.float32)
+        for s0 in range(0, n, SUB_BLOCK):
+            s1 = min(s0 + SUB_BLOCK, n)
             for i in range(s0, s1):
-                x = W[:, i]
-                q, xq = quantize_column(i, x, W[:, i:b1], W[:, b1:])
-                Q[:, i] = q
+                x = X[i]
+                q, xq = quantize_column(b0 + i, x, X[i:])
+                Q[b0 + i] = q
                 err = (x - xq) / U[i, i]
-                W[:, i:s1] -= np.outer(err, U[i, i:s1])
-                E1[:, i - b0] = err
-            if s1 < b1:
-                W[:, s1:b1] -= E1[:, s0 - b0:s1 - b0] @ U[s0:s1, s1:b1]
-        if b1 < cols:
-            W[:, b1:] -= E1 @ U[b0:b1, b1:]
-    return Q
+                X[i + 1:s1] -= U[i, i + 1:s1, None] * err
+                E[i] = err
+                X[i] = xq
+            if s1 < n:
+                X[s1:] -= U[s0:s1, s1:].T @ E[s0:s1]
+        np.subtract(orig, X, out=X)     # residuals W - Q of the block
+    return Q.T

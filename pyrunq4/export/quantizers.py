@@ -71,7 +71,7 @@ QA_MAX = 15                                # q4a levels: 0 .. QA_MAX
 WEIGHT_TYPES = ("q4s", "q4a")              # the int4 types the quantizers write (--weight-type)
 # Steps of the q4a search: scales (15 + step) / (max - min), as llama.cpp's make_qkx2_quants.
 AFFINE_STEPS = tuple(np.round(np.linspace(-1.0, 1.0, 11), 4))
-_ROW_CHUNK_ELEMS = 1 << 22  # rows processed together by the mse search: ~16 MB of float32
+_ROW_CHUNK_ELEMS = 1 << 18  # rows processed together by the mse search: ~1 MB of float32, its passes stay in cache
 
 
 def _group_bounds(cols, group_size):
@@ -124,14 +124,21 @@ def _search_block(wg, imp, ratios, refine):
     sgn[sgn == 0] = 1
     best_d = np.zeros(amax.shape, np.float16)
     best_e = np.full(amax.shape, np.inf, np.float32)
+    r = np.empty_like(wg)
 
     def consider(d16):
         nonlocal best_d, best_e
-        d = d16.astype(np.float32)
-        r = wg - _quantize_values(wg, d) * d[..., None]
-        r *= r
+        # the residual of _quantize_values' levels, in one buffer (no temporaries);
+        # where d == 0 it is w whatever the levels, so they are not zeroed
+        d = d16.astype(np.float32)[..., None]
+        np.divide(wg, np.where(d == 0, np.float32(1), d), out=r)
+        np.rint(r, out=r)
+        np.clip(r, QMIN, QMAX, out=r)
+        np.multiply(r, d, out=r)
+        np.subtract(wg, r, out=r)
+        np.multiply(r, r, out=r)
         if imp is not None:
-            r *= imp
+            np.multiply(r, imp, out=r)
         e = r.sum(axis=-1)
         better = e < best_e
         best_e = np.where(better, e, best_e)
@@ -320,11 +327,15 @@ def quantize_gptq(w, H, group_size, act_order=False, block_size=gptq.BLOCK, damp
     if act_order and not static_groups:
         # a group's columns are scattered in act order: its scale must be known up front
         raise ValueError("act_order needs static groups")
+    if not static_groups:
+        # a group searched on the updated weights must lie inside one block
+        block_size = group_size * max(1, block_size // group_size)
     diag = np.diag(H).astype(np.float64)
     dead = diag == 0                            # inputs that are always zero
     diag[dead] = 1.0
     perm = np.argsort(-diag, kind="stable") if act_order else np.arange(cols)
-    U = gptq.inverse_cholesky_upper(H, damp, perm)
+    V = gptq.cholesky_upper(H, damp, perm)
+    Ub = gptq.block_inverses(V, block_size)
     inv = np.empty_like(perm)
     inv[perm] = np.arange(cols)
     diag_p = diag[perm]
@@ -341,30 +352,41 @@ def quantize_gptq(w, H, group_size, act_order=False, block_size=gptq.BLOCK, damp
             d[r0:r1], mc = search_params(Wc, group_size, weight_type, imp=diag)
             if m is not None:
                 m[r0:r1] = mc
-        dc = d[r0:r1]                           # views: the dynamic search fills them
-        mc = None if m is None else m[r0:r1]
-        d32 = dc.astype(np.float32)
-        m32 = None if m is None else mc.astype(np.float32)
+        # per group (rows of these), one value per row of the chunk: what
+        # _quantize_values uses, made once instead of once per column
+        d32 = d[r0:r1].T.astype(np.float32)
+        safe = np.where(d32 == 0, np.float32(1), d32)
+        nonzero = (d32 != 0).astype(np.float32)
+        m32 = None if m is None else m[r0:r1].T.astype(np.float32)
+        lo, hi = (QMIN, QMAX) if m is None else (0, QA_MAX)
 
-        def quantize_column(i, x, block_rest, rest):
+        def quantize_column(i, x, block_rest):
             j = perm[i]                         # column in file order
             g = j // group_size
             if not static_groups and j % group_size == 0:
                 # scale of this group from the current (error-updated) weights;
                 # without act_order the group is columns i .. i+len-1
                 c1 = min(j + group_size, cols)
-                cur = np.concatenate([block_rest, rest], axis=1)[:, :c1 - j]
-                dg, mg = search_params(cur, group_size, weight_type, imp=diag_p[i:i + c1 - j])
-                dc[:, g], d32[:, g] = dg[:, 0], dg[:, 0].astype(np.float32)
+                dg, mg = search_params(block_rest[:c1 - j].T, group_size, weight_type,
+                                       imp=diag_p[i:i + c1 - j])
+                d[r0:r1, g] = dg[:, 0]
+                d32[g] = dg[:, 0].astype(np.float32)
+                safe[g] = np.where(d32[g] == 0, np.float32(1), d32[g])
+                nonzero[g] = d32[g] != 0
                 if m is not None:
-                    mc[:, g], m32[:, g] = mg[:, 0], mg[:, 0].astype(np.float32)
-            if m32 is None:
-                q = _quantize_values(x[:, None], d32[:, g])[:, 0]
-                return q, q * d32[:, g]
-            q = _quantize_values(x[:, None], d32[:, g], m32[:, g])[:, 0]
-            return q, q * d32[:, g] + m32[:, g]
+                    m[r0:r1, g] = mg[:, 0]
+                    m32[g] = mg[:, 0].astype(np.float32)
+            # as _quantize_values: q = clip(round((x [- m]) / d)), 0 where d == 0
+            q = (x if m32 is None else x - m32[g]) / safe[g]
+            np.rint(q, out=q)
+            np.clip(q, lo, hi, out=q)
+            q *= nonzero[g]
+            xq = q * d32[g]
+            if m32 is not None:
+                xq += m32[g]
+            return q, xq
 
-        Qc = gptq.gptq_rows(np.ascontiguousarray(Wc[:, perm]), U, perm, quantize_column, block_size)
+        Qc = gptq.gptq_rows(np.ascontiguousarray(Wc[:, perm]), V, Ub, quantize_column, Q.dtype, block_size)
         Q[r0:r1] = Qc[:, inv]
 
     gptq.parallel_map(quantize_rows, gptq.row_chunks(rows))
