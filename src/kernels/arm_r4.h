@@ -69,7 +69,9 @@ ALWAYS float32x4_t r4_term(int kind, const qact *x, const r4block *w, int b, int
 
 /* kernels.h's final tree over a row group's 16 lane vectors (overwrites them) */
 ALWAYS float32x4_t r4_tree(float32x4_t *L) {
+    UNROLL
     for (int wd = 8; wd > 0; wd /= 2)
+        UNROLL
         for (int j = 0; j < wd; j++) L[j] = vaddq_f32(L[j], L[j + wd]);
     return L[0];
 }
@@ -233,20 +235,22 @@ ALWAYS void r4_prompt(int kind, const int T, const qact *x, const qmat *w, int G
     }
 }
 
+/* Tokens t .. ntok-1 of row group G: R4_TOKENS at a time, then 4, 2, 1 */
+ALWAYS void r4_tokens(int kind, const qact *x, const qmat *w, int G, int t, int r0, int r1, float *out,
+                      size_t out_stride) {
+    for (; t + R4_TOKENS <= x->ntok; t += R4_TOKENS) r4_prompt(kind, R4_TOKENS, x, w, G, t, r0, r1, out, out_stride);
+    if (x->ntok - t >= 4) {
+        r4_prompt(kind, 4, x, w, G, t, r0, r1, out, out_stride);
+        t += 4;
+    }
+    if (x->ntok - t >= 2) {
+        r4_prompt(kind, 2, x, w, G, t, r0, r1, out, out_stride);
+        t += 2;
+    }
+    if (t < x->ntok) r4_decode(kind, x, w, G, t, r0, r1, out, out_stride);
+}
+
 ALWAYS void dot_r4(int kind, const qact *x, const qmat *w, int r0, int r1, float *out, size_t out_stride) {
     if (r0 >= r1) return;
-    for (int G = r0 / R4; G * R4 < r1; G++) {
-        int t = 0;
-        for (; t + R4_TOKENS <= x->ntok; t += R4_TOKENS)
-            r4_prompt(kind, R4_TOKENS, x, w, G, t, r0, r1, out, out_stride);
-        if (x->ntok - t >= 4) {
-            r4_prompt(kind, 4, x, w, G, t, r0, r1, out, out_stride);
-            t += 4;
-        }
-        if (x->ntok - t >= 2) {
-            r4_prompt(kind, 2, x, w, G, t, r0, r1, out, out_stride);
-            t += 2;
-        }
-        if (t < x->ntok) r4_decode(kind, x, w, G, t, r0, r1, out, out_stride);
-    }
+    for (int G = r0 / R4; G * R4 < r1; G++) r4_tokens(kind, x, w, G, 0, r0, r1, out, out_stride);
 }
