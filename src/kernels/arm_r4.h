@@ -8,8 +8,9 @@
  *   r4block r4_unpack(kind, p)   its 4 chunk vectors as lo[k] (low nibbles)
  *       and hi[k] (high nibbles), int8 (Q4S perhaps times 16)
  *   int32x4_t r4_dot(kind, w, xe, xo)   the 4 rows' block sums (as isum_f32
- *       scales them) against the block's even (xe) and odd (xo) activations
- *       in nibble order: chunk k pairs with lane k (4 bytes) of each
+ *       scales them) against the block's even (16 bytes at xe) and odd (at
+ *       xo) activations in nibble order: chunk k pairs with bytes 4k..4k+3
+ *       of each
  *   int32x4_t r4_dot_bytes(kind, p, xe, xo)   the same from the packed bytes,
  *       each chunk unpacked just before its products (few live registers:
  *       decoding keeps 16 lane vectors live besides)
@@ -26,8 +27,8 @@ typedef struct r4block {
 } r4block;
 
 ALWAYS r4block r4_unpack(int kind, const uint8_t *p);
-ALWAYS int32x4_t r4_dot(int kind, const r4block *w, int8x16_t xe, int8x16_t xo);
-ALWAYS int32x4_t r4_dot_bytes(int kind, const uint8_t *p, int8x16_t xe, int8x16_t xo);
+ALWAYS int32x4_t r4_dot(int kind, const r4block *w, const int8_t *xe, const int8_t *xo);
+ALWAYS int32x4_t r4_dot_bytes(int kind, const uint8_t *p, const int8_t *xe, const int8_t *xo);
 
 #define R4_TOKENS 8 /* tokens per prompt step: 8 independent sdot chains per block */
 
@@ -59,7 +60,7 @@ ALWAYS float32x4_t r4_term(int kind, const qact *x, const r4block *w, int b, int
                            float32x4_t m4) {
     const int nb = x->nb;
     size_t half, at = (size_t)t * (size_t)x->n + r4_qp_at(b, nb, &half);
-    int8x16_t xe = vld1q_s8(x->qp + at), xo = vld1q_s8(x->qp + at + half);
+    const int8_t *xe = x->qp + at, *xo = xe + half;
     float xd = x->d[(size_t)t * (size_t)nb + (size_t)b];
     float32x4_t term = vmulq_f32(vmulq_n_f32(d4, xd), isum_f32(kind, r4_dot(kind, w, xe, xo)));
     if (kind == K_Q4A)
@@ -106,7 +107,7 @@ ALWAYS void r4_step16(int kind, const int BPG, const uint8_t *q, const uint16_t 
             if (kind == K_Q4A) sx = vcvtq_f32_s32(vld1q_s32(xs + j));
         }
         const int8_t *xe = xp + (j / 4) * 128 + 16 * (j % 4);
-        float32x4_t isum = isum_f32(kind, r4_dot_bytes(kind, q + 64 * j, vld1q_s8(xe), vld1q_s8(xe + 64)));
+        float32x4_t isum = isum_f32(kind, r4_dot_bytes(kind, q + 64 * j, xe, xe + 64));
         float32x4_t term = vmulq_f32(R4_MUL_LANE(d4, dx, j % 4), isum);
         if (kind == K_Q4A) term = vaddq_f32(term, R4_MUL_LANE(R4_MUL_LANE(m4, dx, j % 4), sx, j % 4));
         L[j] = vaddq_f32(L[j], term);
@@ -215,7 +216,7 @@ ALWAYS void r4_prompt(int kind, const int T, const qact *x, const qmat *w, int G
                     const int8_t *xe = x->qp + tok * (size_t)x->n + at;
                     float xd = x->d[tok * (size_t)nb + (size_t)b];
                     float32x4_t term = vmulq_f32(vmulq_n_f32(d4, xd),
-                                                 isum_f32(kind, r4_dot(kind, &wb, vld1q_s8(xe), vld1q_s8(xe + 64))));
+                                                 isum_f32(kind, r4_dot(kind, &wb, xe, xe + 64)));
                     if (kind == K_Q4A)
                         term = vaddq_f32(term, vmulq_n_f32(vmulq_n_f32(m4, xd), (float)x->s[tok * (size_t)nb + (size_t)b]));
                     f[k] = vaddq_f32(f[k], term);

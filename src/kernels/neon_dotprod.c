@@ -276,8 +276,9 @@ ALWAYS r4block r4_unpack(int kind, const uint8_t *p) {
 
 /* one chain of 8: the blocks of a step, or the tokens of a prompt, give the
  * out-of-order core independent chains to overlap */
-ALWAYS int32x4_t r4_dot(int kind, const r4block *w, int8x16_t xe, int8x16_t xo) {
+ALWAYS int32x4_t r4_dot(int kind, const r4block *w, const int8_t *pe, const int8_t *po) {
     (void)kind;
+    int8x16_t xe = vld1q_s8(pe), xo = vld1q_s8(po);
     int32x4_t a = vdupq_n_s32(0);
     a = SDOT_LANE(a, w->lo[0], xe, 0);
     a = SDOT_LANE(a, w->hi[0], xo, 0);
@@ -411,7 +412,8 @@ ALWAYS void dot_r4_tiles(int kind, const qact *x, const qmat *w, int r0, int r1,
     }
 }
 
-ALWAYS int32x4_t r4_dot_bytes(int kind, const uint8_t *p, int8x16_t xe, int8x16_t xo) {
+ALWAYS int32x4_t r4_dot_bytes(int kind, const uint8_t *p, const int8_t *pe, const int8_t *po) {
+    int8x16_t xe = vld1q_s8(pe), xo = vld1q_s8(po);
     int32x4_t a = vdupq_n_s32(0);
     UNROLL
     for (int k = 0; k < 4; k++) {
