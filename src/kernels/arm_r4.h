@@ -49,6 +49,11 @@ ALWAYS size_t r4_qp_at(int b, int nb, size_t *half) {
     return (size_t)b * QK;
 }
 
+/* The weight groups 16 blocks span when groups of bpg blocks divide 16 (a
+ * prompt's lane walk steps 16 blocks at a time), else 0: then a running
+ * count steps, still without division */
+#define R4_GROUP_STEP(bpg) (16 % (bpg) == 0 ? 16 / (bpg) : 0)
+
 /* The 4 scales of weight group g of row group G */
 ALWAYS float32x4_t r4_scales(const uint16_t *h, const qmat *w, int G, int g) {
     return f16x4(h + ((size_t)G * (size_t)w->ngroups + (size_t)g) * R4);
@@ -199,6 +204,7 @@ ALWAYS void r4_decode(int kind, const qact *x, const qmat *w, int G, int t, int 
 ALWAYS void r4_prompt(int kind, const int T, const qact *x, const qmat *w, int G, int t, int r0, int r1,
                       float *out, size_t out_stride) {
     const int nb = x->nb, bpg = w->gs / QK, whole = nb & ~3;
+    const int gstep = R4_GROUP_STEP(bpg);
     const uint8_t *q = w->q + (size_t)G * w->row_bytes;
     float32x4_t L[R4_TOKENS][16];
     for (int j = 0; j < 16 && j < nb; j++) {
@@ -225,7 +231,11 @@ ALWAYS void r4_prompt(int kind, const int T, const qact *x, const qmat *w, int G
                 UNROLL
                 for (int k = 0; k < T; k++) f[k] = vaddq_f32(f[k], r4_term(kind, x, &wb, b, t + k, d4, m4));
             }
-            for (in += 16; in >= bpg; in -= bpg) g++; /* to block b + 16, no division */
+            if (gstep) {
+                g += gstep;
+            } else {
+                for (in += 16; in >= bpg; in -= bpg) g++; /* to block b + 16, no division */
+            }
         }
         UNROLL
         for (int k = 0; k < T; k++) L[k][j] = f[k];

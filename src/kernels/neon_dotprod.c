@@ -334,7 +334,7 @@ ALWAYS void r4_sums4(const r4block *w, const int8_t *xe, const int8_t *xo, const
 ALWAYS void r4_tile(int kind, const qact *x, const qmat *w, int G, int t, int r0, int r1, float *out,
                     size_t out_stride) {
     const int nb = x->nb, bpg = w->gs / QK, whole = nb & ~3;
-    const int gstep = 16 % bpg == 0 ? 16 / bpg : 0; /* groups per 16 blocks, when whole */
+    const int gstep = R4_GROUP_STEP(bpg);
     const uint8_t *q = w->q + (size_t)G * w->row_bytes;
     const int8_t *x0 = x->qp + (size_t)t * (size_t)x->n; /* token t + i at x0 + o[i] */
     size_t o[R4_TILE_TOKENS];
