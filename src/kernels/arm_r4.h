@@ -8,8 +8,9 @@
  *   r4block r4_unpack(kind, p)   its 4 chunk vectors as lo[k] (low nibbles)
  *       and hi[k] (high nibbles), int8 (Q4S perhaps times 16)
  *   int32x4_t r4_dot(kind, w, xe, xo)   the 4 rows' block sums (as isum_f32
- *       scales them) against the block's even (xe) and odd (xo) activations
- *       in nibble order: chunk k pairs with lane k (4 bytes) of each
+ *       scales them) against the block's even (16 bytes at xe) and odd (at
+ *       xo) activations in nibble order: chunk k pairs with bytes 4k..4k+3
+ *       of each
  *   int32x4_t r4_dot_bytes(kind, p, xe, xo)   the same from the packed bytes,
  *       each chunk unpacked just before its products (few live registers:
  *       decoding keeps 16 lane vectors live besides)
@@ -26,8 +27,8 @@ typedef struct r4block {
 } r4block;
 
 ALWAYS r4block r4_unpack(int kind, const uint8_t *p);
-ALWAYS int32x4_t r4_dot(int kind, const r4block *w, int8x16_t xe, int8x16_t xo);
-ALWAYS int32x4_t r4_dot_bytes(int kind, const uint8_t *p, int8x16_t xe, int8x16_t xo);
+ALWAYS int32x4_t r4_dot(int kind, const r4block *w, const int8_t *xe, const int8_t *xo);
+ALWAYS int32x4_t r4_dot_bytes(int kind, const uint8_t *p, const int8_t *xe, const int8_t *xo);
 
 #define R4_TOKENS 8 /* tokens per prompt step: 8 independent sdot chains per block */
 
@@ -48,6 +49,11 @@ ALWAYS size_t r4_qp_at(int b, int nb, size_t *half) {
     return (size_t)b * QK;
 }
 
+/* The weight groups 16 blocks span when groups of bpg blocks divide 16 (a
+ * prompt's lane walk steps 16 blocks at a time), else 0: then a running
+ * count steps, still without division */
+#define R4_GROUP_STEP(bpg) (16 % (bpg) == 0 ? 16 / (bpg) : 0)
+
 /* The 4 scales of weight group g of row group G */
 ALWAYS float32x4_t r4_scales(const uint16_t *h, const qmat *w, int G, int g) {
     return f16x4(h + ((size_t)G * (size_t)w->ngroups + (size_t)g) * R4);
@@ -59,7 +65,7 @@ ALWAYS float32x4_t r4_term(int kind, const qact *x, const r4block *w, int b, int
                            float32x4_t m4) {
     const int nb = x->nb;
     size_t half, at = (size_t)t * (size_t)x->n + r4_qp_at(b, nb, &half);
-    int8x16_t xe = vld1q_s8(x->qp + at), xo = vld1q_s8(x->qp + at + half);
+    const int8_t *xe = x->qp + at, *xo = xe + half;
     float xd = x->d[(size_t)t * (size_t)nb + (size_t)b];
     float32x4_t term = vmulq_f32(vmulq_n_f32(d4, xd), isum_f32(kind, r4_dot(kind, w, xe, xo)));
     if (kind == K_Q4A)
@@ -69,7 +75,9 @@ ALWAYS float32x4_t r4_term(int kind, const qact *x, const r4block *w, int b, int
 
 /* kernels.h's final tree over a row group's 16 lane vectors (overwrites them) */
 ALWAYS float32x4_t r4_tree(float32x4_t *L) {
+    UNROLL
     for (int wd = 8; wd > 0; wd /= 2)
+        UNROLL
         for (int j = 0; j < wd; j++) L[j] = vaddq_f32(L[j], L[j + wd]);
     return L[0];
 }
@@ -104,7 +112,7 @@ ALWAYS void r4_step16(int kind, const int BPG, const uint8_t *q, const uint16_t 
             if (kind == K_Q4A) sx = vcvtq_f32_s32(vld1q_s32(xs + j));
         }
         const int8_t *xe = xp + (j / 4) * 128 + 16 * (j % 4);
-        float32x4_t isum = isum_f32(kind, r4_dot_bytes(kind, q + 64 * j, vld1q_s8(xe), vld1q_s8(xe + 64)));
+        float32x4_t isum = isum_f32(kind, r4_dot_bytes(kind, q + 64 * j, xe, xe + 64));
         float32x4_t term = vmulq_f32(R4_MUL_LANE(d4, dx, j % 4), isum);
         if (kind == K_Q4A) term = vaddq_f32(term, R4_MUL_LANE(R4_MUL_LANE(m4, dx, j % 4), sx, j % 4));
         L[j] = vaddq_f32(L[j], term);
@@ -196,6 +204,7 @@ ALWAYS void r4_decode(int kind, const qact *x, const qmat *w, int G, int t, int 
 ALWAYS void r4_prompt(int kind, const int T, const qact *x, const qmat *w, int G, int t, int r0, int r1,
                       float *out, size_t out_stride) {
     const int nb = x->nb, bpg = w->gs / QK, whole = nb & ~3;
+    const int gstep = R4_GROUP_STEP(bpg);
     const uint8_t *q = w->q + (size_t)G * w->row_bytes;
     float32x4_t L[R4_TOKENS][16];
     for (int j = 0; j < 16 && j < nb; j++) {
@@ -213,7 +222,7 @@ ALWAYS void r4_prompt(int kind, const int T, const qact *x, const qmat *w, int G
                     const int8_t *xe = x->qp + tok * (size_t)x->n + at;
                     float xd = x->d[tok * (size_t)nb + (size_t)b];
                     float32x4_t term = vmulq_f32(vmulq_n_f32(d4, xd),
-                                                 isum_f32(kind, r4_dot(kind, &wb, vld1q_s8(xe), vld1q_s8(xe + 64))));
+                                                 isum_f32(kind, r4_dot(kind, &wb, xe, xe + 64)));
                     if (kind == K_Q4A)
                         term = vaddq_f32(term, vmulq_n_f32(vmulq_n_f32(m4, xd), (float)x->s[tok * (size_t)nb + (size_t)b]));
                     f[k] = vaddq_f32(f[k], term);
@@ -222,7 +231,11 @@ ALWAYS void r4_prompt(int kind, const int T, const qact *x, const qmat *w, int G
                 UNROLL
                 for (int k = 0; k < T; k++) f[k] = vaddq_f32(f[k], r4_term(kind, x, &wb, b, t + k, d4, m4));
             }
-            for (in += 16; in >= bpg; in -= bpg) g++; /* to block b + 16, no division */
+            if (gstep) {
+                g += gstep;
+            } else {
+                for (in += 16; in >= bpg; in -= bpg) g++; /* to block b + 16, no division */
+            }
         }
         UNROLL
         for (int k = 0; k < T; k++) L[k][j] = f[k];
@@ -233,20 +246,22 @@ ALWAYS void r4_prompt(int kind, const int T, const qact *x, const qmat *w, int G
     }
 }
 
+/* Tokens t .. ntok-1 of row group G: R4_TOKENS at a time, then 4, 2, 1 */
+ALWAYS void r4_tokens(int kind, const qact *x, const qmat *w, int G, int t, int r0, int r1, float *out,
+                      size_t out_stride) {
+    for (; t + R4_TOKENS <= x->ntok; t += R4_TOKENS) r4_prompt(kind, R4_TOKENS, x, w, G, t, r0, r1, out, out_stride);
+    if (x->ntok - t >= 4) {
+        r4_prompt(kind, 4, x, w, G, t, r0, r1, out, out_stride);
+        t += 4;
+    }
+    if (x->ntok - t >= 2) {
+        r4_prompt(kind, 2, x, w, G, t, r0, r1, out, out_stride);
+        t += 2;
+    }
+    if (t < x->ntok) r4_decode(kind, x, w, G, t, r0, r1, out, out_stride);
+}
+
 ALWAYS void dot_r4(int kind, const qact *x, const qmat *w, int r0, int r1, float *out, size_t out_stride) {
     if (r0 >= r1) return;
-    for (int G = r0 / R4; G * R4 < r1; G++) {
-        int t = 0;
-        for (; t + R4_TOKENS <= x->ntok; t += R4_TOKENS)
-            r4_prompt(kind, R4_TOKENS, x, w, G, t, r0, r1, out, out_stride);
-        if (x->ntok - t >= 4) {
-            r4_prompt(kind, 4, x, w, G, t, r0, r1, out, out_stride);
-            t += 4;
-        }
-        if (x->ntok - t >= 2) {
-            r4_prompt(kind, 2, x, w, G, t, r0, r1, out, out_stride);
-            t += 2;
-        }
-        if (t < x->ntok) r4_decode(kind, x, w, G, t, r0, r1, out, out_stride);
-    }
+    for (int G = r0 / R4; G * R4 < r1; G++) r4_tokens(kind, x, w, G, 0, r0, r1, out, out_stride);
 }

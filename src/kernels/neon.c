@@ -72,7 +72,7 @@ ALWAYS float32x4_t isum_f32(int kind, int32x4_t s) {
 }
 
 /* ---- the interleaved types (arm_r4.h): a chunk vector (4 bytes of each of
- * 4 rows) times lane k of the activations repeated 4 times, vmull_s8 into
+ * 4 rows) times bytes 4k..4k+3 of the activations repeated 4 times, vmull_s8 into
  * int16 lanes (rows 0-1 and rows 2-3), 8 products per lane at most (int4
  * values, |w| <= 15), then pairwise adds down to one int32 per row ---- */
 #include "arm_r4.h"
@@ -86,34 +86,54 @@ ALWAYS r4block r4_unpack(int kind, const uint8_t *p) {
     return w;
 }
 
-/* lane k (4 bytes) of x in every lane */
-#define R4_LANE(x, k) vreinterpretq_s8_s32(vdupq_laneq_s32(vreinterpretq_s32_s8(x), (k)))
-
-ALWAYS int32x4_t r4_dot(int kind, const r4block *w, int8x16_t xe, int8x16_t xo) {
-    (void)kind;
-    int8x16_t e0 = R4_LANE(xe, 0), e1 = R4_LANE(xe, 1), e2 = R4_LANE(xe, 2), e3 = R4_LANE(xe, 3);
-    int8x16_t o0 = R4_LANE(xo, 0), o1 = R4_LANE(xo, 1), o2 = R4_LANE(xo, 2), o3 = R4_LANE(xo, 3);
-    int16x8_t a = vmull_s8(vget_low_s8(w->lo[0]), vget_low_s8(e0)), b = vmull_high_s8(w->lo[0], e0);
-    a = vmlal_s8(a, vget_low_s8(w->lo[1]), vget_low_s8(e1));
-    b = vmlal_high_s8(b, w->lo[1], e1);
-    a = vmlal_s8(a, vget_low_s8(w->lo[2]), vget_low_s8(e2));
-    b = vmlal_high_s8(b, w->lo[2], e2);
-    a = vmlal_s8(a, vget_low_s8(w->lo[3]), vget_low_s8(e3));
-    b = vmlal_high_s8(b, w->lo[3], e3);
-    a = vmlal_s8(a, vget_low_s8(w->hi[0]), vget_low_s8(o0));
-    b = vmlal_high_s8(b, w->hi[0], o0);
-    a = vmlal_s8(a, vget_low_s8(w->hi[1]), vget_low_s8(o1));
-    b = vmlal_high_s8(b, w->hi[1], o1);
-    a = vmlal_s8(a, vget_low_s8(w->hi[2]), vget_low_s8(o2));
-    b = vmlal_high_s8(b, w->hi[2], o2);
-    a = vmlal_s8(a, vget_low_s8(w->hi[3]), vget_low_s8(o3));
-    b = vmlal_high_s8(b, w->hi[3], o3);
+/* The 4 rows' sums from the unpacked block w and e.val[k], o.val[k]: the
+ * activations' bytes 4k..4k+3 repeated in every lane */
+ALWAYS int32x4_t r4_dot_lanes(const r4block *w, int8x16x4_t e, int8x16x4_t o) {
+    int16x8_t a = vmull_s8(vget_low_s8(w->lo[0]), vget_low_s8(e.val[0])), b = vmull_high_s8(w->lo[0], e.val[0]);
+    UNROLL
+    for (int k = 1; k < 4; k++) {
+        a = vmlal_s8(a, vget_low_s8(w->lo[k]), vget_low_s8(e.val[k]));
+        b = vmlal_high_s8(b, w->lo[k], e.val[k]);
+    }
+    UNROLL
+    for (int k = 0; k < 4; k++) {
+        a = vmlal_s8(a, vget_low_s8(w->hi[k]), vget_low_s8(o.val[k]));
+        b = vmlal_high_s8(b, w->hi[k], o.val[k]);
+    }
     return vpaddq_s32(vpaddlq_s16(a), vpaddlq_s16(b)); /* rows 0, 1 | rows 2, 3 */
 }
 
-ALWAYS int32x4_t r4_dot_bytes(int kind, const uint8_t *p, int8x16_t xe, int8x16_t xo) {
+/* Prompts: a dup per lane on the vector pipes (ld4r would add work to the
+ * Cortex-A72's one multiply pipe, the prompt loop's limit) */
+ALWAYS int32x4_t r4_dot(int kind, const r4block *w, const int8_t *xe, const int8_t *xo) {
+    (void)kind;
+    int8x16_t ve = vld1q_s8(xe), vo = vld1q_s8(xo);
+    int8x16x4_t e, o;
+    e.val[0] = vreinterpretq_s8_s32(vdupq_laneq_s32(vreinterpretq_s32_s8(ve), 0));
+    e.val[1] = vreinterpretq_s8_s32(vdupq_laneq_s32(vreinterpretq_s32_s8(ve), 1));
+    e.val[2] = vreinterpretq_s8_s32(vdupq_laneq_s32(vreinterpretq_s32_s8(ve), 2));
+    e.val[3] = vreinterpretq_s8_s32(vdupq_laneq_s32(vreinterpretq_s32_s8(ve), 3));
+    o.val[0] = vreinterpretq_s8_s32(vdupq_laneq_s32(vreinterpretq_s32_s8(vo), 0));
+    o.val[1] = vreinterpretq_s8_s32(vdupq_laneq_s32(vreinterpretq_s32_s8(vo), 1));
+    o.val[2] = vreinterpretq_s8_s32(vdupq_laneq_s32(vreinterpretq_s32_s8(vo), 2));
+    o.val[3] = vreinterpretq_s8_s32(vdupq_laneq_s32(vreinterpretq_s32_s8(vo), 3));
+    return r4_dot_lanes(w, e, o);
+}
+
+/* the 16 bytes at p as 4 vectors, bytes 4k..4k+3 repeated in vector k: one
+ * ld4r, no dup on the vector pipes */
+ALWAYS int8x16x4_t r4_load_lanes(const int8_t *p) {
+    int32x4x4_t v = vld4q_dup_s32((const int32_t *)(const void *)p);
+    int8x16x4_t r;
+    UNROLL
+    for (int k = 0; k < 4; k++) r.val[k] = vreinterpretq_s8_s32(v.val[k]);
+    return r;
+}
+
+/* Decoding */
+ALWAYS int32x4_t r4_dot_bytes(int kind, const uint8_t *p, const int8_t *xe, const int8_t *xo) {
     r4block w = r4_unpack(kind, p);
-    return r4_dot(kind, &w, xe, xo);
+    return r4_dot_lanes(&w, r4_load_lanes(xe), r4_load_lanes(xo));
 }
 
 static void dot_q4s_r4_neon(const qact *x, const qmat *w, int r0, int r1, float *out, size_t out_stride) {

@@ -276,8 +276,9 @@ ALWAYS r4block r4_unpack(int kind, const uint8_t *p) {
 
 /* one chain of 8: the blocks of a step, or the tokens of a prompt, give the
  * out-of-order core independent chains to overlap */
-ALWAYS int32x4_t r4_dot(int kind, const r4block *w, int8x16_t xe, int8x16_t xo) {
+ALWAYS int32x4_t r4_dot(int kind, const r4block *w, const int8_t *pe, const int8_t *po) {
     (void)kind;
+    int8x16_t xe = vld1q_s8(pe), xo = vld1q_s8(po);
     int32x4_t a = vdupq_n_s32(0);
     a = SDOT_LANE(a, w->lo[0], xe, 0);
     a = SDOT_LANE(a, w->hi[0], xo, 0);
@@ -290,41 +291,129 @@ ALWAYS int32x4_t r4_dot(int kind, const r4block *w, int8x16_t xe, int8x16_t xo) 
     return a;
 }
 
-/* Prompts with tiles go through the row-major tile kernel (dot_tiles, below),
- * which the core models give more MAC per cycle than arm_r4.h's lanes, on
- * each row group de-interleaved into a row-major copy (vld4q_u32 splits a
- * block's 16 chunks into its 4 rows); rows up to R4_COPY_COLS values. */
-#define R4_COPY_COLS 8192
+/* Prompts: 4 rows x R4_TILE_TOKENS tokens per step, rows in lanes as in
+ * arm_r4.h, the tokens' activation scales (and sums) read as vectors from
+ * qact's tiles (dt, st). Lane by lane of the contract: each block is unpacked
+ * once for all the tokens; its int32 sums are taken 4 tokens at a time,
+ * chunk by chunk (4 independent sdot chains for the in-order cores), then
+ * turned into the 4 tokens' terms. */
+#define R4_TILE_TOKENS 8 /* half a tile of qact: dt holds their scales side by side */
 
-ALWAYS void dot_tiles(int kind, const qact *x, const qmat *w, int r0, int r1, float *out, size_t out_stride);
+/* The end of a round of 4 independent operations (one per token): GCC's last
+ * scheduling pass would otherwise regroup them into 4 chains, each waiting on
+ * its own results on the in-order cores */
+#define R4_ROUND() __asm__ volatile("")
 
-ALWAYS void dot_r4_tiles(int kind, const qact *x, const qmat *w, int r0, int r1, float *out, size_t out_stride) {
-    if (x->ntile == 0 || w->cols > R4_COPY_COLS || r0 >= r1) {
-        dot_r4(kind, x, w, r0, r1, out, out_stride);
-        return;
+/* The 4 rows' sums of one block for 4 tokens: token i's activations (nibble
+ * order, the block's even values) at xe + o[i], its odd ones at xo + o[i] */
+ALWAYS void r4_sums4(const r4block *w, const int8_t *xe, const int8_t *xo, const size_t *o, int32x4_t a[4]) {
+    int8x16_t v[4]; /* the even values, then the odd ones: 4 registers live, not 8 */
+    UNROLL
+    for (int i = 0; i < 4; i++) {
+        v[i] = vld1q_s8(xe + o[i]);
+        a[i] = vdupq_n_s32(0);
     }
-    uint8_t q[R4][R4_COPY_COLS / 2];
-    uint16_t d[R4 * (R4_COPY_COLS / QK)], m[R4 * (R4_COPY_COLS / QK)];
-    const int nb = w->cols / QK, ng = w->ngroups;
-    for (int G = r0 / R4; G * R4 < r1; G++) {
-        const uint8_t *src = w->q + (size_t)G * w->row_bytes;
-        for (int b = 0; b < nb; b++) {
-            uint32x4x4_t c = vld4q_u32((const uint32_t *)(src + 64 * (size_t)b));
-            for (int i = 0; i < R4; i++) vst1q_u32((uint32_t *)(q[i] + 16 * (size_t)b), c.val[i]);
-        }
-        const size_t at = (size_t)G * (size_t)ng * R4;
-        for (int g = 0; g < ng; g++)
-            for (int i = 0; i < R4; i++) {
-                d[i * ng + g] = w->d[at + (size_t)g * R4 + (size_t)i];
-                if (w->m) m[i * ng + g] = w->m[at + (size_t)g * R4 + (size_t)i];
-            }
-        qmat rm = {q[0], d, w->m ? m : NULL, R4_COPY_COLS / 2, w->cols, w->gs, ng, R4};
-        int lo = R4 * G > r0 ? R4 * G : r0, hi = R4 * G + R4 < r1 ? R4 * G + R4 : r1;
-        dot_tiles(kind, x, &rm, lo - R4 * G, hi - R4 * G, out + (size_t)R4 * (size_t)G, out_stride);
+    UNROLL
+    for (int k = 0; k < 4; k++) {
+        UNROLL
+        for (int i = 0; i < 4; i++) a[i] = SDOT_LANE(a[i], w->lo[k], v[i], k);
+        R4_ROUND();
+    }
+    UNROLL
+    for (int i = 0; i < 4; i++) v[i] = vld1q_s8(xo + o[i]);
+    UNROLL
+    for (int k = 0; k < 4; k++) {
+        UNROLL
+        for (int i = 0; i < 4; i++) a[i] = SDOT_LANE(a[i], w->hi[k], v[i], k);
+        R4_ROUND();
     }
 }
 
-ALWAYS int32x4_t r4_dot_bytes(int kind, const uint8_t *p, int8x16_t xe, int8x16_t xo) {
+/* Tokens t .. t + R4_TILE_TOKENS - 1 of row group G, t a multiple of
+ * R4_TILE_TOKENS below 16 * ntile (their scales in dt) */
+ALWAYS void r4_tile(int kind, const qact *x, const qmat *w, int G, int t, int r0, int r1, float *out,
+                    size_t out_stride) {
+    const int nb = x->nb, bpg = w->gs / QK, whole = nb & ~3;
+    const int gstep = R4_GROUP_STEP(bpg);
+    const uint8_t *q = w->q + (size_t)G * w->row_bytes;
+    const int8_t *x0 = x->qp + (size_t)t * (size_t)x->n; /* token t + i at x0 + o[i] */
+    size_t o[R4_TILE_TOKENS];
+    for (int i = 0; i < R4_TILE_TOKENS; i++) o[i] = (size_t)i * (size_t)x->n;
+    const size_t tile = (size_t)(t / 16) * (size_t)nb * 16 + (size_t)(t % 16); /* dt, st of block 0 */
+    float32x4_t L[R4_TILE_TOKENS][16];
+    int gj = 0, inj = 0; /* lane j's first block: in group gj, the inj-th block */
+    for (int j = 0; j < 16; j++) {
+        float32x4_t f[R4_TILE_TOKENS];
+        UNROLL
+        for (int i = 0; i < R4_TILE_TOKENS; i++) f[i] = vdupq_n_f32(0.0f);
+        int b = j, g = gj, in = inj; /* block b in group g, the in-th block */
+        const int8_t *xe = x0 + (size_t)(j >> 2) * 128 + 16 * (size_t)(j & 3); /* block b's even values */
+        for (; b < whole; b += 16, xe += 4 * 128) {
+            r4block wb = r4_unpack(kind, q + 64 * (size_t)b);
+            float32x4_t d4 = r4_scales(w->d, w, G, g), m4 = kind == K_Q4A ? r4_scales(w->m, w, G, g) : d4;
+            const size_t ts = tile + 16 * (size_t)b;
+            R4_OPAQUE(xe); /* one pointer and fixed offsets, not one pointer per token */
+            UNROLL
+            for (int h = 0; h < R4_TILE_TOKENS; h += 4) {
+                int32x4_t a[4];
+                r4_sums4(&wb, xe, xe + 64, o + h, a);
+                float32x4_t dx = vld1q_f32(x->dt + ts + h), sx = dx;
+                if (kind == K_Q4A) sx = vcvtq_f32_s32(vld1q_s32(x->st + ts + h));
+                float32x4_t sum[4], term[4];
+                UNROLL
+                for (int i = 0; i < 4; i++) {
+                    sum[i] = isum_f32(kind, a[i]);
+                    term[i] = R4_MUL_LANE(d4, dx, i);
+                }
+                R4_ROUND();
+                UNROLL
+                for (int i = 0; i < 4; i++) term[i] = vmulq_f32(term[i], sum[i]);
+                if (kind == K_Q4A) {
+                    UNROLL
+                    for (int i = 0; i < 4; i++) sum[i] = R4_MUL_LANE(R4_MUL_LANE(m4, dx, i), sx, i);
+                    R4_ROUND();
+                    UNROLL
+                    for (int i = 0; i < 4; i++) term[i] = vaddq_f32(term[i], sum[i]);
+                }
+                R4_ROUND();
+                UNROLL
+                for (int i = 0; i < 4; i++) f[h + i] = vaddq_f32(f[h + i], term[i]);
+            }
+            if (gstep) {
+                g += gstep;
+            } else {
+                for (in += 16; in >= bpg; in -= bpg) g++; /* to block b + 16, no division */
+            }
+        }
+        if (b < nb) { /* the row's last blocks, past its whole spans of 128 */
+            r4block wb = r4_unpack(kind, q + 64 * (size_t)b);
+            float32x4_t d4 = r4_scales(w->d, w, G, g), m4 = kind == K_Q4A ? r4_scales(w->m, w, G, g) : d4;
+            UNROLL
+            for (int i = 0; i < R4_TILE_TOKENS; i++) f[i] = vaddq_f32(f[i], r4_term(kind, x, &wb, b, t + i, d4, m4));
+        }
+        UNROLL
+        for (int i = 0; i < R4_TILE_TOKENS; i++) L[i][j] = f[i];
+        if (++inj == bpg) { /* lane j + 1 */
+            inj = 0;
+            gj++;
+        }
+    }
+    for (int i = 0; i < R4_TILE_TOKENS; i++)
+        r4_store(r4_tree(L[i]), G, r0, r1, out + (size_t)(t + i) * out_stride);
+}
+
+ALWAYS void dot_r4_tiles(int kind, const qact *x, const qmat *w, int r0, int r1, float *out, size_t out_stride) {
+    if (r0 >= r1) return;
+    const int tiled = 16 * x->ntile < x->ntok ? 16 * x->ntile : x->ntok; /* tokens with scales in dt */
+    const int steps = tiled / R4_TILE_TOKENS * R4_TILE_TOKENS;
+    for (int G = r0 / R4; G * R4 < r1; G++) {
+        for (int t = 0; t < steps; t += R4_TILE_TOKENS) r4_tile(kind, x, w, G, t, r0, r1, out, out_stride);
+        r4_tokens(kind, x, w, G, steps, r0, r1, out, out_stride);
+    }
+}
+
+ALWAYS int32x4_t r4_dot_bytes(int kind, const uint8_t *p, const int8_t *pe, const int8_t *po) {
+    int8x16_t xe = vld1q_s8(pe), xo = vld1q_s8(po);
     int32x4_t a = vdupq_n_s32(0);
     UNROLL
     for (int k = 0; k < 4; k++) {
