@@ -23,20 +23,19 @@ static inline __attribute__((always_inline)) TGT256 __m256i avx2_dot_8(__m256i a
     return _mm256_add_epi32(a, _mm256_madd_epi16(p, _mm256_set1_epi16(1)));
 }
 
-/* int4 in nibble order (qact.qp): lo . xa + hi . xb, the 16-bit pair sums of
- * both added before widening (2 * 2 * 15 * 128 fits int16); _s: 128 bits */
+/* int4 in nibble order (qact.qp): lo . xa + hi . xb as 16-bit sums of 4
+ * products (4 * 15 * 128 = 7680), not yet widened: x86_256.h adds up to 4
+ * of them (30720 fits int16) before part_widen; _s: 128 bits */
 static inline __attribute__((always_inline)) TGT256 __m256i avx2_dot_u2(__m256i lo, const int8_t *xa, __m256i hi,
                                                                         const int8_t *xb) {
-    __m256i p = _mm256_add_epi16(_mm256_maddubs_epi16(lo, _mm256_loadu_si256((const __m256i *)xa)),
-                                 _mm256_maddubs_epi16(hi, _mm256_loadu_si256((const __m256i *)xb)));
-    return _mm256_madd_epi16(p, _mm256_set1_epi16(1));
+    return _mm256_add_epi16(_mm256_maddubs_epi16(lo, _mm256_loadu_si256((const __m256i *)xa)),
+                            _mm256_maddubs_epi16(hi, _mm256_loadu_si256((const __m256i *)xb)));
 }
 
 static inline __attribute__((always_inline)) TGT256 __m128i avx2_dot_u2_s(__m128i lo, const int8_t *xa, __m128i hi,
                                                                           const int8_t *xb) {
-    __m128i p = _mm_add_epi16(_mm_maddubs_epi16(lo, _mm_loadu_si128((const __m128i *)xa)),
-                              _mm_maddubs_epi16(hi, _mm_loadu_si128((const __m128i *)xb)));
-    return _mm_madd_epi16(p, _mm_set1_epi16(1));
+    return _mm_add_epi16(_mm_maddubs_epi16(lo, _mm_loadu_si128((const __m128i *)xa)),
+                         _mm_maddubs_epi16(hi, _mm_loadu_si128((const __m128i *)xb)));
 }
 
 #define TGT TGT256
@@ -44,6 +43,8 @@ static inline __attribute__((always_inline)) TGT256 __m128i avx2_dot_u2_s(__m128
 #define dot_8(a, w, x) avx2_dot_8((a), (w), (x))
 #define dot_u2(lo, xa, hi, xb) avx2_dot_u2((lo), (xa), (hi), (xb))
 #define dot_u2_s(lo, xa, hi, xb) avx2_dot_u2_s((lo), (xa), (hi), (xb))
+#define part_add(a, b) _mm256_add_epi16((a), (b))
+#define part_widen(p) _mm256_madd_epi16((p), _mm256_set1_epi16(1))
 #define Q8_OFF 0
 #include "x86_256.h"
 
