@@ -20,67 +20,73 @@
 #define QUANTIZE_CLONES
 #endif
 
-typedef float f32x16 __attribute__((vector_size(64))); /* GCC/clang vectors: lane-wise ops */
-typedef int32_t i32x16 __attribute__((vector_size(64)));
-typedef int8_t i8x16 __attribute__((vector_size(16)));
+/* 8-lane GCC/clang vectors (lane-wise ops): one AVX2 register; AVX-512
+ * and NEON handle them as well, while 16 lanes on AVX2 came out lane by
+ * lane, as did a converting cast to int8 (hence NARROW8's shuffle). */
+typedef float f32x8 __attribute__((vector_size(32)));
+typedef int32_t i32x8 __attribute__((vector_size(32)));
+typedef int8_t i8x32 __attribute__((vector_size(32)));
+typedef int8_t i8x8 __attribute__((vector_size(8)));
 
 /* a ? b : c, lane by lane (a: all ones or zero; a macro, as a function
- * returning a 64-byte vector would tie the ABI to AVX-512) */
-#define SELECT16(a, b, c) ((f32x16)(((a) & (i32x16)(b)) | (~(a) & (i32x16)(c))))
+ * returning a 32-byte vector would tie the ABI to AVX) */
+#define SELECT8(a, b, c) ((f32x8)(((a) & (i32x8)(b)) | (~(a) & (i32x8)(c))))
 
-/* Lanes 8..15, 4..7 and 2..3 of v moved to lanes 0.. (the rest: don't care) */
-#define HIGH_HALF(v) __builtin_shufflevector(v, v, 8, 9, 10, 11, 12, 13, 14, 15, 8, 9, 10, 11, 12, 13, 14, 15)
-#define HIGH_QUARTER(v) __builtin_shufflevector(v, v, 4, 5, 6, 7, 4, 5, 6, 7, 4, 5, 6, 7, 4, 5, 6, 7)
-#define HIGH_EIGHTH(v) __builtin_shufflevector(v, v, 2, 3, 2, 3, 2, 3, 2, 3, 2, 3, 2, 3, 2, 3, 2, 3)
+/* Lanes 4..7 and 2..3 of v moved to lanes 0.. (the rest: don't care) */
+#define HIGH_HALF(v) __builtin_shufflevector(v, v, 4, 5, 6, 7, 4, 5, 6, 7)
+#define HIGH_QUARTER(v) __builtin_shufflevector(v, v, 2, 3, 2, 3, 2, 3, 2, 3)
+
+/* The low byte of each int32 lane (exact for values in [-128, 127]) */
+#define LOW_BYTE (__BYTE_ORDER__ == __ORDER_BIG_ENDIAN__ ? 3 : 0)
+#define NARROW8(v)                                                                                              \
+    __builtin_shufflevector((i8x32)(v), (i8x32)(v), LOW_BYTE, 4 + LOW_BYTE, 8 + LOW_BYTE, 12 + LOW_BYTE,       \
+                            16 + LOW_BYTE, 20 + LOW_BYTE, 24 + LOW_BYTE, 28 + LOW_BYTE)
 
 /* One block of QK values: returns its scale d, writes q and *sum. Written
- * with 16-lane vectors (GCC left the plain loops half scalar): the largest |x|,
+ * with vectors (GCC left the plain loops half scalar): the largest |x|,
  * then q, then its sum. The largest |x| is taken on the bits as integers (for
  * floats >= 0 their order), NaN counting as 0, so NaN loses to every value
  * as in a float comparison; a float maximum would let clang use fmaxnm,
  * which returns NaN for a signalling NaN. */
 static inline __attribute__((always_inline)) float quantize_block(const float *restrict x, int8_t *restrict q,
                                                                   int32_t *sum) {
-    f32x16 v[QK / 16];
-    i32x16 top = {0};
+    f32x8 v[QK / 8];
+    i32x8 top = {0};
     memcpy(v, x, sizeof v);
-    for (int h = 0; h < QK / 16; h++) {
-        i32x16 a = (i32x16)v[h] & 0x7fffffff;
+    for (int h = 0; h < QK / 8; h++) {
+        i32x8 a = (i32x8)v[h] & 0x7fffffff;
         a &= ~(a > 0x7f800000); /* NaN: 0 */
-        i32x16 more = a > top;
+        i32x8 more = a > top;
         top = (more & a) | (~more & top);
     }
     /* halvings, as vectors (lanes of the upper half onto the lower) */
-    i32x16 more = HIGH_HALF(top) > top;
+    i32x8 more = HIGH_HALF(top) > top;
     top = (more & HIGH_HALF(top)) | (~more & top);
     more = HIGH_QUARTER(top) > top;
     top = (more & HIGH_QUARTER(top)) | (~more & top);
-    more = HIGH_EIGHTH(top) > top;
-    top = (more & HIGH_EIGHTH(top)) | (~more & top);
     union { int32_t i; float f; } amax_bits = {top[1] > top[0] ? top[1] : top[0]};
     float amax = amax_bits.f;
     float dg = amax / 127.0f;
-    i32x16 s = {0};
-    for (int h = 0; h < QK / 16; h++) {
-        i32x16 qi = {0};
+    i32x8 s = {0};
+    for (int h = 0; h < QK / 8; h++) {
+        i32x8 qi = {0};
         if (dg > 0.0f) {
             /* round half to even: adding and subtracting 1.5 * 2^23 leaves no
              * fraction bits (|r| <= 127 here); same as nearbyintf */
-            f32x16 r = (v[h] / dg + 12582912.0f) - 12582912.0f;
+            f32x8 r = (v[h] / dg + 12582912.0f) - 12582912.0f;
             /* NaN to 0 before the clamps: clang may turn a clamp into
              * fminnm/fmaxnm, which map a NaN to the bound */
-            r = SELECT16(r == r, r, (f32x16){0});
-            r = SELECT16(r > 127.0f, (f32x16){0} + 127.0f, r);
-            r = SELECT16(r < -127.0f, (f32x16){0} - 127.0f, r);
-            qi = __builtin_convertvector(r, i32x16);
+            r = SELECT8(r == r, r, (f32x8){0});
+            r = SELECT8(r > 127.0f, (f32x8){0} + 127.0f, r);
+            r = SELECT8(r < -127.0f, (f32x8){0} - 127.0f, r);
+            qi = __builtin_convertvector(r, i32x8);
         }
-        i8x16 q8 = __builtin_convertvector(qi, i8x16);
-        memcpy(q + 16 * h, &q8, sizeof q8);
+        i8x8 q8 = NARROW8(qi);
+        memcpy(q + 8 * h, &q8, sizeof q8);
         s += qi;
     }
     s += HIGH_HALF(s);
     s += HIGH_QUARTER(s);
-    s += HIGH_EIGHTH(s);
     *sum = s[0] + s[1];
     return dg;
 }

@@ -23,20 +23,19 @@ static inline __attribute__((always_inline)) TGT256 __m256i avx2_dot_8(__m256i a
     return _mm256_add_epi32(a, _mm256_madd_epi16(p, _mm256_set1_epi16(1)));
 }
 
-/* int4 in nibble order (qact.qp): lo . xa + hi . xb, the 16-bit pair sums of
- * both added before widening (2 * 2 * 15 * 128 fits int16); _s: 128 bits */
+/* int4 in nibble order (qact.qp): lo . xa + hi . xb as 16-bit sums of 4
+ * products (4 * 15 * 128 = 7680), not yet widened: x86_256.h adds up to 4
+ * of them (30720 fits int16) before part_widen; _s: 128 bits */
 static inline __attribute__((always_inline)) TGT256 __m256i avx2_dot_u2(__m256i lo, const int8_t *xa, __m256i hi,
                                                                         const int8_t *xb) {
-    __m256i p = _mm256_add_epi16(_mm256_maddubs_epi16(lo, _mm256_loadu_si256((const __m256i *)xa)),
-                                 _mm256_maddubs_epi16(hi, _mm256_loadu_si256((const __m256i *)xb)));
-    return _mm256_madd_epi16(p, _mm256_set1_epi16(1));
+    return _mm256_add_epi16(_mm256_maddubs_epi16(lo, _mm256_loadu_si256((const __m256i *)xa)),
+                            _mm256_maddubs_epi16(hi, _mm256_loadu_si256((const __m256i *)xb)));
 }
 
 static inline __attribute__((always_inline)) TGT256 __m128i avx2_dot_u2_s(__m128i lo, const int8_t *xa, __m128i hi,
                                                                           const int8_t *xb) {
-    __m128i p = _mm_add_epi16(_mm_maddubs_epi16(lo, _mm_loadu_si128((const __m128i *)xa)),
-                              _mm_maddubs_epi16(hi, _mm_loadu_si128((const __m128i *)xb)));
-    return _mm_madd_epi16(p, _mm_set1_epi16(1));
+    return _mm_add_epi16(_mm_maddubs_epi16(lo, _mm_loadu_si128((const __m128i *)xa)),
+                         _mm_maddubs_epi16(hi, _mm_loadu_si128((const __m128i *)xb)));
 }
 
 #define TGT TGT256
@@ -44,6 +43,8 @@ static inline __attribute__((always_inline)) TGT256 __m128i avx2_dot_u2_s(__m128
 #define dot_8(a, w, x) avx2_dot_8((a), (w), (x))
 #define dot_u2(lo, xa, hi, xb) avx2_dot_u2((lo), (xa), (hi), (xb))
 #define dot_u2_s(lo, xa, hi, xb) avx2_dot_u2_s((lo), (xa), (hi), (xb))
+#define part_add(a, b) _mm256_add_epi16((a), (b))
+#define part_widen(p) _mm256_madd_epi16((p), _mm256_set1_epi16(1))
 #define Q8_OFF 0
 #include "x86_256.h"
 
@@ -68,13 +69,15 @@ static inline __attribute__((always_inline)) TGT256 __m128i avx2_dot_u2_s(__m128
  * Each step works on TOK8_NR rows x TOK8_NG groups (8 int16 accumulators,
  * NG group vectors and NR broadcasts: 14 of the 16 registers), so every
  * group vector loaded serves NR rows and every broadcast NG groups. Rows go
- * in groups of TOK8_ROWS over column chunks of TOK8_CHUNK blocks (the tiles'
- * chunk, TOK8_TILES of them, is read from L1 once per row group). Used for
+ * in groups of TOK8_ROWS over column chunks of at most TOK8_L1_BLOCKS / (the
+ * pass's tiles) blocks, so the tiles' chunk, read once per row group, stays
+ * in L1 (a short prompt's rows then go in one chunk). Used for
  * the tiles of a call (tiled_tokens); groups of 8 wholly past ntok (the
  * padding) are skipped, and the tokens after the tiles go through x86_256.h's
  * kernels. */
 
-#define TOK8_CHUNK 16 /* blocks per column chunk, at most */
+#define TOK8_CHUNK 64     /* blocks per column chunk, at most (a multiple of 8) */
+#define TOK8_L1_BLOCKS 64 /* blocks of tiles per chunk: 32 KiB */
 #define TOK8_ROWS 8   /* rows unpacked per pass */
 #define TOK8_TILES 4  /* tiles (two groups of 8 each) per pass over a row group */
 #define TOK8_NR 2     /* rows per step */
@@ -85,18 +88,15 @@ static inline __attribute__((always_inline)) TGT256 __m128i avx2_dot_u2_s(__m128
  * indexed from 0. */
 static TGT256 void tok8_unpack(int kind, const qmat *w, int r, int b0, int cnt, uint8_t *wb, float *dblk,
                                float *mblk) {
-    const int bpg = w->gs / QK;
-    const uint8_t *q = w->q + (size_t)r * w->row_bytes + (size_t)b0 * (QK / 2);
-    const uint16_t *wd = w->d + (size_t)r * (size_t)w->ngroups;
-    const uint16_t *wm = kind == K_Q4A ? w->m + (size_t)r * (size_t)w->ngroups : NULL;
-    for (int e = 0; e < cnt * QK; e += 32) _mm256_storeu_si256((__m256i *)(wb + e), unpack32_256(q + e / 2, kind == K_Q4S));
-    for (int b = 0, g = b0 / bpg, in_group = b0 % bpg; b < cnt; b++) { /* block b0+b is in group g */
-        dblk[b] = _cvtsh_ss(wd[g]);
-        if (wm) mblk[b] = _cvtsh_ss(wm[g]);
-        if (++in_group == bpg) {
-            g++;
-            in_group = 0;
-        }
+    row_view v;
+    row_of(&v, w, r, kind);
+    const uint8_t *q = v.q + (size_t)b0 * (QK / 2);
+    for (uint8_t *o = wb; o < wb + cnt * QK; o += 32, q += 16)
+        _mm256_storeu_si256((__m256i *)o, unpack32_256(q, kind == K_Q4S));
+    for (int b = 0; b < cnt; b += 8) { /* 8 at a time: dblk and mblk have room up to a multiple of 8 */
+        int n = cnt - b < 8 ? cnt - b : 8;
+        _mm256_storeu_ps(dblk + b, scales8(&v, v.d, b0 + b, n));
+        if (kind == K_Q4A) _mm256_storeu_ps(mblk + b, scales8(&v, v.m, b0 + b, n));
     }
 }
 
@@ -166,10 +166,11 @@ static inline __attribute__((always_inline)) TGT256 void tok8_rows(int kind, con
     uint8_t wb[TOK8_ROWS][TOK8_CHUNK * QK] __attribute__((aligned(32)));
     float dblk[TOK8_ROWS][TOK8_CHUNK], mblk[TOK8_ROWS][TOK8_CHUNK];
     __m256 lanes[TOK8_ROWS][2 * TOK8_TILES][16]; /* across chunks */
-    const int nb = x->nb, chunks = (nb + TOK8_CHUNK - 1) / TOK8_CHUNK;
-    const int chunk = (nb + chunks - 1) / chunks; /* even chunks: no short one at the end */
+    const int nb = x->nb;
     for (int gg = 0; gg < groups; gg += 2 * TOK8_TILES) {
         int ngg = groups - gg < 2 * TOK8_TILES ? groups - gg : 2 * TOK8_TILES;
+        int most = TOK8_L1_BLOCKS / ((ngg + 1) / 2) < TOK8_CHUNK ? TOK8_L1_BLOCKS / ((ngg + 1) / 2) : TOK8_CHUNK;
+        int chunks = (nb + most - 1) / most, chunk = (nb + chunks - 1) / chunks; /* even chunks: no short one at the end */
         for (int rg = r0; rg < r1; rg += TOK8_ROWS) {
             int nr = r1 - rg < TOK8_ROWS ? r1 - rg : TOK8_ROWS;
             for (int i = 0; i < nr; i++) /* the lanes no block starts (nb < 16) */

@@ -320,6 +320,15 @@ ALWAYS TGT void tile_tokens(int kind, const int T, const qact *x, const qmat *w,
     }
 }
 
+/* Tokens t0 .. t0+T-1 (T = 1..4) of rows r0 .. r1 (simd_entry.h) */
+ALWAYS TGT void rows_tokens(int kind, const int T, const qact *x, const qmat *w, int r0, int r1, float *out,
+                            size_t out_stride, int t0) {
+    for (int r = r0; r < r1; r++) {
+        if (T == 1) one_token(kind, x, w, r, out, out_stride, t0);
+        else tile_tokens(kind, T, x, w, r, out, out_stride, t0);
+    }
+}
+
 #include "simd_entry.h"
 
 /* ---- prompts: 16 tokens per vector ---- */

@@ -7,9 +7,12 @@
  *   ld_q8(p)       32 int8 at p as dot_8 wants them
  *   dot_8(a, w, x)  a + sums of 4 products w*x per lane, w from ld_q8, x int8 at x
  *   Q8_OFF         what ld_q8 adds to every weight (128 for vpdpbusd, else 0)
- *   dot_u2(lo, xa, hi, xb): int32 lanes of lo . (32 int8 at xa)
- *                  + hi . (32 int8 at xb), 4 + 4 products per lane, lo and hi
- *                  unsigned nibbles; dot_u2_s the same on 128 bits
+ *   dot_u2(lo, xa, hi, xb): lo . (32 int8 at xa) + hi . (32 int8 at xb),
+ *                  lo and hi unsigned nibbles, 4 + 4 products per 32-bit
+ *                  lane, as a "part": sums that part_add adds lane by lane
+ *                  (up to 4 parts) and part_widen makes int32 lanes of
+ *                  (vpmaddubsw leaves 16-bit sums, widened only after the
+ *                  reduction's adds); dot_u2_s the same on 128 bits
  *
  * Integer part: each block's exact int32 sum. Q4S nibbles are taken as q + 8
  * (0..15) so the unsigned x signed byte products apply; isum = dot - 8 * xs
@@ -110,58 +113,104 @@ typedef struct token_rows {
 ALWAYS TGT void pair_q4(int kind, const token_rows *x, const uint8_t *wq, int b, int full, __m256i p[][4], int j) {
     const int T = x->T, nb = x->nb;
     const int8_t *const *xp = x->xp;
-    int e = b * QK;
+    const size_t e = (size_t)b * QK;
+    const uint8_t *wp = wq + (size_t)b * (QK / 2);
     __m256i lo, hi;
     if (full || b < (nb & ~3)) {
-        int xa = e - (b & 2) * 16; /* the second half of a span: 32 values back */
-        nib64(kind, wq + e / 2, &lo, &hi);
+        size_t xa = e - (size_t)(b & 2) * 16; /* the second half of a span: 32 values back */
+        nib64(kind, wp, &lo, &hi);
         for (int t = 0; t < T; t++) p[t][j] = dot_u2(lo, xp[t] + xa, hi, xp[t] + xa + 64);
     } else if (nb - b >= 2) {
-        nib64(kind, wq + e / 2, &lo, &hi);
+        nib64(kind, wp, &lo, &hi);
         for (int t = 0; t < T; t++) p[t][j] = dot_u2(lo, xp[t] + e, hi, xp[t] + e + 32);
     } else {
         __m128i l, h;
-        nib32(kind, wq + e / 2, &l, &h);
+        nib32(kind, wp, &l, &h);
         for (int t = 0; t < T; t++) p[t][j] = _mm256_zextsi128_si256(dot_u2_s(l, xp[t] + e, h, xp[t] + e + 16));
     }
 }
 
-/* 4 pair vectors (blocks 2j | 2j+1 in p[j]) -> lane i = the sum of block i:
- * HALF4P merges p0, p1 (and p2, p3) by 64-bit pairs, reduce4p the two results
- * by 32-bit lanes (blocks 0 4 2 6 | 1 5 3 7), then one permute. */
-#define HALF4P(p0, p1) MERGE8((p0), (p1), 0xCC, SWAP64_8) /* blocks 0 0 2 2 | 1 1 3 3 */
+/* 4 pair vectors (blocks 2j | 2j+1 in p[j], parts) -> lane i = the sum of
+ * block i: HALF4P merges p0, p1 (and p2, p3) by 64-bit pairs, reduce4p the
+ * two results by 32-bit lanes (blocks 0 4 2 6 | 1 5 3 7), widens them, then
+ * one permute. The merges move whole 32-bit lanes, so they add parts. */
+#define MERGE8P(a, b, imm, SHUF) part_add(_mm256_blend_epi32((a), (b), (imm)), SHUF(_mm256_blend_epi32((b), (a), (imm))))
+#define HALF4P(p0, p1) MERGE8P((p0), (p1), 0xCC, SWAP64_8) /* blocks 0 0 2 2 | 1 1 3 3 */
 ALWAYS TGT __m256i reduce4p(__m256i a, __m256i b) {
-    __m256i c = MERGE8(a, b, 0xAA, SWAP32_8);
+    __m256i c = part_widen(MERGE8P(a, b, 0xAA, SWAP32_8));
     return _mm256_permutevar8x32_epi32(c, _mm256_setr_epi32(0, 4, 2, 6, 1, 5, 3, 7));
 }
 
-/* T tokens (1..4) x 8 int4 blocks from b0 (cnt valid): each pair vector
- * unpacked once for the T tokens, then per token one reduction and one float
- * step added to lanes[t][half]. */
-ALWAYS TGT void tile8_q4(int kind, const token_rows *x, const row_view *v, int b0, int cnt, int full,
-                         __m256 lanes[][2], int half) {
+/* One pair vector (blocks 0 | 1, a part) -> lanes 0, 1 = the sums of blocks
+ * 0, 1 (the other lanes: any int32) */
+ALWAYS TGT __m256i reduce1p(__m256i p) {
+    __m256i c = part_widen(p);
+    c = _mm256_add_epi32(c, _mm256_shuffle_epi32(c, 0x4E));
+    c = _mm256_add_epi32(c, _mm256_shuffle_epi32(c, 0xB1));
+    return _mm256_permutevar8x32_epi32(c, _mm256_setr_epi32(0, 4, 0, 0, 0, 0, 0, 0));
+}
+
+/* T tokens (1..4) x 8 int4 blocks from b0 (cnt valid) of the row at wq,
+ * whose weight scales (and minimums) are d8, m8: each pair vector unpacked
+ * once for the T tokens, then per token one reduction and one float step
+ * added to lanes[t][half]. */
+ALWAYS TGT void tile8_q4(int kind, const token_rows *x, const uint8_t *wq, int b0, int cnt, int full, __m256 d8,
+                         __m256 m8, __m256 lanes[][2], int half) {
     const int T = x->T;
     __m256i p[4][4], a[4];
+    int off = offset_of(kind, Q8_OFF);
+    if (cnt <= 2) { /* one pair: lanes past cnt take zero activation scales (terms8s), so any sum */
+        pair_q4(kind, x, wq, b0, full, p, 0);
+        for (int t = 0; t < T; t++)
+            lanes[t][half] = _mm256_add_ps(lanes[t][half],
+                                           terms8s(kind, d8, m8, b0, cnt, reduce1p(p[t][0]), x->xd[t], x->xs[t], off));
+        return;
+    }
     for (int j = 0; j < 4; j++) {
         if (2 * j < cnt) {
-            pair_q4(kind, x, v->q, b0 + 2 * j, full, p, j);
+            pair_q4(kind, x, wq, b0 + 2 * j, full, p, j);
         } else {
             for (int t = 0; t < T; t++) p[t][j] = _mm256_setzero_si256();
         }
     }
     for (int t = 0; t < T; t++) a[t] = HALF4P(p[t][0], p[t][1]);
-    __m256 d8 = scales8(v, v->d, b0, cnt), m8 = kind == K_Q4A ? scales8(v, v->m, b0, cnt) : d8;
-    int off = offset_of(kind, Q8_OFF);
     for (int t = 0; t < T; t++) {
         __m256i isum = reduce4p(a[t], HALF4P(p[t][2], p[t][3]));
         lanes[t][half] = _mm256_add_ps(lanes[t][half], terms8s(kind, d8, m8, b0, cnt, isum, x->xd[t], x->xs[t], off));
     }
 }
 
-/* int4, T tokens (1..4) of row r: 16 blocks per pass (lanes[t][0]: lanes
- * 0-7, lanes[t][1]: 8-15). */
-ALWAYS TGT void tokens_q4(int kind, const int T, const qact *x, const row_view *v, int r, float *out,
-                               size_t out_stride, int t0) {
+/* The weight scales (or minimums) h[group of b] of blocks b0 .. b0+7 (b0 a
+ * multiple of 8) of a row, as tile8_q4 takes them. fast: the 8 scales from
+ * the first group needed are readable, and the group size is 32 << sh: lane
+ * i then takes the loaded scale i >> sh (idx). Else scales8's general way. */
+ALWAYS TGT __m256 scales8_row(const row_view *v, const uint16_t *h, int b0, int cnt, int fast, __m256i idx) {
+    if (!fast) return scales8(v, h, b0, cnt);
+    return _mm256_permutevar8x32_ps(_mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(h + (b0 >> v->sh)))), idx);
+}
+
+/* The same for blocks b0 .. b0+15 (b0 a multiple of 16) into lo and hi:
+ * from one load of 8 scales when they span the 16 blocks (groups of 64 or
+ * more: lane i of hi takes scale (8 + i) >> sh, idx8) */
+ALWAYS TGT void scales16_row(const row_view *v, const uint16_t *h, int b0, int fast, __m256i idx, __m256i idx8,
+                             __m256 *lo, __m256 *hi) {
+    if (!fast || v->sh == 0) {
+        *lo = scales8_row(v, h, b0, 8, fast, idx);
+        *hi = scales8_row(v, h, b0 + 8, 8, fast, idx);
+        return;
+    }
+    __m256 f = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(h + (b0 >> v->sh))));
+    *lo = _mm256_permutevar8x32_ps(f, idx);
+    *hi = _mm256_permutevar8x32_ps(f, idx8);
+}
+
+/* int4, T tokens (1..4) from t0, rows r0 .. r1: 16 blocks per pass
+ * (lanes[t][0]: lanes 0-7, lanes[t][1]: 8-15). What does not depend on the
+ * row (the tokens, the scale indices, which rows may load their scales 8 at
+ * a time) is worked out once per call: decoding runs this for every row of
+ * a matrix, most of them a few blocks long. */
+ALWAYS TGT void rows_q4(int kind, const int T, const qact *x, const qmat *w, int r0, int r1, float *out,
+                        size_t out_stride, int t0) {
     const int nb = x->nb;
     token_rows tok;
     tok.T = T;
@@ -172,19 +221,45 @@ ALWAYS TGT void tokens_q4(int kind, const int T, const qact *x, const row_view *
         tok.xd[t] = x->d + row * (size_t)nb;
         tok.xs[t] = x->s + row * (size_t)nb;
     }
-    __m256 lanes[4][2];
-    for (int t = 0; t < T; t++) lanes[t][0] = lanes[t][1] = _mm256_setzero_ps();
-    int b0 = 0;
-    for (; b0 + 16 <= nb; b0 += 16) {
-        tile8_q4(kind, &tok, v, b0, 8, 1, lanes, 0);
-        tile8_q4(kind, &tok, v, b0 + 8, 8, 1, lanes, 1);
+    row_view v;
+    row_of(&v, w, r0, kind);
+    /* a row reads its scales 8 at a time from group b0 >> sh, b0 <= nb - 1:
+     * readable while fast_groups scales remain from the row's first on */
+    const int fast_groups = v.sh < 0 ? INT32_MAX : ((nb - 1) >> v.sh) + 8;
+    const __m128i sh = _mm_cvtsi32_si128(v.sh);
+    const __m256i idx = _mm256_srl_epi32(_mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7), sh);
+    const __m256i idx8 = _mm256_srl_epi32(_mm256_setr_epi32(8, 9, 10, 11, 12, 13, 14, 15), sh);
+    const int left = nb % 16, whole = nb - left;
+    for (int r = r0; r < r1; r++) {
+        const int fast = fast_groups <= v.avail;
+        __m256 lanes[4][2];
+        for (int t = 0; t < T; t++) lanes[t][0] = lanes[t][1] = _mm256_setzero_ps();
+        /* halves written out: a loop over them would keep the lanes in memory */
+        for (int b0 = 0; b0 < whole; b0 += 16) {
+            __m256 d8, e8, m8, n8;
+            scales16_row(&v, v.d, b0, fast, idx, idx8, &d8, &e8);
+            if (kind == K_Q4A) scales16_row(&v, v.m, b0, fast, idx, idx8, &m8, &n8);
+            else m8 = d8, n8 = e8;
+            tile8_q4(kind, &tok, v.q, b0, 8, 1, d8, m8, lanes, 0);
+            tile8_q4(kind, &tok, v.q, b0 + 8, 8, 1, e8, n8, lanes, 1);
+        }
+        if (left) {
+            int cnt = left < 8 ? left : 8;
+            __m256 d8 = scales8_row(&v, v.d, whole, cnt, fast, idx);
+            __m256 m8 = kind == K_Q4A ? scales8_row(&v, v.m, whole, cnt, fast, idx) : d8;
+            tile8_q4(kind, &tok, v.q, whole, cnt, 0, d8, m8, lanes, 0);
+        }
+        if (left > 8) {
+            __m256 d8 = scales8_row(&v, v.d, whole + 8, left - 8, fast, idx);
+            __m256 m8 = kind == K_Q4A ? scales8_row(&v, v.m, whole + 8, left - 8, fast, idx) : d8;
+            tile8_q4(kind, &tok, v.q, whole + 8, left - 8, 0, d8, m8, lanes, 1);
+        }
+        for (int t = 0; t < T; t++) out[(size_t)(t0 + t) * out_stride + (size_t)r] = tree16(lanes[t][0], lanes[t][1]);
+        v.q += w->row_bytes;
+        v.d += v.ng;
+        if (kind == K_Q4A) v.m += v.ng;
+        v.avail -= v.ng;
     }
-    if (b0 < nb) {
-        int left = nb - b0;
-        tile8_q4(kind, &tok, v, b0, left < 8 ? left : 8, 0, lanes, 0);
-        if (left > 8) tile8_q4(kind, &tok, v, b0 + 8, left - 8, 0, lanes, 1);
-    }
-    for (int t = 0; t < T; t++) out[(size_t)(t0 + t) * out_stride + (size_t)r] = tree16(lanes[t][0], lanes[t][1]);
 }
 
 /* Q8, one token, 8 blocks per reduction; the 16 lanes as two registers. */
@@ -196,13 +271,10 @@ ALWAYS TGT __m256 chunk8(int kind, const row_view *v, const int8_t *xr, const fl
     return _mm256_add_ps(lanes, term);
 }
 
-ALWAYS TGT void one_token(int kind, const qact *x, const qmat *w, int r, float *out, size_t out_stride, int t) {
+/* Q8, token t of row r */
+ALWAYS TGT void one_token_q8(int kind, const qact *x, const qmat *w, int r, float *out, size_t out_stride, int t) {
     row_view v;
     row_of(&v, w, r, kind);
-    if (kind != K_Q8) {
-        tokens_q4(kind, 1, x, &v, r, out, out_stride, t);
-        return;
-    }
     const int nb = x->nb;
     const int8_t *xr = x->q + (size_t)t * (size_t)x->n;
     const float *xd = x->d + (size_t)t * (size_t)nb;
@@ -244,17 +316,13 @@ ALWAYS TGT __m256 pair_chunk(int kind, const row_view *v, const int8_t *xra, con
     return _mm256_mul_ps(_mm256_mul_ps(_mm256_permute2f128_ps(d4, d4, 0), dx), _mm256_cvtepi32_ps(isum));
 }
 
-/* Tokens t0 .. t0+T-1 (T = 2..4) of row r: int4 all T at once (tokens_q4);
- * Q8 two at a time (16 accumulators would not fit 16 registers): per pair, lanes 4q .. 4q+3 of its two tokens
- * in acc[q] (the first token in the low half). */
-ALWAYS TGT void tile_tokens(int kind, const int T, const qact *x, const qmat *w, int r, float *out,
-                                 size_t out_stride, int t0) {
+/* Q8, tokens t0 .. t0+T-1 (T = 2..4) of row r, two at a time (16
+ * accumulators would not fit 16 registers): per pair, lanes 4q .. 4q+3 of its
+ * two tokens in acc[q] (the first token in the low half). */
+ALWAYS TGT void tile_tokens_q8(int kind, const int T, const qact *x, const qmat *w, int r, float *out,
+                               size_t out_stride, int t0) {
     row_view v;
     row_of(&v, w, r, kind);
-    if (kind != K_Q8) {
-        tokens_q4(kind, T, x, &v, r, out, out_stride, t0);
-        return;
-    }
     const int nb = x->nb;
     for (int a = 0; a < T; a += 2) {
         int b = a + 1 < T ? a + 1 : a; /* an odd T: the lone token twice (its copy unused) */
@@ -276,6 +344,19 @@ ALWAYS TGT void tile_tokens(int kind, const int T, const qact *x, const qmat *w,
         if (a + 1 < T)
             out[(size_t)(t0 + a + 1) * out_stride + (size_t)r] =
                 tree16(_mm256_permute2f128_ps(acc[0], acc[1], 0x31), _mm256_permute2f128_ps(acc[2], acc[3], 0x31));
+    }
+}
+
+/* Tokens t0 .. t0+T-1 (T = 1..4) of rows r0 .. r1 (simd_entry.h) */
+ALWAYS TGT void rows_tokens(int kind, const int T, const qact *x, const qmat *w, int r0, int r1, float *out,
+                            size_t out_stride, int t0) {
+    if (kind != K_Q8) {
+        rows_q4(kind, T, x, w, r0, r1, out, out_stride, t0);
+        return;
+    }
+    for (int r = r0; r < r1; r++) {
+        if (T == 1) one_token_q8(kind, x, w, r, out, out_stride, t0);
+        else tile_tokens_q8(kind, T, x, w, r, out, out_stride, t0);
     }
 }
 
