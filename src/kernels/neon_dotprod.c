@@ -318,7 +318,7 @@ ALWAYS void dot_r4_tiles(int kind, const qact *x, const qmat *w, int r0, int r1,
                 d[i * ng + g] = w->d[at + (size_t)g * R4 + (size_t)i];
                 if (w->m) m[i * ng + g] = w->m[at + (size_t)g * R4 + (size_t)i];
             }
-        qmat rm = {q[0], d, w->m ? m : NULL, R4_COPY_COLS / 2, w->cols, w->gs, ng, R4};
+        qmat rm = {q[0], d, w->m ? m : NULL, R4_COPY_COLS / 2, w->cols, w->gs, ng, R4, NULL};
         int lo = R4 * G > r0 ? R4 * G : r0, hi = R4 * G + R4 < r1 ? R4 * G + R4 : r1;
         dot_tiles(kind, x, &rm, lo - R4 * G, hi - R4 * G, out + (size_t)R4 * (size_t)G, out_stride);
     }
