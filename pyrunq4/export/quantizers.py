@@ -70,7 +70,7 @@ QMIN, QMAX = -8, 7
 QA_MAX = 15                                # q4a levels: 0 .. QA_MAX
 WEIGHT_TYPES = ("q4s", "q4a", "q4t")       # the int4 types the quantizers write (--weight-type)
 Q4T_TOP = 127                              # a fitted q4t table's largest |level| (int8)
-Q4T_FIT_VALUES = 1 << 20                   # values a q4t table is fitted on, at most (a fixed sample)
+Q4T_FIT_VALUES = 1 << 16                   # values a q4t table is fitted on, at most (a fixed sample)
 Q4T_FIT_ITERS = 30                         # Lloyd-Max iterations of the table fit
 # Steps of the q4a search: scales (15 + step) / (max - min), as llama.cpp's make_qkx2_quants.
 AFFINE_STEPS = tuple(np.round(np.linspace(-1.0, 1.0, 11), 4))
@@ -110,10 +110,17 @@ def _table_mids(table):
 
 def _quantize_table(w, d, table):
     """q4t indices for w (..., g) and float32 d (...,): the nearest level of w / d in the
-    (increasing) table; where d == 0 the level nearest 0."""
+    (increasing) table; where d == 0 the level nearest 0. Through a lookup table over
+    half-integer buckets: the levels are integers, so every midpoint between two is a
+    bucket boundary and a whole bucket has one nearest level (a value exactly on a
+    midpoint, equally far from both, takes the upper one); |w / d| past the buckets'
+    256 takes an end level, as it would."""
     t, mids = _table_mids(table)
+    lut = np.searchsorted(mids, (np.arange(-512, 512) + 0.5) / 2).astype(np.uint8)
     safe = np.where(d == 0, np.float32(1), d)[..., None]
-    q = np.searchsorted(mids, w / safe).astype(np.uint8)
+    k = np.floor(w / safe * np.float32(2))
+    np.clip(k, -512, 511, out=k)
+    q = lut[k.astype(np.intp) + 512]
     q[d == 0] = np.argmin(np.abs(t))
     return q
 
