@@ -199,3 +199,27 @@ def test_bnb_nf4_imports_into_q4t(tmp_path, capsys, dq):
     _, entries = read_rq4(str(out2))
     wq = entries["layers.0.wq"]
     assert wq.type == "q4t" and wq.group_size == 32 and not np.array_equal(wq.table, table)
+
+
+def test_gguf_iq4_nl_imports_exactly(tmp_path):
+    """A GGUF IQ4_NL tensor comes in as q4t g32 with IQ4_NL's table: the same values as
+    gguf's own dequantization, bit for bit; the engine runs the file."""
+    import gguf
+    from test_gguf_source import hf_weights, random_kquant, tiny_vocab, write_gguf
+    from pyrunq4 import Model
+    from pyrunq4.export.sources.gguf import GGUFSource
+    T = gguf.GGMLQuantizationType
+    path = tmp_path / "iq4.gguf"
+    expect = write_gguf(path, hf_weights(len(tiny_vocab()[0])), {"layers.0.w1": T.IQ4_NL, "layers.0.wo": T.IQ4_NL})
+    src = GGUFSource(str(path))
+    got = dict(src.tensors())
+    for name in ("layers.0.w1", "layers.0.wo"):
+        t = got[name]
+        assert t.type == "q4t" and t.group_size == 32, name
+        assert np.array_equal(t.table, np.array(gguf.quants.IQ4_NL.kvalues, np.int8))
+        assert np.array_equal(dequantize(t), expect[name]), name
+    from pyrunq4.export.__main__ import main
+    out = tmp_path / "iq4.rq4"
+    assert main([str(path), str(out), "-q"]) == 0
+    with Model(str(out)) as m:
+        assert np.isfinite(m.logits([1, 2, 3])).all()
