@@ -170,11 +170,13 @@ int main(int argc, char **argv) {
         "ntok=32, same matrix, blocked (64 rows x 4 tokens per call: x stays in L1)"};
     double t[N_CASES][8][16];
     int rot = 0;
+    const int ntile32 = x.ntile; /* one token has no tiles (tiled_tokens(1) = 0), as when decoding */
     for (int r = 0; r < runs; r++) {
         for (int si = 0; si < nsets; si++) {
             const kernel_set *ks = sets[si];
             for (int cs = 0; cs < N_CASES; cs++) {
                 x.ntok = cs >= CASE_HOT32 ? maxtok : 1;
+                x.ntile = cs >= CASE_HOT32 ? ntile32 : 0;
                 int passes = cs >= CASE_HOT32 ? 1 : cs == CASE_HOT1 ? 4 : ncopies;
                 if (cs == CASE_HOT1) dot(ks, q8, q4a, &x, &m[0], 0, rows, out, (size_t)rows); /* warm up */
                 double t0 = now();
