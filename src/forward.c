@@ -61,6 +61,7 @@ static void dequantize_row(const tensor *w, int r, float *out) {
         if (interleaved) /* byte j of block b: chunk j / 4, byte j % 4 of it */
             byte = (size_t)(i / QK) * 64 + (size_t)((byte % 16) / 4 * R4 + (size_t)(r % R4)) * 4 + byte % 4;
         if (w->type == RQ4_TYPE_Q8) v = (int8_t)q[i];
+        else if (w->table) v = w->table[(q[byte] >> (4 * (i & 1))) & 0x0F];
         else if (is_signed) v = (int)(((q[byte] >> (4 * (i & 1))) & 0x0F) ^ 8) - 8;
         else v = (q[byte] >> (4 * (i & 1))) & 0x0F;
         out[i] = fp16_to_f32(d[(size_t)g * step]) * (float)v;
@@ -122,8 +123,8 @@ static void matmul_part(const rq4_model *m, const matmul_job *j, int part, int t
         const kernel_set *k = m->kernels;
         dot_fn dot = w->type == RQ4_TYPE_Q4S ? k->dot_q4s : w->type == RQ4_TYPE_Q4A ? k->dot_q4a
                    : w->type == RQ4_TYPE_Q4S_R4 ? k->dot_q4s_r4 : w->type == RQ4_TYPE_Q4A_R4 ? k->dot_q4a_r4
-                   : k->dot_q8;
-        qmat mat = {w->q, w->d, w->m, w->row_bytes, w->cols, w->gs, w->ngroups, w->rows};
+                   : w->type == RQ4_TYPE_Q4T ? rq4_kernels_q4t(k) : k->dot_q8;
+        qmat mat = {w->q, w->d, w->m, w->row_bytes, w->cols, w->gs, w->ngroups, w->rows, w->table};
         dot(j->xq, &mat, start, end, out, stride);
         return;
     }

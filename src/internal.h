@@ -33,6 +33,7 @@ typedef struct tensor {
     const uint8_t *q;     /* (rows, row_bytes) packed values; F32: the floats; interleaved: (row groups, row_bytes) */
     const uint16_t *d;    /* (rows, ngroups) fp16 scales; interleaved: (row groups, ngroups, RQ4_INTERLEAVE) */
     const uint16_t *m;    /* minimums as d, Q4A and Q4A_R4 only */
+    const int8_t *table;  /* Q4T only: its RQ4_Q4T_LEVELS levels */
 } tensor;
 
 typedef struct layer_weights {

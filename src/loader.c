@@ -78,7 +78,7 @@ static uint64_t stored_rows(int type, uint64_t rows) {
 }
 
 /* Bytes of a quantized tensor's values, and the offsets of its scales and
- * minimums; 0 on overflow. */
+ * minimums (Q4T: of its table of levels, in mins_at); 0 on overflow. */
 static int quantized_layout(int type, uint64_t rows, uint64_t cols, uint64_t gs, uint64_t *values,
                             uint64_t *scales_at, uint64_t *mins_at, uint64_t *size) {
     uint64_t ngroups = (cols + gs - 1) / gs, row_bytes = type == RQ4_TYPE_Q8 ? cols : cols / 2;
@@ -95,16 +95,22 @@ static int quantized_layout(int type, uint64_t rows, uint64_t cols, uint64_t gs,
         if (*mins_at > UINT64_MAX - scale_bytes) return 0;
         *size = *mins_at + scale_bytes;
     }
+    if (type == RQ4_TYPE_Q4T) {
+        if (*size > UINT64_MAX - 64 - RQ4_Q4T_LEVELS) return 0;
+        *mins_at = align64(*size);
+        *size = *mins_at + RQ4_Q4T_LEVELS;
+    }
     return 1;
 }
 
 static int is_quantized(int type) {
-    return type == RQ4_TYPE_Q4S || type == RQ4_TYPE_Q4A || type == RQ4_TYPE_Q8 || is_interleaved(type);
+    return type == RQ4_TYPE_Q4S || type == RQ4_TYPE_Q4A || type == RQ4_TYPE_Q8 || type == RQ4_TYPE_Q4T ||
+           is_interleaved(type);
 }
 
 static const char *type_name(int type) {
-    static const char *names[] = {"F32", "Q4S", "Q4A", "Q8", "BLOB", "Q4S_R4", "Q4A_R4"};
-    return type >= 0 && type <= RQ4_TYPE_Q4A_R4 ? names[type] : "?";
+    static const char *names[] = {"F32", "Q4S", "Q4A", "Q8", "BLOB", "Q4S_R4", "Q4A_R4", "Q4T"};
+    return type >= 0 && type <= RQ4_TYPE_Q4T ? names[type] : "?";
 }
 
 static rq4_status read_field(const uint8_t *h, int off, const char *name, uint32_t lo, uint32_t hi, int32_t *dst,
@@ -229,7 +235,7 @@ static rq4_status check_entry(const rq4_model *m, uint32_t i, rq4_error *err) {
     uint32_t type = read_u32(e + E_TYPE), gs = read_u32(e + E_GROUP_SIZE);
     uint32_t rows = read_u32(e + E_ROWS), cols = read_u32(e + E_COLS);
     uint64_t offset = read_u64(e + E_OFFSET), size = read_u64(e + E_SIZE), expected = 0;
-    if (type > RQ4_TYPE_Q4A_R4) return rq4_fail(err, RQ4_ERR_FORMAT, "entry %s: unknown type %u", name, type);
+    if (type > RQ4_TYPE_Q4T) return rq4_fail(err, RQ4_ERR_FORMAT, "entry %s: unknown type %u", name, type);
     if (is_quantized((int)type)) {
         if (gs < RQ4_MIN_GROUP || gs > RQ4_MAX_GROUP || gs % 32 != 0)
             return rq4_fail(err, RQ4_ERR_FORMAT, "entry %s: group_size %u is not a multiple of 32 in [%d, %d]", name, gs,
@@ -307,6 +313,18 @@ static int64_t find_entry(const rq4_model *m, const char *name) {
 
 enum { WANT_MATRIX, WANT_NORM }; /* any tensor type but BLOB / a 1 x dim F32 */
 
+/* A Q4T table: RQ4_Q4T_LEVELS int8 levels in strictly increasing order (each
+ * level one index: the exporter's nearest-level rounding and the reader's
+ * inverse mapping rely on it). */
+static rq4_status check_table(const int8_t *table, const char *name, rq4_error *err) {
+    for (int i = 1; i < RQ4_Q4T_LEVELS; i++)
+        if (table[i] <= table[i - 1])
+            return rq4_fail(err, RQ4_ERR_FORMAT,
+                            "tensor %s: the Q4T table is not strictly increasing (level %d = %d after %d)", name, i,
+                            table[i], table[i - 1]);
+    return RQ4_OK;
+}
+
 /* Looks up a required tensor with its expected shape and makes a view of it. */
 static rq4_status map_tensor(rq4_model *m, const char *name, int want, int rows, int cols, tensor *t,
                              rq4_error *err) {
@@ -338,7 +356,13 @@ static rq4_status map_tensor(rq4_model *m, const char *name, int want, int rows,
     if (is_interleaved(type)) t->row_bytes *= RQ4_INTERLEAVE; /* a group of rows */
     quantized_layout(type, (uint64_t)rows, (uint64_t)cols, (uint64_t)t->gs, &values, &scales_at, &mins_at, &size);
     t->d = (const uint16_t *)(base + scales_at);
-    t->m = mins_at ? (const uint16_t *)(base + mins_at) : NULL;
+    if (type == RQ4_TYPE_Q4T) {
+        t->table = (const int8_t *)(base + mins_at);
+        rq4_status s = check_table(t->table, name, err);
+        if (s != RQ4_OK) return s;
+    } else {
+        t->m = mins_at ? (const uint16_t *)(base + mins_at) : NULL;
+    }
     /* every stored scale must be finite (the padding rows' too: the kernels
      * compute them): one linear pass over the scales only */
     size_t n = (size_t)stored_rows(type, (uint64_t)rows) * (size_t)t->ngroups;

@@ -64,8 +64,12 @@ enum rq4_type {
     RQ4_TYPE_Q8 = 3,   /* int8: w = d * q, q in [-128, 127], fp16 d per group */
     RQ4_TYPE_BLOB = 4, /* raw bytes (tokenizer, chat template, ...) */
     RQ4_TYPE_Q4S_R4 = 5, /* Q4S with rows interleaved in groups of RQ4_INTERLEAVE (docs/FORMAT.md) */
-    RQ4_TYPE_Q4A_R4 = 6  /* Q4A with rows interleaved in groups of RQ4_INTERLEAVE */
+    RQ4_TYPE_Q4A_R4 = 6, /* Q4A with rows interleaved in groups of RQ4_INTERLEAVE */
+    RQ4_TYPE_Q4T = 7     /* int4 index into the tensor's table of 16 int8 levels: w = d * table[q], fp16 d per group */
 };
+
+/* Q4T: the int8 levels of a tensor's table, in strictly increasing order. */
+#define RQ4_Q4T_LEVELS 16
 
 /* Rows per group of the interleaved types (Q4S_R4, Q4A_R4): a group's blocks
  * hold its rows side by side, so one vector instruction serves all of them. */

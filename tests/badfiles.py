@@ -177,6 +177,13 @@ def make_micro_model(path):
                               tied=True, rope=True, ffn_type="q4a", ffn_group=32, max_seq_len=64, seed=1)
 
 
+def make_micro_q4t(path):
+    """The micro model with a q4t FFN (a table per matrix, docs/FORMAT.md)."""
+    from conftest import write_random_model
+    return write_random_model(path, dim=32, hidden_dim=32, n_layers=1, n_heads=1, n_kv_heads=1, head_dim=32,
+                              tied=True, rope=True, ffn_type="q4t", ffn_group=32, max_seq_len=64, seed=3)
+
+
 def make_micro_untied(path):
     """The same with an untied q4s classifier ("output"), q8 embeddings, GQA 2/1, no RoPE scaling."""
     from conftest import write_random_model

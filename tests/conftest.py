@@ -139,8 +139,12 @@ def write_random_model(path, *, dim, hidden_dim, n_layers, n_heads, n_kv_heads, 
             w.add_f32(p + "ffn_norm", (1 + 0.1 * rng.standard_normal(dim)).astype(np.float32))
             for name, rows, cols in (("w1", hidden_dim, dim), ("w3", hidden_dim, dim),
                                      ("w2", dim, hidden_dim)):
-                w.add_quantized(p + name, quant.quantize_rtn(
-                    _rng_matrix(rng, rows, cols, cols ** -0.5), ffn_group, ffn_type))
+                m = _rng_matrix(rng, rows, cols, cols ** -0.5)
+                if ffn_type == "q4t":  # rtn with the table fitted to the matrix
+                    from pyrunq4.export.quantizers import quantize_q4t
+                    w.add_quantized(p + name, quantize_q4t(m, ffn_group, "rtn"))
+                else:
+                    w.add_quantized(p + name, quant.quantize_rtn(m, ffn_group, ffn_type))
         w.add_f32("norm", (1 + 0.1 * rng.standard_normal(dim)).astype(np.float32))
         if not tied:
             w.add_quantized("output", quant.quantize_rtn(

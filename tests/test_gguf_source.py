@@ -71,7 +71,7 @@ def hf_weights(vocab, seed=0, untied=True):
 
 
 def random_kquant(rows, cols, qtype, seed):
-    """Valid random K-quant blocks (random levels/sub-scales, small finite fp16 super-scales)."""
+    """Valid random K-quant (and IQ4_NL) blocks (random levels/sub-scales, small finite fp16 super-scales)."""
     rng = np.random.default_rng(seed)
     bsize, tsize = gguf.GGML_QUANT_SIZES[qtype]
     raw = rng.integers(0, 256, (rows, cols // bsize, tsize), dtype=np.uint8)
@@ -80,6 +80,8 @@ def random_kquant(rows, cols, qtype, seed):
         raw[:, :, 2:4] = np.frombuffer(np.float16(0.001).tobytes(), np.uint8)
     elif qtype == T.Q6_K:
         raw[:, :, -2:] = np.frombuffer(np.float16(0.0005).tobytes(), np.uint8)
+    elif qtype == T.IQ4_NL:
+        raw[:, :, 0:2] = np.frombuffer(np.float16(0.002).tobytes(), np.uint8)
     return raw.reshape(rows, -1)
 
 
@@ -139,7 +141,7 @@ def write_gguf(path, weights, types, arch="llama", pre="smollm", rope_freqs=None
             w.add_tensor(gguf_name(ours), raw)
             deq = raw.astype(np.float32)
         else:
-            raw = random_kquant(*a.shape, qt, seed=len(ours)) if qt in (T.Q4_K, T.Q6_K) else gguf.quants.quantize(a, qt)
+            raw = random_kquant(*a.shape, qt, seed=len(ours)) if qt in (T.Q4_K, T.Q6_K, T.IQ4_NL) else gguf.quants.quantize(a, qt)
             w.add_tensor(gguf_name(ours), raw, raw_dtype=qt)
             deq = gguf.quants.dequantize(raw, qt).reshape(a.shape)
         if ours.endswith(".wq"):

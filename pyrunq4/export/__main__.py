@@ -49,9 +49,10 @@ def build_parser():
                    help="how int4 matrices are stored: rows (row-major) or r4 (rows interleaved by 4, "
                         "docs/FORMAT.md; the layout the ARM kernels run fastest); same results either way")
     p.add_argument("--weight-type", choices=methods.WEIGHT_TYPES, default=methods.WEIGHT_TYPES[0],
-                   help="int4 type of the quantized matrices: q4s (w = d*q, q in -8..7) or q4a "
+                   help="int4 type of the quantized matrices: q4s (w = d*q, q in -8..7), q4a "
                         "(w = d*q + m, q in 0..15: one fp16 min more per group; with q4a, --method rtn "
-                        "measured better than mse, docs/QUALITY.md)")
+                        "measured better than mse, docs/QUALITY.md) or q4t (w = d*t[q]: 16 int8 levels "
+                        "t per tensor fitted to its weights; rows layout only)")
     p.add_argument("--float", action="store_true",
                    help="store every matrix as F32, unquantized: the float model, the reference of "
                         "pyrunq4-eval perplexity --reference (large; slow in the engine)")
@@ -75,6 +76,8 @@ def export(options, log=None, detail=None):
                 validate_group_size(gs)
         except ValueError as e:
             raise ExportError(f"{flag}: {e}") from None
+    if getattr(options, "layout", "rows") == "r4" and methods.weight_type(options) == "q4t":
+        raise ExportError("--layout r4: q4t has no interleaved type; use --layout rows")
     out = options.output
     protect = input_identities(options.source)
     try:

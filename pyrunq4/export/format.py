@@ -15,12 +15,12 @@ import struct
 from .._lib import (ALIGN, ENTRY_SIZE, FORMAT_VERSION, HEADER_SIZE, MAX_DIM, MAX_ENTRIES,  # noqa: F401
                     MAX_EOS, MAX_GROUP, MAX_HEAD_DIM, MAX_HEADS, MAX_HIDDEN_DIM, MAX_LAYERS, MAX_SEQ_LEN,
                     MAX_VOCAB, MIN_GROUP, NAME_MAX, ROPE_LLAMA3, ROPE_NONE, TYPE_BLOB, TYPE_F32, TYPE_Q4A,
-                    TYPE_Q4S, TYPE_Q8, TYPE_Q4S_R4, TYPE_Q4A_R4, INTERLEAVE)
+                    TYPE_Q4S, TYPE_Q8, TYPE_Q4S_R4, TYPE_Q4A_R4, TYPE_Q4T, Q4T_LEVELS, INTERLEAVE)
 
 MAGIC = b"RUNQ4\0\0\0"
 
 TYPE_NAMES = {TYPE_F32: "f32", TYPE_Q4S: "q4s", TYPE_Q4A: "q4a", TYPE_Q8: "q8", TYPE_BLOB: "blob",
-              TYPE_Q4S_R4: "q4s_r4", TYPE_Q4A_R4: "q4a_r4"}
+              TYPE_Q4S_R4: "q4s_r4", TYPE_Q4A_R4: "q4a_r4", TYPE_Q4T: "q4t"}
 TYPE_IDS = {v: k for k, v in TYPE_NAMES.items()}
 # The interleaved types (rows in groups of INTERLEAVE, FORMAT.md) and the
 # row-major type each holds the values of.
@@ -77,7 +77,8 @@ def stored_rows(type_id, rows):
 
 def quantized_layout(type_id, rows, cols, group_size):
     """(values_offset, scales_offset, mins_offset or None, size) of a quantized tensor,
-    relative to the tensor's start (FORMAT.md "Tensor data")."""
+    relative to the tensor's start (FORMAT.md "Tensor data"); q4t's table is its last
+    Q4T_LEVELS bytes (table_offset)."""
     rows = stored_rows(type_id, rows)
     values = rows * cols if type_id == TYPE_Q8 else rows * cols // 2
     scales_off = align(values)
@@ -85,7 +86,14 @@ def quantized_layout(type_id, rows, cols, group_size):
     if type_id in (TYPE_Q4A, TYPE_Q4A_R4):
         mins_off = align(scales_off + scales)
         return 0, scales_off, mins_off, mins_off + scales
+    if type_id == TYPE_Q4T:
+        return 0, scales_off, None, align(scales_off + scales) + Q4T_LEVELS
     return 0, scales_off, None, scales_off + scales
+
+
+def table_offset(rows, cols, group_size):
+    """Where a q4t tensor's table of Q4T_LEVELS int8 levels starts, from the tensor's start."""
+    return quantized_layout(TYPE_Q4T, rows, cols, group_size)[3] - Q4T_LEVELS
 
 
 def entry_size(type_id, rows, cols, group_size):

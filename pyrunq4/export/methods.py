@@ -11,7 +11,7 @@ quantizers.py.
 import sys
 
 from .quant import quantize_rtn
-from .quantizers import METHODS, WEIGHT_TYPES, calibration_sequences, quantize_mse, quantize_model
+from .quantizers import METHODS, WEIGHT_TYPES, calibration_sequences, quantize_mse, quantize_model, quantize_q4t
 
 __all__ = ["METHODS", "WEIGHT_TYPES", "DATA_FREE", "DEFAULT_METHOD", "add_arguments", "make_quantizer",
            "make_stream", "weight_type", "calibration_ids", "default_calibration_text"]
@@ -52,6 +52,8 @@ def make_quantizer(method):
         raise ValueError(f"unknown method {method!r}; expected one of {METHODS}")
 
     def quantize_one(name, w, group_size, qtype):
+        if qtype == "q4t":
+            return quantize_q4t(w, group_size, method)
         if qtype not in WEIGHT_TYPES or method == "rtn":
             return quantize_rtn(w, group_size, qtype)
         return quantize_mse(w, group_size, weight_type=qtype)

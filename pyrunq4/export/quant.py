@@ -8,6 +8,10 @@ a multiple of 32. Each group has one fp16 scale d (and, for q4a, one fp16 m):
     q4s: w ~ d * q,      q in [-8, 7]     (RTN: d = max|w| / 7)
     q4a: w ~ d * q + m,  q in [0, 15]     (RTN: d = (max - min) / 15, m = min)
     q8:  w ~ d * q,      q in [-128, 127] (RTN: d = max|w| / 127)
+    q4t: w ~ d * t[q],   q in [0, 15], t the tensor's table of 16 increasing int8
+                         levels (quantizers.py chooses it; RTN with a given
+                         table: d = the smallest scale that covers the group,
+                         q = the nearest level)
 
 The scale is rounded to fp16 *before* the levels are computed,
 q = round(w / float(fp16(d))), so the levels fit the scale the file stores
@@ -25,23 +29,25 @@ from typing import Optional
 
 import numpy as np
 
-from .format import (INTERLEAVE, INTERLEAVED, LAYOUTS, TYPE_IDS, TYPE_NAMES, TYPE_Q4A, TYPE_Q8, n_groups,
-                     quantized_layout, stored_rows, validate_group_size)  # noqa: F401
+from .format import (INTERLEAVE, INTERLEAVED, LAYOUTS, Q4T_LEVELS, TYPE_IDS, TYPE_NAMES, TYPE_Q4A,  # noqa: F401
+                     TYPE_Q8, n_groups, quantized_layout, stored_rows, table_offset, validate_group_size)
 
 CHUNK_VALUES = 1 << 22  # values per row chunk (16 MB of float32)
 
 # Inclusive level range and storage dtype of q per type.
-LEVELS = {"q4s": (-8, 7, np.int8), "q4a": (0, 15, np.uint8), "q8": (-128, 127, np.int8)}
+LEVELS = {"q4s": (-8, 7, np.int8), "q4a": (0, 15, np.uint8), "q8": (-128, 127, np.int8),
+          "q4t": (0, Q4T_LEVELS - 1, np.uint8)}
 
 
 @dataclass
 class QuantizedTensor:
-    type: str                      # 'q4s' | 'q4a' | 'q8'
+    type: str                      # 'q4s' | 'q4a' | 'q8' | 'q4t'
     group_size: int
-    q: np.ndarray                  # (rows, cols) integer levels (int8; uint8 for q4a)
+    q: np.ndarray                  # (rows, cols) integer levels (int8; uint8 for q4a; q4t: table indices)
     d: np.ndarray                  # (rows, ngroups) float16 scales
     m: Optional[np.ndarray] = None  # (rows, ngroups) float16 minimums, q4a only
-    layout: str = "rows"           # how the file stores it: 'rows' or 'r4' (int4 only, FORMAT.md)
+    layout: str = "rows"           # how the file stores it: 'rows' or 'r4' (q4s/q4a only, FORMAT.md)
+    table: Optional[np.ndarray] = None  # (Q4T_LEVELS,) int8 increasing levels, q4t only
 
     @property
     def shape(self):
@@ -59,9 +65,10 @@ class QuantizedTensor:
     def validate(self):
         """Raises ValueError unless this tensor can be written as FORMAT.md says."""
         if self.type not in LEVELS:
-            raise ValueError(f"unknown quantized type {self.type!r} (q4s, q4a or q8)")
-        if self.layout not in LAYOUTS or (self.layout == "r4" and self.type == "q8"):
-            raise ValueError(f"layout {self.layout!r}: must be one of {', '.join(LAYOUTS)} (r4: int4 types only)")
+            raise ValueError(f"unknown quantized type {self.type!r} (q4s, q4a, q8 or q4t)")
+        if self.layout not in LAYOUTS or (self.layout == "r4" and self.type not in ("q4s", "q4a")):
+            raise ValueError(f"layout {self.layout!r}: must be one of {', '.join(LAYOUTS)} (r4: int4 types only, q4s and q4a)")
+        check_table(self.type, self.table)
         validate_group_size(self.group_size)
         if self.q.ndim != 2:
             raise ValueError(f"levels must be 2-D, got shape {self.q.shape}")
@@ -84,6 +91,21 @@ class QuantizedTensor:
                 raise ValueError(f"{what} must be float16 of shape {want}, got {got}")
             if not np.isfinite(a).all():
                 raise ValueError(f"{what} must be finite")
+
+
+def check_table(qtype, table):
+    """Raises ValueError unless `table` fits qtype: for q4t Q4T_LEVELS strictly
+    increasing int8 levels (what the C loader accepts), for the others None."""
+    if qtype != "q4t":
+        if table is not None:
+            raise ValueError(f"{qtype} has no table")
+        return
+    t = None if table is None else np.asarray(table)
+    if t is None or t.dtype != np.int8 or t.shape != (Q4T_LEVELS,):
+        raise ValueError(f"q4t needs a table of {Q4T_LEVELS} int8 levels, got "
+                         f"{None if t is None else f'{t.dtype} {t.shape}'}")
+    if not (np.diff(t.astype(np.int16)) > 0).all():
+        raise ValueError(f"the q4t table is not strictly increasing: {t.tolist()}")
 
 
 def _row_chunks(rows, cols):
@@ -141,6 +163,8 @@ def quantize_rtn(w, group_size, qtype="q4s"):
     a bad shape or group size."""
     if qtype not in LEVELS:
         raise ValueError(f"unknown quantized type {qtype!r} (q4s, q4a or q8)")
+    if qtype == "q4t":
+        raise ValueError("q4t needs a table: quantizers.quantize_q4t fits one")
     validate_group_size(group_size)
     w = np.asarray(w)
     if w.ndim != 2 or w.shape[0] < 1 or w.shape[1] < 1 or w.shape[1] % 32:
@@ -176,13 +200,13 @@ def quantize_rtn(w, group_size, qtype="q4s"):
 
 
 def dequantize(qt):
-    """The float32 matrix (rows, cols) a quantized tensor stands for (w = d*q [+ m])."""
+    """The float32 matrix (rows, cols) a quantized tensor stands for (w = d*q [+ m]; q4t: d*table[q])."""
     rows, cols = qt.q.shape
     gs = qt.group_size
     out = np.empty((rows, cols), np.float32)
     for r0, r1 in _row_chunks(rows, cols):
         y = out[r0:r1]
-        y[...] = qt.q[r0:r1]
+        y[...] = qt.q[r0:r1] if qt.table is None else qt.table[qt.q[r0:r1]]
         _apply(np.multiply, y, qt.d[r0:r1].astype(np.float32), gs, y)
         if qt.m is not None:
             _apply(np.add, y, qt.m[r0:r1].astype(np.float32), gs, y)
@@ -196,7 +220,7 @@ def rms_rel_error(w, qt):
     for r0, r1 in _row_chunks(rows, cols):
         x = np.ascontiguousarray(w[r0:r1], np.float32)
         y = dequantize(QuantizedTensor(qt.type, qt.group_size, qt.q[r0:r1], qt.d[r0:r1],
-                                       None if qt.m is None else qt.m[r0:r1]))
+                                       None if qt.m is None else qt.m[r0:r1], table=qt.table))
         y -= x
         # float32 dot products per chunk (BLAS), summed in float64: ~1e-6 relative, for a printout
         err += float(np.dot(y.ravel(), y.ravel()))
@@ -219,13 +243,15 @@ def _exact_fp16(a, what, shape):
     return np.ascontiguousarray(h)
 
 
-def from_levels(qtype, q, d, group_size, m=None):
+def from_levels(qtype, q, d, group_size, m=None, table=None):
     """A QuantizedTensor from integer levels q (rows, cols) and per-group fp16
     scales d (and mins m for q4a), each (rows, ngroups); d/m may be float16,
-    uint16 raw half bits, or floats that are exact fp16 values. Nothing is
-    re-rounded: the stored values are exactly these. Raises ValueError."""
+    uint16 raw half bits, or floats that are exact fp16 values; q4t: q indexes
+    `table`. Nothing is re-rounded: the stored values are exactly these.
+    Raises ValueError."""
     if qtype not in LEVELS:
-        raise ValueError(f"unknown quantized type {qtype!r} (q4s, q4a or q8)")
+        raise ValueError(f"unknown quantized type {qtype!r} (q4s, q4a, q8 or q4t)")
+    check_table(qtype, table)
     validate_group_size(group_size)
     q = np.asarray(q)
     if q.ndim != 2 or not np.issubdtype(q.dtype, np.integer):
@@ -242,7 +268,7 @@ def from_levels(qtype, q, d, group_size, m=None):
         mh = _exact_fp16(m, "mins", shape)
     elif m is not None:
         raise ValueError(f"{qtype} has no mins")
-    qt = QuantizedTensor(qtype, group_size, np.ascontiguousarray(q, qdtype), dh, mh)
+    qt = QuantizedTensor(qtype, group_size, np.ascontiguousarray(q, qdtype), dh, mh, table=table)
     qt.validate()
     return qt
 
@@ -255,6 +281,11 @@ def q4s_from_levels(q, d, group_size):
 def q4a_from_levels(q, d, m, group_size):
     """Asymmetric int4, q in [0, 15], w = d*q + m (llama.cpp Q4_1: same q, d, m)."""
     return from_levels("q4a", q, d, group_size, m)
+
+
+def q4t_from_levels(q, d, table, group_size):
+    """Table int4, q in [0, 15] indexing the 16 increasing int8 levels of table, w = d*table[q]."""
+    return from_levels("q4t", q, d, group_size, table=np.asarray(table))
 
 
 def q8_from_levels(q, d, group_size):
@@ -321,6 +352,8 @@ def pack_parts(qt):
     parts = [(0, values), (scales_off, d)]
     if m is not None:
         parts.append((mins_off, m))
+    if qt.table is not None:
+        parts.append((table_offset(rows, cols, qt.group_size), np.ascontiguousarray(qt.table, np.int8)))
     return size, parts
 
 
@@ -363,4 +396,8 @@ def unpack(type_name, rows, cols, group_size, buf):
         q = ((q ^ 8).astype(np.int8) - 8).astype(np.int8)
     d = np.ascontiguousarray(d.reshape(rows, ng))
     m = None if m is None else np.ascontiguousarray(m.reshape(rows, ng))
-    return QuantizedTensor(type_name, group_size, q, d, m, layout)
+    table = None
+    if type_name == "q4t":
+        at = table_offset(rows, cols, group_size)
+        table = raw[at:at + Q4T_LEVELS].view(np.int8).copy()
+    return QuantizedTensor(type_name, group_size, q, d, m, layout, table)

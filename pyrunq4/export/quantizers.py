@@ -41,7 +41,7 @@ import numpy as np
 from .. import reference as R
 from ..progress import progress_bar
 from . import gptq
-from .quant import QuantizedTensor, dequantize, quantize_rtn
+from .quant import Q4T_LEVELS, QuantizedTensor, _apply, _group_reduce, dequantize, quantize_rtn
 
 __all__ = [
     "METHODS",
@@ -68,7 +68,10 @@ DEFAULT_RATIOS = tuple(np.round(np.linspace(0.70, 1.0, 13), 4))
 
 QMIN, QMAX = -8, 7
 QA_MAX = 15                                # q4a levels: 0 .. QA_MAX
-WEIGHT_TYPES = ("q4s", "q4a")              # the int4 types the quantizers write (--weight-type)
+WEIGHT_TYPES = ("q4s", "q4a", "q4t")       # the int4 types the quantizers write (--weight-type)
+Q4T_TOP = 127                              # a fitted q4t table's largest |level| (int8)
+Q4T_FIT_VALUES = 1 << 16                   # values a q4t table is fitted on, at most (a fixed sample)
+Q4T_FIT_ITERS = 30                         # Lloyd-Max iterations of the table fit
 # Steps of the q4a search: scales (15 + step) / (max - min), as llama.cpp's make_qkx2_quants.
 AFFINE_STEPS = tuple(np.round(np.linspace(-1.0, 1.0, 11), 4))
 _ROW_CHUNK_ELEMS = 1 << 18  # rows processed together by the mse search: ~1 MB of float32, its passes stay in cache
@@ -97,6 +100,29 @@ def _to_fp16_scale(d):
     if not np.all(np.isfinite(d16)):
         raise ValueError("a group scale overflows fp16 (|w| > ~4.6e5)")
     return d16
+
+
+def _table_mids(table):
+    """float32 levels of a q4t table and the midpoints between neighbours (nearest-level rounding)."""
+    t = np.asarray(table, np.int8).astype(np.float32)
+    return t, (t[:-1] + t[1:]) / np.float32(2)
+
+
+def _quantize_table(w, d, table):
+    """q4t indices for w (..., g) and float32 d (...,): the nearest level of w / d in the
+    (increasing) table; where d == 0 the level nearest 0. Through a lookup table over
+    half-integer buckets: the levels are integers, so every midpoint between two is a
+    bucket boundary and a whole bucket has one nearest level (a value exactly on a
+    midpoint, equally far from both, takes the upper one); |w / d| past the buckets'
+    256 takes an end level, as it would."""
+    t, mids = _table_mids(table)
+    lut = np.searchsorted(mids, (np.arange(-512, 512) + 0.5) / 2).astype(np.uint8)
+    safe = np.where(d == 0, np.float32(1), d)[..., None]
+    k = np.floor(w / safe * np.float32(2))
+    np.clip(k, -512, 511, out=k)
+    q = lut[k.astype(np.intp) + 512]
+    q[d == 0] = np.argmin(np.abs(t))
+    return q
 
 
 def _quantize_values(w, d, m=None):
@@ -271,9 +297,120 @@ def search_affine(w, group_size, imp=None, steps=AFFINE_STEPS, refine=2):
                                 lambda wg, ig: _search_block_affine(wg, ig, steps, refine), 2))
 
 
-def search_params(w, group_size, weight_type="q4s", imp=None):
+def fit_table(w, group_size, imp=None):
+    """The q4t table of w (rows, cols): Lloyd-Max (weighted k-means in one dimension)
+    with 16 levels over the group-normalised values w / max|w of its group| in
+    [-1, 1], each weighted by its column's importance imp (cols,) when given (the
+    Hessian diagonal for gptq); at most Q4T_FIT_VALUES values, a fixed random
+    sample. The levels, scaled so the largest |level| is Q4T_TOP, rounded to int8
+    and made strictly increasing: (16,) int8."""
+    w = _check(w, group_size)
+    rows, cols = w.shape
+    amax = _group_reduce(np.abs(w), group_size, np.max)
+    u = _apply(np.divide, w, np.where(amax > 0, amax, np.float32(1)), group_size, np.empty_like(w)).reshape(-1)
+    wt = None if imp is None else np.broadcast_to(np.asarray(imp, np.float32).reshape(1, cols), w.shape).reshape(-1)
+    if u.size > Q4T_FIT_VALUES:
+        pick = np.random.default_rng(0).choice(u.size, Q4T_FIT_VALUES, replace=False)
+        u, wt = u[pick], None if wt is None else wt[pick]
+    u = u.astype(np.float64)
+    wt = np.ones_like(u) if wt is None else np.maximum(wt.astype(np.float64), 0) + 1e-12
+    n = Q4T_LEVELS
+    levels = np.quantile(u, (np.arange(n) + 0.5) / n)
+    for _ in range(Q4T_FIT_ITERS):
+        k = np.searchsorted((levels[:-1] + levels[1:]) / 2, u)
+        mass = np.bincount(k, wt, n)
+        new = np.where(mass > 0, np.bincount(k, wt * u, n) / np.where(mass > 0, mass, 1), levels)
+        if np.allclose(new, levels, rtol=0, atol=1e-7):
+            break
+        levels = np.sort(new)
+    top = np.abs(levels).max()
+    t = np.rint(levels * (Q4T_TOP / top if top > 0 else 1.0)).astype(np.int64)
+    for i in range(1, n):                      # strictly increasing, within int8
+        t[i] = max(t[i], t[i - 1] + 1)
+    for i in range(n - 1, -1, -1):
+        t[i] = min(t[i], 127 - (n - 1 - i), t[i + 1] - 1 if i < n - 1 else 127)
+    return t.astype(np.int8)
+
+
+def _covering_scale(wg, t, sign):
+    """The smallest d of that sign with every value of each group (rows, n, g) within
+    [d * t[0], d * t[-1]] (for d < 0 the ends swap)."""
+    hi, lo = wg.max(axis=-1), wg.min(axis=-1)
+    top, bot = (t[-1], t[0]) if sign > 0 else (-t[0], -t[-1])
+    a = hi / top if top > 0 else np.zeros_like(hi)
+    b = lo / bot if bot < 0 else np.zeros_like(lo)
+    return sign * np.maximum(np.maximum(a, b), 0)
+
+
+def _search_block_table(wg, imp, table, ratios, refine):
+    """Best fp16 scales of q4t groups wg (rows, n, g) for `table`: the covering scale
+    of each sign times the clipping ratios, then `refine` least-squares refits of d
+    for the chosen levels; error measured with the fp16 scale stored. ratios = (1,)
+    and refine = 0: RTN's covering scale."""
+    t, _ = _table_mids(table)
+    best_d = _to_fp16_scale(_covering_scale(wg, t, 1))
+    best_e = np.full(best_d.shape, np.inf, np.float32)
+
+    def consider(d16):
+        nonlocal best_d, best_e
+        d = d16.astype(np.float32)
+        r = wg - t[_quantize_table(wg, d, table)] * d[..., None]
+        r *= r
+        if imp is not None:
+            r *= imp
+        e = r.sum(axis=-1)
+        better = e < best_e
+        best_e = np.where(better, e, best_e)
+        best_d = np.where(better, d16, best_d)
+
+    for sign in (1, -1):
+        cover = _covering_scale(wg, t, sign)
+        for ratio in ratios:
+            consider(_to_fp16_scale(cover * np.float32(ratio)))
+    for _ in range(refine):
+        d = best_d.astype(np.float32)
+        tq = t[_quantize_table(wg, d, table)]
+        itq = tq if imp is None else tq * imp
+        den = (itq * tq).sum(axis=-1)
+        num = (itq * wg).sum(axis=-1)
+        consider(_to_fp16_scale(np.where(den > 0, num / np.where(den > 0, den, 1), d)))
+    return best_d
+
+
+def search_table_scales(w, group_size, table, imp=None, ratios=DEFAULT_RATIOS, refine=2):
+    """fp16 scales (rows, ngroups) of q4t groups w ~ d * table[q] (nearest level),
+    minimising each group's (importance-weighted) squared error."""
+    return _search_groups(w, group_size, imp,
+                          lambda wg, ig: (_search_block_table(wg, ig, table, ratios, refine),), 1)[0]
+
+
+def quantize_q4t(w, group_size, method="mse", imp=None, table=None) -> QuantizedTensor:
+    """q4t of w: the table fitted to w (fit_table, weighted by imp) unless given;
+    per group the covering scale (rtn) or the searched one (mse), nearest levels."""
+    w = _check(w, group_size)
+    table = fit_table(w, group_size, imp) if table is None else np.asarray(table, np.int8)
+    if method == "rtn":
+        d = search_table_scales(w, group_size, table, ratios=(1.0,), refine=0)
+    else:
+        d = search_table_scales(w, group_size, table, imp=imp)
+    return QuantizedTensor("q4t", group_size, quantize_with_table(w, d, group_size, table), d, table=table)
+
+
+def quantize_with_table(w, d, group_size, table):
+    """q4t indices (rows, cols) uint8 for fp16 scales d (rows, ngroups): nearest levels."""
+    w = _check(w, group_size)
+    q = np.empty(w.shape, np.uint8)
+    d32 = np.asarray(d, dtype=np.float16).astype(np.float32)
+    for g, (c0, c1) in enumerate(_group_bounds(w.shape[1], group_size)):
+        q[:, c0:c1] = _quantize_table(w[:, c0:c1], d32[:, g], table)
+    return q
+
+
+def search_params(w, group_size, weight_type="q4s", imp=None, table=None):
     """(d, m) of the mse search for weight_type: q4s -> (search_scales, None),
-    q4a -> search_affine."""
+    q4a -> search_affine, q4t -> (search_table_scales for `table`, None)."""
+    if weight_type == "q4t":
+        return search_table_scales(w, group_size, table, imp=imp), None
     if weight_type == "q4a":
         return search_affine(w, group_size, imp=imp)
     if weight_type == "q4s":
@@ -294,7 +431,10 @@ def quantize_with_scales(w, d, group_size, m=None):
 
 
 def quantize_mse(w, group_size, imp=None, weight_type="q4s") -> QuantizedTensor:
-    """weight_type (q4s, q4a) with per-group searched parameters (search_params)."""
+    """weight_type (q4s, q4a, q4t) with per-group searched parameters (search_params;
+    q4t: quantize_q4t, its table fitted first)."""
+    if weight_type == "q4t":
+        return quantize_q4t(w, group_size, "mse", imp=imp)
     d, m = search_params(w, group_size, weight_type, imp=imp)
     return QuantizedTensor(weight_type, group_size, quantize_with_scales(w, d, group_size, m), d, m)
 
@@ -342,14 +482,18 @@ def quantize_gptq(w, H, group_size, act_order=False, block_size=gptq.BLOCK, damp
     ngroups = len(_group_bounds(cols, group_size))
     d = np.zeros((rows, ngroups), np.float16)
     m = np.zeros((rows, ngroups), np.float16) if weight_type == "q4a" else None
-    Q = np.empty((rows, cols), np.int8 if m is None else np.uint8)
+    Q = np.empty((rows, cols), np.int8 if weight_type == "q4s" else np.uint8)
+    # q4t: one table for the tensor, fitted to the original weights weighted by diag(H)
+    table = fit_table(np.where(dead[None, :], np.float32(0), w), group_size, imp=diag) \
+        if weight_type == "q4t" else None
+    levels = None if table is None else _table_mids(table)[0]
 
     def quantize_rows(chunk):
         r0, r1 = chunk
         Wc = np.array(w[r0:r1], dtype=np.float32)
         Wc[:, dead] = 0.0
         if static_groups:
-            d[r0:r1], mc = search_params(Wc, group_size, weight_type, imp=diag)
+            d[r0:r1], mc = search_params(Wc, group_size, weight_type, imp=diag, table=table)
             if m is not None:
                 m[r0:r1] = mc
         # per group (rows of these), one value per row of the chunk: what
@@ -368,7 +512,7 @@ def quantize_gptq(w, H, group_size, act_order=False, block_size=gptq.BLOCK, damp
                 # without act_order the group is columns i .. i+len-1
                 c1 = min(j + group_size, cols)
                 dg, mg = search_params(block_rest[:c1 - j].T, group_size, weight_type,
-                                       imp=diag_p[i:i + c1 - j])
+                                       imp=diag_p[i:i + c1 - j], table=table)
                 d[r0:r1, g] = dg[:, 0]
                 d32[g] = dg[:, 0].astype(np.float32)
                 safe[g] = np.where(d32[g] == 0, np.float32(1), d32[g])
@@ -376,6 +520,9 @@ def quantize_gptq(w, H, group_size, act_order=False, block_size=gptq.BLOCK, damp
                 if m is not None:
                     m[r0:r1, g] = mg[:, 0]
                     m32[g] = mg[:, 0].astype(np.float32)
+            if table is not None:               # the nearest level of the table
+                q = _quantize_table(x[:, None], d32[g], table)[:, 0]
+                return q, levels[q] * d32[g]
             # as _quantize_values: q = clip(round((x [- m]) / d)), 0 where d == 0
             q = (x if m32 is None else x - m32[g]) / safe[g]
             np.rint(q, out=q)
@@ -390,7 +537,7 @@ def quantize_gptq(w, H, group_size, act_order=False, block_size=gptq.BLOCK, damp
         Q[r0:r1] = Qc[:, inv]
 
     gptq.parallel_map(quantize_rows, gptq.row_chunks(rows))
-    return QuantizedTensor(weight_type, group_size, Q, d, m)
+    return QuantizedTensor(weight_type, group_size, Q, d, m, table=table)
 
 
 class hessian_accumulator:
@@ -436,6 +583,8 @@ def quantize(w, method, group_size, H=None, act_order=False, weight_type="q4s"):
     given) or gptq (needs H)."""
     if weight_type not in WEIGHT_TYPES:
         raise ValueError(f"unknown weight type {weight_type!r}; expected one of {WEIGHT_TYPES}")
+    if method == "rtn" and weight_type == "q4t":
+        return quantize_q4t(w, group_size, "rtn")
     if method == "rtn":
         return quantize_rtn(np.asarray(w, dtype=np.float32), group_size, weight_type)
     if method == "mse" or (method in ("gptq", "awq") and H is None):
@@ -518,6 +667,8 @@ def quantize_model(get, cfg, method, group_size, calib_ids=None, act_order=False
             return quantize_gptq(w, H, embed_gs, act_order=act_order, weight_type=embed_qtype)
         if embed_method == "rtn":
             return quantize(w, "rtn", embed_gs, weight_type=embed_qtype)
+        if embed_qtype == "q4t":  # one table for the whole tensor: not chunk by chunk
+            return quantize(w, "mse", embed_gs, weight_type=embed_qtype)
         return _by_row_chunks(lambda rows: quantize(rows, "mse", embed_gs, weight_type=embed_qtype), w)
 
     if calibrated:

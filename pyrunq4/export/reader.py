@@ -3,7 +3,7 @@
 It checks what the C side checks, in the same order: magic, version, header
 size, file size, the model fields, then every table entry (name, type, group
 size, shape, 64-aligned offset, size implied by type and shape, inside the
-file, finite scales), and, with check_model, that the model's tensors are
+file, finite scales, q4t tables increasing), and, with check_model, that the model's tensors are
 all there with the right shapes. Every failure is a ValueError with a
 one-line message.
 """
@@ -15,7 +15,7 @@ import numpy as np
 from .format import (ENTRY_STRUCT, FORMAT_VERSION, HEADER_SIZE, MAGIC, MAX_ENTRIES, TYPE_BLOB,
                      TYPE_F32, TYPE_NAMES, ALIGN, entry_size, unpack_header,
                      validate_group_size, validate_model_header)
-from .quant import dequantize, unpack
+from .quant import check_table, dequantize, unpack
 
 
 def model_entry_shapes(h):
@@ -151,6 +151,10 @@ def read_rq4(path, check_model=True, names=None):
             for what, a in (("scales", qt.d), ("mins", qt.m)):
                 if a is not None and not np.isfinite(a).all():
                     raise ValueError(f"{path}: entry {name!r}: non-finite {what}")
+            try:
+                check_table(qt.type, qt.table)
+            except ValueError as e:
+                raise ValueError(f"{path}: entry {name!r}: {e}") from None
             entries[name] = qt
     del mm
     return h, entries

@@ -43,6 +43,7 @@ static const candidate candidates[] = {
 static kernel_set filled[N_CANDIDATES];
 static const candidate *filled_from[N_CANDIDATES];
 static const kernel_set *available[N_CANDIDATES + 1];
+static dot_fn filled_q4t[N_CANDIDATES]; /* the Q4T kernel of each, gaps filled the same way */
 static pthread_once_t available_once = PTHREAD_ONCE_INIT;
 
 /* dst's NULL kernels from src */
@@ -54,16 +55,33 @@ static void fill_gaps(kernel_set *dst, const kernel_set *src) {
     if (!dst->dot_q4a_r4) dst->dot_q4a_r4 = src->dot_q4a_r4;
 }
 
+/* A set's own Q4T kernel (src/kernels/q4t_<set>.c), or NULL. */
+static dot_fn q4t_kernel(const kernel_set *set) {
+#ifdef RQ4_X86
+    if (set == &rq4_kernels_avx2) return rq4_dot_q4t_avx2;
+#endif
+#ifdef RQ4_ARM
+    if (set == &rq4_kernels_neon_dotprod) return rq4_dot_q4t_neon_dotprod;
+    if (set == &rq4_kernels_neon) return rq4_dot_q4t_neon;
+#endif
+    if (set == &rq4_kernels_scalar) return rq4_dot_q4t_scalar;
+    return 0;
+}
+
 static void find_available(void) {
     size_t n = 0;
     for (size_t i = 0; i < N_CANDIDATES; i++)
         if (!candidates[i].supported || candidates[i].supported()) {
             filled[n] = *candidates[i].set;
+            filled_q4t[n] = q4t_kernel(candidates[i].set);
             filled_from[n] = &candidates[i];
             n++;
         }
     /* bottom up: each set takes its gaps from the one below, already whole */
-    for (size_t i = n - 1; i-- > 0;) fill_gaps(&filled[i], &filled[i + 1]);
+    for (size_t i = n - 1; i-- > 0;) {
+        fill_gaps(&filled[i], &filled[i + 1]);
+        if (!filled_q4t[i]) filled_q4t[i] = filled_q4t[i + 1];
+    }
     for (size_t i = 0; i < n; i++) available[i] = &filled[i];
     available[n] = 0;
 }
@@ -72,6 +90,13 @@ int rq4_kernels_read_tiles(const kernel_set *ks) {
     rq4_kernels_available();
     for (size_t i = 0; available[i]; i++)
         if (available[i] == ks) return filled_from[i]->reads_tiles;
+    return 0;
+}
+
+dot_fn rq4_kernels_q4t(const kernel_set *ks) {
+    rq4_kernels_available();
+    for (size_t i = 0; available[i]; i++)
+        if (available[i] == ks) return filled_q4t[i];
     return 0;
 }
 

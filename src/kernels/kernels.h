@@ -11,13 +11,13 @@
  * Every kernel computes, for each token t and row r, exactly
  *     lane[0..15] = 0.0f
  *     for b in blocks (in order), g = b / (gs / 32) its weight group:
- *         term = (wd[g] * xd[t][b]) * (float)isum[b]                   (Q4S, Q8)
+ *         term = (wd[g] * xd[t][b]) * (float)isum[b]                   (Q4S, Q8, Q4T)
  *         term = (wd[g] * xd[t][b]) * (float)isum[b]
  *              + (wm[g] * xd[t][b]) * (float)xs[t][b]                  (Q4A)
  *         lane[b % 16] += term
  *     for w in 8, 4, 2, 1:  lane[i] = lane[i] + lane[i + w]  for i < w
  *     out[t][r] = lane[0]
- * with isum[b] the int32 sum over block b of wq * xq. Sixteen lanes map onto
+ * with isum[b] the int32 sum over block b of wq * xq (Q4T: of table[q] * xq). Sixteen lanes map onto
  * one AVX-512 vector, two AVX2 vectors or four NEON vectors, and the final
  * tree onto their halvings, so a SIMD kernel's output is bit-identical to the
  * scalar reference's whenever its integer sums are.
@@ -93,6 +93,7 @@ typedef struct qmat {
     int gs;              /* group size, a multiple of QK */
     int ngroups;         /* ceil(cols / gs) */
     int rows;            /* the kernels may read the scales of any row < rows (interleaved: of its group) */
+    const int8_t *table; /* Q4T only (else NULL): the RQ4_Q4T_LEVELS levels, w = d * table[nibble] */
 } qmat;
 
 /* out[t * out_stride + r] = row r of w . token t of x, for r0 <= r < r1 and
@@ -137,6 +138,23 @@ int rq4_kernels_neon_supported(void);
 extern const kernel_set rq4_kernels_neon_dotprod;
 int rq4_kernels_neon_dotprod_supported(void);
 #endif
+
+/* Q4T (the nibble an index into the tensor's table, w = d * table[q]; the
+ * contract's Q4S term with isum = sum of table[q] * xq) has its kernels in
+ * files of their own, src/kernels/q4t_<set>.c, one per instruction set, the
+ * reference in scalar.c; rq4_kernels_q4t gives a set its own, or the next
+ * one down dispatch.c's ladder. */
+void rq4_dot_q4t_scalar(const qact *x, const qmat *w, int r0, int r1, float *out, size_t out_stride);
+#ifdef RQ4_X86
+void rq4_dot_q4t_avx2(const qact *x, const qmat *w, int r0, int r1, float *out, size_t out_stride);
+#endif
+#ifdef RQ4_ARM
+void rq4_dot_q4t_neon(const qact *x, const qmat *w, int r0, int r1, float *out, size_t out_stride);
+void rq4_dot_q4t_neon_dotprod(const qact *x, const qmat *w, int r0, int r1, float *out, size_t out_stride);
+#endif
+
+/* The Q4T kernel of a set of rq4_kernels_available() (NULL for any other). */
+dot_fn rq4_kernels_q4t(const kernel_set *ks);
 
 /* The best kernel set compiled in and supported by this CPU. */
 const kernel_set *rq4_kernels_select(void);

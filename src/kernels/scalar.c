@@ -34,7 +34,7 @@ static inline int32_t dot_block(const int8_t *a, const int8_t *b) {
     return sum;
 }
 
-enum { KIND_Q4S, KIND_Q4A, KIND_Q8 };
+enum { KIND_Q4S, KIND_Q4A, KIND_Q8, KIND_Q4T };
 
 /* Where block b of row r is and what scales it takes: the layouts of
  * kernels.h. Interleaved rows have their block's 16 bytes gathered from its
@@ -89,6 +89,8 @@ static inline void dot_ref(int kind, int interleaved, const qact *x, const qmat 
                 const int8_t *wb = unpacked;
                 if (kind == KIND_Q8) wb = (const int8_t *)v.q + b * QK;
                 else unpack_block(block_bytes(&v, b, gathered), kind == KIND_Q4S, unpacked);
+                if (kind == KIND_Q4T) /* the unsigned nibbles are indices into the table */
+                    for (int i = 0; i < QK; i++) unpacked[i] = w->table[unpacked[i]];
                 size_t g = (size_t)(b / bpg) * v.step;
                 float d = fp16_to_f32(v.d[g]);
                 float mn = kind == KIND_Q4A ? fp16_to_f32(v.m[g]) : 0.0f;
@@ -129,3 +131,7 @@ static void dot_q4a_r4_scalar(const qact *x, const qmat *w, int r0, int r1, floa
 const kernel_set rq4_kernels_scalar = {
     "scalar", dot_q4s_scalar, dot_q4a_scalar, dot_q8_scalar, dot_q4s_r4_scalar, dot_q4a_r4_scalar,
 };
+
+void rq4_dot_q4t_scalar(const qact *x, const qmat *w, int r0, int r1, float *out, size_t out_stride) {
+    dot_ref(KIND_Q4T, 0, x, w, r0, r1, out, out_stride);
+}

@@ -3,7 +3,7 @@
  * kernel set side by side (runs interleaved round-robin, medians), plus a
  * read-bandwidth loop for the roofline.
  *
- *   bench_kernels [rows cols gs [runs [q4s|q4a|q8]]]
+ *   bench_kernels [rows cols gs [runs [q4s|q4a|q8|q4t]]]
  *
  * Two weight placements: one matrix re-used (8 MiB: mostly cache resident on
  * big-L3 CPUs) and a rotation through enough copies (>= 256 MiB) that every
@@ -100,7 +100,8 @@ typedef struct matrix {
 
 static void dot(const kernel_set *ks, int q8, int q4a, const qact *x, const matrix *mm, int r0, int r1, float *out,
                 size_t stride) {
-    if (q8) ks->dot_q8(x, &mm->w, r0, r1, out, stride);
+    if (mm->w.table) rq4_kernels_q4t(ks)(x, &mm->w, r0, r1, out, stride);
+    else if (q8) ks->dot_q8(x, &mm->w, r0, r1, out, stride);
     else if (q4a) ks->dot_q4a(x, &mm->w, r0, r1, out, stride);
     else ks->dot_q4s(x, &mm->w, r0, r1, out, stride);
 }
@@ -109,10 +110,12 @@ int main(int argc, char **argv) {
     int rows = argc > 3 ? atoi(argv[1]) : 2048, cols = argc > 3 ? atoi(argv[2]) : 8192;
     int gs = argc > 3 ? atoi(argv[3]) : 128, runs = argc > 4 ? atoi(argv[4]) : 7;
     const char *type = argc > 5 ? argv[5] : "q4s";
-    int q8 = strcmp(type, "q8") == 0, q4a = strcmp(type, "q4a") == 0;
+    int q8 = strcmp(type, "q8") == 0, q4a = strcmp(type, "q4a") == 0, q4t = strcmp(type, "q4t") == 0;
+    /* q4t: NF4's levels rounded to int8 (any increasing table costs the same) */
+    static const int8_t table[16] = {-127, -88, -67, -50, -36, -23, -12, 0, 10, 20, 31, 43, 56, 71, 92, 127};
     if (rows <= 0 || cols <= 0 || cols % 32 || gs <= 0 || gs % 32 || runs <= 0 || runs > 16 ||
-        !(q8 || q4a || strcmp(type, "q4s") == 0)) {
-        fprintf(stderr, "usage: bench_kernels [rows cols gs [runs<=16 [q4s|q4a|q8]]]\n");
+        !(q8 || q4a || q4t || strcmp(type, "q4s") == 0)) {
+        fprintf(stderr, "usage: bench_kernels [rows cols gs [runs<=16 [q4s|q4a|q8|q4t]]]\n");
         return 2;
     }
     int ng = (cols + gs - 1) / gs;
@@ -128,7 +131,7 @@ int main(int argc, char **argv) {
         m[c].wd = aligned_alloc(64, (sbytes + 63) / 64 * 64); /* Q4A: the mins after the scales */
         for (size_t i = 0; i < wbytes; i++) m[c].wq[i] = (uint8_t)rnd();
         for (size_t i = 0; i < sbytes / 2; i++) m[c].wd[i] = (uint16_t)(0x1800 + rnd() % 0x0c00);
-        m[c].w = (qmat){m[c].wq, m[c].wd, q4a ? m[c].wd + (size_t)rows * (size_t)ng : NULL, row_bytes, cols, gs, ng, rows};
+        m[c].w = (qmat){m[c].wq, m[c].wd, q4a ? m[c].wd + (size_t)rows * (size_t)ng : NULL, row_bytes, cols, gs, ng, rows, q4t ? table : NULL};
     }
     /* activations for up to 32 tokens */
     const int maxtok = 32;
@@ -167,11 +170,13 @@ int main(int argc, char **argv) {
         "ntok=32, same matrix, blocked (64 rows x 4 tokens per call: x stays in L1)"};
     double t[N_CASES][8][16];
     int rot = 0;
+    const int ntile32 = x.ntile; /* one token has no tiles (tiled_tokens(1) = 0), as when decoding */
     for (int r = 0; r < runs; r++) {
         for (int si = 0; si < nsets; si++) {
             const kernel_set *ks = sets[si];
             for (int cs = 0; cs < N_CASES; cs++) {
                 x.ntok = cs >= CASE_HOT32 ? maxtok : 1;
+                x.ntile = cs >= CASE_HOT32 ? ntile32 : 0;
                 int passes = cs >= CASE_HOT32 ? 1 : cs == CASE_HOT1 ? 4 : ncopies;
                 if (cs == CASE_HOT1) dot(ks, q8, q4a, &x, &m[0], 0, rows, out, (size_t)rows); /* warm up */
                 double t0 = now();

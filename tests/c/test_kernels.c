@@ -65,6 +65,9 @@ typedef struct buffers {
     qact x;
     qmat w4s, w4a, w8; /* Q4S and Q4A read the same bytes and scales; Q4S and Q8 get m = NULL */
     qmat w4s_r4, w4a_r4; /* the same Q4 rows interleaved (kernels.h), random padding rows */
+    qmat w4t, w4t_id;  /* Q4T: the same bytes and scales with a random table, and with the table of
+                        * Q4S's two's complement (whose outputs must be Q4S's) */
+    int8_t table[16], table_id[16];
     float *out_ref, *out;
     size_t out_len;    /* (ntok - 1) * stride + rows: exact */
     void *raw[24];
@@ -108,9 +111,17 @@ static void fill_case(buffers *b, const shape *s) {
     b->out_len = (size_t)(ntok - 1) * s->stride + (size_t)rows;
     b->out_ref = alloc_off(b, sizeof(float) * b->out_len, sizeof(float));
     b->out = alloc_off(b, sizeof(float) * b->out_len, sizeof(float));
-    b->w4s = (qmat){q4, wd, NULL, rb4, n, gs, ng, rows};
-    b->w4a = (qmat){q4, wd, wm, rb4, n, gs, ng, rows};
-    b->w8 = (qmat){q8, wd, NULL, rb8, n, gs, ng, rows};
+    b->w4s = (qmat){q4, wd, NULL, rb4, n, gs, ng, rows, NULL};
+    b->w4a = (qmat){q4, wd, wm, rb4, n, gs, ng, rows, NULL};
+    b->w8 = (qmat){q8, wd, NULL, rb8, n, gs, ng, rows, NULL};
+    /* a random table (the kernels assume no order), extreme: -128 and 127 for
+     * the extreme bytes' nibbles 8, 7 and 15; and the two's complement of Q4S */
+    for (int i = 0; i < 16; i++) {
+        b->table[i] = (int8_t)(mode == MODE_EXTREME ? (i % 2 ? 127 : -128) : rnd_int(-128, 127));
+        b->table_id[i] = (int8_t)((i ^ 8) - 8);
+    }
+    b->w4t = (qmat){q4, wd, NULL, rb4, n, gs, ng, rows, b->table};
+    b->w4t_id = (qmat){q4, wd, NULL, rb4, n, gs, ng, rows, b->table_id};
 
     /* activations: per token, blocks of QK */
     if (mode == MODE_QUANTIZED) {
@@ -210,8 +221,8 @@ static void fill_case(buffers *b, const shape *s) {
             mi[at] = r < rows ? wm[(size_t)r * (size_t)ng + (size_t)g] : rnd_half_small();
         }
     }
-    b->w4s_r4 = (qmat){qi, di, NULL, grow, n, gs, ng, rows};
-    b->w4a_r4 = (qmat){qi, di, mi, grow, n, gs, ng, rows};
+    b->w4s_r4 = (qmat){qi, di, NULL, grow, n, gs, ng, rows, NULL};
+    b->w4a_r4 = (qmat){qi, di, mi, grow, n, gs, ng, rows, NULL};
 }
 
 typedef struct tally {
@@ -290,6 +301,9 @@ static void compare_all(const kernel_set *ks, buffers *b, const shape *s, tally 
      * is the same, so are the outputs */
     compare(ks->name, "q4s_r4", ref->dot_q4s, &b->w4s, ks->dot_q4s_r4, b, &b->w4s_r4, s, t);
     compare(ks->name, "q4a_r4", ref->dot_q4a, &b->w4a, ks->dot_q4a_r4, b, &b->w4a_r4, s, t);
+    compare(ks->name, "q4t", rq4_dot_q4t_scalar, &b->w4t, rq4_kernels_q4t(ks), b, &b->w4t, s, t);
+    /* the reference itself: Q4T through the two's complement table is Q4S */
+    compare(ks->name, "q4t=q4s", ref->dot_q4s, &b->w4s, rq4_kernels_q4t(ks), b, &b->w4t_id, s, t);
 }
 
 /* a random call range inside `rows`: often all of them, often a strict part */

@@ -23,7 +23,9 @@ The n = out*in values are taken flat in row-major order and cut into blocks of `
     then rounded to `dtype` (bfloat16 / float16 / float32), as bitsandbytes returns it
 
 The result is a float matrix that goes through the exporter's normal requantization; 4-bit NF4/FP4
-levels are not uniform, so there is no lossless int4 form of them.
+levels are not uniform, so there is no uniform int4 form of them. With --weight-type q4t (data-free
+methods, the group size = bnb's blocksize) NF4 weights are imported instead as q4t: the same codes
+into the code book rounded to int8 once, the absmax / 127 as the fp16 group scale (q4t_of_4bit).
 
 quantize_4bit() is the numpy twin of bitsandbytes.functional.quantize_4bit (nearest code by
 midpoints, absmax per block, optional double quantization of absmax with blocksize 256 after
@@ -114,6 +116,14 @@ def _state_int(state, key, lo):
 
 def dequantize_4bit(packed, absmax, quant_map, state, nested_absmax=None, nested_quant_map=None):
     """float32 matrix state["shape"] from the serialized pieces of one bnb 4-bit weight (see module doc)."""
+    codes, code, scales, bs, shape = decode_4bit(packed, absmax, quant_map, state, nested_absmax, nested_quant_map)
+    w = _blockwise(code[codes], scales, bs)
+    return round_to_dtype(w, state.get("dtype", "float32")).reshape(shape)
+
+
+def decode_4bit(packed, absmax, quant_map, state, nested_absmax=None, nested_quant_map=None):
+    """The pieces of one bnb 4-bit weight, checked: (codes (n,) uint8 in value order,
+    code book (16,) float32, block scales (nblocks,) float32, blocksize, shape)."""
     qtype = state.get("quant_type")
     if qtype not in TABLES:
         raise BnbError("unsupported bitsandbytes quant_type %r (nf4 or fp4)" % qtype)
@@ -159,8 +169,32 @@ def dequantize_4bit(packed, absmax, quant_map, state, nested_absmax=None, nested
     codes = np.empty(2 * packed.size, np.uint8)
     codes[0::2] = packed >> 4          # first value in the high nibble
     codes[1::2] = packed & 0x0F
-    w = _blockwise(code[codes[:n]], scales.astype(np.float32), bs)
-    return round_to_dtype(w, state.get("dtype", "float32")).reshape(shape)
+    return codes[:n], code, scales.astype(np.float32), bs, shape
+
+
+def q4t_of_4bit(codes, code, scales, bs, shape, group_size):
+    """The q4t tensor of a decoded bnb 4-bit weight without a second rounding, or None
+    when there is none: the code book sorted and rounded to int8 once (t = round(127 *
+    code)), the codes mapped to their place in it, d = fp16(absmax / 127) per block.
+    Needs a matrix whose rows are whole blocks (cols % bs == 0) of the export's group
+    size, and a code book that stays strictly increasing once rounded (NF4; not FP4,
+    whose -0 and 0 coincide)."""
+    from ..quant import q4t_from_levels
+    if len(shape) != 2 or bs != group_size or shape[1] % bs:
+        return None
+    order = np.argsort(code, kind="stable")
+    table = np.rint(code[order].astype(np.float64) * 127)
+    if np.abs(table).max() > 127 or not (np.diff(table) > 0).all():
+        return None
+    place = np.empty(16, np.uint8)
+    place[order] = np.arange(16, dtype=np.uint8)
+    with np.errstate(over="ignore"):
+        d = (scales / np.float32(127)).astype(np.float16)
+    if not np.isfinite(d).all():
+        return None
+    rows, cols = shape
+    return q4t_from_levels(place[codes].reshape(rows, cols), d.reshape(rows, cols // bs), table.astype(np.int8),
+                           group_size)
 
 
 def quant_state_names(weight_name):
@@ -335,10 +369,38 @@ class BnbSource(HfSource):
         finally:
             self.where = real
         self.note = ((self.note + "; ") if self.note else "") + \
-            "bitsandbytes %s: %d weights dequantized, then requantized" % (self.quant_type, len(self.quantized))
+            ("bitsandbytes %s: %d weights %s" % (self.quant_type, len(self.quantized),
+                                                 "imported into q4t where the blocks fit the groups"
+                                                 if self.q4t_group else "dequantized, then requantized"))
+
+    def __init__(self, directory, options=None):
+        # the group size NF4 weights are imported into q4t at (None: dequantized instead)
+        self.q4t_group = None
+        if options is not None and getattr(options, "weight_type", None) == "q4t" \
+                and getattr(options, "method", None) in ("rtn", "mse") and not getattr(options, "requantize", False):
+            self.q4t_group = options.group_size
+        HfSource.__init__(self, directory, options)
 
     def load(self, hf_name):
         return self.read_bnb(hf_name) if hf_name in self.quantized else HfSource.load(self, hf_name)
+
+    def tensors(self):
+        """As HfSource's, with the bnb weights that import into q4t as QuantizedTensors."""
+        for ours, theirs, _ in self.plan:
+            qt = self.read_q4t(theirs) if self.q4t_group and theirs in self.quantized else None
+            yield ours, qt if qt is not None else self.load(theirs)
+
+    def read_q4t(self, wname):
+        """The q4t QuantizedTensor of one bitsandbytes weight, or None (q4t_of_4bit)."""
+        names = self.where
+        get = lambda n: _read_raw(names[n], n) if n in names else None  # noqa: E731
+        try:
+            parts = decode_4bit(get(wname), get(wname + ".absmax"), get(wname + ".quant_map"),
+                                unpack_quant_state(get(self.quantized[wname])),
+                                get(wname + ".nested_absmax"), get(wname + ".nested_quant_map"))
+            return q4t_of_4bit(*parts, self.q4t_group)
+        except (BnbError, KeyError, TypeError, ValueError) as e:
+            raise ExportError("%s: %s: %s" % (self.dir, wname, e)) from None
 
     def read_bnb(self, wname):
         """The dequantized float32 matrix of one bitsandbytes weight."""

@@ -12,6 +12,7 @@ Tensors (GGUF name -> FORMAT.md name; GGUF shapes are (cols, rows), the reader g
 Exact imports (not requantized: the .rq4 holds the same levels and the same fp16 scales, so the
 dequantized values are bit for bit those of gguf.quants.dequantize):
     Q4_0 -> q4s g32 (q = u - 8, same d)   Q4_1 -> q4a g32 (same d, m)   Q8_0 -> q8 g32 (same d)
+    IQ4_NL -> q4t g32 (same nibbles and d; the table: IQ4_NL's kvalues, int8 already)
 ggml's 4-bit blocks hold value j in the low nibble of byte j and value j+16 in its high nibble; our
 QuantizedTensor holds plain levels, so only the order changes. Every other type (F32, F16, BF16,
 Q5_x, Q4_K, Q6_K, ...) is dequantized to float32 and requantized by the exporter (--method,
@@ -28,7 +29,7 @@ import numpy as np
 
 from ...errors import ExportError, TokenizerError
 from ..format import ROPE_LLAMA3, ROPE_NONE, complete_header, validate_model_header
-from ..quant import q4a_from_levels, q4s_from_levels, q8_from_levels
+from ..quant import q4a_from_levels, q4s_from_levels, q4t_from_levels, q8_from_levels
 from .base import Source
 from .gguf_tokenizer import build_tokenizer
 
@@ -36,7 +37,9 @@ LAYER_MAP = {
     "attn_norm": "attention_norm", "attn_q": "wq", "attn_k": "wk", "attn_v": "wv", "attn_output": "wo",
     "ffn_norm": "ffn_norm", "ffn_gate": "w1", "ffn_down": "w2", "ffn_up": "w3",
 }
-EXACT_TYPES = ("Q4_0", "Q4_1", "Q8_0")
+EXACT_TYPES = ("Q4_0", "Q4_1", "Q8_0", "IQ4_NL")
+# IQ4_NL's one table (ggml-common.h kvalues_iq4nl): its nibbles index it, as q4t's do
+IQ4_NL_LEVELS = np.array([-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113], np.int8)
 
 
 def read_metadata(reader):
@@ -64,9 +67,10 @@ def _blocks(t, nbytes):
 
 
 def exact_tensor(t, rows_idx=None):
-    """QuantizedTensor (g32) holding exactly the values of a Q4_0, Q4_1 or Q8_0 ggml tensor."""
+    """QuantizedTensor (g32) holding exactly the values of a Q4_0, Q4_1, Q8_0 or IQ4_NL ggml
+    tensor (IQ4_NL: q4t with IQ4_NL's table)."""
     kind = t.tensor_type.name
-    size = {"Q4_0": 18, "Q4_1": 20, "Q8_0": 34}[kind]
+    size = {"Q4_0": 18, "Q4_1": 20, "Q8_0": 34, "IQ4_NL": 18}[kind]
     b = _blocks(t, size)
     if rows_idx is not None:
         b = b[rows_idx]
@@ -81,6 +85,8 @@ def exact_tensor(t, rows_idx=None):
     if kind == "Q4_1":
         m = np.ascontiguousarray(b[:, :, 2:4]).view(np.float16).reshape(rows, nb)
         return q4a_from_levels(u.astype(np.uint8), d, m, 32)
+    if kind == "IQ4_NL":
+        return q4t_from_levels(u.astype(np.uint8), d, IQ4_NL_LEVELS, 32)
     return q4s_from_levels(u.astype(np.int8) - 8, d, 32)
 
 
@@ -274,7 +280,7 @@ class GGUFSource(Source):
             return f"GGUF tensors {desc}: all dequantized to float and requantized (--requantize)"
         redo = [ours for ours, g in self.plan if self.by_name[g].tensor_type.name not in EXACT_TYPES + ("F32",)
                 or (self.by_name[g].tensor_type.name == "F32" and len(self.by_name[g].shape) >= 2)]
-        return (f"GGUF tensors {desc}: Q4_0/Q4_1/Q8_0 imported exactly (g32); "
+        return (f"GGUF tensors {desc}: Q4_0/Q4_1/Q8_0 imported exactly (g32; IQ4_NL as q4t); "
                 f"{len(redo)} tensor(s) dequantized and requantized" + (f": {', '.join(redo)}" if redo else ""))
 
     def tensor_names(self):
