@@ -56,15 +56,7 @@ int rq4_kernels_neon_dotprod_supported(void) {
 #define DECODE_ROWS 2 /* rows per step for one token */
 #include "arm_body.h"
 
-#if defined(__clang__) && __clang_major__ < 16 && !defined(__ARM_FEATURE_DOTPROD)
-/* older clang declares vdotq_s32 only when the whole build targets dotprod */
-ALWAYS int32x4_t sdot(int32x4_t a, int8x16_t w, int8x16_t x) {
-    __asm__("sdot %0.4s, %1.16b, %2.16b" : "+w"(a) : "w"(w), "w"(x));
-    return a;
-}
-#else
-ALWAYS int32x4_t sdot(int32x4_t a, int8x16_t w, int8x16_t x) { return vdotq_s32(a, w, x); }
-#endif
+#include "arm_sdot.h"
 
 /* The low and high nibbles of 16 packed bytes as int8 vectors (Q4S: 16 *
  * value, the nibble in the top half of the byte; Q4A: the unsigned values). */

@@ -18,18 +18,10 @@
 
 #define ALWAYS static inline __attribute__((always_inline))
 
-#if defined(__clang__) && __clang_major__ < 16 && !defined(__ARM_FEATURE_DOTPROD)
-/* older clang declares vdotq_s32 only when the whole build targets dotprod */
-ALWAYS int32x4_t q4t_sdot(int32x4_t a, int8x16_t w, int8x16_t x) {
-    __asm__("sdot %0.4s, %1.16b, %2.16b" : "+w"(a) : "w"(w), "w"(x));
-    return a;
-}
-#else
-ALWAYS int32x4_t q4t_sdot(int32x4_t a, int8x16_t w, int8x16_t x) { return vdotq_s32(a, w, x); }
-#endif
+#include "arm_sdot.h"
 
 ALWAYS int32x4_t block_sums(int8x16_t wl, int8x16_t wh, int8x16_t xe, int8x16_t xo) {
-    return q4t_sdot(q4t_sdot(vdupq_n_s32(0), wl, xe), wh, xo);
+    return sdot(sdot(vdupq_n_s32(0), wl, xe), wh, xo);
 }
 
 #include "q4t_arm.h"
