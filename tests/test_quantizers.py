@@ -119,6 +119,16 @@ def _correlated_inputs(rng, n, cols):
     return x
 
 
+def _gptq_problem(seed, rows, cols, n, scale=1.0):
+    """Weights (rows, cols), correlated inputs X (n, cols) and their Hessian, drawn in that order."""
+    rng = np.random.default_rng(seed)
+    w = (rng.standard_normal((rows, cols)) * scale).astype(np.float32)
+    x = _correlated_inputs(rng, n, cols)
+    acc = Q.hessian_accumulator(cols)
+    acc.add(x)
+    return w, x, acc.hessian()
+
+
 @pytest.mark.parametrize("act_order", [False, True])
 @pytest.mark.parametrize("gs", [32, 64])
 def test_gptq_reduces_output_error(gs, act_order):
@@ -142,21 +152,16 @@ def test_gptq_reduces_output_error(gs, act_order):
 @pytest.mark.parametrize("act_order", [False, True])
 @pytest.mark.parametrize("gs", [32, 64])
 def test_gptq_q4a_reduces_output_error(gs, act_order):
-    rng = np.random.default_rng(8)
-    rows, cols = 48, 160
-    w = rng.standard_normal((rows, cols)).astype(np.float32)
+    w, x, H = _gptq_problem(8, 48, 160, 512)
     w[:8] += 1.5                                           # rows off centre: the min matters
-    x = _correlated_inputs(rng, 512, cols)
-    acc = Q.hessian_accumulator(cols)
-    acc.add(x)
-    qa = Q.quantize_gptq(w, acc.hessian(), gs, act_order=act_order, weight_type="q4a")
+    qa = Q.quantize_gptq(w, H, gs, act_order=act_order, weight_type="q4a")
     _check_format(qa, w.shape, gs, "q4a")
 
     def out_err(qt):
         return float(np.sum((x @ w.T - x @ dequantize(qt).T) ** 2))
     e_rtn = out_err(quantize_rtn(w, gs, "q4a"))
     e_mse = out_err(Q.quantize_mse(w, gs, weight_type="q4a"))
-    e_q4s = out_err(Q.quantize_gptq(w, acc.hessian(), gs, act_order=act_order))
+    e_q4s = out_err(Q.quantize_gptq(w, H, gs, act_order=act_order))
     assert out_err(qa) < 0.8 * e_rtn
     assert out_err(qa) < e_mse
     assert out_err(qa) < e_q4s
@@ -166,27 +171,23 @@ def test_gptq_act_order_groups_match_the_format():
     """With act order the columns are visited permuted, yet each group's fp16 scale is
     the one of the file's contiguous group: pack -> unpack -> dequantize gives exactly
     d[row, col // gs] * q[row, col], the value the engine computes."""
-    rng = np.random.default_rng(3)
     rows, cols, gs = 16, 96, 32
-    w = rng.standard_normal((rows, cols)).astype(np.float32)
-    x = _correlated_inputs(rng, 300, cols)
-    acc = Q.hessian_accumulator(cols)
-    acc.add(x)
-    qt = Q.quantize_gptq(w, acc.hessian(), gs, act_order=True)
+    w, _, H = _gptq_problem(3, rows, cols, 300)
+    qt = Q.quantize_gptq(w, H, gs, act_order=True)
     back = unpack("q4s", rows, cols, gs, pack(qt))
     assert np.array_equal(back.q, qt.q) and np.array_equal(back.d.view(np.uint16), qt.d.view(np.uint16))
     engine = back.q.astype(np.float32) * np.repeat(back.d.astype(np.float32), gs, axis=1)
     assert np.array_equal(engine, dequantize(qt))
     # static groups: the scales are those searched on the original weights
-    assert np.array_equal(qt.d, Q.search_scales(w, gs, imp=np.diag(acc.hessian())))
+    assert np.array_equal(qt.d, Q.search_scales(w, gs, imp=np.diag(H)))
     # q4a likewise: w = d * q + m with the file's contiguous groups' d and m
-    qa = Q.quantize_gptq(w, acc.hessian(), gs, act_order=True, weight_type="q4a")
+    qa = Q.quantize_gptq(w, H, gs, act_order=True, weight_type="q4a")
     back = unpack("q4a", rows, cols, gs, pack(qa))
     assert np.array_equal(back.q, qa.q) and np.array_equal(back.m.view(np.uint16), qa.m.view(np.uint16))
     engine = (back.q.astype(np.float32) * np.repeat(back.d.astype(np.float32), gs, axis=1)
               + np.repeat(back.m.astype(np.float32), gs, axis=1))
     assert np.array_equal(engine, dequantize(qa))
-    d, m = Q.search_affine(w, gs, imp=np.diag(acc.hessian()))
+    d, m = Q.search_affine(w, gs, imp=np.diag(H))
     assert np.array_equal(qa.d, d) and np.array_equal(qa.m, m)
 
 
@@ -234,20 +235,15 @@ def test_gptq_matches_the_textbook_algorithm(act_order):
     """The blocked, left-looking, float32 GPTQ (several blocks, sub-blocks and a
     shorter last one) against the paper's column loop in float64: the same levels
     but for float rounding, the same output error."""
-    rng = np.random.default_rng(9)
-    rows, cols, gs = 40, 416, 32
-    w = rng.standard_normal((rows, cols)).astype(np.float32)
-    x = _correlated_inputs(rng, 900, cols)
-    acc = Q.hessian_accumulator(cols)
-    acc.add(x)
-    H = acc.hessian()
+    gs = 32
+    w, x, H = _gptq_problem(9, 40, 416, 900)
     qt = Q.quantize_gptq(w, H, gs, act_order=act_order)
     ref = _textbook_gptq(w, H, gs, act_order)
     assert np.mean(qt.q == ref) > 0.99
 
     def out_err(wq):
         return float(np.sum((x @ w.T - x @ wq.T) ** 2))
-    d = np.repeat(qt.d.astype(np.float64), gs, axis=1)[:, :cols]
+    d = np.repeat(qt.d.astype(np.float64), gs, axis=1)[:, :w.shape[1]]
     assert out_err(dequantize(qt)) == pytest.approx(out_err(ref * d), rel=0.02)
 
 
@@ -275,18 +271,13 @@ def test_gptq_cholesky_factor():
 def test_gptq_same_levels_on_one_core_and_on_all(act_order, weight_type):
     """The row chunks and the products' rounding do not depend on the core count:
     GPTQ on one core and on all of them gives the same bytes."""
-    rng = np.random.default_rng(5)
-    rows, cols = 3000, 1024                                # several chunks; flips seen at this size
-    w = (rng.standard_normal((rows, cols)) * 0.02).astype(np.float32)
-    x = _correlated_inputs(rng, 2048, cols)
-    acc = Q.hessian_accumulator(cols)
-    acc.add(x)
+    w, _, H = _gptq_problem(5, 3000, 1024, 2048, 0.02)     # several chunks; flips seen at this size
     cores = os.sched_getaffinity(0)
     out = []
     try:
         for use in ({min(cores)}, cores):
             os.sched_setaffinity(0, use)
-            qt = Q.quantize_gptq(w, acc.hessian(), 128, act_order=act_order, weight_type=weight_type)
+            qt = Q.quantize_gptq(w, H, 128, act_order=act_order, weight_type=weight_type)
             out.append(qt.q.tobytes() + qt.d.tobytes() + (b"" if qt.m is None else qt.m.tobytes()))
     finally:
         os.sched_setaffinity(0, cores)

@@ -392,26 +392,23 @@ class BnbSource(HfSource):
 
     def read_q4t(self, wname):
         """The q4t QuantizedTensor of one bitsandbytes weight, or None (q4t_of_4bit)."""
-        names = self.where
-        get = lambda n: _read_raw(names[n], n) if n in names else None  # noqa: E731
-        try:
-            parts = decode_4bit(get(wname), get(wname + ".absmax"), get(wname + ".quant_map"),
-                                unpack_quant_state(get(self.quantized[wname])),
-                                get(wname + ".nested_absmax"), get(wname + ".nested_quant_map"))
-            return q4t_of_4bit(*parts, self.q4t_group)
-        except (BnbError, KeyError, TypeError, ValueError) as e:
-            raise ExportError("%s: %s: %s" % (self.dir, wname, e)) from None
+        return self._decode(wname, lambda *pieces: q4t_of_4bit(*decode_4bit(*pieces), self.q4t_group))
 
     def read_bnb(self, wname):
         """The dequantized float32 matrix of one bitsandbytes weight."""
-        names = self.where
-        get = lambda n: _read_raw(names[n], n) if n in names else None  # noqa: E731
-        try:
-            w = dequantize_4bit(get(wname), get(wname + ".absmax"), get(wname + ".quant_map"),
-                                unpack_quant_state(get(self.quantized[wname])),
-                                get(wname + ".nested_absmax"), get(wname + ".nested_quant_map"))
-        except (BnbError, KeyError, TypeError, ValueError) as e:
-            raise ExportError("%s: %s: %s" % (self.dir, wname, e)) from None
+        w = self._decode(wname, dequantize_4bit)
         if not np.isfinite(w).all():
             raise ExportError("tensor %s has NaN or Inf values" % wname)
         return w
+
+    def _decode(self, wname, decoder):
+        """decoder(packed, absmax, quant_map, state, nested_absmax, nested_quant_map) on the
+        serialized pieces of one bitsandbytes weight; a malformed piece is an ExportError."""
+        names = self.where
+        get = lambda n: _read_raw(names[n], n) if n in names else None  # noqa: E731
+        try:
+            return decoder(get(wname), get(wname + ".absmax"), get(wname + ".quant_map"),
+                           unpack_quant_state(get(self.quantized[wname])),
+                           get(wname + ".nested_absmax"), get(wname + ".nested_quant_map"))
+        except (BnbError, KeyError, TypeError, ValueError) as e:
+            raise ExportError("%s: %s: %s" % (self.dir, wname, e)) from None
