@@ -240,12 +240,19 @@ def _response_format(v):
                                        f"or 'json_schema', got {kind!r}")
 
 
-def parse_chat(body) -> Job:
+def _new_job(body, kind, fields, max_tokens_default) -> Job:
+    """A Job of `kind` with the fields every request shares, from a body checked
+    to be an object holding only `fields`."""
     if not isinstance(body, dict):
         raise _bad(None, "the request body must be a JSON object", "invalid_type")
-    _check_fields(body, CHAT_FIELDS)
-    job = Job("chat")
-    _common(body, job, None)
+    _check_fields(body, fields)
+    job = Job(kind)
+    _common(body, job, max_tokens_default)
+    return job
+
+
+def parse_chat(body) -> Job:
+    job = _new_job(body, "chat", CHAT_FIELDS, None)
     mct = _get_int(body, "max_completion_tokens", 1, 2**31 - 1, None)
     if mct is not None:
         job.max_tokens = mct if job.max_tokens is None else min(mct, job.max_tokens)
@@ -276,11 +283,7 @@ def parse_chat(body) -> Job:
 
 
 def parse_completion(body) -> Job:
-    if not isinstance(body, dict):
-        raise _bad(None, "the request body must be a JSON object", "invalid_type")
-    _check_fields(body, COMPLETION_FIELDS)
-    job = Job("completion")
-    _common(body, job, COMPLETION_MAX_TOKENS)
+    job = _new_job(body, "completion", COMPLETION_FIELDS, COMPLETION_MAX_TOKENS)
     _require_default(body, "echo", (False,), "the prompt is not echoed")
     _require_default(body, "best_of", (1,), "one choice per request")
     _require_default(body, "suffix", ("",), "no insertion")
