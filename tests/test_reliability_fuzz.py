@@ -15,13 +15,13 @@
 import glob
 import os
 import re
-import shutil
 import struct
 import subprocess
 import sys
 
 import pytest
 
+from toolchain import builds
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FUZZ = os.path.join(ROOT, "build-fuzz")
 REG = os.path.join(ROOT, "tests", "fuzz", "regressions")
@@ -29,16 +29,10 @@ SECONDS = int(os.environ.get("RQ4_FUZZ_SECONDS", "30"))
 
 
 def _have_libfuzzer(tmp):
-    cc = os.environ.get("FUZZ_CC", "clang")
-    if shutil.which(cc) is None or shutil.which("make") is None:
-        return False
-    src = os.path.join(tmp, "t.c")
-    with open(src, "w") as f:
-        f.write("#include <stdint.h>\n#include <stddef.h>\n"
-                "int LLVMFuzzerTestOneInput(const uint8_t *d, size_t n) { (void)d; (void)n; return 0; }\n")
-    r = subprocess.run([cc, "-fsanitize=fuzzer,address,undefined", src, "-o", os.path.join(tmp, "t")],
-                       capture_output=True)
-    return r.returncode == 0
+    return builds(os.environ.get("FUZZ_CC", "clang"), ["-fsanitize=fuzzer,address,undefined"],
+                  "#include <stdint.h>\n#include <stddef.h>\n"
+                  "int LLVMFuzzerTestOneInput(const uint8_t *d, size_t n) { (void)d; (void)n; return 0; }\n",
+                  tmp, run=False)
 
 
 @pytest.fixture(scope="module")

@@ -20,6 +20,7 @@ import sys
 import pytest
 
 import badfiles
+from toolchain import builds
 from test_reliability_files import MemFile, binary_sample, check_binary_result, run_binary
 
 pytestmark = pytest.mark.slow  # builds and runs C programs
@@ -29,15 +30,8 @@ SAN = os.path.join(ROOT, "build-san")
 
 
 def _sanitizers_work(tmp):
-    cc = os.environ.get("CC", "cc")
-    if shutil.which(cc) is None or shutil.which("make") is None:
-        return False
-    src = os.path.join(tmp, "t.c")
-    with open(src, "w") as f:
-        f.write("int main(void) { return 0; }\n")
-    exe = os.path.join(tmp, "t")
-    r = subprocess.run([cc, "-fsanitize=address,undefined", src, "-o", exe], capture_output=True)
-    return r.returncode == 0 and subprocess.run([exe], capture_output=True).returncode == 0
+    return builds(os.environ.get("CC", "cc"), ["-fsanitize=address,undefined"],
+                  "int main(void) { return 0; }\n", tmp, run=True)
 
 
 def make(target, timeout=1800):
