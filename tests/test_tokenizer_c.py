@@ -226,37 +226,32 @@ def _random_chars(r, n):
     return "".join(out)
 
 
+def _repeat(r, pool, most):
+    return "".join(r.choice(pool) for _ in range(r.randrange(1, most)))
+
+
+# one kind of piece per entry, drawn uniformly by _piece
+_PIECES = (
+    lambda r, sp: r.choice(WORDS).upper() if r.random() < 0.2 else r.choice(WORDS),
+    lambda r, sp: _number(r),
+    lambda r, sp: r.choice(ACCENTED),
+    lambda r, sp: r.choice(CJK),
+    lambda r, sp: _repeat(r, EMOJI, 4),
+    lambda r, sp: r.choice(SCRIPTS),
+    lambda r, sp: r.choice(CODE),
+    lambda r, sp: r.choice(CONTRACTIONS),
+    lambda r, sp: _repeat(r, SPACES, 4),
+    lambda r, sp: _repeat(r, PUNCT, 5),
+    lambda r, sp: r.choice(sp),
+    lambda r, sp: _random_chars(r, r.randrange(1, 12)),
+    lambda r, sp: r.choice(WORDS).capitalize() + r.choice(["'s", "'S", "'re", "'LL", "n't", "'d"]),
+    lambda r, sp: _new_chars(r, r.randrange(1, 8)),
+    lambda r, sp: str(r.randrange(10 ** r.randrange(1, 12))),
+)
+
+
 def _piece(r, specials):
-    k = r.randrange(15)
-    if k == 0:
-        return r.choice(WORDS).upper() if r.random() < 0.2 else r.choice(WORDS)
-    if k == 1:
-        return _number(r)
-    if k == 2:
-        return r.choice(ACCENTED)
-    if k == 3:
-        return r.choice(CJK)
-    if k == 4:
-        return "".join(r.choice(EMOJI) for _ in range(r.randrange(1, 4)))
-    if k == 5:
-        return r.choice(SCRIPTS)
-    if k == 6:
-        return r.choice(CODE)
-    if k == 7:
-        return r.choice(CONTRACTIONS)
-    if k == 8:
-        return "".join(r.choice(SPACES) for _ in range(r.randrange(1, 4)))
-    if k == 9:
-        return "".join(r.choice(PUNCT) for _ in range(r.randrange(1, 5)))
-    if k == 10:
-        return r.choice(specials)
-    if k == 11:
-        return _random_chars(r, r.randrange(1, 12))
-    if k == 12:
-        return r.choice(WORDS).capitalize() + r.choice(["'s", "'S", "'re", "'LL", "n't", "'d"])
-    if k == 13:
-        return _new_chars(r, r.randrange(1, 8))
-    return str(r.randrange(10 ** r.randrange(1, 12)))
+    return _PIECES[r.randrange(len(_PIECES))](r, specials)
 
 
 def generated_lines(n, specials, seed=1234):
@@ -301,7 +296,15 @@ def corpus(specials):
 # ---------------------------------------------------------------------------
 # tests
 
-def _parity(ctok, ref, lines, special=True):
+def _tokenizer_pair(clib, which, request):
+    """The C tokenizer and `tokenizers` from the same tokenizer.json, and its special tokens."""
+    data = request.getfixturevalue(which + "_json")
+    specials = LLAMA3_SPECIALS if which == "llama3" else CHATML_SPECIALS
+    return CTokenizer(clib, data), tokenizers.Tokenizer.from_str(data.decode("utf-8")), specials
+
+
+def _assert_parity(ctok, ref, lines, special=True):
+    """Every line encodes to the same ids in C and in `tokenizers`; the first differences are printed."""
     mismatches = []
     ref.encode_special_tokens = not special
     try:
@@ -312,7 +315,9 @@ def _parity(ctok, ref, lines, special=True):
                 mismatches.append((line, a, b))
     finally:
         ref.encode_special_tokens = False
-    return mismatches
+    for line, a, b in mismatches[:5]:
+        print("MISMATCH %r\n  C:   %s\n  ref: %s" % (line, a, b))
+    assert not mismatches, "%d of %d lines differ" % (len(mismatches), len(lines))
 
 
 def _speed(ctok, ref, lines, label):
@@ -336,16 +341,10 @@ def _speed(ctok, ref, lines, label):
 @pytest.mark.slow
 @pytest.mark.parametrize("which", ["llama3", "smollm2"])
 def test_parity_corpus(clib, which, request):
-    data = request.getfixturevalue(which + "_json")
-    ctok = CTokenizer(clib, data)
-    ref = tokenizers.Tokenizer.from_str(data.decode("utf-8"))
-    specials = LLAMA3_SPECIALS if which == "llama3" else CHATML_SPECIALS
+    ctok, ref, specials = _tokenizer_pair(clib, which, request)
     lines = corpus(specials)
     assert len(lines) >= 10000
-    mismatches = _parity(ctok, ref, lines)
-    for line, a, b in mismatches[:5]:
-        print("MISMATCH %r\n  C:   %s\n  ref: %s" % (line, a, b))
-    assert not mismatches, "%d of %d lines differ" % (len(mismatches), len(lines))
+    _assert_parity(ctok, ref, lines)
     print("\n%s: %d lines, 0 mismatches; tokenizer memory %.1f MB"
           % (which, len(lines), ctok.memory / 1e6))
     _speed(ctok, ref, lines, which)
@@ -355,24 +354,16 @@ def test_parity_corpus(clib, which, request):
 @pytest.mark.parametrize("which", ["llama3", "smollm2"])
 def test_parity_special_as_text(clib, which, request):
     """special=0 (pyrunq4's plain prompts): special-token text is ordinary text."""
-    data = request.getfixturevalue(which + "_json")
-    ctok = CTokenizer(clib, data)
-    ref = tokenizers.Tokenizer.from_str(data.decode("utf-8"))
-    specials = LLAMA3_SPECIALS if which == "llama3" else CHATML_SPECIALS
+    ctok, ref, specials = _tokenizer_pair(clib, which, request)
     lines = generated_lines(2000, specials, seed=11) + ["".join(specials), specials[0] + "x" + specials[1]]
-    mismatches = _parity(ctok, ref, lines, special=False)
-    for line, a, b in mismatches[:5]:
-        print("MISMATCH %r\n  C:   %s\n  ref: %s" % (line, a, b))
-    assert not mismatches, "%d of %d lines differ" % (len(mismatches), len(lines))
+    _assert_parity(ctok, ref, lines, special=False)
     assert ctok.encode(specials[0], special=False) != ctok.encode(specials[0], special=True)
 
 
 @pytest.mark.parametrize("which", ["llama3", "smollm2"])
 def test_decode_roundtrip(clib, which, request):
     """Pieces of the ids concatenate back to the text's bytes."""
-    data = request.getfixturevalue(which + "_json")
-    ctok = CTokenizer(clib, data)
-    specials = LLAMA3_SPECIALS if which == "llama3" else CHATML_SPECIALS
+    ctok, _, specials = _tokenizer_pair(clib, which, request)
     for line in generated_lines(500, specials, seed=7):
         ids = ctok.encode(line)
         assert ctok.decode(ids) == line.encode("utf-8")
