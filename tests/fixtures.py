@@ -181,7 +181,9 @@ def make_hf_llama(path, *, dtype="bf16", sharded=False, dim=64, hidden_dim=96, n
 def make_rq4(path, hf_dir=None, *, group_size=64, embedding_bits=4, extra_args=(), **hf_kwargs):
     """Exports a tiny model to the .rq4 file `path` and returns `path`. hf_dir: an existing
     Hugging Face directory, else one is made next to `path` with make_hf_llama(**hf_kwargs).
-    Raises RuntimeError with the exporter's message if the export fails."""
+    Raises RuntimeError with the exporter's message if the export fails. The method is mse
+    unless extra_args names one: the exporter's default for a float checkpoint (gptq) needs a
+    calibration pass, which the tests of the engine have no use for (test_quantizers.py tests it)."""
     import contextlib
     import io
     path = str(path)
@@ -191,8 +193,9 @@ def make_rq4(path, hf_dir=None, *, group_size=64, embedding_bits=4, extra_args=(
     from pyrunq4.export.__main__ import main
     err = io.StringIO()
     with contextlib.redirect_stderr(err):
+        method = () if "--method" in extra_args else ("--method", "mse")
         rc = main([str(hf_dir), path, "--group-size", str(group_size), "--embedding-bits",
-                   str(embedding_bits), "--quiet", *extra_args])
+                   str(embedding_bits), "--quiet", *method, *extra_args])
     if rc != 0:
         raise RuntimeError(f"export failed: {err.getvalue().strip()}")
     return path

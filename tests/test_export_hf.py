@@ -92,7 +92,7 @@ def test_untied_q8_embeddings_plain_rope_and_default_head_dim(tmp_path, capsys):
     m = make_hf_llama(tmp_path / "hf", dtype="fp32", tie_word_embeddings=False, rope_scaling=None,
                       head_dim=None, generation_config=False, chat_template=False, vocab_size=320)
     out = tmp_path / "m.rq4"
-    rc, err = run([m.path, out, "--group-size", "32", "--embedding-bits", "8"], capsys)
+    rc, err = run([m.path, out, "--group-size", "32", "--embedding-bits", "8", "--method", "mse"], capsys)
     assert rc == 0, err
     h, e = reader.read_rq4(out)
     assert h["tied_embeddings"] == 0 and h["rope_scaling"] == 0 and h["head_dim"] == 16

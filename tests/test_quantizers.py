@@ -356,6 +356,51 @@ def test_exporter_methods_end_to_end(tmp_path):
     assert errs["mse"] < errs["rtn"], errs
 
 
+def test_default_method_follows_the_source(tmp_path):
+    """--method auto: gptq where every weight is quantized from float values (a plain
+    Hugging Face checkpoint, a GGUF with --requantize), mse where the source's tensors are
+    imported as they are (a GGUF, a bitsandbytes checkpoint) or nothing is quantized."""
+    import argparse
+    import json
+    from fixtures import make_hf_llama
+
+    hf = make_hf_llama(tmp_path / "hf", dtype="fp32")
+    bnb = tmp_path / "bnb"
+    bnb.mkdir()
+    (bnb / "config.json").write_text(json.dumps(dict(hf.config, quantization_config={"load_in_4bit": True})))
+
+    def resolve(source, **kw):
+        return methods.resolve_method(argparse.Namespace(source=str(source), **dict({"method": "auto"}, **kw)))
+    assert resolve(hf.path) == methods.CALIBRATED_DEFAULT == "gptq"
+    assert resolve(hf.path, float=True) == methods.DATA_FREE_DEFAULT == "mse"
+    assert resolve(bnb) == "mse"
+    assert resolve(tmp_path / "m.gguf") == "mse"
+    assert resolve(tmp_path / "m.GGUF", requantize=True) == "gptq"
+    assert resolve(tmp_path / "absent") == "mse"        # the source's own error comes when it is opened
+    for m in methods.METHODS:
+        assert resolve(hf.path, method=m) == resolve(tmp_path / "m.gguf", method=m) == m
+
+
+def test_default_export_of_a_float_checkpoint_is_gptq_with_act_order(tmp_path):
+    """The exporter without --method writes, for a float checkpoint, the same file as
+    --method gptq --act-order (and not the mse file)."""
+    from fixtures import SENTENCES, make_hf_llama, make_rq4
+
+    hf = make_hf_llama(tmp_path / "hf", dtype="fp32")
+    text = tmp_path / "calib.txt"
+    text.write_text(" ".join(SENTENCES * 20))
+    calib = ("--calib", str(text), "--calib-tokens", "256", "--calib-seq-len", "64")
+    default = make_rq4(tmp_path / "default.rq4", hf.path, group_size=32, extra_args=("--method", "auto") + calib)
+    gptq_ao = make_rq4(tmp_path / "gptq.rq4", hf.path, group_size=32,
+                       extra_args=("--method", "gptq", "--act-order") + calib)
+    plain = make_rq4(tmp_path / "plain.rq4", hf.path, group_size=32,
+                     extra_args=("--method", "gptq", "--no-act-order") + calib)
+    mse = make_rq4(tmp_path / "mse.rq4", hf.path, group_size=32)
+    data = {p: open(p, "rb").read() for p in (default, gptq_ao, plain, mse)}
+    assert data[default] == data[gptq_ao]
+    assert data[default] != data[plain] and data[default] != data[mse]
+
+
 def test_exporter_weight_type_q4a_end_to_end(tmp_path):
     """--weight-type q4a for every method: every matrix of the file is q4a, the engine
     loads and runs it, its logits agree with the numpy forward of the file's weights,

@@ -114,16 +114,17 @@ def test_interrupt_mid_write(hf, tmp_path, capsys, monkeypatch):
     assert (out / "m.rq4").read_bytes() == b"previous"
 
 
-def test_scale_overflow_and_tiny_weights(tmp_path, capsys):
+@pytest.mark.parametrize("method", ["auto", "mse"])   # auto: gptq for these float checkpoints
+def test_scale_overflow_and_tiny_weights(tmp_path, capsys, method):
     huge = make_hf_llama(tmp_path / "huge", dtype="fp32",
                          extra_tensors={"model.layers.1.mlp.up_proj.weight": np.full((96, 64), 1e6, np.float32)})
     out = tmp_path / "out"
     out.mkdir()
-    _refused(out, capsys, [huge.path, out / "m.rq4"], "overflows fp16")
+    _refused(out, capsys, [huge.path, out / "m.rq4", "--method", method], "overflows fp16")
     # tiny weights underflow to zero scales: a valid (if useless) file, not an error
     tiny = make_hf_llama(tmp_path / "tiny", dtype="fp32",
                          extra_tensors={"model.layers.1.mlp.up_proj.weight": np.full((96, 64), 1e-30, np.float32)})
-    rc, err = _run([tiny.path, out / "t.rq4"], capsys)
+    rc, err = _run([tiny.path, out / "t.rq4", "--method", method], capsys)
     assert rc == 0, err
     from pyrunq4 import Model
     with Model(str(out / "t.rq4"), n_ctx=8, n_threads=1) as m:

@@ -43,8 +43,11 @@ def build_parser():
     p.add_argument("--embedding-group-size", type=int, metavar="N",
                    help="group size of tok_embeddings and output (default: --group-size); a smaller "
                         "group protects the tied classifier for a few more bytes")
-    p.add_argument("--method", choices=methods.METHODS, default=methods.DEFAULT_METHOD,
-                   help="how float weights are quantized")
+    p.add_argument("--method", choices=(methods.AUTO,) + methods.METHODS, default=methods.AUTO,
+                   help=f"how float weights are quantized; {methods.AUTO}: {methods.CALIBRATED_DEFAULT} "
+                        f"(calibrated, --act-order) where every weight is quantized from float values (a "
+                        f"Hugging Face float checkpoint, --requantize), else {methods.DATA_FREE_DEFAULT} "
+                        f"(data-free: a GGUF's exact tensors stay exact)")
     p.add_argument("--layout", choices=LAYOUTS, default="rows",
                    help="how int4 matrices are stored: rows (row-major) or r4 (rows interleaved by 4, "
                         "docs/FORMAT.md; the layout the ARM kernels run fastest); same results either way")
@@ -78,6 +81,9 @@ def export(options, log=None, detail=None):
             raise ExportError(f"{flag}: {e}") from None
     if getattr(options, "layout", "rows") == "r4" and methods.weight_type(options) == "q4t":
         raise ExportError("--layout r4: q4t has no interleaved type; use --layout rows")
+    method = methods.resolve_method(options)
+    if method != getattr(options, "method", None):
+        options = argparse.Namespace(**dict(vars(options), method=method))
     out = options.output
     protect = input_identities(options.source)
     try:

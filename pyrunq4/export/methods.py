@@ -8,18 +8,27 @@ quantizers.py.
                which yields QuantizedTensors in file order
 """
 
+import argparse
+import json
+import os
 import sys
 
 from .quant import quantize_rtn
 from .quantizers import METHODS, WEIGHT_TYPES, calibration_sequences, quantize_mse, quantize_model, quantize_q4t
 
-__all__ = ["METHODS", "WEIGHT_TYPES", "DATA_FREE", "DEFAULT_METHOD", "add_arguments", "make_quantizer",
-           "make_stream", "weight_type", "calibration_ids", "default_calibration_text"]
+__all__ = ["METHODS", "WEIGHT_TYPES", "DATA_FREE", "AUTO", "DATA_FREE_DEFAULT", "CALIBRATED_DEFAULT",
+           "add_arguments", "resolve_method", "make_quantizer", "make_stream", "weight_type", "calibration_ids",
+           "default_calibration_text"]
 
 DATA_FREE = ("rtn", "mse")
-# The exporter's default: the best data-free method (docs/QUALITY.md); GGUF
-# Q4_0/Q4_1/Q8_0 tensors are imported exactly whatever the method, unless --requantize.
-DEFAULT_METHOD = "mse"
+# --method's default: resolve_method() picks one of the two below for the source.
+AUTO = "auto"
+# Where the source's tensors are imported as they are (docs/QUALITY.md: the best data-free
+# method for the default weight type; GGUF Q4_0/Q4_1/Q8_0 tensors stay exact, unless --requantize).
+DATA_FREE_DEFAULT = "mse"
+# Where every weight is quantized from float values: the best method that meets the
+# exporter's time target (docs/QUALITY.md), with act order.
+CALIBRATED_DEFAULT = "gptq"
 
 
 def add_arguments(parser):
@@ -34,13 +43,35 @@ def add_arguments(parser):
                    help="re-quantize every tensor of an already quantized source (GGUF) from its "
                         "float values with --method instead of importing exact ones as is "
                         "(gptq always does)")
-    g.add_argument("--act-order", action="store_true",
+    g.add_argument("--act-order", action=argparse.BooleanOptionalAction, default=True,
                    help="gptq: quantize columns in order of decreasing Hessian diagonal "
                         "(static group scales, so groups stay contiguous in the file)")
     parser.add_argument("--rotate", action="store_true",
                         help="rotate the residual stream by a randomized Hadamard matrix folded into "
                              "the weights before quantizing (rotate.py; exact in float; a tied "
                              "embedding comes out untied, so the file is larger)")
+
+
+def resolve_method(options):
+    """The --method to run: options.method unless it is AUTO; then CALIBRATED_DEFAULT where
+    every weight is quantized from float values (a plain Hugging Face directory, a GGUF with
+    --requantize), DATA_FREE_DEFAULT where the source's tensors import as they are (a GGUF's
+    exact types, a bitsandbytes checkpoint) or nothing is quantized (--float), so a lossless
+    import stays lossless and needs no calibration text."""
+    method = getattr(options, "method", AUTO) or AUTO
+    if method != AUTO:
+        return method
+    if getattr(options, "float", False):
+        return DATA_FREE_DEFAULT
+    source = os.fspath(options.source)
+    if source.lower().endswith(".gguf"):
+        return CALIBRATED_DEFAULT if getattr(options, "requantize", False) else DATA_FREE_DEFAULT
+    try:
+        with open(os.path.join(source, "config.json"), encoding="utf-8") as f:
+            quantized = bool(json.load(f).get("quantization_config"))
+    except (OSError, ValueError, AttributeError):
+        return DATA_FREE_DEFAULT  # not a readable model directory: the source says why when opened
+    return DATA_FREE_DEFAULT if quantized else CALIBRATED_DEFAULT
 
 
 def make_quantizer(method):
@@ -83,8 +114,17 @@ def calibration_ids(tokenizer_json, text, seq_len=512, n_tokens=4096, bos_id=-1)
         raise ValueError("calibration needs the model's tokenizer.json")
     if isinstance(tokenizer_json, (bytes, bytearray, memoryview)):
         tokenizer_json = bytes(tokenizer_json).decode("utf-8")
-    tok = Tokenizer.from_str(tokenizer_json)
-    ids = tok.encode(text, add_special_tokens=False).ids
+    try:
+        tok = Tokenizer.from_str(tokenizer_json)
+        # the whole text, whatever truncation or padding the model's tokenizer.json asks for
+        tok.no_truncation()
+        tok.no_padding()
+        ids = tok.encode(text, add_special_tokens=False).ids
+    except (KeyboardInterrupt, SystemExit, MemoryError):
+        raise
+    except BaseException as e:  # noqa: B902 (the tokenizers library may panic: a BaseException)
+        msg = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
+        raise ValueError(f"the model's tokenizer cannot tokenize the calibration text: {msg}") from None
     if len(ids) < 2:
         raise ValueError("calibration text is empty")
     return calibration_sequences(ids, seq_len, n_tokens, bos_id)
