@@ -150,3 +150,26 @@ def test_exporter_max_size(tmp_path, capsys, method):
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and "max-size" in err, err
         assert not out.exists()
+
+
+@pytest.mark.slow
+def test_mix_sensitivity_tool(tmp_path):
+    """tools/mix_sensitivity.py on a tiny float model: one entry per role and block and
+    the embedding, KL >= 0, and the error of round-to-nearest falling with the group."""
+    import importlib.util
+    import json
+
+    from fixtures import make_rq4
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    spec = importlib.util.spec_from_file_location("mix_sensitivity", os.path.join(root, "tools", "mix_sensitivity.py"))
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    path = make_rq4(tmp_path / "float.rq4", dtype="fp32", dim=128, hidden_dim=256, n_heads=4, head_dim=32,
+                    extra_args=("--float",))
+    out = tmp_path / "sens.json"
+    assert tool.main([str(path), str(out), "--tokens", "32", "--block", "1"]) == 0
+    got = json.loads(out.read_text())
+    assert set(got) == {f"{r}@{b}" for r in mix.LAYER_MATRICES for b in (0, 1)} | {"tok_embeddings@0"}
+    for r in got.values():
+        assert r["kl128"] >= 0 and r["sensitivity"] >= 0
+        assert r["err128"] > r["err64"] > r["err32"] > 0
