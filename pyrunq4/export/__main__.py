@@ -18,7 +18,7 @@ import time
 from .. import __version__
 from ..errors import ExportError, Runq4Error
 from ..progress import progress_bar
-from . import methods
+from . import methods, mix
 from .format import LAYOUTS, MAX_GROUP, MIN_GROUP, validate_group_size
 from .quant import QuantizedTensor, dequantize, rms_rel_error
 from .sources import open_source
@@ -43,6 +43,10 @@ def build_parser():
     p.add_argument("--embedding-group-size", type=int, metavar="N",
                    help="group size of tok_embeddings and output (default: --group-size); a smaller "
                         "group protects the tied classifier for a few more bytes")
+    p.add_argument("--max-size", metavar="SIZE",
+                   help="the largest file to write (e.g. 79MB; MB = 10^6 bytes, MiB = 2^20): every matrix "
+                        "is requantized with --group-size or a finer group (down to 32), the finer groups "
+                        "where they help most (mix.py, docs/QUALITY.md), as many as fit")
     p.add_argument("--method", choices=(methods.AUTO,) + methods.METHODS, default=methods.AUTO,
                    help=f"how float weights are quantized; {methods.AUTO}: {methods.CALIBRATED_DEFAULT} "
                         f"(calibrated, --act-order) where every weight is quantized from float values (a "
@@ -81,10 +85,17 @@ def export(options, log=None, detail=None):
             raise ExportError(f"{flag}: {e}") from None
     if getattr(options, "layout", "rows") == "r4" and methods.weight_type(options) == "q4t":
         raise ExportError("--layout r4: q4t has no interleaved type; use --layout rows")
+    budget = None
+    if getattr(options, "max_size", None) is not None:
+        budget = mix.parse_size(options.max_size)
+        if getattr(options, "float", False) or getattr(options, "embedding_group_size", None):
+            raise ExportError("--max-size chooses every group size: not with --float or --embedding-group-size")
+        options.requantize = True   # every tensor at the group size the plan gives it
     method = methods.resolve_method(options)
     if method != getattr(options, "method", None):
         options = argparse.Namespace(**dict(vars(options), method=method))
     out = options.output
+    layout = getattr(options, "layout", "rows")
     protect = input_identities(options.source)
     try:
         check_output_path(out, protect)
@@ -102,6 +113,7 @@ def export(options, log=None, detail=None):
         header = dict(src.header, group_size=options.group_size)
         check_blobs(src.blobs, header)
         n = len(names)
+        plan = None if budget is None else plan_max_size(src, header, names, options, budget)
         try:
             writer = Rq4Writer(out, header, max_entries=n + len(src.blobs), protect=protect,
                                verify=verify_file)
@@ -113,9 +125,8 @@ def export(options, log=None, detail=None):
         bar = progress_bar(total=n, desc="export", unit="tensor",
                            quiet=getattr(options, "quiet", False) or getattr(options, "verbose", False))
         as_float = getattr(options, "float", False)
-        layout = getattr(options, "layout", "rows")
         with writer as w, bar:
-            stream = src.tensors() if as_float else methods.make_stream(src, header, options)
+            stream = src.tensors() if as_float else methods.make_stream(src, header, options, plan)
             for i, (name, t) in enumerate(stream):
                 if as_float and isinstance(t, QuantizedTensor):
                     t = dequantize(t)           # an exact import, as its float values
@@ -133,8 +144,12 @@ def export(options, log=None, detail=None):
                 else:
                     qtype = ("q8" if (name in EMBEDDING_NAMES and options.embedding_bits == 8)
                              else methods.weight_type(options))
-                    gs = getattr(options, "embedding_group_size", None) if name in EMBEDDING_NAMES else None
-                    qt = quantizer(name, t, gs or options.group_size, qtype)
+                    if plan is not None and qtype != "q8":
+                        gs = plan[name]
+                    else:
+                        gs = (getattr(options, "embedding_group_size", None) if name in EMBEDDING_NAMES
+                              else None) or options.group_size
+                    qt = quantizer(name, t, gs, qtype)
                     err = rms_rel_error(t, qt)
                     worst = max(worst, (err, name), key=lambda e: e[0])
                     w.add_quantized(name, laid_out(qt, layout))
@@ -153,6 +168,25 @@ def export(options, log=None, detail=None):
     if problem:
         print(f"{PROG}: note: pyrunq4 runs {out}, but the runq4 binary cannot tokenize it: {problem}",
               file=sys.stderr, flush=True)
+
+
+def plan_max_size(src, header, names, options, budget):
+    """--max-size: {matrix name: group size} (mix.plan_export) for the source's tensors."""
+    def read(name):
+        try:
+            return src.read(name)
+        except NotImplementedError as e:
+            raise ExportError(f"--max-size needs to read the source's tensors in any order: {e}") from None
+
+    weight_type = methods.weight_type(options)
+    return mix.plan_export(header, names, src.blobs, read, weight_type,
+                           laid_out_type(weight_type, getattr(options, "layout", "rows")),
+                           options.group_size, options.embedding_bits == 8, budget)
+
+
+def laid_out_type(weight_type, layout):
+    """The file type of an int4 matrix of weight_type written in `layout` (as laid_out)."""
+    return f"{weight_type}_r4" if layout == "r4" and weight_type in ("q4s", "q4a") else weight_type
 
 
 def laid_out(qt, layout):

@@ -130,10 +130,11 @@ def calibration_ids(tokenizer_json, text, seq_len=512, n_tokens=4096, bos_id=-1)
     return calibration_sequences(ids, seq_len, n_tokens, bos_id)
 
 
-def make_stream(source, header, options):
+def make_stream(source, header, options, group_sizes=None):
     """(name, value) of the whole model: the source's own stream for data-free
     methods (the exporter quantizes each float matrix with make_quantizer), or
-    quantize_model() over source.read() for gptq/awq."""
+    quantize_model() over source.read() for gptq/awq. group_sizes: {matrix
+    name: group size} (--max-size) instead of the options' group sizes."""
     method = options.method
     if method in DATA_FREE:
         return source.tensors()
@@ -163,4 +164,5 @@ def make_stream(source, header, options):
                           act_order=bool(getattr(options, "act_order", False)),
                           embed_qtype="q8" if getattr(options, "embedding_bits", 4) == 8 else None,
                           progress=not quiet, weight_type=weight_type(options),
-                          embed_group_size=getattr(options, "embedding_group_size", None))
+                          embed_group_size=getattr(options, "embedding_group_size", None),
+                          group_sizes=group_sizes)

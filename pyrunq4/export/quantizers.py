@@ -620,7 +620,7 @@ _LINEARS = ("wq", "wk", "wv", "wo", "w1", "w2", "w3")
 
 def quantize_model(get, cfg, method, group_size, calib_ids=None, act_order=False,
                    embed_method=None, embed_qtype=None, awq_alphas=(0.0, 0.25, 0.5, 0.75),
-                   progress=True, weight_type="q4s", embed_group_size=None):
+                   progress=True, weight_type="q4s", embed_group_size=None, group_sizes=None):
     """Quantize a whole Llama model; yields (entry name, value): per layer
     attention_norm wq wk wv wo ffn_norm w1 w2 w3, then norm, then the classifier
     (output, untied) and tok_embeddings. value: QuantizedTensor, or a float32
@@ -636,7 +636,8 @@ def quantize_model(get, cfg, method, group_size, calib_ids=None, act_order=False
 
     weight_type: the int4 type of every matrix, q4s or q4a (awq: q4s only).
     embed_group_size: group size of the embedding table (and untied classifier);
-    default group_size.
+    default group_size. group_sizes: {entry name: group size} of every matrix
+    (mix.plan_group_sizes), in place of group_size and embed_group_size.
     The embedding table: embed_qtype "q8" (RTN int8) or weight_type (the default) by embed_method:
     rtn, mse, or gptq (default for gptq/awq): as the classifier it is a linear
     of the final-norm outputs, so when tied it gets GPTQ with the Hessian of
@@ -648,6 +649,13 @@ def quantize_model(get, cfg, method, group_size, calib_ids=None, act_order=False
         raise ValueError(f"weight type {weight_type!r} is not available for method {method}")
     embed_qtype = embed_qtype or weight_type
     embed_gs = embed_group_size or group_size
+    if group_sizes is not None and method == "awq":
+        raise ValueError("awq takes one group size for every matrix")
+
+    def gs_of(name):
+        if group_sizes is not None:
+            return group_sizes[name]
+        return embed_gs if name in ("tok_embeddings", "output") else group_size
     if embed_method is None:
         embed_method = {"rtn": "rtn", "mse": "mse"}.get(method, "gptq")
     if embed_method == "gptq" and not calibrated:
@@ -660,7 +668,8 @@ def quantize_model(get, cfg, method, group_size, calib_ids=None, act_order=False
                        quiet=not progress)
     timing = {"forward": 0.0, "quantize": 0.0}   # seconds: calibration forward/capture, GPTQ
 
-    def quantize_table(w, H=None):
+    def quantize_table(name, w, H=None):
+        embed_gs = gs_of(name)
         if embed_qtype == "q8":
             return quantize_rtn(w, embed_gs, "q8")
         if embed_method == "gptq" and H is not None:
@@ -676,9 +685,9 @@ def quantize_model(get, cfg, method, group_size, calib_ids=None, act_order=False
         # be looked up (quantized data-free; rows are quantized independently)
         used, where = np.unique(np.concatenate(calib_ids), return_inverse=True)
         rows = np.asarray(get("tok_embeddings"), dtype=np.float32)[used]
-        qrows = dequantize(quantize(rows, "rtn" if embed_method == "rtn" else "mse", embed_gs,
+        qrows = dequantize(quantize(rows, "rtn" if embed_method == "rtn" else "mse", gs_of("tok_embeddings"),
                                     weight_type=embed_qtype)
-                           if embed_qtype != "q8" else quantize_rtn(rows, embed_gs, "q8"))
+                           if embed_qtype != "q8" else quantize_rtn(rows, gs_of("tok_embeddings"), "q8"))
         del rows
         ends = np.cumsum([len(s) for s in calib_ids])[:-1]
         hs = [qrows[w] for w in np.split(where, ends)]
@@ -690,11 +699,11 @@ def quantize_model(get, cfg, method, group_size, calib_ids=None, act_order=False
         W[p + "attention_norm"] = np.asarray(get(p + "attention_norm"), np.float32).reshape(-1)
         W[p + "ffn_norm"] = np.asarray(get(p + "ffn_norm"), np.float32).reshape(-1)
         if not calibrated:
-            out = {k: quantize(W[k], method, group_size, weight_type=weight_type)
+            out = {k: quantize(W[k], method, gs_of(k), weight_type=weight_type)
                    for k in W if not k.endswith("norm")}
         else:
             if method == "gptq":
-                out = _gptq_layer(W, cfg, i, hs, group_size, act_order, timing, weight_type)
+                out = _gptq_layer(W, cfg, i, hs, gs_of, act_order, timing, weight_type)
             else:
                 out = _awq_layer(W, cfg, i, hs, group_size, awq_alphas)
             # inputs of the next layer: this layer run with its quantized weights
@@ -723,9 +732,9 @@ def quantize_model(get, cfg, method, group_size, calib_ids=None, act_order=False
         H = acc.hessian()
         del hs
     if not tied:
-        yield "output", quantize_table(np.asarray(get("output"), dtype=np.float32), H)
+        yield "output", quantize_table("output", np.asarray(get("output"), dtype=np.float32), H)
         H = None  # the untied lookup table is not a classifier
-    yield "tok_embeddings", quantize_table(np.asarray(get("tok_embeddings"), dtype=np.float32), H)
+    yield "tok_embeddings", quantize_table("tok_embeddings", np.asarray(get("tok_embeddings"), np.float32), H)
     bar.update(1)
     bar.close()
 
@@ -766,10 +775,10 @@ def _capture_hessians(W32, cfg, i, hs, names):
     return acc
 
 
-def _gptq_layer(W, cfg, i, hs, group_size, act_order, timing=None, weight_type="q4s"):
-    """All seven matrices of layer i by GPTQ. Inputs captured with the float
-    weights of this layer (earlier layers already quantized in hs); wq/wk/wv
-    share one Hessian, w1/w3 another."""
+def _gptq_layer(W, cfg, i, hs, gs_of, act_order, timing=None, weight_type="q4s"):
+    """All seven matrices of layer i by GPTQ, matrix `name` in groups of
+    gs_of(name). Inputs captured with the float weights of this layer (earlier
+    layers already quantized in hs); wq/wk/wv share one Hessian, w1/w3 another."""
     timing = {"forward": 0.0, "quantize": 0.0} if timing is None else timing
     t0 = time.time()
     p = f"layers.{i}."
@@ -779,7 +788,7 @@ def _gptq_layer(W, cfg, i, hs, group_size, act_order, timing=None, weight_type="
     out = {}
     for k in _LINEARS:
         src = {"wk": "wq", "wv": "wq", "w3": "w1"}.get(k, k)
-        out[p + k] = quantize_gptq(W[p + k], acc[src].hessian(), group_size, act_order=act_order,
+        out[p + k] = quantize_gptq(W[p + k], acc[src].hessian(), gs_of(p + k), act_order=act_order,
                                    weight_type=weight_type)
     timing["quantize"] += time.time() - t1
     return out
