@@ -255,6 +255,7 @@ ALWAYS void dot_tiles(int kind, const qact *x, const qmat *w, int r0, int r1, fl
 
 /* ---- the interleaved types (arm_r4.h): sdot by element, one chunk vector
  * (4 bytes of each of 4 rows) against lane k of the block's activations ---- */
+#define R4_DECODE_ROUNDS 0 /* rounds cost the out-of-order N1 model more than they give the A55 */
 #include "arm_r4.h"
 
 ALWAYS r4block r4_unpack(int kind, const uint8_t *p) {
@@ -290,11 +291,6 @@ ALWAYS int32x4_t r4_dot(int kind, const r4block *w, const int8_t *pe, const int8
  * chunk by chunk (4 independent sdot chains for the in-order cores), then
  * turned into the 4 tokens' terms. */
 #define R4_TILE_TOKENS 8 /* half a tile of qact: dt holds their scales side by side */
-
-/* The end of a round of 4 independent operations (one per token): GCC's last
- * scheduling pass would otherwise regroup them into 4 chains, each waiting on
- * its own results on the in-order cores */
-#define R4_ROUND() __asm__ volatile("")
 
 /* The 4 rows' sums of one block for 4 tokens: token i's activations (nibble
  * order, the block's even values) at xe + o[i], its odd ones at xo + o[i] */
