@@ -14,6 +14,8 @@
  *   int32x4_t r4_dot_bytes(kind, p, xe, xo)   the same from the packed bytes,
  *       each chunk unpacked just before its products (few live registers:
  *       decoding keeps 16 lane vectors live besides)
+ * and R4_DECODE_ROUNDS: 1 to take a decoding step's float work 4 blocks at a
+ * time in rounds of independent operations, 0 to take it block by block.
  *
  * Decoding walks the blocks in order, the 16 lane vectors of one row group in
  * registers, 16 blocks per step of r4_steps when the group size allows.
@@ -95,27 +97,81 @@ ALWAYS void r4_store(float32x4_t v, int G, int r0, int r1, float *out) {
     ((i) == 0 ? vmulq_laneq_f32((v), (s), 0) : (i) == 1 ? vmulq_laneq_f32((v), (s), 1)     \
      : (i) == 2 ? vmulq_laneq_f32((v), (s), 2) : vmulq_laneq_f32((v), (s), 3))
 
+/* The end of a round of independent operations: GCC's last scheduling pass
+ * would otherwise regroup them into chains, each waiting on its own results
+ * on the in-order cores. R4_ROUND orders the rounds' volatile neighbours;
+ * R4_DONE(v) also pins vector v's computation before the rounds after it. */
+#define R4_ROUND() __asm__ volatile("")
+#define R4_DONE(v) __asm__ volatile("" : "+w"(v))
+
 /* Decoding, 16 blocks from b (a multiple of 16, all in whole spans of 128
  * of qp) of row group G for token t into lanes L; groups of BPG blocks, a
- * constant dividing 16, so each scale is loaded once, at a fixed place. */
+ * constant dividing 16, so each scale is loaded once, at a fixed place.
+ * Block by block keeps the fewest registers live; in rounds (a span of 4
+ * blocks: their integer sums, then each float step for all 4) no step waits
+ * on the one just before it, which the in-order cores need. */
 ALWAYS void r4_step16(int kind, const int BPG, const uint8_t *q, const uint16_t *dg, const uint16_t *mg,
                       const int8_t *xp, const float *xd, const int32_t *xs, float32x4_t *L) {
-    float32x4_t d4 = vdupq_n_f32(0.0f), m4 = d4, dx = d4, sx = d4;
+    if (!R4_DECODE_ROUNDS) {
+        float32x4_t d4 = vdupq_n_f32(0.0f), m4 = d4, dx = d4, sx = d4;
+        UNROLL
+        for (int j = 0; j < 16; j++) {
+            if (j % BPG == 0) {
+                d4 = f16x4(dg + (j / BPG) * R4);
+                if (kind == K_Q4A) m4 = f16x4(mg + (j / BPG) * R4);
+            }
+            if (j % 4 == 0) {
+                dx = vld1q_f32(xd + j);
+                if (kind == K_Q4A) sx = vcvtq_f32_s32(vld1q_s32(xs + j));
+            }
+            const int8_t *xe = xp + (j / 4) * 128 + 16 * (j % 4);
+            float32x4_t isum = isum_f32(kind, r4_dot_bytes(kind, q + 64 * j, xe, xe + 64));
+            float32x4_t term = vmulq_f32(R4_MUL_LANE(d4, dx, j % 4), isum);
+            if (kind == K_Q4A) term = vaddq_f32(term, R4_MUL_LANE(R4_MUL_LANE(m4, dx, j % 4), sx, j % 4));
+            L[j] = vaddq_f32(L[j], term);
+        }
+        return;
+    }
+    float32x4_t d4[4], m4[4];
     UNROLL
-    for (int j = 0; j < 16; j++) {
-        if (j % BPG == 0) {
-            d4 = f16x4(dg + (j / BPG) * R4);
-            if (kind == K_Q4A) m4 = f16x4(mg + (j / BPG) * R4);
+    for (int j = 0; j < 16; j += 4) {
+        UNROLL
+        for (int i = 0; i < 4; i++) {
+            if ((j + i) % BPG == 0) {
+                d4[i] = f16x4(dg + ((j + i) / BPG) * R4);
+                m4[i] = kind == K_Q4A ? f16x4(mg + ((j + i) / BPG) * R4) : d4[i];
+            } else {
+                d4[i] = d4[i - 1];
+                m4[i] = m4[i - 1];
+            }
         }
-        if (j % 4 == 0) {
-            dx = vld1q_f32(xd + j);
-            if (kind == K_Q4A) sx = vcvtq_f32_s32(vld1q_s32(xs + j));
+        const int8_t *xe = xp + (j / 4) * 128;
+        float32x4_t dx = vld1q_f32(xd + j), sx = dx, sum[4], term[4];
+        if (kind == K_Q4A) sx = vcvtq_f32_s32(vld1q_s32(xs + j));
+        UNROLL
+        for (int i = 0; i < 4; i++) {
+            sum[i] = isum_f32(kind, r4_dot_bytes(kind, q + 64 * (j + i), xe + 16 * i, xe + 64 + 16 * i));
+            term[i] = R4_MUL_LANE(d4[i], dx, i);
         }
-        const int8_t *xe = xp + (j / 4) * 128 + 16 * (j % 4);
-        float32x4_t isum = isum_f32(kind, r4_dot_bytes(kind, q + 64 * j, xe, xe + 64));
-        float32x4_t term = vmulq_f32(R4_MUL_LANE(d4, dx, j % 4), isum);
-        if (kind == K_Q4A) term = vaddq_f32(term, R4_MUL_LANE(R4_MUL_LANE(m4, dx, j % 4), sx, j % 4));
-        L[j] = vaddq_f32(L[j], term);
+        UNROLL
+        for (int i = 0; i < 4; i++) {
+            R4_DONE(sum[i]);
+            R4_DONE(term[i]);
+        }
+        UNROLL
+        for (int i = 0; i < 4; i++) term[i] = vmulq_f32(term[i], sum[i]);
+        if (kind == K_Q4A) {
+            UNROLL
+            for (int i = 0; i < 4; i++) sum[i] = R4_MUL_LANE(R4_MUL_LANE(m4[i], dx, i), sx, i);
+            UNROLL
+            for (int i = 0; i < 4; i++) R4_DONE(sum[i]);
+            UNROLL
+            for (int i = 0; i < 4; i++) term[i] = vaddq_f32(term[i], sum[i]);
+        }
+        UNROLL
+        for (int i = 0; i < 4; i++) R4_DONE(term[i]);
+        UNROLL
+        for (int i = 0; i < 4; i++) L[j + i] = vaddq_f32(L[j + i], term[i]);
     }
 }
 

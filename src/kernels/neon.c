@@ -75,6 +75,7 @@ ALWAYS float32x4_t isum_f32(int kind, int32x4_t s) {
  * 4 rows) times bytes 4k..4k+3 of the activations repeated 4 times, vmull_s8 into
  * int16 lanes (rows 0-1 and rows 2-3), 8 products per lane at most (int4
  * values, |w| <= 15), then pairwise adds down to one int32 per row ---- */
+#define R4_DECODE_ROUNDS 1 /* the A53 in order; the A72 model gains too */
 #include "arm_r4.h"
 
 ALWAYS r4block r4_unpack(int kind, const uint8_t *p) {

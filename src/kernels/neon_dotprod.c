@@ -255,6 +255,7 @@ ALWAYS void dot_tiles(int kind, const qact *x, const qmat *w, int r0, int r1, fl
 
 /* ---- the interleaved types (arm_r4.h): sdot by element, one chunk vector
  * (4 bytes of each of 4 rows) against lane k of the block's activations ---- */
+#define R4_DECODE_ROUNDS 0 /* rounds cost the out-of-order N1 model more than they give the A55 */
 #include "arm_r4.h"
 
 ALWAYS r4block r4_unpack(int kind, const uint8_t *p) {
@@ -291,11 +292,6 @@ ALWAYS int32x4_t r4_dot(int kind, const r4block *w, const int8_t *pe, const int8
  * turned into the 4 tokens' terms. */
 #define R4_TILE_TOKENS 8 /* half a tile of qact: dt holds their scales side by side */
 
-/* The end of a round of 4 independent operations (one per token): GCC's last
- * scheduling pass would otherwise regroup them into 4 chains, each waiting on
- * its own results on the in-order cores */
-#define R4_ROUND() __asm__ volatile("")
-
 /* The 4 rows' sums of one block for 4 tokens: token i's activations (nibble
  * order, the block's even values) at xe + o[i], its odd ones at xo + o[i] */
 ALWAYS void r4_sums4(const r4block *w, const int8_t *xe, const int8_t *xo, const size_t *o, int32x4_t a[4]) {
@@ -322,15 +318,21 @@ ALWAYS void r4_sums4(const r4block *w, const int8_t *xe, const int8_t *xo, const
 }
 
 /* Tokens t .. t + R4_TILE_TOKENS - 1 of row group G, t a multiple of
- * R4_TILE_TOKENS below 16 * ntile (their scales in dt) */
-ALWAYS void r4_tile(int kind, const qact *x, const qmat *w, int G, int t, int r0, int r1, float *out,
-                    size_t out_stride) {
+ * R4_TILE_TOKENS below 16 * ntile (their scales in dt); STEPPED: the group
+ * size's R4_GROUP_STEP is not 0 (a lane's next block is a fixed number of
+ * scales further, no branch) */
+ALWAYS void r4_tile(int kind, const int STEPPED, const qact *x, const qmat *w, int G, int t, int r0, int r1,
+                    float *out, size_t out_stride) {
     const int nb = x->nb, bpg = w->gs / QK, whole = nb & ~3;
     const int gstep = R4_GROUP_STEP(bpg);
     const uint8_t *q = w->q + (size_t)G * w->row_bytes;
     const int8_t *x0 = x->qp + (size_t)t * (size_t)x->n; /* token t + i at x0 + o[i] */
     size_t o[R4_TILE_TOKENS];
-    for (int i = 0; i < R4_TILE_TOKENS; i++) o[i] = (size_t)i * (size_t)x->n;
+    for (int i = 0; i < R4_TILE_TOKENS; i++) {
+        o[i] = (size_t)i * (size_t)x->n;
+        R4_OPAQUE(o[i]); /* in registers, not rebuilt by a chain of adds at each block */
+    }
+    const size_t sstep = (size_t)gstep * R4; /* STEPPED: scales from a lane's block to its next */
     const size_t tile = (size_t)(t / 16) * (size_t)nb * 16 + (size_t)(t % 16); /* dt, st of block 0 */
     float32x4_t L[R4_TILE_TOKENS][16];
     int gj = 0, inj = 0; /* lane j's first block: in group gj, the inj-th block */
@@ -340,9 +342,11 @@ ALWAYS void r4_tile(int kind, const qact *x, const qmat *w, int G, int t, int r0
         for (int i = 0; i < R4_TILE_TOKENS; i++) f[i] = vdupq_n_f32(0.0f);
         int b = j, g = gj, in = inj; /* block b in group g, the in-th block */
         const int8_t *xe = x0 + (size_t)(j >> 2) * 128 + 16 * (size_t)(j & 3); /* block b's even values */
+        const size_t s0 = ((size_t)G * (size_t)w->ngroups + (size_t)g) * R4; /* block b's scales */
+        const uint16_t *dp = w->d + s0, *mp = kind == K_Q4A ? w->m + s0 : NULL;
         for (; b < whole; b += 16, xe += 4 * 128) {
             r4block wb = r4_unpack(kind, q + 64 * (size_t)b);
-            float32x4_t d4 = r4_scales(w->d, w, G, g), m4 = kind == K_Q4A ? r4_scales(w->m, w, G, g) : d4;
+            float32x4_t d4 = f16x4(dp), m4 = kind == K_Q4A ? f16x4(mp) : d4;
             const size_t ts = tile + 16 * (size_t)b;
             R4_OPAQUE(xe); /* one pointer and fixed offsets, not one pointer per token */
             UNROLL
@@ -371,10 +375,14 @@ ALWAYS void r4_tile(int kind, const qact *x, const qmat *w, int G, int t, int r0
                 UNROLL
                 for (int i = 0; i < 4; i++) f[h + i] = vaddq_f32(f[h + i], term[i]);
             }
-            if (gstep) {
+            if (STEPPED) {
                 g += gstep;
+                dp += sstep;
+                if (kind == K_Q4A) mp += sstep;
             } else {
                 for (in += 16; in >= bpg; in -= bpg) g++; /* to block b + 16, no division */
+                dp = w->d + ((size_t)G * (size_t)w->ngroups + (size_t)g) * R4;
+                if (kind == K_Q4A) mp = w->m + ((size_t)G * (size_t)w->ngroups + (size_t)g) * R4;
             }
         }
         if (b < nb) { /* the row's last blocks, past its whole spans of 128 */
@@ -399,7 +407,10 @@ ALWAYS void dot_r4_tiles(int kind, const qact *x, const qmat *w, int r0, int r1,
     const int tiled = 16 * x->ntile < x->ntok ? 16 * x->ntile : x->ntok; /* tokens with scales in dt */
     const int steps = tiled / R4_TILE_TOKENS * R4_TILE_TOKENS;
     for (int G = r0 / R4; G * R4 < r1; G++) {
-        for (int t = 0; t < steps; t += R4_TILE_TOKENS) r4_tile(kind, x, w, G, t, r0, r1, out, out_stride);
+        for (int t = 0; t < steps; t += R4_TILE_TOKENS) {
+            if (R4_GROUP_STEP(w->gs / QK)) r4_tile(kind, 1, x, w, G, t, r0, r1, out, out_stride);
+            else r4_tile(kind, 0, x, w, G, t, r0, r1, out, out_stride);
+        }
         r4_tokens(kind, x, w, G, steps, r0, r1, out, out_stride);
     }
 }
