@@ -82,30 +82,41 @@ ALWAYS TGT __m256 terms8(int kind, const row_view *v, int b0, int cnt, __m256i i
  * span of 64: evens at qp[e ..], odds at qp[e + 32 ..]; a span of 32 (one
  * block, 16 bytes) is the same on 128 bits with a zero high half. */
 
-/* the 64 (or 32) nibbles at p as unsigned bytes (Q4S: q + 8, from xor 8 on
- * both nibbles before the split) */
-ALWAYS TGT void nib64(int kind, const uint8_t *p, __m256i *lo, __m256i *hi) {
-    __m256i w = _mm256_loadu_si256((const __m256i *)p), m = _mm256_set1_epi8(0x0F);
-    if (kind == K_Q4S) w = _mm256_xor_si256(w, _mm256_set1_epi8((char)0x88));
-    *lo = _mm256_and_si256(w, m);
-    *hi = _mm256_and_si256(_mm256_srli_epi16(w, 4), m);
-}
-
-ALWAYS TGT void nib32(int kind, const uint8_t *p, __m128i *lo, __m128i *hi) {
-    __m128i w = _mm_loadu_si128((const __m128i *)p), m = _mm_set1_epi8(0x0F);
-    if (kind == K_Q4S) w = _mm_xor_si128(w, _mm_set1_epi8((char)0x88));
-    *lo = _mm_and_si128(w, m);
-    *hi = _mm_and_si128(_mm_srli_epi16(w, 4), m);
-}
-
-/* T tokens (1..4) of a qact as the int4 kernels read them. */
+/* T tokens (1..4) of a qact as the int4 kernels read them, and the
+ * unpacking's constants (nib_consts). */
 typedef struct token_rows {
     int T;                /* tokens */
     int nb;               /* blocks per token */
     const int8_t *xp[4];  /* each token's values in nibble order (qact.qp) */
     const float *xd[4];   /* each token's block scales */
     const int32_t *xs[4]; /* each token's block sums */
+    __m256i mask, flip;   /* 0x0F and 0x88 in every byte */
 } token_rows;
+
+/* The constants made opaque, so computed once per call: GCC would otherwise
+ * make them again before every row (three instructions each). */
+ALWAYS TGT void nib_consts(token_rows *x) {
+    __m256i mask = _mm256_set1_epi8(0x0F), flip = _mm256_set1_epi8((char)0x88);
+    __asm__("" : "+x"(mask), "+x"(flip));
+    x->mask = mask;
+    x->flip = flip;
+}
+
+/* the 64 (or 32) nibbles at p as unsigned bytes (Q4S: q + 8, from xor 8 on
+ * both nibbles before the split) */
+ALWAYS TGT void nib64(int kind, const token_rows *x, const uint8_t *p, __m256i *lo, __m256i *hi) {
+    __m256i w = _mm256_loadu_si256((const __m256i *)p);
+    if (kind == K_Q4S) w = _mm256_xor_si256(w, x->flip);
+    *lo = _mm256_and_si256(w, x->mask);
+    *hi = _mm256_and_si256(_mm256_srli_epi16(w, 4), x->mask);
+}
+
+ALWAYS TGT void nib32(int kind, const token_rows *x, const uint8_t *p, __m128i *lo, __m128i *hi) {
+    __m128i w = _mm_loadu_si128((const __m128i *)p), m = _mm256_castsi256_si128(x->mask);
+    if (kind == K_Q4S) w = _mm_xor_si128(w, _mm256_castsi256_si128(x->flip));
+    *lo = _mm_and_si128(w, m);
+    *hi = _mm_and_si128(_mm_srli_epi16(w, 4), m);
+}
 
 /* The pair vectors of blocks b, b+1 (b even, b < nb) of the row for the
  * tokens, into p[t][j]; full: the pair known to lie in a span of 128
@@ -118,14 +129,14 @@ ALWAYS TGT void pair_q4(int kind, const token_rows *x, const uint8_t *wq, int b,
     __m256i lo, hi;
     if (full || b < (nb & ~3)) {
         size_t xa = e - (size_t)(b & 2) * 16; /* the second half of a span: 32 values back */
-        nib64(kind, wp, &lo, &hi);
+        nib64(kind, x, wp, &lo, &hi);
         for (int t = 0; t < T; t++) p[t][j] = dot_u2(lo, xp[t] + xa, hi, xp[t] + xa + 64);
     } else if (nb - b >= 2) {
-        nib64(kind, wp, &lo, &hi);
+        nib64(kind, x, wp, &lo, &hi);
         for (int t = 0; t < T; t++) p[t][j] = dot_u2(lo, xp[t] + e, hi, xp[t] + e + 32);
     } else {
         __m128i l, h;
-        nib32(kind, wp, &l, &h);
+        nib32(kind, x, wp, &l, &h);
         for (int t = 0; t < T; t++) p[t][j] = _mm256_zextsi128_si256(dot_u2_s(l, xp[t] + e, h, xp[t] + e + 16));
     }
 }
@@ -219,6 +230,7 @@ ALWAYS TGT void rows_q4(int kind, const int T, const qact *x, const qmat *w, int
     token_rows tok;
     tok.T = T;
     tok.nb = nb;
+    nib_consts(&tok);
     for (int t = 0; t < T; t++) {
         size_t row = (size_t)(t0 + t);
         tok.xp[t] = x->qp + row * (size_t)x->n;
@@ -352,6 +364,7 @@ ALWAYS TGT void rows1_q4(int kind, const qact *x, const qmat *w, int r0, int r1,
                          int t0) {
     const int nb = x->nb;
     token_rows tok = {.T = 1, .nb = nb, .xp = {x->qp + (size_t)t0 * (size_t)x->n}};
+    nib_consts(&tok);
     const float *xd = x->d + (size_t)t0 * (size_t)nb;
     const int32_t *xs = x->s + (size_t)t0 * (size_t)nb;
     row_view v;
