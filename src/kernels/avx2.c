@@ -44,7 +44,7 @@ static inline __attribute__((always_inline)) TGT256 __m128i avx2_dot_u2_s(__m128
 #define dot_u2(lo, xa, hi, xb) avx2_dot_u2((lo), (xa), (hi), (xb))
 #define dot_u2_s(lo, xa, hi, xb) avx2_dot_u2_s((lo), (xa), (hi), (xb))
 #define part_add(a, b) _mm256_add_epi16((a), (b))
-#define part_widen(p) _mm256_madd_epi16((p), _mm256_set1_epi16(1))
+#define part_widen(p, ones) _mm256_madd_epi16((p), (ones))
 #define Q8_OFF 0
 #include "x86_256.h"
 

@@ -10,7 +10,7 @@
  *   dot_u2(lo, xa, hi, xb): lo . (32 int8 at xa) + hi . (32 int8 at xb),
  *                  lo and hi unsigned nibbles, 4 + 4 products per 32-bit
  *                  lane, as a "part": sums that part_add adds lane by lane
- *                  (up to 4 parts) and part_widen makes int32 lanes of
+ *                  (up to 4 parts) and part_widen(p, ones) makes int32 lanes of
  *                  (vpmaddubsw leaves 16-bit sums, widened only after the
  *                  reduction's adds); dot_u2_s the same on 128 bits
  *
@@ -83,7 +83,7 @@ ALWAYS TGT __m256 terms8(int kind, const row_view *v, int b0, int cnt, __m256i i
  * block, 16 bytes) is the same on 128 bits with a zero high half. */
 
 /* T tokens (1..4) of a qact as the int4 kernels read them, and the
- * unpacking's constants (nib_consts). */
+ * kernels' constants (tok_consts). */
 typedef struct token_rows {
     int T;                /* tokens */
     int nb;               /* blocks per token */
@@ -91,15 +91,17 @@ typedef struct token_rows {
     const float *xd[4];   /* each token's block scales */
     const int32_t *xs[4]; /* each token's block sums */
     __m256i mask, flip;   /* 0x0F and 0x88 in every byte */
+    __m256i ones;         /* 1 in every 16-bit lane (part_widen) */
 } token_rows;
 
 /* The constants made opaque, so computed once per call: GCC would otherwise
  * make them again before every row (three instructions each). */
-ALWAYS TGT void nib_consts(token_rows *x) {
-    __m256i mask = _mm256_set1_epi8(0x0F), flip = _mm256_set1_epi8((char)0x88);
-    __asm__("" : "+x"(mask), "+x"(flip));
+ALWAYS TGT void tok_consts(token_rows *x) {
+    __m256i mask = _mm256_set1_epi8(0x0F), flip = _mm256_set1_epi8((char)0x88), ones = _mm256_set1_epi16(1);
+    __asm__("" : "+x"(mask), "+x"(flip), "+x"(ones));
     x->mask = mask;
     x->flip = flip;
+    x->ones = ones;
 }
 
 /* the 64 (or 32) nibbles at p as unsigned bytes (Q4S: q + 8, from xor 8 on
@@ -148,21 +150,23 @@ ALWAYS TGT void pair_q4(int kind, const token_rows *x, const uint8_t *wq, int b,
 #define MERGE8P(a, b, imm, SHUF) part_add(_mm256_blend_epi32((a), (b), (imm)), SHUF(_mm256_blend_epi32((b), (a), (imm))))
 #define HALF4P(p0, p1) MERGE8P((p0), (p1), 0xCC, SWAP64_8) /* blocks 0 0 2 2 | 1 1 3 3 */
 #define MERGE_ORDER 0, 4, 2, 6, 1, 5, 3, 7 /* lane L of merge4p's result: block MERGE_ORDER[L] */
-ALWAYS TGT __m256i merge4p(__m256i a, __m256i b) { return part_widen(MERGE8P(a, b, 0xAA, SWAP32_8)); }
-ALWAYS TGT __m256i reduce4p(__m256i a, __m256i b) {
-    return _mm256_permutevar8x32_epi32(merge4p(a, b), _mm256_setr_epi32(MERGE_ORDER));
+ALWAYS TGT __m256i merge4p(const token_rows *x, __m256i a, __m256i b) {
+    return part_widen(MERGE8P(a, b, 0xAA, SWAP32_8), x->ones);
+}
+ALWAYS TGT __m256i reduce4p(const token_rows *x, __m256i a, __m256i b) {
+    return _mm256_permutevar8x32_epi32(merge4p(x, a, b), _mm256_setr_epi32(MERGE_ORDER));
 }
 
 /* One pair vector (blocks 0 | 1, a part) -> the sums of blocks 0, 1 in lanes
  * 0, 4 (merge1p: merge order, as if from merge4p) or 0, 1 (reduce1p); the
  * other lanes: any int32 */
-ALWAYS TGT __m256i merge1p(__m256i p) {
-    __m256i c = part_widen(p);
+ALWAYS TGT __m256i merge1p(const token_rows *x, __m256i p) {
+    __m256i c = part_widen(p, x->ones);
     c = _mm256_add_epi32(c, _mm256_shuffle_epi32(c, 0x4E));
     return _mm256_add_epi32(c, _mm256_shuffle_epi32(c, 0xB1));
 }
-ALWAYS TGT __m256i reduce1p(__m256i p) {
-    return _mm256_permutevar8x32_epi32(merge1p(p), _mm256_setr_epi32(0, 4, 0, 0, 0, 0, 0, 0));
+ALWAYS TGT __m256i reduce1p(const token_rows *x, __m256i p) {
+    return _mm256_permutevar8x32_epi32(merge1p(x, p), _mm256_setr_epi32(0, 4, 0, 0, 0, 0, 0, 0));
 }
 
 /* T tokens (1..4) x 8 int4 blocks from b0 (cnt valid) of the row at wq,
@@ -178,7 +182,7 @@ ALWAYS TGT void tile8_q4(int kind, const token_rows *x, const uint8_t *wq, int b
         pair_q4(kind, x, wq, b0, full, p, 0);
         for (int t = 0; t < T; t++)
             lanes[t][half] = _mm256_add_ps(lanes[t][half],
-                                           terms8s(kind, d8, m8, b0, cnt, reduce1p(p[t][0]), x->xd[t], x->xs[t], off));
+                                           terms8s(kind, d8, m8, b0, cnt, reduce1p(x, p[t][0]), x->xd[t], x->xs[t], off));
         return;
     }
     for (int j = 0; j < 4; j++) {
@@ -190,7 +194,7 @@ ALWAYS TGT void tile8_q4(int kind, const token_rows *x, const uint8_t *wq, int b
     }
     for (int t = 0; t < T; t++) a[t] = HALF4P(p[t][0], p[t][1]);
     for (int t = 0; t < T; t++) {
-        __m256i isum = reduce4p(a[t], HALF4P(p[t][2], p[t][3]));
+        __m256i isum = reduce4p(x, a[t], HALF4P(p[t][2], p[t][3]));
         lanes[t][half] = _mm256_add_ps(lanes[t][half], terms8s(kind, d8, m8, b0, cnt, isum, x->xd[t], x->xs[t], off));
     }
 }
@@ -230,7 +234,7 @@ ALWAYS TGT void rows_q4(int kind, const int T, const qact *x, const qmat *w, int
     token_rows tok;
     tok.T = T;
     tok.nb = nb;
-    nib_consts(&tok);
+    tok_consts(&tok);
     for (int t = 0; t < T; t++) {
         size_t row = (size_t)(t0 + t);
         tok.xp[t] = x->qp + row * (size_t)x->n;
@@ -313,13 +317,13 @@ ALWAYS TGT __m256i sums8m(int kind, const token_rows *tok, const uint8_t *wq, in
     __m256i p[1][4];
     if (cnt <= 2) { /* lanes past cnt meet zero activation scales (token1), so any sum */
         pair_q4(kind, tok, wq, b0, full, p, 0);
-        return merge1p(p[0][0]);
+        return merge1p(tok, p[0][0]);
     }
     for (int j = 0; j < 4; j++) {
         if (2 * j < cnt) pair_q4(kind, tok, wq, b0 + 2 * j, full, p, j);
         else p[0][j] = _mm256_setzero_si256();
     }
-    return merge4p(HALF4P(p[0][0], p[0][1]), HALF4P(p[0][2], p[0][3]));
+    return merge4p(tok, HALF4P(p[0][0], p[0][1]), HALF4P(p[0][2], p[0][3]));
 }
 
 /* The float terms of 8 blocks, group g of the window (d8, m8 in merge order) */
@@ -364,7 +368,7 @@ ALWAYS TGT void rows1_q4(int kind, const qact *x, const qmat *w, int r0, int r1,
                          int t0) {
     const int nb = x->nb;
     token_rows tok = {.T = 1, .nb = nb, .xp = {x->qp + (size_t)t0 * (size_t)x->n}};
-    nib_consts(&tok);
+    tok_consts(&tok);
     const float *xd = x->d + (size_t)t0 * (size_t)nb;
     const int32_t *xs = x->s + (size_t)t0 * (size_t)nb;
     row_view v;
