@@ -158,8 +158,9 @@ static inline __attribute__((always_inline)) TGT256 void tok8_blocks(int kind, c
                 if (kind == K_Q4A)
                     term = _mm256_add_ps(term, _mm256_mul_ps(_mm256_mul_ps(_mm256_set1_ps(mblk[r][i]), dx),
                                                              _mm256_cvtepi32_ps(st)));
+                /* lane b % 16 starts at 0.0f (the contract) when block b is its first */
                 __m256 *lane = &L[r][gl + g][b % 16];
-                *lane = _mm256_add_ps(*lane, term);
+                *lane = _mm256_add_ps(b < 16 ? _mm256_setzero_ps() : *lane, term);
             }
         }
     }
@@ -188,9 +189,9 @@ static inline __attribute__((always_inline)) TGT256 void tok8_rows(int kind, con
         int chunks = (nb + most - 1) / most, chunk = (nb + chunks - 1) / chunks; /* even chunks: no short one at the end */
         for (int rg = r0; rg < r1; rg += TOK8_ROWS) {
             int nr = r1 - rg < TOK8_ROWS ? r1 - rg : TOK8_ROWS;
-            for (int i = 0; i < nr; i++) /* the contract's lanes start at 0.0f */
+            for (int i = 0; i < nr; i++) /* the lanes no block starts (nb < 16) */
                 for (int g = 0; g < ngg; g++)
-                    for (int j = 0; j < 16; j++) lanes[i][g][j] = _mm256_setzero_ps();
+                    for (int j = nb; j < 16; j++) lanes[i][g][j] = _mm256_setzero_ps();
             for (int c0 = 0; c0 < nb; c0 += chunk) {
                 int cnt = nb - c0 < chunk ? nb - c0 : chunk;
                 for (int i = 0; i < nr; i++) tok8_unpack(kind, w, rg + i, c0, cnt, wb[i], dblk[i], mblk[i]);
