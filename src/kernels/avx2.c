@@ -44,7 +44,7 @@ static inline __attribute__((always_inline)) TGT256 __m128i avx2_dot_u2_s(__m128
 #define dot_u2(lo, xa, hi, xb) avx2_dot_u2((lo), (xa), (hi), (xb))
 #define dot_u2_s(lo, xa, hi, xb) avx2_dot_u2_s((lo), (xa), (hi), (xb))
 #define part_add(a, b) _mm256_add_epi16((a), (b))
-#define part_widen(p) _mm256_madd_epi16((p), _mm256_set1_epi16(1))
+#define part_widen(p, ones) _mm256_madd_epi16((p), (ones))
 #define Q8_OFF 0
 #include "x86_256.h"
 
@@ -83,6 +83,17 @@ static inline __attribute__((always_inline)) TGT256 __m128i avx2_dot_u2_s(__m128
 #define TOK8_NR 2     /* rows per step */
 #define TOK8_NG 4     /* groups of 8 tokens per step */
 
+/* 32 bytes of packed nibbles (two blocks) -> 64 bytes at o, value i in byte
+ * i, as unpack32_256: qwords 0, 2 | 1, 3 so that the in-lane byte
+ * interleaves of the low and high nibbles give values 0-31, then 32-63. */
+static inline __attribute__((always_inline)) TGT256 void tok8_unpack64(const uint8_t *p, int sgn, uint8_t *o) {
+    __m256i w = _mm256_permute4x64_epi64(_mm256_loadu_si256((const __m256i *)p), 0xD8), m = _mm256_set1_epi8(0x0F);
+    if (sgn) w = _mm256_xor_si256(w, _mm256_set1_epi8((char)0x88));
+    __m256i lo = _mm256_and_si256(w, m), hi = _mm256_and_si256(_mm256_srli_epi16(w, 4), m);
+    _mm256_storeu_si256((__m256i *)o, _mm256_unpacklo_epi8(lo, hi));
+    _mm256_storeu_si256((__m256i *)(o + 32), _mm256_unpackhi_epi8(lo, hi));
+}
+
 /* Blocks [b0, b0 + cnt) of row r as unsigned bytes in value order (Q4S
  * q + 8, Q4A q), and each block's weight scale (and minimum) as a float,
  * indexed from 0. */
@@ -91,8 +102,9 @@ static TGT256 void tok8_unpack(int kind, const qmat *w, int r, int b0, int cnt, 
     row_view v;
     row_of(&v, w, r, kind);
     const uint8_t *q = v.q + (size_t)b0 * (QK / 2);
-    for (uint8_t *o = wb; o < wb + cnt * QK; o += 32, q += 16)
-        _mm256_storeu_si256((__m256i *)o, unpack32_256(q, kind == K_Q4S));
+    int i = 0;
+    for (; i + 2 <= cnt; i += 2) tok8_unpack64(q + (size_t)i * (QK / 2), kind == K_Q4S, wb + (size_t)i * QK);
+    if (i < cnt) _mm256_storeu_si256((__m256i *)(wb + (size_t)i * QK), unpack32_256(q + (size_t)i * (QK / 2), kind == K_Q4S));
     for (int b = 0; b < cnt; b += 8) { /* 8 at a time: dblk and mblk have room up to a multiple of 8 */
         int n = cnt - b < 8 ? cnt - b : 8;
         _mm256_storeu_ps(dblk + b, scales8(&v, v.d, b0 + b, n));
@@ -154,11 +166,15 @@ static inline __attribute__((always_inline)) TGT256 void tok8_blocks(int kind, c
     }
 }
 
-/* The contract's final tree over L: lane t of the result is token t's output. */
-static inline __attribute__((always_inline)) TGT256 __m256 tok8_finish(__m256 *L) {
-    for (int w = 8; w > 0; w /= 2)
-        for (int i = 0; i < w; i++) L[i] = _mm256_add_ps(L[i], L[i + w]);
-    return L[0];
+/* The contract's final tree over L: lane t of the result is token t's output.
+ * In a local copy, which stays in registers (L itself would be stored back at
+ * every step). */
+static inline __attribute__((always_inline)) TGT256 __m256 tok8_finish(const __m256 *L) {
+    __m256 a[8];
+    for (int i = 0; i < 8; i++) a[i] = _mm256_add_ps(L[i], L[i + 8]);
+    for (int w = 4; w > 0; w /= 2)
+        for (int i = 0; i < w; i++) a[i] = _mm256_add_ps(a[i], a[i + w]);
+    return a[0];
 }
 
 static inline __attribute__((always_inline)) TGT256 void tok8_rows(int kind, const qact *x, const qmat *w, int groups,

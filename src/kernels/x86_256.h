@@ -10,7 +10,7 @@
  *   dot_u2(lo, xa, hi, xb): lo . (32 int8 at xa) + hi . (32 int8 at xb),
  *                  lo and hi unsigned nibbles, 4 + 4 products per 32-bit
  *                  lane, as a "part": sums that part_add adds lane by lane
- *                  (up to 4 parts) and part_widen makes int32 lanes of
+ *                  (up to 4 parts) and part_widen(p, ones) makes int32 lanes of
  *                  (vpmaddubsw leaves 16-bit sums, widened only after the
  *                  reduction's adds); dot_u2_s the same on 128 bits
  *
@@ -82,30 +82,43 @@ ALWAYS TGT __m256 terms8(int kind, const row_view *v, int b0, int cnt, __m256i i
  * span of 64: evens at qp[e ..], odds at qp[e + 32 ..]; a span of 32 (one
  * block, 16 bytes) is the same on 128 bits with a zero high half. */
 
-/* the 64 (or 32) nibbles at p as unsigned bytes (Q4S: q + 8, from xor 8 on
- * both nibbles before the split) */
-ALWAYS TGT void nib64(int kind, const uint8_t *p, __m256i *lo, __m256i *hi) {
-    __m256i w = _mm256_loadu_si256((const __m256i *)p), m = _mm256_set1_epi8(0x0F);
-    if (kind == K_Q4S) w = _mm256_xor_si256(w, _mm256_set1_epi8((char)0x88));
-    *lo = _mm256_and_si256(w, m);
-    *hi = _mm256_and_si256(_mm256_srli_epi16(w, 4), m);
-}
-
-ALWAYS TGT void nib32(int kind, const uint8_t *p, __m128i *lo, __m128i *hi) {
-    __m128i w = _mm_loadu_si128((const __m128i *)p), m = _mm_set1_epi8(0x0F);
-    if (kind == K_Q4S) w = _mm_xor_si128(w, _mm_set1_epi8((char)0x88));
-    *lo = _mm_and_si128(w, m);
-    *hi = _mm_and_si128(_mm_srli_epi16(w, 4), m);
-}
-
-/* T tokens (1..4) of a qact as the int4 kernels read them. */
+/* T tokens (1..4) of a qact as the int4 kernels read them, and the
+ * kernels' constants (tok_consts). */
 typedef struct token_rows {
     int T;                /* tokens */
     int nb;               /* blocks per token */
     const int8_t *xp[4];  /* each token's values in nibble order (qact.qp) */
     const float *xd[4];   /* each token's block scales */
     const int32_t *xs[4]; /* each token's block sums */
+    __m256i mask, flip;   /* 0x0F and 0x88 in every byte */
+    __m256i ones;         /* 1 in every 16-bit lane (part_widen) */
 } token_rows;
+
+/* The constants made opaque, so computed once per call: GCC would otherwise
+ * make them again before every row (three instructions each). */
+ALWAYS TGT void tok_consts(token_rows *x) {
+    __m256i mask = _mm256_set1_epi8(0x0F), flip = _mm256_set1_epi8((char)0x88), ones = _mm256_set1_epi16(1);
+    __asm__("" : "+x"(mask), "+x"(flip), "+x"(ones));
+    x->mask = mask;
+    x->flip = flip;
+    x->ones = ones;
+}
+
+/* the 64 (or 32) nibbles at p as unsigned bytes (Q4S: q + 8, from xor 8 on
+ * both nibbles before the split) */
+ALWAYS TGT void nib64(int kind, const token_rows *x, const uint8_t *p, __m256i *lo, __m256i *hi) {
+    __m256i w = _mm256_loadu_si256((const __m256i *)p);
+    if (kind == K_Q4S) w = _mm256_xor_si256(w, x->flip);
+    *lo = _mm256_and_si256(w, x->mask);
+    *hi = _mm256_and_si256(_mm256_srli_epi16(w, 4), x->mask);
+}
+
+ALWAYS TGT void nib32(int kind, const token_rows *x, const uint8_t *p, __m128i *lo, __m128i *hi) {
+    __m128i w = _mm_loadu_si128((const __m128i *)p), m = _mm256_castsi256_si128(x->mask);
+    if (kind == K_Q4S) w = _mm_xor_si128(w, _mm256_castsi256_si128(x->flip));
+    *lo = _mm_and_si128(w, m);
+    *hi = _mm_and_si128(_mm_srli_epi16(w, 4), m);
+}
 
 /* The pair vectors of blocks b, b+1 (b even, b < nb) of the row for the
  * tokens, into p[t][j]; full: the pair known to lie in a span of 128
@@ -118,14 +131,14 @@ ALWAYS TGT void pair_q4(int kind, const token_rows *x, const uint8_t *wq, int b,
     __m256i lo, hi;
     if (full || b < (nb & ~3)) {
         size_t xa = e - (size_t)(b & 2) * 16; /* the second half of a span: 32 values back */
-        nib64(kind, wp, &lo, &hi);
+        nib64(kind, x, wp, &lo, &hi);
         for (int t = 0; t < T; t++) p[t][j] = dot_u2(lo, xp[t] + xa, hi, xp[t] + xa + 64);
     } else if (nb - b >= 2) {
-        nib64(kind, wp, &lo, &hi);
+        nib64(kind, x, wp, &lo, &hi);
         for (int t = 0; t < T; t++) p[t][j] = dot_u2(lo, xp[t] + e, hi, xp[t] + e + 32);
     } else {
         __m128i l, h;
-        nib32(kind, wp, &l, &h);
+        nib32(kind, x, wp, &l, &h);
         for (int t = 0; t < T; t++) p[t][j] = _mm256_zextsi128_si256(dot_u2_s(l, xp[t] + e, h, xp[t] + e + 16));
     }
 }
@@ -136,18 +149,24 @@ ALWAYS TGT void pair_q4(int kind, const token_rows *x, const uint8_t *wq, int b,
  * one permute. The merges move whole 32-bit lanes, so they add parts. */
 #define MERGE8P(a, b, imm, SHUF) part_add(_mm256_blend_epi32((a), (b), (imm)), SHUF(_mm256_blend_epi32((b), (a), (imm))))
 #define HALF4P(p0, p1) MERGE8P((p0), (p1), 0xCC, SWAP64_8) /* blocks 0 0 2 2 | 1 1 3 3 */
-ALWAYS TGT __m256i reduce4p(__m256i a, __m256i b) {
-    __m256i c = part_widen(MERGE8P(a, b, 0xAA, SWAP32_8));
-    return _mm256_permutevar8x32_epi32(c, _mm256_setr_epi32(0, 4, 2, 6, 1, 5, 3, 7));
+#define MERGE_ORDER 0, 4, 2, 6, 1, 5, 3, 7 /* lane L of merge4p's result: block MERGE_ORDER[L] */
+ALWAYS TGT __m256i merge4p(const token_rows *x, __m256i a, __m256i b) {
+    return part_widen(MERGE8P(a, b, 0xAA, SWAP32_8), x->ones);
+}
+ALWAYS TGT __m256i reduce4p(const token_rows *x, __m256i a, __m256i b) {
+    return _mm256_permutevar8x32_epi32(merge4p(x, a, b), _mm256_setr_epi32(MERGE_ORDER));
 }
 
-/* One pair vector (blocks 0 | 1, a part) -> lanes 0, 1 = the sums of blocks
- * 0, 1 (the other lanes: any int32) */
-ALWAYS TGT __m256i reduce1p(__m256i p) {
-    __m256i c = part_widen(p);
+/* One pair vector (blocks 0 | 1, a part) -> the sums of blocks 0, 1 in lanes
+ * 0, 4 (merge1p: merge order, as if from merge4p) or 0, 1 (reduce1p); the
+ * other lanes: any int32 */
+ALWAYS TGT __m256i merge1p(const token_rows *x, __m256i p) {
+    __m256i c = part_widen(p, x->ones);
     c = _mm256_add_epi32(c, _mm256_shuffle_epi32(c, 0x4E));
-    c = _mm256_add_epi32(c, _mm256_shuffle_epi32(c, 0xB1));
-    return _mm256_permutevar8x32_epi32(c, _mm256_setr_epi32(0, 4, 0, 0, 0, 0, 0, 0));
+    return _mm256_add_epi32(c, _mm256_shuffle_epi32(c, 0xB1));
+}
+ALWAYS TGT __m256i reduce1p(const token_rows *x, __m256i p) {
+    return _mm256_permutevar8x32_epi32(merge1p(x, p), _mm256_setr_epi32(0, 4, 0, 0, 0, 0, 0, 0));
 }
 
 /* T tokens (1..4) x 8 int4 blocks from b0 (cnt valid) of the row at wq,
@@ -163,7 +182,7 @@ ALWAYS TGT void tile8_q4(int kind, const token_rows *x, const uint8_t *wq, int b
         pair_q4(kind, x, wq, b0, full, p, 0);
         for (int t = 0; t < T; t++)
             lanes[t][half] = _mm256_add_ps(lanes[t][half],
-                                           terms8s(kind, d8, m8, b0, cnt, reduce1p(p[t][0]), x->xd[t], x->xs[t], off));
+                                           terms8s(kind, d8, m8, b0, cnt, reduce1p(x, p[t][0]), x->xd[t], x->xs[t], off));
         return;
     }
     for (int j = 0; j < 4; j++) {
@@ -175,7 +194,7 @@ ALWAYS TGT void tile8_q4(int kind, const token_rows *x, const uint8_t *wq, int b
     }
     for (int t = 0; t < T; t++) a[t] = HALF4P(p[t][0], p[t][1]);
     for (int t = 0; t < T; t++) {
-        __m256i isum = reduce4p(a[t], HALF4P(p[t][2], p[t][3]));
+        __m256i isum = reduce4p(x, a[t], HALF4P(p[t][2], p[t][3]));
         lanes[t][half] = _mm256_add_ps(lanes[t][half], terms8s(kind, d8, m8, b0, cnt, isum, x->xd[t], x->xs[t], off));
     }
 }
@@ -215,6 +234,7 @@ ALWAYS TGT void rows_q4(int kind, const int T, const qact *x, const qmat *w, int
     token_rows tok;
     tok.T = T;
     tok.nb = nb;
+    tok_consts(&tok);
     for (int t = 0; t < T; t++) {
         size_t row = (size_t)(t0 + t);
         tok.xp[t] = x->qp + row * (size_t)x->n;
@@ -259,6 +279,145 @@ ALWAYS TGT void rows_q4(int kind, const int T, const qact *x, const qmat *w, int
         v.d += v.ng;
         if (kind == K_Q4A) v.m += v.ng;
         v.avail -= v.ng;
+    }
+}
+
+/* ---- int4, one token (decoding) ----
+ * reduce4p's last step, a permute of the block sums into block order, is left
+ * out: the sums stay in merge order, and what they meet is put in that order
+ * instead: the weight scales by the index of the permute that spreads them
+ * (free), the token's activation scales and sums once per call (token1). The
+ * contract's 16 lanes are then held in merge order in both halves, and
+ * tree16m adds the same pairs as its final tree. The token is prepared
+ * ROW1_BLOCKS blocks at a time; a longer row is walked in windows of that
+ * many blocks, ROW1_ROWS rows per window, their lanes kept in between. */
+#define ROW1_BLOCKS 1024 /* a multiple of 16; 8 KiB of token1 */
+#define ROW1_ROWS 32
+
+/* One window of the token in merge order, zero past the row's end: per 8
+ * blocks the activation scales and (Q4S) 8 x the block sums, to subtract
+ * from the q + 8 products, or (Q4A) the block sums as floats. */
+typedef struct token1 {
+    __m256 dx[ROW1_BLOCKS / 8];
+    __m256i cs[ROW1_BLOCKS / 8];
+} token1;
+
+ALWAYS TGT void token1_fill(int kind, token1 *tk, const float *xd, const int32_t *xs, int b0, int nb) {
+    const __m256i order = _mm256_setr_epi32(MERGE_ORDER);
+    for (int g = 0; g < ROW1_BLOCKS / 8 && b0 + 8 * g < nb; g++) {
+        int b = b0 + 8 * g, cnt = nb - b < 8 ? nb - b : 8;
+        tk->dx[g] = _mm256_permutevar8x32_ps(load8f(xd + b, cnt), order);
+        __m256i s = _mm256_permutevar8x32_epi32(load8i(xs + b, cnt), order);
+        tk->cs[g] = kind == K_Q4S ? _mm256_slli_epi32(s, 3) : _mm256_castps_si256(_mm256_cvtepi32_ps(s));
+    }
+}
+
+/* The sums of blocks b0 .. b0+7 (cnt of them) of the row at wq, merge order */
+ALWAYS TGT __m256i sums8m(int kind, const token_rows *tok, const uint8_t *wq, int b0, int cnt, int full) {
+    __m256i p[1][4];
+    if (cnt <= 2) { /* lanes past cnt meet zero activation scales (token1), so any sum */
+        pair_q4(kind, tok, wq, b0, full, p, 0);
+        return merge1p(tok, p[0][0]);
+    }
+    for (int j = 0; j < 4; j++) {
+        if (2 * j < cnt) pair_q4(kind, tok, wq, b0 + 2 * j, full, p, j);
+        else p[0][j] = _mm256_setzero_si256();
+    }
+    return merge4p(tok, HALF4P(p[0][0], p[0][1]), HALF4P(p[0][2], p[0][3]));
+}
+
+/* The float terms of 8 blocks, group g of the window (d8, m8 in merge order) */
+ALWAYS TGT __m256 terms8m(int kind, __m256 d8, __m256 m8, __m256i isum, const token1 *tk, int g) {
+    __m256 dx = tk->dx[g];
+    if (kind == K_Q4S) isum = _mm256_sub_epi32(isum, tk->cs[g]);
+    __m256 term = _mm256_mul_ps(_mm256_mul_ps(d8, dx), _mm256_cvtepi32_ps(isum));
+    if (kind == K_Q4A) term = _mm256_add_ps(term, _mm256_mul_ps(_mm256_mul_ps(m8, dx), _mm256_castsi256_ps(tk->cs[g])));
+    return term;
+}
+
+/* The weight scales (or minimums) of blocks b0 .. b0+7 (b0 .. b0+15 into lo,
+ * hi) of a row in merge order: fast, by the permutes' indices (oidx, oidx8:
+ * scales8_row's idx, idx8 taken in merge order), else reordered. */
+ALWAYS TGT __m256 scales8m(const row_view *v, const uint16_t *h, int b0, int cnt, int fast, __m256i oidx) {
+    if (fast) return scales8_row(v, h, b0, cnt, 1, oidx);
+    return _mm256_permutevar8x32_ps(scales8(v, h, b0, cnt), _mm256_setr_epi32(MERGE_ORDER));
+}
+
+ALWAYS TGT void scales16m(const row_view *v, const uint16_t *h, int b0, int fast, __m256i oidx, __m256i oidx8,
+                          __m256 *lo, __m256 *hi) {
+    if (fast) {
+        scales16_row(v, h, b0, 1, oidx, oidx8, lo, hi);
+        return;
+    }
+    *lo = scales8m(v, h, b0, 8, 0, oidx);
+    *hi = scales8m(v, h, b0 + 8, 8, 0, oidx);
+}
+
+/* The contract's final tree over 16 lanes held in merge order (lane L of
+ * each half is lane MERGE_ORDER[L] of its 8): i + (i+8), then i + (i+4) at
+ * neighbouring positions, i + (i+2) two apart, 0 + 1 at positions 0 and 4. */
+ALWAYS TGT float tree16m(__m256 lo, __m256 hi) {
+    __m256 a = _mm256_add_ps(lo, hi);
+    a = _mm256_add_ps(a, _mm256_permute_ps(a, 0xB1));
+    a = _mm256_add_ps(a, _mm256_permute_ps(a, 0x4E));
+    return _mm_cvtss_f32(_mm_add_ss(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1)));
+}
+
+/* int4, token t0 of rows r0 .. r1 */
+ALWAYS TGT void rows1_q4(int kind, const qact *x, const qmat *w, int r0, int r1, float *out, size_t out_stride,
+                         int t0) {
+    const int nb = x->nb;
+    token_rows tok = {.T = 1, .nb = nb, .xp = {x->qp + (size_t)t0 * (size_t)x->n}};
+    tok_consts(&tok);
+    const float *xd = x->d + (size_t)t0 * (size_t)nb;
+    const int32_t *xs = x->s + (size_t)t0 * (size_t)nb;
+    row_view v;
+    row_of(&v, w, r0, kind);
+    const int fast_groups = v.sh < 0 ? INT32_MAX : ((nb - 1) >> v.sh) + 8; /* as in rows_q4 */
+    const __m128i sh = _mm_cvtsi32_si128(v.sh);
+    const __m256i oidx = _mm256_srl_epi32(_mm256_setr_epi32(MERGE_ORDER), sh);
+    const __m256i oidx8 = _mm256_srl_epi32(_mm256_add_epi32(_mm256_setr_epi32(MERGE_ORDER), _mm256_set1_epi32(8)), sh);
+    const int step = nb <= ROW1_BLOCKS ? r1 - r0 : ROW1_ROWS; /* one window: no lanes kept */
+    token1 tk;
+    __m256 kept[ROW1_ROWS][2];
+    for (int ra = r0; ra < r1; ra += step) {
+        const int rb = r1 - ra < step ? r1 : ra + step;
+        for (int wb0 = 0; wb0 < nb; wb0 += ROW1_BLOCKS) {
+            const int wb1 = nb - wb0 < ROW1_BLOCKS ? nb : wb0 + ROW1_BLOCKS, whole = wb0 + (wb1 - wb0) / 16 * 16;
+            token1_fill(kind, &tk, xd, xs, wb0, nb);
+            row_of(&v, w, ra, kind);
+            for (int r = ra; r < rb; r++) {
+                const int fast = fast_groups <= v.avail;
+                __m256 lo = _mm256_setzero_ps(), hi = _mm256_setzero_ps();
+                if (wb0 > 0) lo = kept[r - ra][0], hi = kept[r - ra][1];
+                for (int b0 = wb0, g = 0; b0 < whole; b0 += 16, g += 2) {
+                    __m256 d8, e8, m8, n8;
+                    scales16m(&v, v.d, b0, fast, oidx, oidx8, &d8, &e8);
+                    if (kind == K_Q4A) scales16m(&v, v.m, b0, fast, oidx, oidx8, &m8, &n8);
+                    else m8 = d8, n8 = e8;
+                    lo = _mm256_add_ps(lo, terms8m(kind, d8, m8, sums8m(kind, &tok, v.q, b0, 8, 1), &tk, g));
+                    hi = _mm256_add_ps(hi, terms8m(kind, e8, n8, sums8m(kind, &tok, v.q, b0 + 8, 8, 1), &tk, g + 1));
+                }
+                if (whole < wb1) { /* the row's last blocks */
+                    int left = wb1 - whole, cnt = left < 8 ? left : 8, g = (whole - wb0) >> 3;
+                    __m256 d8 = scales8m(&v, v.d, whole, cnt, fast, oidx);
+                    __m256 m8 = kind == K_Q4A ? scales8m(&v, v.m, whole, cnt, fast, oidx) : d8;
+                    lo = _mm256_add_ps(lo, terms8m(kind, d8, m8, sums8m(kind, &tok, v.q, whole, cnt, 0), &tk, g));
+                    if (left > 8) {
+                        d8 = scales8m(&v, v.d, whole + 8, left - 8, fast, oidx);
+                        m8 = kind == K_Q4A ? scales8m(&v, v.m, whole + 8, left - 8, fast, oidx) : d8;
+                        hi = _mm256_add_ps(hi, terms8m(kind, d8, m8, sums8m(kind, &tok, v.q, whole + 8, left - 8, 0),
+                                                       &tk, g + 1));
+                    }
+                }
+                if (wb1 == nb) out[(size_t)t0 * out_stride + (size_t)r] = tree16m(lo, hi);
+                else kept[r - ra][0] = lo, kept[r - ra][1] = hi;
+                v.q += w->row_bytes;
+                v.d += v.ng;
+                if (kind == K_Q4A) v.m += v.ng;
+                v.avail -= v.ng;
+            }
+        }
     }
 }
 
@@ -351,7 +510,8 @@ ALWAYS TGT void tile_tokens_q8(int kind, const int T, const qact *x, const qmat 
 ALWAYS TGT void rows_tokens(int kind, const int T, const qact *x, const qmat *w, int r0, int r1, float *out,
                             size_t out_stride, int t0) {
     if (kind != K_Q8) {
-        rows_q4(kind, T, x, w, r0, r1, out, out_stride, t0);
+        if (T == 1) rows1_q4(kind, x, w, r0, r1, out, out_stride, t0);
+        else rows_q4(kind, T, x, w, r0, r1, out, out_stride, t0);
         return;
     }
     for (int r = r0; r < r1; r++) {

@@ -1,6 +1,7 @@
 /* Compares every kernel set of rq4_kernels_available() with rq4_kernels_scalar, bit for
  * bit (memcmp of the outputs), on random data of many shapes: row lengths 32 ..
- * 8192 (odd block and group counts, shorter last groups), group sizes 32 ..
+ * 8192 (odd block and group counts, shorter last groups) and 33024 (past the
+ * 1024 blocks x86_256.h's one-token kernel takes in one window), group sizes 32 ..
  * 4096 and random multiples of 32 (gs / 32 = 3, 5, ... blocks per group),
  * 1 .. 96 tokens, 1 .. 40 rows per matrix with calls on a sub-range
  * r0 .. r1 (outputs outside it and the gaps of out_stride must stay untouched,
@@ -381,7 +382,7 @@ int main(int argc, char **argv) {
     buffers b;
     memset(&b, 0, sizeof b);
 
-    static const int ns[] = {32, 64, 96, 160, 224, 576, 1000 / 32 * 32, 1536, 2048, 2080, 4096, 5632, 8192};
+    static const int ns[] = {32, 64, 96, 160, 224, 576, 1000 / 32 * 32, 1536, 2048, 2080, 4096, 5632, 8192, 33024};
     static const int gss[] = {32, 64, 96, 128, 160, 256, 4096};
     static const int ntoks[] = {1, 2, 3, 4, 5, 7, 8, 9, 12, 16, 17, 24, 31, 32, 33, 48, 64, 70, 96};
     const int n_ns = sizeof ns / sizeof ns[0], n_gss = sizeof gss / sizeof gss[0];
