@@ -294,6 +294,13 @@ ALWAYS int32x4_t r4_dot(int kind, const r4block *w, const int8_t *pe, const int8
 #define R4_TILE_TOKENS 8 /* half a tile of qact: dt holds their scales side by side */
 #define R4_TILE_MAX_GROUPS 512 /* float scales on the stack; a row of more groups takes r4_tokens */
 
+/* v[0..3] stored at p (one st1; clang's vst1q_f32_x4 is a macro that takes
+ * no braced initializer) */
+ALWAYS void st1_x4(float *p, const float32x4_t *v) {
+    float32x4x4_t r = {{v[0], v[1], v[2], v[3]}};
+    vst1q_f32_x4(p, r);
+}
+
 /* The 4 rows' sums of one block for 4 tokens: token i's activations (nibble
  * order, the block's even values) at xe + o[i], its odd ones at xo + o[i] */
 ALWAYS void r4_sums4(const r4block *w, const int8_t *xe, const int8_t *xo, const size_t *o, int32x4_t a[4]) {
@@ -511,8 +518,8 @@ ALWAYS void r4_tile_lane(int kind, const int STEPPED, const qact *x, const uint8
         UNROLL
         for (int i = 0; i < R4_TILE_TOKENS; i++) f[i] = vdupq_n_f32(0.0f);
     }
-    vst1q_f32_x4((float *)&lane[0], (float32x4x4_t){{f[0], f[1], f[2], f[3]}});
-    vst1q_f32_x4((float *)&lane[4], (float32x4x4_t){{f[4], f[5], f[6], f[7]}});
+    st1_x4((float *)&lane[0], f);
+    st1_x4((float *)&lane[4], f + 4);
     if (b < nb) r4_lane_tail(kind, x, q, b, ds + (size_t)g * R4, ms + (size_t)g * R4, t, lane);
 }
 
@@ -580,6 +587,110 @@ ALWAYS void dot_r4_tiles(int kind, const qact *x, const qmat *w, int r0, int r1,
         }
         r4_tokens(kind, x, w, G, steps, r0, r1, out, out_stride);
     }
+}
+
+/* Decoding by spans: the blocks of whole spans of 128 (qact.qp) in 4 lane
+ * groups, lanes 4c .. 4c+3 taking the 4 blocks of spans c, c + 4, c + 8, ...
+ * (block 4s + k is in lane (4s + k) % 16 = 4 (s % 4) + k), so that a span's
+ * activations load whole (ld1, 8 vectors) and serve its 4 blocks, only 4 lane
+ * vectors are live, and 2 blocks' sdot chains interleave (the in-order
+ * cores). BPG blocks per weight group, 1, 2 or 4: a span's scales at a fixed
+ * place. Sets the 16 lanes L. */
+ALWAYS void r4_spans(int kind, const int BPG, const uint8_t *q, const uint16_t *dg, const uint16_t *mg,
+                     const int8_t *xp, const float *xd, const int32_t *xs, int spans, const int c, float32x4_t *f) {
+    {
+        UNROLL
+        for (int k = 0; k < 4; k++) f[k] = vdupq_n_f32(0.0f);
+        /* span s's weights, activations, their scales and sums, the weights' scales */
+        const uint8_t *p = q + 256 * c;
+        const int8_t *xe = xp + 128 * c;
+        const float *dxp = xd + 4 * c;
+        const int32_t *sxp = xs + 4 * c;
+        const uint16_t *dp = dg + 4 * c / BPG * R4, *mp = mg + (kind == K_Q4A ? 4 * c / BPG * R4 : 0);
+        for (int s = c; s < spans; s += 4) {
+            R4_OPAQUE(p);
+            R4_OPAQUE(xe);
+            R4_OPAQUE(dxp);
+            R4_OPAQUE(dp);
+            int8x16x4_t ev = vld1q_s8_x4(xe), od = vld1q_s8_x4(xe + 64);
+            float32x4_t dx = vld1q_f32(dxp), sx = dx, d4[4], m4[4];
+            if (kind == K_Q4A) sx = vcvtq_f32_s32(vld1q_s32(sxp));
+            UNROLL
+            for (int k = 0; k < 4; k++) {
+                d4[k] = k % BPG ? d4[k - 1] : f16x4(dp + k / BPG * R4);
+                m4[k] = kind != K_Q4A ? d4[k] : k % BPG ? m4[k - 1] : f16x4(mp + k / BPG * R4);
+            }
+            UNROLL
+            for (int k = 0; k < 4; k += 2) {
+                uint8x16x4_t w0 = vld1q_u8_x4(p + 64 * k), w1 = vld1q_u8_x4(p + 64 * k + 64);
+                int32x4_t a0 = vdupq_n_s32(0), a1 = a0;
+                UNROLL
+                for (int c4 = 0; c4 < 4; c4++) {
+                    int8x16_t lo0, hi0, lo1, hi1;
+                    unpack_nibbles(kind, w0.val[c4], &lo0, &hi0);
+                    unpack_nibbles(kind, w1.val[c4], &lo1, &hi1);
+                    a0 = SDOT_LANE(a0, lo0, ev.val[k], c4);
+                    a1 = SDOT_LANE(a1, lo1, ev.val[k + 1], c4);
+                    a0 = SDOT_LANE(a0, hi0, od.val[k], c4);
+                    a1 = SDOT_LANE(a1, hi1, od.val[k + 1], c4);
+                }
+                float32x4_t t0 = vmulq_f32(R4_MUL_LANE(d4[k], dx, k), isum_f32(kind, a0));
+                float32x4_t t1 = vmulq_f32(R4_MUL_LANE(d4[k + 1], dx, k + 1), isum_f32(kind, a1));
+                if (kind == K_Q4A) {
+                    t0 = vaddq_f32(t0, R4_MUL_LANE(R4_MUL_LANE(m4[k], dx, k), sx, k));
+                    t1 = vaddq_f32(t1, R4_MUL_LANE(R4_MUL_LANE(m4[k + 1], dx, k + 1), sx, k + 1));
+                }
+                f[k] = vaddq_f32(f[k], t0);
+                f[k + 1] = vaddq_f32(f[k + 1], t1);
+            }
+            p += 4 * 4 * 64;
+            xe += 4 * 128;
+            dxp += 16;
+            dp += 16 / BPG * R4;
+            if (kind == K_Q4A) {
+                sxp += 16;
+                mp += 16 / BPG * R4;
+            }
+        }
+    }
+}
+
+/* r4_spans over the 4 lane groups, then the contract's tree */
+ALWAYS float32x4_t r4_spans_tree(int kind, const int BPG, const uint8_t *q, const uint16_t *dg,
+                                 const uint16_t *mg, const int8_t *xp, const float *xd, const int32_t *xs,
+                                 int spans) {
+    float lane_mem[16 * 4]; /* in memory: 12 lane vectors kept in registers would spill in the loop */
+    UNROLL
+    for (int c = 0; c < 4; c++) {
+        float32x4_t f[4];
+        r4_spans(kind, BPG, q, dg, mg, xp, xd, xs, spans, c, f);
+        st1_x4(lane_mem + 16 * c, f);
+    }
+    float32x4_t L[16];
+    UNROLL
+    for (int c = 0; c < 4; c++) {
+        float32x4x4_t v = vld1q_f32_x4(lane_mem + 16 * c);
+        UNROLL
+        for (int k = 0; k < 4; k++) L[4 * c + k] = v.val[k];
+    }
+    return r4_tree(L);
+}
+
+/* Decoding a whole row of spans (nb a multiple of 4) for groups of 1, 2 or
+ * 4 blocks: r4_spans_tree */
+ALWAYS int r4_decode_whole(int kind, const qact *x, const qmat *w, int G, int t, float32x4_t *v) {
+    const int bpg = w->gs / QK, spans = x->nb / 4;
+    if ((bpg != 1 && bpg != 2 && bpg != 4) || x->nb % 4) return 0;
+    const uint8_t *q = w->q + (size_t)G * w->row_bytes;
+    const size_t sg = (size_t)G * (size_t)w->ngroups * R4;
+    const uint16_t *dg = w->d + sg, *mg = kind == K_Q4A ? w->m + sg : NULL;
+    const int8_t *xp = x->qp + (size_t)t * (size_t)x->n;
+    const float *xd = x->d + (size_t)t * (size_t)x->nb;
+    const int32_t *xs = x->s + (size_t)t * (size_t)x->nb;
+    if (bpg == 1) *v = r4_spans_tree(kind, 1, q, dg, mg, xp, xd, xs, spans);
+    else if (bpg == 2) *v = r4_spans_tree(kind, 2, q, dg, mg, xp, xd, xs, spans);
+    else *v = r4_spans_tree(kind, 4, q, dg, mg, xp, xd, xs, spans);
+    return 1;
 }
 
 ALWAYS int32x4_t r4_dot_bytes(int kind, const uint8_t *p, const int8_t *pe, const int8_t *po) {
