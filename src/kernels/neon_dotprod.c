@@ -423,15 +423,12 @@ ALWAYS void r4_tile_block(int kind, const int FIRST, const uint8_t *p, const flo
     UNROLL
     for (int k = 0; k < 4; k++) unpack_nibbles(kind, pk.val[k], &wb.lo[k], &wb.hi[k]);
     float32x4_t d4 = vld1q_f32(ds), m4 = kind == K_Q4A ? vld1q_f32(ms) : d4;
-    float32x4x2_t dx2 = vld1q_f32_x2(dt);
-    int32x4x2_t sx2 = {{vdupq_n_s32(0), vdupq_n_s32(0)}};
-    if (kind == K_Q4A) sx2 = vld1q_s32_x2(st);
     UNROLL
     for (int h = 0; h < R4_TILE_TOKENS; h += 4) {
         int32x4_t a[4];
         r4_sums4(&wb, xe, xe + 64, o + h, a);
-        float32x4_t dx = dx2.val[h / 4], sx = dx;
-        if (kind == K_Q4A) sx = vcvtq_f32_s32(sx2.val[h / 4]);
+        float32x4_t dx = vld1q_f32(dt + h), sx = dx;
+        if (kind == K_Q4A) sx = vcvtq_f32_s32(vld1q_s32(st + h));
         float32x4_t sum[4], term[4];
         UNROLL
         for (int i = 0; i < 4; i++) {
@@ -595,62 +592,60 @@ ALWAYS void dot_r4_tiles(int kind, const qact *x, const qmat *w, int r0, int r1,
  * activations load whole (ld1, 8 vectors) and serve its 4 blocks, only 4 lane
  * vectors are live, and 2 blocks' sdot chains interleave (the in-order
  * cores). BPG blocks per weight group, 1, 2 or 4: a span's scales at a fixed
- * place. Sets the 16 lanes L. */
+ * place. Sets f[0..3] to lanes 4c .. 4c+3 of the spans below `spans`. */
 ALWAYS void r4_spans(int kind, const int BPG, const uint8_t *q, const uint16_t *dg, const uint16_t *mg,
                      const int8_t *xp, const float *xd, const int32_t *xs, int spans, const int c, float32x4_t *f) {
-    {
+    UNROLL
+    for (int k = 0; k < 4; k++) f[k] = vdupq_n_f32(0.0f);
+    /* span s's weights, activations, their scales and sums, the weights' scales */
+    const uint8_t *p = q + 256 * c;
+    const int8_t *xe = xp + 128 * c;
+    const float *dxp = xd + 4 * c;
+    const int32_t *sxp = xs + 4 * c;
+    const uint16_t *dp = dg + 4 * c / BPG * R4, *mp = kind == K_Q4A ? mg + 4 * c / BPG * R4 : NULL;
+    for (int s = c; s < spans; s += 4) {
+        R4_OPAQUE(p);
+        R4_OPAQUE(xe);
+        R4_OPAQUE(dxp);
+        R4_OPAQUE(dp);
+        int8x16x4_t ev = vld1q_s8_x4(xe), od = vld1q_s8_x4(xe + 64);
+        float32x4_t dx = vld1q_f32(dxp), sx = dx, d4[4], m4[4];
+        if (kind == K_Q4A) sx = vcvtq_f32_s32(vld1q_s32(sxp));
         UNROLL
-        for (int k = 0; k < 4; k++) f[k] = vdupq_n_f32(0.0f);
-        /* span s's weights, activations, their scales and sums, the weights' scales */
-        const uint8_t *p = q + 256 * c;
-        const int8_t *xe = xp + 128 * c;
-        const float *dxp = xd + 4 * c;
-        const int32_t *sxp = xs + 4 * c;
-        const uint16_t *dp = dg + 4 * c / BPG * R4, *mp = mg + (kind == K_Q4A ? 4 * c / BPG * R4 : 0);
-        for (int s = c; s < spans; s += 4) {
-            R4_OPAQUE(p);
-            R4_OPAQUE(xe);
-            R4_OPAQUE(dxp);
-            R4_OPAQUE(dp);
-            int8x16x4_t ev = vld1q_s8_x4(xe), od = vld1q_s8_x4(xe + 64);
-            float32x4_t dx = vld1q_f32(dxp), sx = dx, d4[4], m4[4];
-            if (kind == K_Q4A) sx = vcvtq_f32_s32(vld1q_s32(sxp));
+        for (int k = 0; k < 4; k++) {
+            d4[k] = k % BPG ? d4[k - 1] : f16x4(dp + k / BPG * R4);
+            m4[k] = kind != K_Q4A ? d4[k] : k % BPG ? m4[k - 1] : f16x4(mp + k / BPG * R4);
+        }
+        UNROLL
+        for (int k = 0; k < 4; k += 2) {
+            uint8x16x4_t w0 = vld1q_u8_x4(p + 64 * k), w1 = vld1q_u8_x4(p + 64 * k + 64);
+            int32x4_t a0 = vdupq_n_s32(0), a1 = a0;
             UNROLL
-            for (int k = 0; k < 4; k++) {
-                d4[k] = k % BPG ? d4[k - 1] : f16x4(dp + k / BPG * R4);
-                m4[k] = kind != K_Q4A ? d4[k] : k % BPG ? m4[k - 1] : f16x4(mp + k / BPG * R4);
+            for (int c4 = 0; c4 < 4; c4++) {
+                int8x16_t lo0, hi0, lo1, hi1;
+                unpack_nibbles(kind, w0.val[c4], &lo0, &hi0);
+                unpack_nibbles(kind, w1.val[c4], &lo1, &hi1);
+                a0 = SDOT_LANE(a0, lo0, ev.val[k], c4);
+                a1 = SDOT_LANE(a1, lo1, ev.val[k + 1], c4);
+                a0 = SDOT_LANE(a0, hi0, od.val[k], c4);
+                a1 = SDOT_LANE(a1, hi1, od.val[k + 1], c4);
             }
-            UNROLL
-            for (int k = 0; k < 4; k += 2) {
-                uint8x16x4_t w0 = vld1q_u8_x4(p + 64 * k), w1 = vld1q_u8_x4(p + 64 * k + 64);
-                int32x4_t a0 = vdupq_n_s32(0), a1 = a0;
-                UNROLL
-                for (int c4 = 0; c4 < 4; c4++) {
-                    int8x16_t lo0, hi0, lo1, hi1;
-                    unpack_nibbles(kind, w0.val[c4], &lo0, &hi0);
-                    unpack_nibbles(kind, w1.val[c4], &lo1, &hi1);
-                    a0 = SDOT_LANE(a0, lo0, ev.val[k], c4);
-                    a1 = SDOT_LANE(a1, lo1, ev.val[k + 1], c4);
-                    a0 = SDOT_LANE(a0, hi0, od.val[k], c4);
-                    a1 = SDOT_LANE(a1, hi1, od.val[k + 1], c4);
-                }
-                float32x4_t t0 = vmulq_f32(R4_MUL_LANE(d4[k], dx, k), isum_f32(kind, a0));
-                float32x4_t t1 = vmulq_f32(R4_MUL_LANE(d4[k + 1], dx, k + 1), isum_f32(kind, a1));
-                if (kind == K_Q4A) {
-                    t0 = vaddq_f32(t0, R4_MUL_LANE(R4_MUL_LANE(m4[k], dx, k), sx, k));
-                    t1 = vaddq_f32(t1, R4_MUL_LANE(R4_MUL_LANE(m4[k + 1], dx, k + 1), sx, k + 1));
-                }
-                f[k] = vaddq_f32(f[k], t0);
-                f[k + 1] = vaddq_f32(f[k + 1], t1);
-            }
-            p += 4 * 4 * 64;
-            xe += 4 * 128;
-            dxp += 16;
-            dp += 16 / BPG * R4;
+            float32x4_t t0 = vmulq_f32(R4_MUL_LANE(d4[k], dx, k), isum_f32(kind, a0));
+            float32x4_t t1 = vmulq_f32(R4_MUL_LANE(d4[k + 1], dx, k + 1), isum_f32(kind, a1));
             if (kind == K_Q4A) {
-                sxp += 16;
-                mp += 16 / BPG * R4;
+                t0 = vaddq_f32(t0, R4_MUL_LANE(R4_MUL_LANE(m4[k], dx, k), sx, k));
+                t1 = vaddq_f32(t1, R4_MUL_LANE(R4_MUL_LANE(m4[k + 1], dx, k + 1), sx, k + 1));
             }
+            f[k] = vaddq_f32(f[k], t0);
+            f[k + 1] = vaddq_f32(f[k + 1], t1);
+        }
+        p += 4 * 4 * 64;
+        xe += 4 * 128;
+        dxp += 16;
+        dp += 16 / BPG * R4;
+        if (kind == K_Q4A) {
+            sxp += 16;
+            mp += 16 / BPG * R4;
         }
     }
 }
