@@ -112,6 +112,7 @@ typedef struct matmul_job {
     const tensor *w[MAX_PARTS];     /* (rows, cols) each */
     float *out[MAX_PARTS];          /* (ntok, rows) each */
     const qact *xq;                 /* x as int8 blocks, or NULL (float path) */
+    int unit;                       /* rows per item: R4 when every part is interleaved */
 } matmul_job;
 
 /* Rows [start, end) of one matrix: out = x W^T. */
@@ -148,6 +149,8 @@ static void matmul_part(const rq4_model *m, const matmul_job *j, int part, int t
 /* Items [start, end) of the job: the rows of its matrices, one after the other. */
 static void matmul_rows(const rq4_model *m, void *arg, int thread, int start, int end) {
     const matmul_job *j = arg;
+    start *= j->unit;
+    end *= j->unit;
     for (int p = 0, base = 0; p < j->n_parts; base += j->w[p]->rows, p++) {
         int lo = start > base ? start : base, hi = end < base + j->w[p]->rows ? end : base + j->w[p]->rows;
         if (lo < hi) matmul_part(m, j, p, thread, lo - base, hi - base);
@@ -157,7 +160,7 @@ static void matmul_rows(const rq4_model *m, void *arg, int thread, int start, in
 /* out[i] (ntok, w[i]->rows) = x (ntok, cols) times w[i]^T for i < n, every
  * weight row read once for all ntok tokens, the rows spread over the threads. */
 static void matmul_n(rq4_model *m, const float *x, int ntok, int n, const tensor *const *w, float *const *out) {
-    matmul_job j = {x, ntok, n, {0}, {0}, NULL};
+    matmul_job j = {x, ntok, n, {0}, {0}, NULL, R4};
     int rows = 0;
     for (int i = 0; i < n; i++) {
         j.w[i] = w[i];
@@ -165,7 +168,11 @@ static void matmul_n(rq4_model *m, const float *x, int ntok, int n, const tensor
         if (!m->float_activations && w[i]->type != RQ4_TYPE_F32 && !j.xq)
             j.xq = quantized_input(m, x, w[i]->cols, ntok);
         rows += w[i]->rows;
+        /* the interleaved kernels compute whole groups of R4 rows: a chunk
+         * boundary inside one would have two threads compute it */
+        if ((w[i]->type != RQ4_TYPE_Q4S_R4 && w[i]->type != RQ4_TYPE_Q4A_R4) || w[i]->rows % R4) j.unit = 1;
     }
+    rows /= j.unit;
     /* a prompt chunk's matmul: 8 chunks per thread, as each chunk of rows is
      * long and an uneven end costs more than the extra hand-offs; decoding
      * keeps 4 (its chunks are short) */

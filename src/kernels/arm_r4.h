@@ -14,8 +14,13 @@
  *   int32x4_t r4_dot_bytes(kind, p, xe, xo)   the same from the packed bytes,
  *       each chunk unpacked just before its products (few live registers:
  *       decoding keeps 16 lane vectors live besides)
+ *   int r4_decode_whole(kind, x, w, G, t, v)   decoding's fast path: 1
+ *       and the contract's result for row group G and token t in v (lane i =
+ *       row 4G+i) when it takes the row's shape, else 0 (r4_decode then runs
+ *       r4_steps_at and the blocks left one at a time)
  * and R4_DECODE_ROUNDS: 1 to take a decoding step's float work 4 blocks at a
- * time in rounds of independent operations, 0 to take it block by block.
+ * time in rounds of independent operations, 0 to take it block by block
+ * (r4_steps_at).
  *
  * Decoding walks the blocks in order, the 16 lane vectors of one row group in
  * registers, 16 blocks per step of r4_steps when the group size allows.
@@ -31,6 +36,7 @@ typedef struct r4block {
 ALWAYS r4block r4_unpack(int kind, const uint8_t *p);
 ALWAYS int32x4_t r4_dot(int kind, const r4block *w, const int8_t *xe, const int8_t *xo);
 ALWAYS int32x4_t r4_dot_bytes(int kind, const uint8_t *p, const int8_t *xe, const int8_t *xo);
+ALWAYS int r4_decode_whole(int kind, const qact *x, const qmat *w, int G, int t, float32x4_t *v);
 
 #define R4_TOKENS 8 /* tokens per prompt step: 8 independent sdot chains per block */
 
@@ -86,6 +92,10 @@ ALWAYS float32x4_t r4_tree(float32x4_t *L) {
 
 /* Rows [r0, r1) of row group G, token t's outputs from v (lane i = row 4G+i) */
 ALWAYS void r4_store(float32x4_t v, int G, int r0, int r1, float *out) {
+    if (4 * G >= r0 && 4 * G + R4 <= r1) {
+        vst1q_f32(out + 4 * G, v);
+        return;
+    }
     float f[R4];
     vst1q_f32(f, v);
     for (int i = 0; i < R4; i++)
@@ -227,18 +237,11 @@ static __attribute__((noinline)) void r4_steps_at(int kind, int bpg, const qact 
     }
 }
 
-/* One token, row group G: blocks in order, lane b % 16 */
-ALWAYS void r4_decode(int kind, const qact *x, const qmat *w, int G, int t, int r0, int r1, float *out,
-                      size_t out_stride) {
+/* Blocks b .. nb-1 of row group G for token t added into the lanes L one
+ * at a time: any group size, and the last blocks */
+static __attribute__((noinline)) void r4_decode_rest(int kind, const qact *x, const qmat *w, int G, int t, int b,
+                                                     float32x4_t *L) {
     const int nb = x->nb, bpg = w->gs / QK;
-    float32x4_t L[16];
-    for (int j = 0; j < 16; j++) L[j] = vdupq_n_f32(0.0f);
-    int b = 0;
-    if (bpg == 1 || bpg == 2 || bpg == 4) {
-        r4_steps_at(kind, bpg, x, w, G, nb / 16, t, L);
-        b = nb / 16 * 16;
-    }
-    /* any other group size, and the last blocks: one block at a time */
     const uint8_t *q = w->q + (size_t)G * w->row_bytes;
     int g = b / bpg, in = b % bpg; /* block b's weight group, and its place in it */
     float32x4_t d4 = r4_scales(w->d, w, G, g), m4 = kind == K_Q4A ? r4_scales(w->m, w, G, g) : d4;
@@ -252,6 +255,25 @@ ALWAYS void r4_decode(int kind, const qact *x, const qmat *w, int G, int t, int 
             if (kind == K_Q4A) m4 = r4_scales(w->m, w, G, g);
         }
     }
+}
+
+/* One token, row group G: lane b % 16 */
+ALWAYS void r4_decode(int kind, const qact *x, const qmat *w, int G, int t, int r0, int r1, float *out,
+                      size_t out_stride) {
+    float32x4_t v;
+    if (r4_decode_whole(kind, x, w, G, t, &v)) {
+        r4_store(v, G, r0, r1, out + (size_t)t * out_stride);
+        return;
+    }
+    const int bpg = w->gs / QK;
+    float32x4_t L[16];
+    for (int j = 0; j < 16; j++) L[j] = vdupq_n_f32(0.0f);
+    int b = 0;
+    if (bpg == 1 || bpg == 2 || bpg == 4) {
+        r4_steps_at(kind, bpg, x, w, G, x->nb / 16, t, L);
+        b = x->nb / 16 * 16;
+    }
+    if (b < x->nb) r4_decode_rest(kind, x, w, G, t, b, L);
     r4_store(r4_tree(L), G, r0, r1, out + (size_t)t * out_stride);
 }
 

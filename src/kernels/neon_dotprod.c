@@ -286,11 +286,20 @@ ALWAYS int32x4_t r4_dot(int kind, const r4block *w, const int8_t *pe, const int8
 
 /* Prompts: 4 rows x R4_TILE_TOKENS tokens per step, rows in lanes as in
  * arm_r4.h, the tokens' activation scales (and sums) read as vectors from
- * qact's tiles (dt, st). Lane by lane of the contract: each block is unpacked
- * once for all the tokens; its int32 sums are taken 4 tokens at a time,
- * chunk by chunk (4 independent sdot chains for the in-order cores), then
- * turned into the 4 tokens' terms. */
+ * qact's tiles (dt, st), the row group's scales converted to float once for
+ * all its tokens. Lane by lane of the contract: each block is unpacked once
+ * for all the tokens; its int32 sums are taken 4 tokens at a time, chunk by
+ * chunk (4 independent sdot chains for the in-order cores), then turned into
+ * the 4 tokens' terms. */
 #define R4_TILE_TOKENS 8 /* half a tile of qact: dt holds their scales side by side */
+#define R4_TILE_MAX_GROUPS 512 /* float scales on the stack; a row of more groups takes r4_tokens */
+
+/* v[0..3] stored at p (one st1; clang's vst1q_f32_x4 is a macro that takes
+ * no braced initializer) */
+ALWAYS void st1_x4(float *p, const float32x4_t *v) {
+    float32x4x4_t r = {{v[0], v[1], v[2], v[3]}};
+    vst1q_f32_x4(p, r);
+}
 
 /* The 4 rows' sums of one block for 4 tokens: token i's activations (nibble
  * order, the block's even values) at xe + o[i], its odd ones at xo + o[i] */
@@ -317,12 +326,207 @@ ALWAYS void r4_sums4(const r4block *w, const int8_t *xe, const int8_t *xo, const
     }
 }
 
+/* Q4S lanes, written out: GCC's register allocator, with some 29 vectors
+ * live, copies and spills accumulators in C. Fixed registers: v0-v3 the
+ * block's chunk vectors, then their high nibbles; v4-v7 their low nibbles,
+ * then the rows' scales (v4), the tokens' scales (v5, v6) and +0.0 (v7);
+ * v8-v15 the 8 tokens' lane sums; v16-v23 their int32 sums; 4 tokens'
+ * activations in v24-v27 or v28-v31 (the next 4 load while the last 4 are
+ * used), then the terms in v24-v27. Single-uop instructions interleave with
+ * the loads, and the first 4 tokens' terms with the last 4 tokens' sums. */
+#define R4_LD(Y, X, O) "ldr q" #Y ", [%x[" #X "], %x[" #O "]]\n\t"
+#define R4_SD(A, W, Y, K) "sdot v" #A ".4s, v" #W ".16b, v" #Y ".4b[" #K "]\n\t"
+/* chunk K of 4 tokens' sums A0..A3: weights v W, activations v Y0..Y3 */
+#define R4_CHUNK(A0, A1, A2, A3, W, Y0, Y1, Y2, Y3, K) \
+    R4_SD(A0, W, Y0, K) R4_SD(A1, W, Y1, K) R4_SD(A2, W, Y2, K) R4_SD(A3, W, Y3, K)
+/* 4 tokens' sums over the 4 chunks W0..W3, with the instructions I0..I3
+ * (the next group's loads) one before each chunk */
+#define R4_GROUP(A0, A1, A2, A3, W0, W1, W2, W3, Y0, Y1, Y2, Y3, I0, I1, I2, I3) \
+    I0 R4_CHUNK(A0, A1, A2, A3, W0, Y0, Y1, Y2, Y3, 0)                          \
+    I1 R4_CHUNK(A0, A1, A2, A3, W1, Y0, Y1, Y2, Y3, 1)                          \
+    I2 R4_CHUNK(A0, A1, A2, A3, W2, Y0, Y1, Y2, Y3, 2)                          \
+    I3 R4_CHUNK(A0, A1, A2, A3, W3, Y0, Y1, Y2, Y3, 3)
+/* token I's scale in v T (rows' scales v4 times lane I of v DX), its int32
+ * sum A converted, the term, added to lane sum v F whose sum so far is v S */
+#define R4_SCALE(T, DX, I) "fmul v" #T ".4s, v4.4s, v" #DX ".s[" #I "]\n\t"
+#define R4_CVT(A) "scvtf v" #A ".4s, v" #A ".4s, #4\n\t"
+#define R4_MUL(T, A) "fmul v" #T ".4s, v" #T ".4s, v" #A ".4s\n\t"
+#define R4_ADD(F, S, T) "fadd v" #F ".4s, v" #S ".4s, v" #T ".4s\n\t"
+/* one block into lane sums v8-v15 (S0..S7: v8-v15 themselves, or 7 for
+ * +0.0, which Z then sets) */
+#define R4_Q4S_BLOCK(S0, S1, S2, S3, S4, S5, S6, S7, Z)                                           \
+    "ld1 {v0.16b, v1.16b, v2.16b, v3.16b}, [%x[p]]\n\t"                                           \
+    "movi v30.16b, #0xf0\n\t"                                                                     \
+    R4_LD(24, xe, o0) "shl v4.16b, v0.16b, #4\n\t"                                                \
+    R4_LD(25, xe, o1) "shl v5.16b, v1.16b, #4\n\t"                                                \
+    R4_LD(26, xe, o2) "shl v6.16b, v2.16b, #4\n\t"                                                \
+    R4_LD(27, xe, o3) "shl v7.16b, v3.16b, #4\n\t"                                                \
+    "and v0.16b, v0.16b, v30.16b\n\tand v1.16b, v1.16b, v30.16b\n\t"                              \
+    "and v2.16b, v2.16b, v30.16b\n\tand v3.16b, v3.16b, v30.16b\n\t"                              \
+    "movi v16.4s, #0\n\tmovi v17.4s, #0\n\tmovi v18.4s, #0\n\tmovi v19.4s, #0\n\t"                \
+    "movi v20.4s, #0\n\tmovi v21.4s, #0\n\tmovi v22.4s, #0\n\tmovi v23.4s, #0\n\t"                \
+    R4_GROUP(16, 17, 18, 19, 4, 5, 6, 7, 24, 25, 26, 27,                                          \
+             R4_LD(28, xe, o4), R4_LD(29, xe, o5), R4_LD(30, xe, o6), R4_LD(31, xe, o7))          \
+    R4_GROUP(20, 21, 22, 23, 4, 5, 6, 7, 28, 29, 30, 31,                                          \
+             R4_LD(24, xo, o0), R4_LD(25, xo, o1), R4_LD(26, xo, o2), R4_LD(27, xo, o3))          \
+    R4_GROUP(16, 17, 18, 19, 0, 1, 2, 3, 24, 25, 26, 27,                                          \
+             R4_LD(28, xo, o4), R4_LD(29, xo, o5) "ld1 {v4.4s}, [%x[ds]]\n\t",                    \
+             R4_LD(30, xo, o6) "ld1 {v5.4s, v6.4s}, [%x[dt]]\n\t", R4_LD(31, xo, o7) Z)           \
+    R4_GROUP(20, 21, 22, 23, 0, 1, 2, 3, 28, 29, 30, 31,                                          \
+             R4_CVT(16) R4_CVT(17) R4_SCALE(24, 5, 0) R4_SCALE(25, 5, 1),                         \
+             R4_CVT(18) R4_CVT(19) R4_SCALE(26, 5, 2) R4_SCALE(27, 5, 3),                         \
+             R4_MUL(24, 16) R4_MUL(25, 17) R4_MUL(26, 18) R4_MUL(27, 19),                         \
+             R4_ADD(8, S0, 24) R4_ADD(9, S1, 25) R4_ADD(10, S2, 26) R4_ADD(11, S3, 27))           \
+    R4_CVT(20) R4_CVT(21) R4_CVT(22) R4_CVT(23)                                                   \
+    R4_SCALE(24, 6, 0) R4_SCALE(25, 6, 1) R4_SCALE(26, 6, 2) R4_SCALE(27, 6, 3)                   \
+    R4_MUL(24, 20) R4_MUL(25, 21) R4_MUL(26, 22) R4_MUL(27, 23)                                   \
+    R4_ADD(12, S4, 24) R4_ADD(13, S5, 25) R4_ADD(14, S6, 26) R4_ADD(15, S7, 27)
+/* to the lane's next block: 16 blocks on in the weights, activations and
+ * tokens' scales, sstep bytes in the rows' scales; cnt counts down */
+#define R4_Q4S_NEXT                                                                               \
+    "add %x[p], %x[p], #1024\n\tadd %x[xe], %x[xe], #512\n\tadd %x[xo], %x[xo], #512\n\t"         \
+    "add %x[dt], %x[dt], #1024\n\tadd %x[ds], %x[ds], %x[ss]\n\tsubs %x[cnt], %x[cnt], #1\n\t"
+
+/* Lane sums of cnt >= 1 blocks, 16 apart, of the 8 tokens into lane[0..7]:
+ * the first block's 64 bytes at p, its rows' float scales at ds (the next
+ * block's sstep bytes on), the tokens' even values at xe + o[i], their
+ * scales at dt. */
+ALWAYS void r4_q4s_lane(const uint8_t *p, const float *ds, size_t sstep, const int8_t *xe, const size_t *o,
+                        const float *dt, size_t cnt, float32x4_t *lane) {
+    const int8_t *xo = xe + 64;
+    __asm__ volatile(R4_Q4S_BLOCK(7, 7, 7, 7, 7, 7, 7, 7, "movi v7.4s, #0\n\t") R4_Q4S_NEXT
+                     "b.eq 2f\n"
+                     "1:\n\t" R4_Q4S_BLOCK(8, 9, 10, 11, 12, 13, 14, 15, "") R4_Q4S_NEXT
+                     "b.ne 1b\n"
+                     "2:\n\t"
+                     "st1 {v8.4s, v9.4s, v10.4s, v11.4s}, [%x[lane]], #64\n\t"
+                     "st1 {v12.4s, v13.4s, v14.4s, v15.4s}, [%x[lane]]\n\t"
+                     : [p] "+r"(p), [ds] "+r"(ds), [xe] "+r"(xe), [xo] "+r"(xo), [dt] "+r"(dt), [cnt] "+r"(cnt),
+                       [lane] "+r"(lane)
+                     : [ss] "r"(sstep), [o0] "r"(o[0]), [o1] "r"(o[1]), [o2] "r"(o[2]), [o3] "r"(o[3]),
+                       [o4] "r"(o[4]), [o5] "r"(o[5]), [o6] "r"(o[6]), [o7] "r"(o[7])
+                     : "cc", "memory", "v0", "v1", "v2", "v3", "v4", "v5", "v6", "v7", "v8", "v9", "v10", "v11",
+                       "v12", "v13", "v14", "v15", "v16", "v17", "v18", "v19", "v20", "v21", "v22", "v23", "v24",
+                       "v25", "v26", "v27", "v28", "v29", "v30", "v31");
+}
+
+/* Block b's terms for the R4_TILE_TOKENS tokens added to their lane sums f:
+ * its 64 bytes at p, its rows' float scales at ds (minimums at ms), the
+ * tokens' even values at xe + o[i], their scales (sums) at dt (st). FIRST:
+ * the lane's first block, f = +0.0 + term without a register of zeros per
+ * token. */
+ALWAYS void r4_tile_block(int kind, const int FIRST, const uint8_t *p, const float *ds, const float *ms,
+                          const int8_t *xe, const size_t *o, const float *dt, const int32_t *st,
+                          float32x4_t *f) {
+    uint8x16x4_t pk = vld1q_u8_x4(p);
+    r4block wb;
+    UNROLL
+    for (int k = 0; k < 4; k++) unpack_nibbles(kind, pk.val[k], &wb.lo[k], &wb.hi[k]);
+    float32x4_t d4 = vld1q_f32(ds), m4 = kind == K_Q4A ? vld1q_f32(ms) : d4;
+    UNROLL
+    for (int h = 0; h < R4_TILE_TOKENS; h += 4) {
+        int32x4_t a[4];
+        r4_sums4(&wb, xe, xe + 64, o + h, a);
+        float32x4_t dx = vld1q_f32(dt + h), sx = dx;
+        if (kind == K_Q4A) sx = vcvtq_f32_s32(vld1q_s32(st + h));
+        float32x4_t sum[4], term[4];
+        UNROLL
+        for (int i = 0; i < 4; i++) {
+            sum[i] = isum_f32(kind, a[i]);
+            term[i] = R4_MUL_LANE(d4, dx, i);
+        }
+        R4_ROUND();
+        UNROLL
+        for (int i = 0; i < 4; i++) term[i] = vmulq_f32(term[i], sum[i]);
+        if (kind == K_Q4A) {
+            UNROLL
+            for (int i = 0; i < 4; i++) sum[i] = R4_MUL_LANE(R4_MUL_LANE(m4, dx, i), sx, i);
+            R4_ROUND();
+            UNROLL
+            for (int i = 0; i < 4; i++) term[i] = vaddq_f32(term[i], sum[i]);
+        }
+        R4_ROUND();
+        UNROLL
+        for (int i = 0; i < 4; i++) f[h + i] = vaddq_f32(FIRST ? vdupq_n_f32(0.0f) : f[h + i], term[i]);
+    }
+}
+
+/* The float scales of row group G, ds[g * R4 + i] for row 4G+i and weight
+ * group g (ngroups <= R4_TILE_MAX_GROUPS) */
+ALWAYS void r4_tile_scales(const uint16_t *h, const qmat *w, int G, float *ds) {
+    const uint16_t *src = h + (size_t)G * (size_t)w->ngroups * R4;
+    int g = 0;
+    for (; g + 2 <= w->ngroups; g += 2) {
+        float16x8_t v = vreinterpretq_f16_u16(vld1q_u16(src + g * R4));
+        vst1q_f32(ds + g * R4, vcvt_f32_f16(vget_low_f16(v)));
+        vst1q_f32(ds + g * R4 + R4, vcvt_high_f32_f16(v));
+    }
+    if (g < w->ngroups) vst1q_f32(ds + g * R4, f16x4(src + g * R4));
+}
+
+/* A lane's last block b, past the row's whole spans of 128 (rare: kept
+ * out of the lanes' code), its terms for the R4_TILE_TOKENS tokens from t
+ * added to lane[0..7]; the rows' float scales at ds (minimums at ms) */
+static __attribute__((noinline)) void r4_lane_tail(int kind, const qact *x, const uint8_t *q, int b, const float *ds,
+                                                   const float *ms, int t, float32x4_t *lane) {
+    r4block wb = r4_unpack(kind, q + 64 * (size_t)b);
+    float32x4_t d4 = vld1q_f32(ds), m4 = kind == K_Q4A ? vld1q_f32(ms) : d4;
+    for (int i = 0; i < R4_TILE_TOKENS; i++) lane[i] = vaddq_f32(lane[i], r4_term(kind, x, &wb, b, t + i, d4, m4));
+}
+
+/* Lane j of the R4_TILE_TOKENS tokens from t into lane[0..7], in C: its
+ * first block j in weight group g, the in-th block of it; the row group's
+ * weights at q, float scales at ds (minimums at ms); the tokens' even
+ * values of block j at xe + o[i], tile offset `tile` of their scales (dt,
+ * st); STEPPED as r4_tile's */
+ALWAYS void r4_tile_lane(int kind, const int STEPPED, const qact *x, const uint8_t *q, int j, int g, int in,
+                         const float *ds, const float *ms, const int8_t *xe, const size_t *o, size_t tile, int t,
+                         int bpg, float32x4_t *lane) {
+    const int nb = x->nb, whole = nb & ~3, gstep = R4_GROUP_STEP(bpg);
+    const size_t sstep = (size_t)gstep * R4; /* STEPPED: scales from a lane's block to its next */
+    float32x4_t f[R4_TILE_TOKENS];
+    int b = j;
+    const float *dp = ds + (size_t)g * R4, *mp = ms + (size_t)g * R4;
+    const float *dtp = x->dt + tile + 16 * (size_t)b;
+    const int32_t *stp = x->st + tile + 16 * (size_t)b;
+    const uint8_t *p = q + 64 * (size_t)b;
+    if (b < whole) {
+        r4_tile_block(kind, 1, p, dp, mp, xe, o, dtp, stp, f);
+        for (;;) {
+            b += 16;
+            if (STEPPED) {
+                g += gstep;
+                dp += sstep;
+                if (kind == K_Q4A) mp += sstep;
+            } else {
+                for (in += 16; in >= bpg; in -= bpg) g++; /* to block b, no division */
+                dp = ds + (size_t)g * R4;
+                if (kind == K_Q4A) mp = ms + (size_t)g * R4;
+            }
+            if (b >= whole) break;
+            xe += 4 * 128;
+            p += 16 * 64;
+            dtp += 16 * 16;
+            if (kind == K_Q4A) stp += 16 * 16;
+            R4_OPAQUE(xe); /* one pointer and fixed offsets, not one pointer per token */
+            r4_tile_block(kind, 0, p, dp, mp, xe, o, dtp, stp, f);
+        }
+    } else { /* the lane's only block is past the row's whole spans of 128 */
+        UNROLL
+        for (int i = 0; i < R4_TILE_TOKENS; i++) f[i] = vdupq_n_f32(0.0f);
+    }
+    st1_x4((float *)&lane[0], f);
+    st1_x4((float *)&lane[4], f + 4);
+    if (b < nb) r4_lane_tail(kind, x, q, b, ds + (size_t)g * R4, ms + (size_t)g * R4, t, lane);
+}
+
 /* Tokens t .. t + R4_TILE_TOKENS - 1 of row group G, t a multiple of
- * R4_TILE_TOKENS below 16 * ntile (their scales in dt); STEPPED: the group
- * size's R4_GROUP_STEP is not 0 (a lane's next block is a fixed number of
- * scales further, no branch) */
-ALWAYS void r4_tile(int kind, const int STEPPED, const qact *x, const qmat *w, int G, int t, int r0, int r1,
-                    float *out, size_t out_stride) {
+ * R4_TILE_TOKENS below 16 * ntile (their scales in dt), the group's float
+ * scales in ds (minimums in ms); STEPPED: the group size's R4_GROUP_STEP is
+ * not 0 (a lane's next block is a fixed number of scales further, no
+ * branch) */
+ALWAYS void r4_tile(int kind, const int STEPPED, const qact *x, const qmat *w, int G, int t, const float *ds,
+                    const float *ms, int r0, int r1, float *out, size_t out_stride) {
     const int nb = x->nb, bpg = w->gs / QK, whole = nb & ~3;
     const int gstep = R4_GROUP_STEP(bpg);
     const uint8_t *q = w->q + (size_t)G * w->row_bytes;
@@ -332,87 +536,156 @@ ALWAYS void r4_tile(int kind, const int STEPPED, const qact *x, const qmat *w, i
         o[i] = (size_t)i * (size_t)x->n;
         R4_OPAQUE(o[i]); /* in registers, not rebuilt by a chain of adds at each block */
     }
-    const size_t sstep = (size_t)gstep * R4; /* STEPPED: scales from a lane's block to its next */
     const size_t tile = (size_t)(t / 16) * (size_t)nb * 16 + (size_t)(t % 16); /* dt, st of block 0 */
-    float32x4_t L[R4_TILE_TOKENS][16];
+    float32x4_t L[16][R4_TILE_TOKENS]; /* lane j of each token */
     int gj = 0, inj = 0; /* lane j's first block: in group gj, the inj-th block */
-    for (int j = 0; j < 16; j++) {
-        float32x4_t f[R4_TILE_TOKENS];
-        UNROLL
-        for (int i = 0; i < R4_TILE_TOKENS; i++) f[i] = vdupq_n_f32(0.0f);
-        int b = j, g = gj, in = inj; /* block b in group g, the in-th block */
-        const int8_t *xe = x0 + (size_t)(j >> 2) * 128 + 16 * (size_t)(j & 3); /* block b's even values */
-        const size_t s0 = ((size_t)G * (size_t)w->ngroups + (size_t)g) * R4; /* block b's scales */
-        const uint16_t *dp = w->d + s0, *mp = kind == K_Q4A ? w->m + s0 : NULL;
-        for (; b < whole; b += 16, xe += 4 * 128) {
-            r4block wb = r4_unpack(kind, q + 64 * (size_t)b);
-            float32x4_t d4 = f16x4(dp), m4 = kind == K_Q4A ? f16x4(mp) : d4;
-            const size_t ts = tile + 16 * (size_t)b;
-            R4_OPAQUE(xe); /* one pointer and fixed offsets, not one pointer per token */
-            UNROLL
-            for (int h = 0; h < R4_TILE_TOKENS; h += 4) {
-                int32x4_t a[4];
-                r4_sums4(&wb, xe, xe + 64, o + h, a);
-                float32x4_t dx = vld1q_f32(x->dt + ts + h), sx = dx;
-                if (kind == K_Q4A) sx = vcvtq_f32_s32(vld1q_s32(x->st + ts + h));
-                float32x4_t sum[4], term[4];
-                UNROLL
-                for (int i = 0; i < 4; i++) {
-                    sum[i] = isum_f32(kind, a[i]);
-                    term[i] = R4_MUL_LANE(d4, dx, i);
-                }
-                R4_ROUND();
-                UNROLL
-                for (int i = 0; i < 4; i++) term[i] = vmulq_f32(term[i], sum[i]);
-                if (kind == K_Q4A) {
-                    UNROLL
-                    for (int i = 0; i < 4; i++) sum[i] = R4_MUL_LANE(R4_MUL_LANE(m4, dx, i), sx, i);
-                    R4_ROUND();
-                    UNROLL
-                    for (int i = 0; i < 4; i++) term[i] = vaddq_f32(term[i], sum[i]);
-                }
-                R4_ROUND();
-                UNROLL
-                for (int i = 0; i < 4; i++) f[h + i] = vaddq_f32(f[h + i], term[i]);
-            }
-            if (STEPPED) {
-                g += gstep;
-                dp += sstep;
-                if (kind == K_Q4A) mp += sstep;
-            } else {
-                for (in += 16; in >= bpg; in -= bpg) g++; /* to block b + 16, no division */
-                dp = w->d + ((size_t)G * (size_t)w->ngroups + (size_t)g) * R4;
-                if (kind == K_Q4A) mp = w->m + ((size_t)G * (size_t)w->ngroups + (size_t)g) * R4;
-            }
+    for (int j = 0; j < 16 && j < nb; j++) {
+        const int8_t *xe = x0 + (size_t)(j >> 2) * 128 + 16 * (size_t)(j & 3); /* block j's even values */
+        if (kind == K_Q4S && STEPPED) {
+            const int cnt = j < whole ? (whole - 1 - j) / 16 + 1 : 0; /* the lane's blocks in whole spans */
+            if (cnt)
+                r4_q4s_lane(q + 64 * (size_t)j, ds + (size_t)gj * R4, (size_t)gstep * R4 * sizeof(float), xe, o,
+                            x->dt + tile + 16 * (size_t)j, (size_t)cnt, L[j]);
+            else
+                for (int i = 0; i < R4_TILE_TOKENS; i++) L[j][i] = vdupq_n_f32(0.0f);
+            const int b = j + 16 * cnt, g = gj + gstep * cnt;
+            if (b < nb) r4_lane_tail(kind, x, q, b, ds + (size_t)g * R4, ms + (size_t)g * R4, t, L[j]);
+        } else {
+            r4_tile_lane(kind, STEPPED, x, q, j, gj, inj, ds, ms, xe, o, tile, t, bpg, L[j]);
         }
-        if (b < nb) { /* the row's last blocks, past its whole spans of 128 */
-            r4block wb = r4_unpack(kind, q + 64 * (size_t)b);
-            float32x4_t d4 = r4_scales(w->d, w, G, g), m4 = kind == K_Q4A ? r4_scales(w->m, w, G, g) : d4;
-            UNROLL
-            for (int i = 0; i < R4_TILE_TOKENS; i++) f[i] = vaddq_f32(f[i], r4_term(kind, x, &wb, b, t + i, d4, m4));
-        }
-        UNROLL
-        for (int i = 0; i < R4_TILE_TOKENS; i++) L[i][j] = f[i];
         if (++inj == bpg) { /* lane j + 1 */
             inj = 0;
             gj++;
         }
     }
-    for (int i = 0; i < R4_TILE_TOKENS; i++)
-        r4_store(r4_tree(L[i]), G, r0, r1, out + (size_t)(t + i) * out_stride);
+    for (int j = nb; j < 16; j++)
+        for (int i = 0; i < R4_TILE_TOKENS; i++) L[j][i] = vdupq_n_f32(0.0f);
+    for (int i = 0; i < R4_TILE_TOKENS; i++) { /* each token's 16 lanes in registers */
+        float32x4_t v[16];
+        UNROLL
+        for (int j = 0; j < 16; j++) v[j] = L[j][i];
+        r4_store(r4_tree(v), G, r0, r1, out + (size_t)(t + i) * out_stride);
+    }
 }
 
 ALWAYS void dot_r4_tiles(int kind, const qact *x, const qmat *w, int r0, int r1, float *out, size_t out_stride) {
     if (r0 >= r1) return;
     const int tiled = 16 * x->ntile < x->ntok ? 16 * x->ntile : x->ntok; /* tokens with scales in dt */
-    const int steps = tiled / R4_TILE_TOKENS * R4_TILE_TOKENS;
+    const int steps = w->ngroups <= R4_TILE_MAX_GROUPS ? tiled / R4_TILE_TOKENS * R4_TILE_TOKENS : 0;
+    float ds[R4_TILE_MAX_GROUPS * R4], ms[R4_TILE_MAX_GROUPS * R4];
     for (int G = r0 / R4; G * R4 < r1; G++) {
+        if (steps) {
+            r4_tile_scales(w->d, w, G, ds);
+            if (kind == K_Q4A) r4_tile_scales(w->m, w, G, ms);
+        }
         for (int t = 0; t < steps; t += R4_TILE_TOKENS) {
-            if (R4_GROUP_STEP(w->gs / QK)) r4_tile(kind, 1, x, w, G, t, r0, r1, out, out_stride);
-            else r4_tile(kind, 0, x, w, G, t, r0, r1, out, out_stride);
+            if (R4_GROUP_STEP(w->gs / QK)) r4_tile(kind, 1, x, w, G, t, ds, ms, r0, r1, out, out_stride);
+            else r4_tile(kind, 0, x, w, G, t, ds, ms, r0, r1, out, out_stride);
         }
         r4_tokens(kind, x, w, G, steps, r0, r1, out, out_stride);
     }
+}
+
+/* Decoding by spans: the blocks of whole spans of 128 (qact.qp) in 4 lane
+ * groups, lanes 4c .. 4c+3 taking the 4 blocks of spans c, c + 4, c + 8, ...
+ * (block 4s + k is in lane (4s + k) % 16 = 4 (s % 4) + k), so that a span's
+ * activations load whole (ld1, 8 vectors) and serve its 4 blocks, only 4 lane
+ * vectors are live, and 2 blocks' sdot chains interleave (the in-order
+ * cores). BPG blocks per weight group, 1, 2 or 4: a span's scales at a fixed
+ * place. Sets f[0..3] to lanes 4c .. 4c+3 of the spans below `spans`. */
+ALWAYS void r4_spans(int kind, const int BPG, const uint8_t *q, const uint16_t *dg, const uint16_t *mg,
+                     const int8_t *xp, const float *xd, const int32_t *xs, int spans, const int c, float32x4_t *f) {
+    UNROLL
+    for (int k = 0; k < 4; k++) f[k] = vdupq_n_f32(0.0f);
+    /* span s's weights, activations, their scales and sums, the weights' scales */
+    const uint8_t *p = q + 256 * c;
+    const int8_t *xe = xp + 128 * c;
+    const float *dxp = xd + 4 * c;
+    const int32_t *sxp = xs + 4 * c;
+    const uint16_t *dp = dg + 4 * c / BPG * R4, *mp = kind == K_Q4A ? mg + 4 * c / BPG * R4 : NULL;
+    for (int s = c; s < spans; s += 4) {
+        R4_OPAQUE(p);
+        R4_OPAQUE(xe);
+        R4_OPAQUE(dxp);
+        R4_OPAQUE(dp);
+        int8x16x4_t ev = vld1q_s8_x4(xe), od = vld1q_s8_x4(xe + 64);
+        float32x4_t dx = vld1q_f32(dxp), sx = dx, d4[4], m4[4];
+        if (kind == K_Q4A) sx = vcvtq_f32_s32(vld1q_s32(sxp));
+        UNROLL
+        for (int k = 0; k < 4; k++) {
+            d4[k] = k % BPG ? d4[k - 1] : f16x4(dp + k / BPG * R4);
+            m4[k] = kind != K_Q4A ? d4[k] : k % BPG ? m4[k - 1] : f16x4(mp + k / BPG * R4);
+        }
+        UNROLL
+        for (int k = 0; k < 4; k += 2) {
+            uint8x16x4_t w0 = vld1q_u8_x4(p + 64 * k), w1 = vld1q_u8_x4(p + 64 * k + 64);
+            int32x4_t a0 = vdupq_n_s32(0), a1 = a0;
+            UNROLL
+            for (int c4 = 0; c4 < 4; c4++) {
+                int8x16_t lo0, hi0, lo1, hi1;
+                unpack_nibbles(kind, w0.val[c4], &lo0, &hi0);
+                unpack_nibbles(kind, w1.val[c4], &lo1, &hi1);
+                a0 = SDOT_LANE(a0, lo0, ev.val[k], c4);
+                a1 = SDOT_LANE(a1, lo1, ev.val[k + 1], c4);
+                a0 = SDOT_LANE(a0, hi0, od.val[k], c4);
+                a1 = SDOT_LANE(a1, hi1, od.val[k + 1], c4);
+            }
+            float32x4_t t0 = vmulq_f32(R4_MUL_LANE(d4[k], dx, k), isum_f32(kind, a0));
+            float32x4_t t1 = vmulq_f32(R4_MUL_LANE(d4[k + 1], dx, k + 1), isum_f32(kind, a1));
+            if (kind == K_Q4A) {
+                t0 = vaddq_f32(t0, R4_MUL_LANE(R4_MUL_LANE(m4[k], dx, k), sx, k));
+                t1 = vaddq_f32(t1, R4_MUL_LANE(R4_MUL_LANE(m4[k + 1], dx, k + 1), sx, k + 1));
+            }
+            f[k] = vaddq_f32(f[k], t0);
+            f[k + 1] = vaddq_f32(f[k + 1], t1);
+        }
+        p += 4 * 4 * 64;
+        xe += 4 * 128;
+        dxp += 16;
+        dp += 16 / BPG * R4;
+        if (kind == K_Q4A) {
+            sxp += 16;
+            mp += 16 / BPG * R4;
+        }
+    }
+}
+
+/* r4_spans over the 4 lane groups, then the contract's tree */
+ALWAYS float32x4_t r4_spans_tree(int kind, const int BPG, const uint8_t *q, const uint16_t *dg,
+                                 const uint16_t *mg, const int8_t *xp, const float *xd, const int32_t *xs,
+                                 int spans) {
+    float lane_mem[16 * 4]; /* in memory: 12 lane vectors kept in registers would spill in the loop */
+    UNROLL
+    for (int c = 0; c < 4; c++) {
+        float32x4_t f[4];
+        r4_spans(kind, BPG, q, dg, mg, xp, xd, xs, spans, c, f);
+        st1_x4(lane_mem + 16 * c, f);
+    }
+    float32x4_t L[16];
+    UNROLL
+    for (int c = 0; c < 4; c++) {
+        float32x4x4_t v = vld1q_f32_x4(lane_mem + 16 * c);
+        UNROLL
+        for (int k = 0; k < 4; k++) L[4 * c + k] = v.val[k];
+    }
+    return r4_tree(L);
+}
+
+/* Decoding a whole row of spans (nb a multiple of 4) for groups of 1, 2 or
+ * 4 blocks: r4_spans_tree */
+ALWAYS int r4_decode_whole(int kind, const qact *x, const qmat *w, int G, int t, float32x4_t *v) {
+    const int bpg = w->gs / QK, spans = x->nb / 4;
+    if ((bpg != 1 && bpg != 2 && bpg != 4) || x->nb % 4) return 0;
+    const uint8_t *q = w->q + (size_t)G * w->row_bytes;
+    const size_t sg = (size_t)G * (size_t)w->ngroups * R4;
+    const uint16_t *dg = w->d + sg, *mg = kind == K_Q4A ? w->m + sg : NULL;
+    const int8_t *xp = x->qp + (size_t)t * (size_t)x->n;
+    const float *xd = x->d + (size_t)t * (size_t)x->nb;
+    const int32_t *xs = x->s + (size_t)t * (size_t)x->nb;
+    if (bpg == 1) *v = r4_spans_tree(kind, 1, q, dg, mg, xp, xd, xs, spans);
+    else if (bpg == 2) *v = r4_spans_tree(kind, 2, q, dg, mg, xp, xd, xs, spans);
+    else *v = r4_spans_tree(kind, 4, q, dg, mg, xp, xd, xs, spans);
+    return 1;
 }
 
 ALWAYS int32x4_t r4_dot_bytes(int kind, const uint8_t *p, const int8_t *pe, const int8_t *po) {

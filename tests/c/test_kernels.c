@@ -8,8 +8,8 @@
  * every output inside it must be written), out_stride >= rows, padded weight
  * rows (row_bytes > the packed row), unaligned pointers, all-zero activation
  * blocks and weight groups, extreme values (int4 -8/7, int8 -128/127,
- * activations +-127), Q4A minimums, and activations made by rq4_quantize_act from
- * random floats.
+ * activations +-127, whole blocks of one sign), Q4A minimums, and
+ * activations made by rq4_quantize_act from random floats.
  *
  * Every buffer has its exact size (after a misaligning offset), so that a
  * kernel reading past a row, a token, a scale array or the last output is
@@ -140,10 +140,12 @@ static void fill_case(buffers *b, const shape *s) {
         for (int t = 0; t < ntok; t++) {
             for (int k = 0; k < nb; k++) {
                 int zero = mode == MODE_SPARSE && rnd() % 3 == 0;
+                int sign = mode == MODE_EXTREME ? rnd_int(-1, 1) : 0; /* a whole block of +-127: the sums' extremes */
                 int32_t sum = 0;
                 for (int i = k * QK; i < (k + 1) * QK; i++) {
                     int v;
                     if (zero) v = 0;
+                    else if (sign) v = 127 * sign;
                     else if (mode == MODE_EXTREME) v = rnd() % 2 ? 127 : -127;
                     else v = rnd_int(-127, 127);
                     x->q[(size_t)t * n + i] = (int8_t)v;
