@@ -500,6 +500,11 @@ def test_exporter_embedding_type(tmp_path, capsys, method):
     assert main([args[0], str(mixed), *args[1:], "--max-size", f"{budget}B"]) == 0
     assert os.path.getsize(mixed) <= budget
     assert read_rq4(mixed)[1]["tok_embeddings"].type == "q4t"
+    # the embedding's group size fixed, the layers' planned around it
+    assert main([args[0], str(mixed), *args[1:], "--max-size", f"{budget}B", "--embedding-group-size", "32"]) == 0
+    assert os.path.getsize(mixed) <= budget
+    emb = read_rq4(mixed)[1]["tok_embeddings"]
+    assert (emb.type, emb.group_size) == ("q4t", 32)
 
     capsys.readouterr()
     for bad in (["--layout", "r4"], ["--embedding-bits", "8"]):

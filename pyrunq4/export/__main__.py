@@ -95,8 +95,8 @@ def export(options, log=None, detail=None):
     budget = None
     if getattr(options, "max_size", None) is not None:
         budget = mix.parse_size(options.max_size)
-        if getattr(options, "float", False) or getattr(options, "embedding_group_size", None):
-            raise ExportError("--max-size chooses every group size: not with --float or --embedding-group-size")
+        if getattr(options, "float", False):
+            raise ExportError("--max-size chooses the group sizes of quantized matrices: not with --float")
         options.requantize = True   # every tensor at the group size the plan gives it
     method = methods.resolve_method(options)
     if method != getattr(options, "method", None):
@@ -191,7 +191,8 @@ def plan_max_size(src, header, names, options, budget):
     weight_type, embedding_type = methods.weight_type(options), methods.embedding_type(options)
     return mix.plan_export(header, names, src.blobs, read, weight_type, laid_out_type(weight_type, layout),
                            options.group_size, options.embedding_bits == 8, budget,
-                           embedding_type, laid_out_type(embedding_type, layout))
+                           embedding_type, laid_out_type(embedding_type, layout),
+                           getattr(options, "embedding_group_size", None))
 
 
 def laid_out_type(weight_type, layout):

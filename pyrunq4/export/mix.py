@@ -174,14 +174,15 @@ def rtn_errors(w, weight_type, choices):
 
 
 def plan_export(cfg, names, blobs, read, weight_type, file_type, base, embedding_q8, budget,
-                embedding_type=None, embedding_file_type=None):
+                embedding_type=None, embedding_file_type=None, embedding_group_size=None):
     """The exporter's plan for --max-size: {matrix name: group size} for a model
     with header cfg whose tensors are `names` (matrices and 1-D norms) and whose
     blobs are `blobs` ({name: bytes}), its matrices of weight_type written as
     file_type, the embedding (and an untied output) of embedding_type written as
     embedding_file_type (default: the matrices'; q8 when embedding_q8: fixed, not
-    planned), within `budget` bytes. read(name): the float matrix `name` of the
-    source (for the errors of round-to-nearest; read one at a time)."""
+    planned; embedding_group_size: fixed at that group size, not planned), within
+    `budget` bytes. read(name): the float matrix `name` of the source (for the
+    errors of round-to-nearest; read one at a time)."""
     shapes = matrix_shapes(cfg)
     types = {n: (embedding_type or weight_type) if n in EMBEDDINGS else weight_type for n in shapes}
     file_types = {n: (embedding_file_type or file_type) if n in EMBEDDINGS else file_type for n in shapes}
@@ -192,10 +193,13 @@ def plan_export(cfg, names, blobs, read, weight_type, file_type, base, embedding
             if not name.endswith("norm"):
                 raise MixError(f"--max-size: cannot plan the size of tensor {name!r}")
             fixed.append(entry_size(TYPE_F32, 1, dim, 0))
-    if embedding_q8:
-        for name in ("output", "tok_embeddings"):
+    fixed_groups = {}
+    if embedding_q8 or embedding_group_size:
+        for name in EMBEDDINGS:
             if name in shapes:
-                fixed.append(entry_size(TYPE_IDS["q8"], *shapes.pop(name), base))
+                fixed_groups[name] = embedding_group_size or base
+                fixed.append(entry_size(TYPE_IDS["q8" if embedding_q8 else file_types[name]], *shapes.pop(name),
+                                        fixed_groups[name]))
     fixed += [len(b) for b in (blobs or {}).values()]
     n_entries = len(names) + len(blobs or {})
     # fails early, before any matrix is read, if even the coarsest groups do not fit
@@ -206,4 +210,7 @@ def plan_export(cfg, names, blobs, read, weight_type, file_type, base, embedding
     for n, (rows, cols) in shapes.items():
         err = rtn_errors(read(n), types[n], group_choices(base))
         losses[n] = {g: rows * cols * sensitivity(n, n_layers) * e for g, e in err.items()}
-    return plan_group_sizes(shapes, losses, file_types, base, fixed, n_entries, budget)
+    plan = plan_group_sizes(shapes, losses, file_types, base, fixed, n_entries, budget)
+    if not embedding_q8:
+        plan.update(fixed_groups)
+    return plan
