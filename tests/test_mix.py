@@ -144,7 +144,7 @@ def test_exporter_max_size(tmp_path, capsys, method):
     assert np.mean((got - want) ** 2) < 0.05 * np.mean((want - want.mean()) ** 2)
     capsys.readouterr()
     for bad in (["--max-size", f"{sizes[128] - 1}B"], ["--max-size", "lots"],
-                ["--max-size", "1GB", "--embedding-group-size", "32"]):
+                ["--max-size", "1GB", "--float"]):
         out = tmp_path / "bad.rq4"
         assert main([hf.path, str(out), *args, *bad]) == 1
         err = capsys.readouterr().err

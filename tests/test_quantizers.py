@@ -463,3 +463,53 @@ def test_exporter_embedding_group_size(tmp_path, method):
     assert np.mean((got - want) ** 2) < 0.05 * np.mean((want - want.mean()) ** 2)
     assert main([hf.path, str(tmp_path / "bad.rq4"), "--embedding-group-size", "48", "-q"]) == 1
     assert not (tmp_path / "bad.rq4").exists()
+
+
+@pytest.mark.parametrize("method", ["mse", "gptq"])
+def test_exporter_embedding_type(tmp_path, capsys, method):
+    """--embedding-type q4t beside q4a layers: the embedding is q4t, every layer matrix
+    q4a, the engine runs the file, the same command gives the same bytes, and with
+    --max-size the file fits and its embedding is q4t too; r4 (no q4t layout) and
+    --embedding-bits 8 are one line and exit 1, with no file written."""
+    from fixtures import SENTENCES, make_hf_llama
+    from pyrunq4 import Model
+    from pyrunq4.export.__main__ import main
+    from pyrunq4.export.reader import read_rq4
+
+    hf = make_hf_llama(tmp_path / "hf", dtype="fp32")
+    calib = tmp_path / "calib.txt"
+    calib.write_text(" ".join(SENTENCES * 20))
+    args = [hf.path, "--method", method, "--weight-type", "q4a", "--embedding-type", "q4t",
+            "--group-size", "64", "--calib", str(calib), "--calib-tokens", "256", "--calib-seq-len", "64", "-q"]
+    paths = [tmp_path / "a.rq4", tmp_path / "b.rq4"]
+    for path in paths:
+        assert main([args[0], str(path), *args[1:]]) == 0
+    assert paths[0].read_bytes() == paths[1].read_bytes()
+    header, entries = read_rq4(paths[0])
+    assert entries["tok_embeddings"].type == "q4t"
+    assert {e.type for n, e in entries.items() if n.startswith("layers.") and hasattr(e, "q")} == {"q4a"}
+    w, cfg = weights_from_rq4(paths[0])
+    with Model(str(paths[0])) as m:
+        ids = m.tokenize(SENTENCES[0])[:32]
+        got = m.logits(ids)
+    want = R.forward(w, cfg, ids)
+    assert np.mean((got - want) ** 2) < 0.05 * np.mean((want - want.mean()) ** 2)
+
+    budget = os.path.getsize(paths[0]) + 4096
+    mixed = tmp_path / "mix.rq4"
+    assert main([args[0], str(mixed), *args[1:], "--max-size", f"{budget}B"]) == 0
+    assert os.path.getsize(mixed) <= budget
+    assert read_rq4(mixed)[1]["tok_embeddings"].type == "q4t"
+    # the embedding's group size fixed, the layers' planned around it
+    assert main([args[0], str(mixed), *args[1:], "--max-size", f"{budget}B", "--embedding-group-size", "32"]) == 0
+    assert os.path.getsize(mixed) <= budget
+    emb = read_rq4(mixed)[1]["tok_embeddings"]
+    assert (emb.type, emb.group_size) == ("q4t", 32)
+
+    capsys.readouterr()
+    for bad in (["--layout", "r4"], ["--embedding-bits", "8"]):
+        out = tmp_path / "bad.rq4"
+        assert main([args[0], str(out), *args[1:], *bad]) == 1
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and ("r4" in err or "embedding" in err), err
+        assert not out.exists()

@@ -17,7 +17,8 @@ from .quant import quantize_rtn
 from .quantizers import METHODS, WEIGHT_TYPES, calibration_sequences, quantize_mse, quantize_model, quantize_q4t
 
 __all__ = ["METHODS", "WEIGHT_TYPES", "DATA_FREE", "AUTO", "DATA_FREE_DEFAULT", "CALIBRATED_DEFAULT",
-           "add_arguments", "resolve_method", "make_quantizer", "make_stream", "weight_type", "calibration_ids",
+           "add_arguments", "resolve_method", "make_quantizer", "make_stream", "weight_type", "embedding_type",
+           "calibration_ids",
            "default_calibration_text"]
 
 DATA_FREE = ("rtn", "mse")
@@ -96,6 +97,11 @@ def weight_type(options):
     return getattr(options, "weight_type", None) or WEIGHT_TYPES[0]
 
 
+def embedding_type(options):
+    """The int4 type of tok_embeddings (and an untied output): --embedding-type, else weight_type."""
+    return getattr(options, "embedding_type", None) or weight_type(options)
+
+
 def default_calibration_text():
     """The default calibration text: the Python language reference / library
     help topics shipped with every CPython (pydoc_data.topics), English
@@ -162,7 +168,7 @@ def make_stream(source, header, options, group_sizes=None):
 
     return quantize_model(read, header, method, options.group_size, seqs,
                           act_order=bool(getattr(options, "act_order", False)),
-                          embed_qtype="q8" if getattr(options, "embedding_bits", 4) == 8 else None,
+                          embed_qtype="q8" if getattr(options, "embedding_bits", 4) == 8 else embedding_type(options),
                           progress=not quiet, weight_type=weight_type(options),
                           embed_group_size=getattr(options, "embedding_group_size", None),
                           group_sizes=group_sizes)

@@ -40,6 +40,7 @@ SIZE_UNITS = {"": 1, "b": 1, "kb": 10 ** 3, "mb": 10 ** 6, "gb": 10 ** 9,
 _SIZE_RE = re.compile(r"^\s*([0-9]+(?:\.[0-9]*)?)\s*([a-zA-Z]*)\s*$")
 
 LAYER_MATRICES = ("wq", "wk", "wv", "wo", "w1", "w2", "w3")
+EMBEDDINGS = ("tok_embeddings", "output")
 
 # KL divergence from the float model per million weights and unit of relative
 # squared error, by role and fifth of the layers: the KL of round-to-nearest
@@ -111,17 +112,17 @@ def file_size(entry_sizes, n_entries):
 
 def plan_group_sizes(shapes, losses, file_type, base, fixed_sizes, n_entries, budget):
     """{matrix name: group size} for the matrices `shapes` ({name: (rows, cols)}, file
-    order) of type file_type (q4s, q4a, q4t, or an interleaved one), each of
+    order) of type file_type (q4s, q4a, q4t, or an interleaved one; or {name: type}), each of
     group_choices(base), so that the file (those matrices, then the entries of
     fixed_sizes: bytes of the norms and blobs, the last one last in the file) is
     at most `budget` bytes. losses: {name: {group size: loss}}. Greedy: the step
     to the next finer group size that saves the most loss per extra byte first
     (ties: earlier matrix), skipping a step that would not fit. Raises MixError
     if even the coarsest groups do not fit."""
-    type_id = TYPE_IDS[file_type]
     choices = group_choices(base)
     names = list(shapes)
-    size = {(n, g): entry_size(type_id, *shapes[n], g) for n in names for g in choices}
+    type_id = {n: TYPE_IDS[file_type if isinstance(file_type, str) else file_type[n]] for n in names}
+    size = {(n, g): entry_size(type_id[n], *shapes[n], g) for n in names for g in choices}
     level = dict.fromkeys(names, 0)                 # index into choices
 
     def total():
@@ -172,14 +173,19 @@ def rtn_errors(w, weight_type, choices):
     return out
 
 
-def plan_export(cfg, names, blobs, read, weight_type, file_type, base, embedding_q8, budget):
+def plan_export(cfg, names, blobs, read, weight_type, file_type, base, embedding_q8, budget,
+                embedding_type=None, embedding_file_type=None, embedding_group_size=None):
     """The exporter's plan for --max-size: {matrix name: group size} for a model
     with header cfg whose tensors are `names` (matrices and 1-D norms) and whose
     blobs are `blobs` ({name: bytes}), its matrices of weight_type written as
-    file_type (the embedding q8 when embedding_q8: fixed, not planned), within
+    file_type, the embedding (and an untied output) of embedding_type written as
+    embedding_file_type (default: the matrices'; q8 when embedding_q8: fixed, not
+    planned; embedding_group_size: fixed at that group size, not planned), within
     `budget` bytes. read(name): the float matrix `name` of the source (for the
     errors of round-to-nearest; read one at a time)."""
     shapes = matrix_shapes(cfg)
+    types = {n: (embedding_type or weight_type) if n in EMBEDDINGS else weight_type for n in shapes}
+    file_types = {n: (embedding_file_type or file_type) if n in EMBEDDINGS else file_type for n in shapes}
     dim = int(cfg["dim"])
     fixed = []
     for name in names:
@@ -187,18 +193,24 @@ def plan_export(cfg, names, blobs, read, weight_type, file_type, base, embedding
             if not name.endswith("norm"):
                 raise MixError(f"--max-size: cannot plan the size of tensor {name!r}")
             fixed.append(entry_size(TYPE_F32, 1, dim, 0))
-    if embedding_q8:
-        for name in ("output", "tok_embeddings"):
+    fixed_groups = {}
+    if embedding_q8 or embedding_group_size:
+        for name in EMBEDDINGS:
             if name in shapes:
-                fixed.append(entry_size(TYPE_IDS["q8"], *shapes.pop(name), base))
+                fixed_groups[name] = embedding_group_size or base
+                fixed.append(entry_size(TYPE_IDS["q8" if embedding_q8 else file_types[name]], *shapes.pop(name),
+                                        fixed_groups[name]))
     fixed += [len(b) for b in (blobs or {}).values()]
     n_entries = len(names) + len(blobs or {})
     # fails early, before any matrix is read, if even the coarsest groups do not fit
-    plan_group_sizes(shapes, {n: dict.fromkeys(group_choices(base), 0.0) for n in shapes}, file_type, base,
+    plan_group_sizes(shapes, {n: dict.fromkeys(group_choices(base), 0.0) for n in shapes}, file_types, base,
                      fixed, n_entries, budget)
     n_layers = int(cfg["n_layers"])
     losses = {}
     for n, (rows, cols) in shapes.items():
-        err = rtn_errors(read(n), weight_type, group_choices(base))
+        err = rtn_errors(read(n), types[n], group_choices(base))
         losses[n] = {g: rows * cols * sensitivity(n, n_layers) * e for g, e in err.items()}
-    return plan_group_sizes(shapes, losses, file_type, base, fixed, n_entries, budget)
+    plan = plan_group_sizes(shapes, losses, file_types, base, fixed, n_entries, budget)
+    if not embedding_q8:
+        plan.update(fixed_groups)
+    return plan
