@@ -19,7 +19,8 @@
  * (xs = the block's sum of activations, from qact). Q8 with vpdpbusd likewise
  * uses w + 128 and subtracts 128 * xs. One weight step is unpacked once and
  * dotted with every token of a tile; the per-lane partial sums of 8 (or 16)
- * blocks are reduced together by one tree of blends and shuffles. Int4 reads
+ * blocks are reduced together by one tree of merges (blends and shuffles for
+ * Q8, unpacks for int4). Int4 reads
  * the activations in nibble order (qact.qp): 128 values (AVX-512) or 64
  * (256 bits) unpack with one mask and one shift, and the reduction is 4 to 1
  * instead of 8 to 1. Q8 stays in value order (qact.q).
@@ -144,17 +145,21 @@ ALWAYS TGT void pair_q4(int kind, const token_rows *x, const uint8_t *wq, int b,
 }
 
 /* 4 pair vectors (blocks 2j | 2j+1 in p[j], parts) -> lane i = the sum of
- * block i: HALF4P merges p0, p1 (and p2, p3) by 64-bit pairs, reduce4p the
- * two results by 32-bit lanes (blocks 0 4 2 6 | 1 5 3 7), widens them, then
- * one permute. The merges move whole 32-bit lanes, so they add parts. */
-#define MERGE8P(a, b, imm, SHUF) part_add(_mm256_blend_epi32((a), (b), (imm)), SHUF(_mm256_blend_epi32((b), (a), (imm))))
-#define HALF4P(p0, p1) MERGE8P((p0), (p1), 0xCC, SWAP64_8) /* blocks 0 0 2 2 | 1 1 3 3 */
-#define MERGE_ORDER 0, 4, 2, 6, 1, 5, 3, 7 /* lane L of merge4p's result: block MERGE_ORDER[L] */
+ * block i. Each 32-bit lane of a pair vector holds one block's part, so the
+ * merges interleave whole 32-bit lanes of two vectors (one unpack each for
+ * the low and high lanes) and add: HALF4P by 32-bit lanes (blocks 0 2 0 2 |
+ * 1 3 1 3 from p0, p1), merge4p the two results by 64-bit lanes (blocks 0 2
+ * 4 6 | 1 3 5 7), widened; reduce4p then permutes them into block order.
+ * Unpacks (two shuffles and an add) cost one instruction less per merge than
+ * blends and a shuffle. */
+#define HALF4P(p0, p1) part_add(_mm256_unpacklo_epi32((p0), (p1)), _mm256_unpackhi_epi32((p0), (p1)))
+#define MERGE_ORDER 0, 2, 4, 6, 1, 3, 5, 7 /* lane L of merge4p's result: block MERGE_ORDER[L] */
+#define MERGE_INVERSE 0, 4, 1, 5, 2, 6, 3, 7 /* lane i: the lane of merge4p's result with block i */
 ALWAYS TGT __m256i merge4p(const token_rows *x, __m256i a, __m256i b) {
-    return part_widen(MERGE8P(a, b, 0xAA, SWAP32_8), x->ones);
+    return part_widen(part_add(_mm256_unpacklo_epi64(a, b), _mm256_unpackhi_epi64(a, b)), x->ones);
 }
 ALWAYS TGT __m256i reduce4p(const token_rows *x, __m256i a, __m256i b) {
-    return _mm256_permutevar8x32_epi32(merge4p(x, a, b), _mm256_setr_epi32(MERGE_ORDER));
+    return _mm256_permutevar8x32_epi32(merge4p(x, a, b), _mm256_setr_epi32(MERGE_INVERSE));
 }
 
 /* One pair vector (blocks 0 | 1, a part) -> the sums of blocks 0, 1 in lanes
@@ -354,12 +359,13 @@ ALWAYS TGT void scales16m(const row_view *v, const uint16_t *h, int b0, int fast
 }
 
 /* The contract's final tree over 16 lanes held in merge order (lane L of
- * each half is lane MERGE_ORDER[L] of its 8): i + (i+8), then i + (i+4) at
- * neighbouring positions, i + (i+2) two apart, 0 + 1 at positions 0 and 4. */
+ * each half is lane MERGE_ORDER[L] of its 8): i + (i+8), then i + (i+4) two
+ * positions apart, i + (i+2) at neighbouring positions, 0 + 1 at positions 0
+ * and 4. */
 ALWAYS TGT float tree16m(__m256 lo, __m256 hi) {
     __m256 a = _mm256_add_ps(lo, hi);
-    a = _mm256_add_ps(a, _mm256_permute_ps(a, 0xB1));
     a = _mm256_add_ps(a, _mm256_permute_ps(a, 0x4E));
+    a = _mm256_add_ps(a, _mm256_permute_ps(a, 0xB1));
     return _mm_cvtss_f32(_mm_add_ss(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1)));
 }
 
