@@ -19,7 +19,8 @@
  * (xs = the block's sum of activations, from qact). Q8 with vpdpbusd likewise
  * uses w + 128 and subtracts 128 * xs. One weight step is unpacked once and
  * dotted with every token of a tile; the per-lane partial sums of 8 (or 16)
- * blocks are reduced together by one tree of blends and shuffles. Int4 reads
+ * blocks are reduced together by one tree of merges (blends and shuffles for
+ * Q8, unpacks for int4). Int4 reads
  * the activations in nibble order (qact.qp): 128 values (AVX-512) or 64
  * (256 bits) unpack with one mask and one shift, and the reduction is 4 to 1
  * instead of 8 to 1. Q8 stays in value order (qact.q).
@@ -144,17 +145,21 @@ ALWAYS TGT void pair_q4(int kind, const token_rows *x, const uint8_t *wq, int b,
 }
 
 /* 4 pair vectors (blocks 2j | 2j+1 in p[j], parts) -> lane i = the sum of
- * block i: HALF4P merges p0, p1 (and p2, p3) by 64-bit pairs, reduce4p the
- * two results by 32-bit lanes (blocks 0 4 2 6 | 1 5 3 7), widens them, then
- * one permute. The merges move whole 32-bit lanes, so they add parts. */
-#define MERGE8P(a, b, imm, SHUF) part_add(_mm256_blend_epi32((a), (b), (imm)), SHUF(_mm256_blend_epi32((b), (a), (imm))))
-#define HALF4P(p0, p1) MERGE8P((p0), (p1), 0xCC, SWAP64_8) /* blocks 0 0 2 2 | 1 1 3 3 */
-#define MERGE_ORDER 0, 4, 2, 6, 1, 5, 3, 7 /* lane L of merge4p's result: block MERGE_ORDER[L] */
+ * block i. Each 32-bit lane of a pair vector holds one block's part, so the
+ * merges interleave whole 32-bit lanes of two vectors (one unpack each for
+ * the low and high lanes) and add: HALF4P by 32-bit lanes (blocks 0 2 0 2 |
+ * 1 3 1 3 from p0, p1), merge4p the two results by 64-bit lanes (blocks 0 2
+ * 4 6 | 1 3 5 7), widened; reduce4p then permutes them into block order.
+ * Unpacks (two shuffles and an add) cost one instruction less per merge than
+ * blends and a shuffle. */
+#define HALF4P(p0, p1) part_add(_mm256_unpacklo_epi32((p0), (p1)), _mm256_unpackhi_epi32((p0), (p1)))
+#define MERGE_ORDER 0, 2, 4, 6, 1, 3, 5, 7 /* lane L of merge4p's result: block MERGE_ORDER[L] */
+#define MERGE_INVERSE 0, 4, 1, 5, 2, 6, 3, 7 /* lane i: the lane of merge4p's result with block i */
 ALWAYS TGT __m256i merge4p(const token_rows *x, __m256i a, __m256i b) {
-    return part_widen(MERGE8P(a, b, 0xAA, SWAP32_8), x->ones);
+    return part_widen(part_add(_mm256_unpacklo_epi64(a, b), _mm256_unpackhi_epi64(a, b)), x->ones);
 }
 ALWAYS TGT __m256i reduce4p(const token_rows *x, __m256i a, __m256i b) {
-    return _mm256_permutevar8x32_epi32(merge4p(x, a, b), _mm256_setr_epi32(MERGE_ORDER));
+    return _mm256_permutevar8x32_epi32(merge4p(x, a, b), _mm256_setr_epi32(MERGE_INVERSE));
 }
 
 /* One pair vector (blocks 0 | 1, a part) -> the sums of blocks 0, 1 in lanes
@@ -294,6 +299,22 @@ ALWAYS TGT void rows_q4(int kind, const int T, const qact *x, const qmat *w, int
 #define ROW1_BLOCKS 1024 /* a multiple of 16; 8 KiB of token1 */
 #define ROW1_ROWS 32
 
+/* Decoding streams the weights from memory once, and the hardware
+ * prefetchers stop at each page: the first read of the next page then waits
+ * for the walk of its page tables (nested ones in a VM) and for memory. So
+ * once per page the weight loop reads one byte a page ahead, within the
+ * matrix (end: the end of its weights), and the walk and the first line's
+ * miss overlap the rest of this page. A plain load, not a prefetch
+ * instruction: those may be dropped when they miss the TLB. Only for rows
+ * of whole 16-block steps: with a short tail after each step (SmolLM2's rows
+ * of 18 blocks) the same load made decoding slower (docs/PERFORMANCE.md).
+ * p: the next 16 blocks of a row. */
+#define TOUCH_PAGE 4096 /* the smallest x86 page; larger pages are multiples */
+ALWAYS void touch_next_page(const uint8_t *p, const uint8_t *end) {
+    if (((uintptr_t)p & (TOUCH_PAGE - 1)) < 16 * (QK / 2) && end - p > TOUCH_PAGE)
+        (void)*(volatile const uint8_t *)(p + TOUCH_PAGE);
+}
+
 /* One window of the token in merge order, zero past the row's end: per 8
  * blocks the activation scales and (Q4S) 8 x the block sums, to subtract
  * from the q + 8 products, or (Q4A) the block sums as floats. */
@@ -354,12 +375,13 @@ ALWAYS TGT void scales16m(const row_view *v, const uint16_t *h, int b0, int fast
 }
 
 /* The contract's final tree over 16 lanes held in merge order (lane L of
- * each half is lane MERGE_ORDER[L] of its 8): i + (i+8), then i + (i+4) at
- * neighbouring positions, i + (i+2) two apart, 0 + 1 at positions 0 and 4. */
+ * each half is lane MERGE_ORDER[L] of its 8): i + (i+8), then i + (i+4) two
+ * positions apart, i + (i+2) at neighbouring positions, 0 + 1 at positions 0
+ * and 4. */
 ALWAYS TGT float tree16m(__m256 lo, __m256 hi) {
     __m256 a = _mm256_add_ps(lo, hi);
-    a = _mm256_add_ps(a, _mm256_permute_ps(a, 0xB1));
     a = _mm256_add_ps(a, _mm256_permute_ps(a, 0x4E));
+    a = _mm256_add_ps(a, _mm256_permute_ps(a, 0xB1));
     return _mm_cvtss_f32(_mm_add_ss(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1)));
 }
 
@@ -378,6 +400,8 @@ ALWAYS TGT void rows1_q4(int kind, const qact *x, const qmat *w, int r0, int r1,
     const __m256i oidx = _mm256_srl_epi32(_mm256_setr_epi32(MERGE_ORDER), sh);
     const __m256i oidx8 = _mm256_srl_epi32(_mm256_add_epi32(_mm256_setr_epi32(MERGE_ORDER), _mm256_set1_epi32(8)), sh);
     const int step = nb <= ROW1_BLOCKS ? r1 - r0 : ROW1_ROWS; /* one window: no lanes kept */
+    const uint8_t *wend = w->q + (size_t)w->rows * w->row_bytes;
+    const int tiled = nb % 16 == 0; /* rows of whole 16-block steps: touch_next_page */
     token1 tk;
     __m256 kept[ROW1_ROWS][2];
     for (int ra = r0; ra < r1; ra += step) {
@@ -392,6 +416,7 @@ ALWAYS TGT void rows1_q4(int kind, const qact *x, const qmat *w, int r0, int r1,
                 if (wb0 > 0) lo = kept[r - ra][0], hi = kept[r - ra][1];
                 for (int b0 = wb0, g = 0; b0 < whole; b0 += 16, g += 2) {
                     __m256 d8, e8, m8, n8;
+                    if (tiled) touch_next_page(v.q + (size_t)b0 * (QK / 2), wend);
                     scales16m(&v, v.d, b0, fast, oidx, oidx8, &d8, &e8);
                     if (kind == K_Q4A) scales16m(&v, v.m, b0, fast, oidx, oidx8, &m8, &n8);
                     else m8 = d8, n8 = e8;
