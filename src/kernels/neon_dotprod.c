@@ -650,6 +650,88 @@ ALWAYS void r4_spans(int kind, const int BPG, const uint8_t *q, const uint16_t *
     }
 }
 
+/* Q4S decoding by spans, written out (r4_spans' order, its Q4S case): the
+ * in-order cores complete in order, so an instruction of 1 or 2 cycles
+ * issued after a 4-cycle sdot waits for it, and a block's chain of 8 sdot
+ * waits on itself. Here a span's 4 blocks go chunk by chunk: the 4 blocks'
+ * chunk c loaded and unpacked together, then their 8 sdot (4 independent
+ * chains, lo then hi) while chunk c + 1 loads. Fixed registers: v0-v3 the
+ * span's even activations (block k's in v k), v4-v7 its odd ones; v8-v11
+ * the 4 blocks' int32 sums, then their terms; v12-v15 the lane sums;
+ * v16-v19 and v27-v30 a chunk's bytes, then their high nibbles (x 16),
+ * alternately; v20-v23 the low nibbles (x 16), then the blocks' scales
+ * d * dx; v24 the mask 0xF0; v25 the activations' scales; v26 (and v31)
+ * the rows' fp16 scales. Loads are ldur: the same load as ldr, which
+ * LLVM's N1 model counts as 2 micro-ops at a scaled offset and 1 unscaled. */
+#define R4D_LD(Q, X, OFF) "ldur q" #Q ", [%x[" #X "], #" #OFF "]\n\t"
+#define R4D_W(Q, OFF) R4D_LD(Q, p, OFF)
+#define R4D_UNPACK(R0, R1, R2, R3)                                                                \
+    "shl v20.16b, v" #R0 ".16b, #4\n\tshl v21.16b, v" #R1 ".16b, #4\n\t"                          \
+    "shl v22.16b, v" #R2 ".16b, #4\n\tshl v23.16b, v" #R3 ".16b, #4\n\t"                          \
+    "and v" #R0 ".16b, v" #R0 ".16b, v24.16b\n\tand v" #R1 ".16b, v" #R1 ".16b, v24.16b\n\t"      \
+    "and v" #R2 ".16b, v" #R2 ".16b, v24.16b\n\tand v" #R3 ".16b, v" #R3 ".16b, v24.16b\n\t"
+/* chunk K's 8 sdot (high nibbles in v R0..R3), the instructions I0..I3 one
+ * after each pair */
+#define R4D_SDOTS(R0, R1, R2, R3, K, I0, I1, I2, I3)                                              \
+    R4_SD(8, 20, 0, K) R4_SD(9, 21, 1, K) I0 R4_SD(10, 22, 2, K) R4_SD(11, 23, 3, K) I1           \
+    R4_SD(8, R0, 4, K) R4_SD(9, R1, 5, K) I2 R4_SD(10, R2, 6, K) R4_SD(11, R3, 7, K) I3
+/* a span's blocks into lane sums v12-v15: SLOAD loads its rows' scales,
+ * SCALE makes v20-v23 the 4 blocks' d * dx; DSTEP bytes of fp16 scales
+ * from one span of the lane group to its next */
+#define R4D_SPAN(SLOAD, SCALE, DSTEP)                                                             \
+    R4D_W(16, 0) R4D_W(17, 64) R4D_W(18, 128) R4D_W(19, 192)                                      \
+    "ldur q25, [%x[dx]]\n\t" SLOAD                                                                \
+    R4D_LD(0, xe, 0) "shl v20.16b, v16.16b, #4\n\t" R4D_LD(1, xe, 16) "shl v21.16b, v17.16b, #4\n\t" \
+    R4D_LD(2, xe, 32) "shl v22.16b, v18.16b, #4\n\t" R4D_LD(3, xe, 48) "shl v23.16b, v19.16b, #4\n\t" \
+    R4D_LD(4, xe, 64) "and v16.16b, v16.16b, v24.16b\n\t" R4D_LD(5, xe, 80) "and v17.16b, v17.16b, v24.16b\n\t" \
+    R4D_LD(6, xe, 96) "and v18.16b, v18.16b, v24.16b\n\t" R4D_LD(7, xe, 112) "and v19.16b, v19.16b, v24.16b\n\t" \
+    "movi v8.4s, #0\n\tmovi v9.4s, #0\n\tmovi v10.4s, #0\n\tmovi v11.4s, #0\n\t"                  \
+    R4D_SDOTS(16, 17, 18, 19, 0, R4D_W(27, 16), R4D_W(28, 80), R4D_W(29, 144), R4D_W(30, 208))    \
+    R4D_UNPACK(27, 28, 29, 30)                                                                    \
+    R4D_SDOTS(27, 28, 29, 30, 1, R4D_W(16, 32), R4D_W(17, 96), R4D_W(18, 160), R4D_W(19, 224))    \
+    R4D_UNPACK(16, 17, 18, 19)                                                                    \
+    R4D_SDOTS(16, 17, 18, 19, 2, R4D_W(27, 48), R4D_W(28, 112), R4D_W(29, 176), R4D_W(30, 240))   \
+    R4D_UNPACK(27, 28, 29, 30)                                                                    \
+    R4D_SDOTS(27, 28, 29, 30, 3, "", "", "", "")                                                  \
+    R4_CVT(8) R4_CVT(9) R4_CVT(10) R4_CVT(11) SCALE                                               \
+    R4_MUL(8, 20) R4_MUL(9, 21) R4_MUL(10, 22) R4_MUL(11, 23)                                     \
+    R4_ADD(12, 12, 8) R4_ADD(13, 13, 9) R4_ADD(14, 14, 10) R4_ADD(15, 15, 11)                     \
+    "add %x[p], %x[p], #1024\n\tadd %x[xe], %x[xe], #512\n\tadd %x[dx], %x[dx], #64\n\t"         \
+    "add %x[dp], %x[dp], #" #DSTEP "\n\tsubs %x[cnt], %x[cnt], #1\n\t"
+/* v20-v23 = the blocks' rows' scales (in v T) times lane k of dx */
+#define R4D_DX(T0, T1, T2, T3)                                                                    \
+    "fmul v20.4s, v" #T0 ".4s, v25.s[0]\n\tfmul v21.4s, v" #T1 ".4s, v25.s[1]\n\t"                \
+    "fmul v22.4s, v" #T2 ".4s, v25.s[2]\n\tfmul v23.4s, v" #T3 ".4s, v25.s[3]\n\t"
+#define R4D_G128 /* 1 weight group per span */                                                    \
+    R4D_SPAN("ldur d26, [%x[dp]]\n\t", "fcvtl v26.4s, v26.4h\n\t" R4D_DX(26, 26, 26, 26), 32)
+#define R4D_G64 /* 2 */                                                                           \
+    R4D_SPAN("ldur q26, [%x[dp]]\n\t", "fcvtl v31.4s, v26.4h\n\tfcvtl2 v26.4s, v26.8h\n\t"         \
+             R4D_DX(31, 31, 26, 26), 64)
+#define R4D_G32 /* 4 */                                                                           \
+    R4D_SPAN("ldur q26, [%x[dp]]\n\tldur q31, [%x[dp], #16]\n\t",                                 \
+             "fcvtl v20.4s, v26.4h\n\tfcvtl2 v21.4s, v26.8h\n\t"                                  \
+             "fcvtl v22.4s, v31.4h\n\tfcvtl2 v23.4s, v31.8h\n\t" R4D_DX(20, 21, 22, 23), 128)
+
+/* The lane sums of cnt >= 1 spans, 4 apart, into lane[0..15]: the first
+ * span's weights at p, its rows' fp16 scales at dp, activations at xe,
+ * their scales at dx; BPG blocks per weight group (1, 2 or 4) */
+#define R4D_ASM(BODY)                                                                             \
+    __asm__ volatile("movi v24.16b, #0xf0\n\tmovi v12.4s, #0\n\tmovi v13.4s, #0\n\t"              \
+                     "movi v14.4s, #0\n\tmovi v15.4s, #0\n"                                       \
+                     "1:\n\t" BODY "b.ne 1b\n\t"                                                  \
+                     "st1 {v12.4s, v13.4s, v14.4s, v15.4s}, [%x[lane]]\n\t"                      \
+                     : [p] "+r"(p), [dp] "+r"(dp), [xe] "+r"(xe), [dx] "+r"(dx), [cnt] "+r"(cnt)  \
+                     : [lane] "r"(lane)                                                           \
+                     : "cc", "memory", "v0", "v1", "v2", "v3", "v4", "v5", "v6", "v7", "v8", "v9",  \
+                       "v10", "v11", "v12", "v13", "v14", "v15", "v16", "v17", "v18", "v19", "v20", \
+                       "v21", "v22", "v23", "v24", "v25", "v26", "v27", "v28", "v29", "v30", "v31")
+ALWAYS void r4_q4s_spans(const int BPG, const uint8_t *p, const uint16_t *dp, const int8_t *xe, const float *dx,
+                         size_t cnt, float *lane) {
+    if (BPG == 4) R4D_ASM(R4D_G128);
+    else if (BPG == 2) R4D_ASM(R4D_G64);
+    else R4D_ASM(R4D_G32);
+}
+
 /* r4_spans over the 4 lane groups, then the contract's tree */
 ALWAYS float32x4_t r4_spans_tree(int kind, const int BPG, const uint8_t *q, const uint16_t *dg,
                                  const uint16_t *mg, const int8_t *xp, const float *xd, const int32_t *xs,
@@ -657,9 +739,14 @@ ALWAYS float32x4_t r4_spans_tree(int kind, const int BPG, const uint8_t *q, cons
     float lane_mem[16 * 4]; /* in memory: 12 lane vectors kept in registers would spill in the loop */
     UNROLL
     for (int c = 0; c < 4; c++) {
-        float32x4_t f[4];
-        r4_spans(kind, BPG, q, dg, mg, xp, xd, xs, spans, c, f);
-        st1_x4(lane_mem + 16 * c, f);
+        if (kind == K_Q4S && c < spans) {
+            r4_q4s_spans(BPG, q + 256 * c, dg + 4 * c / BPG * R4, xp + 128 * c, xd + 4 * c,
+                         (size_t)((spans - 1 - c) / 4 + 1), lane_mem + 16 * c);
+        } else {
+            float32x4_t f[4];
+            r4_spans(kind, BPG, q, dg, mg, xp, xd, xs, spans, c, f);
+            st1_x4(lane_mem + 16 * c, f);
+        }
     }
     float32x4_t L[16];
     UNROLL
