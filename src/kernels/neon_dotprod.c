@@ -624,7 +624,8 @@ ALWAYS void dot_r4_tiles(int kind, const qact *x, const qmat *w, int r0, int r1,
     "fmul v" #D2 ".4s, v" #T2 ".4s, v" #S ".s[2]\n\tfmul v" #D3 ".4s, v" #T3 ".4s, v" #S ".s[3]\n\t"
 /* A span's blocks into lane sums v12-v15: LO, HI and CVT the kind's
  * unpacking and conversion, SLOAD loads the rows' scales and SCALE makes
- * v20-v23 the 4 blocks' d * dx, MIN adds the minimums' terms (Q4A); DSTEP
+ * v20-v23 the 4 blocks' d * dx (among the last chunk's sdot, once its low
+ * nibbles are read), MIN adds the minimums' terms (Q4A); DSTEP
  * bytes of fp16 scales from one span of the lane group to its next */
 #define R4D_SPAN(LO, HI, CVT, SLOAD, SCALE, MIN, DSTEP)                                           \
     R4D_W(16, 0) R4D_W(17, 64) R4D_W(18, 128) R4D_W(19, 192) "ldur q25, [%x[dx]]\n\t" SLOAD       \
@@ -638,8 +639,8 @@ ALWAYS void dot_r4_tiles(int kind, const qact *x, const qmat *w, int r0, int r1,
     R4D_UNPACK(LO, HI, 16, 17, 18, 19)                                                            \
     R4D_SDOTS(16, 17, 18, 19, 2, R4D_W(27, 48), R4D_W(28, 112), R4D_W(29, 176), R4D_W(30, 240))   \
     R4D_UNPACK(LO, HI, 27, 28, 29, 30)                                                            \
-    R4D_SDOTS(27, 28, 29, 30, 3, "", "", "", "")                                                  \
-    CVT(8) CVT(9) CVT(10) CVT(11) SCALE                                                           \
+    R4D_SDOTS(27, 28, 29, 30, 3, "", SCALE, "", "")                                               \
+    CVT(8) CVT(9) CVT(10) CVT(11)                                                                 \
     R4_MUL(8, 20) R4_MUL(9, 21) R4_MUL(10, 22) R4_MUL(11, 23) MIN                                 \
     R4_ADD(12, 12, 8) R4_ADD(13, 13, 9) R4_ADD(14, 14, 10) R4_ADD(15, 15, 11)                     \
     "add %x[p], %x[p], #1024\n\tadd %x[xe], %x[xe], #512\n\tadd %x[dx], %x[dx], #64\n\t"         \
