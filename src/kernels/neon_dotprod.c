@@ -589,64 +589,119 @@ ALWAYS void dot_r4_tiles(int kind, const qact *x, const qmat *w, int r0, int r1,
 /* Decoding by spans: the blocks of whole spans of 128 (qact.qp) in 4 lane
  * groups, lanes 4c .. 4c+3 taking the 4 blocks of spans c, c + 4, c + 8, ...
  * (block 4s + k is in lane (4s + k) % 16 = 4 (s % 4) + k), so that a span's
- * activations load whole (ld1, 8 vectors) and serve its 4 blocks, only 4 lane
- * vectors are live, and 2 blocks' sdot chains interleave (the in-order
- * cores). BPG blocks per weight group, 1, 2 or 4: a span's scales at a fixed
- * place. Sets f[0..3] to lanes 4c .. 4c+3 of the spans below `spans`. */
-ALWAYS void r4_spans(int kind, const int BPG, const uint8_t *q, const uint16_t *dg, const uint16_t *mg,
-                     const int8_t *xp, const float *xd, const int32_t *xs, int spans, const int c, float32x4_t *f) {
-    UNROLL
-    for (int k = 0; k < 4; k++) f[k] = vdupq_n_f32(0.0f);
-    /* span s's weights, activations, their scales and sums, the weights' scales */
-    const uint8_t *p = q + 256 * c;
-    const int8_t *xe = xp + 128 * c;
-    const float *dxp = xd + 4 * c;
-    const int32_t *sxp = xs + 4 * c;
-    const uint16_t *dp = dg + 4 * c / BPG * R4, *mp = kind == K_Q4A ? mg + 4 * c / BPG * R4 : NULL;
-    for (int s = c; s < spans; s += 4) {
-        R4_OPAQUE(p);
-        R4_OPAQUE(xe);
-        R4_OPAQUE(dxp);
-        R4_OPAQUE(dp);
-        int8x16x4_t ev = vld1q_s8_x4(xe), od = vld1q_s8_x4(xe + 64);
-        float32x4_t dx = vld1q_f32(dxp), sx = dx, d4[4], m4[4];
-        if (kind == K_Q4A) sx = vcvtq_f32_s32(vld1q_s32(sxp));
-        UNROLL
-        for (int k = 0; k < 4; k++) {
-            d4[k] = k % BPG ? d4[k - 1] : f16x4(dp + k / BPG * R4);
-            m4[k] = kind != K_Q4A ? d4[k] : k % BPG ? m4[k - 1] : f16x4(mp + k / BPG * R4);
-        }
-        UNROLL
-        for (int k = 0; k < 4; k += 2) {
-            uint8x16x4_t w0 = vld1q_u8_x4(p + 64 * k), w1 = vld1q_u8_x4(p + 64 * k + 64);
-            int32x4_t a0 = vdupq_n_s32(0), a1 = a0;
-            UNROLL
-            for (int c4 = 0; c4 < 4; c4++) {
-                int8x16_t lo0, hi0, lo1, hi1;
-                unpack_nibbles(kind, w0.val[c4], &lo0, &hi0);
-                unpack_nibbles(kind, w1.val[c4], &lo1, &hi1);
-                a0 = SDOT_LANE(a0, lo0, ev.val[k], c4);
-                a1 = SDOT_LANE(a1, lo1, ev.val[k + 1], c4);
-                a0 = SDOT_LANE(a0, hi0, od.val[k], c4);
-                a1 = SDOT_LANE(a1, hi1, od.val[k + 1], c4);
-            }
-            float32x4_t t0 = vmulq_f32(R4_MUL_LANE(d4[k], dx, k), isum_f32(kind, a0));
-            float32x4_t t1 = vmulq_f32(R4_MUL_LANE(d4[k + 1], dx, k + 1), isum_f32(kind, a1));
-            if (kind == K_Q4A) {
-                t0 = vaddq_f32(t0, R4_MUL_LANE(R4_MUL_LANE(m4[k], dx, k), sx, k));
-                t1 = vaddq_f32(t1, R4_MUL_LANE(R4_MUL_LANE(m4[k + 1], dx, k + 1), sx, k + 1));
-            }
-            f[k] = vaddq_f32(f[k], t0);
-            f[k + 1] = vaddq_f32(f[k + 1], t1);
-        }
-        p += 4 * 4 * 64;
-        xe += 4 * 128;
-        dxp += 16;
-        dp += 16 / BPG * R4;
-        if (kind == K_Q4A) {
-            sxp += 16;
-            mp += 16 / BPG * R4;
-        }
+ * activations load whole (8 vectors) and serve its 4 blocks. Written out:
+ * the in-order cores complete in order, so an instruction of 1 or 2 cycles
+ * issued after a 4-cycle sdot waits for it, and a block's chain of 8 sdot
+ * waits on itself; here a span's 4 blocks go chunk by chunk, the 4 blocks'
+ * chunk c loaded and unpacked together, then their 8 sdot (4 independent
+ * chains, low nibbles then high) while chunk c + 1 loads. Fixed registers:
+ * v0-v3 the span's even activations (block k's in v k), v4-v7 its odd ones,
+ * then (Q4A) the minimums' terms; v8-v11 the 4 blocks' int32 sums, then
+ * their terms; v12-v15 the lane sums; v16-v19 and v27-v30 a chunk's bytes,
+ * then their high nibbles, alternately; v20-v23 the low nibbles, then the
+ * blocks' d * dx; v24 the nibble mask; v25 the activations' scales; v26
+ * (and v31) the rows' fp16 scales. Loads are ldur: the same load as ldr,
+ * which LLVM's N1 model counts as 2 micro-ops at a scaled offset, 1 at an
+ * unscaled one. */
+#define R4D_LD(Q, X, OFF) "ldur q" #Q ", [%x[" #X "], #" #OFF "]\n\t"
+#define R4D_W(Q, OFF) R4D_LD(Q, p, OFF)
+/* the low nibbles of v R into v D, the high ones in place: Q4S as 16 x
+ * value (mask 0xF0), Q4A unsigned (mask 0x0F) */
+#define R4D_LO_Q4S(D, R) "shl v" #D ".16b, v" #R ".16b, #4\n\t"
+#define R4D_HI_Q4S(R) "and v" #R ".16b, v" #R ".16b, v24.16b\n\t"
+#define R4D_LO_Q4A(D, R) "and v" #D ".16b, v" #R ".16b, v24.16b\n\t"
+#define R4D_HI_Q4A(R) "ushr v" #R ".16b, v" #R ".16b, #4\n\t"
+#define R4D_CVT_Q4A(A) "scvtf v" #A ".4s, v" #A ".4s\n\t"
+#define R4D_UNPACK(LO, HI, R0, R1, R2, R3) LO(20, R0) LO(21, R1) LO(22, R2) LO(23, R3) HI(R0) HI(R1) HI(R2) HI(R3)
+/* chunk K's 8 sdot (high nibbles in v R0..R3), the instructions I0..I3 one
+ * after each pair */
+#define R4D_SDOTS(R0, R1, R2, R3, K, I0, I1, I2, I3)                                              \
+    R4_SD(8, 20, 0, K) R4_SD(9, 21, 1, K) I0 R4_SD(10, 22, 2, K) R4_SD(11, 23, 3, K) I1           \
+    R4_SD(8, R0, 4, K) R4_SD(9, R1, 5, K) I2 R4_SD(10, R2, 6, K) R4_SD(11, R3, 7, K) I3
+/* v T0..T3 times lane k of v S into v D..D+3 */
+#define R4D_LANES(D0, D1, D2, D3, T0, T1, T2, T3, S)                                              \
+    "fmul v" #D0 ".4s, v" #T0 ".4s, v" #S ".s[0]\n\tfmul v" #D1 ".4s, v" #T1 ".4s, v" #S ".s[1]\n\t" \
+    "fmul v" #D2 ".4s, v" #T2 ".4s, v" #S ".s[2]\n\tfmul v" #D3 ".4s, v" #T3 ".4s, v" #S ".s[3]\n\t"
+/* A span's blocks into lane sums v12-v15: LO, HI and CVT the kind's
+ * unpacking and conversion, SLOAD loads the rows' scales and SCALE makes
+ * v20-v23 the 4 blocks' d * dx (among the last chunk's sdot, once its low
+ * nibbles are read), MIN adds the minimums' terms (Q4A); DSTEP
+ * bytes of fp16 scales from one span of the lane group to its next */
+#define R4D_SPAN(LO, HI, CVT, SLOAD, SCALE, MIN, DSTEP)                                           \
+    R4D_W(16, 0) R4D_W(17, 64) R4D_W(18, 128) R4D_W(19, 192) "ldur q25, [%x[dx]]\n\t" SLOAD       \
+    R4D_LD(0, xe, 0) LO(20, 16) R4D_LD(1, xe, 16) LO(21, 17)                                      \
+    R4D_LD(2, xe, 32) LO(22, 18) R4D_LD(3, xe, 48) LO(23, 19)                                     \
+    R4D_LD(4, xe, 64) HI(16) R4D_LD(5, xe, 80) HI(17) R4D_LD(6, xe, 96) HI(18) R4D_LD(7, xe, 112) HI(19) \
+    "movi v8.4s, #0\n\tmovi v9.4s, #0\n\tmovi v10.4s, #0\n\tmovi v11.4s, #0\n\t"                  \
+    R4D_SDOTS(16, 17, 18, 19, 0, R4D_W(27, 16), R4D_W(28, 80), R4D_W(29, 144), R4D_W(30, 208))    \
+    R4D_UNPACK(LO, HI, 27, 28, 29, 30)                                                            \
+    R4D_SDOTS(27, 28, 29, 30, 1, R4D_W(16, 32), R4D_W(17, 96), R4D_W(18, 160), R4D_W(19, 224))    \
+    R4D_UNPACK(LO, HI, 16, 17, 18, 19)                                                            \
+    R4D_SDOTS(16, 17, 18, 19, 2, R4D_W(27, 48), R4D_W(28, 112), R4D_W(29, 176), R4D_W(30, 240))   \
+    R4D_UNPACK(LO, HI, 27, 28, 29, 30)                                                            \
+    R4D_SDOTS(27, 28, 29, 30, 3, "", SCALE, "", "")                                               \
+    CVT(8) CVT(9) CVT(10) CVT(11)                                                                 \
+    R4_MUL(8, 20) R4_MUL(9, 21) R4_MUL(10, 22) R4_MUL(11, 23) MIN                                 \
+    R4_ADD(12, 12, 8) R4_ADD(13, 13, 9) R4_ADD(14, 14, 10) R4_ADD(15, 15, 11)                     \
+    "add %x[p], %x[p], #1024\n\tadd %x[xe], %x[xe], #512\n\tadd %x[dx], %x[dx], #64\n\t"         \
+    "add %x[dp], %x[dp], #" #DSTEP "\n\tsubs %x[cnt], %x[cnt], #1\n\t"
+/* Q4A's minimums' terms (m * dx) * xs added to the terms v8-v11: the
+ * activations' sums at %[xs] into v2, the rows' minimums (at %[mp], loaded
+ * and converted by MLOAD and MCVT as the scales) times lane k of dx into
+ * v4-v7, then times lane k of v2 */
+#define R4D_MIN(MLOAD, MCVT, DSTEP)                                                               \
+    MLOAD "ldur q2, [%x[xs]]\n\tscvtf v2.4s, v2.4s\n\t" MCVT R4D_LANES(4, 5, 6, 7, 4, 5, 6, 7, 2)  \
+    R4_ADD(8, 8, 4) R4_ADD(9, 9, 5) R4_ADD(10, 10, 6) R4_ADD(11, 11, 7)                           \
+    "add %x[mp], %x[mp], #" #DSTEP "\n\tadd %x[xs], %x[xs], #64\n\t"
+/* By weight groups of 4 blocks (one a span), 2 and 1: the span's rows'
+ * scales loaded (into v26, v31) and times lane k of dx into v20-v23; its
+ * minimums loaded (into v0, v1) and times lane k of dx into v4-v7 */
+#define R4D_SLOAD_G4 "ldur d26, [%x[dp]]\n\t"
+#define R4D_SCALE_G4 "fcvtl v26.4s, v26.4h\n\t" R4D_LANES(20, 21, 22, 23, 26, 26, 26, 26, 25)
+#define R4D_MLOAD_G4 "ldur d0, [%x[mp]]\n\t"
+#define R4D_MCVT_G4 "fcvtl v0.4s, v0.4h\n\t" R4D_LANES(4, 5, 6, 7, 0, 0, 0, 0, 25)
+#define R4D_SLOAD_G2 "ldur q26, [%x[dp]]\n\t"
+#define R4D_SCALE_G2 "fcvtl v31.4s, v26.4h\n\tfcvtl2 v26.4s, v26.8h\n\t" R4D_LANES(20, 21, 22, 23, 31, 31, 26, 26, 25)
+#define R4D_MLOAD_G2 "ldur q0, [%x[mp]]\n\t"
+#define R4D_MCVT_G2 "fcvtl v1.4s, v0.4h\n\tfcvtl2 v0.4s, v0.8h\n\t" R4D_LANES(4, 5, 6, 7, 1, 1, 0, 0, 25)
+#define R4D_SLOAD_G1 "ldur q26, [%x[dp]]\n\tldur q31, [%x[dp], #16]\n\t"
+#define R4D_SCALE_G1                                                                              \
+    "fcvtl v20.4s, v26.4h\n\tfcvtl2 v21.4s, v26.8h\n\tfcvtl v22.4s, v31.4h\n\tfcvtl2 v23.4s, v31.8h\n\t" \
+    R4D_LANES(20, 21, 22, 23, 20, 21, 22, 23, 25)
+#define R4D_MLOAD_G1 "ldur q0, [%x[mp]]\n\tldur q1, [%x[mp], #16]\n\t"
+#define R4D_MCVT_G1                                                                               \
+    "fcvtl v4.4s, v0.4h\n\tfcvtl2 v5.4s, v0.8h\n\tfcvtl v6.4s, v1.4h\n\tfcvtl2 v7.4s, v1.8h\n\t"     \
+    R4D_LANES(4, 5, 6, 7, 4, 5, 6, 7, 25)
+#define R4D_Q4S(G, DSTEP) R4D_SPAN(R4D_LO_Q4S, R4D_HI_Q4S, R4_CVT, R4D_SLOAD_##G, R4D_SCALE_##G, "", DSTEP)
+#define R4D_Q4A(G, DSTEP)                                                                         \
+    R4D_SPAN(R4D_LO_Q4A, R4D_HI_Q4A, R4D_CVT_Q4A, R4D_SLOAD_##G, R4D_SCALE_##G,                  \
+             R4D_MIN(R4D_MLOAD_##G, R4D_MCVT_##G, DSTEP), DSTEP)
+
+/* The lane sums of cnt >= 1 spans, 4 apart, into lane[0..15]: the first
+ * span's weights at p, its rows' fp16 scales at dp (minimums at mp),
+ * activations at xe, their scales at dx (sums at xs); MASK the nibble mask */
+#define R4D_ASM(MASK, BODY)                                                                       \
+    __asm__ volatile("movi v24.16b, #" MASK "\n\tmovi v12.4s, #0\n\tmovi v13.4s, #0\n\t"          \
+                     "movi v14.4s, #0\n\tmovi v15.4s, #0\n"                                       \
+                     "1:\n\t" BODY "b.ne 1b\n\t"                                                  \
+                     "st1 {v12.4s, v13.4s, v14.4s, v15.4s}, [%x[lane]]\n\t"                      \
+                     : [p] "+r"(p), [dp] "+r"(dp), [mp] "+r"(mp), [xe] "+r"(xe), [dx] "+r"(dx),   \
+                       [xs] "+r"(xs), [cnt] "+r"(cnt)                                             \
+                     : [lane] "r"(lane)                                                           \
+                     : "cc", "memory", "v0", "v1", "v2", "v3", "v4", "v5", "v6", "v7", "v8", "v9",  \
+                       "v10", "v11", "v12", "v13", "v14", "v15", "v16", "v17", "v18", "v19", "v20", \
+                       "v21", "v22", "v23", "v24", "v25", "v26", "v27", "v28", "v29", "v30", "v31")
+/* BPG blocks per weight group: 1, 2 or 4 */
+ALWAYS void r4_spans(int kind, const int BPG, const uint8_t *p, const uint16_t *dp, const uint16_t *mp,
+                     const int8_t *xe, const float *dx, const int32_t *xs, size_t cnt, float *lane) {
+    if (kind == K_Q4S) {
+        if (BPG == 4) R4D_ASM("0xf0", R4D_Q4S(G4, 32));
+        else if (BPG == 2) R4D_ASM("0xf0", R4D_Q4S(G2, 64));
+        else R4D_ASM("0xf0", R4D_Q4S(G1, 128));
+    } else {
+        if (BPG == 4) R4D_ASM("0x0f", R4D_Q4A(G4, 32));
+        else if (BPG == 2) R4D_ASM("0x0f", R4D_Q4A(G2, 64));
+        else R4D_ASM("0x0f", R4D_Q4A(G1, 128));
     }
 }
 
@@ -654,12 +709,16 @@ ALWAYS void r4_spans(int kind, const int BPG, const uint8_t *q, const uint16_t *
 ALWAYS float32x4_t r4_spans_tree(int kind, const int BPG, const uint8_t *q, const uint16_t *dg,
                                  const uint16_t *mg, const int8_t *xp, const float *xd, const int32_t *xs,
                                  int spans) {
-    float lane_mem[16 * 4]; /* in memory: 12 lane vectors kept in registers would spill in the loop */
+    float lane_mem[16 * 4]; /* written by r4_spans */
     UNROLL
     for (int c = 0; c < 4; c++) {
-        float32x4_t f[4];
-        r4_spans(kind, BPG, q, dg, mg, xp, xd, xs, spans, c, f);
-        st1_x4(lane_mem + 16 * c, f);
+        if (c < spans) {
+            const size_t sc = (size_t)(4 * c / BPG * R4);
+            r4_spans(kind, BPG, q + 256 * c, dg + sc, kind == K_Q4A ? mg + sc : NULL, xp + 128 * c, xd + 4 * c,
+                     xs + 4 * c, (size_t)((spans - 1 - c) / 4 + 1), lane_mem + 16 * c);
+        } else {
+            memset(lane_mem + 16 * c, 0, 16 * sizeof(float)); /* rows of fewer than 4 spans */
+        }
     }
     float32x4_t L[16];
     UNROLL
