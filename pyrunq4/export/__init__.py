@@ -9,7 +9,6 @@ Modules
     writer      Rq4Writer: streaming, atomic (temp file + fsync + os.replace)
     reader      read_rq4: pure-numpy mirror of the C loader; weights_from_rq4 for pyrunq4.reference
     quantizers  the algorithms: mse, gptq (and the experimental awq), quantize_model
-    fisher      per-row Fisher Hessians of the classifier (--fisher-rows)
     methods     the --method choices wired to them: options, per-matrix quantizer, tensor stream
     sources/    the checkpoints it reads (hf, bnb, gguf) and open_source, the one dispatch
     c_tokenizer whether the runq4 binary's C tokenizer takes a tokenizer.json

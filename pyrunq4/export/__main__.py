@@ -99,12 +99,6 @@ def export(options, log=None, detail=None):
             raise ExportError("--max-size chooses the group sizes of quantized matrices: not with --float")
         options.requantize = True   # every tensor at the group size the plan gives it
     method = methods.resolve_method(options)
-    fisher_rows = getattr(options, "fisher_rows", 0) or 0
-    if fisher_rows < 0:
-        raise ExportError(f"--fisher-rows: {fisher_rows} is negative")
-    if fisher_rows and (method != "gptq" or getattr(options, "embedding_bits", 4) == 8):
-        raise ExportError("--fisher-rows refines a GPTQ int4 classifier: it needs --method gptq "
-                          "and a 4-bit embedding")
     if method != getattr(options, "method", None):
         options = argparse.Namespace(**dict(vars(options), method=method))
     out = options.output

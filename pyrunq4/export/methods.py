@@ -47,10 +47,6 @@ def add_arguments(parser):
     g.add_argument("--act-order", action=argparse.BooleanOptionalAction, default=True,
                    help="gptq: quantize columns in order of decreasing Hessian diagonal "
                         "(static group scales, so groups stay contiguous in the file)")
-    g.add_argument("--fisher-rows", type=int, default=0, metavar="N",
-                   help="gptq: quantize the N rows of the tied classifier (or untied output) that "
-                        "the model predicts most on the calibration text again, each against its "
-                        "own Fisher Hessian (fisher.py, docs/QUALITY.md); 0: off")
     parser.add_argument("--rotate", action="store_true",
                         help="rotate the residual stream by a randomized Hadamard matrix folded into "
                              "the weights before quantizing (rotate.py; exact in float; a tied "
@@ -175,4 +171,4 @@ def make_stream(source, header, options, group_sizes=None):
                           embed_qtype="q8" if getattr(options, "embedding_bits", 4) == 8 else embedding_type(options),
                           progress=not quiet, weight_type=weight_type(options),
                           embed_group_size=getattr(options, "embedding_group_size", None),
-                          group_sizes=group_sizes, fisher_rows=int(getattr(options, "fisher_rows", 0) or 0))
+                          group_sizes=group_sizes)

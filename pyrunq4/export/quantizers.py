@@ -40,7 +40,7 @@ import numpy as np
 
 from .. import reference as R
 from ..progress import progress_bar
-from . import fisher, gptq
+from . import gptq
 from .quant import Q4T_LEVELS, QuantizedTensor, _apply, _group_reduce, dequantize, quantize_rtn
 
 __all__ = [
@@ -55,7 +55,6 @@ __all__ = [
     "search_params",
     "quantize_with_scales",
     "quantize_gptq",
-    "refine_predicted_rows",
     "hessian_accumulator",
     "quantize_model",
     "calibration_sequences",
@@ -445,7 +444,7 @@ def quantize_mse(w, group_size, imp=None, weight_type="q4s") -> QuantizedTensor:
 # ---------------------------------------------------------------------------
 
 def quantize_gptq(w, H, group_size, act_order=False, block_size=gptq.BLOCK, damp=0.01,
-                  static_groups=None, weight_type="q4s", params=None) -> QuantizedTensor:
+                  static_groups=None, weight_type="q4s") -> QuantizedTensor:
     """GPTQ of w (rows, cols) with Hessian H (cols, cols) ~ 2 X^T X of its inputs.
 
     Columns are quantized one at a time (in order of decreasing diag(H) with
@@ -456,8 +455,6 @@ def quantize_gptq(w, H, group_size, act_order=False, block_size=gptq.BLOCK, damp
     with static groups (the default with act_order) they are searched up front
     on the original weights, else when a group's first column is reached, on
     the error-updated weights (search_params, weighted by diag(H)).
-    params: a QuantizedTensor of w's shape and weight_type whose scales (mins,
-    table) are kept as they are: only the levels are chosen (static groups).
     Rows are done in chunks (gptq.row_chunks: each row depends only on H and
     its own scales), on every core (gptq.parallel_map)."""
     w = _check(w, group_size)
@@ -465,11 +462,8 @@ def quantize_gptq(w, H, group_size, act_order=False, block_size=gptq.BLOCK, damp
     H = np.asarray(H)
     if H.shape != (cols, cols):
         raise ValueError(f"Hessian shape {H.shape} does not match {cols} columns")
-    if params is not None and (params.type != weight_type or params.group_size != group_size
-                               or params.d.shape[0] != rows):
-        raise ValueError("params: not a tensor of this weight type, group size and height")
     if static_groups is None:
-        static_groups = act_order or params is not None
+        static_groups = act_order
     if act_order and not static_groups:
         # a group's columns are scattered in act order: its scale must be known up front
         raise ValueError("act_order needs static groups")
@@ -486,22 +480,19 @@ def quantize_gptq(w, H, group_size, act_order=False, block_size=gptq.BLOCK, damp
     inv[perm] = np.arange(cols)
     diag_p = diag[perm]
     ngroups = len(_group_bounds(cols, group_size))
-    d = np.zeros((rows, ngroups), np.float16) if params is None else params.d.copy()
-    m = (np.zeros((rows, ngroups), np.float16) if params is None else params.m.copy()) \
-        if weight_type == "q4a" else None
+    d = np.zeros((rows, ngroups), np.float16)
+    m = np.zeros((rows, ngroups), np.float16) if weight_type == "q4a" else None
     Q = np.empty((rows, cols), np.int8 if weight_type == "q4s" else np.uint8)
     # q4t: one table for the tensor, fitted to the original weights weighted by diag(H)
-    table = None
-    if weight_type == "q4t":
-        table = params.table if params is not None else \
-            fit_table(np.where(dead[None, :], np.float32(0), w), group_size, imp=diag)
+    table = fit_table(np.where(dead[None, :], np.float32(0), w), group_size, imp=diag) \
+        if weight_type == "q4t" else None
     levels = None if table is None else _table_mids(table)[0]
 
     def quantize_rows(chunk):
         r0, r1 = chunk
         Wc = np.array(w[r0:r1], dtype=np.float32)
         Wc[:, dead] = 0.0
-        if static_groups and params is None:
+        if static_groups:
             d[r0:r1], mc = search_params(Wc, group_size, weight_type, imp=diag, table=table)
             if m is not None:
                 m[r0:r1] = mc
@@ -547,29 +538,6 @@ def quantize_gptq(w, H, group_size, act_order=False, block_size=gptq.BLOCK, damp
 
     gptq.parallel_map(quantize_rows, gptq.row_chunks(rows))
     return QuantizedTensor(weight_type, group_size, Q, d, m, table=table)
-
-
-def refine_predicted_rows(w, qt, X, H, n_rows):
-    """qt (the GPTQ of the classifier w (vocab, dim) on the shared Hessian H of
-    its inputs X (positions, dim)) with its n_rows most predicted rows quantized
-    again, each against its own Fisher Hessian (fisher.py), their scales (mins,
-    table) kept: the rows' levels are what changes, columns in file order (it
-    measured closer to the float classifier than act order). Returns a new
-    QuantizedTensor."""
-    idx, p = fisher.top_predictions(X, w)
-    chosen, where = fisher.predicted_rows(idx, p, n_rows)
-    del idx, p
-
-    def requantize_row(v):
-        pos, probs = where[v]
-        own = QuantizedTensor(qt.type, qt.group_size, qt.q[v:v + 1], qt.d[v:v + 1],
-                              None if qt.m is None else qt.m[v:v + 1], table=qt.table)
-        return quantize_gptq(w[v:v + 1], fisher.row_hessian(X, pos, probs, H), qt.group_size,
-                             weight_type=qt.type, params=own).q
-
-    q = qt.q.copy()
-    q[chosen] = np.concatenate(gptq.parallel_map(requantize_row, chosen)) if len(chosen) else q[chosen]
-    return QuantizedTensor(qt.type, qt.group_size, q, qt.d, qt.m, layout=qt.layout, table=qt.table)
 
 
 class hessian_accumulator:
@@ -652,8 +620,7 @@ _LINEARS = ("wq", "wk", "wv", "wo", "w1", "w2", "w3")
 
 def quantize_model(get, cfg, method, group_size, calib_ids=None, act_order=False,
                    embed_method=None, embed_qtype=None, awq_alphas=(0.0, 0.25, 0.5, 0.75),
-                   progress=True, weight_type="q4s", embed_group_size=None, group_sizes=None,
-                   fisher_rows=0):
+                   progress=True, weight_type="q4s", embed_group_size=None, group_sizes=None):
     """Quantize a whole Llama model; yields (entry name, value): per layer
     attention_norm wq wk wv wo ffn_norm w1 w2 w3, then norm, then the classifier
     (output, untied) and tok_embeddings. value: QuantizedTensor, or a float32
@@ -674,9 +641,7 @@ def quantize_model(get, cfg, method, group_size, calib_ids=None, act_order=False
     The embedding table: embed_qtype "q8" (RTN int8) or weight_type (the default) by embed_method:
     rtn, mse, or gptq (default for gptq/awq): as the classifier it is a linear
     of the final-norm outputs, so when tied it gets GPTQ with the Hessian of
-    those outputs (the untied `output` likewise; the untied lookup table mse);
-    then, with fisher_rows, its fisher_rows most predicted rows are quantized
-    again against their own Fisher Hessians (refine_predicted_rows)."""
+    those outputs (the untied `output` likewise; the untied lookup table mse)."""
     if method not in METHODS + EXPERIMENTAL:
         raise ValueError(f"unknown method {method!r}; expected one of {METHODS + EXPERIMENTAL}")
     calibrated = method in ("gptq", "awq")
@@ -703,13 +668,12 @@ def quantize_model(get, cfg, method, group_size, calib_ids=None, act_order=False
                        quiet=not progress)
     timing = {"forward": 0.0, "quantize": 0.0}   # seconds: calibration forward/capture, GPTQ
 
-    def quantize_table(name, w, H=None, X=None):
+    def quantize_table(name, w, H=None):
         embed_gs = gs_of(name)
         if embed_qtype == "q8":
             return quantize_rtn(w, embed_gs, "q8")
         if embed_method == "gptq" and H is not None:
-            qt = quantize_gptq(w, H, embed_gs, act_order=act_order, weight_type=embed_qtype)
-            return refine_predicted_rows(w, qt, X, H, fisher_rows) if fisher_rows else qt
+            return quantize_gptq(w, H, embed_gs, act_order=act_order, weight_type=embed_qtype)
         if embed_method == "rtn":
             return quantize(w, "rtn", embed_gs, weight_type=embed_qtype)
         if embed_qtype == "q4t":  # one table for the whole tensor: not chunk by chunk
@@ -759,20 +723,18 @@ def quantize_model(get, cfg, method, group_size, calib_ids=None, act_order=False
 
     norm = np.asarray(get("norm"), dtype=np.float32).reshape(-1)
     yield "norm", norm
-    H = X = None
+    H = None
     if calibrated and embed_method == "gptq":
         # Hessian of the classifier's inputs: the final-norm outputs
-        X = np.concatenate([R.rms_norm(h, norm, float(cfg["norm_eps"]), np.float32) for h in hs])
         acc = hessian_accumulator(norm.shape[0])
-        acc.add(X)
+        for h in hs:
+            acc.add(R.rms_norm(h, norm, float(cfg["norm_eps"]), np.float32))
         H = acc.hessian()
         del hs
-        if not fisher_rows:
-            X = None
     if not tied:
-        yield "output", quantize_table("output", np.asarray(get("output"), dtype=np.float32), H, X)
-        H = X = None  # the untied lookup table is not a classifier
-    yield "tok_embeddings", quantize_table("tok_embeddings", np.asarray(get("tok_embeddings"), np.float32), H, X)
+        yield "output", quantize_table("output", np.asarray(get("output"), dtype=np.float32), H)
+        H = None  # the untied lookup table is not a classifier
+    yield "tok_embeddings", quantize_table("tok_embeddings", np.asarray(get("tok_embeddings"), np.float32), H)
     bar.update(1)
     bar.close()
 
