@@ -65,9 +65,9 @@ static rq4_status open_model(rq4_model *m, const char *path, const rq4_options *
     m->max_cols = m->q_dim > c->dim ? m->q_dim : c->dim;
     if (c->hidden_dim > m->max_cols) m->max_cols = c->hidden_dim;
     m->kernels = rq4_kernels_select();
-    /* with the 256-bit kernel sets (the AVX-512 set keeps attend's avx512f clone) */
-    m->attention_avx2 = (strcmp(m->kernels->name, "avx2") == 0 || strcmp(m->kernels->name, "avxvnni") == 0) &&
-                        rq4_attention_avx2_supported();
+    /* with every x86 SIMD set: AVX2 + F16C come with each, and the AVX-512
+     * set's attend clone converts a half at a time and has no query tiles */
+    m->attention_avx2 = strcmp(m->kernels->name, "scalar") != 0 && rq4_attention_avx2_supported();
 
     /* the weights: every tensor by name, with its shape */
     if ((s = rq4_map_weights(m, err))) return s;

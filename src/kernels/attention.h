@@ -1,7 +1,8 @@
 /* Internal: attention's two loops over the KV cache written for AVX2 + F16C
- * (src/kernels/attention_avx2.c), used by the engine when the AVX2 or AVX-VNNI
- * kernel set runs. They compute exactly what the engine's portable loops
- * compute, in the same order (multiplies and adds, never fused), so the
+ * (src/kernels/attention_avx2.c), used by the engine when any x86 SIMD
+ * kernel set runs (AVX2, AVX-VNNI, AVX-512 VNNI). They compute exactly what
+ * the engine's portable loops compute, in the same order (multiplies and
+ * adds, never fused), so the
  * results are the same bits; only the register use differs (sixteen ymm
  * registers: the portable code's 16-lane accumulators spill there).
  *
