@@ -65,9 +65,13 @@ static rq4_status open_model(rq4_model *m, const char *path, const rq4_options *
     m->max_cols = m->q_dim > c->dim ? m->q_dim : c->dim;
     if (c->hidden_dim > m->max_cols) m->max_cols = c->hidden_dim;
     m->kernels = rq4_kernels_select();
-    /* with the 256-bit kernel sets (the AVX-512 set keeps attend's avx512f clone) */
-    m->attention_avx2 = (strcmp(m->kernels->name, "avx2") == 0 || strcmp(m->kernels->name, "avxvnni") == 0) &&
-                        rq4_attention_avx2_supported();
+    /* with every x86 SIMD set (AVX2 + F16C come with each; the scalar set
+     * keeps the portable loops, the reference the others are tested against) */
+    m->attention = NULL;
+    if (strcmp(m->kernels->name, "avx512vnni") == 0 && rq4_attention_avx512_supported())
+        m->attention = &rq4_attention_avx512;
+    else if (strcmp(m->kernels->name, "scalar") != 0 && rq4_attention_avx2_supported())
+        m->attention = &rq4_attention_avx2;
 
     /* the weights: every tensor by name, with its shape */
     if ((s = rq4_map_weights(m, err))) return s;

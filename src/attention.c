@@ -158,6 +158,11 @@ static void cache_put(void *cache, int kv_type, size_t at, size_t stride, const 
     }
 }
 
+/* whether attend() runs the SIMD loops: a set has them and the heads fit */
+static int simd_attention(const rq4_model *m) {
+    return m->attention && m->config.head_dim % m->attention->hd_multiple == 0;
+}
+
 typedef struct attention_job {
     int layer;
     int pos0;            /* position of the chunk's first token */
@@ -166,11 +171,11 @@ typedef struct attention_job {
     int tile;            /* tokens per item (attention_tile) */
 } attention_job;
 
-/* The AVX2 path of one item: the rows (token, query head) of tokens t0 ..
+/* The SIMD path of one item: the rows (token, query head) of tokens t0 ..
  * t0 + nt - 1 and query heads h0 .. h0 + nh - 1, ATT_ROWS at a time over the
  * keys and then over the values, each row with its own causal length. Every
  * row's arithmetic is the portable loops' (attention.h). */
-static void attend_rows_avx2(const rq4_model *m, const attention_job *j, float *att, int t0, int nt, int h0, int nh) {
+static void attend_rows_simd(const rq4_model *m, const attention_job *j, float *att, int t0, int nt, int h0, int nh) {
     const rq4_config *c = &m->config;
     int hd = c->head_dim, kv_mul = c->n_heads / c->n_kv_heads, f16 = c->kv_type == RQ4_KV_F16;
     const size_t elem = f16 ? sizeof(uint16_t) : sizeof(float);
@@ -192,9 +197,9 @@ static void attend_rows_avx2(const rq4_model *m, const attention_job *j, float *
         }
         /* scores up to the last row's position for every row: the earlier
          * tokens' extra ones are past their n, never read */
-        rq4_attention_scores_avx2(q, nr, hd, keys, f16, scale, a, most);
-        for (int i = 0; i < nr; i++) rq4_attention_softmax_avx2(a[i], n[i]);
-        rq4_attention_values_avx2((const float *const *)a, n, nr, hd, values, f16, out);
+        m->attention->scores(q, nr, hd, keys, f16, scale, a, most);
+        for (int i = 0; i < nr; i++) m->attention->softmax(a[i], n[i]);
+        m->attention->values((const float *const *)a, n, nr, hd, values, f16, out);
     }
 }
 
@@ -215,8 +220,8 @@ VECTOR_CLONES static void attend(const rq4_model *m, void *arg, int thread, int 
     for (int item = start; item < end; item++) {
         int t0 = item / items_per_tile * j->tile, h0 = item % items_per_tile * nh;
         int nt = j->ntok - t0 < j->tile ? j->ntok - t0 : j->tile;
-        if (m->attention_avx2 && hd % 8 == 0) {
-            attend_rows_avx2(m, j, att, t0, nt, h0, nh);
+        if (simd_attention(m)) {
+            attend_rows_simd(m, j, att, t0, nt, h0, nh);
             continue;
         }
         for (int t = t0; t < t0 + nt; t++) {
@@ -286,7 +291,7 @@ void rq4_attention(rq4_model *m, int layer, int pos0, int ntok) {
     const rq4_config *c = &m->config;
     attention_job aj = {layer, pos0, ntok, c->n_heads / c->n_kv_heads, 1};
     if (ntok * c->n_kv_heads < 2 * c->n_threads) aj.heads_per_item = 1; /* decoding: one head per item */
-    if (m->attention_avx2 && c->head_dim % 8 == 0) aj.tile = attention_tile(aj.heads_per_item);
+    if (simd_attention(m)) aj.tile = attention_tile(aj.heads_per_item);
     int tiles = (ntok + aj.tile - 1) / aj.tile;
     rq4_run_parallel(m, attend, &aj, tiles * (c->n_heads / aj.heads_per_item));
 }

@@ -72,7 +72,7 @@ struct rq4_model {
     layer_weights *layers;  /* (n_layers) */
 
     const kernel_set *kernels;
-    int attention_avx2;     /* attend() through kernels/attention.h */
+    const rq4_attention_loops *attention; /* attend()'s SIMD loops (kernels/attention.h); NULL: the portable ones */
     int float_activations;
     int q_dim, kv_dim;      /* n_heads*head_dim, n_kv_heads*head_dim */
     int max_cols;           /* the longest matmul input: max(dim, q_dim, hidden_dim) */

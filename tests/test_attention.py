@@ -1,5 +1,5 @@
 """Attention over the KV cache: the x86 256-bit attention loops
-(src/kernels/attention_avx2.c, used with the avx2 and avxvnni kernel sets)
+(src/kernels/attention_avx2.c, used with every x86 SIMD kernel set)
 against the portable ones (used with the scalar set), bit for bit, end to end:
 every query-head grouping (1 to 4 heads per kv head, and the one-head items
 of decoding with 2 threads), head sizes that are and are not a multiple of 8

@@ -26,8 +26,6 @@
 #define ALWAYS_ATT static inline __attribute__((always_inline))
 
 
-int rq4_attention_avx2_supported(void) { return rq4_kernels_avx2_supported(); }
-
 /* 8 cache elements at element `at` as floats */
 ALWAYS_ATT TGT_ATT __m256 load8_cache(const void *cache, int f16, size_t at) {
     if (f16) return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)((const uint16_t *)cache + at)));
@@ -70,8 +68,8 @@ ALWAYS_ATT TGT_ATT void scores_rows(const float *const *q, const int NQ, int hd,
         scores_block(q, NQ, hd, keys, f16, (size_t)p0 * (size_t)hd, scale, out, p0, n - p0 < 16 ? n - p0 : 16);
 }
 
-TGT_ATT void rq4_attention_scores_avx2(const float *const *q, int nq, int hd, const void *keys, int f16, float scale,
-                                       float *const *out, int n) {
+TGT_ATT static void scores_avx2(const float *const *q, int nq, int hd, const void *keys, int f16, float scale,
+                                float *const *out, int n) {
     switch (nq) { /* a constant row count: the accumulators stay in registers */
     case 1: scores_rows(q, 1, hd, keys, f16, scale, out, n); break;
     case 2: scores_rows(q, 2, hd, keys, f16, scale, out, n); break;
@@ -81,12 +79,6 @@ TGT_ATT void rq4_attention_scores_avx2(const float *const *q, int nq, int hd, co
     default: scores_rows(q, 6, hd, keys, f16, scale, out, n); break;
     }
 }
-
-/* Positions per chunk of the weighted sums: every column pass over a chunk
- * after the first finds its value rows in L1 (64 rows of 64 halves: 8 KiB),
- * where passes over all positions would read each row from memory or L2
- * again per pass. */
-#define VALUES_CHUNK 64
 
 /* Columns c0 .. c0 + 8 * CW - 1 of NR rows' weighted sums over positions
  * [p0, p1): the accumulators (NR * CW <= 12 vectors, from out or +0.0f when
@@ -127,15 +119,8 @@ ALWAYS_ATT TGT_ATT void values_columns(const float *const *att, const int *n, co
  * pass (then single ones). */
 ALWAYS_ATT TGT_ATT void values_rows(const float *const *att, const int *n, const int NR, const int CW, int hd,
                                     const void *values, int f16, float *const *out) {
-    int lo = n[0], hi = n[0];
-    for (int r = 1; r < NR; r++) {
-        lo = n[r] < lo ? n[r] : lo;
-        hi = n[r] > hi ? n[r] : hi;
-    }
-    if (hi <= 0) { /* no position: the sums are +0.0f */
-        for (int r = 0; r < NR; r++) memset(out[r], 0, sizeof(float) * (size_t)hd);
-        return;
-    }
+    int lo, hi;
+    if (!attention_values_range(n, NR, hd, out, &lo, &hi)) return;
     for (int p0 = 0; p0 < hi; p0 += VALUES_CHUNK) {
         int p1 = hi - p0 < VALUES_CHUNK ? hi : p0 + VALUES_CHUNK, common = lo < p1 ? (lo > p0 ? lo : p0) : p1;
         int c0 = 0;
@@ -145,8 +130,8 @@ ALWAYS_ATT TGT_ATT void values_rows(const float *const *att, const int *n, const
     }
 }
 
-TGT_ATT void rq4_attention_values_avx2(const float *const *att, const int *n, int nr, int hd, const void *values,
-                                       int f16, float *const *out) {
+TGT_ATT static void values_avx2(const float *const *att, const int *n, int nr, int hd, const void *values, int f16,
+                                float *const *out) {
     switch (nr) { /* NR * CW accumulators, at most 12 of the 16 registers */
     case 1: values_rows(att, n, 1, 8, hd, values, f16, out); break;
     case 2: values_rows(att, n, 2, 4, hd, values, f16, out); break;
@@ -181,7 +166,7 @@ ALWAYS_ATT TGT_ATT __m256i first_lanes(int cnt) {
     return _mm256_cmpgt_epi32(_mm256_set1_epi32(cnt), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
 }
 
-TGT_ATT void rq4_attention_softmax_avx2(float *x, int n) {
+TGT_ATT static void softmax_avx2(float *x, int n) {
     /* the maximum: a > top ? a : top per lane (a NaN loses), then lane by lane */
     __m256 top0 = _mm256_set1_ps(x[0]), top1 = top0;
     int i = 0;
@@ -217,20 +202,14 @@ TGT_ATT void rq4_attention_softmax_avx2(float *x, int n) {
     for (; i < n; i++) x[i] *= 1.0f / sum; /* = the vector lanes' inv */
 }
 
+const rq4_attention_loops rq4_attention_avx2 = {8, scores_avx2, values_avx2, softmax_avx2};
+
+int rq4_attention_avx2_supported(void) { return rq4_kernels_avx2_supported(); }
+
 #else
 
+const rq4_attention_loops rq4_attention_avx2 = {8, 0, 0, 0};
+
 int rq4_attention_avx2_supported(void) { return 0; }
-
-void rq4_attention_softmax_avx2(float *x, int n) { (void)x, (void)n; }
-
-void rq4_attention_scores_avx2(const float *const *q, int nq, int hd, const void *keys, int f16, float scale,
-                               float *const *out, int n) {
-    (void)q, (void)nq, (void)hd, (void)keys, (void)f16, (void)scale, (void)out, (void)n;
-}
-
-void rq4_attention_values_avx2(const float *const *att, const int *n, int nr, int hd, const void *values, int f16,
-                               float *const *out) {
-    (void)att, (void)n, (void)nr, (void)hd, (void)values, (void)f16, (void)out;
-}
 
 #endif

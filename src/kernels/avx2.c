@@ -242,12 +242,22 @@ static inline __attribute__((always_inline)) TGT256 void tok8_dot(int kind, dot_
     }
 }
 
+TGT256 void rq4_avx2_tok8_q4s(dot_fn rest, const qact *x, const qmat *w, int r0, int r1, float *out,
+                              size_t out_stride) {
+    tok8_dot(K_Q4S, rest, x, w, r0, r1, out, out_stride);
+}
+
+TGT256 void rq4_avx2_tok8_q4a(dot_fn rest, const qact *x, const qmat *w, int r0, int r1, float *out,
+                              size_t out_stride) {
+    tok8_dot(K_Q4A, rest, x, w, r0, r1, out, out_stride);
+}
+
 static TGT256 void dot_q4s_tok8(const qact *x, const qmat *w, int r0, int r1, float *out, size_t out_stride) {
-    tok8_dot(K_Q4S, dot_q4s, x, w, r0, r1, out, out_stride);
+    rq4_avx2_tok8_q4s(dot_q4s, x, w, r0, r1, out, out_stride);
 }
 
 static TGT256 void dot_q4a_tok8(const qact *x, const qmat *w, int r0, int r1, float *out, size_t out_stride) {
-    tok8_dot(K_Q4A, dot_q4a, x, w, r0, r1, out, out_stride);
+    rq4_avx2_tok8_q4a(dot_q4a, x, w, r0, r1, out, out_stride);
 }
 
 #include "avx2_r4.h"

@@ -42,7 +42,17 @@ static inline __attribute__((always_inline)) TGTVNNI __m128i vnni_dot2_s(__m128i
 #define Q8_OFF 128
 #include "x86_256.h"
 
+/* Prompts' int4 tiles by avx2.c's tok8 (its 8 tokens per vector beat this
+ * file's tiles of 4 even with vpdpbusd here), the rest by this file's. */
+static TGTVNNI void dot_q4s_prompt(const qact *x, const qmat *w, int r0, int r1, float *out, size_t out_stride) {
+    rq4_avx2_tok8_q4s(dot_q4s, x, w, r0, r1, out, out_stride);
+}
+
+static TGTVNNI void dot_q4a_prompt(const qact *x, const qmat *w, int r0, int r1, float *out, size_t out_stride) {
+    rq4_avx2_tok8_q4a(dot_q4a, x, w, r0, r1, out, out_stride);
+}
+
 /* no interleaved kernels of its own: dispatch.c gives it the next set's (avx2) */
-const kernel_set rq4_kernels_avxvnni = {"avxvnni", dot_q4s, dot_q4a, dot_q8, NULL, NULL};
+const kernel_set rq4_kernels_avxvnni = {"avxvnni", dot_q4s_prompt, dot_q4a_prompt, dot_q8, NULL, NULL};
 
 #endif /* x86 with AVX-VNNI */

@@ -25,7 +25,7 @@ static const candidate candidates[] = {
 #ifdef RQ4_X86
     {&rq4_kernels_avx512vnni, rq4_kernels_avx512vnni_supported, 1},
 #ifdef RQ4_X86_AVXVNNI_COMPILED
-    {&rq4_kernels_avxvnni, rq4_kernels_avxvnni_supported, 0},
+    {&rq4_kernels_avxvnni, rq4_kernels_avxvnni_supported, 1},
 #endif
     {&rq4_kernels_avx2, rq4_kernels_avx2_supported, 1},
 #endif

@@ -58,6 +58,12 @@ static x86_features detect_x86(void) {
 #define TGT256 __attribute__((target("avx2,f16c")))
 
 enum { K_Q4S, K_Q4A, K_Q8 };
+
+/* avx2.c's prompt kernel for int4 (tok8: the tiles, 8 tokens per vector),
+ * also the AVX-VNNI set's: the tiles of x there, the tokens after them by
+ * `rest`. AVX2 and F16C only. */
+void rq4_avx2_tok8_q4s(dot_fn rest, const qact *x, const qmat *w, int r0, int r1, float *out, size_t out_stride);
+void rq4_avx2_tok8_q4a(dot_fn rest, const qact *x, const qmat *w, int r0, int r1, float *out, size_t out_stride);
 #define ALWAYS static inline __attribute__((always_inline))
 
 /* One weight row as the kernels read it. */
