@@ -64,6 +64,7 @@ enum { K_Q4S, K_Q4A, K_Q8 };
  * `rest`. AVX2 and F16C only. */
 void rq4_avx2_tok8_q4s(dot_fn rest, const qact *x, const qmat *w, int r0, int r1, float *out, size_t out_stride);
 void rq4_avx2_tok8_q4a(dot_fn rest, const qact *x, const qmat *w, int r0, int r1, float *out, size_t out_stride);
+
 #define ALWAYS static inline __attribute__((always_inline))
 
 /* One weight row as the kernels read it. */
