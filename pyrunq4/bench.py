@@ -65,7 +65,30 @@ def run_ours(args, ids):
             logits = m.feed([int(np.argmax(logits))])
         t3 = time.perf_counter()
         kernel = m.kernel
-    return {"prompt_s": t1 - t0, "ttft_s": t2 - t0, "decode_s": t3 - t1, "kernel": kernel}
+        huge = huge_page_share(args.model)
+    return {"prompt_s": t1 - t0, "ttft_s": t2 - t0, "decode_s": t3 - t1, "kernel": kernel, "huge": huge}
+
+
+def huge_page_share(path):
+    """The share of this process's mapping of `path` that the kernel maps in
+    2 MB pages (FilePmdMapped in /proc/self/smaps), or None where that cannot
+    be read. The page size moves decoding's speed (docs/PERFORMANCE.md)."""
+    target = os.path.realpath(path)
+    size = pmd = 0
+    ours = False
+    try:
+        with open("/proc/self/smaps") as f:
+            for line in f:
+                head = line.split()
+                if "-" in head[0] and len(head) >= 5:  # a mapping's first line
+                    ours = len(head) >= 6 and head[5] == target
+                elif ours and head[0] == "Size:":
+                    size += int(head[1])
+                elif ours and head[0] == "FilePmdMapped:":
+                    pmd += int(head[1])
+    except OSError:
+        return None
+    return pmd / size if size else None
 
 
 def run_llamacpp(args, ids):
@@ -232,6 +255,7 @@ def summarize(runs, n_prompt, n_decode):
         "ttft_ms": 1000 * med("ttft_s"),
         "peak_rss_mb": med("peak_rss_mb"),
         "kernel": runs[0]["kernel"],
+        "huge": runs[0].get("huge"),
     }
 
 
@@ -304,6 +328,9 @@ def main(argv=None):
     roof = bw / per_token
     print(f"roofline: {per_token / 1e6:.1f} MB of weights per token, read bandwidth {bw / 1e9:.1f} GB/s "
           f"({args.threads} threads) -> {roof:.0f} tok/s; ours reaches {stats['ours']['decode_tps'] / roof:.0%}")
+    huge = stats["ours"]["huge"]
+    if huge is not None:
+        print(f"weights mapped in 2 MB pages: {huge:.0%} (the rest in 4 KiB pages)")
 
 
 if __name__ == "__main__":

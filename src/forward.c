@@ -125,7 +125,8 @@ static void matmul_part(const rq4_model *m, const matmul_job *j, int part, int t
         dot_fn dot = w->type == RQ4_TYPE_Q4S ? k->dot_q4s : w->type == RQ4_TYPE_Q4A ? k->dot_q4a
                    : w->type == RQ4_TYPE_Q4S_R4 ? k->dot_q4s_r4 : w->type == RQ4_TYPE_Q4A_R4 ? k->dot_q4a_r4
                    : w->type == RQ4_TYPE_Q4T ? rq4_kernels_q4t(k) : k->dot_q8;
-        qmat mat = {w->q, w->d, w->m, w->row_bytes, w->cols, w->gs, w->ngroups, w->rows, w->table};
+        qmat mat = {w->q, w->d, w->m, w->row_bytes, w->cols, w->gs, w->ngroups, w->rows, w->table,
+                    m->small_pages};
         dot(j->xq, &mat, start, end, out, stride);
         return;
     }

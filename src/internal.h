@@ -62,6 +62,7 @@ struct rq4_model {
     int fd;
     uint8_t *map;         /* the whole file, read-only */
     size_t map_size;
+    int small_pages;      /* the mapping is in 4 KiB pages, not 2 MB ones (loader.c's huge_mapped) */
     int32_t n_entries;
     uint32_t *by_name;    /* (n_entries) entry indices sorted by name */
 

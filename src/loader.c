@@ -1,6 +1,7 @@
 /* The .rq4 file: mapping it, checking its header and table (every check
  * runq.c never made: sizes, offsets, finite scales, duplicate names), and
  * views of its tensors and blobs. */
+#define _DEFAULT_SOURCE /* madvise */
 #define _POSIX_C_SOURCE 200809L
 #define _FILE_OFFSET_BITS 64 /* files over 2 GB on 32-bit boards */
 #include "internal.h"
@@ -424,6 +425,31 @@ rq4_status rq4_map_weights(rq4_model *m, rq4_error *err) {
     return RQ4_OK;
 }
 
+#define HUGE_PAGE ((size_t)2 << 20) /* a page-table leaf one level up: x86-64, and arm64 with 4 KiB pages */
+
+/* Whether the kernel maps the file in huge pages (one TLB entry per 2 MB):
+ * reads the byte at the mapping's first huge-page boundary and asks how that
+ * region is mapped (FilePmdMapped in /proc/self/smaps, Linux). Page-cache
+ * pages that came in small stay small, so one region speaks for the file.
+ * What cannot be told counts as small pages. */
+static int huge_mapped(const uint8_t *map, size_t size) {
+    uintptr_t at = ((uintptr_t)map + HUGE_PAGE - 1) & ~(uintptr_t)(HUGE_PAGE - 1);
+    if (at + HUGE_PAGE > (uintptr_t)map + size) return 0;
+    (void)*(volatile const uint8_t *)at;
+    FILE *f = fopen("/proc/self/smaps", "re");
+    if (!f) return 0;
+    char line[512];
+    int ours = 0;
+    unsigned long kb = 0;
+    while (fgets(line, sizeof line, f)) {
+        unsigned long lo, hi;
+        if (sscanf(line, "%lx-%lx ", &lo, &hi) == 2) ours = lo <= at && at < hi;
+        else if (ours && sscanf(line, "FilePmdMapped: %lu kB", &kb) == 1) break;
+    }
+    fclose(f);
+    return kb > 0;
+}
+
 /* Maps the file read-only. */
 static rq4_status map_file(rq4_model *m, const char *path, rq4_error *err) {
     struct stat st;
@@ -439,7 +465,16 @@ static rq4_status map_file(rq4_model *m, const char *path, rq4_error *err) {
     m->map_size = (size_t)st.st_size;
     void *p = mmap(NULL, m->map_size, PROT_READ, MAP_PRIVATE, m->fd, 0);
     if (p == MAP_FAILED) return rq4_fail(err, RQ4_ERR_IO, "cannot map %s: %s", path, strerror(errno));
+#ifdef MADV_HUGEPAGE
+    /* Before the first read: pages that enter the page cache through a
+     * huge-page mapping come in 2 MB folios (where the kernel and file system
+     * support them) and are mapped with one TLB entry each, so decoding
+     * streams the weights at the speed of anonymous memory. The same pages,
+     * no second copy; failure only costs that speed. */
+    (void)madvise(p, m->map_size, MADV_HUGEPAGE);
+#endif
     m->map = p;
+    m->small_pages = !huge_mapped(m->map, m->map_size);
     return RQ4_OK;
 }
 

@@ -41,3 +41,26 @@ def test_vs_binary_prints_generate_stream_and_runq4(binary, tiny_tied):  # noqa:
     for name in ("ours", "generate", "stream", "runq4", "ratio generate/runq4", "ratio stream/runq4"):
         assert name in rows, r.stdout
     assert "token counts differ" not in r.stderr
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/smaps"), reason="Linux /proc only")
+def test_huge_page_share_of_a_mapped_file(tmp_path):
+    """The roofline's note on page sizes: a share for a file this process
+    maps, counted from smaps; None for one it does not map."""
+    import mmap
+
+    path = tmp_path / "weights.bin"
+    path.write_bytes(bytes(range(256)) * 4096 * 3)  # 3 MiB
+    with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as m:
+        assert sum(m[1::4096]) == len(m) // 4096  # every page read, so mapped
+        share = bench.huge_page_share(str(path))
+        assert share is not None and 0.0 <= share <= 1.0
+        assert bench.huge_page_share(str(tmp_path / "weights.bin.other")) is None
+    assert bench.huge_page_share(str(path)) is None  # unmapped again
+
+
+def test_huge_page_share_without_proc(monkeypatch):
+    def missing(*a, **k):
+        raise OSError("no such file")
+    monkeypatch.setattr("builtins.open", missing)
+    assert bench.huge_page_share("model.rq4") is None

@@ -260,7 +260,7 @@ static TGT256 qmat r4x_rowmajor(const qmat *w, int G, int groups, uint8_t (*q)[R
             if (w->m) m[i * ng + g] = w->m[at + (size_t)g * R4];
         }
     }
-    return (qmat){q[0], d, w->m ? m : NULL, R4X_TOK8_COLS / 2, w->cols, w->gs, ng, R4 * groups, NULL};
+    return (qmat){q[0], d, w->m ? m : NULL, R4X_TOK8_COLS / 2, w->cols, w->gs, ng, R4 * groups, NULL, 0};
 }
 
 ALWAYS TGT256 void dot_r4x_prompt(int kind, const qact *x, const qmat *w, int r0, int r1, float *out,

@@ -213,11 +213,20 @@ ALWAYS TGT void one_token(int kind, const qact *x, const qmat *w, int r, float *
     const int8_t *xr = x->q + (size_t)t * (size_t)x->n, *xp = x->qp + (size_t)t * (size_t)x->n;
     const float *xd = x->d + (size_t)t * (size_t)nb;
     const int32_t *xs = x->s + (size_t)t * (size_t)nb;
+    const size_t block_bytes = kind == K_Q8 ? QK : QK / 2;
+    const uint8_t *wend = w->q + (size_t)(w->rows - 1) * w->row_bytes + (size_t)nb * block_bytes;
+    const int touch = w->touch_pages && nb % 16 == 0; /* rows of whole steps: touch_next_page */
     __m512 lanes = _mm512_setzero_ps();
     int b0 = 0;
-    for (; b0 + 16 <= nb; b0 += 16)
+    for (; b0 + 16 <= nb; b0 += 16) {
+        prefetch_ahead(v.q + (size_t)b0 * block_bytes, 16 * block_bytes);
+        if (touch) touch_next_page(v.q + (size_t)b0 * block_bytes, 16 * block_bytes, wend);
         lanes = chunk16(kind, &v, xr, xp, xd, xs, b0, 16, lanes);
-    if (b0 < nb) lanes = chunk16(kind, &v, xr, xp, xd, xs, b0, nb - b0, lanes);
+    }
+    if (b0 < nb) {
+        prefetch_ahead(v.q + (size_t)b0 * block_bytes, (size_t)(nb - b0) * block_bytes);
+        lanes = chunk16(kind, &v, xr, xp, xd, xs, b0, nb - b0, lanes);
+    }
     out[(size_t)t * out_stride + (size_t)r] = tree16(LO256(lanes), HI256(lanes));
 }
 

@@ -94,6 +94,7 @@ typedef struct qmat {
     int ngroups;         /* ceil(cols / gs) */
     int rows;            /* the kernels may read the scales of any row < rows (interleaved: of its group) */
     const int8_t *table; /* Q4T only (else NULL): the RQ4_Q4T_LEVELS levels, w = d * table[nibble] */
+    int touch_pages;     /* the weights sit in 4 KiB pages (rq4_model.small_pages): x86.h's touch_next_page */
 } qmat;
 
 /* out[t * out_stride + r] = row r of w . token t of x, for r0 <= r < r1 and

@@ -58,6 +58,7 @@ static TGT256 void row_tokens(const qact *x, const qmat *w, int r, int t0, int T
     for (int b0 = 0, half = 0; b0 < nb; b0 += Q4T_CHUNK, half ^= 1) {
         int cnt = nb - b0 < Q4T_CHUNK ? nb - b0 : Q4T_CHUNK;
         __m256i wv[Q4T_CHUNK], wabs[Q4T_CHUNK];
+        prefetch_ahead(v.q + (size_t)b0 * (QK / 2), (size_t)cnt * (QK / 2));
         for (int k = 0; k < Q4T_CHUNK; k++) {
             wv[k] = k < cnt ? lookup_block(v.q + (size_t)(b0 + k) * (QK / 2), table) : _mm256_setzero_si256();
             wabs[k] = _mm256_abs_epi8(wv[k]);

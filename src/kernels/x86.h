@@ -95,6 +95,32 @@ ALWAYS int scale_base(const row_view *v, int g0, int W) {
 }
 
 
+/* Decoding reads every weight once, from memory, and the one-token loops
+ * walk a matrix's rows in address order. The hardware prefetchers stop at
+ * each 4 KiB boundary and start again behind the loop, so the loops ask for
+ * the lines PREFETCH_AHEAD bytes past those they read. A prefetch that misses
+ * the TLB is dropped, so where the weights sit in 4 KiB pages
+ * (qmat.touch_pages) the loops also load one byte a page ahead once per page
+ * (touch_next_page): the walk of the next page's tables (nested ones in a VM)
+ * then overlaps this page, and the prefetches find it done. In 2 MB pages
+ * that load would be one more wait for memory with no walk to hide. Only for
+ * rows of whole steps: with a short tail after each step the same load made
+ * decoding slower (docs/PERFORMANCE.md). */
+#define PREFETCH_AHEAD 2048
+#define TOUCH_PAGE 4096 /* the smallest x86 page */
+
+/* n: the bytes the loop reads now, from p */
+ALWAYS void prefetch_ahead(const uint8_t *p, size_t n) {
+    uintptr_t a = ((uintptr_t)p + PREFETCH_AHEAD) & ~(uintptr_t)63, e = (uintptr_t)p + PREFETCH_AHEAD + n;
+    for (; a < e; a += 64) _mm_prefetch((const char *)a, _MM_HINT_T0);
+}
+
+/* p: a step of n bytes; end: the end of the matrix's weights */
+ALWAYS void touch_next_page(const uint8_t *p, size_t n, const uint8_t *end) {
+    if (((uintptr_t)p & (TOUCH_PAGE - 1)) < n && end - p > TOUCH_PAGE)
+        (void)*(volatile const uint8_t *)(p + TOUCH_PAGE);
+}
+
 /* The integer correction per block: dot - off * xs. */
 ALWAYS int offset_of(int kind, int q8_off) { return kind == K_Q4S ? 8 : kind == K_Q8 ? q8_off : 0; }
 

@@ -299,22 +299,6 @@ ALWAYS TGT void rows_q4(int kind, const int T, const qact *x, const qmat *w, int
 #define ROW1_BLOCKS 1024 /* a multiple of 16; 8 KiB of token1 */
 #define ROW1_ROWS 32
 
-/* Decoding streams the weights from memory once, and the hardware
- * prefetchers stop at each page: the first read of the next page then waits
- * for the walk of its page tables (nested ones in a VM) and for memory. So
- * once per page the weight loop reads one byte a page ahead, within the
- * matrix (end: the end of its weights), and the walk and the first line's
- * miss overlap the rest of this page. A plain load, not a prefetch
- * instruction: those may be dropped when they miss the TLB. Only for rows
- * of whole 16-block steps: with a short tail after each step (SmolLM2's rows
- * of 18 blocks) the same load made decoding slower (docs/PERFORMANCE.md).
- * p: the next 16 blocks of a row. */
-#define TOUCH_PAGE 4096 /* the smallest x86 page; larger pages are multiples */
-ALWAYS void touch_next_page(const uint8_t *p, const uint8_t *end) {
-    if (((uintptr_t)p & (TOUCH_PAGE - 1)) < 16 * (QK / 2) && end - p > TOUCH_PAGE)
-        (void)*(volatile const uint8_t *)(p + TOUCH_PAGE);
-}
-
 /* One window of the token in merge order, zero past the row's end: per 8
  * blocks the activation scales and (Q4S) 8 x the block sums, to subtract
  * from the q + 8 products, or (Q4A) the block sums as floats. */
@@ -400,8 +384,8 @@ ALWAYS TGT void rows1_q4(int kind, const qact *x, const qmat *w, int r0, int r1,
     const __m256i oidx = _mm256_srl_epi32(_mm256_setr_epi32(MERGE_ORDER), sh);
     const __m256i oidx8 = _mm256_srl_epi32(_mm256_add_epi32(_mm256_setr_epi32(MERGE_ORDER), _mm256_set1_epi32(8)), sh);
     const int step = nb <= ROW1_BLOCKS ? r1 - r0 : ROW1_ROWS; /* one window: no lanes kept */
-    const uint8_t *wend = w->q + (size_t)w->rows * w->row_bytes;
-    const int tiled = nb % 16 == 0; /* rows of whole 16-block steps: touch_next_page */
+    const uint8_t *wend = w->q + (size_t)(w->rows - 1) * w->row_bytes + (size_t)nb * (QK / 2);
+    const int touch = w->touch_pages && nb % 16 == 0; /* rows of whole steps: touch_next_page */
     token1 tk;
     __m256 kept[ROW1_ROWS][2];
     for (int ra = r0; ra < r1; ra += step) {
@@ -416,7 +400,8 @@ ALWAYS TGT void rows1_q4(int kind, const qact *x, const qmat *w, int r0, int r1,
                 if (wb0 > 0) lo = kept[r - ra][0], hi = kept[r - ra][1];
                 for (int b0 = wb0, g = 0; b0 < whole; b0 += 16, g += 2) {
                     __m256 d8, e8, m8, n8;
-                    if (tiled) touch_next_page(v.q + (size_t)b0 * (QK / 2), wend);
+                    prefetch_ahead(v.q + (size_t)b0 * (QK / 2), 16 * (QK / 2));
+                    if (touch) touch_next_page(v.q + (size_t)b0 * (QK / 2), 16 * (QK / 2), wend);
                     scales16m(&v, v.d, b0, fast, oidx, oidx8, &d8, &e8);
                     if (kind == K_Q4A) scales16m(&v, v.m, b0, fast, oidx, oidx8, &m8, &n8);
                     else m8 = d8, n8 = e8;
@@ -425,6 +410,7 @@ ALWAYS TGT void rows1_q4(int kind, const qact *x, const qmat *w, int r0, int r1,
                 }
                 if (whole < wb1) { /* the row's last blocks */
                     int left = wb1 - whole, cnt = left < 8 ? left : 8, g = (whole - wb0) >> 3;
+                    prefetch_ahead(v.q + (size_t)whole * (QK / 2), (size_t)left * (QK / 2));
                     __m256 d8 = scales8m(&v, v.d, whole, cnt, fast, oidx);
                     __m256 m8 = kind == K_Q4A ? scales8m(&v, v.m, whole, cnt, fast, oidx) : d8;
                     lo = _mm256_add_ps(lo, terms8m(kind, d8, m8, sums8m(kind, &tok, v.q, whole, cnt, 0), &tk, g));

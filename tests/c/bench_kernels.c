@@ -131,7 +131,8 @@ int main(int argc, char **argv) {
         m[c].wd = aligned_alloc(64, (sbytes + 63) / 64 * 64); /* Q4A: the mins after the scales */
         for (size_t i = 0; i < wbytes; i++) m[c].wq[i] = (uint8_t)rnd();
         for (size_t i = 0; i < sbytes / 2; i++) m[c].wd[i] = (uint16_t)(0x1800 + rnd() % 0x0c00);
-        m[c].w = (qmat){m[c].wq, m[c].wd, q4a ? m[c].wd + (size_t)rows * (size_t)ng : NULL, row_bytes, cols, gs, ng, rows, q4t ? table : NULL};
+        m[c].w = (qmat){m[c].wq, m[c].wd, q4a ? m[c].wd + (size_t)rows * (size_t)ng : NULL, row_bytes, cols, gs, ng, rows, q4t ? table : NULL,
+                        1 /* heap memory without MADV_HUGEPAGE: 4 KiB pages */};
     }
     /* activations for up to 32 tokens */
     const int maxtok = 32;

@@ -58,6 +58,7 @@ static const char *mode_names[N_MODES] = {"random", "extreme", "zero-blocks", "q
 /* One test case: a rows x n weight matrix, ntok tokens, a call on rows r0..r1 */
 typedef struct shape {
     int n, gs, ntok, rows, r0, r1, mode;
+    int touch_pages; /* qmat.touch_pages: the one-token loops' loads a page ahead */
     size_t stride; /* out_stride, >= rows */
     size_t pad;    /* row_bytes = packed row + pad (the last row has none) */
 } shape;
@@ -112,17 +113,17 @@ static void fill_case(buffers *b, const shape *s) {
     b->out_len = (size_t)(ntok - 1) * s->stride + (size_t)rows;
     b->out_ref = alloc_off(b, sizeof(float) * b->out_len, sizeof(float));
     b->out = alloc_off(b, sizeof(float) * b->out_len, sizeof(float));
-    b->w4s = (qmat){q4, wd, NULL, rb4, n, gs, ng, rows, NULL};
-    b->w4a = (qmat){q4, wd, wm, rb4, n, gs, ng, rows, NULL};
-    b->w8 = (qmat){q8, wd, NULL, rb8, n, gs, ng, rows, NULL};
+    b->w4s = (qmat){q4, wd, NULL, rb4, n, gs, ng, rows, NULL, s->touch_pages};
+    b->w4a = (qmat){q4, wd, wm, rb4, n, gs, ng, rows, NULL, s->touch_pages};
+    b->w8 = (qmat){q8, wd, NULL, rb8, n, gs, ng, rows, NULL, s->touch_pages};
     /* a random table (the kernels assume no order), extreme: -128 and 127 for
      * the extreme bytes' nibbles 8, 7 and 15; and the two's complement of Q4S */
     for (int i = 0; i < 16; i++) {
         b->table[i] = (int8_t)(mode == MODE_EXTREME ? (i % 2 ? 127 : -128) : rnd_int(-128, 127));
         b->table_id[i] = (int8_t)((i ^ 8) - 8);
     }
-    b->w4t = (qmat){q4, wd, NULL, rb4, n, gs, ng, rows, b->table};
-    b->w4t_id = (qmat){q4, wd, NULL, rb4, n, gs, ng, rows, b->table_id};
+    b->w4t = (qmat){q4, wd, NULL, rb4, n, gs, ng, rows, b->table, s->touch_pages};
+    b->w4t_id = (qmat){q4, wd, NULL, rb4, n, gs, ng, rows, b->table_id, s->touch_pages};
 
     /* activations: per token, blocks of QK */
     if (mode == MODE_QUANTIZED) {
@@ -224,8 +225,8 @@ static void fill_case(buffers *b, const shape *s) {
             mi[at] = r < rows ? wm[(size_t)r * (size_t)ng + (size_t)g] : rnd_half_small();
         }
     }
-    b->w4s_r4 = (qmat){qi, di, NULL, grow, n, gs, ng, rows, NULL};
-    b->w4a_r4 = (qmat){qi, di, mi, grow, n, gs, ng, rows, NULL};
+    b->w4s_r4 = (qmat){qi, di, NULL, grow, n, gs, ng, rows, NULL, s->touch_pages};
+    b->w4a_r4 = (qmat){qi, di, mi, grow, n, gs, ng, rows, NULL, s->touch_pages};
 }
 
 typedef struct tally {
@@ -423,6 +424,7 @@ int main(int argc, char **argv) {
                         pick_range(&s);
                         s.stride = (size_t)s.rows + (size_t)((ni + ti + mode) % 3);
                         s.pad = (ni + gi + mode) % 4 == 3 ? (size_t)rnd_int(1, 40) : 0;
+                        s.touch_pages = (ni + ti + mode) % 2;
                         compare_all(ks, &b, &s, &t);
                     }
                 }
@@ -444,6 +446,7 @@ int main(int argc, char **argv) {
             if (r % 50 == 7) s.r1 = s.r0; /* nothing to do, nothing written */
             s.stride = (size_t)s.rows + (size_t)(rnd() % 4 ? rnd_int(0, 2) : rnd_int(3, 100));
             s.pad = rnd() % 4 ? 0 : (size_t)rnd_int(1, 70);
+            s.touch_pages = rnd() % 2;
             shapes++;
             compare_all(ks, &b, &s, &t);
         }
