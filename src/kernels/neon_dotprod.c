@@ -330,16 +330,18 @@ ALWAYS void r4_sums4(const r4block *w, const int8_t *xe, const int8_t *xo, const
  * live, copies and spills accumulators in C. One asm call runs a range of
  * lanes of the 8 tokens, each lane's blocks in a loop, so no C runs between
  * lanes. Fixed registers: v0-v3 the block's chunk vectors, then their high
- * nibbles; v4-v7 their low nibbles, then the rows' scales (v4) and the
- * tokens' scales (v5, v6); v8-v15 the 8 tokens' lane sums; v16-v23 their
+ * nibbles; v4-v7 their low nibbles, then the rows' scales (v4), the
+ * tokens' scales (v5, v6) and +0.0 (v7: a lane's first block adds its
+ * terms to it); v8-v15 the 8 tokens' lane sums; v16-v23 their
  * int32 sums; 4 tokens' activations in v24-v27 or v28-v31 (the next 4 load
  * while the last 4 are used), then the terms in v24-v27. Single-uop
  * instructions interleave with the loads, and the first 4 tokens' terms
  * with the last 4 tokens' sums. Every load has an immediate offset, one
  * pointer per token (`ldur`, `ld1`: one micro-op each in LLVM's N1 model,
- * which counts `ldr q` as two); the zeroed registers and the nibble mask are
- * loads too, which go to the load pipes instead of the two vector pipes
- * that bound the loop. */
+ * which counts `ldr q` as two); the int32 sums' zeros and the nibble mask
+ * are loads too, which go to the load pipes instead of the two vector
+ * pipes that bound the loop, the zeros first, well ahead of their use on
+ * the in-order cores. */
 #define R4_LD(Y, X, OFF) "ldur q" #Y ", [%x[" #X "], #" #OFF "]\n\t"
 #define R4_ZERO(Y) "ldur q" #Y ", [%x[zc], #16]\n\t"
 #define R4_SD(A, W, Y, K) "sdot v" #A ".4s, v" #W ".16b, v" #Y ".4b[" #K "]\n\t"
@@ -359,34 +361,35 @@ ALWAYS void r4_sums4(const r4block *w, const int8_t *xe, const int8_t *xo, const
 #define R4_CVT(A) "scvtf v" #A ".4s, v" #A ".4s, #4\n\t"
 #define R4_MUL(T, A) "fmul v" #T ".4s, v" #T ".4s, v" #A ".4s\n\t"
 #define R4_ADD(F, S, T) "fadd v" #F ".4s, v" #S ".4s, v" #T ".4s\n\t"
-/* one block into lane sums v8-v15; the rows' scales at x15 */
-#define R4_Q4S_BLOCK                                                                              \
+/* one block into lane sums v8-v15 (S0..S7: v8-v15 themselves, or 7 for
+ * +0.0, which Z then sets); the rows' scales at x15 */
+#define R4_Q4S_BLOCK(S0, S1, S2, S3, S4, S5, S6, S7, Z)                                           \
     "ld1 {v0.16b, v1.16b, v2.16b, v3.16b}, [%x[p]]\n\t"                                           \
     "ldur q30, [%x[zc]]\n\t"                                                                      \
+    R4_ZERO(16) R4_ZERO(17) R4_ZERO(18) R4_ZERO(19)                                               \
+    R4_ZERO(20) R4_ZERO(21) R4_ZERO(22) R4_ZERO(23)                                               \
     R4_LD(24, x0, 0) "shl v4.16b, v0.16b, #4\n\t"                                                 \
     R4_LD(25, x1, 0) "shl v5.16b, v1.16b, #4\n\t"                                                 \
     R4_LD(26, x2, 0) "shl v6.16b, v2.16b, #4\n\t"                                                 \
     R4_LD(27, x3, 0) "shl v7.16b, v3.16b, #4\n\t"                                                 \
     "and v0.16b, v0.16b, v30.16b\n\tand v1.16b, v1.16b, v30.16b\n\t"                              \
     "and v2.16b, v2.16b, v30.16b\n\tand v3.16b, v3.16b, v30.16b\n\t"                              \
-    R4_ZERO(16) R4_ZERO(17) R4_ZERO(18) R4_ZERO(19)                                               \
-    R4_ZERO(20) R4_ZERO(21) R4_ZERO(22) R4_ZERO(23)                                               \
     R4_GROUP(16, 17, 18, 19, 4, 5, 6, 7, 24, 25, 26, 27,                                          \
              R4_LD(28, x4, 0), R4_LD(29, x5, 0), R4_LD(30, x6, 0), R4_LD(31, x7, 0))              \
     R4_GROUP(20, 21, 22, 23, 4, 5, 6, 7, 28, 29, 30, 31,                                          \
              R4_LD(24, x0, 64), R4_LD(25, x1, 64), R4_LD(26, x2, 64), R4_LD(27, x3, 64))          \
     R4_GROUP(16, 17, 18, 19, 0, 1, 2, 3, 24, 25, 26, 27,                                          \
              R4_LD(28, x4, 64), R4_LD(29, x5, 64) "ld1 {v4.4s}, [x15]\n\t",                       \
-             R4_LD(30, x6, 64) "ld1 {v5.4s, v6.4s}, [%x[dt]]\n\t", R4_LD(31, x7, 64))             \
+             R4_LD(30, x6, 64) "ld1 {v5.4s, v6.4s}, [%x[dt]]\n\t", R4_LD(31, x7, 64) Z)           \
     R4_GROUP(20, 21, 22, 23, 0, 1, 2, 3, 28, 29, 30, 31,                                          \
              R4_CVT(16) R4_CVT(17) R4_SCALE(24, 5, 0) R4_SCALE(25, 5, 1),                         \
              R4_CVT(18) R4_CVT(19) R4_SCALE(26, 5, 2) R4_SCALE(27, 5, 3),                         \
              R4_MUL(24, 16) R4_MUL(25, 17) R4_MUL(26, 18) R4_MUL(27, 19),                         \
-             R4_ADD(8, 8, 24) R4_ADD(9, 9, 25) R4_ADD(10, 10, 26) R4_ADD(11, 11, 27))             \
+             R4_ADD(8, S0, 24) R4_ADD(9, S1, 25) R4_ADD(10, S2, 26) R4_ADD(11, S3, 27))           \
     R4_CVT(20) R4_CVT(21) R4_CVT(22) R4_CVT(23)                                                   \
     R4_SCALE(24, 6, 0) R4_SCALE(25, 6, 1) R4_SCALE(26, 6, 2) R4_SCALE(27, 6, 3)                   \
     R4_MUL(24, 20) R4_MUL(25, 21) R4_MUL(26, 22) R4_MUL(27, 23)                                   \
-    R4_ADD(12, 12, 24) R4_ADD(13, 13, 25) R4_ADD(14, 14, 26) R4_ADD(15, 15, 27)
+    R4_ADD(12, S4, 24) R4_ADD(13, S5, 25) R4_ADD(14, S6, 26) R4_ADD(15, S7, 27)
 /* to the lane's next block: 16 blocks on in the weights, activations and
  * tokens' scales, sstep bytes in the rows' scales; x9 counts down */
 #define R4_Q4S_NEXT                                                                               \
@@ -418,9 +421,11 @@ ALWAYS void r4_q4s_lanes(const uint8_t *p, const float *ds, int sh, size_t sstep
                      "lsl x12, %x[cnt], #9\n\tsub x14, x12, #80\n\tsub x12, x12, #16\n\tmov x11, %x[j0]\n"
                      "1:\n\t"
                      "lsr x15, x11, %x[sh]\n\tadd x15, %x[ds], x15, lsl #4\n\tmov x9, %x[cnt]\n\t"
-                     R4_ZERO(8) R4_ZERO(9) R4_ZERO(10) R4_ZERO(11) R4_ZERO(12) R4_ZERO(13) R4_ZERO(14) R4_ZERO(15)
-                     "2:\n\t" R4_Q4S_BLOCK R4_Q4S_NEXT
-                     "b.ne 2b\n\t"
+                     R4_Q4S_BLOCK(7, 7, 7, 7, 7, 7, 7, 7, "movi v7.4s, #0\n\t") R4_Q4S_NEXT
+                     "b.eq 3f\n"
+                     "2:\n\t" R4_Q4S_BLOCK(8, 9, 10, 11, 12, 13, 14, 15, "") R4_Q4S_NEXT
+                     "b.ne 2b\n"
+                     "3:\n\t"
                      "st1 {v8.4s, v9.4s, v10.4s, v11.4s}, [%x[lane]], #64\n\t"
                      "st1 {v12.4s, v13.4s, v14.4s, v15.4s}, [%x[lane]], #64\n\t"
                      "and x16, x11, #3\n\tcmp x16, #3\n\tcsel x16, x14, x12, eq\n\t"
