@@ -327,14 +327,23 @@ ALWAYS void r4_sums4(const r4block *w, const int8_t *xe, const int8_t *xo, const
 }
 
 /* Q4S lanes, written out: GCC's register allocator, with some 29 vectors
- * live, copies and spills accumulators in C. Fixed registers: v0-v3 the
- * block's chunk vectors, then their high nibbles; v4-v7 their low nibbles,
- * then the rows' scales (v4), the tokens' scales (v5, v6) and +0.0 (v7);
- * v8-v15 the 8 tokens' lane sums; v16-v23 their int32 sums; 4 tokens'
- * activations in v24-v27 or v28-v31 (the next 4 load while the last 4 are
- * used), then the terms in v24-v27. Single-uop instructions interleave with
- * the loads, and the first 4 tokens' terms with the last 4 tokens' sums. */
-#define R4_LD(Y, X, O) "ldr q" #Y ", [%x[" #X "], %x[" #O "]]\n\t"
+ * live, copies and spills accumulators in C. One asm call runs a range of
+ * lanes of the 8 tokens, each lane's blocks in a loop, so no C runs between
+ * lanes. Fixed registers: v0-v3 the block's chunk vectors, then their high
+ * nibbles; v4-v7 their low nibbles, then the rows' scales (v4), the
+ * tokens' scales (v5, v6) and +0.0 (v7: a lane's first block adds its
+ * terms to it); v8-v15 the 8 tokens' lane sums; v16-v23 their
+ * int32 sums; 4 tokens' activations in v24-v27 or v28-v31 (the next 4 load
+ * while the last 4 are used), then the terms in v24-v27. Single-uop
+ * instructions interleave with the loads, and the first 4 tokens' terms
+ * with the last 4 tokens' sums. Every load has an immediate offset, one
+ * pointer per token (`ldur`, `ld1`: one micro-op each in LLVM's N1 model,
+ * which counts `ldr q` as two); the int32 sums' zeros and the nibble mask
+ * are loads too, which go to the load pipes instead of the two vector
+ * pipes that bound the loop, the zeros first, well ahead of their use on
+ * the in-order cores. */
+#define R4_LD(Y, X, OFF) "ldur q" #Y ", [%x[" #X "], #" #OFF "]\n\t"
+#define R4_ZERO(Y) "ldur q" #Y ", [%x[zc], #16]\n\t"
 #define R4_SD(A, W, Y, K) "sdot v" #A ".4s, v" #W ".16b, v" #Y ".4b[" #K "]\n\t"
 /* chunk K of 4 tokens' sums A0..A3: weights v W, activations v Y0..Y3 */
 #define R4_CHUNK(A0, A1, A2, A3, W, Y0, Y1, Y2, Y3, K) \
@@ -353,25 +362,25 @@ ALWAYS void r4_sums4(const r4block *w, const int8_t *xe, const int8_t *xo, const
 #define R4_MUL(T, A) "fmul v" #T ".4s, v" #T ".4s, v" #A ".4s\n\t"
 #define R4_ADD(F, S, T) "fadd v" #F ".4s, v" #S ".4s, v" #T ".4s\n\t"
 /* one block into lane sums v8-v15 (S0..S7: v8-v15 themselves, or 7 for
- * +0.0, which Z then sets) */
+ * +0.0, which Z then sets); the rows' scales at x15 */
 #define R4_Q4S_BLOCK(S0, S1, S2, S3, S4, S5, S6, S7, Z)                                           \
     "ld1 {v0.16b, v1.16b, v2.16b, v3.16b}, [%x[p]]\n\t"                                           \
-    "movi v30.16b, #0xf0\n\t"                                                                     \
-    R4_LD(24, xe, o0) "shl v4.16b, v0.16b, #4\n\t"                                                \
-    R4_LD(25, xe, o1) "shl v5.16b, v1.16b, #4\n\t"                                                \
-    R4_LD(26, xe, o2) "shl v6.16b, v2.16b, #4\n\t"                                                \
-    R4_LD(27, xe, o3) "shl v7.16b, v3.16b, #4\n\t"                                                \
+    "ldur q30, [%x[zc]]\n\t"                                                                      \
+    R4_ZERO(16) R4_ZERO(17) R4_ZERO(18) R4_ZERO(19)                                               \
+    R4_ZERO(20) R4_ZERO(21) R4_ZERO(22) R4_ZERO(23)                                               \
+    R4_LD(24, x0, 0) "shl v4.16b, v0.16b, #4\n\t"                                                 \
+    R4_LD(25, x1, 0) "shl v5.16b, v1.16b, #4\n\t"                                                 \
+    R4_LD(26, x2, 0) "shl v6.16b, v2.16b, #4\n\t"                                                 \
+    R4_LD(27, x3, 0) "shl v7.16b, v3.16b, #4\n\t"                                                 \
     "and v0.16b, v0.16b, v30.16b\n\tand v1.16b, v1.16b, v30.16b\n\t"                              \
     "and v2.16b, v2.16b, v30.16b\n\tand v3.16b, v3.16b, v30.16b\n\t"                              \
-    "movi v16.4s, #0\n\tmovi v17.4s, #0\n\tmovi v18.4s, #0\n\tmovi v19.4s, #0\n\t"                \
-    "movi v20.4s, #0\n\tmovi v21.4s, #0\n\tmovi v22.4s, #0\n\tmovi v23.4s, #0\n\t"                \
     R4_GROUP(16, 17, 18, 19, 4, 5, 6, 7, 24, 25, 26, 27,                                          \
-             R4_LD(28, xe, o4), R4_LD(29, xe, o5), R4_LD(30, xe, o6), R4_LD(31, xe, o7))          \
+             R4_LD(28, x4, 0), R4_LD(29, x5, 0), R4_LD(30, x6, 0), R4_LD(31, x7, 0))              \
     R4_GROUP(20, 21, 22, 23, 4, 5, 6, 7, 28, 29, 30, 31,                                          \
-             R4_LD(24, xo, o0), R4_LD(25, xo, o1), R4_LD(26, xo, o2), R4_LD(27, xo, o3))          \
+             R4_LD(24, x0, 64), R4_LD(25, x1, 64), R4_LD(26, x2, 64), R4_LD(27, x3, 64))          \
     R4_GROUP(16, 17, 18, 19, 0, 1, 2, 3, 24, 25, 26, 27,                                          \
-             R4_LD(28, xo, o4), R4_LD(29, xo, o5) "ld1 {v4.4s}, [%x[ds]]\n\t",                    \
-             R4_LD(30, xo, o6) "ld1 {v5.4s, v6.4s}, [%x[dt]]\n\t", R4_LD(31, xo, o7) Z)           \
+             R4_LD(28, x4, 64), R4_LD(29, x5, 64) "ld1 {v4.4s}, [x15]\n\t",                       \
+             R4_LD(30, x6, 64) "ld1 {v5.4s, v6.4s}, [%x[dt]]\n\t", R4_LD(31, x7, 64) Z)           \
     R4_GROUP(20, 21, 22, 23, 0, 1, 2, 3, 28, 29, 30, 31,                                          \
              R4_CVT(16) R4_CVT(17) R4_SCALE(24, 5, 0) R4_SCALE(25, 5, 1),                         \
              R4_CVT(18) R4_CVT(19) R4_SCALE(26, 5, 2) R4_SCALE(27, 5, 3),                         \
@@ -382,32 +391,55 @@ ALWAYS void r4_sums4(const r4block *w, const int8_t *xe, const int8_t *xo, const
     R4_MUL(24, 20) R4_MUL(25, 21) R4_MUL(26, 22) R4_MUL(27, 23)                                   \
     R4_ADD(12, S4, 24) R4_ADD(13, S5, 25) R4_ADD(14, S6, 26) R4_ADD(15, S7, 27)
 /* to the lane's next block: 16 blocks on in the weights, activations and
- * tokens' scales, sstep bytes in the rows' scales; cnt counts down */
+ * tokens' scales, sstep bytes in the rows' scales; x9 counts down */
 #define R4_Q4S_NEXT                                                                               \
-    "add %x[p], %x[p], #1024\n\tadd %x[xe], %x[xe], #512\n\tadd %x[xo], %x[xo], #512\n\t"         \
-    "add %x[dt], %x[dt], #1024\n\tadd %x[ds], %x[ds], %x[ss]\n\tsubs %x[cnt], %x[cnt], #1\n\t"
+    "add %x[p], %x[p], #1024\n\t"                                                                 \
+    "add %x[x0], %x[x0], #512\n\tadd %x[x1], %x[x1], #512\n\tadd %x[x2], %x[x2], #512\n\t"        \
+    "add %x[x3], %x[x3], #512\n\tadd %x[x4], %x[x4], #512\n\tadd %x[x5], %x[x5], #512\n\t"        \
+    "add %x[x6], %x[x6], #512\n\tadd %x[x7], %x[x7], #512\n\t"                                    \
+    "add %x[dt], %x[dt], #1024\n\tadd x15, x15, %x[ss]\n\tsubs x9, x9, #1\n\t"
+/* back to the next lane's first block: the tokens' pointers by x16, the
+ * weights and the tokens' scales by x13 */
+#define R4_BACK(X) "sub %x[" #X "], %x[" #X "], x16\n\t"
 
-/* Lane sums of cnt >= 1 blocks, 16 apart, of the 8 tokens into lane[0..7]:
- * the first block's 64 bytes at p, its rows' float scales at ds (the next
- * block's sstep bytes on), the tokens' even values at xe + o[i], their
- * scales at dt. */
-ALWAYS void r4_q4s_lane(const uint8_t *p, const float *ds, size_t sstep, const int8_t *xe, const size_t *o,
-                        const float *dt, size_t cnt, float32x4_t *lane) {
-    const int8_t *xo = xe + 64;
-    __asm__ volatile(R4_Q4S_BLOCK(7, 7, 7, 7, 7, 7, 7, 7, "movi v7.4s, #0\n\t") R4_Q4S_NEXT
-                     "b.eq 2f\n"
-                     "1:\n\t" R4_Q4S_BLOCK(8, 9, 10, 11, 12, 13, 14, 15, "") R4_Q4S_NEXT
-                     "b.ne 1b\n"
-                     "2:\n\t"
+/* the nibble mask, then a zeroed register (R4_ZERO) */
+static const uint8_t r4_consts[32] __attribute__((aligned(16))) = {
+    0xf0, 0xf0, 0xf0, 0xf0, 0xf0, 0xf0, 0xf0, 0xf0, 0xf0, 0xf0, 0xf0, 0xf0, 0xf0, 0xf0, 0xf0, 0xf0};
+
+/* Lane sums of lanes j0 .. je-1 of the 8 tokens into lane[0..8 (je - j0)),
+ * each lane of cnt >= 1 blocks 16 apart: lane j0's first block's 64 bytes
+ * at p, the tokens' even values at xe + o[i], their scales at dt; lane j's
+ * rows' float scales at ds + 4 (j >> sh) (the next block's sstep bytes
+ * on). A lane's tokens' pointers go back cnt blocks and on to the next
+ * lane: 16 bytes, or 80 to the next span of 128 (lane j + 1 a multiple of
+ * 4). */
+ALWAYS void r4_q4s_lanes(const uint8_t *p, const float *ds, int sh, size_t sstep, int j0, int je,
+                         const int8_t *xe, const size_t *o, const float *dt, size_t cnt, float32x4_t *lane) {
+    const int8_t *x0 = xe + o[0], *x1 = xe + o[1], *x2 = xe + o[2], *x3 = xe + o[3];
+    const int8_t *x4 = xe + o[4], *x5 = xe + o[5], *x6 = xe + o[6], *x7 = xe + o[7];
+    __asm__ volatile("lsl x13, %x[cnt], #10\n\tsub x13, x13, #64\n\t"
+                     "lsl x12, %x[cnt], #9\n\tsub x14, x12, #80\n\tsub x12, x12, #16\n\tmov x11, %x[j0]\n"
+                     "1:\n\t"
+                     "lsr x15, x11, %x[sh]\n\tadd x15, %x[ds], x15, lsl #4\n\tmov x9, %x[cnt]\n\t"
+                     R4_Q4S_BLOCK(7, 7, 7, 7, 7, 7, 7, 7, "movi v7.4s, #0\n\t") R4_Q4S_NEXT
+                     "b.eq 3f\n"
+                     "2:\n\t" R4_Q4S_BLOCK(8, 9, 10, 11, 12, 13, 14, 15, "") R4_Q4S_NEXT
+                     "b.ne 2b\n"
+                     "3:\n\t"
                      "st1 {v8.4s, v9.4s, v10.4s, v11.4s}, [%x[lane]], #64\n\t"
-                     "st1 {v12.4s, v13.4s, v14.4s, v15.4s}, [%x[lane]]\n\t"
-                     : [p] "+r"(p), [ds] "+r"(ds), [xe] "+r"(xe), [xo] "+r"(xo), [dt] "+r"(dt), [cnt] "+r"(cnt),
-                       [lane] "+r"(lane)
-                     : [ss] "r"(sstep), [o0] "r"(o[0]), [o1] "r"(o[1]), [o2] "r"(o[2]), [o3] "r"(o[3]),
-                       [o4] "r"(o[4]), [o5] "r"(o[5]), [o6] "r"(o[6]), [o7] "r"(o[7])
-                     : "cc", "memory", "v0", "v1", "v2", "v3", "v4", "v5", "v6", "v7", "v8", "v9", "v10", "v11",
-                       "v12", "v13", "v14", "v15", "v16", "v17", "v18", "v19", "v20", "v21", "v22", "v23", "v24",
-                       "v25", "v26", "v27", "v28", "v29", "v30", "v31");
+                     "st1 {v12.4s, v13.4s, v14.4s, v15.4s}, [%x[lane]], #64\n\t"
+                     "and x16, x11, #3\n\tcmp x16, #3\n\tcsel x16, x14, x12, eq\n\t"
+                     R4_BACK(x0) R4_BACK(x1) R4_BACK(x2) R4_BACK(x3) R4_BACK(x4) R4_BACK(x5) R4_BACK(x6) R4_BACK(x7)
+                     "sub %x[p], %x[p], x13\n\tsub %x[dt], %x[dt], x13\n\t"
+                     "add x11, x11, #1\n\tcmp x11, %x[je]\n\t"
+                     "b.ne 1b\n\t"
+                     : [p] "+r"(p), [x0] "+r"(x0), [x1] "+r"(x1), [x2] "+r"(x2), [x3] "+r"(x3), [x4] "+r"(x4),
+                       [x5] "+r"(x5), [x6] "+r"(x6), [x7] "+r"(x7), [dt] "+r"(dt), [lane] "+r"(lane)
+                     : [ss] "r"(sstep), [zc] "r"(r4_consts), [cnt] "r"(cnt), [ds] "r"(ds), [sh] "r"((size_t)sh),
+                       [j0] "r"((size_t)j0), [je] "r"((size_t)je)
+                     : "cc", "memory", "x9", "x11", "x12", "x13", "x14", "x15", "x16", "v0", "v1", "v2", "v3", "v4",
+                       "v5", "v6", "v7", "v8", "v9", "v10", "v11", "v12", "v13", "v14", "v15", "v16", "v17", "v18",
+                       "v19", "v20", "v21", "v22", "v23", "v24", "v25", "v26", "v27", "v28", "v29", "v30", "v31");
 }
 
 /* Block b's terms for the R4_TILE_TOKENS tokens added to their lane sums f:
@@ -520,6 +552,35 @@ ALWAYS void r4_tile_lane(int kind, const int STEPPED, const qact *x, const uint8
     if (b < nb) r4_lane_tail(kind, x, q, b, ds + (size_t)g * R4, ms + (size_t)g * R4, t, lane);
 }
 
+/* The contract's tree for tokens h .. h+3 of lanes L, depth first, each
+ * lane's 4 tokens read with one ld1 (lanes lie 8 tokens apart), the 4
+ * outputs stored at out, out_stride apart */
+ALWAYS void r4_tree4(float32x4_t (*L)[R4_TILE_TOKENS], int h, int G, int r0, int r1, float *out,
+                     size_t out_stride) {
+    float32x4_t R[2][4];
+    UNROLL
+    for (int r = 0; r < 2; r++) { /* R[r] = lanes r, r+2, ..., r+14 as the tree adds them */
+        float32x4_t Q[2][4];
+        UNROLL
+        for (int qi = 0; qi < 2; qi++) {
+            float32x4_t P[2][4];
+            UNROLL
+            for (int pi = 0; pi < 2; pi++) {
+                const int j = r + 2 * qi + 4 * pi;
+                float32x4x4_t a = vld1q_f32_x4((const float *)&L[j][h]);
+                float32x4x4_t b = vld1q_f32_x4((const float *)&L[j + 8][h]);
+                UNROLL
+                for (int i = 0; i < 4; i++) P[pi][i] = vaddq_f32(a.val[i], b.val[i]);
+            }
+            UNROLL
+            for (int i = 0; i < 4; i++) Q[qi][i] = vaddq_f32(P[0][i], P[1][i]);
+        }
+        UNROLL
+        for (int i = 0; i < 4; i++) R[r][i] = vaddq_f32(Q[0][i], Q[1][i]);
+    }
+    for (int i = 0; i < 4; i++) r4_store(vaddq_f32(R[0][i], R[1][i]), G, r0, r1, out + (size_t)i * out_stride);
+}
+
 /* Tokens t .. t + R4_TILE_TOKENS - 1 of row group G, t a multiple of
  * R4_TILE_TOKENS below 16 * ntile (their scales in dt), the group's float
  * scales in ds (minimums in ms); STEPPED: the group size's R4_GROUP_STEP is
@@ -538,34 +599,32 @@ ALWAYS void r4_tile(int kind, const int STEPPED, const qact *x, const qmat *w, i
     }
     const size_t tile = (size_t)(t / 16) * (size_t)nb * 16 + (size_t)(t % 16); /* dt, st of block 0 */
     float32x4_t L[16][R4_TILE_TOKENS]; /* lane j of each token */
-    int gj = 0, inj = 0; /* lane j's first block: in group gj, the inj-th block */
-    for (int j = 0; j < 16 && j < nb; j++) {
-        const int8_t *xe = x0 + (size_t)(j >> 2) * 128 + 16 * (size_t)(j & 3); /* block j's even values */
-        if (kind == K_Q4S && STEPPED) {
-            const int cnt = j < whole ? (whole - 1 - j) / 16 + 1 : 0; /* the lane's blocks in whole spans */
-            if (cnt)
-                r4_q4s_lane(q + 64 * (size_t)j, ds + (size_t)gj * R4, (size_t)gstep * R4 * sizeof(float), xe, o,
-                            x->dt + tile + 16 * (size_t)j, (size_t)cnt, L[j]);
-            else
-                for (int i = 0; i < R4_TILE_TOKENS; i++) L[j][i] = vdupq_n_f32(0.0f);
-            const int b = j + 16 * cnt, g = gj + gstep * cnt;
-            if (b < nb) r4_lane_tail(kind, x, q, b, ds + (size_t)g * R4, ms + (size_t)g * R4, t, L[j]);
-        } else {
+    if (kind == K_Q4S && STEPPED && whole >= 16) { /* every lane has blocks in whole spans */
+        const int m = whole % 16, cnt = whole / 16; /* lanes below m have cnt + 1 of them */
+        const int sh = __builtin_ctz((unsigned)bpg); /* bpg divides 16 */
+        const size_t sstep = (size_t)gstep * R4 * sizeof(float);
+        if (m) r4_q4s_lanes(q, ds, sh, sstep, 0, m, x0, o, x->dt + tile, (size_t)cnt + 1, L[0]);
+        r4_q4s_lanes(q + 64 * (size_t)m, ds, sh, sstep, m, 16, x0 + 32 * (size_t)m, o, x->dt + tile + 16 * (size_t)m,
+                     (size_t)cnt, L[m]);
+        for (int j = 0; j < nb - whole; j++) { /* blocks past the row's whole spans: lanes m .. */
+            const int k = m + j, b = k + 16 * cnt, g = (k >> sh) + gstep * cnt;
+            r4_lane_tail(kind, x, q, b, ds + (size_t)g * R4, ms + (size_t)g * R4, t, L[k]);
+        }
+    } else {
+        int gj = 0, inj = 0; /* lane j's first block: in group gj, the inj-th block */
+        for (int j = 0; j < 16 && j < nb; j++) {
+            const int8_t *xe = x0 + (size_t)(j >> 2) * 128 + 16 * (size_t)(j & 3); /* block j's even values */
             r4_tile_lane(kind, STEPPED, x, q, j, gj, inj, ds, ms, xe, o, tile, t, bpg, L[j]);
+            if (++inj == bpg) { /* lane j + 1 */
+                inj = 0;
+                gj++;
+            }
         }
-        if (++inj == bpg) { /* lane j + 1 */
-            inj = 0;
-            gj++;
-        }
+        for (int j = nb; j < 16; j++)
+            for (int i = 0; i < R4_TILE_TOKENS; i++) L[j][i] = vdupq_n_f32(0.0f);
     }
-    for (int j = nb; j < 16; j++)
-        for (int i = 0; i < R4_TILE_TOKENS; i++) L[j][i] = vdupq_n_f32(0.0f);
-    for (int i = 0; i < R4_TILE_TOKENS; i++) { /* each token's 16 lanes in registers */
-        float32x4_t v[16];
-        UNROLL
-        for (int j = 0; j < 16; j++) v[j] = L[j][i];
-        r4_store(r4_tree(v), G, r0, r1, out + (size_t)(t + i) * out_stride);
-    }
+    for (int h = 0; h < R4_TILE_TOKENS; h += 4)
+        r4_tree4(L, h, G, r0, r1, out + (size_t)(t + h) * out_stride, out_stride);
 }
 
 ALWAYS void dot_r4_tiles(int kind, const qact *x, const qmat *w, int r0, int r1, float *out, size_t out_stride) {
