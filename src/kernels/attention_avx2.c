@@ -18,6 +18,8 @@
 #pragma GCC optimize("fp-contract=off")
 #endif
 
+#include "x86.h" /* tree16: kernels.h's final tree */
+
 #include <immintrin.h>
 #include <stdint.h>
 #include <string.h>
@@ -192,10 +194,7 @@ TGT_ATT static void softmax_avx2(float *x, int n) {
         part0 = _mm256_add_ps(part0, _mm256_loadu_ps(x + i));
         part1 = _mm256_add_ps(part1, _mm256_loadu_ps(x + i + 8));
     }
-    __m256 a = _mm256_add_ps(part0, part1);                                         /* j + (j+8) */
-    __m128 b = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1)); /* j + (j+4) */
-    __m128 c = _mm_add_ps(b, _mm_movehl_ps(b, b));                                /* j + (j+2) */
-    float sum = _mm_cvtss_f32(_mm_add_ss(c, _mm_shuffle_ps(c, c, 1)));            /* 0 + 1 */
+    float sum = tree16(part0, part1);
     for (; i < n; i++) sum += x[i];
     __m256 inv = _mm256_set1_ps(1.0f / sum);
     for (i = 0; i + 8 <= n; i += 8) _mm256_storeu_ps(x + i, _mm256_mul_ps(_mm256_loadu_ps(x + i), inv));

@@ -19,6 +19,8 @@
 #pragma GCC optimize("fp-contract=off")
 #endif
 
+#include "x86.h" /* tree16: kernels.h's final tree */
+
 #include <immintrin.h>
 #include <stdint.h>
 
@@ -182,11 +184,7 @@ TGT_ATT512 static void softmax_avx512(float *x, int n) {
     }
     __m512 part = _mm512_setzero_ps(); /* 16 interleaved partial sums */
     for (i = 0; i + 16 <= n; i += 16) part = _mm512_add_ps(part, _mm512_loadu_ps(x + i));
-    /* kernels.h's tree: j + (j+8), then j + (j+4), j + (j+2), 0 + 1 */
-    __m256 a = _mm256_add_ps(_mm512_castps512_ps256(part), _mm512_extractf32x8_ps(part, 1));
-    __m128 b = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
-    __m128 c = _mm_add_ps(b, _mm_movehl_ps(b, b));
-    float sum = _mm_cvtss_f32(_mm_add_ss(c, _mm_shuffle_ps(c, c, 1)));
+    float sum = tree16(_mm512_castps512_ps256(part), _mm512_extractf32x8_ps(part, 1));
     for (; i < n; i++) sum += x[i];
     __m512 inv = _mm512_set1_ps(1.0f / sum);
     for (i = 0; i + 16 <= n; i += 16) _mm512_storeu_ps(x + i, _mm512_mul_ps(_mm512_loadu_ps(x + i), inv));

@@ -29,13 +29,13 @@ typedef struct x86_features {
     int avx2, f16c, avxvnni, avx512; /* avx512: F, BW, VL and VNNI */
 } x86_features;
 
-static unsigned long long read_xcr0(void) {
+static inline unsigned long long read_xcr0(void) {
     unsigned lo, hi;
     __asm__ volatile(".byte 0x0f, 0x01, 0xd0" : "=a"(lo), "=d"(hi) : "c"(0)); /* xgetbv */
     return ((unsigned long long)hi << 32) | lo;
 }
 
-static x86_features detect_x86(void) {
+static inline x86_features detect_x86(void) {
     x86_features f = {0, 0, 0, 0};
     unsigned a, b, c, d;
     if (!__get_cpuid(1, &a, &b, &c, &d)) return f;
