@@ -94,9 +94,12 @@ def huge_page_share(path):
 def run_llamacpp(args, ids):
     from llama_cpp import Llama
 
-    llm = Llama(model_path=args.vs_llamacpp, n_ctx=len(ids) + args.decode + 1,
-                n_batch=len(ids), n_threads=args.threads, n_threads_batch=args.threads,
-                verbose=False)
+    try:
+        llm = Llama(model_path=args.vs_llamacpp, n_ctx=len(ids) + args.decode + 1,
+                    n_batch=len(ids), n_threads=args.threads, n_threads_batch=args.threads,
+                    verbose=False)
+    except ValueError as e:  # llama-cpp-python's word for a file llama.cpp cannot load
+        raise SystemExit(f"bench: llama.cpp: {e}")
     n_vocab = llm.n_vocab()
 
     def greedy():  # the last token's logits, read in place as ours are
@@ -286,7 +289,12 @@ def main(argv=None):
         except ImportError:
             ap.error("--vs-llamacpp needs llama-cpp-python (pip install 'pyrunq4[llamacpp]')")
 
-    ids = prompt_ids(args.model, args.prompt)
+    from .errors import Runq4Error
+
+    try:
+        ids = prompt_ids(args.model, args.prompt)
+    except Runq4Error as e:  # the file is not a model this engine runs
+        ap.error(str(e))
     engines = (["ours"] + (["generate", "stream", "runq4"] if args.vs_binary else [])
                + (["llamacpp"] if args.vs_llamacpp else []))
     text = binary_prompt(args.model, ids) if args.vs_binary else None

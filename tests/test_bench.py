@@ -64,3 +64,15 @@ def test_huge_page_share_without_proc(monkeypatch):
         raise OSError("no such file")
     monkeypatch.setattr("builtins.open", missing)
     assert bench.huge_page_share("model.rq4") is None
+
+
+def test_a_file_that_is_not_a_model_is_one_line(tmp_path):
+    """Bad input: no traceback, the engine's own reason, exit status 2."""
+    junk = tmp_path / "junk.rq4"
+    junk.write_bytes(b"\x00not a model\x00" * 1000)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [ROOT, os.environ.get("PYTHONPATH")])))
+    r = subprocess.run([sys.executable, "-m", "pyrunq4.bench", str(junk), "--runs", "1"],
+                       capture_output=True, text=True, env=env, timeout=120)
+    assert r.returncode == 2
+    assert "Traceback" not in r.stderr
+    assert r.stderr.strip().splitlines()[-1] == f"pyrunq4-bench: error: {junk}: not an .rq4 file (bad magic)"
