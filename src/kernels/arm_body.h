@@ -12,8 +12,9 @@
  *       divides exactly, |16 * isum| < 2^24)
  *
  * Every kernel here computes kernels.h's contract: the integer sum of each
- * block, then per block (d * dx) * isum [+ (m * dx) * xs], added into the
- * float lane b % 16 of its row and token, four lanes per float32x4. Rows go in
+ * block, then per block lane = fma(d * dx, isum, lane) [then fma(m * dx, xs,
+ * lane)] on the float lane b % 16 of its row and token, four lanes per
+ * float32x4 (vfmaq_f32: fmla). Rows go in
  * steps of R and tokens in tiles of T, both compile-time constants at each call
  * (so the accumulators stay in registers): each block's unpacked weights serve
  * T tokens and each activation load R rows. The row is walked 16 blocks at a
@@ -21,9 +22,8 @@
  * converted at once (fcvtl) in the layouts of groups of 1, 2 and 4 blocks
  * (g32, g64, g128); any other group size, and the blocks past the last 16,
  * take a per-quad path whose group index is a running count (no division).
- * Past the last block of a partial quad the terms are (0 * 0) * 0 = +0.0,
- * which leaves every lane unchanged (lanes start at +0.0 and, rounding to
- * nearest, never become -0.0), so nothing is masked.
+ * Past the last block of a partial quad the lanes are kept as they are (a
+ * term of +0.0 there would turn a lane of -0.0, its start, into +0.0).
  */
 
 #include <string.h>
@@ -131,17 +131,22 @@ typedef struct step {
 
 typedef float32x4_t lanes[MAX_R][MAX_T][4]; /* [row][token][lanes 4j .. 4j+3] */
 
-/* The terms of one quad of blocks (4 blocks from b0) for every row and token:
- * weights wq[i], activations xq[t], scales d4[i], m4[i], dx[t], xs[t]. */
-ALWAYS void quad_terms(int kind, const int R, const int T, const uint8_t *const *wq, const int8_t *const *xq,
-                       const float32x4_t *d4, const float32x4_t *m4, const float32x4_t *dx,
-                       const float32x4_t *xs, float32x4_t term[MAX_R][MAX_T]) {
+/* The contract's steps of one quad of blocks (4 blocks from b0, cnt of them)
+ * on the quad's lanes f[i][t] of every row and token: weights wq[i],
+ * activations xq[t], scales d4[i], m4[i], dx[t], xs[t]; the lanes past cnt
+ * kept. */
+ALWAYS void quad_fma(int kind, const int R, const int T, const uint8_t *const *wq, const int8_t *const *xq,
+                     const float32x4_t *d4, const float32x4_t *m4, const float32x4_t *dx, const float32x4_t *xs,
+                     int cnt, float32x4_t f[MAX_R][MAX_T]) {
+    static const uint32_t index[4] = {0, 1, 2, 3};
+    const uint32x4_t valid = vcltq_u32(vld1q_u32(index), vdupq_n_u32((uint32_t)cnt));
     for (int i = 0; i < R; i++) {
         wquad w = unpack_quad(kind, wq[i], 4);
         for (int t = 0; t < T; t++) {
             float32x4_t isum = isum_f32(kind, quad_sums(kind, &w, xq[t]));
-            term[i][t] = vmulq_f32(vmulq_f32(d4[i], dx[t]), isum);
-            if (kind == K_Q4A) term[i][t] = vaddq_f32(term[i][t], vmulq_f32(vmulq_f32(m4[i], dx[t]), xs[t]));
+            float32x4_t g = vfmaq_f32(f[i][t], vmulq_f32(d4[i], dx[t]), isum);
+            if (kind == K_Q4A) g = vfmaq_f32(g, vmulq_f32(m4[i], dx[t]), xs[t]);
+            f[i][t] = cnt < 4 ? vbslq_f32(valid, g, f[i][t]) : g;
         }
     }
 }
@@ -152,16 +157,18 @@ ALWAYS void add_quad(int kind, const int R, const int T, const step *s, int b0, 
     const size_t wstep = kind == K_Q8 ? QK : QK / 2;
     const uint8_t *wq[MAX_R];
     const int8_t *xq[MAX_T];
-    float32x4_t dx[MAX_T], xs[MAX_T], term[MAX_R][MAX_T];
+    float32x4_t dx[MAX_T], xs[MAX_T], f[MAX_R][MAX_T];
     for (int i = 0; i < R; i++) wq[i] = s->wq[i] + (size_t)b0 * wstep;
     for (int t = 0; t < T; t++) {
         xq[t] = s->xq[t] + (size_t)b0 * QK;
         dx[t] = vld1q_f32(s->xd[t] + b0);
         xs[t] = kind == K_Q4A ? vcvtq_f32_s32(vld1q_s32(s->xs[t] + b0)) : dx[t];
     }
-    quad_terms(kind, R, T, wq, xq, d4, m4, dx, xs, term);
     for (int i = 0; i < R; i++)
-        for (int t = 0; t < T; t++) acc[i][t][j] = vaddq_f32(acc[i][t][j], term[i][t]);
+        for (int t = 0; t < T; t++) f[i][t] = acc[i][t][j];
+    quad_fma(kind, R, T, wq, xq, d4, m4, dx, xs, 4, f);
+    for (int i = 0; i < R; i++)
+        for (int t = 0; t < T; t++) acc[i][t][j] = f[i][t];
 }
 
 /* Quad j of the 16 blocks from b, with their scales d4[row][j] */
@@ -190,7 +197,7 @@ static __attribute__((noinline)) void add_tail(int kind, int R, int T, const ste
         int8_t xbuf[MAX_T][4 * QK] = {{0}};
         const uint8_t *wq[MAX_R];
         const int8_t *xq[MAX_T];
-        float32x4_t d4[MAX_R], m4[MAX_R], dx[MAX_T], xs[MAX_T], term[MAX_R][MAX_T];
+        float32x4_t d4[MAX_R], m4[MAX_R], dx[MAX_T], xs[MAX_T], f[MAX_R][MAX_T];
         for (int i = 0; i < R; i++) {
             wq[i] = s->wq[i] + (size_t)b * wstep;
             if (cnt < 4) {
@@ -218,9 +225,11 @@ static __attribute__((noinline)) void add_tail(int kind, int R, int T, const ste
             dx[t] = load_f32(s->xd[t] + b, cnt);
             xs[t] = vcvtq_f32_s32(load_s32(s->xs[t] + b, cnt));
         }
-        quad_terms(kind, R, T, wq, xq, d4, m4, dx, xs, term);
         for (int i = 0; i < R; i++)
-            for (int t = 0; t < T; t++) acc[i][t][j] = vaddq_f32(acc[i][t][j], term[i][t]);
+            for (int t = 0; t < T; t++) f[i][t] = acc[i][t][j];
+        quad_fma(kind, R, T, wq, xq, d4, m4, dx, xs, cnt, f);
+        for (int i = 0; i < R; i++)
+            for (int t = 0; t < T; t++) acc[i][t][j] = f[i][t];
     }
 }
 
@@ -261,7 +270,7 @@ ALWAYS void dot_step(int kind, const int R, const int T, const qact *x, const qm
         s.wd[i] = w->d + (size_t)(r + i) * (size_t)w->ngroups;
         s.wm[i] = kind == K_Q4A ? w->m + (size_t)(r + i) * (size_t)w->ngroups : NULL;
         for (int k = 0; k < T; k++)
-            for (int j = 0; j < 4; j++) acc[i][k][j] = vdupq_n_f32(0.0f);
+            for (int j = 0; j < 4; j++) acc[i][k][j] = vdupq_n_f32(-0.0f);
     }
     for (int k = 0; k < T; k++) {
         size_t tok = (size_t)(t + k);

@@ -2,7 +2,8 @@
  * the two aarch64 kernel sets (included by neon.c and neon_dotprod.c after
  * arm_body.h; not compiled alone). Rows are in the lanes: one float32x4 holds
  * lane j of kernels.h's contract for the 4 rows of a group, so a block's
- * term for 4 rows is one vector: (d4 * dx) * isum4 [+ (m4 * dx) * xs].
+ * step for 4 rows is one vector: fma(d4 * dx, isum4, lane) [then fma(m4 * dx,
+ * xs, lane)].
  *
  * The includer defines, for the 64 bytes of one interleaved block:
  *   r4block r4_unpack(kind, p)   its 4 chunk vectors as lo[k] (low nibbles)
@@ -67,18 +68,17 @@ ALWAYS float32x4_t r4_scales(const uint16_t *h, const qmat *w, int G, int g) {
     return f16x4(h + ((size_t)G * (size_t)w->ngroups + (size_t)g) * R4);
 }
 
-/* The term of block b of row group G for token t: w unpacked, d4 and m4 its
- * scales */
-ALWAYS float32x4_t r4_term(int kind, const qact *x, const r4block *w, int b, int t, float32x4_t d4,
+/* Lane f after the step of block b of row group G for token t: w unpacked,
+ * d4 and m4 its scales */
+ALWAYS float32x4_t r4_term(int kind, float32x4_t f, const qact *x, const r4block *w, int b, int t, float32x4_t d4,
                            float32x4_t m4) {
     const int nb = x->nb;
     size_t half, at = (size_t)t * (size_t)x->n + r4_qp_at(b, nb, &half);
     const int8_t *xe = x->qp + at, *xo = xe + half;
     float xd = x->d[(size_t)t * (size_t)nb + (size_t)b];
-    float32x4_t term = vmulq_f32(vmulq_n_f32(d4, xd), isum_f32(kind, r4_dot(kind, w, xe, xo)));
-    if (kind == K_Q4A)
-        term = vaddq_f32(term, vmulq_n_f32(vmulq_n_f32(m4, xd), (float)x->s[(size_t)t * (size_t)nb + (size_t)b]));
-    return term;
+    f = vfmaq_f32(f, vmulq_n_f32(d4, xd), isum_f32(kind, r4_dot(kind, w, xe, xo)));
+    if (kind == K_Q4A) f = vfmaq_n_f32(f, vmulq_n_f32(m4, xd), (float)x->s[(size_t)t * (size_t)nb + (size_t)b]);
+    return f;
 }
 
 /* kernels.h's final tree over a row group's 16 lane vectors (overwrites them) */
@@ -106,6 +106,11 @@ ALWAYS void r4_store(float32x4_t v, int G, int r0, int r1, float *out) {
 #define R4_MUL_LANE(v, s, i)                                                                  \
     ((i) == 0 ? vmulq_laneq_f32((v), (s), 0) : (i) == 1 ? vmulq_laneq_f32((v), (s), 1)     \
      : (i) == 2 ? vmulq_laneq_f32((v), (s), 2) : vmulq_laneq_f32((v), (s), 3))
+
+/* a + v times lane i (a constant) of s, fused */
+#define R4_FMA_LANE(a, v, s, i)                                                                        \
+    ((i) == 0 ? vfmaq_laneq_f32((a), (v), (s), 0) : (i) == 1 ? vfmaq_laneq_f32((a), (v), (s), 1)    \
+     : (i) == 2 ? vfmaq_laneq_f32((a), (v), (s), 2) : vfmaq_laneq_f32((a), (v), (s), 3))
 
 /* The end of a round of independent operations: GCC's last scheduling pass
  * would otherwise regroup them into chains, each waiting on its own results
@@ -136,9 +141,8 @@ ALWAYS void r4_step16(int kind, const int BPG, const uint8_t *q, const uint16_t 
             }
             const int8_t *xe = xp + (j / 4) * 128 + 16 * (j % 4);
             float32x4_t isum = isum_f32(kind, r4_dot_bytes(kind, q + 64 * j, xe, xe + 64));
-            float32x4_t term = vmulq_f32(R4_MUL_LANE(d4, dx, j % 4), isum);
-            if (kind == K_Q4A) term = vaddq_f32(term, R4_MUL_LANE(R4_MUL_LANE(m4, dx, j % 4), sx, j % 4));
-            L[j] = vaddq_f32(L[j], term);
+            L[j] = vfmaq_f32(L[j], R4_MUL_LANE(d4, dx, j % 4), isum);
+            if (kind == K_Q4A) L[j] = R4_FMA_LANE(L[j], R4_MUL_LANE(m4, dx, j % 4), sx, j % 4);
         }
         return;
     }
@@ -169,19 +173,15 @@ ALWAYS void r4_step16(int kind, const int BPG, const uint8_t *q, const uint16_t 
             R4_DONE(term[i]);
         }
         UNROLL
-        for (int i = 0; i < 4; i++) term[i] = vmulq_f32(term[i], sum[i]);
+        for (int i = 0; i < 4; i++) L[j + i] = vfmaq_f32(L[j + i], term[i], sum[i]);
         if (kind == K_Q4A) {
             UNROLL
-            for (int i = 0; i < 4; i++) sum[i] = R4_MUL_LANE(R4_MUL_LANE(m4[i], dx, i), sx, i);
+            for (int i = 0; i < 4; i++) term[i] = R4_MUL_LANE(m4[i], dx, i);
             UNROLL
-            for (int i = 0; i < 4; i++) R4_DONE(sum[i]);
+            for (int i = 0; i < 4; i++) R4_DONE(term[i]);
             UNROLL
-            for (int i = 0; i < 4; i++) term[i] = vaddq_f32(term[i], sum[i]);
+            for (int i = 0; i < 4; i++) L[j + i] = R4_FMA_LANE(L[j + i], term[i], sx, i);
         }
-        UNROLL
-        for (int i = 0; i < 4; i++) R4_DONE(term[i]);
-        UNROLL
-        for (int i = 0; i < 4; i++) L[j + i] = vaddq_f32(L[j + i], term[i]);
     }
 }
 
@@ -247,7 +247,7 @@ static __attribute__((noinline)) void r4_decode_rest(int kind, const qact *x, co
     float32x4_t d4 = r4_scales(w->d, w, G, g), m4 = kind == K_Q4A ? r4_scales(w->m, w, G, g) : d4;
     for (; b < nb; b++) {
         r4block wb = r4_unpack(kind, q + 64 * (size_t)b);
-        L[b % 16] = vaddq_f32(L[b % 16], r4_term(kind, x, &wb, b, t, d4, m4));
+        L[b % 16] = r4_term(kind, L[b % 16], x, &wb, b, t, d4, m4);
         if (++in == bpg && b + 1 < nb) {
             in = 0;
             g++;
@@ -267,7 +267,7 @@ ALWAYS void r4_decode(int kind, const qact *x, const qmat *w, int G, int t, int 
     }
     const int bpg = w->gs / QK;
     float32x4_t L[16];
-    for (int j = 0; j < 16; j++) L[j] = vdupq_n_f32(0.0f);
+    for (int j = 0; j < 16; j++) L[j] = vdupq_n_f32(-0.0f);
     int b = 0;
     if (bpg == 1 || bpg == 2 || bpg == 4) {
         r4_steps_at(kind, bpg, x, w, G, x->nb / 16, t, L);
@@ -288,7 +288,7 @@ ALWAYS void r4_prompt(int kind, const int T, const qact *x, const qmat *w, int G
     for (int j = 0; j < 16 && j < nb; j++) {
         float32x4_t f[R4_TOKENS];
         UNROLL
-        for (int k = 0; k < T; k++) f[k] = vdupq_n_f32(0.0f);
+        for (int k = 0; k < T; k++) f[k] = vdupq_n_f32(-0.0f);
         for (int b = j, g = j / bpg, in = j % bpg; b < nb; b += 16) { /* block b in group g, the in-th block */
             r4block wb = r4_unpack(kind, q + 64 * (size_t)b);
             float32x4_t d4 = r4_scales(w->d, w, G, g), m4 = kind == K_Q4A ? r4_scales(w->m, w, G, g) : d4;
@@ -299,15 +299,13 @@ ALWAYS void r4_prompt(int kind, const int T, const qact *x, const qmat *w, int G
                     const size_t tok = (size_t)(t + k);
                     const int8_t *xe = x->qp + tok * (size_t)x->n + at;
                     float xd = x->d[tok * (size_t)nb + (size_t)b];
-                    float32x4_t term = vmulq_f32(vmulq_n_f32(d4, xd),
-                                                 isum_f32(kind, r4_dot(kind, &wb, xe, xe + 64)));
+                    f[k] = vfmaq_f32(f[k], vmulq_n_f32(d4, xd), isum_f32(kind, r4_dot(kind, &wb, xe, xe + 64)));
                     if (kind == K_Q4A)
-                        term = vaddq_f32(term, vmulq_n_f32(vmulq_n_f32(m4, xd), (float)x->s[tok * (size_t)nb + (size_t)b]));
-                    f[k] = vaddq_f32(f[k], term);
+                        f[k] = vfmaq_n_f32(f[k], vmulq_n_f32(m4, xd), (float)x->s[tok * (size_t)nb + (size_t)b]);
                 }
             } else {
                 UNROLL
-                for (int k = 0; k < T; k++) f[k] = vaddq_f32(f[k], r4_term(kind, x, &wb, b, t + k, d4, m4));
+                for (int k = 0; k < T; k++) f[k] = r4_term(kind, f[k], x, &wb, b, t + k, d4, m4);
             }
             if (gstep) {
                 g += gstep;
@@ -319,7 +317,7 @@ ALWAYS void r4_prompt(int kind, const int T, const qact *x, const qmat *w, int G
         for (int k = 0; k < T; k++) L[k][j] = f[k];
     }
     for (int k = 0; k < T; k++) {
-        for (int j = nb; j < 16; j++) L[k][j] = vdupq_n_f32(0.0f);
+        for (int j = nb; j < 16; j++) L[k][j] = vdupq_n_f32(-0.0f);
         r4_store(r4_tree(L[k]), G, r0, r1, out + (size_t)(t + k) * out_stride);
     }
 }

@@ -10,7 +10,7 @@
 
 int rq4_kernels_avx2_supported(void) {
     x86_features f = detect_x86();
-    return f.avx2 && f.f16c;
+    return f.avx2 && f.f16c && f.fma;
 }
 
 /* ---- avx2: vpmaddubsw (u8 x s8 -> s16 pairs, no saturation here: 2*15*127 and
@@ -154,13 +154,13 @@ static inline __attribute__((always_inline)) TGT256 void tok8_blocks(int kind, c
             for (int r = 0; r < NR; r++) {
                 __m256i isum = _mm256_madd_epi16(acc[r][g], _mm256_set1_epi16(1));
                 if (kind == K_Q4S) isum = _mm256_sub_epi32(isum, _mm256_slli_epi32(st, 3)); /* the weights' + 8 */
-                __m256 term = _mm256_mul_ps(_mm256_mul_ps(_mm256_set1_ps(dblk[r][i]), dx), _mm256_cvtepi32_ps(isum));
-                if (kind == K_Q4A)
-                    term = _mm256_add_ps(term, _mm256_mul_ps(_mm256_mul_ps(_mm256_set1_ps(mblk[r][i]), dx),
-                                                             _mm256_cvtepi32_ps(st)));
-                /* lane b % 16 starts at 0.0f (the contract) when block b is its first */
+                /* lane b % 16 starts at -0.0f (the contract) when block b is its first */
                 __m256 *lane = &L[r][gl + g][b % 16];
-                *lane = _mm256_add_ps(b < 16 ? _mm256_setzero_ps() : *lane, term);
+                __m256 f = b < 16 ? _mm256_set1_ps(-0.0f) : *lane;
+                f = _mm256_fmadd_ps(_mm256_mul_ps(_mm256_set1_ps(dblk[r][i]), dx), _mm256_cvtepi32_ps(isum), f);
+                if (kind == K_Q4A)
+                    f = _mm256_fmadd_ps(_mm256_mul_ps(_mm256_set1_ps(mblk[r][i]), dx), _mm256_cvtepi32_ps(st), f);
+                *lane = f;
             }
         }
     }
@@ -191,7 +191,7 @@ static inline __attribute__((always_inline)) TGT256 void tok8_rows(int kind, con
             int nr = r1 - rg < TOK8_ROWS ? r1 - rg : TOK8_ROWS;
             for (int i = 0; i < nr; i++) /* the lanes no block starts (nb < 16) */
                 for (int g = 0; g < ngg; g++)
-                    for (int j = nb; j < 16; j++) lanes[i][g][j] = _mm256_setzero_ps();
+                    for (int j = nb; j < 16; j++) lanes[i][g][j] = _mm256_set1_ps(-0.0f);
             for (int c0 = 0; c0 < nb; c0 += chunk) {
                 int cnt = nb - c0 < chunk ? nb - c0 : chunk;
                 for (int i = 0; i < nr; i++) tok8_unpack(kind, w, rg + i, c0, cnt, wb[i], dblk[i], mblk[i]);

@@ -125,17 +125,20 @@ ALWAYS TGT256 __m256 r4x_scales(const uint16_t *h, const qmat *w, int G, int b, 
     return _mm256_cvtph_ps(_mm_unpacklo_epi64(lo, hi));
 }
 
-/* The terms of blocks b, b+1 (i, i+1 of the chunk) for one token */
-ALWAYS TGT256 __m256 r4x_term(int kind, const r4x_block *w0, const r4x_block *w1, const r4x_acts *a, int i,
-                              __m256 d8, __m256 m8) {
+/* The steps of blocks b, b+1 (i, i+1 of the chunk) for one token on its
+ * lanes f (b's 4 rows low, b+1's high); pair = 0: b + 1 is past the row (its
+ * zero partner's term could turn a -0.0 lane into +0.0, so those lanes are
+ * kept) */
+ALWAYS TGT256 __m256 r4x_term(int kind, __m256 f, const r4x_block *w0, const r4x_block *w1, const r4x_acts *a,
+                              int i, __m256 d8, __m256 m8, int pair) {
     __m256i s0 = r4x_sums(w0, a->v[i]), s1 = r4x_sums(w1, a->v[i + 1]);
     __m256i isum = _mm256_add_epi32(_mm256_permute2x128_si256(s0, s1, 0x20), _mm256_permute2x128_si256(s0, s1, 0x31));
     __m256 dx = _mm256_loadu_ps(a->dx[i]);
     __m256i xs = _mm256_loadu_si256((const __m256i *)a->s[i]);
     if (kind == K_Q4S) isum = _mm256_sub_epi32(isum, xs);
-    __m256 term = _mm256_mul_ps(_mm256_mul_ps(d8, dx), _mm256_cvtepi32_ps(isum));
-    if (kind == K_Q4A) term = _mm256_add_ps(term, _mm256_mul_ps(_mm256_mul_ps(m8, dx), _mm256_cvtepi32_ps(xs)));
-    return term;
+    __m256 g = _mm256_fmadd_ps(_mm256_mul_ps(d8, dx), _mm256_cvtepi32_ps(isum), f);
+    if (kind == K_Q4A) g = _mm256_fmadd_ps(_mm256_mul_ps(m8, dx), _mm256_cvtepi32_ps(xs), g);
+    return pair ? g : _mm256_blend_ps(g, f, 0xF0);
 }
 
 /* Decoding: NG (1, 2) row groups from G, blocks c0 .. c0 + cnt in order,
@@ -152,7 +155,7 @@ ALWAYS TGT256 void r4x_decode(int kind, const int NG, const qmat *w, int G, int 
             r4x_block w0 = r4x_unpack(kind, q + 64 * (size_t)b, 1);
             r4x_block w1 = r4x_unpack(kind, q + 64 * (size_t)(b + 1), b + 1 < nb);
             __m256 d8 = r4x_scales(w->d, w, G + g, b, nb), m8 = kind == K_Q4A ? r4x_scales(w->m, w, G + g, b, nb) : d8;
-            acc[g][j] = _mm256_add_ps(acc[g][j], r4x_term(kind, &w0, &w1, a, i, d8, m8));
+            acc[g][j] = r4x_term(kind, acc[g][j], &w0, &w1, a, i, d8, m8, b + 1 < nb);
         }
     }
     for (int g = 0; g < NG; g++)
@@ -172,7 +175,7 @@ ALWAYS TGT256 void r4x_prompt(int kind, const int T, const qmat *w, int G, int n
             r4x_block w0 = r4x_unpack(kind, q + 64 * (size_t)b, 1);
             r4x_block w1 = r4x_unpack(kind, q + 64 * (size_t)(b + 1), b + 1 < nb);
             __m256 d8 = r4x_scales(w->d, w, G, b, nb), m8 = kind == K_Q4A ? r4x_scales(w->m, w, G, b, nb) : d8;
-            for (int t = 0; t < T; t++) f[t] = _mm256_add_ps(f[t], r4x_term(kind, &w0, &w1, &a[t], i, d8, m8));
+            for (int t = 0; t < T; t++) f[t] = r4x_term(kind, f[t], &w0, &w1, &a[t], i, d8, m8, b + 1 < nb);
         }
         for (int t = 0; t < T; t++) L[t][j] = f[t];
     }
@@ -207,7 +210,7 @@ ALWAYS TGT256 void r4x_tokens(int kind, const int T, const qact *x, const qmat *
         int Gn = G1 - Gb < R4X_RB ? G1 - Gb : R4X_RB;
         for (int g = 0; g < Gn; g++)
             for (int t = 0; t < T; t++)
-                for (int j = 0; j < 8; j++) L[g][t][j] = _mm256_setzero_ps();
+                for (int j = 0; j < 8; j++) L[g][t][j] = _mm256_set1_ps(-0.0f);
         for (int c0 = 0; c0 < nb; c0 += cb) {
             int cnt = nb - c0 < cb ? nb - c0 : cb;
             for (int t = 0; t < T; t++) r4x_prep(kind, x, t0 + t, c0, cnt, &a[t]);

@@ -38,10 +38,10 @@
 
 int rq4_kernels_avx512vnni_supported(void) {
     x86_features f = detect_x86();
-    return f.avx2 && f.f16c && f.avx512;
+    return f.avx2 && f.f16c && f.fma && f.avx512;
 }
 
-#define TGT512 __attribute__((target("avx2,f16c,avx512f,avx512bw,avx512vl,avx512vnni")))
+#define TGT512 __attribute__((target("avx2,f16c,fma,avx512f,avx512bw,avx512vl,avx512vnni")))
 
 static inline __attribute__((always_inline)) TGT512 __m512i v512_dot(__m512i a, __m512i w, const int8_t *x) {
     return _mm512_dpbusd_epi32(a, w, _mm512_loadu_si512((const void *)x));
@@ -185,18 +185,20 @@ ALWAYS TGT __m512i sums16(int kind, const row_view *v, const int8_t *xr, const i
     return reduce4x4(p);
 }
 
-/* lanes + the float terms of blocks b0 .. b0+cnt-1 of one token; d16, m16:
- * the blocks' weight scales and minimums (scales16). */
+/* lanes after the contract's steps of blocks b0 .. b0+cnt-1 of one token;
+ * d16, m16: the blocks' weight scales and minimums (scales16). The lanes past
+ * cnt are kept as they are (masked fma: a padded term of +0.0 would turn a
+ * -0.0 lane into +0.0). */
 ALWAYS TGT __m512 float16(int kind, __m512 d16, __m512 m16, const float *xd, const int32_t *xs, int b0, int cnt,
                                __m512i isum, __m512 lanes) {
-    __mmask16 valid = (__mmask16)((1u << cnt) - 1); /* for the loads: nothing read past the row */
+    __mmask16 valid = (__mmask16)((1u << cnt) - 1); /* for the loads (nothing read past the row) and the lanes */
     __m512i s = cnt == 16 ? _mm512_loadu_si512((const void *)(xs + b0)) : _mm512_maskz_loadu_epi32(valid, xs + b0);
     __m512 dx = cnt == 16 ? _mm512_loadu_ps(xd + b0) : _mm512_maskz_loadu_ps(valid, xd + b0);
     int off = offset_of(kind, Q8_OFF);
     if (off) isum = _mm512_sub_epi32(isum, _mm512_slli_epi32(s, off == 8 ? 3 : 7));
-    __m512 term = _mm512_mul_ps(_mm512_mul_ps(d16, dx), _mm512_cvtepi32_ps(isum));
-    if (kind == K_Q4A) term = _mm512_add_ps(term, _mm512_mul_ps(_mm512_mul_ps(m16, dx), _mm512_cvtepi32_ps(s)));
-    return _mm512_add_ps(lanes, term);
+    lanes = _mm512_mask3_fmadd_ps(_mm512_mul_ps(d16, dx), _mm512_cvtepi32_ps(isum), lanes, valid);
+    if (kind == K_Q4A) lanes = _mm512_mask3_fmadd_ps(_mm512_mul_ps(m16, dx), _mm512_cvtepi32_ps(s), lanes, valid);
+    return lanes;
 }
 
 ALWAYS TGT __m512 chunk16(int kind, const row_view *v, const int8_t *xr, const int8_t *xp, const float *xd,
@@ -216,7 +218,7 @@ ALWAYS TGT void one_token(int kind, const qact *x, const qmat *w, int r, float *
     const size_t block_bytes = kind == K_Q8 ? QK : QK / 2;
     const uint8_t *wend = w->q + (size_t)(w->rows - 1) * w->row_bytes + (size_t)nb * block_bytes;
     const int touch = w->touch_pages && nb % 16 == 0; /* rows of whole steps: touch_next_page */
-    __m512 lanes = _mm512_setzero_ps();
+    __m512 lanes = _mm512_set1_ps(-0.0f);
     int b0 = 0;
     for (; b0 + 16 <= nb; b0 += 16) {
         prefetch_ahead(v.q + (size_t)b0 * block_bytes, 16 * block_bytes);
@@ -274,14 +276,14 @@ ALWAYS TGT void tile_chunk(int kind, const int T, const row_view *v, const int8_
     __m256 d8 = scales8(v, v->d, b0, cnt);
     __m512 dd = JOIN_F(d8, d8);
     int off = offset_of(kind, Q8_OFF);
+    __mmask16 valid = (__mmask16)(((1u << cnt) - 1) * 0x101u); /* the lanes of blocks < cnt, both tokens */
     for (int pair = 0; pair < (T + 1) / 2; pair++) {
         int a = 2 * pair, b = a + 1 < T ? a + 1 : a; /* an odd T: the lone token twice (its copy unused) */
         __m512i isum = reduce8h(p[pair]);
         __m512i s = JOIN_I(load8i(xs[a] + b0, cnt), load8i(xs[b] + b0, cnt));
         __m512 dx = JOIN_F(load8f(xd[a] + b0, cnt), load8f(xd[b] + b0, cnt));
         if (off) isum = _mm512_sub_epi32(isum, _mm512_slli_epi32(s, off == 8 ? 3 : 7));
-        __m512 term = _mm512_mul_ps(_mm512_mul_ps(dd, dx), _mm512_cvtepi32_ps(isum));
-        acc[pair] = _mm512_add_ps(acc[pair], term);
+        acc[pair] = _mm512_mask3_fmadd_ps(_mm512_mul_ps(dd, dx), _mm512_cvtepi32_ps(isum), acc[pair], valid);
     }
 }
 
@@ -303,7 +305,7 @@ ALWAYS TGT void tile_tokens(int kind, const int T, const qact *x, const qmat *w,
         xs[t] = x->s + row * (size_t)nb;
     }
     if (kind != K_Q8) {
-        __m512 lanes[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps()};
+        __m512 lanes[4] = {_mm512_set1_ps(-0.0f), _mm512_set1_ps(-0.0f), _mm512_set1_ps(-0.0f), _mm512_set1_ps(-0.0f)};
         int b0 = 0;
         for (; b0 + 16 <= nb; b0 += 16) tile16_q4(kind, T, &v, xp, xd, xs, b0, 16, lanes);
         if (b0 < nb) tile16_q4(kind, T, &v, xp, xd, xs, b0, nb - b0, lanes);
@@ -311,7 +313,7 @@ ALWAYS TGT void tile_tokens(int kind, const int T, const qact *x, const qmat *w,
             out[(size_t)(t0 + t) * out_stride + (size_t)r] = tree16(LO256(lanes[t]), HI256(lanes[t]));
         return;
     }
-    __m512 even[2] = {_mm512_setzero_ps(), _mm512_setzero_ps()}, odd[2] = {even[0], even[0]};
+    __m512 even[2] = {_mm512_set1_ps(-0.0f), _mm512_set1_ps(-0.0f)}, odd[2] = {even[0], even[0]};
     int b0 = 0;
     for (; b0 + 16 <= nb; b0 += 16) {
         tile_chunk(kind, T, &v, xr, xd, xs, b0, 8, even);
@@ -415,14 +417,15 @@ static inline __attribute__((always_inline)) TGT512 void tok16_blocks(int kind, 
             size_t at = ((size_t)(k0 + k) * nb + b) * 16;
             __m512 dx = _mm512_loadu_ps(x->dt + at);
             for (int r = 0; r < NR; r++) {
-                __m512 term = _mm512_mul_ps(_mm512_mul_ps(_mm512_set1_ps(dblk[r][i]), dx), _mm512_cvtepi32_ps(acc[r][k]));
+                /* lane b % 16 starts at -0.0f (the contract) when block b is its first */
+                __m512 *lane = &L[r][kl + k][b % 16];
+                __m512 f = b < 16 ? _mm512_set1_ps(-0.0f) : *lane;
+                f = _mm512_fmadd_ps(_mm512_mul_ps(_mm512_set1_ps(dblk[r][i]), dx), _mm512_cvtepi32_ps(acc[r][k]), f);
                 if (kind == K_Q4A) {
                     __m512 s = _mm512_cvtepi32_ps(_mm512_loadu_si512((const void *)(x->st + at)));
-                    term = _mm512_add_ps(term, _mm512_mul_ps(_mm512_mul_ps(_mm512_set1_ps(mblk[r][i]), dx), s));
+                    f = _mm512_fmadd_ps(_mm512_mul_ps(_mm512_set1_ps(mblk[r][i]), dx), s, f);
                 }
-                /* lane b % 16 starts at 0.0f (the contract) when block b is its first */
-                __m512 *lane = &L[r][kl + k][b % 16];
-                *lane = _mm512_add_ps(b < 16 ? _mm512_setzero_ps() : *lane, term);
+                *lane = f;
             }
         }
     }
@@ -448,7 +451,7 @@ static inline __attribute__((always_inline)) TGT512 void tok16_rows(int kind, co
             int nr = r1 - rg < TOK16_ROWS ? r1 - rg : TOK16_ROWS;
             for (int i = 0; i < nr; i++) /* the lanes no block starts (nb < 16) */
                 for (int k = 0; k < ntg; k++)
-                    for (int j = nb; j < 16; j++) lanes[i][k][j] = _mm512_setzero_ps();
+                    for (int j = nb; j < 16; j++) lanes[i][k][j] = _mm512_set1_ps(-0.0f);
             for (int c0 = 0; c0 < nb; c0 += chunk) {
                 int cnt = nb - c0 < chunk ? nb - c0 : chunk;
                 for (int i = 0; i < nr; i++) tok16_unpack(kind, w, rg + i, c0, cnt, wb[i], dblk[i], mblk[i]);

@@ -11,10 +11,10 @@
 
 int rq4_kernels_avxvnni_supported(void) {
     x86_features f = detect_x86();
-    return f.avx2 && f.f16c && f.avxvnni;
+    return f.avx2 && f.f16c && f.fma && f.avxvnni;
 }
 
-#define TGTVNNI __attribute__((target("avx2,f16c,avxvnni")))
+#define TGTVNNI __attribute__((target("avx2,f16c,fma,avxvnni")))
 
 static inline __attribute__((always_inline)) TGTVNNI __m256i vnni_dot(__m256i a, __m256i w, const int8_t *x) {
     return _mm256_dpbusd_avx_epi32(a, w, _mm256_loadu_si256((const __m256i *)x));

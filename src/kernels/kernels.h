@@ -9,18 +9,22 @@
  *     x[i] ~= xd[b] * xq[i],  xq in [-127, 127],  xs[b] = sum of xq over b.
  *
  * Every kernel computes, for each token t and row r, exactly
- *     lane[0..15] = 0.0f
- *     for b in blocks (in order), g = b / (gs / 32) its weight group:
- *         term = (wd[g] * xd[t][b]) * (float)isum[b]                   (Q4S, Q8, Q4T)
- *         term = (wd[g] * xd[t][b]) * (float)isum[b]
- *              + (wm[g] * xd[t][b]) * (float)xs[t][b]                  (Q4A)
- *         lane[b % 16] += term
+ *     lane[0..15] = -0.0f
+ *     for b in blocks (in order), g = b / (gs / 32) its weight group, l = b % 16:
+ *         lane[l] = fmaf(wd[g] * xd[t][b], (float)isum[b], lane[l])       (all kinds)
+ *         lane[l] = fmaf(wm[g] * xd[t][b], (float)xs[t][b], lane[l])      (then Q4A)
  *     for w in 8, 4, 2, 1:  lane[i] = lane[i] + lane[i + w]  for i < w
  *     out[t][r] = lane[0]
- * with isum[b] the int32 sum over block b of wq * xq (Q4T: of table[q] * xq). Sixteen lanes map onto
- * one AVX-512 vector, two AVX2 vectors or four NEON vectors, and the final
- * tree onto their halvings, so a SIMD kernel's output is bit-identical to the
- * scalar reference's whenever its integer sums are.
+ * with isum[b] the int32 sum over block b of wq * xq (Q4T: of table[q] * xq),
+ * and the scale products wd * xd, wm * xd rounded to float on their own. A
+ * lane starts at -0.0f so that its first fmaf is exactly the product (x +
+ * -0.0 is x for every x, +0.0 included): a kernel may compute a lane's first
+ * term with a multiply and never zero the lane. The fused multiply-add is
+ * the one instruction of both NEON (fmla) and x86 with FMA (vfmadd), so the
+ * term costs one operation where a multiply and an add cost two. Sixteen
+ * lanes map onto one AVX-512 vector, two AVX2 vectors or four NEON vectors,
+ * and the final tree onto their halvings, so a SIMD kernel's output is
+ * bit-identical to the scalar reference's whenever its integer sums are.
  */
 #ifndef RUNQ4_KERNELS_H
 #define RUNQ4_KERNELS_H
@@ -31,11 +35,13 @@
 
 #include "../runq4.h"
 
-/* Keep the compiler from fusing a*b+c into one fma in every file that
- * includes this one: that changes rounding and would break bit-identity
- * between kernel sets and between machines. GCC does not contract in ISO C
- * mode (-std=c11); in GNU C mode it does, hence its pragma; clang honours the
- * standard one. */
+/* Keep the compiler from fusing a*b+c into one fma implicitly in every file
+ * that includes this one: the contract above fuses exactly where it says
+ * (fmaf, or an explicit fma intrinsic or instruction), and an fma the
+ * compiler chose elsewhere (the scale products, the final tree's neighbours)
+ * would change rounding between kernel sets and between machines. GCC does
+ * not contract in ISO C mode (-std=c11); in GNU C mode it does, hence its
+ * pragma; clang honours the standard one. */
 #ifdef __clang__
 #pragma STDC FP_CONTRACT OFF
 #elif defined(__GNUC__) && !defined(__STRICT_ANSI__)

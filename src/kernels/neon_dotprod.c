@@ -4,8 +4,9 @@
  * The file builds with portable flags (-march=armv8-a): every function after
  * the target pragma below carries dotprod, and the set is used only when the
  * CPU says so (getauxval(AT_HWCAP) & HWCAP_ASIMDDP on Linux). Results are
- * bit-identical to rq4_kernels_scalar (kernels.h); no a*b+c may become an fma
- * (kernels.h's pragmas).
+ * bit-identical to rq4_kernels_scalar (kernels.h): the contract's fmaf is
+ * fmla (vfmaq_f32), and no other a*b+c may become an fma (kernels.h's
+ * pragmas).
  *
  * Int4 blocks are read in nibble order (qact.qp): the low nibbles of a
  * block's 16 bytes are its even values, the high ones its odd values. Q4S
@@ -156,7 +157,7 @@ ALWAYS void tile_step(int kind, const int R, const qact *x, const qmat *w, int r
     for (int j = 0; j < 16; j++) {
         float32x4_t f[TILE_ROWS][2];
         UNROLL
-        for (int i = 0; i < R; i++) f[i][0] = f[i][1] = vdupq_n_f32(0.0f);
+        for (int i = 0; i < R; i++) f[i][0] = f[i][1] = vdupq_n_f32(-0.0f);
         for (int b = j; b < nb; b += 16) {
             const int8_t *xt = x->qt + ((size_t)k * (size_t)nb + (size_t)b) * 512 + 32 * h;
             const size_t at = ((size_t)k * (size_t)nb + (size_t)b) * 16 + 8 * (size_t)h;
@@ -186,14 +187,12 @@ ALWAYS void tile_step(int kind, const int R, const qact *x, const qmat *w, int r
             }
             UNROLL
             for (int i = 0; i < R; i++) {
-                float32x4_t t0 = vmulq_f32(SCALE_LANE(dx0, d4, i), isum_f32(kind, a[i][0]));
-                float32x4_t t1 = vmulq_f32(SCALE_LANE(dx1, d4, i), isum_f32(kind, a[i][1]));
+                f[i][0] = vfmaq_f32(f[i][0], SCALE_LANE(dx0, d4, i), isum_f32(kind, a[i][0]));
+                f[i][1] = vfmaq_f32(f[i][1], SCALE_LANE(dx1, d4, i), isum_f32(kind, a[i][1]));
                 if (kind == K_Q4A) {
-                    t0 = vaddq_f32(t0, vmulq_f32(SCALE_LANE(dx0, m4, i), s0));
-                    t1 = vaddq_f32(t1, vmulq_f32(SCALE_LANE(dx1, m4, i), s1));
+                    f[i][0] = vfmaq_f32(f[i][0], SCALE_LANE(dx0, m4, i), s0);
+                    f[i][1] = vfmaq_f32(f[i][1], SCALE_LANE(dx1, m4, i), s1);
                 }
-                f[i][0] = vaddq_f32(f[i][0], t0);
-                f[i][1] = vaddq_f32(f[i][1], t1);
             }
         }
         UNROLL
@@ -330,9 +329,10 @@ ALWAYS void r4_sums4(const r4block *w, const int8_t *xe, const int8_t *xo, const
  * live, copies and spills accumulators in C. One asm call runs a range of
  * lanes of the 8 tokens, each lane's blocks in a loop, so no C runs between
  * lanes. Fixed registers: v0-v3 the block's chunk vectors, then their high
- * nibbles; v4-v7 their low nibbles, then the rows' scales (v4), the
- * tokens' scales (v5, v6) and +0.0 (v7: a lane's first block adds its
- * terms to it); v8-v15 the 8 tokens' lane sums; v16-v23 their
+ * nibbles; v4-v7 their low nibbles, then the rows' scales (v4) and the
+ * tokens' scales (v5, v6); v8-v15 the 8 tokens' lane sums (a lane's
+ * first block sets them with fmul, the product the contract's fmaf gives
+ * on a lane of -0.0; the next blocks fmla); v16-v23 their
  * int32 sums; 4 tokens' activations in v24-v27 or v28-v31 (the next 4 load
  * while the last 4 are used), then the terms in v24-v27. Single-uop
  * instructions interleave with the loads, and the first 4 tokens' terms
@@ -356,14 +356,15 @@ ALWAYS void r4_sums4(const r4block *w, const int8_t *xe, const int8_t *xo, const
     I2 R4_CHUNK(A0, A1, A2, A3, W2, Y0, Y1, Y2, Y3, 2)                          \
     I3 R4_CHUNK(A0, A1, A2, A3, W3, Y0, Y1, Y2, Y3, 3)
 /* token I's scale in v T (rows' scales v4 times lane I of v DX), its int32
- * sum A converted, the term, added to lane sum v F whose sum so far is v S */
+ * sum A converted; the contract's step of lane sum v F: R4_FMLA, or R4_FMUL
+ * for a lane's first block */
 #define R4_SCALE(T, DX, I) "fmul v" #T ".4s, v4.4s, v" #DX ".s[" #I "]\n\t"
 #define R4_CVT(A) "scvtf v" #A ".4s, v" #A ".4s, #4\n\t"
-#define R4_MUL(T, A) "fmul v" #T ".4s, v" #T ".4s, v" #A ".4s\n\t"
-#define R4_ADD(F, S, T) "fadd v" #F ".4s, v" #S ".4s, v" #T ".4s\n\t"
-/* one block into lane sums v8-v15 (S0..S7: v8-v15 themselves, or 7 for
- * +0.0, which Z then sets); the rows' scales at x15 */
-#define R4_Q4S_BLOCK(S0, S1, S2, S3, S4, S5, S6, S7, Z)                                           \
+#define R4_FMLA(F, T, A) "fmla v" #F ".4s, v" #T ".4s, v" #A ".4s\n\t"
+#define R4_FMUL(F, T, A) "fmul v" #F ".4s, v" #T ".4s, v" #A ".4s\n\t"
+/* one block into lane sums v8-v15 by ACC (R4_FMLA or R4_FMUL); the rows'
+ * scales at x15 */
+#define R4_Q4S_BLOCK(ACC)                                                                         \
     "ld1 {v0.16b, v1.16b, v2.16b, v3.16b}, [%x[p]]\n\t"                                           \
     "ldur q30, [%x[zc]]\n\t"                                                                      \
     R4_ZERO(16) R4_ZERO(17) R4_ZERO(18) R4_ZERO(19)                                               \
@@ -380,16 +381,15 @@ ALWAYS void r4_sums4(const r4block *w, const int8_t *xe, const int8_t *xo, const
              R4_LD(24, x0, 64), R4_LD(25, x1, 64), R4_LD(26, x2, 64), R4_LD(27, x3, 64))          \
     R4_GROUP(16, 17, 18, 19, 0, 1, 2, 3, 24, 25, 26, 27,                                          \
              R4_LD(28, x4, 64), R4_LD(29, x5, 64) "ld1 {v4.4s}, [x15]\n\t",                       \
-             R4_LD(30, x6, 64) "ld1 {v5.4s, v6.4s}, [%x[dt]]\n\t", R4_LD(31, x7, 64) Z)           \
+             R4_LD(30, x6, 64) "ld1 {v5.4s, v6.4s}, [%x[dt]]\n\t", R4_LD(31, x7, 64))             \
     R4_GROUP(20, 21, 22, 23, 0, 1, 2, 3, 28, 29, 30, 31,                                          \
              R4_CVT(16) R4_CVT(17) R4_SCALE(24, 5, 0) R4_SCALE(25, 5, 1),                         \
              R4_CVT(18) R4_CVT(19) R4_SCALE(26, 5, 2) R4_SCALE(27, 5, 3),                         \
-             R4_MUL(24, 16) R4_MUL(25, 17) R4_MUL(26, 18) R4_MUL(27, 19),                         \
-             R4_ADD(8, S0, 24) R4_ADD(9, S1, 25) R4_ADD(10, S2, 26) R4_ADD(11, S3, 27))           \
+             ACC(8, 24, 16) ACC(9, 25, 17),                                                       \
+             ACC(10, 26, 18) ACC(11, 27, 19))                                                     \
     R4_CVT(20) R4_CVT(21) R4_CVT(22) R4_CVT(23)                                                   \
     R4_SCALE(24, 6, 0) R4_SCALE(25, 6, 1) R4_SCALE(26, 6, 2) R4_SCALE(27, 6, 3)                   \
-    R4_MUL(24, 20) R4_MUL(25, 21) R4_MUL(26, 22) R4_MUL(27, 23)                                   \
-    R4_ADD(12, S4, 24) R4_ADD(13, S5, 25) R4_ADD(14, S6, 26) R4_ADD(15, S7, 27)
+    ACC(12, 24, 20) ACC(13, 25, 21) ACC(14, 26, 22) ACC(15, 27, 23)
 /* to the lane's next block: 16 blocks on in the weights, activations and
  * tokens' scales, sstep bytes in the rows' scales; x9 counts down */
 #define R4_Q4S_NEXT                                                                               \
@@ -421,9 +421,9 @@ ALWAYS void r4_q4s_lanes(const uint8_t *p, const float *ds, int sh, size_t sstep
                      "lsl x12, %x[cnt], #9\n\tsub x14, x12, #80\n\tsub x12, x12, #16\n\tmov x11, %x[j0]\n"
                      "1:\n\t"
                      "lsr x15, x11, %x[sh]\n\tadd x15, %x[ds], x15, lsl #4\n\tmov x9, %x[cnt]\n\t"
-                     R4_Q4S_BLOCK(7, 7, 7, 7, 7, 7, 7, 7, "movi v7.4s, #0\n\t") R4_Q4S_NEXT
+                     R4_Q4S_BLOCK(R4_FMUL) R4_Q4S_NEXT
                      "b.eq 3f\n"
-                     "2:\n\t" R4_Q4S_BLOCK(8, 9, 10, 11, 12, 13, 14, 15, "") R4_Q4S_NEXT
+                     "2:\n\t" R4_Q4S_BLOCK(R4_FMLA) R4_Q4S_NEXT
                      "b.ne 2b\n"
                      "3:\n\t"
                      "st1 {v8.4s, v9.4s, v10.4s, v11.4s}, [%x[lane]], #64\n\t"
@@ -442,11 +442,10 @@ ALWAYS void r4_q4s_lanes(const uint8_t *p, const float *ds, int sh, size_t sstep
                        "v19", "v20", "v21", "v22", "v23", "v24", "v25", "v26", "v27", "v28", "v29", "v30", "v31");
 }
 
-/* Block b's terms for the R4_TILE_TOKENS tokens added to their lane sums f:
- * its 64 bytes at p, its rows' float scales at ds (minimums at ms), the
- * tokens' even values at xe + o[i], their scales (sums) at dt (st). FIRST:
- * the lane's first block, f = +0.0 + term without a register of zeros per
- * token. */
+/* Block b's steps of the R4_TILE_TOKENS tokens' lane sums f: its 64 bytes
+ * at p, its rows' float scales at ds (minimums at ms), the tokens' even
+ * values at xe + o[i], their scales (sums) at dt (st). FIRST: the lane's
+ * first block, its fmaf on -0.0 as a multiply. */
 ALWAYS void r4_tile_block(int kind, const int FIRST, const uint8_t *p, const float *ds, const float *ms,
                           const int8_t *xe, const size_t *o, const float *dt, const int32_t *st,
                           float32x4_t *f) {
@@ -469,17 +468,14 @@ ALWAYS void r4_tile_block(int kind, const int FIRST, const uint8_t *p, const flo
         }
         R4_ROUND();
         UNROLL
-        for (int i = 0; i < 4; i++) term[i] = vmulq_f32(term[i], sum[i]);
+        for (int i = 0; i < 4; i++) f[h + i] = FIRST ? vmulq_f32(term[i], sum[i]) : vfmaq_f32(f[h + i], term[i], sum[i]);
         if (kind == K_Q4A) {
             UNROLL
-            for (int i = 0; i < 4; i++) sum[i] = R4_MUL_LANE(R4_MUL_LANE(m4, dx, i), sx, i);
+            for (int i = 0; i < 4; i++) term[i] = R4_MUL_LANE(m4, dx, i);
             R4_ROUND();
             UNROLL
-            for (int i = 0; i < 4; i++) term[i] = vaddq_f32(term[i], sum[i]);
+            for (int i = 0; i < 4; i++) f[h + i] = R4_FMA_LANE(f[h + i], term[i], sx, i);
         }
-        R4_ROUND();
-        UNROLL
-        for (int i = 0; i < 4; i++) f[h + i] = vaddq_f32(FIRST ? vdupq_n_f32(0.0f) : f[h + i], term[i]);
     }
 }
 
@@ -503,7 +499,7 @@ static __attribute__((noinline)) void r4_lane_tail(int kind, const qact *x, cons
                                                    const float *ms, int t, float32x4_t *lane) {
     r4block wb = r4_unpack(kind, q + 64 * (size_t)b);
     float32x4_t d4 = vld1q_f32(ds), m4 = kind == K_Q4A ? vld1q_f32(ms) : d4;
-    for (int i = 0; i < R4_TILE_TOKENS; i++) lane[i] = vaddq_f32(lane[i], r4_term(kind, x, &wb, b, t + i, d4, m4));
+    for (int i = 0; i < R4_TILE_TOKENS; i++) lane[i] = r4_term(kind, lane[i], x, &wb, b, t + i, d4, m4);
 }
 
 /* Lane j of the R4_TILE_TOKENS tokens from t into lane[0..7], in C: its
@@ -545,7 +541,7 @@ ALWAYS void r4_tile_lane(int kind, const int STEPPED, const qact *x, const uint8
         }
     } else { /* the lane's only block is past the row's whole spans of 128 */
         UNROLL
-        for (int i = 0; i < R4_TILE_TOKENS; i++) f[i] = vdupq_n_f32(0.0f);
+        for (int i = 0; i < R4_TILE_TOKENS; i++) f[i] = vdupq_n_f32(-0.0f);
     }
     st1_x4((float *)&lane[0], f);
     st1_x4((float *)&lane[4], f + 4);
@@ -621,7 +617,7 @@ ALWAYS void r4_tile(int kind, const int STEPPED, const qact *x, const qmat *w, i
             }
         }
         for (int j = nb; j < 16; j++)
-            for (int i = 0; i < R4_TILE_TOKENS; i++) L[j][i] = vdupq_n_f32(0.0f);
+            for (int i = 0; i < R4_TILE_TOKENS; i++) L[j][i] = vdupq_n_f32(-0.0f);
     }
     for (int h = 0; h < R4_TILE_TOKENS; h += 4)
         r4_tree4(L, h, G, r0, r1, out + (size_t)(t + h) * out_stride, out_stride);
@@ -655,8 +651,8 @@ ALWAYS void dot_r4_tiles(int kind, const qact *x, const qmat *w, int r0, int r1,
  * chunk c loaded and unpacked together, then their 8 sdot (4 independent
  * chains, low nibbles then high) while chunk c + 1 loads. Fixed registers:
  * v0-v3 the span's even activations (block k's in v k), v4-v7 its odd ones,
- * then (Q4A) the minimums' terms; v8-v11 the 4 blocks' int32 sums, then
- * their terms; v12-v15 the lane sums; v16-v19 and v27-v30 a chunk's bytes,
+ * then (Q4A) the minimums' m * dx; v8-v11 the 4 blocks' int32 sums, then
+ * their floats; v12-v15 the lane sums (from -0.0, the contract's start); v16-v19 and v27-v30 a chunk's bytes,
  * then their high nibbles, alternately; v20-v23 the low nibbles, then the
  * blocks' d * dx; v24 the nibble mask; v25 the activations' scales; v26
  * (and v31) the rows' fp16 scales. Loads are ldur: the same load as ldr,
@@ -684,7 +680,7 @@ ALWAYS void dot_r4_tiles(int kind, const qact *x, const qmat *w, int r0, int r1,
 /* A span's blocks into lane sums v12-v15: LO, HI and CVT the kind's
  * unpacking and conversion, SLOAD loads the rows' scales and SCALE makes
  * v20-v23 the 4 blocks' d * dx (among the last chunk's sdot, once its low
- * nibbles are read), MIN adds the minimums' terms (Q4A); DSTEP
+ * nibbles are read), MIN the minimums' steps after the sums' (Q4A); DSTEP
  * bytes of fp16 scales from one span of the lane group to its next */
 #define R4D_SPAN(LO, HI, CVT, SLOAD, SCALE, MIN, DSTEP)                                           \
     R4D_W(16, 0) R4D_W(17, 64) R4D_W(18, 128) R4D_W(19, 192) "ldur q25, [%x[dx]]\n\t" SLOAD       \
@@ -700,17 +696,17 @@ ALWAYS void dot_r4_tiles(int kind, const qact *x, const qmat *w, int r0, int r1,
     R4D_UNPACK(LO, HI, 27, 28, 29, 30)                                                            \
     R4D_SDOTS(27, 28, 29, 30, 3, "", SCALE, "", "")                                               \
     CVT(8) CVT(9) CVT(10) CVT(11)                                                                 \
-    R4_MUL(8, 20) R4_MUL(9, 21) R4_MUL(10, 22) R4_MUL(11, 23) MIN                                 \
-    R4_ADD(12, 12, 8) R4_ADD(13, 13, 9) R4_ADD(14, 14, 10) R4_ADD(15, 15, 11)                     \
+    R4_FMLA(12, 20, 8) R4_FMLA(13, 21, 9) R4_FMLA(14, 22, 10) R4_FMLA(15, 23, 11) MIN             \
     "add %x[p], %x[p], #1024\n\tadd %x[xe], %x[xe], #512\n\tadd %x[dx], %x[dx], #64\n\t"         \
     "add %x[dp], %x[dp], #" #DSTEP "\n\tsubs %x[cnt], %x[cnt], #1\n\t"
-/* Q4A's minimums' terms (m * dx) * xs added to the terms v8-v11: the
- * activations' sums at %[xs] into v2, the rows' minimums (at %[mp], loaded
- * and converted by MLOAD and MCVT as the scales) times lane k of dx into
- * v4-v7, then times lane k of v2 */
+/* Q4A's minimums' steps, fma(m * dx, xs, lane) on the lane sums v12-v15:
+ * the activations' sums at %[xs] into v2, the rows' minimums (at %[mp],
+ * loaded and converted by MLOAD and MCVT as the scales) times lane k of dx
+ * into v4-v7, then fused times lane k of v2 */
 #define R4D_MIN(MLOAD, MCVT, DSTEP)                                                               \
-    MLOAD "ldur q2, [%x[xs]]\n\tscvtf v2.4s, v2.4s\n\t" MCVT R4D_LANES(4, 5, 6, 7, 4, 5, 6, 7, 2)  \
-    R4_ADD(8, 8, 4) R4_ADD(9, 9, 5) R4_ADD(10, 10, 6) R4_ADD(11, 11, 7)                           \
+    MLOAD "ldur q2, [%x[xs]]\n\tscvtf v2.4s, v2.4s\n\t" MCVT                                      \
+    "fmla v12.4s, v4.4s, v2.s[0]\n\tfmla v13.4s, v5.4s, v2.s[1]\n\t"                              \
+    "fmla v14.4s, v6.4s, v2.s[2]\n\tfmla v15.4s, v7.4s, v2.s[3]\n\t"                              \
     "add %x[mp], %x[mp], #" #DSTEP "\n\tadd %x[xs], %x[xs], #64\n\t"
 /* By weight groups of 4 blocks (one a span), 2 and 1: the span's rows'
  * scales loaded (into v26, v31) and times lane k of dx into v20-v23; its
@@ -740,8 +736,8 @@ ALWAYS void dot_r4_tiles(int kind, const qact *x, const qmat *w, int r0, int r1,
  * span's weights at p, its rows' fp16 scales at dp (minimums at mp),
  * activations at xe, their scales at dx (sums at xs); MASK the nibble mask */
 #define R4D_ASM(MASK, BODY)                                                                       \
-    __asm__ volatile("movi v24.16b, #" MASK "\n\tmovi v12.4s, #0\n\tmovi v13.4s, #0\n\t"          \
-                     "movi v14.4s, #0\n\tmovi v15.4s, #0\n"                                       \
+    __asm__ volatile("movi v24.16b, #" MASK "\n\tmovi v12.4s, #0x80, lsl #24\n\t"                   \
+                     "mov v13.16b, v12.16b\n\tmov v14.16b, v12.16b\n\tmov v15.16b, v12.16b\n"        \
                      "1:\n\t" BODY "b.ne 1b\n\t"                                                  \
                      "st1 {v12.4s, v13.4s, v14.4s, v15.4s}, [%x[lane]]\n\t"                      \
                      : [p] "+r"(p), [dp] "+r"(dp), [mp] "+r"(mp), [xe] "+r"(xe), [dx] "+r"(dx),   \
@@ -776,7 +772,7 @@ ALWAYS float32x4_t r4_spans_tree(int kind, const int BPG, const uint8_t *q, cons
             r4_spans(kind, BPG, q + 256 * c, dg + sc, kind == K_Q4A ? mg + sc : NULL, xp + 128 * c, xd + 4 * c,
                      xs + 4 * c, (size_t)((spans - 1 - c) / 4 + 1), lane_mem + 16 * c);
         } else {
-            memset(lane_mem + 16 * c, 0, 16 * sizeof(float)); /* rows of fewer than 4 spans */
+            for (int k = 0; k < 16; k++) lane_mem[16 * c + k] = -0.0f; /* rows of fewer than 4 spans */
         }
     }
     float32x4_t L[16];

@@ -11,8 +11,10 @@
  * ones in their high nibbles (docs/FORMAT.md): vqtbl1q_s8 looks both halves
  * up in the table, vld2q_s8 splits the activations (qact.q, value order) the
  * same way. Four blocks' sums are reduced together (pairwise adds) and take
- * one float step, kernels.h's contract (the Q4S term) into lanes b % 16, so
- * the outputs are bit-identical to the scalar reference. Prompts take each
+ * one float step, kernels.h's contract (the Q4S step, fmla) on lanes b % 16,
+ * those past the row's last block kept as they are (a term of +0.0 would
+ * turn a lane of -0.0 into +0.0), so the outputs are bit-identical to the
+ * scalar reference. Prompts take each
  * row's blocks once for up to Q4T_TOKENS tokens.
  */
 
@@ -36,7 +38,7 @@ static void q4t_rows(const qact *x, const qmat *w, int r0, int r1, float *out, s
             const int T = x->ntok - t0 < Q4T_TOKENS ? x->ntok - t0 : Q4T_TOKENS;
             float32x4_t lanes[Q4T_TOKENS][4];
             for (int t = 0; t < T; t++)
-                for (int i = 0; i < 4; i++) lanes[t][i] = vdupq_n_f32(0.0f);
+                for (int i = 0; i < 4; i++) lanes[t][i] = vdupq_n_f32(-0.0f);
             for (int b0 = 0; b0 < nb; b0 += 4) {
                 const int cnt = nb - b0 < 4 ? nb - b0 : 4;
                 int8x16_t wl[4], wh[4];
@@ -48,6 +50,8 @@ static void q4t_rows(const qact *x, const qmat *w, int r0, int r1, float *out, s
                     ds[k] = fp16_to_f32(wd[(b0 + k) / bpg]);
                 }
                 const float32x4_t d4 = vld1q_f32(ds);
+                static const uint32_t index[4] = {0, 1, 2, 3};
+                const uint32x4_t valid = vcltq_u32(vld1q_u32(index), vdupq_n_u32((uint32_t)cnt));
                 for (int t = 0; t < T; t++) {
                     const size_t row = (size_t)(t0 + t);
                     const int8_t *xr = x->q + row * (size_t)x->n + (size_t)b0 * QK;
@@ -61,9 +65,9 @@ static void q4t_rows(const qact *x, const qmat *w, int r0, int r1, float *out, s
                         dx[k] = x->d[row * (size_t)nb + (size_t)(b0 + k)];
                     }
                     int32x4_t isum = vpaddq_s32(vpaddq_s32(s[0], s[1]), vpaddq_s32(s[2], s[3]));
-                    float32x4_t term = vmulq_f32(vmulq_f32(d4, vld1q_f32(dx)), vcvtq_f32_s32(isum));
                     float32x4_t *lane = &lanes[t][(b0 % LANES) / 4];
-                    *lane = vaddq_f32(*lane, term);
+                    float32x4_t f = vfmaq_f32(*lane, vmulq_f32(d4, vld1q_f32(dx)), vcvtq_f32_s32(isum));
+                    *lane = cnt < 4 ? vbslq_f32(valid, f, *lane) : f;
                 }
             }
             for (int t = 0; t < T; t++) out[(size_t)(t0 + t) * out_stride + (size_t)r] = q4t_tree(lanes[t]);

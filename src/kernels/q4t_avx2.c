@@ -45,16 +45,15 @@ ALWAYS TGT256 __m256i reduce_blocks(const __m256i *p) {
 
 /* Row r against tokens t0 .. t0+T-1 (T <= Q4T_TOKENS): chunk by chunk of 8
  * blocks, the lookups once for the T tokens; the chunk from block b0 adds to
- * lanes b0 % 16 .. +7 (half (b0 / 8) % 2). Past the last block the sums and
- * activation scales are 0: the terms are +-0.0 and leave the lanes as they
- * are (x86_256.h says why). */
+ * lanes b0 % 16 .. +7 (half (b0 / 8) % 2). Past the last block the lanes
+ * are kept as they are (x86_256.h says why). */
 static TGT256 void row_tokens(const qact *x, const qmat *w, int r, int t0, int T, float *out, size_t out_stride) {
     const int nb = x->nb;
     const __m256i table = _mm256_broadcastsi128_si256(_mm_loadu_si128((const __m128i *)w->table));
     row_view v;
     row_of(&v, w, r, K_Q4S); /* scales only, as Q4S */
     __m256 lanes[Q4T_TOKENS][2];
-    for (int t = 0; t < T; t++) lanes[t][0] = lanes[t][1] = _mm256_setzero_ps();
+    for (int t = 0; t < T; t++) lanes[t][0] = lanes[t][1] = _mm256_set1_ps(-0.0f);
     for (int b0 = 0, half = 0; b0 < nb; b0 += Q4T_CHUNK, half ^= 1) {
         int cnt = nb - b0 < Q4T_CHUNK ? nb - b0 : Q4T_CHUNK;
         __m256i wv[Q4T_CHUNK], wabs[Q4T_CHUNK];
@@ -64,6 +63,7 @@ static TGT256 void row_tokens(const qact *x, const qmat *w, int r, int t0, int T
             wabs[k] = _mm256_abs_epi8(wv[k]);
         }
         __m256 d8 = scales8(&v, v.d, b0, cnt);
+        __m256i keep = _mm256_cmpgt_epi32(_mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7), _mm256_set1_epi32(cnt - 1));
         for (int t = 0; t < T; t++) {
             size_t row = (size_t)(t0 + t);
             const int8_t *xr = x->q + row * (size_t)x->n + (size_t)b0 * QK;
@@ -71,8 +71,8 @@ static TGT256 void row_tokens(const qact *x, const qmat *w, int r, int t0, int T
             for (int k = 0; k < Q4T_CHUNK; k++)
                 p[k] = k < cnt ? dot_block(wv[k], wabs[k], xr + k * QK) : _mm256_setzero_si256();
             __m256 dx = load8f(x->d + row * (size_t)nb + (size_t)b0, cnt);
-            __m256 term = _mm256_mul_ps(_mm256_mul_ps(d8, dx), _mm256_cvtepi32_ps(reduce_blocks(p)));
-            lanes[t][half] = _mm256_add_ps(lanes[t][half], term);
+            __m256 f = _mm256_fmadd_ps(_mm256_mul_ps(d8, dx), _mm256_cvtepi32_ps(reduce_blocks(p)), lanes[t][half]);
+            lanes[t][half] = cnt < Q4T_CHUNK ? _mm256_blendv_ps(f, lanes[t][half], _mm256_castsi256_ps(keep)) : f;
         }
     }
     for (int t = 0; t < T; t++) out[(size_t)(t0 + t) * out_stride + (size_t)r] = tree16(lanes[t][0], lanes[t][1]);

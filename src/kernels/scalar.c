@@ -6,8 +6,9 @@
  */
 #include "kernels.h"
 
-#include <stdint.h>
+#include <math.h>
 #include <stddef.h>
+#include <stdint.h>
 
 /* Tokens processed together per weight block: their lanes stay in cache
  * while the block's unpacked weights are reused. */
@@ -82,7 +83,9 @@ static inline void dot_ref(int kind, int interleaved, const qact *x, const qmat 
         row_view v = view_row(w, r, interleaved, kind == KIND_Q4A);
         for (int t0 = 0; t0 < x->ntok; t0 += TOKEN_TILE) {
             int nt = min_int(TOKEN_TILE, x->ntok - t0);
-            float lane[TOKEN_TILE][LANES] = {{0}};
+            float lane[TOKEN_TILE][LANES];
+            for (int t = 0; t < nt; t++)
+                for (int j = 0; j < LANES; j++) lane[t][j] = -0.0f;
             for (int b = 0; b < nb; b++) {
                 int8_t unpacked[QK];
                 uint8_t gathered[QK / 2];
@@ -98,9 +101,9 @@ static inline void dot_ref(int kind, int interleaved, const qact *x, const qmat 
                     size_t row = (size_t)(t0 + t);
                     int32_t isum = dot_block(wb, x->q + row * (size_t)x->n + (size_t)b * QK);
                     float xd = x->d[row * (size_t)nb + (size_t)b];
-                    float term = (d * xd) * (float)isum;
-                    if (kind == KIND_Q4A) term = term + (mn * xd) * (float)x->s[row * (size_t)nb + (size_t)b];
-                    lane[t][b % LANES] += term;
+                    float *l = &lane[t][b % LANES];
+                    *l = fmaf(d * xd, (float)isum, *l);
+                    if (kind == KIND_Q4A) *l = fmaf(mn * xd, (float)x->s[row * (size_t)nb + (size_t)b], *l);
                 }
             }
             for (int t = 0; t < nt; t++) out[(size_t)(t0 + t) * out_stride + (size_t)r] = sum_lanes(lane[t]);

@@ -7,10 +7,11 @@
  * OS, for the AVX/AVX-512 register state) supports it: dispatch.c asks
  * rq4_kernels_<name>_supported() at run time. Results are bit-identical to
  * rq4_kernels_scalar: exact int32 group sums, then the float steps of
- * kernels.h's contract in its order. The compiler must not fuse a*b+c into an
- * fma here (GCC does so through the intrinsics when the target has FMA, which
- * AVX-512 implies), hence the pragmas in kernels.h; the builds also compile in ISO C
- * mode (-std=c11), where GCC does not contract.
+ * kernels.h's contract in its order, its fmaf as an fma intrinsic (every set
+ * here requires FMA). The compiler must not fuse any other a*b+c into an fma
+ * (GCC does so through the intrinsics when the target has FMA), hence the
+ * pragmas in kernels.h; the builds also compile in ISO C mode (-std=c11),
+ * where GCC does not contract.
  */
 #ifndef RUNQ4_KERNELS_X86_H
 #define RUNQ4_KERNELS_X86_H
@@ -26,7 +27,7 @@
  * (XCR0), as __builtin_cpu_supports lacks avxvnni/f16c on older compilers. */
 
 typedef struct x86_features {
-    int avx2, f16c, avxvnni, avx512; /* avx512: F, BW, VL and VNNI */
+    int avx2, f16c, fma, avxvnni, avx512; /* avx512: F, BW, VL and VNNI */
 } x86_features;
 
 static inline unsigned long long read_xcr0(void) {
@@ -36,11 +37,12 @@ static inline unsigned long long read_xcr0(void) {
 }
 
 static inline x86_features detect_x86(void) {
-    x86_features f = {0, 0, 0, 0};
+    x86_features f = {0, 0, 0, 0, 0};
     unsigned a, b, c, d;
     if (!__get_cpuid(1, &a, &b, &c, &d)) return f;
     int osxsave = (c >> 27) & 1, avx = (c >> 28) & 1;
     f.f16c = (c >> 29) & 1;
+    f.fma = (c >> 12) & 1;
     if (!osxsave || !avx) return f;
     unsigned long long xcr0 = read_xcr0();
     int os_avx = (xcr0 & 0x6) == 0x6, os_avx512 = (xcr0 & 0xe6) == 0xe6;
@@ -55,7 +57,7 @@ static inline x86_features detect_x86(void) {
     return f;
 }
 
-#define TGT256 __attribute__((target("avx2,f16c")))
+#define TGT256 __attribute__((target("avx2,f16c,fma")))
 
 enum { K_Q4S, K_Q4A, K_Q8 };
 

@@ -26,11 +26,12 @@
  * instead of 8 to 1. Q8 stays in value order (qact.q).
  *
  * Float part: exactly the contract of kernels.h, the 16 lanes of each token
- * in registers, single-precision mul and add (no fma: see kernels.h), so
- * results are bit-identical to rq4_kernels_scalar. Past the last block the
- * terms are computed from zero sums and zero activation scales: +-0.0, which
- * leaves any lane unchanged (a lane starts at +0.0 and, rounding to nearest,
- * never becomes -0.0), so no lane needs masking.
+ * in registers, its fmaf as vfmadd, so results are bit-identical to
+ * rq4_kernels_scalar. Past the last block the terms are computed from zero
+ * sums and zero activation scales, +0.0 or -0.0 by the sign of whatever
+ * scale is loaded there; a lane can be -0.0 (its start, or terms of -0.0
+ * only) and +0.0 would turn it into +0.0, so a step that covers fewer blocks
+ * than lanes keeps the other lanes as they were (fma8's blend).
  */
 
 /* One Q8 integer step of 32 values at value e of the row, for token row xr
@@ -54,22 +55,34 @@ ALWAYS TGT __m256i reduce8(const __m256i *v) {
     return MERGE8(b0, b1, 0xAA, SWAP32_8);
 }
 
-/* The float terms of 8 blocks b0.. of one token: (d * dx) * isum [+ (m * dx) * xs],
- * isum not yet corrected; d8, m8: the blocks' weight scales and minimums (scales8). */
-ALWAYS TGT __m256 terms8s(int kind, __m256 d8, __m256 m8, int b0, int cnt, __m256i isum, const float *xd,
-                               const int32_t *xs, int off) {
+/* The contract's steps of 8 blocks on their lanes: lanes + (d * dx) * isum
+ * [+ (m * dx) * xs] by fma; the lanes where `keep` is all ones unchanged
+ * (keep NULL: none). */
+ALWAYS TGT __m256 fma8(int kind, __m256 lanes, __m256 d8, __m256 m8, __m256 dx, __m256 isum, __m256 xs,
+                       const __m256i *keep) {
+    __m256 f = _mm256_fmadd_ps(_mm256_mul_ps(d8, dx), isum, lanes);
+    if (kind == K_Q4A) f = _mm256_fmadd_ps(_mm256_mul_ps(m8, dx), xs, f);
+    return keep ? _mm256_blendv_ps(f, lanes, _mm256_castsi256_ps(*keep)) : f;
+}
+
+/* lanes i >= cnt of an 8-block step whose lane i is block idx[i] */
+ALWAYS TGT __m256i past_cnt(int cnt, __m256i idx) { return _mm256_cmpgt_epi32(idx, _mm256_set1_epi32(cnt - 1)); }
+
+/* The steps of 8 blocks b0.. (cnt of them) of one token on its lanes, isum
+ * not yet corrected; d8, m8: the blocks' weight scales and minimums (scales8). */
+ALWAYS TGT __m256 terms8s(int kind, __m256 lanes, __m256 d8, __m256 m8, int b0, int cnt, __m256i isum,
+                          const float *xd, const int32_t *xs, int off) {
     __m256i s = load8i(xs + b0, cnt);
     __m256 dx = load8f(xd + b0, cnt);
     if (off) isum = _mm256_sub_epi32(isum, _mm256_slli_epi32(s, off == 8 ? 3 : 7));
-    __m256 term = _mm256_mul_ps(_mm256_mul_ps(d8, dx), _mm256_cvtepi32_ps(isum));
-    if (kind == K_Q4A) term = _mm256_add_ps(term, _mm256_mul_ps(_mm256_mul_ps(m8, dx), _mm256_cvtepi32_ps(s)));
-    return term;
+    __m256i keep = past_cnt(cnt, _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+    return fma8(kind, lanes, d8, m8, dx, _mm256_cvtepi32_ps(isum), _mm256_cvtepi32_ps(s), cnt < 8 ? &keep : NULL);
 }
 
-ALWAYS TGT __m256 terms8(int kind, const row_view *v, int b0, int cnt, __m256i isum, const float *xd,
-                              const int32_t *xs, int off) {
+ALWAYS TGT __m256 terms8(int kind, __m256 lanes, const row_view *v, int b0, int cnt, __m256i isum, const float *xd,
+                         const int32_t *xs, int off) {
     __m256 d8 = scales8(v, v->d, b0, cnt), m8 = kind == K_Q4A ? scales8(v, v->m, b0, cnt) : d8;
-    return terms8s(kind, d8, m8, b0, cnt, isum, xd, xs, off);
+    return terms8s(kind, lanes, d8, m8, b0, cnt, isum, xd, xs, off);
 }
 
 /* ---- int4 rows against qp (rq4_permute_act's order) ----
@@ -186,8 +199,7 @@ ALWAYS TGT void tile8_q4(int kind, const token_rows *x, const uint8_t *wq, int b
     if (cnt <= 2) { /* one pair: lanes past cnt take zero activation scales (terms8s), so any sum */
         pair_q4(kind, x, wq, b0, full, p, 0);
         for (int t = 0; t < T; t++)
-            lanes[t][half] = _mm256_add_ps(lanes[t][half],
-                                           terms8s(kind, d8, m8, b0, cnt, reduce1p(x, p[t][0]), x->xd[t], x->xs[t], off));
+            lanes[t][half] = terms8s(kind, lanes[t][half], d8, m8, b0, cnt, reduce1p(x, p[t][0]), x->xd[t], x->xs[t], off);
         return;
     }
     for (int j = 0; j < 4; j++) {
@@ -200,7 +212,7 @@ ALWAYS TGT void tile8_q4(int kind, const token_rows *x, const uint8_t *wq, int b
     for (int t = 0; t < T; t++) a[t] = HALF4P(p[t][0], p[t][1]);
     for (int t = 0; t < T; t++) {
         __m256i isum = reduce4p(x, a[t], HALF4P(p[t][2], p[t][3]));
-        lanes[t][half] = _mm256_add_ps(lanes[t][half], terms8s(kind, d8, m8, b0, cnt, isum, x->xd[t], x->xs[t], off));
+        lanes[t][half] = terms8s(kind, lanes[t][half], d8, m8, b0, cnt, isum, x->xd[t], x->xs[t], off);
     }
 }
 
@@ -258,7 +270,7 @@ ALWAYS TGT void rows_q4(int kind, const int T, const qact *x, const qmat *w, int
     for (int r = r0; r < r1; r++) {
         const int fast = fast_groups <= v.avail;
         __m256 lanes[4][2];
-        for (int t = 0; t < T; t++) lanes[t][0] = lanes[t][1] = _mm256_setzero_ps();
+        for (int t = 0; t < T; t++) lanes[t][0] = lanes[t][1] = _mm256_set1_ps(-0.0f);
         /* halves written out: a loop over them would keep the lanes in memory */
         for (int b0 = 0; b0 < whole; b0 += 16) {
             __m256 d8, e8, m8, n8;
@@ -331,13 +343,14 @@ ALWAYS TGT __m256i sums8m(int kind, const token_rows *tok, const uint8_t *wq, in
     return merge4p(tok, HALF4P(p[0][0], p[0][1]), HALF4P(p[0][2], p[0][3]));
 }
 
-/* The float terms of 8 blocks, group g of the window (d8, m8 in merge order) */
-ALWAYS TGT __m256 terms8m(int kind, __m256 d8, __m256 m8, __m256i isum, const token1 *tk, int g) {
-    __m256 dx = tk->dx[g];
+/* The steps of 8 blocks (cnt of them), group g of the window (d8, m8 in
+ * merge order), on their lanes */
+ALWAYS TGT __m256 terms8m(int kind, __m256 lanes, __m256 d8, __m256 m8, __m256i isum, const token1 *tk, int g,
+                          int cnt) {
     if (kind == K_Q4S) isum = _mm256_sub_epi32(isum, tk->cs[g]);
-    __m256 term = _mm256_mul_ps(_mm256_mul_ps(d8, dx), _mm256_cvtepi32_ps(isum));
-    if (kind == K_Q4A) term = _mm256_add_ps(term, _mm256_mul_ps(_mm256_mul_ps(m8, dx), _mm256_castsi256_ps(tk->cs[g])));
-    return term;
+    __m256i keep = past_cnt(cnt, _mm256_setr_epi32(MERGE_ORDER));
+    return fma8(kind, lanes, d8, m8, tk->dx[g], _mm256_cvtepi32_ps(isum), _mm256_castsi256_ps(tk->cs[g]),
+                cnt < 8 ? &keep : NULL);
 }
 
 /* The weight scales (or minimums) of blocks b0 .. b0+7 (b0 .. b0+15 into lo,
@@ -396,7 +409,7 @@ ALWAYS TGT void rows1_q4(int kind, const qact *x, const qmat *w, int r0, int r1,
             row_of(&v, w, ra, kind);
             for (int r = ra; r < rb; r++) {
                 const int fast = fast_groups <= v.avail;
-                __m256 lo = _mm256_setzero_ps(), hi = _mm256_setzero_ps();
+                __m256 lo = _mm256_set1_ps(-0.0f), hi = lo;
                 if (wb0 > 0) lo = kept[r - ra][0], hi = kept[r - ra][1];
                 for (int b0 = wb0, g = 0; b0 < whole; b0 += 16, g += 2) {
                     __m256 d8, e8, m8, n8;
@@ -405,20 +418,20 @@ ALWAYS TGT void rows1_q4(int kind, const qact *x, const qmat *w, int r0, int r1,
                     scales16m(&v, v.d, b0, fast, oidx, oidx8, &d8, &e8);
                     if (kind == K_Q4A) scales16m(&v, v.m, b0, fast, oidx, oidx8, &m8, &n8);
                     else m8 = d8, n8 = e8;
-                    lo = _mm256_add_ps(lo, terms8m(kind, d8, m8, sums8m(kind, &tok, v.q, b0, 8, 1), &tk, g));
-                    hi = _mm256_add_ps(hi, terms8m(kind, e8, n8, sums8m(kind, &tok, v.q, b0 + 8, 8, 1), &tk, g + 1));
+                    lo = terms8m(kind, lo, d8, m8, sums8m(kind, &tok, v.q, b0, 8, 1), &tk, g, 8);
+                    hi = terms8m(kind, hi, e8, n8, sums8m(kind, &tok, v.q, b0 + 8, 8, 1), &tk, g + 1, 8);
                 }
                 if (whole < wb1) { /* the row's last blocks */
                     int left = wb1 - whole, cnt = left < 8 ? left : 8, g = (whole - wb0) >> 3;
                     prefetch_ahead(v.q + (size_t)whole * (QK / 2), (size_t)left * (QK / 2));
                     __m256 d8 = scales8m(&v, v.d, whole, cnt, fast, oidx);
                     __m256 m8 = kind == K_Q4A ? scales8m(&v, v.m, whole, cnt, fast, oidx) : d8;
-                    lo = _mm256_add_ps(lo, terms8m(kind, d8, m8, sums8m(kind, &tok, v.q, whole, cnt, 0), &tk, g));
+                    lo = terms8m(kind, lo, d8, m8, sums8m(kind, &tok, v.q, whole, cnt, 0), &tk, g, cnt);
                     if (left > 8) {
                         d8 = scales8m(&v, v.d, whole + 8, left - 8, fast, oidx);
                         m8 = kind == K_Q4A ? scales8m(&v, v.m, whole + 8, left - 8, fast, oidx) : d8;
-                        hi = _mm256_add_ps(hi, terms8m(kind, d8, m8, sums8m(kind, &tok, v.q, whole + 8, left - 8, 0),
-                                                       &tk, g + 1));
+                        hi = terms8m(kind, hi, d8, m8, sums8m(kind, &tok, v.q, whole + 8, left - 8, 0), &tk, g + 1,
+                                     left - 8);
                     }
                 }
                 if (wb1 == nb) out[(size_t)t0 * out_stride + (size_t)r] = tree16m(lo, hi);
@@ -437,8 +450,7 @@ ALWAYS TGT __m256 chunk8(int kind, const row_view *v, const int8_t *xr, const fl
                               int b0, int cnt, __m256 lanes) {
     __m256i p[8];
     for (int k = 0; k < 8; k++) p[k] = k < cnt ? step8(v->q, xr, (b0 + k) * QK) : _mm256_setzero_si256();
-    __m256 term = terms8(kind, v, b0, cnt, reduce8(p), xd, xs, offset_of(kind, Q8_OFF));
-    return _mm256_add_ps(lanes, term);
+    return terms8(kind, lanes, v, b0, cnt, reduce8(p), xd, xs, offset_of(kind, Q8_OFF));
 }
 
 /* Q8, token t of row r */
@@ -449,7 +461,7 @@ ALWAYS TGT void one_token_q8(int kind, const qact *x, const qmat *w, int r, floa
     const int8_t *xr = x->q + (size_t)t * (size_t)x->n;
     const float *xd = x->d + (size_t)t * (size_t)nb;
     const int32_t *xs = x->s + (size_t)t * (size_t)nb;
-    __m256 lo = _mm256_setzero_ps(), hi = _mm256_setzero_ps(); /* lanes 0-7, 8-15 */
+    __m256 lo = _mm256_set1_ps(-0.0f), hi = lo; /* lanes 0-7, 8-15 */
     int b0 = 0;
     for (; b0 + 16 <= nb; b0 += 16) {
         lo = chunk8(kind, &v, xr, xd, xs, b0, 8, lo);
@@ -464,8 +476,9 @@ ALWAYS TGT void one_token_q8(int kind, const qact *x, const qmat *w, int r, floa
 }
 
 /* Q8, two tokens A, B x 4 blocks from b0 (cnt valid): each block loaded once
- * for both, one reduction (lanes 0-3 A's blocks, 4-7 B's), one float step. */
-ALWAYS TGT __m256 pair_chunk(int kind, const row_view *v, const int8_t *xra, const int8_t *xrb,
+ * for both, one reduction (lanes 0-3 A's blocks, 4-7 B's), one float step on
+ * acc. */
+ALWAYS TGT __m256 pair_chunk(int kind, __m256 acc, const row_view *v, const int8_t *xra, const int8_t *xrb,
                                   const float *xda, const float *xdb, const int32_t *xsa, const int32_t *xsb,
                                   int b0, int cnt) {
     __m256i p[8];
@@ -483,7 +496,9 @@ ALWAYS TGT __m256 pair_chunk(int kind, const row_view *v, const int8_t *xra, con
     int off = offset_of(kind, Q8_OFF);
     if (off) isum = _mm256_sub_epi32(isum, _mm256_slli_epi32(s, off == 8 ? 3 : 7));
     __m256 d4 = scales8(v, v->d, b0, cnt);
-    return _mm256_mul_ps(_mm256_mul_ps(_mm256_permute2f128_ps(d4, d4, 0), dx), _mm256_cvtepi32_ps(isum));
+    d4 = _mm256_permute2f128_ps(d4, d4, 0);
+    __m256i keep = past_cnt(cnt, _mm256_setr_epi32(0, 1, 2, 3, 0, 1, 2, 3));
+    return fma8(kind, acc, d4, d4, dx, _mm256_cvtepi32_ps(isum), dx, cnt < 4 ? &keep : NULL);
 }
 
 /* Q8, tokens t0 .. t0+T-1 (T = 2..4) of row r, two at a time (16
@@ -499,15 +514,14 @@ ALWAYS TGT void tile_tokens_q8(int kind, const int T, const qact *x, const qmat 
         const int8_t *xra = x->q + (size_t)(t0 + a) * (size_t)x->n, *xrb = x->q + (size_t)(t0 + b) * (size_t)x->n;
         const float *xda = x->d + (size_t)(t0 + a) * (size_t)nb, *xdb = x->d + (size_t)(t0 + b) * (size_t)nb;
         const int32_t *xsa = x->s + (size_t)(t0 + a) * (size_t)nb, *xsb = x->s + (size_t)(t0 + b) * (size_t)nb;
-        __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
+        __m256 acc[4] = {_mm256_set1_ps(-0.0f), _mm256_set1_ps(-0.0f), _mm256_set1_ps(-0.0f), _mm256_set1_ps(-0.0f)};
         int b0 = 0;
         for (; b0 + 16 <= nb; b0 += 16)
             for (int q = 0; q < 4; q++)
-                acc[q] = _mm256_add_ps(acc[q], pair_chunk(kind, &v, xra, xrb, xda, xdb, xsa, xsb, b0 + 4 * q, 4));
+                acc[q] = pair_chunk(kind, acc[q], &v, xra, xrb, xda, xdb, xsa, xsb, b0 + 4 * q, 4);
         for (int q = 0; b0 + 4 * q < nb; q++) {
             int left = nb - b0 - 4 * q;
-            acc[q] = _mm256_add_ps(acc[q], pair_chunk(kind, &v, xra, xrb, xda, xdb, xsa, xsb, b0 + 4 * q,
-                                                          left < 4 ? left : 4));
+            acc[q] = pair_chunk(kind, acc[q], &v, xra, xrb, xda, xdb, xsa, xsb, b0 + 4 * q, left < 4 ? left : 4);
         }
         out[(size_t)(t0 + a) * out_stride + (size_t)r] =
             tree16(_mm256_permute2f128_ps(acc[0], acc[1], 0x20), _mm256_permute2f128_ps(acc[2], acc[3], 0x20));
