@@ -8,7 +8,7 @@
 
 /* The sizes a buffer's length is a product of. */
 enum {
-    D_ONE, D_BATCH, D_TILED, D_DIM, D_MAX_IN, D_Q_DIM, D_KV_DIM, D_HIDDEN, D_HEAD_DIM, D_HALF_HEAD, D_MAX_COLS,
+    D_ONE, D_BATCH, D_TILED, D_OCTETS, D_DIM, D_MAX_IN, D_Q_DIM, D_KV_DIM, D_HIDDEN, D_HEAD_DIM, D_HALF_HEAD, D_MAX_COLS,
     D_MAX_BLOCKS, D_THREADS, D_ATT_SCRATCH, D_KV_CACHE, D_KV_ELEM, N_DIMS
 };
 
@@ -33,10 +33,11 @@ static const buffer BUFFERS[] = {
     BUF(hb, 4, D_BATCH, D_HIDDEN, D_ONE),
     BUF(hb2, 4, D_BATCH, D_HIDDEN, D_ONE),
     BUF(rope, 4, D_BATCH, D_HEAD_DIM, D_ONE),
-    /* the int8 copy of a matmul input: q, qp, qt; d, s, dt, st */
+    /* the int8 copy of a matmul input: q, qp, qt, qo; d, s, dt, st */
     BUF(acts.a.q, 1, D_BATCH, D_MAX_COLS, D_ONE),
     BUF(acts.a.qp, 1, D_BATCH, D_MAX_COLS, D_ONE),
     BUF(acts.a.qt, 1, D_TILED, D_MAX_COLS, D_ONE),
+    BUF(acts.a.qo, 1, D_OCTETS, D_MAX_COLS, D_ONE),
     BUF(acts.a.d, 4, D_BATCH, D_MAX_BLOCKS, D_ONE),
     BUF(acts.a.s, 4, D_BATCH, D_MAX_BLOCKS, D_ONE),
     BUF(acts.a.dt, 4, D_TILED, D_MAX_BLOCKS, D_ONE),
@@ -63,6 +64,7 @@ static void buffer_dims(const rq4_config *c, int n_ctx, int kv_type, int n_threa
     /* the 16-token tiles, only where the kernel set this process runs reads
      * them (rq4_open picks the same set) */
     dims[D_TILED] = rq4_kernels_read_tiles(rq4_kernels_select()) ? RQ4_BATCH : 0;
+    dims[D_OCTETS] = rq4_kernels_read_octets(rq4_kernels_select()) ? RQ4_BATCH : 0;
     dims[D_DIM] = dim;
     dims[D_MAX_IN] = max_in;
     dims[D_Q_DIM] = q_dim;
@@ -97,7 +99,8 @@ uint64_t rq4_memory_for(const rq4_config *c, int n_entries, int n_ctx, int kv_ty
 }
 
 /* Zeroed (calloc also keeps valgrind quiet about reading never-written
- * padding). */
+ * padding); an empty buffer (the tiles or octets of a set that reads
+ * none) stays NULL, which tells rq4_interleave_act to leave it out. */
 rq4_status rq4_allocate_buffers(rq4_model *m, rq4_error *err) {
     const rq4_config *c = &m->config;
     uint64_t dims[N_DIMS];
@@ -105,8 +108,8 @@ rq4_status rq4_allocate_buffers(rq4_model *m, rq4_error *err) {
     for (size_t i = 0; i < N_BUFFERS; i++) {
         uint64_t n = buffer_bytes(&BUFFERS[i], dims);
         void **slot = buffer_slot(m, &BUFFERS[i]);
-        *slot = n <= SIZE_MAX ? calloc(1, n ? (size_t)n : 1) : NULL;
-        if (!*slot)
+        *slot = n == 0 ? NULL : n <= SIZE_MAX ? calloc(1, (size_t)n) : NULL;
+        if (n && !*slot)
             return rq4_fail(err, RQ4_ERR_NOMEM, "out of memory for the buffers and the %llu-byte KV cache",
                             (unsigned long long)(2 * dims[D_KV_ELEM] * dims[D_KV_CACHE]));
     }

@@ -98,6 +98,7 @@ int main(int argc, char **argv) {
     a.s = xmalloc(sizeof(int32_t) * (size_t)ntok * (size_t)a.nb);
     size_t tiled = (size_t)tiled_tokens(ntok);
     a.qt = xmalloc(tiled * (size_t)cols);
+    a.qo = xmalloc(tiled * (size_t)cols);
     a.dt = xmalloc(sizeof(float) * tiled * (size_t)a.nb);
     a.st = xmalloc(sizeof(int32_t) * tiled * (size_t)a.nb);
     float *x = xmalloc(sizeof(float) * (size_t)cols), *out = xmalloc(sizeof(float) * (size_t)ntok * (size_t)rows);

@@ -111,6 +111,26 @@ void rq4_permute_act(qact *a, int t) {
     }
 }
 
+/* qo from qp for the 2 ntile octets (kernels.h) */
+static void fill_octets(qact *a) {
+    const size_t n = (size_t)a->n, nb = (size_t)a->nb;
+    for (int o = 0; o < 2 * a->ntile; o++)
+        for (size_t b = 0; b < nb; b++) {
+            int8_t *dst = a->qo + ((size_t)o * nb + b) * 256;
+            size_t half, at = qp_block_at((int)b, a->nb, &half);
+            for (int i = 0; i < 8; i++) {
+                size_t tok = (size_t)(8 * o + i);
+                if (tok >= (size_t)a->ntok) { /* padding: qp has no such row */
+                    memset(dst + 16 * i, 0, 16);
+                    memset(dst + 128 + 16 * i, 0, 16);
+                    continue;
+                }
+                memcpy(dst + 16 * i, a->qp + tok * n + at, 16);
+                memcpy(dst + 128 + 16 * i, a->qp + tok * n + at + half, 16);
+            }
+        }
+}
+
 void rq4_interleave_act(qact *a) {
     a->ntile = a->qt ? tiled_tokens(a->ntok) / 16 : 0;
     const size_t n = (size_t)a->n, nb = (size_t)a->nb;
@@ -131,6 +151,7 @@ void rq4_interleave_act(qact *a) {
                 a->st[at] = a->s[tok * nb + b];
             }
         }
+    if (a->qo) fill_octets(a);
 }
 
 /* The clones sit behind a plain function: clang (14) gives an external

@@ -41,23 +41,6 @@ ALWAYS int r4_decode_whole(int kind, const qact *x, const qmat *w, int G, int t,
 
 #define R4_TOKENS 8 /* tokens per prompt step: 8 independent sdot chains per block */
 
-/* Offset of block b's even values in a token's qp (its odd ones follow at
- * + half): spans of 128 values, then 64 and 32 (rq4_permute_act). */
-ALWAYS size_t r4_qp_at(int b, int nb, size_t *half) {
-    int whole = nb & ~3;
-    if (b < whole) {
-        *half = 64;
-        return (size_t)(b >> 2) * 128 + 16 * (size_t)(b & 3);
-    }
-    int k = b - whole;
-    if (nb - whole >= 2 && k < 2) {
-        *half = 32;
-        return (size_t)whole * QK + 16 * (size_t)k;
-    }
-    *half = 16;
-    return (size_t)b * QK;
-}
-
 /* The weight groups 16 blocks span when groups of bpg blocks divide 16 (a
  * prompt's lane walk steps 16 blocks at a time), else 0: then a running
  * count steps, still without division */
@@ -73,7 +56,7 @@ ALWAYS float32x4_t r4_scales(const uint16_t *h, const qmat *w, int G, int g) {
 ALWAYS float32x4_t r4_term(int kind, float32x4_t f, const qact *x, const r4block *w, int b, int t, float32x4_t d4,
                            float32x4_t m4) {
     const int nb = x->nb;
-    size_t half, at = (size_t)t * (size_t)x->n + r4_qp_at(b, nb, &half);
+    size_t half, at = (size_t)t * (size_t)x->n + qp_block_at(b, nb, &half);
     const int8_t *xe = x->qp + at, *xo = xe + half;
     float xd = x->d[(size_t)t * (size_t)nb + (size_t)b];
     f = vfmaq_f32(f, vmulq_n_f32(d4, xd), isum_f32(kind, r4_dot(kind, w, xe, xo)));

@@ -18,22 +18,23 @@ typedef struct candidate {
     const kernel_set *set;
     int (*supported)(void); /* NULL: always */
     int reads_tiles;        /* its kernels read qact's 16-token tiles (qt, dt, st) */
+    int reads_octets;       /* and their octets (qo) */
 } candidate;
 
 /* The ladder: the sets best first (add a line per set), the scalar reference last. */
 static const candidate candidates[] = {
 #ifdef RQ4_X86
-    {&rq4_kernels_avx512vnni, rq4_kernels_avx512vnni_supported, 1},
+    {&rq4_kernels_avx512vnni, rq4_kernels_avx512vnni_supported, 1, 0},
 #ifdef RQ4_X86_AVXVNNI_COMPILED
-    {&rq4_kernels_avxvnni, rq4_kernels_avxvnni_supported, 1},
+    {&rq4_kernels_avxvnni, rq4_kernels_avxvnni_supported, 1, 0},
 #endif
-    {&rq4_kernels_avx2, rq4_kernels_avx2_supported, 1},
+    {&rq4_kernels_avx2, rq4_kernels_avx2_supported, 1, 0},
 #endif
 #ifdef RQ4_ARM
-    {&rq4_kernels_neon_dotprod, rq4_kernels_neon_dotprod_supported, 1},
-    {&rq4_kernels_neon, rq4_kernels_neon_supported, 0},
+    {&rq4_kernels_neon_dotprod, rq4_kernels_neon_dotprod_supported, 1, 1},
+    {&rq4_kernels_neon, rq4_kernels_neon_supported, 0, 0},
 #endif
-    {&rq4_kernels_scalar, 0, 0},
+    {&rq4_kernels_scalar, 0, 0, 0},
 };
 
 #define N_CANDIDATES (sizeof candidates / sizeof candidates[0])
@@ -86,11 +87,22 @@ static void find_available(void) {
     available[n] = 0;
 }
 
-int rq4_kernels_read_tiles(const kernel_set *ks) {
+/* The candidate set ks of rq4_kernels_available() came from, or NULL */
+static const candidate *candidate_of(const kernel_set *ks) {
     rq4_kernels_available();
     for (size_t i = 0; available[i]; i++)
-        if (available[i] == ks) return filled_from[i]->reads_tiles;
+        if (available[i] == ks) return filled_from[i];
     return 0;
+}
+
+int rq4_kernels_read_tiles(const kernel_set *ks) {
+    const candidate *c = candidate_of(ks);
+    return c ? c->reads_tiles : 0;
+}
+
+int rq4_kernels_read_octets(const kernel_set *ks) {
+    const candidate *c = candidate_of(ks);
+    return c ? c->reads_octets : 0;
 }
 
 dot_fn rq4_kernels_q4t(const kernel_set *ks) {

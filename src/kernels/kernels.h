@@ -68,6 +68,13 @@ typedef struct qact {
     float *dt;      /* (ntile, nb, 16): d */
     int32_t *st;    /* (ntile, nb, 16): s */
     int ntile;
+    /* The tiles' tokens again in octets (filled with the tiles when qo is not
+     * NULL; a set that reads them, rq4_kernels_read_octets, needs them
+     * whenever ntile > 0): octet o (tokens 8o .. 8o+7), block b is 256
+     * bytes, token i's 16 even values of the block in nibble order (qp) at
+     * 16 i, its 16 odd ones at 128 + 16 i; zero past ntok. One pointer then
+     * reaches the 8 tokens' values of a block at fixed offsets. */
+    int8_t *qo;     /* (2 ntile, nb, 2, 8, 16) */
 } qact;
 
 /* A quantized weight matrix (row r at q + r * row_bytes, scales at
@@ -176,6 +183,10 @@ const kernel_set *const *rq4_kernels_available(void);
  * read them runs the same with ntile = 0. */
 int rq4_kernels_read_tiles(const kernel_set *ks);
 
+/* Whether the kernels of set ks read the tiles' octets (qo) too: only then
+ * are they allocated (memory.c) and filled. */
+int rq4_kernels_read_octets(const kernel_set *ks);
+
 /* Quantizes one token's activations x[0..a->n) into row t of `a` (q, d, s
  * and qp). */
 void rq4_quantize_act(qact *a, int t, const float *x);
@@ -187,6 +198,23 @@ void rq4_quantize_act(qact *a, int t, const float *x);
  * kernels can skip interleaving them; a span of 128 holds 4 whole blocks. */
 void rq4_permute_act(qact *a, int t);
 
+/* Offset of block b's even values in a row of qp (its odd ones follow at
+ * + half), of a row of nb blocks: spans of 128 values, then 64 and 32. */
+static inline size_t qp_block_at(int b, int nb, size_t *half) {
+    int whole = nb & ~3;
+    if (b < whole) {
+        *half = 64;
+        return (size_t)(b >> 2) * 128 + 16 * (size_t)(b & 3);
+    }
+    int k = b - whole;
+    if (nb - whole >= 2 && k < 2) {
+        *half = 32;
+        return (size_t)whole * QK + 16 * (size_t)k;
+    }
+    *half = 16;
+    return (size_t)b * QK;
+}
+
 /* The tokens a qact's tiles cover: whole pairs of tiles (the prompt kernel
  * takes them two at a time), then, for the last ntok % 32 tokens, another
  * pair when there are 22 or more, one tile when there are 10 or more, padded
@@ -197,8 +225,9 @@ static inline int tiled_tokens(int ntok) {
     return 32 * (ntok / 32) + (last >= 22 ? 32 : last >= 10 ? 16 : 0);
 }
 
-/* Fills qt, dt and st from the quantized tokens, zero past ntok, and sets
- * ntile: tiled_tokens(ntok) / 16 when qt is not NULL, else 0. */
+/* Fills qt, dt and st (and qo when not NULL) from the quantized tokens,
+ * zero past ntok, and sets ntile: tiled_tokens(ntok) / 16 when qt is not
+ * NULL, else 0. */
 void rq4_interleave_act(qact *a);
 
 /* The tokens of x from `first` on, as a qact without tiles: what a prompt

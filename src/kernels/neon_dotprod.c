@@ -336,9 +336,10 @@ ALWAYS void r4_sums4(const r4block *w, const int8_t *xe, const int8_t *xo, const
  * int32 sums; 4 tokens' activations in v24-v27 or v28-v31 (the next 4 load
  * while the last 4 are used), then the terms in v24-v27. Single-uop
  * instructions interleave with the loads, and the first 4 tokens' terms
- * with the last 4 tokens' sums. Every load has an immediate offset, one
- * pointer per token (`ldur`, `ld1`: one micro-op each in LLVM's N1 model,
- * which counts `ldr q` as two); the int32 sums' zeros and the nibble mask
+ * with the last 4 tokens' sums. The 8 tokens' activations are qact's
+ * octets (qo): one pointer, every load at an immediate offset from it
+ * (`ldur`, `ld1`: one micro-op each in LLVM's N1 model, which counts `ldr
+ * q` as two), one add per block; the int32 sums' zeros and the nibble mask
  * are loads too, which go to the load pipes instead of the two vector
  * pipes that bound the loop, the zeros first, well ahead of their use on
  * the in-order cores. */
@@ -369,19 +370,19 @@ ALWAYS void r4_sums4(const r4block *w, const int8_t *xe, const int8_t *xo, const
     "ldur q30, [%x[zc]]\n\t"                                                                      \
     R4_ZERO(16) R4_ZERO(17) R4_ZERO(18) R4_ZERO(19)                                               \
     R4_ZERO(20) R4_ZERO(21) R4_ZERO(22) R4_ZERO(23)                                               \
-    R4_LD(24, x0, 0) "shl v4.16b, v0.16b, #4\n\t"                                                 \
-    R4_LD(25, x1, 0) "shl v5.16b, v1.16b, #4\n\t"                                                 \
-    R4_LD(26, x2, 0) "shl v6.16b, v2.16b, #4\n\t"                                                 \
-    R4_LD(27, x3, 0) "shl v7.16b, v3.16b, #4\n\t"                                                 \
+    R4_LD(24, xq, 0) "shl v4.16b, v0.16b, #4\n\t"                                                 \
+    R4_LD(25, xq, 16) "shl v5.16b, v1.16b, #4\n\t"                                                \
+    R4_LD(26, xq, 32) "shl v6.16b, v2.16b, #4\n\t"                                                \
+    R4_LD(27, xq, 48) "shl v7.16b, v3.16b, #4\n\t"                                                \
     "and v0.16b, v0.16b, v30.16b\n\tand v1.16b, v1.16b, v30.16b\n\t"                              \
     "and v2.16b, v2.16b, v30.16b\n\tand v3.16b, v3.16b, v30.16b\n\t"                              \
     R4_GROUP(16, 17, 18, 19, 4, 5, 6, 7, 24, 25, 26, 27,                                          \
-             R4_LD(28, x4, 0), R4_LD(29, x5, 0), R4_LD(30, x6, 0), R4_LD(31, x7, 0))              \
+             R4_LD(28, xq, 64), R4_LD(29, xq, 80), R4_LD(30, xq, 96), R4_LD(31, xq, 112))         \
     R4_GROUP(20, 21, 22, 23, 4, 5, 6, 7, 28, 29, 30, 31,                                          \
-             R4_LD(24, x0, 64), R4_LD(25, x1, 64), R4_LD(26, x2, 64), R4_LD(27, x3, 64))          \
+             R4_LD(24, xq, 128), R4_LD(25, xq, 144), R4_LD(26, xq, 160), R4_LD(27, xq, 176))      \
     R4_GROUP(16, 17, 18, 19, 0, 1, 2, 3, 24, 25, 26, 27,                                          \
-             R4_LD(28, x4, 64), R4_LD(29, x5, 64) "ld1 {v4.4s}, [x15]\n\t",                       \
-             R4_LD(30, x6, 64) "ld1 {v5.4s, v6.4s}, [%x[dt]]\n\t", R4_LD(31, x7, 64))             \
+             R4_LD(28, xq, 192), R4_LD(29, xq, 208) "ld1 {v4.4s}, [x15]\n\t",                     \
+             R4_LD(30, xq, 224) "ld1 {v5.4s, v6.4s}, [%x[dt]]\n\t", R4_LD(31, xq, 240))           \
     R4_GROUP(20, 21, 22, 23, 0, 1, 2, 3, 28, 29, 30, 31,                                          \
              R4_CVT(16) R4_CVT(17) R4_SCALE(24, 5, 0) R4_SCALE(25, 5, 1),                         \
              R4_CVT(18) R4_CVT(19) R4_SCALE(26, 5, 2) R4_SCALE(27, 5, 3),                         \
@@ -390,17 +391,11 @@ ALWAYS void r4_sums4(const r4block *w, const int8_t *xe, const int8_t *xo, const
     R4_CVT(20) R4_CVT(21) R4_CVT(22) R4_CVT(23)                                                   \
     R4_SCALE(24, 6, 0) R4_SCALE(25, 6, 1) R4_SCALE(26, 6, 2) R4_SCALE(27, 6, 3)                   \
     ACC(12, 24, 20) ACC(13, 25, 21) ACC(14, 26, 22) ACC(15, 27, 23)
-/* to the lane's next block: 16 blocks on in the weights, activations and
+/* to the lane's next block: 16 blocks on in the weights, octets and
  * tokens' scales, sstep bytes in the rows' scales; x9 counts down */
 #define R4_Q4S_NEXT                                                                               \
-    "add %x[p], %x[p], #1024\n\t"                                                                 \
-    "add %x[x0], %x[x0], #512\n\tadd %x[x1], %x[x1], #512\n\tadd %x[x2], %x[x2], #512\n\t"        \
-    "add %x[x3], %x[x3], #512\n\tadd %x[x4], %x[x4], #512\n\tadd %x[x5], %x[x5], #512\n\t"        \
-    "add %x[x6], %x[x6], #512\n\tadd %x[x7], %x[x7], #512\n\t"                                    \
+    "add %x[p], %x[p], #1024\n\tadd %x[xq], %x[xq], #4096\n\t"                                   \
     "add %x[dt], %x[dt], #1024\n\tadd x15, x15, %x[ss]\n\tsubs x9, x9, #1\n\t"
-/* back to the next lane's first block: the tokens' pointers by x16, the
- * weights and the tokens' scales by x13 */
-#define R4_BACK(X) "sub %x[" #X "], %x[" #X "], x16\n\t"
 
 /* the nibble mask, then a zeroed register (R4_ZERO) */
 static const uint8_t r4_consts[32] __attribute__((aligned(16))) = {
@@ -408,17 +403,14 @@ static const uint8_t r4_consts[32] __attribute__((aligned(16))) = {
 
 /* Lane sums of lanes j0 .. je-1 of the 8 tokens into lane[0..8 (je - j0)),
  * each lane of cnt >= 1 blocks 16 apart: lane j0's first block's 64 bytes
- * at p, the tokens' even values at xe + o[i], their scales at dt; lane j's
- * rows' float scales at ds + 4 (j >> sh) (the next block's sstep bytes
- * on). A lane's tokens' pointers go back cnt blocks and on to the next
- * lane: 16 bytes, or 80 to the next span of 128 (lane j + 1 a multiple of
- * 4). */
+ * at p, its 256 bytes of the tokens' octet at xq, their scales at dt; lane
+ * j's rows' float scales at ds + 4 (j >> sh) (the next block's sstep bytes
+ * on). From a lane's last block the pointers go back cnt - 1 blocks, then
+ * one block on to the next lane. */
 ALWAYS void r4_q4s_lanes(const uint8_t *p, const float *ds, int sh, size_t sstep, int j0, int je,
-                         const int8_t *xe, const size_t *o, const float *dt, size_t cnt, float32x4_t *lane) {
-    const int8_t *x0 = xe + o[0], *x1 = xe + o[1], *x2 = xe + o[2], *x3 = xe + o[3];
-    const int8_t *x4 = xe + o[4], *x5 = xe + o[5], *x6 = xe + o[6], *x7 = xe + o[7];
+                         const int8_t *xq, const float *dt, size_t cnt, float32x4_t *lane) {
     __asm__ volatile("lsl x13, %x[cnt], #10\n\tsub x13, x13, #64\n\t"
-                     "lsl x12, %x[cnt], #9\n\tsub x14, x12, #80\n\tsub x12, x12, #16\n\tmov x11, %x[j0]\n"
+                     "lsl x12, %x[cnt], #12\n\tsub x12, x12, #256\n\tmov x11, %x[j0]\n"
                      "1:\n\t"
                      "lsr x15, x11, %x[sh]\n\tadd x15, %x[ds], x15, lsl #4\n\tmov x9, %x[cnt]\n\t"
                      R4_Q4S_BLOCK(R4_FMUL) R4_Q4S_NEXT
@@ -428,16 +420,13 @@ ALWAYS void r4_q4s_lanes(const uint8_t *p, const float *ds, int sh, size_t sstep
                      "3:\n\t"
                      "st1 {v8.4s, v9.4s, v10.4s, v11.4s}, [%x[lane]], #64\n\t"
                      "st1 {v12.4s, v13.4s, v14.4s, v15.4s}, [%x[lane]], #64\n\t"
-                     "and x16, x11, #3\n\tcmp x16, #3\n\tcsel x16, x14, x12, eq\n\t"
-                     R4_BACK(x0) R4_BACK(x1) R4_BACK(x2) R4_BACK(x3) R4_BACK(x4) R4_BACK(x5) R4_BACK(x6) R4_BACK(x7)
-                     "sub %x[p], %x[p], x13\n\tsub %x[dt], %x[dt], x13\n\t"
+                     "sub %x[xq], %x[xq], x12\n\tsub %x[p], %x[p], x13\n\tsub %x[dt], %x[dt], x13\n\t"
                      "add x11, x11, #1\n\tcmp x11, %x[je]\n\t"
                      "b.ne 1b\n\t"
-                     : [p] "+r"(p), [x0] "+r"(x0), [x1] "+r"(x1), [x2] "+r"(x2), [x3] "+r"(x3), [x4] "+r"(x4),
-                       [x5] "+r"(x5), [x6] "+r"(x6), [x7] "+r"(x7), [dt] "+r"(dt), [lane] "+r"(lane)
+                     : [p] "+r"(p), [xq] "+r"(xq), [dt] "+r"(dt), [lane] "+r"(lane)
                      : [ss] "r"(sstep), [zc] "r"(r4_consts), [cnt] "r"(cnt), [ds] "r"(ds), [sh] "r"((size_t)sh),
                        [j0] "r"((size_t)j0), [je] "r"((size_t)je)
-                     : "cc", "memory", "x9", "x11", "x12", "x13", "x14", "x15", "x16", "v0", "v1", "v2", "v3", "v4",
+                     : "cc", "memory", "x9", "x11", "x12", "x13", "x15", "v0", "v1", "v2", "v3", "v4",
                        "v5", "v6", "v7", "v8", "v9", "v10", "v11", "v12", "v13", "v14", "v15", "v16", "v17", "v18",
                        "v19", "v20", "v21", "v22", "v23", "v24", "v25", "v26", "v27", "v28", "v29", "v30", "v31");
 }
@@ -599,8 +588,9 @@ ALWAYS void r4_tile(int kind, const int STEPPED, const qact *x, const qmat *w, i
         const int m = whole % 16, cnt = whole / 16; /* lanes below m have cnt + 1 of them */
         const int sh = __builtin_ctz((unsigned)bpg); /* bpg divides 16 */
         const size_t sstep = (size_t)gstep * R4 * sizeof(float);
-        if (m) r4_q4s_lanes(q, ds, sh, sstep, 0, m, x0, o, x->dt + tile, (size_t)cnt + 1, L[0]);
-        r4_q4s_lanes(q + 64 * (size_t)m, ds, sh, sstep, m, 16, x0 + 32 * (size_t)m, o, x->dt + tile + 16 * (size_t)m,
+        const int8_t *xq = x->qo + (size_t)(t / 8) * (size_t)nb * 256; /* the tokens' octet */
+        if (m) r4_q4s_lanes(q, ds, sh, sstep, 0, m, xq, x->dt + tile, (size_t)cnt + 1, L[0]);
+        r4_q4s_lanes(q + 64 * (size_t)m, ds, sh, sstep, m, 16, xq + 256 * (size_t)m, x->dt + tile + 16 * (size_t)m,
                      (size_t)cnt, L[m]);
         for (int j = 0; j < nb - whole; j++) { /* blocks past the row's whole spans: lanes m .. */
             const int k = m + j, b = k + 16 * cnt, g = (k >> sh) + gstep * cnt;

@@ -151,6 +151,7 @@ int main(int argc, char **argv) {
         rq4_quantize_act(&x, t, f);
     }
     x.qt = malloc((size_t)maxtok * cols);
+    x.qo = malloc((size_t)maxtok * cols);
     x.dt = malloc(sizeof(float) * (size_t)maxtok * nb);
     x.st = malloc(sizeof(int32_t) * (size_t)maxtok * nb);
     rq4_interleave_act(&x);
@@ -241,6 +242,7 @@ int main(int argc, char **argv) {
     free(x.q);
     free(x.qp);
     free(x.qt);
+    free(x.qo);
     free(x.dt);
     free(x.st);
     free(x.d);

@@ -161,9 +161,11 @@ static void fill_case(buffers *b, const shape *s) {
         }
     }
 
-    /* the 16-token tiles again, interleaved (exact sizes, padding included) */
+    /* the 16-token tiles again, interleaved, and their octets (exact sizes,
+     * padding included) */
     size_t tiled = (size_t)tiled_tokens(ntok);
     x->qt = alloc_off(b, tiled * (size_t)n, 1);
+    x->qo = alloc_off(b, tiled * (size_t)n, 1);
     x->dt = alloc_off(b, sizeof(float) * tiled * (size_t)nb, sizeof(float));
     x->st = alloc_off(b, sizeof(int32_t) * tiled * (size_t)nb, sizeof(int32_t));
     rq4_interleave_act(x);
