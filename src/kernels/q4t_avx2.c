@@ -63,7 +63,7 @@ static TGT256 void row_tokens(const qact *x, const qmat *w, int r, int t0, int T
             wabs[k] = _mm256_abs_epi8(wv[k]);
         }
         __m256 d8 = scales8(&v, v.d, b0, cnt);
-        __m256i keep = _mm256_cmpgt_epi32(_mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7), _mm256_set1_epi32(cnt - 1));
+        const __m256i valid = mask8(cnt);
         for (int t = 0; t < T; t++) {
             size_t row = (size_t)(t0 + t);
             const int8_t *xr = x->q + row * (size_t)x->n + (size_t)b0 * QK;
@@ -72,7 +72,7 @@ static TGT256 void row_tokens(const qact *x, const qmat *w, int r, int t0, int T
                 p[k] = k < cnt ? dot_block(wv[k], wabs[k], xr + k * QK) : _mm256_setzero_si256();
             __m256 dx = load8f(x->d + row * (size_t)nb + (size_t)b0, cnt);
             __m256 f = _mm256_fmadd_ps(_mm256_mul_ps(d8, dx), _mm256_cvtepi32_ps(reduce_blocks(p)), lanes[t][half]);
-            lanes[t][half] = cnt < Q4T_CHUNK ? _mm256_blendv_ps(f, lanes[t][half], _mm256_castsi256_ps(keep)) : f;
+            lanes[t][half] = cnt < Q4T_CHUNK ? _mm256_blendv_ps(lanes[t][half], f, _mm256_castsi256_ps(valid)) : f;
         }
     }
     for (int t = 0; t < T; t++) out[(size_t)(t0 + t) * out_stride + (size_t)r] = tree16(lanes[t][0], lanes[t][1]);

@@ -56,17 +56,18 @@ ALWAYS TGT __m256i reduce8(const __m256i *v) {
 }
 
 /* The contract's steps of 8 blocks on their lanes: lanes + (d * dx) * isum
- * [+ (m * dx) * xs] by fma; the lanes where `keep` is all ones unchanged
- * (keep NULL: none). */
+ * [+ (m * dx) * xs] by fma; only the lanes where `valid` is all ones
+ * change (valid NULL: all). */
 ALWAYS TGT __m256 fma8(int kind, __m256 lanes, __m256 d8, __m256 m8, __m256 dx, __m256 isum, __m256 xs,
-                       const __m256i *keep) {
+                       const __m256i *valid) {
     __m256 f = _mm256_fmadd_ps(_mm256_mul_ps(d8, dx), isum, lanes);
     if (kind == K_Q4A) f = _mm256_fmadd_ps(_mm256_mul_ps(m8, dx), xs, f);
-    return keep ? _mm256_blendv_ps(f, lanes, _mm256_castsi256_ps(*keep)) : f;
+    return valid ? _mm256_blendv_ps(lanes, f, _mm256_castsi256_ps(*valid)) : f;
 }
 
-/* lanes i >= cnt of an 8-block step whose lane i is block idx[i] */
-ALWAYS TGT __m256i past_cnt(int cnt, __m256i idx) { return _mm256_cmpgt_epi32(idx, _mm256_set1_epi32(cnt - 1)); }
+/* lanes i < cnt of an 8-block step whose lane i is block idx[i] (mask8's
+ * comparison, which the compiler then shares with the loads') */
+ALWAYS TGT __m256i below_cnt(int cnt, __m256i idx) { return _mm256_cmpgt_epi32(_mm256_set1_epi32(cnt), idx); }
 
 /* The steps of 8 blocks b0.. (cnt of them) of one token on its lanes, isum
  * not yet corrected; d8, m8: the blocks' weight scales and minimums (scales8). */
@@ -75,8 +76,8 @@ ALWAYS TGT __m256 terms8s(int kind, __m256 lanes, __m256 d8, __m256 m8, int b0, 
     __m256i s = load8i(xs + b0, cnt);
     __m256 dx = load8f(xd + b0, cnt);
     if (off) isum = _mm256_sub_epi32(isum, _mm256_slli_epi32(s, off == 8 ? 3 : 7));
-    __m256i keep = past_cnt(cnt, _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
-    return fma8(kind, lanes, d8, m8, dx, _mm256_cvtepi32_ps(isum), _mm256_cvtepi32_ps(s), cnt < 8 ? &keep : NULL);
+    __m256i valid = mask8(cnt);
+    return fma8(kind, lanes, d8, m8, dx, _mm256_cvtepi32_ps(isum), _mm256_cvtepi32_ps(s), cnt < 8 ? &valid : NULL);
 }
 
 ALWAYS TGT __m256 terms8(int kind, __m256 lanes, const row_view *v, int b0, int cnt, __m256i isum, const float *xd,
@@ -344,13 +345,16 @@ ALWAYS TGT __m256i sums8m(int kind, const token_rows *tok, const uint8_t *wq, in
 }
 
 /* The steps of 8 blocks (cnt of them), group g of the window (d8, m8 in
- * merge order), on their lanes */
+ * merge order), on their lanes; the lanes past cnt kept by a comparison
+ * against cnt - 1 (the form for which GCC emits the fewest instructions in
+ * rows1_q4's tail) */
 ALWAYS TGT __m256 terms8m(int kind, __m256 lanes, __m256 d8, __m256 m8, __m256i isum, const token1 *tk, int g,
                           int cnt) {
     if (kind == K_Q4S) isum = _mm256_sub_epi32(isum, tk->cs[g]);
-    __m256i keep = past_cnt(cnt, _mm256_setr_epi32(MERGE_ORDER));
-    return fma8(kind, lanes, d8, m8, tk->dx[g], _mm256_cvtepi32_ps(isum), _mm256_castsi256_ps(tk->cs[g]),
-                cnt < 8 ? &keep : NULL);
+    __m256 f = fma8(kind, lanes, d8, m8, tk->dx[g], _mm256_cvtepi32_ps(isum), _mm256_castsi256_ps(tk->cs[g]), NULL);
+    if (cnt == 8) return f;
+    __m256i past = _mm256_cmpgt_epi32(_mm256_setr_epi32(MERGE_ORDER), _mm256_set1_epi32(cnt - 1));
+    return _mm256_blendv_ps(f, lanes, _mm256_castsi256_ps(past));
 }
 
 /* The weight scales (or minimums) of blocks b0 .. b0+7 (b0 .. b0+15 into lo,
@@ -497,8 +501,8 @@ ALWAYS TGT __m256 pair_chunk(int kind, __m256 acc, const row_view *v, const int8
     if (off) isum = _mm256_sub_epi32(isum, _mm256_slli_epi32(s, off == 8 ? 3 : 7));
     __m256 d4 = scales8(v, v->d, b0, cnt);
     d4 = _mm256_permute2f128_ps(d4, d4, 0);
-    __m256i keep = past_cnt(cnt, _mm256_setr_epi32(0, 1, 2, 3, 0, 1, 2, 3));
-    return fma8(kind, acc, d4, d4, dx, _mm256_cvtepi32_ps(isum), dx, cnt < 4 ? &keep : NULL);
+    __m256i valid = below_cnt(cnt, _mm256_setr_epi32(0, 1, 2, 3, 0, 1, 2, 3));
+    return fma8(kind, acc, d4, d4, dx, _mm256_cvtepi32_ps(isum), dx, cnt < 4 ? &valid : NULL);
 }
 
 /* Q8, tokens t0 .. t0+T-1 (T = 2..4) of row r, two at a time (16
