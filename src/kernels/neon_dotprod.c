@@ -334,7 +334,7 @@ ALWAYS void r4_sums4(const r4block *w, const int8_t *xe, const int8_t *xo, const
  * first block sets them with fmul, the product the contract's fmaf gives
  * on a lane of -0.0; the next blocks fmla); v16-v23 their
  * int32 sums; 4 tokens' activations in v24-v27 or v28-v31 (the next 4 load
- * while the last 4 are used), then the terms in v24-v27. Single-uop
+ * while the last 4 are used), then their d * dx in v24-v27. Single-uop
  * instructions interleave with the loads, and the first 4 tokens' terms
  * with the last 4 tokens' sums. The 8 tokens' activations are qact's
  * octets (qo): one pointer, every load at an immediate offset from it
