@@ -1,0 +1,58 @@
+"""tools/self_calibration.py: the default text's slices, then the model's own text."""
+import importlib.util
+import os
+
+import pytest
+
+from pyrunq4.export import methods
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="module")
+def tool():
+    spec = importlib.util.spec_from_file_location("self_calibration",
+                                                  os.path.join(ROOT, "tools", "self_calibration.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    from fixtures import make_rq4
+    return make_rq4(tmp_path_factory.mktemp("selfcal") / "m.rq4")
+
+
+def test_default_text_slices(tool):
+    text = "".join(chr(ord("a") + i % 26) for i in range(100_000))
+    parts = tool.default_text_slices(text, n=5, width=100)
+    assert [len(p) for p in parts] == [100] * 5
+    assert parts[0] == text[:100] and parts[-1] == text[-100:]
+    assert tool.default_text_slices("short", n=5, width=100) == ["short"]
+
+
+def test_writes_default_slices_then_generated_text(tool, model, tmp_path):
+    out, again, other = tmp_path / "a.txt", tmp_path / "b.txt", tmp_path / "c.txt"
+    assert tool.main([model, str(out), "--tokens", "40", "--seq-len", "16", "--seed", "1", "--threads", "1"]) == 0
+    assert tool.main([model, str(again), "--tokens", "40", "--seq-len", "16", "--seed", "1", "--threads", "1"]) == 0
+    assert tool.main([model, str(other), "--tokens", "40", "--seq-len", "16", "--seed", "2", "--threads", "1"]) == 0
+    text = out.read_text(encoding="utf-8")
+    prefix = "\n\n".join(tool.default_text_slices(methods.default_calibration_text()))
+    assert text.startswith(prefix + "\n\n")
+    generated = text[len(prefix) + 2:].split("\n\n")
+    assert len(generated) >= 2 and all(g.strip() for g in generated)  # 40 tokens, 16 at most per sequence
+    assert again.read_text(encoding="utf-8") == text
+    assert other.read_text(encoding="utf-8") != text
+
+
+def test_bad_model_one_line_and_no_file(tool, tmp_path, capsys):
+    junk = tmp_path / "junk.rq4"
+    junk.write_bytes(os.urandom(4096))
+    out = tmp_path / "out.txt"
+    out.write_text("kept")
+    assert tool.main([str(junk), str(out), "--tokens", "8"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "error" in err, err
+    assert out.read_text() == "kept"
+    assert not os.path.exists(str(out) + ".tmp")
