@@ -34,6 +34,17 @@ class HfModel:
     weights: dict = field(repr=False)  # Hugging Face name -> float32 array, exactly the stored values
 
 
+def load_checkout_module(name, relpath):
+    """The module in file relpath of this checkout (a tools/ script, pyrunq4/_build.py):
+    what an installed package does not carry."""
+    import importlib.util
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    spec = importlib.util.spec_from_file_location(name, os.path.join(root, relpath))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
 def make_tokenizer(vocab_size=300):
     """A small byte-level BPE (tokenizers library) trained on SENTENCES, with the
     Llama 3 special tokens as ids 0..4 and a post-processor that prepends BOS."""

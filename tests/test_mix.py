@@ -156,14 +156,10 @@ def test_exporter_max_size(tmp_path, capsys, method):
 def test_mix_sensitivity_tool(tmp_path):
     """tools/mix_sensitivity.py on a tiny float model: one entry per role and block and
     the embedding, KL >= 0, and the error of round-to-nearest falling with the group."""
-    import importlib.util
     import json
 
-    from fixtures import make_rq4
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    spec = importlib.util.spec_from_file_location("mix_sensitivity", os.path.join(root, "tools", "mix_sensitivity.py"))
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
+    from fixtures import load_checkout_module, make_rq4
+    tool = load_checkout_module("mix_sensitivity", os.path.join("tools", "mix_sensitivity.py"))
     path = make_rq4(tmp_path / "float.rq4", dtype="fp32", dim=128, hidden_dim=256, n_heads=4, head_dim=32,
                     extra_args=("--float",))
     out = tmp_path / "sens.json"

@@ -39,12 +39,8 @@ def run_cli(module, *args, stdin=None):
 
 def load_build_script():
     """The checkout's pyrunq4/_build.py (an installed copy has no src/ next to it)."""
-    import importlib.util
-    spec = importlib.util.spec_from_file_location("_runq4_build",
-                                                  os.path.join(ROOT, "pyrunq4", "_build.py"))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    from fixtures import load_checkout_module
+    return load_checkout_module("_runq4_build", os.path.join("pyrunq4", "_build.py"))
 
 
 def test_every_cdef_prototype_is_in_lib():

@@ -1,21 +1,15 @@
 """tools/self_calibration.py: the default text's slices, then the model's own text."""
-import importlib.util
 import os
 
 import pytest
 
 from pyrunq4.export import methods
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
 
 @pytest.fixture(scope="module")
 def tool():
-    spec = importlib.util.spec_from_file_location("self_calibration",
-                                                  os.path.join(ROOT, "tools", "self_calibration.py"))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    from fixtures import load_checkout_module
+    return load_checkout_module("self_calibration", os.path.join("tools", "self_calibration.py"))
 
 
 @pytest.fixture(scope="module")
