@@ -45,8 +45,16 @@ def test_bad_model_one_line_and_no_file(tool, tmp_path, capsys):
     junk.write_bytes(os.urandom(4096))
     out = tmp_path / "out.txt"
     out.write_text("kept")
-    assert tool.main([str(junk), str(out), "--tokens", "8"]) == 2
+    assert tool.main([str(junk), str(out), "--tokens", "8"]) == 1
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "error" in err, err
     assert out.read_text() == "kept"
     assert not os.path.exists(str(out) + ".tmp")
+
+
+def test_bad_counts_one_line(tool, model, tmp_path, capsys):
+    out = tmp_path / "out.txt"
+    assert tool.main([model, str(out), "--tokens", "0"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--tokens" in err, err
+    assert not out.exists()

@@ -16,6 +16,8 @@ import sys
 
 import numpy as np
 
+from pyrunq4._cli import run_main
+from pyrunq4.errors import UsageError
 from pyrunq4.export import methods
 
 DEFAULT_SLICES = 34         # slices of the default text
@@ -45,19 +47,10 @@ def generate(model, words, tokens, seq_len, seed, progress=None):
     return out
 
 
-def main(argv=None):
-    ap = argparse.ArgumentParser(prog="self_calibration.py", description=__doc__.split("\n")[0])
-    ap.add_argument("model", metavar="MODEL.rq4")
-    ap.add_argument("output", metavar="OUT.txt")
-    ap.add_argument("--tokens", type=int, default=34000, help="tokens to generate (default: 34000)")
-    ap.add_argument("--seq-len", type=int, default=512, help="tokens per generated sequence (default: 512)")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--threads", type=int, default=None, help="engine threads (default: all CPUs)")
-    a = ap.parse_args(argv)
+def run(a):
     if a.tokens < 1 or a.seq_len < 1:
-        ap.error("--tokens and --seq-len must be >= 1")
+        raise UsageError("--tokens and --seq-len must be >= 1")
     from pyrunq4 import Model
-    from pyrunq4.errors import Runq4Error
     from pyrunq4.progress import progress_bar
 
     default = methods.default_calibration_text()
@@ -70,12 +63,21 @@ def main(argv=None):
         with open(tmp, "w", encoding="utf-8") as f:
             f.write("\n\n".join(default_text_slices(default) + texts))
         os.replace(tmp, a.output)
-    except (OSError, Runq4Error) as e:
+    finally:  # failed or interrupted: no half-written file left behind
         if os.path.exists(tmp):
             os.unlink(tmp)
-        print(f"self_calibration.py: error: {e}", file=sys.stderr)
-        return 2
     return 0
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(prog="self_calibration.py", description=__doc__.split("\n")[0])
+    ap.add_argument("model", metavar="MODEL.rq4")
+    ap.add_argument("output", metavar="OUT.txt")
+    ap.add_argument("--tokens", type=int, default=34000, help="tokens to generate (default: 34000)")
+    ap.add_argument("--seq-len", type=int, default=512, help="tokens per generated sequence (default: 512)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=None, help="engine threads (default: all CPUs)")
+    return run_main("self_calibration.py", ap, run, argv)
 
 
 if __name__ == "__main__":
