@@ -2,14 +2,15 @@
 
     python tools/self_calibration.py MODEL.rq4 OUT.txt [--tokens 34000] [--seed 0] [--threads N]
 
-MODEL.rq4: any export of the model to be quantized (a quick `--method rtn` one will do).
-OUT.txt gets evenly spaced slices of the default calibration text (pydoc_data.topics),
-then --tokens tokens sampled from the model (temperature 1, top-p 0.95), in sequences
-of up to --seq-len tokens, each started from a word of the default text. The model's
-own text covers what it predicts in general, the default text what technical prose
-looks like; GPTQ's Hessians from both fit the classifier better than either alone
-(docs/QUALITY.md, "Self-generated calibration"). The same seed gives the same text on
-the same machine and kernel set. OUT.txt is written whole or not at all."""
+MODEL.rq4: an export of the model to be quantized (the texts measured in docs/QUALITY.md
+came from its g32 q4a GPTQ export). OUT.txt gets evenly spaced slices of the default
+calibration text (pydoc_data.topics), then --tokens tokens sampled from the model
+(temperature 1, top-p 0.95), in sequences of up to --seq-len tokens, each started from a
+word of the default text. The model's own text covers what it predicts in general, the
+default text what technical prose looks like; GPTQ's Hessians from both fit the
+classifier better than either alone (docs/QUALITY.md, "Self-generated calibration").
+The same seed gives the same text with the same engine build and kernel set (the
+kernels' last bits steer the sampling). OUT.txt is written whole or not at all."""
 import argparse
 import os
 import sys
