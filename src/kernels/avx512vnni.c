@@ -221,8 +221,9 @@ ALWAYS TGT void one_token(int kind, const qact *x, const qmat *w, int r, float *
     __m512 lanes = _mm512_set1_ps(-0.0f);
     int b0 = 0;
     for (; b0 + 16 <= nb; b0 += 16) {
-        prefetch_ahead(v.q + (size_t)b0 * block_bytes, 16 * block_bytes);
+        /* the touch first: its page walk is the longest wait, so it is issued before the step's prefetches */
         if (touch) touch_next_page(v.q + (size_t)b0 * block_bytes, 16 * block_bytes, wend);
+        prefetch_ahead(v.q + (size_t)b0 * block_bytes, 16 * block_bytes);
         lanes = chunk16(kind, &v, xr, xp, xd, xs, b0, 16, lanes);
     }
     if (b0 < nb) {
