@@ -58,3 +58,10 @@ def test_bad_counts_one_line(tool, model, tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "--tokens" in err, err
     assert not out.exists()
+
+
+def test_unwritable_output_fails_before_generating(tool, model, tmp_path, capsys):
+    out = tmp_path / "missing" / "out.txt"
+    assert tool.main([model, str(out), "--tokens", "100000"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "missing" in err, err

@@ -58,10 +58,11 @@ def run(a):
     words = [w for w in default.split() if w.isalpha() and len(w) > 3]
     tmp = a.output + ".tmp"
     try:
-        with Model(a.model, n_threads=a.threads) as m, \
-                progress_bar(total=a.tokens, desc="generating", unit="token") as bar:
-            texts = generate(m, words, a.tokens, a.seq_len, a.seed, lambda done, total: bar.update(done - bar.n))
+        # opened first: an output that cannot be written fails before minutes of generating
         with open(tmp, "w", encoding="utf-8") as f:
+            with Model(a.model, n_threads=a.threads) as m, \
+                    progress_bar(total=a.tokens, desc="generating", unit="token") as bar:
+                texts = generate(m, words, a.tokens, a.seq_len, a.seed, lambda done, total: bar.update(done - bar.n))
             f.write("\n\n".join(default_text_slices(default) + texts))
         os.replace(tmp, a.output)
     finally:  # failed or interrupted: no half-written file left behind
