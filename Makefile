@@ -178,6 +178,7 @@ sanitize: $(SAN_BUILD)/test_engine $(SAN_BUILD)/test_kernels $(SAN_BUILD)/runq4 
 	$(SAN_ENV) $(SAN_BUILD)/runq4 $(SAN_BUILD)/micro_untied.rq4 -n 12 -c 16 -T 2 -k f16 -t 0.9 -p 0.8 -s 7 -i "hi" > /dev/null
 	printf 'hello\nagain\n' | $(SAN_ENV) $(SAN_BUILD)/runq4 $(SAN_BUILD)/micro.rq4 -m chat -n 4 -c 64 > /dev/null
 	RUNQ4_KERNEL=scalar $(SAN_ENV) $(SAN_BUILD)/runq4 $(SAN_BUILD)/micro_untied.rq4 -n 8 -c 16 -T 2 -i "hi" > /dev/null
+	$(SAN_ENV) $(SAN_BUILD)/runq4 $(SAN_BUILD)/micro_rotated.rq4 -n 8 -c 16 -T 2 -i "Once upon a time" > /dev/null
 	@echo "OK: sanitize (ASan + UBSan) passed"
 
 # valgrind: memcheck on the release-flag binary and engine test rebuilt -O1 -g
@@ -200,6 +201,7 @@ valgrind: $(SAN_BUILD)/vg/test_engine $(SAN_BUILD)/vg/runq4 $(MODEL) $(SAN_BUILD
 	$(VG) $(SAN_BUILD)/vg/runq4 $(SAN_BUILD)/micro.rq4 -n 8 -c 16 -T 2 -i "Once upon a time" > /dev/null
 	printf 'hello\n' | $(VG) $(SAN_BUILD)/vg/runq4 $(SAN_BUILD)/micro_untied.rq4 -m chat -n 4 -c 64 -T 1 -k f16 > /dev/null
 	RUNQ4_KERNEL=scalar $(VG) $(SAN_BUILD)/vg/runq4 $(SAN_BUILD)/micro.rq4 -n 8 -c 16 -T 1 -i "hi" > /dev/null
+	$(VG) $(SAN_BUILD)/vg/runq4 $(SAN_BUILD)/micro_rotated.rq4 -n 4 -c 16 -T 1 -i "hi" > /dev/null
 	$(VG) $(SAN_BUILD)/vg/test_engine $(MODEL) -q
 	@echo "OK: valgrind memcheck passed"
 

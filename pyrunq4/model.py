@@ -76,6 +76,7 @@ class Config:
     rope_low_freq_factor: float
     rope_high_freq_factor: float
     group_size: int
+    ffn_rotation: int
     n_ctx: int
     n_threads: int
     kv_type: int

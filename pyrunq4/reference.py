@@ -7,7 +7,9 @@ grouped-query attention by repeating each kv head ``n_heads // n_kv_heads``
 times (query head ``j`` reads kv head ``j // n_rep``, as ``repeat_kv`` does),
 ``head_dim`` from the config (it need not be ``dim // n_heads``),
 ``rms(x) = x / sqrt(mean(x^2) + eps) * w``, a SwiGLU FFN, and a tied or untied
-classifier.
+classifier. A file whose header has ffn_rotation (docs/FORMAT.md) stores w2 as
+``W2 Q^T``; its input is multiplied by ``Q`` here (rotate_ffn_input), written
+from the format's definition of ``Q``, not from the C transform.
 
 Inputs:
   weights: dict entry name (docs/FORMAT.md) -> float32 ndarray; matrices are
@@ -32,14 +34,18 @@ __all__ = [
     "rms_norm",
     "embed",
     "layer",
+    "rotate_ffn_input",
     "head",
     "forward",
 ]
 
-# Value of the header field rope_scaling that selects the llama3 rule
-# (docs/FORMAT.md; RQ4_ROPE_LLAMA3 in runq4.h). The reference deliberately does
-# not import the compiled library, so it stays usable without a C compiler.
+# Values of the header fields rope_scaling that selects the llama3 rule and
+# ffn_rotation that selects the Hadamard rotation of w2's input (docs/FORMAT.md;
+# RQ4_ROPE_LLAMA3, RQ4_FFN_ROTATION_HADAMARD in runq4.h). The reference
+# deliberately does not import the compiled library, so it stays usable
+# without a C compiler.
 _ROPE_LLAMA3 = 1
+_FFN_ROTATION_HADAMARD = 1
 
 
 def _w(weights, name, dtype=np.float64):
@@ -115,6 +121,25 @@ def _linear(weights, name, x, capture):
     return x @ _w(weights, name, x.dtype).T
 
 
+def rotate_ffn_input(x, signs, factor):
+    """Rows of x (T, n) multiplied by Q = kron(F, H_p) diag(s) / sqrt(n): s = signs
+    (n values +-1), F = factor (m x m), H_p Sylvester's Hadamard matrix of order
+    p = n / m (H_1 = [1], H_2k = [[H_k, H_k], [H_k, -H_k]]). In x's dtype."""
+    x = np.asarray(x)
+    T, n = x.shape
+    f = np.asarray(factor, x.dtype)
+    m = f.shape[0]
+    p = n // m
+    y = (x * np.asarray(signs, x.dtype).reshape(-1)).reshape(T, m, p)
+    h = 1
+    while h < p:                     # kron(I_m, H_p): H_2h on every run of 2h values
+        y = y.reshape(T, m, p // (2 * h), 2, h)
+        y = np.stack([y[:, :, :, 0] + y[:, :, :, 1], y[:, :, :, 0] - y[:, :, :, 1]], axis=3)
+        h *= 2
+    y = f @ y.reshape(T, m, p)       # kron(F, I_p): segment a = sum over j of F[a, j] segment j
+    return y.reshape(T, n) / x.dtype.type(math.sqrt(n))
+
+
 def layer(weights, cfg, i, h, pos0=0, capture=None, dtype=np.float64, inputs_only=False):
     """One transformer block over a fresh sequence h (T, dim) at positions
     pos0..pos0+T-1, with full causal attention inside h. Returns (T, dim).
@@ -165,6 +190,8 @@ def layer(weights, cfg, i, h, pos0=0, capture=None, dtype=np.float64, inputs_onl
     gate = _linear(weights, p + "w1", x, capture)
     up = _linear(weights, p + "w3", x, capture)
     x = _silu(gate) * up
+    if int(cfg.get("ffn_rotation", 0)) == _FFN_ROTATION_HADAMARD:
+        x = rotate_ffn_input(x, weights["ffn_rotation.signs"], weights["ffn_rotation.factor"])
     if inputs_only:
         capture(p + "w2", x)
         return None

@@ -199,7 +199,8 @@ static void apply_rope(float *vec, int n_heads_here, int head_dim, const float *
     }
 }
 
-/* Tokens [start, end) of the SwiGLU product: hb = silu(hb) * hb2, with
+/* Tokens [start, end) of the SwiGLU product: hb = silu(hb) * hb2 (then
+ * rotated for w2 when the file asks, hadamard.c), with
  * silu(g) = g / (1 + e^-g) written through e^-|g| (exp_nonpositive), so the
  * loop vectorizes: g >= 0: g / (1 + e^-g); g < 0: g e^g / (1 + e^g). */
 VECTOR_CLONES static void swiglu_tokens(const rq4_model *m, void *arg, int thread, int start, int end) {
@@ -212,6 +213,8 @@ VECTOR_CLONES static void swiglu_tokens(const rq4_model *m, void *arg, int threa
         float g = hb[i], e = exp_nonpositive(g < 0.0f ? g : -g);
         hb[i] = (g < 0.0f ? g * e : g) / (1.0f + e) * hb2[i];
     }
+    if (m->config.ffn_rotation == RQ4_FFN_ROTATION_HADAMARD) /* hb2's row is spent: the scratch */
+        for (int t = start; t < end; t++) rq4_rotate_ffn_input(m, hb + (size_t)t * hidden, m->hb2 + (size_t)t * hidden);
 }
 
 /* Token row r of the embedding table, dequantized (no float copy of the table). */

@@ -71,6 +71,10 @@ struct rq4_model {
     tensor output;          /* (vocab, dim): tok_embeddings when tied */
     const float *norm;      /* (dim) */
     layer_weights *layers;  /* (n_layers) */
+    /* config.ffn_rotation HADAMARD (hadamard.c): views of its entries */
+    const float *ffn_signs;   /* (hidden_dim) +1 or -1 */
+    const float *ffn_factor;  /* (ffn_factor_order, ffn_factor_order) a Hadamard matrix */
+    int ffn_factor_order;
 
     const kernel_set *kernels;
     const rq4_attention_loops *attention; /* attend()'s SIMD loops (kernels/attention.h); NULL: the portable ones */
@@ -197,6 +201,17 @@ void rq4_store_kv(rq4_model *m, int layer, int pos, const float *k, const float 
 /* Causal grouped-query attention of the chunk's ntok queries (m->q) at
  * positions pos0.. over the cache of `layer`, into m->xb (ntok, q_dim). */
 void rq4_attention(rq4_model *m, int layer, int pos0, int ntok);
+
+/* ---- the FFN down-projection's input rotation (hadamard.c) ---- */
+
+/* x (hidden_dim) <- Q x for the model's ffn_rotation HADAMARD; scratch:
+ * hidden_dim floats it may overwrite. */
+void rq4_rotate_ffn_input(const rq4_model *m, float *x, float *scratch);
+
+/* Checks the entries of an ffn_rotation HADAMARD: signs (n) all +1 or -1;
+ * factor (order, order) a Hadamard matrix whose order divides n with a power
+ * of two as the quotient. */
+rq4_status rq4_check_ffn_rotation(const float *signs, int n, const float *factor, int order, rq4_error *err);
 
 /* ---- forward pass (forward.c) ---- */
 

@@ -50,7 +50,7 @@ enum {
     H_VOCAB_SIZE = 48, H_MAX_SEQ_LEN = 52, H_TIED = 56, H_BOS_ID = 60, H_N_EOS = 64,
     H_EOS_IDS = 68, H_ROPE_SCALING = 84, H_ROPE_ORIG_MAX_POS = 88, H_NORM_EPS = 92,
     H_ROPE_THETA = 96, H_ROPE_FACTOR = 100, H_ROPE_LOW = 104, H_ROPE_HIGH = 108,
-    H_GROUP_SIZE = 112, H_N_ENTRIES = 116, H_TABLE_OFFSET = 120
+    H_GROUP_SIZE = 112, H_N_ENTRIES = 116, H_TABLE_OFFSET = 120, H_FFN_ROTATION = 128
 };
 /* Entry field offsets. */
 enum { E_NAME = 0, E_TYPE = 64, E_GROUP_SIZE = 68, E_ROWS = 72, E_COLS = 76, E_OFFSET = 80, E_SIZE = 88 };
@@ -138,9 +138,9 @@ static rq4_status check_header(rq4_model *m, rq4_error *err) {
         return rq4_fail(err, RQ4_ERR_FORMAT, "not an .rq4 file (bad magic)");
     }
     uint32_t version = read_u32(h + H_VERSION);
-    if (version != RQ4_FORMAT_VERSION)
-        return rq4_fail(err, RQ4_ERR_VERSION, "the file is .rq4 format version %u; this build reads version %d",
-                    version, RQ4_FORMAT_VERSION);
+    if (version < RQ4_MIN_FORMAT_VERSION || version > RQ4_FORMAT_VERSION)
+        return rq4_fail(err, RQ4_ERR_VERSION, "the file is .rq4 format version %u; this build reads versions %d to %d",
+                    version, RQ4_MIN_FORMAT_VERSION, RQ4_FORMAT_VERSION);
     if (read_u32(h + H_HEADER_SIZE) != RQ4_HEADER_SIZE)
         return rq4_fail(err, RQ4_ERR_FORMAT, "header_size is %u, expected %d", read_u32(h + H_HEADER_SIZE),
                     RQ4_HEADER_SIZE);
@@ -168,6 +168,9 @@ static rq4_status check_header(rq4_model *m, rq4_error *err) {
     FIELD(c->n_eos, H_N_EOS, "n_eos", 0, RQ4_MAX_EOS);
     FIELD(c->rope_scaling, H_ROPE_SCALING, "rope_scaling", RQ4_ROPE_NONE, RQ4_ROPE_LLAMA3);
     FIELD(m->n_entries, H_N_ENTRIES, "n_entries", 1, RQ4_MAX_ENTRIES);
+    /* version 1 has no ffn_rotation (its bytes were reserved, never read) */
+    if (version >= 2) FIELD(c->ffn_rotation, H_FFN_ROTATION, "ffn_rotation", RQ4_FFN_ROTATION_NONE,
+                            RQ4_FFN_ROTATION_HADAMARD);
 #undef FIELD
     if (c->dim % 32 != 0) return rq4_fail(err, RQ4_ERR_FORMAT, "header field dim = %d is not a multiple of 32", c->dim);
     if (c->hidden_dim % 32 != 0)
@@ -312,7 +315,7 @@ static int64_t find_entry(const rq4_model *m, const char *name) {
     return -1;
 }
 
-enum { WANT_MATRIX, WANT_NORM }; /* any tensor type but BLOB / a 1 x dim F32 */
+enum { WANT_MATRIX, WANT_F32 }; /* any tensor type but BLOB / F32 */
 
 /* A Q4T table: RQ4_Q4T_LEVELS int8 levels in strictly increasing order (each
  * level one index: the exporter's nearest-level rounding and the reader's
@@ -335,7 +338,7 @@ static rq4_status map_tensor(rq4_model *m, const char *name, int want, int rows,
     int type = (int)read_u32(e + E_TYPE);
     uint32_t frows = read_u32(e + E_ROWS), fcols = read_u32(e + E_COLS);
     if (type == RQ4_TYPE_BLOB) return rq4_fail(err, RQ4_ERR_FORMAT, "tensor %s: is a BLOB entry", name);
-    if (want == WANT_NORM && type != RQ4_TYPE_F32)
+    if (want == WANT_F32 && type != RQ4_TYPE_F32)
         return rq4_fail(err, RQ4_ERR_FORMAT, "tensor %s: expected F32, file has %s", name, type_name(type));
     if (frows != (uint32_t)rows || fcols != (uint32_t)cols)
         return rq4_fail(err, RQ4_ERR_FORMAT, "tensor %s: expected %dx%d, file has %ux%u", name, rows, cols, frows, fcols);
@@ -384,7 +387,7 @@ static rq4_status map_tensor(rq4_model *m, const char *name, int want, int rows,
  * every activation after it NaN). */
 static rq4_status map_norm(rq4_model *m, const char *name, const float **out, rq4_error *err) {
     tensor t;
-    rq4_status s = map_tensor(m, name, WANT_NORM, 1, m->config.dim, &t, err);
+    rq4_status s = map_tensor(m, name, WANT_F32, 1, m->config.dim, &t, err);
     if (s != RQ4_OK) return s;
     for (int i = 0; i < m->config.dim; i++) {
         float v = read_f32(t.q + 4 * (size_t)i);
@@ -393,6 +396,24 @@ static rq4_status map_norm(rq4_model *m, const char *name, const float **out, rq
     }
     *out = (const float *)t.q;
     return RQ4_OK;
+}
+
+/* The entries of ffn_rotation HADAMARD: the factor's order is its row count. */
+static rq4_status map_ffn_rotation(rq4_model *m, rq4_error *err) {
+    tensor signs, factor;
+    rq4_status s;
+    int64_t i = find_entry(m, "ffn_rotation.factor");
+    if (i < 0) return rq4_fail(err, RQ4_ERR_FORMAT, "tensor ffn_rotation.factor is missing (header ffn_rotation = 1)");
+    uint32_t order = read_u32(entry_at(m, (uint32_t)i) + E_ROWS);
+    if (order < 1 || order > RQ4_MAX_ROTATION_FACTOR)
+        return rq4_fail(err, RQ4_ERR_FORMAT, "tensor ffn_rotation.factor: order %u is outside [1, %d]", order,
+                        RQ4_MAX_ROTATION_FACTOR);
+    if ((s = map_tensor(m, "ffn_rotation.factor", WANT_F32, (int)order, (int)order, &factor, err))) return s;
+    if ((s = map_tensor(m, "ffn_rotation.signs", WANT_F32, 1, m->config.hidden_dim, &signs, err))) return s;
+    m->ffn_signs = (const float *)signs.q;
+    m->ffn_factor = (const float *)factor.q;
+    m->ffn_factor_order = (int)order;
+    return rq4_check_ffn_rotation(m->ffn_signs, m->config.hidden_dim, m->ffn_factor, m->ffn_factor_order, err);
 }
 
 rq4_status rq4_map_weights(rq4_model *m, rq4_error *err) {
@@ -405,6 +426,7 @@ rq4_status rq4_map_weights(rq4_model *m, rq4_error *err) {
     if (c->tied_embeddings) m->output = m->tok_embeddings;
     else if ((s = map_tensor(m, "output", WANT_MATRIX, c->vocab_size, c->dim, &m->output, err))) return s;
     if ((s = map_norm(m, "norm", &m->norm, err))) return s;
+    if (c->ffn_rotation == RQ4_FFN_ROTATION_HADAMARD && (s = map_ffn_rotation(m, err))) return s;
     for (int l = 0; l < c->n_layers; l++) {
         layer_weights *w = &m->layers[l];
         struct { const char *suffix; tensor *t; int rows, cols; } mats[] = {

@@ -28,8 +28,11 @@ extern "C" {
 
 /* ---- cdef begin ---- */
 
-/* File format (docs/FORMAT.md). */
-#define RQ4_FORMAT_VERSION 1
+/* File format (docs/FORMAT.md): this build reads versions
+ * RQ4_MIN_FORMAT_VERSION..RQ4_FORMAT_VERSION. Version 2 adds the header field
+ * ffn_rotation; a file without it is written as version 1. */
+#define RQ4_FORMAT_VERSION 2
+#define RQ4_MIN_FORMAT_VERSION 1
 #define RQ4_HEADER_SIZE 256
 #define RQ4_ENTRY_SIZE 96
 #define RQ4_NAME_MAX 64
@@ -74,6 +77,20 @@ enum rq4_type {
 /* Rows per group of the interleaved types (Q4S_R4, Q4A_R4): a group's blocks
  * hold its rows side by side, so one vector instruction serves all of them. */
 #define RQ4_INTERLEAVE 4
+
+/* Header field ffn_rotation: what the FFN's down-projection (w2) expects its
+ * input multiplied by. HADAMARD: Q = kron(F, H_p) diag(s) / sqrt(hidden_dim),
+ * s the entry ffn_rotation.signs, F the entry ffn_rotation.factor (a Hadamard
+ * matrix of order m), H_p Sylvester's Hadamard matrix of order
+ * p = hidden_dim / m, a power of two (docs/FORMAT.md). */
+enum rq4_ffn_rotation {
+    RQ4_FFN_ROTATION_NONE = 0,
+    RQ4_FFN_ROTATION_HADAMARD = 1
+};
+
+/* The largest order m of ffn_rotation.factor: the transform costs m
+ * additions per value. */
+#define RQ4_MAX_ROTATION_FACTOR 256
 
 enum rq4_rope_scaling {
     RQ4_ROPE_NONE = 0,
@@ -127,6 +144,7 @@ typedef struct rq4_config {
     float rope_low_freq_factor;
     float rope_high_freq_factor;
     int32_t group_size;   /* the exporter's default group (each tensor has its own) */
+    int32_t ffn_rotation; /* an rq4_ffn_rotation */
     /* open-time choices */
     int32_t n_ctx;        /* KV cache length */
     int32_t n_threads;

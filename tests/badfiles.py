@@ -189,3 +189,12 @@ def make_micro_untied(path):
     from conftest import write_random_model
     return write_random_model(path, dim=32, hidden_dim=64, n_layers=1, n_heads=2, n_kv_heads=1, head_dim=32,
                               tied=False, rope=False, emb_type="q8", max_seq_len=64, seed=2)
+
+
+def make_micro_rotated(path):
+    """The micro model with the rotation of w2's input (header ffn_rotation, a
+    Hadamard factor of order 12 and 8 chunks: the entries the loader checks)."""
+    from conftest import write_random_model
+    return write_random_model(path, dim=32, hidden_dim=96, n_layers=1, n_heads=1, n_kv_heads=1, head_dim=32,
+                              tied=True, rope=True, ffn_type="q4a", ffn_group=32, max_seq_len=64, seed=4,
+                              ffn_rotation=True)

@@ -112,7 +112,9 @@ def _rng_matrix(rng, rows, cols, scale):
 
 def write_random_model(path, *, dim, hidden_dim, n_layers, n_heads, n_kv_heads, head_dim,
                        tied, rope, emb_type="q4s", group_size=32, ffn_type="q4s", ffn_group=32,
-                       max_seq_len=128, seed=0):
+                       max_seq_len=128, seed=0, ffn_rotation=False):
+    """ffn_rotation: header ffn_rotation 1 with its two entries (the w2 matrices
+    are random either way, so no rotation needs folding into them)."""
     writer, quant = _export()
     tok_json, special, vocab = make_tokenizer_json()
     rng = np.random.default_rng(seed)
@@ -125,8 +127,15 @@ def write_random_model(path, *, dim, hidden_dim, n_layers, n_heads, n_kv_heads, 
         header.update(rope_scaling=1, rope_original_max_pos=16, rope_factor=4.0,
                       rope_low_freq_factor=1.0, rope_high_freq_factor=4.0)
     qd, kvd = n_heads * head_dim, n_kv_heads * head_dim
-    n_entries = 4 + 9 * n_layers + 3
+    n_entries = 4 + 9 * n_layers + 3 + 2 * ffn_rotation
+    if ffn_rotation:
+        from pyrunq4.export import format as fmt
+        from pyrunq4.export.rotate import ffn_rotation as rotation_entries
+        header["ffn_rotation"] = fmt.FFN_ROTATION_HADAMARD
     with writer.Rq4Writer(path, header, n_entries) as w:
+        if ffn_rotation:
+            for name, value in zip(fmt.FFN_ROTATION_ENTRIES, rotation_entries(hidden_dim, seed)):
+                w.add_f32(name, value)
         w.add_quantized("tok_embeddings",
                         quant.quantize_rtn(_rng_matrix(rng, vocab, dim, 1.0), group_size, emb_type))
         for i in range(n_layers):

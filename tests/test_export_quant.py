@@ -176,7 +176,7 @@ def _corrupt(path, off, data):
 
 @pytest.mark.parametrize("off,data,msg", [
     (0, b"XUNQ", "bad magic"),
-    (8, (2).to_bytes(4, "little"), "version 2"),
+    (8, (3).to_bytes(4, "little"), "version 3"),
     (24, (65).to_bytes(4, "little"), "dim"),
     (116, (0).to_bytes(4, "little"), "n_entries"),
     (256 + 80, (1).to_bytes(8, "little"), "multiple of 64"),   # first entry's offset

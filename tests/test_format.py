@@ -27,6 +27,14 @@ def test_header_layout_matches_format_md():
     assert b[128:] == bytes(128)
     u = fmt.unpack_header(b)
     assert u["eos_ids"] == (2, 3, -1, -1) and u["n_eos"] == 2 and u["rope_theta"] == 500000.0
+    assert u["ffn_rotation"] == 0
+    # version 2: the ffn_rotation field at 128, the rest still reserved
+    b2 = fmt.pack_header(dict(h, ffn_rotation=fmt.FFN_ROTATION_HADAMARD), file_size=12345, n_entries=7)
+    assert struct.unpack_from("<I", b2, 8)[0] == 2 and struct.unpack_from("<I", b2, 128)[0] == 1
+    assert b2[132:] == bytes(124) and fmt.unpack_header(b2)["ffn_rotation"] == 1
+    # in version 1 those bytes were reserved: never read
+    v1 = b2[:8] + struct.pack("<I", 1) + b2[12:]
+    assert fmt.unpack_header(v1)["ffn_rotation"] == 0
 
 
 def test_constants_match_c_library():
@@ -35,6 +43,8 @@ def test_constants_match_c_library():
     except Exception:
         pytest.skip("pyrunq4._runq4 is not built")
     assert fmt.FORMAT_VERSION == lib.RQ4_FORMAT_VERSION
+    assert fmt.MIN_FORMAT_VERSION == lib.RQ4_MIN_FORMAT_VERSION
+    assert fmt.FFN_ROTATION_HADAMARD == lib.RQ4_FFN_ROTATION_HADAMARD
     assert fmt.HEADER_SIZE == lib.RQ4_HEADER_SIZE
     assert fmt.ENTRY_SIZE == lib.RQ4_ENTRY_SIZE
     assert fmt.NAME_MAX == lib.RQ4_NAME_MAX

@@ -19,7 +19,7 @@ from .. import __version__
 from ..errors import ExportError, Runq4Error
 from ..progress import progress_bar
 from . import methods, mix
-from .format import LAYOUTS, MAX_GROUP, MIN_GROUP, validate_group_size
+from .format import FFN_ROTATION_ENTRIES, LAYOUTS, MAX_GROUP, MIN_GROUP, validate_group_size
 from .quant import QuantizedTensor, dequantize, rms_rel_error
 from .sources import open_source
 from .verify import binary_tokenizer_problem, check_blobs, input_identities, verify_file
@@ -113,6 +113,9 @@ def export(options, log=None, detail=None):
         if getattr(options, "rotate", False):
             from .rotate import RotatedSource
             src = RotatedSource(src)
+        if getattr(options, "rotate_ffn", False):
+            from .rotate import FfnRotatedSource
+            src = FfnRotatedSource(src)
         if getattr(src, "note", None):
             log(f"note: {src.note}")
         names = src.tensor_names()
@@ -145,7 +148,7 @@ def export(options, log=None, detail=None):
                     what = f"{t.file_type} g{t.group_size}  " + (
                         "as the source gives it" if options.method in methods.DATA_FREE else f"by {options.method}")
                     shape = t.q.shape
-                elif t.ndim == 1 or t.shape[0] == 1:
+                elif t.ndim == 1 or t.shape[0] == 1 or name in FFN_ROTATION_ENTRIES:
                     w.add_f32(name, t)
                     what, shape = "f32", t.shape
                 else:

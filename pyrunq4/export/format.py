@@ -1,4 +1,4 @@
-"""The .rq4 format v1 in Python: constants, header and table layout, validation.
+"""The .rq4 format (versions 1 and 2) in Python: constants, header and table layout, validation.
 
 The one place the Python side spells out docs/FORMAT.md. The constants the C
 library declares in src/runq4.h come from it through pyrunq4._lib, never
@@ -15,7 +15,8 @@ import struct
 from .._lib import (ALIGN, ENTRY_SIZE, FORMAT_VERSION, HEADER_SIZE, MAX_DIM, MAX_ENTRIES,  # noqa: F401
                     MAX_EOS, MAX_GROUP, MAX_HEAD_DIM, MAX_HEADS, MAX_HIDDEN_DIM, MAX_LAYERS, MAX_SEQ_LEN,
                     MAX_VOCAB, MIN_GROUP, NAME_MAX, ROPE_LLAMA3, ROPE_NONE, TYPE_BLOB, TYPE_F32, TYPE_Q4A,
-                    TYPE_Q4S, TYPE_Q8, TYPE_Q4S_R4, TYPE_Q4A_R4, TYPE_Q4T, Q4T_LEVELS, INTERLEAVE)
+                    TYPE_Q4S, TYPE_Q8, TYPE_Q4S_R4, TYPE_Q4A_R4, TYPE_Q4T, Q4T_LEVELS, INTERLEAVE,
+                    MIN_FORMAT_VERSION, FFN_ROTATION_NONE, FFN_ROTATION_HADAMARD, MAX_ROTATION_FACTOR)
 
 MAGIC = b"RUNQ4\0\0\0"
 
@@ -35,7 +36,8 @@ HEADER_STRUCT = struct.Struct(
     " i I 4i"       # bos_id, n_eos, eos_ids[4]                          60..84
     " I I 5f"       # rope_scaling, rope_original_max_pos, 5 floats      84..112
     " I I Q"        # group_size, n_entries, table_offset                112..128
-    " 128x")        # reserved                                           128..256
+    " I"            # ffn_rotation (version 2; reserved in version 1)    128..132
+    " 124x")        # reserved                                           132..256
 assert HEADER_STRUCT.size == HEADER_SIZE
 
 # The model fields a caller provides (the writer fills in the rest).
@@ -43,18 +45,29 @@ MODEL_FIELDS = (
     "dim", "hidden_dim", "n_layers", "n_heads", "n_kv_heads", "head_dim",
     "vocab_size", "max_seq_len", "tied_embeddings", "bos_id", "eos_ids",
     "rope_scaling", "rope_original_max_pos", "norm_eps", "rope_theta",
-    "rope_factor", "rope_low_freq_factor", "rope_high_freq_factor", "group_size",
+    "rope_factor", "rope_low_freq_factor", "rope_high_freq_factor", "group_size", "ffn_rotation",
 )
 INT_FIELDS = ("dim", "hidden_dim", "n_layers", "n_heads", "n_kv_heads", "head_dim", "vocab_size",
               "max_seq_len", "tied_embeddings", "bos_id", "rope_scaling", "rope_original_max_pos",
-              "group_size")
+              "group_size", "ffn_rotation")
 FLOAT_FIELDS = ("norm_eps", "rope_theta", "rope_factor", "rope_low_freq_factor", "rope_high_freq_factor")
 # Defaults for the optional ones (rope fields are unused when rope_scaling = 0).
 MODEL_DEFAULTS = {
     "tied_embeddings": 0, "bos_id": -1, "eos_ids": (), "rope_scaling": ROPE_NONE,
     "rope_original_max_pos": 0, "rope_factor": 1.0, "rope_low_freq_factor": 1.0,
-    "rope_high_freq_factor": 4.0, "group_size": 0,
+    "rope_high_freq_factor": 4.0, "group_size": 0, "ffn_rotation": FFN_ROTATION_NONE,
 }
+
+# The entries of ffn_rotation = FFN_ROTATION_HADAMARD (runq4.h): F32 always.
+FFN_ROTATION_SIGNS = "ffn_rotation.signs"     # 1 x hidden_dim, each +1 or -1
+FFN_ROTATION_FACTOR = "ffn_rotation.factor"   # m x m, a Hadamard matrix
+FFN_ROTATION_ENTRIES = (FFN_ROTATION_SIGNS, FFN_ROTATION_FACTOR)
+
+
+def format_version(h):
+    """The version a file with header fields h is written as: the oldest that holds
+    them (1 unless ffn_rotation is set), so older readers load what they can run."""
+    return FORMAT_VERSION if h["ffn_rotation"] != FFN_ROTATION_NONE else MIN_FORMAT_VERSION
 
 # ---- entry table: 96 bytes per entry ----
 ENTRY_STRUCT = struct.Struct("<64s I I I I Q Q")  # name, type, group_size, rows, cols, offset, size
@@ -174,19 +187,21 @@ def validate_model_header(h):
               and h["rope_high_freq_factor"] > h["rope_low_freq_factor"],
               "rope_high_freq_factor", "must be finite and > rope_low_freq_factor for llama3 rope")
     check(0 <= h["group_size"] < 1 << 32, "group_size", "must fit in a u32")
+    check(h["ffn_rotation"] in (FFN_ROTATION_NONE, FFN_ROTATION_HADAMARD), "ffn_rotation",
+          f"must be {FFN_ROTATION_NONE} (none) or {FFN_ROTATION_HADAMARD} (Hadamard)")
 
 
 def pack_header(h, file_size, n_entries, table_offset=HEADER_SIZE):
     """The 256 header bytes for complete_header(...) fields `h`."""
     eos = list(h["eos_ids"][:h["n_eos"]]) + [-1] * (MAX_EOS - h["n_eos"])
     return HEADER_STRUCT.pack(
-        MAGIC, FORMAT_VERSION, HEADER_SIZE, file_size,
+        MAGIC, format_version(h), HEADER_SIZE, file_size,
         h["dim"], h["hidden_dim"], h["n_layers"], h["n_heads"], h["n_kv_heads"], h["head_dim"],
         h["vocab_size"], h["max_seq_len"], h["tied_embeddings"],
         h["bos_id"], h["n_eos"], *eos,
         h["rope_scaling"], h["rope_original_max_pos"], h["norm_eps"], h["rope_theta"],
         h["rope_factor"], h["rope_low_freq_factor"], h["rope_high_freq_factor"],
-        h["group_size"], n_entries, table_offset)
+        h["group_size"], n_entries, table_offset, h["ffn_rotation"])
 
 
 def unpack_header(buf):
@@ -197,8 +212,11 @@ def unpack_header(buf):
     h = dict(zip(names, v[:15]))
     h["eos_ids"] = tuple(v[15:19])
     rest = ("rope_scaling", "rope_original_max_pos", "norm_eps", "rope_theta", "rope_factor",
-            "rope_low_freq_factor", "rope_high_freq_factor", "group_size", "n_entries", "table_offset")
+            "rope_low_freq_factor", "rope_high_freq_factor", "group_size", "n_entries", "table_offset",
+            "ffn_rotation")
     h.update(zip(rest, v[19:]))
+    if h["version"] < FORMAT_VERSION:  # version 1: reserved bytes, never read
+        h["ffn_rotation"] = FFN_ROTATION_NONE
     return h
 
 

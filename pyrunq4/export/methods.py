@@ -51,6 +51,10 @@ def add_arguments(parser):
                         help="rotate the residual stream by a randomized Hadamard matrix folded into "
                              "the weights before quantizing (rotate.py; exact in float; a tied "
                              "embedding comes out untied, so the file is larger)")
+    parser.add_argument("--rotate-ffn", action="store_true",
+                        help="store every w2 (FFN down-projection) as W2 Q^T and have the engine multiply "
+                             "its input by Q, a randomized Hadamard matrix, at run time: spreads the FFN's "
+                             "outliers before quantizing (docs/QUALITY.md; a file older builds refuse)")
 
 
 def resolve_method(options):

@@ -27,7 +27,7 @@ import re
 
 import numpy as np
 
-from .format import ENTRY_SIZE, HEADER_SIZE, MIN_GROUP, TYPE_F32, TYPE_IDS, align, entry_size
+from .format import ENTRY_SIZE, FFN_ROTATION_ENTRIES, HEADER_SIZE, MIN_GROUP, TYPE_F32, TYPE_IDS, align, entry_size
 from .quant import dequantize, quantize_rtn
 from .quantizers import quantize_q4t
 
@@ -189,7 +189,9 @@ def plan_export(cfg, names, blobs, read, weight_type, file_type, base, embedding
     dim = int(cfg["dim"])
     fixed = []
     for name in names:
-        if name not in shapes:
+        if name in FFN_ROTATION_ENTRIES:
+            fixed.append(entry_size(TYPE_F32, *np.shape(read(name)), 0))
+        elif name not in shapes:
             if not name.endswith("norm"):
                 raise MixError(f"--max-size: cannot plan the size of tensor {name!r}")
             fixed.append(entry_size(TYPE_F32, 1, dim, 0))

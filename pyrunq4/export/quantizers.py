@@ -41,6 +41,7 @@ import numpy as np
 from .. import reference as R
 from ..progress import progress_bar
 from . import gptq
+from .format import FFN_ROTATION_ENTRIES, FFN_ROTATION_NONE
 from .quant import Q4T_LEVELS, QuantizedTensor, _apply, _group_reduce, dequantize, quantize_rtn
 
 __all__ = [
@@ -621,10 +622,11 @@ _LINEARS = ("wq", "wk", "wv", "wo", "w1", "w2", "w3")
 def quantize_model(get, cfg, method, group_size, calib_ids=None, act_order=False,
                    embed_method=None, embed_qtype=None, awq_alphas=(0.0, 0.25, 0.5, 0.75),
                    progress=True, weight_type="q4s", embed_group_size=None, group_sizes=None):
-    """Quantize a whole Llama model; yields (entry name, value): per layer
-    attention_norm wq wk wv wo ffn_norm w1 w2 w3, then norm, then the classifier
-    (output, untied) and tok_embeddings. value: QuantizedTensor, or a float32
-    ndarray (norms, 1-D). The exporter writes them in this order.
+    """Quantize a whole Llama model; yields (entry name, value): the entries of
+    an ffn_rotation (cfg's, as the source gives them), per layer attention_norm
+    wq wk wv wo ffn_norm w1 w2 w3, then norm, then the classifier (output,
+    untied) and tok_embeddings. value: QuantizedTensor, or a float32 ndarray
+    (norms, 1-D; the rotation's). The exporter writes them in this order.
 
     get(name) -> float32 array of the FORMAT.md entry `name` (matrices 2-D,
     norms 1-D) from the source; a lazy source keeps about one layer in memory
@@ -693,14 +695,20 @@ def quantize_model(get, cfg, method, group_size, calib_ids=None, act_order=False
         hs = [qrows[w] for w in np.split(where, ends)]
         del qrows
 
+    # the rotation of w2's input: part of every layer's forward (reference.layer)
+    rotation = {} if int(cfg.get("ffn_rotation", FFN_ROTATION_NONE)) == FFN_ROTATION_NONE else \
+        {k: np.asarray(get(k), np.float32) for k in FFN_ROTATION_ENTRIES}
+    yield from rotation.items()
+
     for i in range(n_layers):
         p = f"layers.{i}."
         W = {p + k: np.asarray(get(p + k), dtype=np.float32) for k in _LINEARS}
+        W.update(rotation)
         W[p + "attention_norm"] = np.asarray(get(p + "attention_norm"), np.float32).reshape(-1)
         W[p + "ffn_norm"] = np.asarray(get(p + "ffn_norm"), np.float32).reshape(-1)
         if not calibrated:
             out = {k: quantize(W[k], method, gs_of(k), weight_type=weight_type)
-                   for k in W if not k.endswith("norm")}
+                   for k in W if not k.endswith("norm") and k not in rotation}
         else:
             if method == "gptq":
                 out = _gptq_layer(W, cfg, i, hs, gs_of, act_order, timing, weight_type)
@@ -711,6 +719,7 @@ def quantize_model(get, cfg, method, group_size, calib_ids=None, act_order=False
             Wq = {k: (v if isinstance(v, np.ndarray) else dequantize(v)) for k, v in out.items()}
             for k in ("attention_norm", "ffn_norm"):
                 Wq.setdefault(p + k, W[p + k])
+            Wq.update(rotation)
             hs = gptq.parallel_map(lambda h: R.layer(Wq, cfg, i, h, dtype=np.float32), hs)
             del Wq
             timing["forward"] += time.time() - t1
@@ -809,8 +818,9 @@ def _awq_layer(W, cfg, i, hs, group_size, alphas):
         R.layer(W, cfg, i, h, capture=keep, dtype=np.float32)
     X = {k: np.concatenate(v).astype(np.float32) for k, v in xs.items()}
     nh, nkv = int(cfg["n_heads"]), int(cfg["n_kv_heads"])
-    # blocks folding into a previous linear's rows go first, before that linear is quantized
-    groups = [("w2", ("w2",), p + "w3")]
+    # blocks folding into a previous linear's rows go first, before that linear is quantized;
+    # w2's input scales fold into w3 only where no rotation stands between them
+    groups = [("w2", ("w2",), p + "w3")] if int(cfg.get("ffn_rotation", FFN_ROTATION_NONE)) == FFN_ROTATION_NONE else []
     if nkv == nh:
         groups.append(("wo", ("wo",), p + "wv"))
     groups += [("wq", ("wq", "wk", "wv"), p + "attention_norm"),

@@ -12,7 +12,8 @@ import os
 
 import numpy as np
 
-from .format import (ENTRY_STRUCT, FORMAT_VERSION, HEADER_SIZE, MAGIC, MAX_ENTRIES, TYPE_BLOB,
+from .format import (ENTRY_STRUCT, FFN_ROTATION_FACTOR, FFN_ROTATION_NONE, FFN_ROTATION_SIGNS, FORMAT_VERSION,
+                     HEADER_SIZE, MAGIC, MAX_ENTRIES, MAX_ROTATION_FACTOR, MIN_FORMAT_VERSION, TYPE_BLOB,
                      TYPE_F32, TYPE_NAMES, ALIGN, entry_size, unpack_header,
                      validate_group_size, validate_model_header)
 from .quant import check_table, dequantize, unpack
@@ -33,6 +34,25 @@ def model_entry_shapes(h):
     return shapes
 
 
+def check_ffn_rotation(signs, factor, hidden_dim):
+    """Raises ValueError unless signs (hidden_dim values) are all +1 or -1 and
+    factor is an m x m Hadamard matrix (entries +1 or -1, F F^T = m I) whose
+    order m <= MAX_ROTATION_FACTOR divides hidden_dim with a power of two as the
+    quotient: what the C loader checks (src/hadamard.c)."""
+    m = factor.shape[0]
+    if not 1 <= m <= MAX_ROTATION_FACTOR or factor.shape != (m, m):
+        raise ValueError(f"{FFN_ROTATION_FACTOR}: order {factor.shape} outside [1, {MAX_ROTATION_FACTOR}]")
+    p = hidden_dim // m
+    if hidden_dim % m or p & (p - 1):
+        raise ValueError(f"{FFN_ROTATION_FACTOR}: hidden_dim {hidden_dim} / order {m} is not a power of two")
+    for name, a in ((FFN_ROTATION_SIGNS, signs), (FFN_ROTATION_FACTOR, factor)):
+        if not np.isin(a, (1.0, -1.0)).all():
+            raise ValueError(f"{name}: values must be +1 or -1")
+    f = factor.astype(np.int64)
+    if not (f @ f.T == m * np.eye(m, dtype=np.int64)).all():
+        raise ValueError(f"{FFN_ROTATION_FACTOR}: rows are not orthogonal (not a Hadamard matrix)")
+
+
 def read_table(path):
     """(header dict, [entry dicts]) after validating the header and the table; the
     entry dicts have name, type (a name: 'f32', 'q4s', ...), group_size, rows, cols,
@@ -46,8 +66,9 @@ def read_table(path):
         if len(head) < 16 or head[:8] != MAGIC:
             raise ValueError(f"{path}: not an .rq4 file (bad magic)")
         version = int.from_bytes(head[8:12], "little")
-        if version != FORMAT_VERSION:
-            raise ValueError(f"{path}: .rq4 format version {version}, this reader reads version {FORMAT_VERSION}")
+        if not MIN_FORMAT_VERSION <= version <= FORMAT_VERSION:
+            raise ValueError(f"{path}: .rq4 format version {version}, this reader reads versions "
+                             f"{MIN_FORMAT_VERSION} to {FORMAT_VERSION}")
         if len(head) < HEADER_SIZE:
             raise ValueError(f"{path}: truncated header ({len(head)} of {HEADER_SIZE} bytes)")
         h = unpack_header(head)
@@ -135,6 +156,12 @@ def read_rq4(path, check_model=True, names=None):
                                  f"expected {shape[0]}x{shape[1]}")
             if shape[0] == 1 and e["type"] != "f32":
                 raise ValueError(f"{path}: norm {name!r} must be f32, is {e['type']}")
+        if h["ffn_rotation"] != FFN_ROTATION_NONE:
+            for name in (FFN_ROTATION_SIGNS, FFN_ROTATION_FACTOR):
+                if name not in byname or byname[name]["type"] != "f32":
+                    raise ValueError(f"{path}: ffn_rotation {h['ffn_rotation']} needs the f32 tensor {name!r}")
+            if (byname[FFN_ROTATION_SIGNS]["rows"], byname[FFN_ROTATION_SIGNS]["cols"]) != (1, h["hidden_dim"]):
+                raise ValueError(f"{path}: tensor {FFN_ROTATION_SIGNS!r} must be 1x{h['hidden_dim']}")
     mm = np.memmap(path, np.uint8, mode="r")
     entries = {}
     for e in table:
@@ -157,6 +184,12 @@ def read_rq4(path, check_model=True, names=None):
                 raise ValueError(f"{path}: entry {name!r}: {e}") from None
             entries[name] = qt
     del mm
+    if check_model and h["ffn_rotation"] != FFN_ROTATION_NONE and names is None:
+        try:
+            check_ffn_rotation(entries[FFN_ROTATION_SIGNS].reshape(-1), entries[FFN_ROTATION_FACTOR],
+                               h["hidden_dim"])
+        except ValueError as e:
+            raise ValueError(f"{path}: {e}") from None
     return h, entries
 
 

@@ -25,6 +25,11 @@ A tied embedding is both the lookup table (needs E Q) and the classifier
 tied model comes out untied: tok_embeddings = E Q and output = E diag(g) Q
 (header tied_embeddings = 0).
 
+FfnRotatedSource adds the one rotation that is not folded: the input of
+every w2 (the SwiGLU product, where the FFN's outliers are) is multiplied by a
+randomized Hadamard Q at run time (header ffn_rotation, docs/FORMAT.md; the
+engine's src/hadamard.c) and w2 is stored as W2 Q^T.
+
 Q is a Hadamard matrix with random signs on its columns, H diag(s) / sqrt(n),
 for every n = 2^k * m where m is 1 or a product of Paley orders (q + 1 for a
 prime q = 3 mod 4: 4, 8, 12, 20, 24, 32, 44, 48, ...; SmolLM2's 576 is
@@ -37,10 +42,13 @@ import functools
 
 import numpy as np
 
+from ..errors import ExportError
+from ..reference import rotate_ffn_input
+from .format import FFN_ROTATION_FACTOR, FFN_ROTATION_HADAMARD, FFN_ROTATION_SIGNS, MAX_ROTATION_FACTOR
 from .sources.base import Source
 
 __all__ = ["hadamard", "random_rotation", "outlier_channels", "rotation", "rotate_weights",
-           "RotatedSource"]
+           "RotatedSource", "ffn_rotation", "FfnRotatedSource"]
 
 _ROW_CHUNK = 8192  # rows of a large matrix rotated at once
 
@@ -212,6 +220,60 @@ class RotatedSource(Source):
         if name not in self.tensor_names():
             raise KeyError(name)
         return _rotated(name, self._get, self.q, self.tied, self.keep)
+
+    def tensors(self):
+        for name in self.tensor_names():
+            yield name, self.read(name)
+
+    def close(self):
+        self.src.close()
+
+
+def ffn_rotation(hidden_dim, seed=0):
+    """(signs (1, hidden_dim), factor (m, m)) float32 of header ffn_rotation
+    HADAMARD: Q = kron(F, H_p) diag(s) / sqrt(hidden_dim) with F the smallest
+    Hadamard matrix this module builds (Sylvester, Paley, their products) whose
+    order m divides hidden_dim with a power of two p as the quotient (1 for
+    Llama-3.2-1B's 8192, 12 for SmolLM2's 1536). ExportError if there is none
+    up to MAX_ROTATION_FACTOR."""
+    n = int(hidden_dim)
+    m = n // (n & -n)                            # the odd part of n, then doubled
+    while m <= MAX_ROTATION_FACTOR and n % m == 0 and _hadamard_pm1(m) is None:
+        m *= 2
+    if m > MAX_ROTATION_FACTOR or n % m:
+        raise ExportError(f"--rotate-ffn: hidden_dim {n} has no Hadamard factor of order <= "
+                          f"{MAX_ROTATION_FACTOR} times a power of two that this exporter builds")
+    signs = np.random.default_rng(seed).choice((-1.0, 1.0), size=n)
+    return signs.astype(np.float32)[None, :], _hadamard_pm1(m).astype(np.float32)
+
+
+class FfnRotatedSource(Source):
+    """A source whose w2 matrices are those of `src` times Q^T, Q the online
+    rotation of w2's input (ffn_rotation(hidden_dim, seed)), with the header
+    field and the two entries that tell the engine to apply Q. Needs src.read."""
+
+    def __init__(self, src, seed=0):
+        self.src = src
+        self.header = dict(src.header, ffn_rotation=FFN_ROTATION_HADAMARD)
+        self.blobs = src.blobs
+        self.signs, self.factor = ffn_rotation(int(src.header["hidden_dim"]), seed)
+        note = getattr(src, "note", None)
+        self.note = ((note + "; ") if note else "") + (
+            f"w2's input rotated at run time (Hadamard of order {self.factor.shape[0]} x "
+            f"{self.signs.shape[1] // self.factor.shape[0]}, seed {seed})")
+
+    def tensor_names(self):
+        return [FFN_ROTATION_SIGNS, FFN_ROTATION_FACTOR] + list(self.src.tensor_names())
+
+    def read(self, name):
+        if name == FFN_ROTATION_SIGNS:
+            return self.signs
+        if name == FFN_ROTATION_FACTOR:
+            return self.factor
+        w = self.src.read(name)
+        if name.endswith(".w2"):       # W2 Q^T: each row r of it is Q W2[r]
+            w = rotate_ffn_input(np.asarray(w, np.float32), self.signs, self.factor)
+        return w
 
     def tensors(self):
         for name in self.tensor_names():

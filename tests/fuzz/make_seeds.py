@@ -6,6 +6,7 @@ writes, made fresh with the exporter's writer (nothing binary is committed):
   OUTDIR/micro.rq4          one layer, dim 32, tied, llama3 RoPE, q4s/q4a (15 KB)
   OUTDIR/micro_untied.rq4   one layer, untied q4s classifier, q8 embeddings
   OUTDIR/micro_q4t.rq4      the first with a q4t FFN (tables the loader checks)
+  OUTDIR/micro_rotated.rq4  the first with the rotation of w2's input (entries the loader checks)
   OUTDIR/tokenizer.json     their byte-level BPE tokenizer (fuzz_tokenizer's real tokenizer)
   OUTDIR/seeds_loader/      the two models and a few damaged copies (tests/badfiles.py)
   OUTDIR/seeds_tokenizer/   0x00 + tokenizer.json blobs (ours and hostile variants),
@@ -44,7 +45,8 @@ def main(out):
     micro = badfiles.make_micro_model(os.path.join(out, "micro.rq4"))
     untied = badfiles.make_micro_untied(os.path.join(out, "micro_untied.rq4"))
     q4t = badfiles.make_micro_q4t(os.path.join(out, "micro_q4t.rq4"))
-    for p in (micro, untied, q4t):
+    rotated = badfiles.make_micro_rotated(os.path.join(out, "micro_rotated.rq4"))
+    for p in (micro, untied, q4t, rotated):
         write(os.path.join(out, "seeds_loader", os.path.basename(str(p))), open(p, "rb").read())
     data = open(micro, "rb").read()
     for name, b in badfiles.bad_files(data, flips=8):
