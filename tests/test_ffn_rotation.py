@@ -56,10 +56,17 @@ def test_rotated_source_computes_the_same_float_logits(tmp_path, hidden):
     assert np.abs(R.forward(rw, cfg, tokens) - a).max() > 1e-2 * np.abs(a).max()
 
 
-@pytest.mark.parametrize("hidden", [64, 96, 160])
-def test_engine_applies_the_rotation_the_exporter_folded(tmp_path, hidden):
+@pytest.mark.parametrize("hidden,order", [(64, None), (96, None), (160, None), (96, 24), (96, 96)])
+def test_engine_applies_the_rotation_the_exporter_folded(tmp_path, monkeypatch, hidden, order):
     """Float exports with and without --rotate-ffn: the engine's float path gives
-    the same logits, so src/hadamard.c computes Q where the file holds W2 Q^T."""
+    the same logits, so src/hadamard.c computes Q where the file holds W2 Q^T.
+    order: a larger factor than the exporter's (segments of 4 and of 1 value)."""
+    if order:
+        def larger(n, seed=0):
+            signs, _ = default(n, seed)
+            return signs, np.round(rotate.hadamard(order) * np.sqrt(order)).astype(np.float32)
+        default = rotate.ffn_rotation
+        monkeypatch.setattr(rotate, "ffn_rotation", larger)
     hf = make_hf_llama(tmp_path / "hf", dtype="fp32", hidden_dim=hidden)
     plain = make_rq4(tmp_path / "plain.rq4", hf.path, extra_args=("--float",))
     rotated = make_rq4(tmp_path / "rot.rq4", hf.path, extra_args=("--float", "--rotate-ffn"))
@@ -67,6 +74,8 @@ def test_engine_applies_the_rotation_the_exporter_folded(tmp_path, hidden):
     h = read_table(rotated)[0]
     assert h["version"] == fmt.FORMAT_VERSION and h["ffn_rotation"] == fmt.FFN_ROTATION_HADAMARD
     logits = []
+    if order:
+        assert read_rq4(rotated)[1][fmt.FFN_ROTATION_FACTOR].shape == (order, order)
     for path in (plain, rotated):
         with Model(path, n_threads=2, float_activations=True) as m:
             ids = m.tokenize(" ".join(SENTENCES[:3]))
