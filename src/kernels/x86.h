@@ -117,6 +117,14 @@ ALWAYS void prefetch_ahead(const uint8_t *p, size_t n) {
     for (; a < e; a += 64) _mm_prefetch((const char *)a, _MM_HINT_T0);
 }
 
+/* The same for one of a run of steps of n bytes each (n a multiple of 64):
+ * the n / 64 lines from the one holding p + PREFETCH_AHEAD, at fixed offsets,
+ * so no loop and no alignment arithmetic; step by step the run still asks
+ * for each line once. */
+ALWAYS void prefetch_step(const uint8_t *p, size_t n) {
+    for (size_t k = 0; k < n; k += 64) _mm_prefetch((const char *)p + PREFETCH_AHEAD + k, _MM_HINT_T0);
+}
+
 /* p: a step of n bytes; end: the end of the matrix's weights */
 ALWAYS void touch_next_page(const uint8_t *p, size_t n, const uint8_t *end) {
     if (((uintptr_t)p & (TOUCH_PAGE - 1)) < n && end - p > TOUCH_PAGE)

@@ -386,6 +386,66 @@ ALWAYS TGT float tree16m(__m256 lo, __m256 hi) {
     return _mm_cvtss_f32(_mm_add_ss(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1)));
 }
 
+/* The whole steps of 16 blocks [wb0, whole) of the row v (window group g
+ * from 0) on lo, hi; fast: scales16m's */
+ALWAYS TGT void steps16m(int kind, const token_rows *tok, const row_view *v, const token1 *tk, int wb0, int whole,
+                         int fast, int touch, const uint8_t *wend, __m256i oidx, __m256i oidx8, __m256 *lo,
+                         __m256 *hi) {
+    for (int b0 = wb0, g = 0; b0 < whole; b0 += 16, g += 2) {
+        __m256 d8, e8, m8, n8;
+        prefetch_step(v->q + (size_t)b0 * (QK / 2), 16 * (QK / 2));
+        if (touch) touch_next_page(v->q + (size_t)b0 * (QK / 2), 16 * (QK / 2), wend);
+        scales16m(v, v->d, b0, fast, oidx, oidx8, &d8, &e8);
+        if (kind == K_Q4A) scales16m(v, v->m, b0, fast, oidx, oidx8, &m8, &n8);
+        else m8 = d8, n8 = e8;
+        *lo = terms8m(kind, *lo, d8, m8, sums8m(kind, tok, v->q, b0, 8, 1), tk, g, 8);
+        *hi = terms8m(kind, *hi, e8, n8, sums8m(kind, tok, v->q, b0 + 8, 8, 1), tk, g + 1, 8);
+    }
+}
+
+/* What rows1_q4 works out once per call, for window1 */
+typedef struct row1_consts {
+    int fast_groups;    /* scales a row needs readable from its first to load them the fast way */
+    __m256i oidx, oidx8; /* scales8_row's indices in merge order */
+    const uint8_t *wend; /* the end of the matrix's weights (touch_next_page) */
+} row1_consts;
+
+/* Rows ra .. rb, from the row v on (v is advanced past them), over the
+ * window of blocks [wb0, wb1); out: the token's outputs; kept: the lanes of
+ * rows ra.. between windows. FAST: every row loads its scales the fast way (else each
+ * row is asked); TOUCH: touch_next_page. Both are constants at each call, so
+ * the common case (fast scales, 2 MB pages) is a loop of its own without
+ * their branches. */
+ALWAYS TGT void window1(int kind, const token_rows *tok, const token1 *tk, const row1_consts *c, const qmat *w,
+                        row_view *v, int ra, int rb, int wb0, int wb1, __m256 (*kept)[2], float *out, const int FAST,
+                        const int TOUCH) {
+    const int nb = tok->nb, whole = wb0 + (wb1 - wb0) / 16 * 16;
+    for (int r = ra; r < rb; r++) {
+        const int fast = FAST || c->fast_groups <= v->avail;
+        __m256 lo = _mm256_set1_ps(-0.0f), hi = lo;
+        if (wb0 > 0) lo = kept[r - ra][0], hi = kept[r - ra][1];
+        steps16m(kind, tok, v, tk, wb0, whole, fast, TOUCH, c->wend, c->oidx, c->oidx8, &lo, &hi);
+        if (whole < wb1) { /* the row's last blocks */
+            int left = wb1 - whole, cnt = left < 8 ? left : 8, g = (whole - wb0) >> 3;
+            prefetch_ahead(v->q + (size_t)whole * (QK / 2), (size_t)left * (QK / 2));
+            __m256 d8 = scales8m(v, v->d, whole, cnt, fast, c->oidx);
+            __m256 m8 = kind == K_Q4A ? scales8m(v, v->m, whole, cnt, fast, c->oidx) : d8;
+            lo = terms8m(kind, lo, d8, m8, sums8m(kind, tok, v->q, whole, cnt, 0), tk, g, cnt);
+            if (left > 8) {
+                d8 = scales8m(v, v->d, whole + 8, left - 8, fast, c->oidx);
+                m8 = kind == K_Q4A ? scales8m(v, v->m, whole + 8, left - 8, fast, c->oidx) : d8;
+                hi = terms8m(kind, hi, d8, m8, sums8m(kind, tok, v->q, whole + 8, left - 8, 0), tk, g + 1, left - 8);
+            }
+        }
+        if (wb1 == nb) out[r] = tree16m(lo, hi);
+        else kept[r - ra][0] = lo, kept[r - ra][1] = hi;
+        v->q += w->row_bytes;
+        v->d += v->ng;
+        if (kind == K_Q4A) v->m += v->ng;
+        v->avail -= v->ng;
+    }
+}
+
 /* int4, token t0 of rows r0 .. r1 */
 ALWAYS TGT void rows1_q4(int kind, const qact *x, const qmat *w, int r0, int r1, float *out, size_t out_stride,
                          int t0) {
@@ -396,54 +456,30 @@ ALWAYS TGT void rows1_q4(int kind, const qact *x, const qmat *w, int r0, int r1,
     const int32_t *xs = x->s + (size_t)t0 * (size_t)nb;
     row_view v;
     row_of(&v, w, r0, kind);
-    const int fast_groups = v.sh < 0 ? INT32_MAX : ((nb - 1) >> v.sh) + 8; /* as in rows_q4 */
+    row1_consts c;
+    c.fast_groups = v.sh < 0 ? INT32_MAX : ((nb - 1) >> v.sh) + 8; /* as in rows_q4 */
     const __m128i sh = _mm_cvtsi32_si128(v.sh);
-    const __m256i oidx = _mm256_srl_epi32(_mm256_setr_epi32(MERGE_ORDER), sh);
-    const __m256i oidx8 = _mm256_srl_epi32(_mm256_add_epi32(_mm256_setr_epi32(MERGE_ORDER), _mm256_set1_epi32(8)), sh);
+    c.oidx = _mm256_srl_epi32(_mm256_setr_epi32(MERGE_ORDER), sh);
+    c.oidx8 = _mm256_srl_epi32(_mm256_add_epi32(_mm256_setr_epi32(MERGE_ORDER), _mm256_set1_epi32(8)), sh);
+    c.wend = w->q + (size_t)(w->rows - 1) * w->row_bytes + (size_t)nb * (QK / 2);
+    /* the rows before rslow have fast_groups scales from their first on */
+    const int rslow = v.sh < 0 ? r0 : w->rows - (c.fast_groups + v.ng - 1) / v.ng + 1;
     const int step = nb <= ROW1_BLOCKS ? r1 - r0 : ROW1_ROWS; /* one window: no lanes kept */
-    const uint8_t *wend = w->q + (size_t)(w->rows - 1) * w->row_bytes + (size_t)nb * (QK / 2);
     const int touch = w->touch_pages && nb % 16 == 0; /* rows of whole steps: touch_next_page */
     token1 tk;
     __m256 kept[ROW1_ROWS][2];
+    float *o = out + (size_t)t0 * out_stride;
     for (int ra = r0; ra < r1; ra += step) {
-        const int rb = r1 - ra < step ? r1 : ra + step;
+        const int rb = r1 - ra < step ? r1 : ra + step, rm = rslow < ra ? ra : rslow > rb ? rb : rslow;
         for (int wb0 = 0; wb0 < nb; wb0 += ROW1_BLOCKS) {
-            const int wb1 = nb - wb0 < ROW1_BLOCKS ? nb : wb0 + ROW1_BLOCKS, whole = wb0 + (wb1 - wb0) / 16 * 16;
+            const int wb1 = nb - wb0 < ROW1_BLOCKS ? nb : wb0 + ROW1_BLOCKS;
             token1_fill(kind, &tk, xd, xs, wb0, nb);
             row_of(&v, w, ra, kind);
-            for (int r = ra; r < rb; r++) {
-                const int fast = fast_groups <= v.avail;
-                __m256 lo = _mm256_set1_ps(-0.0f), hi = lo;
-                if (wb0 > 0) lo = kept[r - ra][0], hi = kept[r - ra][1];
-                for (int b0 = wb0, g = 0; b0 < whole; b0 += 16, g += 2) {
-                    __m256 d8, e8, m8, n8;
-                    prefetch_ahead(v.q + (size_t)b0 * (QK / 2), 16 * (QK / 2));
-                    if (touch) touch_next_page(v.q + (size_t)b0 * (QK / 2), 16 * (QK / 2), wend);
-                    scales16m(&v, v.d, b0, fast, oidx, oidx8, &d8, &e8);
-                    if (kind == K_Q4A) scales16m(&v, v.m, b0, fast, oidx, oidx8, &m8, &n8);
-                    else m8 = d8, n8 = e8;
-                    lo = terms8m(kind, lo, d8, m8, sums8m(kind, &tok, v.q, b0, 8, 1), &tk, g, 8);
-                    hi = terms8m(kind, hi, e8, n8, sums8m(kind, &tok, v.q, b0 + 8, 8, 1), &tk, g + 1, 8);
-                }
-                if (whole < wb1) { /* the row's last blocks */
-                    int left = wb1 - whole, cnt = left < 8 ? left : 8, g = (whole - wb0) >> 3;
-                    prefetch_ahead(v.q + (size_t)whole * (QK / 2), (size_t)left * (QK / 2));
-                    __m256 d8 = scales8m(&v, v.d, whole, cnt, fast, oidx);
-                    __m256 m8 = kind == K_Q4A ? scales8m(&v, v.m, whole, cnt, fast, oidx) : d8;
-                    lo = terms8m(kind, lo, d8, m8, sums8m(kind, &tok, v.q, whole, cnt, 0), &tk, g, cnt);
-                    if (left > 8) {
-                        d8 = scales8m(&v, v.d, whole + 8, left - 8, fast, oidx);
-                        m8 = kind == K_Q4A ? scales8m(&v, v.m, whole + 8, left - 8, fast, oidx) : d8;
-                        hi = terms8m(kind, hi, d8, m8, sums8m(kind, &tok, v.q, whole + 8, left - 8, 0), &tk, g + 1,
-                                     left - 8);
-                    }
-                }
-                if (wb1 == nb) out[(size_t)t0 * out_stride + (size_t)r] = tree16m(lo, hi);
-                else kept[r - ra][0] = lo, kept[r - ra][1] = hi;
-                v.q += w->row_bytes;
-                v.d += v.ng;
-                if (kind == K_Q4A) v.m += v.ng;
-                v.avail -= v.ng;
+            if (touch) {
+                window1(kind, &tok, &tk, &c, w, &v, ra, rb, wb0, wb1, kept, o, 0, 1);
+            } else {
+                window1(kind, &tok, &tk, &c, w, &v, ra, rm, wb0, wb1, kept, o, 1, 0);
+                window1(kind, &tok, &tk, &c, w, &v, rm, rb, wb0, wb1, kept + (rm - ra), o, 0, 0);
             }
         }
     }
