@@ -15,7 +15,9 @@
 #include <math.h>
 #include <string.h>
 
-VECTOR_CLONES void rq4_rotate_ffn_input(const rq4_model *m, float *x, float *scratch) {
+/* (static: clang makes target clones of a function with internal linkage
+ * only, so the exported name below calls this one) */
+VECTOR_CLONES static void rotate(const rq4_model *m, float *x, float *scratch) {
     size_t n = (size_t)m->config.hidden_dim, order = (size_t)m->ffn_factor_order, p = n / order;
     const float *s = m->ffn_signs, *f = m->ffn_factor;
     for (size_t i = 0; i < n; i++) x[i] *= s[i];
@@ -58,6 +60,8 @@ VECTOR_CLONES void rq4_rotate_ffn_input(const rq4_model *m, float *x, float *scr
     float scale = (float)(1.0 / sqrt((double)n));
     for (size_t i = 0; i < n; i++) x[i] *= scale;
 }
+
+void rq4_rotate_ffn_input(const rq4_model *m, float *x, float *scratch) { rotate(m, x, scratch); }
 
 rq4_status rq4_check_ffn_rotation(const float *signs, int n, const float *factor, int order, rq4_error *err) {
     if (order < 1 || order > RQ4_MAX_ROTATION_FACTOR || n % order != 0)

@@ -231,7 +231,8 @@ typedef int32_t i32x16 __attribute__((vector_size(64)));
 #if defined(__x86_64__) && defined(__GNUC__) && defined(__has_attribute) && defined(__ELF__)
 #if __has_attribute(target_clones)
 /* Compiled also for AVX2 and AVX-512 (chosen at load time), for the
- * compute-bound loops: prompt attention and the SwiGLU product. No fma is formed (-ffp-contract=off /
+ * compute-bound loops: prompt attention, the SwiGLU product and the rotation
+ * of w2's input (static functions: clang clones no others). No fma is formed (-ffp-contract=off /
  * ISO C mode), so every clone computes the same lane-wise operations in the
  * same order: same bits. */
 #define VECTOR_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
