@@ -165,3 +165,25 @@ def test_newer_versions_are_refused(tmp_path, rotated_file):
         Model(bad, n_threads=1)
     with pytest.raises(ValueError, match="version"):
         read_rq4(bad)
+
+
+def _sylvester_f32(order):
+    return _sylvester(order).astype(np.float32)
+
+
+@pytest.mark.parametrize("signs_len,factor,message", [
+    (96, _sylvester_f32(4), "not a power of two"),              # 96 / 4 = 24 segments
+    (96, np.round(rotate.hadamard(20) * np.sqrt(20)).astype(np.float32), "does not divide|power of two"),
+    (96, np.ones((260, 260), np.float32), "outside"),           # above RQ4_MAX_ROTATION_FACTOR
+    (64, np.round(rotate.hadamard(12) * np.sqrt(12)).astype(np.float32), "1x96"),   # signs too short
+])
+def test_rotation_shapes_are_checked(tmp_path, monkeypatch, signs_len, factor, message):
+    from conftest import write_random_model
+    monkeypatch.setattr(rotate, "ffn_rotation", lambda n, seed=0: (np.ones((1, signs_len), np.float32), factor))
+    bad = write_random_model(tmp_path / "bad.rq4", dim=32, hidden_dim=96, n_layers=1, n_heads=1, n_kv_heads=1,
+                             head_dim=32, tied=True, rope=False, ffn_rotation=True)
+    with pytest.raises(FormatError, match=message) as e:
+        Model(bad, n_threads=1)
+    assert "\n" not in str(e.value)
+    with pytest.raises(ValueError, match=message):
+        read_rq4(bad)
