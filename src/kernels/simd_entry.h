@@ -1,5 +1,5 @@
 /* The entry points of one SIMD kernel set, included once by each SIMD file
- * (src/kernels/avx2.c, avxvnni.c, avx512vnni.c) after
+ * (src/kernels/avx2.c, avxvnni.c, avx512vnni_256.c) after
  * its body, with its TGT and ALWAYS macros. The includer defines
  *   rows_tokens(kind, T, x, w, r0, r1, out, out_stride, t0)
  * for the tokens t0 .. t0+T-1 (T = 1..4) of the rows r0 .. r1.

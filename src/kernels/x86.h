@@ -1,5 +1,6 @@
-/* What the x86-64 kernel files (avx2.c, avxvnni.c, avx512vnni.c) share: CPU
- * detection, the weight-row view and the 256-bit scale and load helpers.
+/* What the x86-64 kernel files (avx2.c, avxvnni.c, avx512vnni.c,
+ * avx512vnni_256.c) share: CPU detection, the weight-row view and the 256-bit
+ * scale and load helpers.
  * Not a public header; each file includes it once.
  *
  * Every function carries its own target attribute, so the files build with
@@ -58,6 +59,7 @@ static inline x86_features detect_x86(void) {
 }
 
 #define TGT256 __attribute__((target("avx2,f16c,fma")))
+#define TGT512 __attribute__((target("avx2,f16c,fma,avx512f,avx512bw,avx512vl,avx512vnni")))
 
 enum { K_Q4S, K_Q4A, K_Q8 };
 
@@ -66,6 +68,11 @@ enum { K_Q4S, K_Q4A, K_Q8 };
  * `rest`. AVX2 and F16C only. */
 void rq4_avx2_tok8_q4s(dot_fn rest, const qact *x, const qmat *w, int r0, int r1, float *out, size_t out_stride);
 void rq4_avx2_tok8_q4a(dot_fn rest, const qact *x, const qmat *w, int r0, int r1, float *out, size_t out_stride);
+
+/* avx512vnni_256.c's per-token kernels: avx512vnni.c's `rest` */
+void rq4_avx512vnni_tokens_q4s(const qact *x, const qmat *w, int r0, int r1, float *out, size_t out_stride);
+void rq4_avx512vnni_tokens_q4a(const qact *x, const qmat *w, int r0, int r1, float *out, size_t out_stride);
+void rq4_avx512vnni_tokens_q8(const qact *x, const qmat *w, int r0, int r1, float *out, size_t out_stride);
 
 #define ALWAYS static inline __attribute__((always_inline))
 
