@@ -8,6 +8,7 @@
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 int rq4_default_threads(void) {
@@ -26,8 +27,9 @@ int rq4_default_threads(void) {
  * contiguous chunks that the threads take in turn from a shared counter; the
  * caller takes chunks too. So when a worker is slow to wake (a loaded
  * machine) the others do its share instead of waiting for it. Which thread
- * computes an item never changes its result. Workers spin briefly for the
- * next job, then sleep on a condition variable. */
+ * computes an item never changes its result. Workers spin for the next
+ * job, and the caller for the last chunk, for a while, then sleep on a
+ * condition variable. */
 
 struct pool {
     pthread_t *threads;       /* (n_workers) */
@@ -52,7 +54,16 @@ typedef struct worker_arg {
     int thread;
 } worker_arg;
 
-#define SPIN_ITERATIONS 2000
+/* How long a thread spins before it sleeps, in time, not iterations (a
+ * pause instruction takes 10 to 140 cycles on x86, ARM's yield about one).
+ * A worker waits for the caller's serial work between jobs: on a machine
+ * with more runnable threads than cores a longer spin would keep the caller
+ * from a core, so it stays short. The caller waits for chunks that running
+ * workers are finishing: sleeping there would add a wake-up to most jobs
+ * of a decoded token, so it spins longer than most chunks take. */
+#define WORKER_SPIN_NANOSECONDS 20000
+#define CALLER_SPIN_NANOSECONDS 200000
+#define SPINS_PER_CLOCK 64 /* spins between two readings of the clock */
 
 static inline void cpu_relax(void) {
 #if defined(__x86_64__) || defined(__i386__)
@@ -60,6 +71,22 @@ static inline void cpu_relax(void) {
 #elif defined(__aarch64__)
     __asm__ __volatile__("yield");
 #endif
+}
+
+static uint64_t monotonic_ns(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+/* One spin of a wait that began at *since (0: not yet read); 0 once
+ * `limit` nanoseconds have passed. */
+static int spin(int spins, uint64_t *since, uint64_t limit) {
+    cpu_relax();
+    if (spins % SPINS_PER_CLOCK) return 1;
+    uint64_t now = monotonic_ns();
+    if (!*since) *since = now;
+    return now - *since < limit;
 }
 
 /* Takes and runs chunks of job `job` (whose parameters the caller copied)
@@ -88,10 +115,9 @@ static void *worker_main(void *varg) {
     uint64_t seen = 0;
     for (;;) {
         /* wait for the next job: spin, then sleep */
-        for (int spins = 0; spins < SPIN_ITERATIONS; spins++) {
-            if ((atomic_load_explicit(&p->ticket, memory_order_acquire) >> 32) != seen) break;
-            cpu_relax();
-        }
+        uint64_t since = 0;
+        for (int spins = 0; (atomic_load_explicit(&p->ticket, memory_order_acquire) >> 32) == seen; spins++)
+            if (!spin(spins, &since, WORKER_SPIN_NANOSECONDS)) break;
         pthread_mutex_lock(&p->lock);
         while ((atomic_load_explicit(&p->ticket, memory_order_acquire) >> 32) == seen && !p->stop)
             pthread_cond_wait(&p->wake, &p->lock);
@@ -174,10 +200,9 @@ void rq4_run_parallel_chunks(const rq4_model *m, job_fn fn, void *arg, int count
     pthread_cond_broadcast(&p->wake);
     pthread_mutex_unlock(&p->lock);
     run_chunks(p, job, fn, m, arg, count, chunk, n_chunks, 0);
-    for (int spins = 0; spins < SPIN_ITERATIONS; spins++) {
-        if (atomic_load_explicit(&p->chunks_done, memory_order_acquire) == n_chunks) return;
-        cpu_relax();
-    }
+    uint64_t since = 0;
+    for (int spins = 0; atomic_load_explicit(&p->chunks_done, memory_order_acquire) != n_chunks; spins++)
+        if (!spin(spins, &since, CALLER_SPIN_NANOSECONDS)) break;
     pthread_mutex_lock(&p->lock);
     while (atomic_load_explicit(&p->chunks_done, memory_order_acquire) != n_chunks)
         pthread_cond_wait(&p->done, &p->lock);
