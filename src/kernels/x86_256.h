@@ -1,7 +1,7 @@
 /* The body of the 256-bit x86 kernels, included once each by avx2.c and,
  * through x86_vnni256.h, avxvnni.c and avx512vnni_256.c (not a public
- * header; not compiled on its own). Its functions are static with plain names: each including file is one
- * kernel set's per-token kernels.
+ * header; not compiled on its own). Its functions are static with plain
+ * names: each including file is one kernel set's per-token kernels.
  *
  * The includer defines:
  *   TGT            __attribute__((target(...))) of every function here
