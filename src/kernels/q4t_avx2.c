@@ -79,9 +79,11 @@ static TGT256 void row_tokens(const qact *x, const qmat *w, int r, int t0, int T
 }
 
 void rq4_dot_q4t_avx2(const qact *x, const qmat *w, int r0, int r1, float *out, size_t out_stride) {
-    for (int r = r0; r < r1; r++)
-        for (int t0 = 0; t0 < x->ntok; t0 += Q4T_TOKENS)
-            row_tokens(x, w, r, t0, x->ntok - t0 < Q4T_TOKENS ? x->ntok - t0 : Q4T_TOKENS, out, out_stride);
+    const int run = stream_run(r0, r1, row_streams(w->touch_pages));
+    for (int i = 0; i < run; i++)
+        for (int r = r0 + i; r < r1; r += run)
+            for (int t0 = 0; t0 < x->ntok; t0 += Q4T_TOKENS)
+                row_tokens(x, w, r, t0, x->ntok - t0 < Q4T_TOKENS ? x->ntok - t0 : Q4T_TOKENS, out, out_stride);
 }
 
 #endif /* RQ4_X86 */

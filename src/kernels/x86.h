@@ -105,16 +105,16 @@ ALWAYS int scale_base(const row_view *v, int g0, int W) {
 
 
 /* Decoding reads every weight once, from memory, and the one-token loops
- * walk a matrix's rows in address order. The hardware prefetchers stop at
- * each 4 KiB boundary and start again behind the loop, so the loops ask for
- * the lines PREFETCH_AHEAD bytes past those they read. A prefetch that misses
- * the TLB is dropped, so where the weights sit in 4 KiB pages
- * (qmat.touch_pages) the loops also load one byte a page ahead once per page
- * (touch_next_page): the walk of the next page's tables (nested ones in a VM)
- * then overlaps this page, and the prefetches find it done. In 2 MB pages
- * that load would be one more wait for memory with no walk to hide. Only for
- * rows of whole steps: with a short tail after each step the same load made
- * decoding slower (docs/PERFORMANCE.md). */
+ * walk a matrix's rows in one or a few runs of address order. The hardware
+ * prefetchers stop at each 4 KiB boundary and start again behind the loop,
+ * so the loops ask for the lines PREFETCH_AHEAD bytes past those they read.
+ * A prefetch that misses the TLB is dropped, so where the weights sit in
+ * 4 KiB pages (qmat.touch_pages) the loops also load one byte a page ahead
+ * once per page (touch_next_page): the walk of the next page's tables
+ * (nested ones in a VM) then overlaps this page, and the prefetches find it
+ * done. In 2 MB pages that load would be one more wait for memory with no
+ * walk to hide. Only for rows of whole steps: with a short tail after each
+ * step the same load made decoding slower (docs/PERFORMANCE.md). */
 #define PREFETCH_AHEAD 2048
 #define TOUCH_PAGE 4096 /* the smallest x86 page */
 
@@ -131,6 +131,22 @@ ALWAYS void prefetch_ahead(const uint8_t *p, size_t n) {
 ALWAYS void prefetch_step(const uint8_t *p, size_t n) {
     for (size_t k = 0; k < n; k += 64) _mm_prefetch((const char *)p + PREFETCH_AHEAD + k, _MM_HINT_T0);
 }
+
+/* The one-token loops read a matrix's rows as ROW_STREAMS runs of
+ * consecutive rows that take turns row by row: the weights then come as that
+ * many sequential streams, which keeps more lines in flight than one stream
+ * with the same prefetches. Weights in 4 KiB pages are read as one stream:
+ * there each stream's page walks cost more than the streams gain
+ * (docs/PERFORMANCE.md). Each row's result is the same in any order. */
+#define ROW_STREAMS 3
+
+/* the streams to read a matrix's rows as; small_pages: its weights sit in
+ * 4 KiB pages (qmat.touch_pages) */
+ALWAYS int row_streams(int small_pages) { return small_pages ? 1 : ROW_STREAMS; }
+
+/* rows per run when rows r0 .. r1 are read as `streams` runs: run k has rows
+ * r0 + k * run .. (the last run may be shorter) */
+ALWAYS int stream_run(int r0, int r1, int streams) { return (r1 - r0 + streams - 1) / streams; }
 
 /* p: a step of n bytes; end: the end of the matrix's weights */
 ALWAYS void touch_next_page(const uint8_t *p, size_t n, const uint8_t *end) {

@@ -411,40 +411,47 @@ typedef struct row1_consts {
     const uint8_t *wend; /* the end of the matrix's weights (touch_next_page) */
 } row1_consts;
 
-/* Rows ra .. rb, from the row v on (v is advanced past them), over the
- * window of blocks [wb0, wb1); out: the token's outputs; kept: the lanes of
- * rows ra.. between windows. FAST: every row loads its scales the fast way (else each
- * row is asked); TOUCH: touch_next_page. Both are constants at each call, so
- * the common case (fast scales, 2 MB pages) is a loop of its own without
- * their branches. */
-ALWAYS TGT void window1(int kind, const token_rows *tok, const token1 *tk, const row1_consts *c, const qmat *w,
-                        row_view *v, int ra, int rb, int wb0, int wb1, __m256 (*kept)[2], float *out, const int FAST,
-                        const int TOUCH) {
+/* Row r (its view v) over the window of blocks [wb0, wb1); out: the token's
+ * outputs; kept: the lanes of rows ra.. between windows. FAST: the row loads
+ * its scales the fast way (else it is asked); TOUCH: touch_next_page. Both
+ * are constants at each call, so the common case (fast scales, 2 MB pages)
+ * is a loop of its own without their branches. */
+ALWAYS TGT void row1(int kind, const token_rows *tok, const token1 *tk, const row1_consts *c, const row_view *v,
+                     int r, int ra, int wb0, int wb1, __m256 (*kept)[2], float *out, const int FAST,
+                     const int TOUCH) {
     const int nb = tok->nb, whole = wb0 + (wb1 - wb0) / 16 * 16;
-    for (int r = ra; r < rb; r++) {
-        const int fast = FAST || c->fast_groups <= v->avail;
-        __m256 lo = _mm256_set1_ps(-0.0f), hi = lo;
-        if (wb0 > 0) lo = kept[r - ra][0], hi = kept[r - ra][1];
-        steps16m(kind, tok, v, tk, wb0, whole, fast, TOUCH, c->wend, c->oidx, c->oidx8, &lo, &hi);
-        if (whole < wb1) { /* the row's last blocks */
-            int left = wb1 - whole, cnt = left < 8 ? left : 8, g = (whole - wb0) >> 3;
-            prefetch_ahead(v->q + (size_t)whole * (QK / 2), (size_t)left * (QK / 2));
-            __m256 d8 = scales8m(v, v->d, whole, cnt, fast, c->oidx);
-            __m256 m8 = kind == K_Q4A ? scales8m(v, v->m, whole, cnt, fast, c->oidx) : d8;
-            lo = terms8m(kind, lo, d8, m8, sums8m(kind, tok, v->q, whole, cnt, 0), tk, g, cnt);
-            if (left > 8) {
-                d8 = scales8m(v, v->d, whole + 8, left - 8, fast, c->oidx);
-                m8 = kind == K_Q4A ? scales8m(v, v->m, whole + 8, left - 8, fast, c->oidx) : d8;
-                hi = terms8m(kind, hi, d8, m8, sums8m(kind, tok, v->q, whole + 8, left - 8, 0), tk, g + 1, left - 8);
-            }
+    const int fast = FAST || c->fast_groups <= v->avail;
+    __m256 lo = _mm256_set1_ps(-0.0f), hi = lo;
+    if (wb0 > 0) lo = kept[r - ra][0], hi = kept[r - ra][1];
+    steps16m(kind, tok, v, tk, wb0, whole, fast, TOUCH, c->wend, c->oidx, c->oidx8, &lo, &hi);
+    if (whole < wb1) { /* the row's last blocks */
+        int left = wb1 - whole, cnt = left < 8 ? left : 8, g = (whole - wb0) >> 3;
+        prefetch_ahead(v->q + (size_t)whole * (QK / 2), (size_t)left * (QK / 2));
+        __m256 d8 = scales8m(v, v->d, whole, cnt, fast, c->oidx);
+        __m256 m8 = kind == K_Q4A ? scales8m(v, v->m, whole, cnt, fast, c->oidx) : d8;
+        lo = terms8m(kind, lo, d8, m8, sums8m(kind, tok, v->q, whole, cnt, 0), tk, g, cnt);
+        if (left > 8) {
+            d8 = scales8m(v, v->d, whole + 8, left - 8, fast, c->oidx);
+            m8 = kind == K_Q4A ? scales8m(v, v->m, whole + 8, left - 8, fast, c->oidx) : d8;
+            hi = terms8m(kind, hi, d8, m8, sums8m(kind, tok, v->q, whole + 8, left - 8, 0), tk, g + 1, left - 8);
         }
-        if (wb1 == nb) out[r] = tree16m(lo, hi);
-        else kept[r - ra][0] = lo, kept[r - ra][1] = hi;
-        v->q += w->row_bytes;
-        v->d += v->ng;
-        if (kind == K_Q4A) v->m += v->ng;
-        v->avail -= v->ng;
     }
+    if (wb1 == nb) out[r] = tree16m(lo, hi);
+    else kept[r - ra][0] = lo, kept[r - ra][1] = hi;
+}
+
+/* Rows ra .. rb over the window [wb0, wb1), as row1 (FAST, TOUCH: row1's),
+ * read as row_streams runs of consecutive rows (x86.h) */
+ALWAYS TGT void window1(int kind, const token_rows *tok, const token1 *tk, const row1_consts *c, const qmat *w,
+                        int ra, int rb, int wb0, int wb1, __m256 (*kept)[2], float *out, const int FAST,
+                        const int TOUCH) {
+    const int run = stream_run(ra, rb, row_streams(w->touch_pages));
+    for (int i = 0; i < run; i++)
+        for (int r = ra + i; r < rb; r += run) {
+            row_view v;
+            row_of(&v, w, r, kind);
+            row1(kind, tok, tk, c, &v, r, ra, wb0, wb1, kept, out, FAST, TOUCH);
+        }
 }
 
 /* int4, token t0 of rows r0 .. r1 */
@@ -475,12 +482,11 @@ ALWAYS TGT void rows1_q4(int kind, const qact *x, const qmat *w, int r0, int r1,
         for (int wb0 = 0; wb0 < nb; wb0 += ROW1_BLOCKS) {
             const int wb1 = nb - wb0 < ROW1_BLOCKS ? nb : wb0 + ROW1_BLOCKS;
             token1_fill(kind, &tk, xd, xs, wb0, nb);
-            row_of(&v, w, ra, kind);
             if (touch) {
-                window1(kind, &tok, &tk, &c, w, &v, ra, rb, wb0, wb1, kept, o, 0, 1);
+                window1(kind, &tok, &tk, &c, w, ra, rb, wb0, wb1, kept, o, 0, 1);
             } else {
-                window1(kind, &tok, &tk, &c, w, &v, ra, rm, wb0, wb1, kept, o, 1, 0);
-                window1(kind, &tok, &tk, &c, w, &v, rm, rb, wb0, wb1, kept + (rm - ra), o, 0, 0);
+                window1(kind, &tok, &tk, &c, w, ra, rm, wb0, wb1, kept, o, 1, 0);
+                window1(kind, &tok, &tk, &c, w, rm, rb, wb0, wb1, kept + (rm - ra), o, 0, 0);
             }
         }
     }
@@ -505,11 +511,13 @@ ALWAYS TGT void one_token_q8(int kind, const qact *x, const qmat *w, int r, floa
     __m256 lo = _mm256_set1_ps(-0.0f), hi = lo; /* lanes 0-7, 8-15 */
     int b0 = 0;
     for (; b0 + 16 <= nb; b0 += 16) {
+        prefetch_step(v.q + (size_t)b0 * QK, 16 * QK);
         lo = chunk8(kind, &v, xr, xd, xs, b0, 8, lo);
         hi = chunk8(kind, &v, xr, xd, xs, b0 + 8, 8, hi);
     }
     if (b0 < nb) {
         int left = nb - b0;
+        prefetch_ahead(v.q + (size_t)b0 * QK, (size_t)left * QK);
         lo = chunk8(kind, &v, xr, xd, xs, b0, left < 8 ? left : 8, lo);
         if (left > 8) hi = chunk8(kind, &v, xr, xd, xs, b0 + 8, left - 8, hi);
     }
@@ -580,10 +588,12 @@ ALWAYS TGT void rows_tokens(int kind, const int T, const qact *x, const qmat *w,
         else rows_q4(kind, T, x, w, r0, r1, out, out_stride, t0);
         return;
     }
-    for (int r = r0; r < r1; r++) {
-        if (T == 1) one_token_q8(kind, x, w, r, out, out_stride, t0);
-        else tile_tokens_q8(kind, T, x, w, r, out, out_stride, t0);
-    }
+    const int run = stream_run(r0, r1, row_streams(w->touch_pages));
+    for (int i = 0; i < run; i++)
+        for (int r = r0 + i; r < r1; r += run) {
+            if (T == 1) one_token_q8(kind, x, w, r, out, out_stride, t0);
+            else tile_tokens_q8(kind, T, x, w, r, out, out_stride, t0);
+        }
 }
 
 #include "simd_entry.h"
